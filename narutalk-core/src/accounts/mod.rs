@@ -1,0 +1,771 @@
+//! Accounts: registration, login, profiles, password changes, the dashboard, and the
+//! administrators' operations (contract section 2).
+//!
+//! Every rule of the contract about users lives here: the field checks with their exact
+//! messages, argon2id hashing, the enumeration-safe login, and revocation of every token
+//! on a password change, reset, deactivation or "log out everywhere". Hashing always runs
+//! outside the writer lock, so a flood of logins never holds up other writes.
+
+pub mod password;
+pub mod policy;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use crate::db::Database;
+use crate::error::{Error, FieldErrors};
+use crate::fields::{FieldReader, JsonObject, Text};
+use crate::time;
+use crate::tokens::{self, TokenKeys, TokenPair};
+
+/// `user with this email already exists.`
+pub const EMAIL_TAKEN: &str = "user with this email already exists.";
+/// `A user with that username already exists.`
+pub const USERNAME_TAKEN: &str = "A user with that username already exists.";
+/// `Passwords do not match.`
+pub const PASSWORDS_DIFFER: &str = "Passwords do not match.";
+/// `Your old password was entered incorrectly. Please enter it again.`
+pub const OLD_PASSWORD_WRONG: &str =
+    "Your old password was entered incorrectly. Please enter it again.";
+/// The longest email accepted, in characters.
+pub const EMAIL_MAX_CHARS: usize = 254;
+/// The longest username accepted, in characters.
+pub const USERNAME_MAX_CHARS: usize = 150;
+/// The longest department accepted, in characters.
+pub const DEPARTMENT_MAX_CHARS: usize = 100;
+
+/// How long "recent" is for the dashboard's `recent_chats`.
+pub const RECENT_CHATS_WINDOW: chrono::Duration = chrono::Duration::days(7);
+
+/// A user's id: an integer, never reused after the user is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a user is. Recorded and shown; in v1 it gates nothing in the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Made only with the CLI, never through registration.
+    Admin,
+    /// Hospital doctor.
+    Doctor,
+    /// Hospital nurse.
+    Nurse,
+    /// Anyone else (the default).
+    User,
+}
+
+impl Role {
+    /// Every role, in the contract's order.
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Doctor, Role::Nurse, Role::User];
+
+    /// The stored and shown name: `admin`, `doctor`, `nurse` or `user`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Doctor => "doctor",
+            Role::Nurse => "nurse",
+            Role::User => "user",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = UnknownChoice;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or(UnknownChoice)
+    }
+}
+
+/// A string that is not one of a field's choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownChoice;
+
+/// A role open to self-registration: anything but `admin`.
+struct RegistrationRole(Role);
+
+impl std::str::FromStr for RegistrationRole {
+    type Err = UnknownChoice;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.parse()? {
+            Role::Admin => Err(UnknownChoice),
+            role => Ok(RegistrationRole(role)),
+        }
+    }
+}
+
+/// A stored user. The API shows `id`, `username`, `email`, `role`, `department` and
+/// `is_verified`; the other fields are for administrators.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct User {
+    /// Integer id.
+    pub id: UserId,
+    /// 1-150 letters, digits and `@.+-_`; unique.
+    pub username: String,
+    /// Lower-cased; unique.
+    pub email: String,
+    /// What the user is.
+    pub role: Role,
+    /// Up to 100 characters, may be empty.
+    pub department: String,
+    /// Set by an administrator.
+    pub is_verified: bool,
+    /// An inactive user cannot log in and their tokens are refused.
+    pub is_active: bool,
+    /// When the account was made.
+    #[serde(serialize_with = "time::serialize")]
+    pub date_joined: DateTime<Utc>,
+    /// The last successful login.
+    #[serde(serialize_with = "time::serialize_option")]
+    pub last_login: Option<DateTime<Utc>>,
+    /// Tokens issued at or before this second (Unix time) are refused; 0 when never set.
+    pub tokens_revoked_at: i64,
+}
+
+/// The result of a successful login.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Login {
+    /// The new token pair (a new refresh-token family).
+    #[serde(flatten)]
+    pub tokens: TokenPair,
+    /// The user who logged in.
+    pub user: User,
+}
+
+/// The dashboard's counts, computed from stored data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dashboard {
+    /// The user.
+    pub user: User,
+    /// The user's sessions updated in the last 7 days.
+    pub recent_chats: u64,
+    /// Messages (of every sender) in all the user's sessions.
+    pub total_messages: u64,
+}
+
+/// A new account made by an administrator: any role, optionally verified.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    /// The email (checked, then lower-cased).
+    pub email: String,
+    /// The username.
+    pub username: String,
+    /// The password, checked against the contract's password rules.
+    pub password: String,
+    /// Any role, `admin` included.
+    pub role: Role,
+    /// The department, may be empty.
+    pub department: String,
+    /// Whether the account starts verified.
+    pub is_verified: bool,
+}
+
+/// Filters for [`Accounts::list`]; `None` matches everything.
+#[derive(Clone, Debug, Default)]
+pub struct UserFilter {
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only verified (`true`) or unverified (`false`) users.
+    pub is_verified: Option<bool>,
+    /// Only active or inactive users.
+    pub is_active: Option<bool>,
+    /// Only users whose username or email contains this text (case-insensitive for ASCII).
+    pub search: Option<String>,
+}
+
+/// Account operations on a database (returned by [`crate::Narutalk::accounts`]).
+pub struct Accounts<'a> {
+    pub(crate) db: &'a Database,
+    pub(crate) keys: &'a TokenKeys,
+}
+
+/// A registration or account creation whose fields passed every check.
+struct CheckedAccount {
+    username: String,
+    email: String,
+    password: String,
+    role: Role,
+    department: String,
+    is_verified: bool,
+}
+
+impl Accounts<'_> {
+    /// `POST /api/auth/register/`: checks `{"username", "email", "password",
+    /// "password_confirm", "role"?, "department"?}` with every rule of the contract and
+    /// creates a `user`, `doctor` or `nurse` (never `admin`), unverified.
+    pub fn register_fields(&self, body: &JsonObject) -> Result<User, Error> {
+        let mut reader = FieldReader::new(body);
+        let username = read_username(&mut reader, true);
+        let email = read_email(&mut reader, true);
+        let password = reader.text("password", Text::REQUIRED_VERBATIM);
+        let password_confirm = reader.text("password_confirm", Text::REQUIRED_VERBATIM);
+        let role = reader
+            .choice::<RegistrationRole>("role", false)
+            .map_or(Role::User, |r| r.0);
+        let department = read_department(&mut reader, false).unwrap_or_default();
+        if let Some(password) = &password {
+            check_password(
+                &mut reader,
+                "password",
+                password,
+                username.as_deref(),
+                email.as_deref(),
+            );
+        }
+        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), None)?;
+        reader.finish()?;
+        let (Some(username), Some(email), Some(password), Some(password_confirm)) =
+            (username, email, password, password_confirm)
+        else {
+            return Err(Error::Internal(
+                "registration passed its checks with a field missing".into(),
+            ));
+        };
+        if password != password_confirm {
+            return Err(FieldErrors::single(FieldErrors::NON_FIELD, PASSWORDS_DIFFER).into());
+        }
+        self.insert(CheckedAccount {
+            username,
+            email,
+            password,
+            role,
+            department,
+            is_verified: false,
+        })
+    }
+
+    /// Creates an account with any role, `admin` included (the administrators' tool). The
+    /// same field and password rules apply; errors name the fields as registration does.
+    pub fn create(&self, new: &NewUser) -> Result<User, Error> {
+        let body = serde_json::json!({
+            "username": new.username,
+            "email": new.email,
+            "password": new.password,
+            "department": new.department,
+        });
+        let body = body.as_object().cloned().unwrap_or_default();
+        let mut reader = FieldReader::new(&body);
+        let username = read_username(&mut reader, true);
+        let email = read_email(&mut reader, true);
+        let password = reader.text("password", Text::REQUIRED_VERBATIM);
+        let department = read_department(&mut reader, false).unwrap_or_default();
+        if let Some(password) = &password {
+            check_password(
+                &mut reader,
+                "password",
+                password,
+                username.as_deref(),
+                email.as_deref(),
+            );
+        }
+        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), None)?;
+        reader.finish()?;
+        let (Some(username), Some(email), Some(password)) = (username, email, password) else {
+            return Err(Error::Internal(
+                "account passed its checks with a field missing".into(),
+            ));
+        };
+        self.insert(CheckedAccount {
+            username,
+            email,
+            password,
+            role: new.role,
+            department,
+            is_verified: new.is_verified,
+        })
+    }
+
+    /// `POST /api/auth/login/`: reads `{"email", "password"}` and logs in.
+    pub fn login_fields(&self, body: &JsonObject) -> Result<Login, Error> {
+        let mut reader = FieldReader::new(body);
+        let email = reader.text("email", Text::REQUIRED);
+        let password = reader.text("password", Text::REQUIRED_VERBATIM);
+        reader.finish()?;
+        match (email, password) {
+            (Some(email), Some(password)) => self.login(&email, &password),
+            _ => Err(Error::Internal(
+                "login passed its checks with a field missing".into(),
+            )),
+        }
+    }
+
+    /// Logs in by email (case-insensitive) and password, and issues a token pair in a new
+    /// family. A wrong password, an unknown email and an inactive account all answer
+    /// [`Error::BadCredentials`] after the same hashing work.
+    pub fn login(&self, email: &str, password: &str) -> Result<Login, Error> {
+        let email = email.trim().to_lowercase();
+        let found = self.db.read(|conn| user_with_hash_by_email(conn, &email))?;
+        let user = match found {
+            Some((user, stored)) => {
+                let matches = password::verify(password, &stored);
+                if !matches || !user.is_active {
+                    return Err(Error::BadCredentials);
+                }
+                user
+            }
+            None => {
+                password::verify_nothing(password);
+                return Err(Error::BadCredentials);
+            }
+        };
+        let now = time::now();
+        self.db.write(|tx| {
+            // Re-read inside the write lock: an administrator may have deactivated the
+            // account or revoked its tokens since the password was checked.
+            let user = user_by_id(tx, user.id)?
+                .filter(|u| u.is_active)
+                .ok_or(Error::BadCredentials)?;
+            tx.prepare_cached("UPDATE users SET last_login = ?1 WHERE id = ?2")?
+                .execute(params![time::to_micros(&now), user.id.0])?;
+            let tokens =
+                tokens::issue_for_login(tx, self.keys, user.id, user.tokens_revoked_at, &now)?;
+            Ok(Login {
+                tokens,
+                user: User {
+                    last_login: Some(now),
+                    ..user
+                },
+            })
+        })
+    }
+
+    /// The user with this id.
+    pub fn get(&self, id: UserId) -> Result<User, Error> {
+        self.db
+            .read(|conn| user_by_id(conn, id))?
+            .ok_or(Error::NotFound)
+    }
+
+    /// The user with this email (case-insensitive).
+    pub fn find_by_email(&self, email: &str) -> Result<User, Error> {
+        let email = email.trim().to_lowercase();
+        self.db
+            .read(|conn| Ok(user_with_hash_by_email(conn, &email)?.map(|(user, _)| user)))?
+            .ok_or(Error::NotFound)
+    }
+
+    /// The user named by an id (all digits) or an email: how the CLI's `USER` argument works.
+    pub fn resolve(&self, id_or_email: &str) -> Result<User, Error> {
+        let key = id_or_email.trim();
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+            let id = key.parse().map_err(|_| Error::NotFound)?;
+            self.get(UserId(id))
+        } else {
+            self.find_by_email(key)
+        }
+    }
+
+    /// `PUT`/`PATCH /api/auth/profile/`: updates `username`, `email` and `department`
+    /// (`partial` false: username and email required). `id`, `role` and `is_verified` in
+    /// the body are ignored, as DRF ignores read-only fields.
+    pub fn update_profile_fields(
+        &self,
+        id: UserId,
+        body: &JsonObject,
+        partial: bool,
+    ) -> Result<User, Error> {
+        let current = self.get(id)?;
+        let mut reader = FieldReader::new(body);
+        let username = read_username(&mut reader, !partial);
+        let email = read_email(&mut reader, !partial);
+        let department = read_department(&mut reader, false);
+        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), Some(id))?;
+        reader.finish()?;
+        let username = username.unwrap_or(current.username);
+        let email = email.unwrap_or(current.email);
+        let department = department.unwrap_or(current.department);
+        self.db.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE users SET username = ?1, email = ?2, department = ?3 WHERE id = ?4",
+                )?
+                .execute(params![username, email, department, id.0])
+                .map_err(unique_violation_as_field_error)?;
+            if changed == 0 {
+                return Err(Error::NotFound);
+            }
+            user_by_id(tx, id)?.ok_or(Error::NotFound)
+        })
+    }
+
+    /// `POST /api/auth/password/`: checks `{"old_password", "new_password"}`, stores the new
+    /// hash and revokes every token the user holds.
+    pub fn change_password_fields(&self, id: UserId, body: &JsonObject) -> Result<(), Error> {
+        let (user, stored) = self
+            .db
+            .read(|conn| user_with_hash_by_id(conn, id))?
+            .ok_or(Error::NotFound)?;
+        let mut reader = FieldReader::new(body);
+        let old_password = reader.text("old_password", Text::REQUIRED_VERBATIM);
+        let new_password = reader.text("new_password", Text::REQUIRED_VERBATIM);
+        if let Some(old_password) = &old_password
+            && !password::verify(old_password, &stored)
+        {
+            reader.fail("old_password", OLD_PASSWORD_WRONG);
+        }
+        if let Some(new_password) = &new_password {
+            check_password(
+                &mut reader,
+                "new_password",
+                new_password,
+                Some(&user.username),
+                Some(&user.email),
+            );
+        }
+        reader.finish()?;
+        let new_password = new_password.ok_or_else(|| {
+            Error::Internal("new_password passed its checks without a value".into())
+        })?;
+        self.store_password(id, &new_password)
+    }
+
+    /// Sets a new password chosen by an administrator (checked against the password
+    /// rules) and revokes every token the user holds.
+    pub fn reset_password(&self, id: UserId, new_password: &str) -> Result<(), Error> {
+        let user = self.get(id)?;
+        let mut problems = FieldErrors::new();
+        for message in
+            policy::password_problems(new_password, Some(&user.username), Some(&user.email))
+        {
+            problems.add("password", message);
+        }
+        problems.into_result()?;
+        self.store_password(id, new_password)
+    }
+
+    /// `GET /api/auth/dashboard/`: the user with real counts.
+    pub fn dashboard(&self, id: UserId) -> Result<Dashboard, Error> {
+        let since = time::to_micros(&(time::now() - RECENT_CHATS_WINDOW));
+        self.db.read(|conn| {
+            let user = user_by_id(conn, id)?.ok_or(Error::NotFound)?;
+            let (recent_chats, total_messages): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT count(*) FILTER (WHERE updated_at >= ?2), coalesce(sum(message_count), 0) \
+                     FROM chat_sessions WHERE user_id = ?1",
+                )?
+                .query_row(params![id.0, since], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(Dashboard {
+                user,
+                recent_chats: u64::try_from(recent_chats).unwrap_or_default(),
+                total_messages: u64::try_from(total_messages).unwrap_or_default(),
+            })
+        })
+    }
+
+    /// Users matching `filter`, by id.
+    pub fn list(&self, filter: &UserFilter) -> Result<Vec<User>, Error> {
+        let search = filter
+            .search
+            .as_deref()
+            .map(|s| format!("%{}%", escape_like(s)));
+        self.db.read(|conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users \
+                 WHERE (?1 IS NULL OR role = ?1) AND (?2 IS NULL OR is_verified = ?2) \
+                 AND (?3 IS NULL OR is_active = ?3) \
+                 AND (?4 IS NULL OR username LIKE ?4 ESCAPE '\\' OR email LIKE ?4 ESCAPE '\\') \
+                 ORDER BY id"
+            ))?;
+            let rows = statement.query_map(
+                params![
+                    filter.role.map(Role::as_str),
+                    filter.is_verified,
+                    filter.is_active,
+                    search
+                ],
+                user_from_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Changes a user's role.
+    pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
+        self.update_one(
+            id,
+            "UPDATE users SET role = ?1 WHERE id = ?2",
+            role.as_str(),
+        )
+    }
+
+    /// Marks a user verified or not.
+    pub fn set_verified(&self, id: UserId, verified: bool) -> Result<User, Error> {
+        self.update_one(
+            id,
+            "UPDATE users SET is_verified = ?1 WHERE id = ?2",
+            verified,
+        )
+    }
+
+    /// Activates or deactivates a user; deactivation revokes every token at once.
+    pub fn set_active(&self, id: UserId, active: bool) -> Result<User, Error> {
+        let now = time::now();
+        self.db.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE users SET is_active = ?1 WHERE id = ?2",
+                params![active, id.0],
+            )?;
+            if changed == 0 {
+                return Err(Error::NotFound);
+            }
+            if !active {
+                tokens::revoke_all(tx, id, &now)?;
+            }
+            user_by_id(tx, id)?.ok_or(Error::NotFound)
+        })
+    }
+
+    /// "Log out everywhere": revokes every access and refresh token the user holds.
+    pub fn logout_all(&self, id: UserId) -> Result<(), Error> {
+        let now = time::now();
+        self.db.write(|tx| {
+            if user_by_id(tx, id)?.is_none() {
+                return Err(Error::NotFound);
+            }
+            tokens::revoke_all(tx, id, &now)
+        })
+    }
+
+    /// Deletes a user with their sessions, messages and tokens.
+    pub fn delete(&self, id: UserId) -> Result<(), Error> {
+        self.db.write(
+            |tx| match tx.execute("DELETE FROM users WHERE id = ?1", [id.0])? {
+                0 => Err(Error::NotFound),
+                _ => Ok(()),
+            },
+        )
+    }
+
+    fn update_one(
+        &self,
+        id: UserId,
+        sql: &str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<User, Error> {
+        self.db.write(|tx| {
+            if tx.execute(sql, params![value, id.0])? == 0 {
+                return Err(Error::NotFound);
+            }
+            user_by_id(tx, id)?.ok_or(Error::NotFound)
+        })
+    }
+
+    fn store_password(&self, id: UserId, new_password: &str) -> Result<(), Error> {
+        let hashed = password::hash(new_password)?;
+        let now = time::now();
+        self.db.write(|tx| {
+            if tx.execute(
+                "UPDATE users SET password_hash = ?1 WHERE id = ?2",
+                params![hashed, id.0],
+            )? == 0
+            {
+                return Err(Error::NotFound);
+            }
+            tokens::revoke_all(tx, id, &now)
+        })
+    }
+
+    /// Records "already exists" for a username or email held by another user.
+    fn check_unique(
+        &self,
+        reader: &mut FieldReader<'_>,
+        username: Option<&str>,
+        email: Option<&str>,
+        except: Option<UserId>,
+    ) -> Result<(), Error> {
+        let except = except.map_or(0, |id| id.0);
+        let (username_taken, email_taken) = self.db.read(|conn| {
+            let username_taken = match username {
+                Some(username) => exists(
+                    conn,
+                    "SELECT 1 FROM users WHERE username = ?1 AND id != ?2",
+                    username,
+                    except,
+                )?,
+                None => false,
+            };
+            let email_taken = match email {
+                Some(email) => exists(
+                    conn,
+                    "SELECT 1 FROM users WHERE email = ?1 AND id != ?2",
+                    email,
+                    except,
+                )?,
+                None => false,
+            };
+            Ok((username_taken, email_taken))
+        })?;
+        if username_taken {
+            reader.fail("username", USERNAME_TAKEN);
+        }
+        if email_taken {
+            reader.fail("email", EMAIL_TAKEN);
+        }
+        Ok(())
+    }
+
+    fn insert(&self, account: CheckedAccount) -> Result<User, Error> {
+        let hashed = password::hash(&account.password)?;
+        let joined = time::now();
+        self.db.write(|tx| {
+            tx.prepare_cached(
+                "INSERT INTO users (username, email, password_hash, role, department, is_verified, date_joined) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                account.username,
+                account.email,
+                hashed,
+                account.role.as_str(),
+                account.department,
+                account.is_verified,
+                time::to_micros(&joined)
+            ])
+            .map_err(unique_violation_as_field_error)?;
+            let id = UserId(tx.last_insert_rowid());
+            user_by_id(tx, id)?.ok_or(Error::NotFound)
+        })
+    }
+}
+
+fn read_username(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+    let rule = Text::REQUIRED.max(USERNAME_MAX_CHARS);
+    let username = reader.text("username", if required { rule } else { rule.optional() })?;
+    if policy::is_valid_username(&username) {
+        Some(username)
+    } else {
+        reader.fail("username", policy::USERNAME_INVALID);
+        None
+    }
+}
+
+fn read_email(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+    let rule = Text::REQUIRED.max(EMAIL_MAX_CHARS);
+    let email = reader.text("email", if required { rule } else { rule.optional() })?;
+    if policy::is_valid_email(&email) {
+        Some(email.to_lowercase())
+    } else {
+        reader.fail("email", policy::EMAIL_INVALID);
+        None
+    }
+}
+
+fn read_department(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+    let rule = Text::REQUIRED.blank_allowed().max(DEPARTMENT_MAX_CHARS);
+    reader.text("department", if required { rule } else { rule.optional() })
+}
+
+fn check_password(
+    reader: &mut FieldReader<'_>,
+    field: &str,
+    password: &str,
+    username: Option<&str>,
+    email: Option<&str>,
+) {
+    for message in policy::password_problems(password, username, email) {
+        reader.fail(field, message);
+    }
+}
+
+/// A UNIQUE violation that slipped past the check (two registrations at once) is still a
+/// field error, never a 500.
+fn unique_violation_as_field_error(error: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(failure, Some(message)) = &error
+        && failure.code == rusqlite::ErrorCode::ConstraintViolation
+    {
+        if message.contains("users.email") {
+            return FieldErrors::single("email", EMAIL_TAKEN).into();
+        }
+        if message.contains("users.username") {
+            return FieldErrors::single("username", USERNAME_TAKEN).into();
+        }
+    }
+    error.into()
+}
+
+fn exists(conn: &Connection, sql: &str, value: &str, except: i64) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row(params![value, except], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Escapes `%`, `_` and `\` so a search text matches itself literally.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+const USER_COLUMNS: &str = "id, username, email, role, department, is_verified, is_active, date_joined, last_login, tokens_revoked_at";
+
+fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
+    let role: String = row.get(3)?;
+    Ok(User {
+        id: UserId(row.get(0)?),
+        username: row.get(1)?,
+        email: row.get(2)?,
+        // The CHECK constraint keeps other values out; fall back rather than panic.
+        role: role.parse().unwrap_or(Role::User),
+        department: row.get(4)?,
+        is_verified: row.get(5)?,
+        is_active: row.get(6)?,
+        date_joined: time::from_micros(row.get(7)?),
+        last_login: row.get::<_, Option<i64>>(8)?.map(time::from_micros),
+        tokens_revoked_at: row.get(9)?,
+    })
+}
+
+/// The user with this id, if any (used by the token checks too).
+pub(crate) fn user_by_id(conn: &Connection, id: UserId) -> Result<Option<User>, Error> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+        .query_row([id.0], user_from_row)
+        .optional()?)
+}
+
+fn user_with_hash_by_email(
+    conn: &Connection,
+    email: &str,
+) -> Result<Option<(User, String)>, Error> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = ?1"
+        ))?
+        .query_row([email], |row| Ok((user_from_row(row)?, row.get(10)?)))
+        .optional()?)
+}
+
+fn user_with_hash_by_id(conn: &Connection, id: UserId) -> Result<Option<(User, String)>, Error> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE id = ?1"
+        ))?
+        .query_row([id.0], |row| Ok((user_from_row(row)?, row.get(10)?)))
+        .optional()?)
+}

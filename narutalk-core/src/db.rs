@@ -1,0 +1,521 @@
+//! The SQLite database: opening, pragmas, migrations, and the connection strategy.
+//!
+//! One dedicated writer connection serializes every write (SQLite allows one writer at a
+//! time anyway; several pooled writers only turn contention into multi-second busy-waits),
+//! and a small pool of reader connections serves reads in parallel under WAL. Every write
+//! transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock before it reads and
+//! can never fail half-way with "database is locked" because another process (the CLI)
+//! wrote in between.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::config::Synchronous;
+use crate::error::Error;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// How long a connection waits for another process's lock before giving up with
+/// [`Error::Unavailable`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether opening may create a database file that does not exist yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file (and its folder) when missing: the server and `narutalk migrate`.
+    CreateIfMissing,
+    /// Fail with [`OpenError::Missing`] when the file does not exist: every other tool, so
+    /// that a mistyped path never silently yields an empty database.
+    MustExist,
+}
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file does not exist and the mode forbids creating it.
+    #[error("database {0} does not exist (run `narutalk migrate` to create it)")]
+    Missing(PathBuf),
+    /// The file or its folder could not be created or opened.
+    #[error("cannot open database {path}: {message}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite or the file system said.
+        message: String,
+    },
+    /// A migration failed or the database's history diverges from this build's migrations.
+    #[error("cannot migrate database {path}: {message}")]
+    Migration {
+        /// The database file.
+        path: PathBuf,
+        /// What refinery said.
+        message: String,
+    },
+}
+
+/// A migration recorded as applied in the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// The `V<version>` number.
+    pub version: i64,
+    /// The name after `__` in the file name.
+    pub name: String,
+}
+
+/// An open Narutalk database: one writer connection and a pool of readers.
+pub struct Database {
+    path: PathBuf,
+    synchronous: Synchronous,
+    writer: Mutex<Connection>,
+    readers: ReaderPool,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("path", &self.path)
+            .field("synchronous", &self.synchronous)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Opens (and with [`OpenMode::CreateIfMissing`] creates) the database at `path`, sets
+    /// WAL, foreign keys, the busy timeout and `synchronous`, and applies every pending
+    /// migration. Opening an up-to-date database writes nothing.
+    pub fn open(
+        path: &Path,
+        synchronous: Synchronous,
+        mode: OpenMode,
+    ) -> Result<Database, OpenError> {
+        let open_error = |message: String| OpenError::Open {
+            path: path.to_owned(),
+            message,
+        };
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match mode {
+            OpenMode::CreateIfMissing => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+                }
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+            OpenMode::MustExist => {
+                if !path.is_file() {
+                    return Err(OpenError::Missing(path.to_owned()));
+                }
+            }
+        }
+        let mut writer =
+            Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
+        // WAL is a property of the file: set once here, it holds for every connection.
+        writer
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| open_error(e.to_string()))?;
+        configure(&writer, synchronous).map_err(|e| open_error(e.to_string()))?;
+        migrate(&mut writer).map_err(|message| OpenError::Migration {
+            path: path.to_owned(),
+            message,
+        })?;
+        let max_readers = std::thread::available_parallelism()
+            .map_or(4, |n| n.get() * 2)
+            .clamp(2, 16);
+        Ok(Database {
+            path: path.to_owned(),
+            synchronous,
+            writer: Mutex::new(writer),
+            readers: ReaderPool::new(path.to_owned(), synchronous, max_readers),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A trivial query on a reader connection: `Ok` when the database answers.
+    pub fn ping(&self) -> Result<(), Error> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
+    /// The migrations recorded as applied, oldest first.
+    pub fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, Error> {
+        self.read(|conn| Ok(applied_migrations(conn)?))
+    }
+
+    /// Runs `f` on a reader connection (`query_only`: it cannot write).
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let conn = self.readers.get()?;
+        f(&conn)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; commits when
+    /// it returns `Ok`, rolls back when it returns `Err`.
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut conn = self.lock_writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction that is committed whatever `f` returns:
+    /// for rules that must record something even while refusing the request (reuse of a
+    /// rotated refresh token revokes its family, then answers an error).
+    pub(crate) fn write_always_commit<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<Result<T, Error>, Error>,
+    ) -> Result<T, Error> {
+        let mut conn = self.lock_writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let outcome = f(&tx)?;
+        tx.commit()?;
+        outcome
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held dropped its transaction, which rolled back: the
+        // connection itself is still sound, so poisoning is not a reason to stop writing.
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Per-connection settings (WAL is per file and set once in [`Database::open`]).
+fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
+    Ok(())
+}
+
+/// Applies pending migrations. When every embedded migration is already recorded the
+/// runner is not started at all, so an up-to-date database sees no write.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let runner = embedded::migrations::runner();
+    let embedded_versions: Vec<i64> = runner
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .collect();
+    let applied = applied_migrations(conn).map_err(|e| e.to_string())?;
+    let up_to_date = embedded_versions
+        .iter()
+        .all(|version| applied.iter().any(|m| m.version == *version));
+    if up_to_date {
+        return Ok(());
+    }
+    runner.run(conn).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<AppliedMigration>> {
+    let history_exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'refinery_schema_history')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !history_exists {
+        return Ok(Vec::new());
+    }
+    let mut statement =
+        conn.prepare("SELECT version, name FROM refinery_schema_history ORDER BY version")?;
+    let rows = statement.query_map([], |row| {
+        Ok(AppliedMigration {
+            version: row.get(0)?,
+            name: row.get(1)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Reader connections, opened on demand up to `max` and reused.
+struct ReaderPool {
+    path: PathBuf,
+    synchronous: Synchronous,
+    max: usize,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// A reader borrowed from the pool; goes back on drop.
+struct PooledReader<'a> {
+    pool: &'a ReaderPool,
+    conn: Option<Connection>,
+}
+
+impl ReaderPool {
+    fn new(path: PathBuf, synchronous: Synchronous, max: usize) -> Self {
+        Self {
+            path,
+            synchronous,
+            max,
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self) -> Result<PooledReader<'_>, Error> {
+        let mut state = self.lock();
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(PooledReader {
+                    pool: self,
+                    conn: Some(conn),
+                });
+            }
+            if state.open < self.max {
+                state.open += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(conn) => Ok(PooledReader {
+                        pool: self,
+                        conn: Some(conn),
+                    }),
+                    Err(error) => {
+                        self.lock().open -= 1;
+                        self.returned.notify_one();
+                        Err(error.into())
+                    }
+                };
+            }
+            let (next, timeout) = self
+                .returned
+                .wait_timeout(state, BUSY_TIMEOUT)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state = next;
+            if timeout.timed_out() && state.idle.is_empty() {
+                return Err(Error::Unavailable(
+                    "no reader connection became free".into(),
+                ));
+            }
+        }
+    }
+
+    fn connect(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn, self.synchronous)?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(conn)
+    }
+}
+
+impl std::ops::Deref for PooledReader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        // Only `Drop` takes the connection out.
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("reader used after release"))
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut state = self.pool.lock();
+            if conn.is_autocommit() {
+                state.idle.push(conn);
+            } else {
+                // A reader left inside a transaction would pin an old snapshot: drop it.
+                state.open -= 1;
+            }
+            drop(state);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn opening_a_fresh_file_creates_every_table_and_records_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/db.sqlite3");
+        let db = Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap();
+        let migrations = db.applied_migrations().unwrap();
+        assert_eq!(migrations.len(), 1);
+        assert_eq!(migrations[0].version, 1);
+        assert_eq!(migrations[0].name, "initial_schema");
+        let tables: Vec<String> = db
+            .read(|conn| {
+                let mut s = conn.prepare("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+                let names = s.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+                Ok(names)
+            })
+            .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "chat_messages",
+                "chat_sessions",
+                "idempotency_keys",
+                "refinery_schema_history",
+                "refresh_tokens",
+                "users"
+            ]
+        );
+    }
+
+    #[test]
+    fn reopening_an_up_to_date_database_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
+        let version_before = data_version_of(&path);
+        let db = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap();
+        assert_eq!(db.applied_migrations().unwrap().len(), 1);
+        drop(db);
+        assert_eq!(data_version_of(&path), version_before);
+    }
+
+    /// The file change counter in the database header (bytes 24..28), which SQLite bumps on
+    /// every committed write.
+    fn data_version_of(path: &Path) -> Vec<u8> {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+            .unwrap();
+        drop(conn);
+        std::fs::read(path).unwrap()[24..28].to_vec()
+    }
+
+    #[test]
+    fn must_exist_refuses_a_missing_file_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.sqlite3");
+        let error = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
+        assert!(matches!(error, OpenError::Missing(p) if p == path));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn connections_have_wal_foreign_keys_and_the_chosen_synchronous_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let db = Database::open(&path, Synchronous::Normal, OpenMode::CreateIfMissing).unwrap();
+        let (journal, foreign_keys, synchronous): (String, i64, i64) = db
+            .read(|conn| {
+                Ok((
+                    conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+                    conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?,
+                    conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!(journal, "wal");
+        assert_eq!(foreign_keys, 1);
+        assert_eq!(synchronous, 1, "NORMAL is 1");
+        let writer_synchronous = db
+            .write(|tx| Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?))
+            .unwrap();
+        assert_eq!(writer_synchronous, 1);
+    }
+
+    #[test]
+    fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(
+            &dir.path().join("db.sqlite3"),
+            Synchronous::Full,
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap();
+        let result = db.read(|conn| Ok(conn.execute("DELETE FROM users", [])?));
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn concurrent_writers_and_readers_from_two_handles_never_see_database_is_locked() {
+        // Two `Database` handles on one file stand for the server and the CLI in another
+        // process: each has its own writer, so they really contend for SQLite's write lock.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let server = Database::open(&path, Synchronous::Normal, OpenMode::CreateIfMissing).unwrap();
+        let cli = Database::open(&path, Synchronous::Normal, OpenMode::MustExist).unwrap();
+        let writes_per_thread = 50;
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let db = if thread % 2 == 0 { &server } else { &cli };
+                scope.spawn(move || {
+                    for i in 0..writes_per_thread {
+                        db.write(|tx| {
+                            // Read, then write, in one transaction: the pattern that fails
+                            // at once with SQLITE_BUSY under a deferred BEGIN.
+                            let n: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+                            tx.execute(
+                                "INSERT INTO users (username, email, password_hash, date_joined) VALUES (?1, ?2, 'h', ?3)",
+                                rusqlite::params![format!("u{thread}-{i}"), format!("u{thread}-{i}@x.io"), n],
+                            )?;
+                            Ok(())
+                        })
+                        .unwrap();
+                        db.read(|conn| Ok(conn.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))?))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        let count: i64 = server
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(count, 8 * writes_per_thread);
+    }
+
+    #[test]
+    fn a_failed_write_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(
+            &dir.path().join("db.sqlite3"),
+            Synchronous::Full,
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap();
+        let result: Result<(), Error> = db.write(|tx| {
+            tx.execute(
+                "INSERT INTO users (username, email, password_hash, date_joined) VALUES ('a', 'a@x.io', 'h', 0)",
+                [],
+            )?;
+            Err(Error::NotFound)
+        });
+        assert!(matches!(result, Err(Error::NotFound)));
+        let count: i64 = db
+            .read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(count, 0);
+    }
+}

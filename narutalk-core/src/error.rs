@@ -1,0 +1,169 @@
+//! The core's one error type and the field-error map it carries.
+//!
+//! Every public operation returns [`Error`]. Each variant says what the caller can do about
+//! it, and carries exactly what a server needs to pick the contract's status and body; the
+//! core itself knows nothing of HTTP.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// What went wrong in a core operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input broke one or more rules: field name to messages, in the contract's exact
+    /// words (a server answers 400 with this map as the body). Taken emails and usernames
+    /// are reported here too, never as a separate conflict.
+    #[error("invalid input: {0}")]
+    Invalid(FieldErrors),
+    /// The addressed object does not exist, or belongs to another user (404 `Not found.`).
+    #[error("not found")]
+    NotFound,
+    /// A page number out of range or not a number (404 `Invalid page.`).
+    #[error("invalid page")]
+    InvalidPage,
+    /// Wrong email or password, or an inactive account: one variant for every cause so
+    /// that login never reveals which accounts exist (401).
+    #[error("no active account found with the given credentials")]
+    BadCredentials,
+    /// A JWT that must not be honoured (401); see [`TokenProblem`] for simplejwt's wording.
+    #[error("token rejected: {0}")]
+    InvalidToken(TokenProblem),
+    /// The database is busy, locked, full or unreachable; the request may succeed later
+    /// (503 with `Retry-After`).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or a damaged database; the text is for the log, never for a client (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a token was refused. The texts are simplejwt 5.5's, which the contract keeps for
+/// the refresh and logout endpoints; access tokens answer one generic text for all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    /// Malformed, badly signed, of the wrong type or algorithm, or naming an unknown user.
+    Invalid,
+    /// Past its `exp` (no leeway).
+    Expired,
+    /// Rotated, reused, logged out, or issued before the user's revocation time.
+    Blacklisted,
+}
+
+impl TokenProblem {
+    /// simplejwt's `detail` text for a refresh token with this problem.
+    pub fn detail(self) -> &'static str {
+        match self {
+            TokenProblem::Invalid => "Token is invalid",
+            TokenProblem::Expired => "Token is expired",
+            TokenProblem::Blacklisted => "Token is blacklisted",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.detail())
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    /// Busy, locked, full and I/O failures are worth retrying; everything else is a bug.
+    fn from(error: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match error.sqlite_error_code() {
+            Some(
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::OutOfMemory,
+            ) => Error::Unavailable(error.to_string()),
+            _ => Error::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<FieldErrors> for Error {
+    fn from(errors: FieldErrors) -> Self {
+        Error::Invalid(errors)
+    }
+}
+
+/// Field name to messages, as DRF reports validation errors. Cross-field errors live under
+/// [`FieldErrors::NON_FIELD`]. Serializes as the contract's 400 body.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(BTreeMap<String, Vec<String>>);
+
+impl FieldErrors {
+    /// The key of cross-field errors (`"Passwords do not match."`).
+    pub const NON_FIELD: &'static str = "non_field_errors";
+
+    /// No errors yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A map holding one message under one field.
+    pub fn single(field: &str, message: impl Into<String>) -> Self {
+        let mut errors = Self::new();
+        errors.add(field, message);
+        errors
+    }
+
+    /// Appends `message` to the messages of `field`.
+    pub fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0
+            .entry(field.to_owned())
+            .or_default()
+            .push(message.into());
+    }
+
+    /// True when no field has a message.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when `field` has at least one message.
+    pub fn contains(&self, field: &str) -> bool {
+        self.0.contains_key(field)
+    }
+
+    /// The messages of `field`, empty when it has none.
+    pub fn get(&self, field: &str) -> &[String] {
+        self.0.get(field).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Every field and its messages, in field-name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// `Ok(())` when empty, otherwise `Err(Error::Invalid(self))`.
+    pub fn into_result(self) -> Result<(), Error> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(self))
+        }
+    }
+}
+
+impl std::fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (field, messages) in &self.0 {
+            for message in messages {
+                if !first {
+                    f.write_str("; ")?;
+                }
+                first = false;
+                write!(f, "{field}: {message}")?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! Narutalk's core: every business rule of the Narutalk API contract, behind a synchronous
+//! API that any Rust program can embed with no server at all.
+//!
+//! [`Narutalk`] is the handle: it owns the SQLite database (one writer, pooled readers),
+//! the token keys and the AI responder, and hands out the three areas of the contract:
+//! [`Narutalk::accounts`] (registration, login, profiles, administration),
+//! [`Narutalk::tokens`] (access-token checks, refresh rotation, logout) and
+//! [`Narutalk::chat`] (sessions, messages, the storage side of the AI turn). Operations
+//! that take a request body take it as a [`fields::JsonObject`] and answer the contract's
+//! field errors, so a server only translates HTTP.
+//!
+//! Everything blocks (SQLite, argon2): call it from a thread that may block, such as
+//! `tokio::task::spawn_blocking`.
+//!
+//! ```
+//! use narutalk_core::chat::{Category, Sender};
+//! use narutalk_core::config::Config;
+//! use narutalk_core::db::OpenMode;
+//! use narutalk_core::Narutalk;
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let narutalk = Narutalk::open(&Config::for_tests(dir.path()), OpenMode::CreateIfMissing)?;
+//!
+//! // Register and log in.
+//! let registration = json!({
+//!     "username": "kim", "email": "Kim@Example.com", "role": "doctor",
+//!     "password": "violet-harbour-42", "password_confirm": "violet-harbour-42",
+//! });
+//! let user = narutalk.accounts().register_fields(registration.as_object().unwrap())?;
+//! assert_eq!(user.email, "kim@example.com");
+//! let login = narutalk.accounts().login("kim@example.com", "violet-harbour-42")?;
+//! let me = narutalk.tokens().authenticate(&login.tokens.access)?;
+//!
+//! // Open a session and ask a question: the reply is stored with it.
+//! let session = narutalk.chat().create_session(me.id, "Headache", Category::Medical)?;
+//! let exchange = narutalk.send_message(me.id, session.session.id, "두통")?;
+//! assert_eq!(exchange.reply.sender, Sender::Ai);
+//! assert_eq!(exchange.reply.content, "AI 응답: 두통에 대한 의료 정보를 제공합니다.");
+//!
+//! let stored = narutalk.chat().session(me.id, session.session.id)?;
+//! assert_eq!(stored.messages.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod accounts;
+pub mod ai;
+pub mod chat;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod fields;
+pub mod time;
+pub mod tokens;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use accounts::{Accounts, UserId};
+use ai::{Responder, TemplateResponder};
+use chat::{Chat, Exchange, PostOutcome, SessionId};
+use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
+use db::{Database, OpenError, OpenMode};
+use error::Error;
+use fields::JsonObject;
+use tokens::{TokenKeys, Tokens};
+
+/// Why a [`Narutalk`] could not start. Each variant's text is one line naming the
+/// setting or the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid (the text names it).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
+
+/// The embedded Narutalk: database, token keys and AI responder.
+pub struct Narutalk {
+    db: Database,
+    keys: TokenKeys,
+    responder: Arc<dyn Responder>,
+    content_max_chars: usize,
+    history_messages: u32,
+}
+
+impl std::fmt::Debug for Narutalk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Narutalk")
+            .field("db", &self.db)
+            .field("responder", &self.responder.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Narutalk {
+    /// Opens the database of `config` (created only with [`OpenMode::CreateIfMissing`]),
+    /// applies pending migrations, and takes the signing secret from the configuration
+    /// or from `data/secret.key`, generating that file (mode 0600) when `mode` allows
+    /// creating.
+    pub fn open(config: &Config, mode: OpenMode) -> Result<Narutalk, StartError> {
+        config.validate()?;
+        let secret =
+            config.signing_secret(Path::new(SECRET_FILE), mode == OpenMode::CreateIfMissing)?;
+        let db = Database::open(&config.database, config.sqlite_synchronous, mode)?;
+        Narutalk::new(db, &secret, config)
+    }
+
+    /// Builds the handle from an open database and a signing secret; the responder is the
+    /// one `config` names.
+    pub fn new(db: Database, secret: &Secret, config: &Config) -> Result<Narutalk, StartError> {
+        let keys = TokenKeys::new(
+            secret,
+            config.access_token_minutes,
+            config.refresh_token_days,
+        )
+        .map_err(|_| ConfigError {
+            setting: "NARUTALK_SECRET_KEY".into(),
+            message: format!("must be at least {} bytes", tokens::MIN_SECRET_BYTES),
+        })?;
+        let responder: Arc<dyn Responder> = match config.ai_backend {
+            AiBackend::Template => Arc::new(TemplateResponder),
+            backend @ (AiBackend::Http | AiBackend::Openai) => {
+                return Err(ConfigError {
+                    setting: "NARUTALK_AI_BACKEND".into(),
+                    message: format!(
+                        "the {backend:?} responder is not part of this build yet; use template"
+                    ),
+                }
+                .into());
+            }
+        };
+        accounts::password::warm_up();
+        Ok(Narutalk {
+            db,
+            keys,
+            responder,
+            content_max_chars: config.content_max_chars,
+            history_messages: config.ai_history_messages,
+        })
+    }
+
+    /// Replaces the AI responder (an embedder's own, or a test double).
+    pub fn with_responder(mut self, responder: Arc<dyn Responder>) -> Self {
+        self.responder = responder;
+        self
+    }
+
+    /// Registration, login, profiles and administration.
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts {
+            db: &self.db,
+            keys: &self.keys,
+        }
+    }
+
+    /// Access-token checks, refresh rotation and logout.
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens {
+            db: &self.db,
+            keys: &self.keys,
+        }
+    }
+
+    /// Sessions, messages and the storage side of the AI turn.
+    pub fn chat(&self) -> Chat<'_> {
+        Chat {
+            db: &self.db,
+            content_max_chars: self.content_max_chars,
+            history_messages: self.history_messages,
+        }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The AI responder in use.
+    pub fn responder(&self) -> &Arc<dyn Responder> {
+        &self.responder
+    }
+
+    /// The whole AI turn of contract section 3.1 in one call: stores the user message
+    /// (committed before the responder runs), asks the responder, stores its reply or the
+    /// system error message. A repeated idempotency key answers the first exchange; if
+    /// that one has no reply yet (the process stopped mid-turn), the reply is produced now.
+    /// Turns of one session must not run concurrently; the server orders them itself.
+    pub fn send_message_fields(
+        &self,
+        owner: UserId,
+        session: SessionId,
+        body: &JsonObject,
+        idempotency_key: Option<&str>,
+    ) -> Result<Exchange, Error> {
+        let message =
+            match self
+                .chat()
+                .post_message_fields(owner, session, body, idempotency_key)?
+            {
+                PostOutcome::Replayed {
+                    message,
+                    reply: Some(reply),
+                } => return Ok(Exchange { message, reply }),
+                PostOutcome::Replayed {
+                    message,
+                    reply: None,
+                }
+                | PostOutcome::Stored(message) => message,
+            };
+        let turn = self.chat().prepare_reply(&message)?;
+        let outcome = ai::run_responder(self.responder.as_ref(), &turn.request, &mut |_| {});
+        let reply = self.chat().store_reply(&turn, outcome)?;
+        Ok(Exchange { message, reply })
+    }
+
+    /// [`Narutalk::send_message_fields`] for a plain text message.
+    pub fn send_message(
+        &self,
+        owner: UserId,
+        session: SessionId,
+        content: &str,
+    ) -> Result<Exchange, Error> {
+        let body = serde_json::json!({ "content": content });
+        self.send_message_fields(
+            owner,
+            session,
+            body.as_object().unwrap_or(&JsonObject::new()),
+            None,
+        )
+    }
+}

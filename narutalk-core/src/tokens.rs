@@ -1,0 +1,439 @@
+//! JWT access and refresh tokens: issuing, validating, rotating with reuse detection,
+//! logging out, and per-user revocation (contract section 2).
+//!
+//! Tokens are HS256 JWTs, the algorithm pinned and no clock leeway, signed with the exact
+//! UTF-8 bytes of the configured secret. Claims are simplejwt 5.5's: `token_type`,
+//! `user_id` (a string), `jti`, `iat`, `exp`. Every refresh token is also a row in
+//! `refresh_tokens`, so that it works once (rotation), a replayed one revokes its whole
+//! login's family, and logout revokes it. Each user has a revocation time in whole
+//! seconds: any token whose `iat` is not after it is refused, and it is read from the
+//! database on every validation so that a change made by another process counts at once.
+
+use chrono::{DateTime, Duration, Utc};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rusqlite::{OptionalExtension, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::{User, UserId};
+use crate::config::Secret;
+use crate::db::Database;
+use crate::error::{Error, TokenProblem};
+use crate::fields::{FieldReader, JsonObject, Text};
+use crate::time;
+
+/// The shortest signing secret accepted, in bytes (RFC 7518 section 3.2: a key at least as
+/// long as the HS256 output).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Tokens longer than this are refused before any parsing: no honest token comes close.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// An access token and the refresh token that renews it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenPair {
+    /// Sent as `Authorization: Bearer <access>`.
+    pub access: String,
+    /// Exchanged once for a new pair.
+    pub refresh: String,
+}
+
+/// Which of the two kinds a token is (`token_type` claim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    /// Authenticates requests.
+    Access,
+    /// Renews the pair.
+    Refresh,
+}
+
+/// The claims of a token, as simplejwt 5.5 writes them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// `"access"` or `"refresh"`.
+    pub token_type: TokenKind,
+    /// The user's id as a string; an integer is accepted when validating.
+    #[serde(with = "user_id_claim")]
+    pub user_id: UserId,
+    /// A unique id: 32 lower-case hex digits.
+    pub jti: String,
+    /// Issued at, in whole seconds since the epoch.
+    pub iat: i64,
+    /// Expires at, in whole seconds since the epoch.
+    pub exp: i64,
+}
+
+/// Signs and checks tokens with one secret and the configured lifetimes.
+pub struct TokenKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_lifetime: Duration,
+    refresh_lifetime: Duration,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKeys")
+            .field("access_lifetime", &self.access_lifetime)
+            .field("refresh_lifetime", &self.refresh_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKeys {
+    /// Keys from the exact UTF-8 bytes of `secret`, which must be at least
+    /// [`MIN_SECRET_BYTES`] long; lifetimes in minutes and days.
+    pub fn new(secret: &Secret, access_minutes: u32, refresh_days: u32) -> Result<Self, Error> {
+        let bytes = secret.expose().as_bytes();
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(Error::Internal(format!(
+                "the signing secret must be at least {MIN_SECRET_BYTES} bytes"
+            )));
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        Ok(Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            validation,
+            access_lifetime: Duration::minutes(i64::from(access_minutes)),
+            refresh_lifetime: Duration::days(i64::from(refresh_days)),
+        })
+    }
+
+    /// Checks signature, algorithm, expiry and shape, and returns the claims. Says nothing
+    /// about revocation or the user, which need the database.
+    pub fn decode(&self, token: &str) -> Result<Claims, TokenProblem> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenProblem::Invalid);
+        }
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
+            // jsonwebtoken refuses only `exp < now` in whole seconds, which honours a token
+            // for up to a second past its `exp`; RFC 7519 (and PyJWT under simplejwt) need
+            // now to be before `exp`, so the second `exp` names is already expired.
+            Ok(data) if data.claims.exp <= time::unix_seconds(&time::now()) => {
+                Err(TokenProblem::Expired)
+            }
+            Ok(data) => Ok(data.claims),
+            Err(error) if matches!(error.kind(), ErrorKind::ExpiredSignature) => {
+                Err(TokenProblem::Expired)
+            }
+            Err(_) => Err(TokenProblem::Invalid),
+        }
+    }
+
+    /// Signs a token of `kind` for `user_id`, issued at `issued_at`.
+    pub fn sign(
+        &self,
+        kind: TokenKind,
+        user_id: UserId,
+        jti: &str,
+        issued_at: i64,
+    ) -> Result<String, Error> {
+        let lifetime = match kind {
+            TokenKind::Access => self.access_lifetime,
+            TokenKind::Refresh => self.refresh_lifetime,
+        };
+        let claims = Claims {
+            token_type: kind,
+            user_id,
+            jti: jti.to_owned(),
+            iat: issued_at,
+            exp: issued_at.saturating_add(lifetime.num_seconds()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| Error::Internal(format!("signing a token: {e}")))
+    }
+}
+
+/// Token operations on a database (returned by [`crate::Narutalk::tokens`]).
+pub struct Tokens<'a> {
+    pub(crate) db: &'a Database,
+    pub(crate) keys: &'a TokenKeys,
+}
+
+impl Tokens<'_> {
+    /// Validates an access token completely: signature, expiry, type, the user's
+    /// revocation time, and that the user still exists and is active. Returns the user.
+    pub fn authenticate(&self, access: &str) -> Result<User, Error> {
+        let claims = self.keys.decode(access).map_err(Error::InvalidToken)?;
+        if claims.token_type != TokenKind::Access {
+            return Err(Error::InvalidToken(TokenProblem::Invalid));
+        }
+        let user = self
+            .db
+            .read(|conn| crate::accounts::user_by_id(conn, claims.user_id))?
+            .ok_or(Error::InvalidToken(TokenProblem::Invalid))?;
+        if !user.is_active {
+            return Err(Error::InvalidToken(TokenProblem::Invalid));
+        }
+        if claims.iat <= user.tokens_revoked_at {
+            return Err(Error::InvalidToken(TokenProblem::Blacklisted));
+        }
+        Ok(user)
+    }
+
+    /// `POST /api/auth/token/refresh/`: reads `{"refresh"}` and rotates it.
+    pub fn refresh_fields(&self, body: &JsonObject) -> Result<TokenPair, Error> {
+        let refresh = read_refresh_field(body)?;
+        self.refresh(&refresh)
+    }
+
+    /// Exchanges a refresh token for a new pair. The token works once: presenting it again
+    /// revokes every token of its login's family. Of two concurrent calls with one token,
+    /// exactly one succeeds (the check and the rotation are one write transaction).
+    pub fn refresh(&self, refresh: &str) -> Result<TokenPair, Error> {
+        let claims = self.decode_refresh(refresh)?;
+        let now = time::unix_seconds(&time::now());
+        let (user_id, issued_at, jti) = self.db.write_always_commit(|tx| {
+            let row = match refresh_row(tx, &claims.jti)? {
+                Some(row) if row.user_id == claims.user_id => row,
+                _ => return Ok(Err(Error::InvalidToken(TokenProblem::Invalid))),
+            };
+            if row.used_at.is_some() {
+                // A rotated token came back: someone holds a copy. Revoke the whole login.
+                tx.execute(
+                    "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
+                    params![now, row.family],
+                )?;
+                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            }
+            if row.revoked_at.is_some() {
+                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            }
+            let Some(stamp) = user_stamp(tx, claims.user_id)? else {
+                return Ok(Err(Error::InvalidToken(TokenProblem::Invalid)));
+            };
+            if !stamp.is_active || claims.iat <= stamp.tokens_revoked_at {
+                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            }
+            tx.execute(
+                "UPDATE refresh_tokens SET used_at = ?1 WHERE jti = ?2",
+                params![now, claims.jti],
+            )?;
+            let issued_at = now.max(stamp.tokens_revoked_at + 1);
+            let jti = new_jti();
+            insert_refresh_row(tx, &jti, claims.user_id, &row.family, issued_at, self.refresh_expiry(issued_at))?;
+            Ok(Ok((claims.user_id, issued_at, jti)))
+        })?;
+        Ok(TokenPair {
+            access: self
+                .keys
+                .sign(TokenKind::Access, user_id, &new_jti(), issued_at)?,
+            refresh: self
+                .keys
+                .sign(TokenKind::Refresh, user_id, &jti, issued_at)?,
+        })
+    }
+
+    /// `POST /api/auth/logout/`: reads `{"refresh"}` and revokes it.
+    pub fn logout_fields(&self, body: &JsonObject) -> Result<(), Error> {
+        let refresh = read_refresh_field(body)?;
+        self.logout(&refresh)
+    }
+
+    /// Revokes one refresh token. A token already rotated counts as reuse (its family is
+    /// revoked); one already revoked is refused as blacklisted.
+    pub fn logout(&self, refresh: &str) -> Result<(), Error> {
+        let claims = self.decode_refresh(refresh)?;
+        let now = time::unix_seconds(&time::now());
+        self.db.write_always_commit(|tx| {
+            let row = match refresh_row(tx, &claims.jti)? {
+                Some(row) if row.user_id == claims.user_id => row,
+                _ => return Ok(Err(Error::InvalidToken(TokenProblem::Invalid))),
+            };
+            if row.used_at.is_some() {
+                tx.execute(
+                    "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
+                    params![now, row.family],
+                )?;
+                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            }
+            if row.revoked_at.is_some() {
+                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            }
+            if let Some(stamp) = user_stamp(tx, claims.user_id)?
+                && claims.iat <= stamp.tokens_revoked_at
+            {
+                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            }
+            tx.execute(
+                "UPDATE refresh_tokens SET revoked_at = ?1 WHERE jti = ?2",
+                params![now, claims.jti],
+            )?;
+            Ok(Ok(()))
+        })
+    }
+
+    /// Deletes refresh-token rows that expired, at most `limit` of them; returns how many.
+    /// An expired token is refused by its `exp` anyway, so its row is no longer needed.
+    pub fn purge_expired(&self, limit: u32) -> Result<usize, Error> {
+        let now = time::unix_seconds(&time::now());
+        self.db.write(|tx| purge_expired(tx, now, limit))
+    }
+
+    fn decode_refresh(&self, refresh: &str) -> Result<Claims, Error> {
+        let claims = self.keys.decode(refresh).map_err(Error::InvalidToken)?;
+        if claims.token_type != TokenKind::Refresh {
+            return Err(Error::InvalidToken(TokenProblem::Invalid));
+        }
+        Ok(claims)
+    }
+
+    fn refresh_expiry(&self, issued_at: i64) -> i64 {
+        issued_at.saturating_add(self.keys.refresh_lifetime.num_seconds())
+    }
+}
+
+/// Issues a new login's token pair inside the caller's write transaction: a new family,
+/// `iat = max(now, revocation time + 1)`, and a purge of a few expired rows.
+pub(crate) fn issue_for_login(
+    tx: &Transaction<'_>,
+    keys: &TokenKeys,
+    user_id: UserId,
+    tokens_revoked_at: i64,
+    now: &DateTime<Utc>,
+) -> Result<TokenPair, Error> {
+    let now_seconds = time::unix_seconds(now);
+    let issued_at = now_seconds.max(tokens_revoked_at + 1);
+    let jti = new_jti();
+    let family = new_jti();
+    let expires_at = issued_at.saturating_add(keys.refresh_lifetime.num_seconds());
+    insert_refresh_row(tx, &jti, user_id, &family, issued_at, expires_at)?;
+    purge_expired(tx, now_seconds, 100)?;
+    Ok(TokenPair {
+        access: keys.sign(TokenKind::Access, user_id, &new_jti(), issued_at)?,
+        refresh: keys.sign(TokenKind::Refresh, user_id, &jti, issued_at)?,
+    })
+}
+
+/// Refuses every token of `user_id` issued until now: sets the revocation time to now, or
+/// one second past the previous one when that is not before now (tokens issued since then
+/// carry `iat` = previous + 1, and must be refused too), and marks the user's live refresh
+/// rows revoked.
+pub(crate) fn revoke_all(
+    tx: &Transaction<'_>,
+    user_id: UserId,
+    now: &DateTime<Utc>,
+) -> Result<(), Error> {
+    let now_seconds = time::unix_seconds(now);
+    tx.execute(
+        "UPDATE users SET tokens_revoked_at = max(tokens_revoked_at + 1, ?1) WHERE id = ?2",
+        params![now_seconds, user_id.0],
+    )?;
+    tx.execute(
+        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
+        params![now_seconds, user_id.0],
+    )?;
+    Ok(())
+}
+
+fn read_refresh_field(body: &JsonObject) -> Result<String, Error> {
+    let mut reader = FieldReader::new(body);
+    let refresh = reader.text("refresh", Text::REQUIRED_VERBATIM);
+    reader.finish()?;
+    refresh.ok_or_else(|| Error::Internal("refresh passed its checks but has no value".into()))
+}
+
+/// A fresh token id: a random UUID v4 as 32 lower-case hex digits, as simplejwt writes it.
+fn new_jti() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+struct RefreshRow {
+    user_id: UserId,
+    family: String,
+    used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+fn refresh_row(tx: &Transaction<'_>, jti: &str) -> Result<Option<RefreshRow>, Error> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT user_id, family, used_at, revoked_at FROM refresh_tokens WHERE jti = ?1",
+        )?
+        .query_row([jti], |row| {
+            Ok(RefreshRow {
+                user_id: UserId(row.get(0)?),
+                family: row.get(1)?,
+                used_at: row.get(2)?,
+                revoked_at: row.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+struct UserStamp {
+    is_active: bool,
+    tokens_revoked_at: i64,
+}
+
+fn user_stamp(tx: &Transaction<'_>, user_id: UserId) -> Result<Option<UserStamp>, Error> {
+    Ok(tx
+        .prepare_cached("SELECT is_active, tokens_revoked_at FROM users WHERE id = ?1")?
+        .query_row([user_id.0], |row| {
+            Ok(UserStamp {
+                is_active: row.get(0)?,
+                tokens_revoked_at: row.get(1)?,
+            })
+        })
+        .optional()?)
+}
+
+fn insert_refresh_row(
+    tx: &Transaction<'_>,
+    jti: &str,
+    user_id: UserId,
+    family: &str,
+    issued_at: i64,
+    expires_at: i64,
+) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT INTO refresh_tokens (jti, user_id, family, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![jti, user_id.0, family, issued_at, expires_at])?;
+    Ok(())
+}
+
+fn purge_expired(tx: &Transaction<'_>, now_seconds: i64, limit: u32) -> Result<usize, Error> {
+    Ok(tx
+        .prepare_cached(
+            "DELETE FROM refresh_tokens WHERE jti IN \
+             (SELECT jti FROM refresh_tokens WHERE expires_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![now_seconds, limit])?)
+}
+
+/// `user_id` is written as a string (simplejwt 5.5) and read from a string or an integer.
+mod user_id_claim {
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    use crate::accounts::UserId;
+
+    pub fn serialize<S: Serializer>(id: &UserId, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&id.0.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<UserId, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(i64),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(id) => Ok(UserId(id)),
+            Raw::Text(text) if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) => text
+                .parse()
+                .map(UserId)
+                .map_err(|_| de::Error::custom("user_id out of range")),
+            Raw::Text(_) => Err(de::Error::custom("user_id is not a number")),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `narutalk-server`: starts Narutalk on the settings of contract section 8.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use narutalk_core::Narutalk;
+use narutalk_core::config::{Config, Overrides};
+use narutalk_core::db::OpenMode;
+
+/// Narutalk's API server. Settings: defaults < TOML file < NARUTALK_* variables < flags.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Flags {
+    /// Listen address, such as 127.0.0.1:8000 (NARUTALK_BIND).
+    #[arg(long)]
+    bind: Option<String>,
+    /// SQLite database file (NARUTALK_DATABASE).
+    #[arg(long)]
+    database: Option<PathBuf>,
+    /// TOML settings file (NARUTALK_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Flags::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("narutalk-server: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        bind: flags.bind,
+        database: flags.database,
+        config: flags.config,
+    };
+    let config = Config::load(&overrides)?;
+    let open_config = config.clone();
+    let core = tokio::task::spawn_blocking(move || {
+        Narutalk::open(&open_config, OpenMode::CreateIfMissing)
+    })
+    .await
+    .context("starting the core")??;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    println!("Narutalk is listening on http://{address}/ (health: http://{address}/api/health/)");
+    narutalk_server::serve(Arc::new(core), &config, listener, shutdown_signal()).await;
+    println!("Narutalk stopped.");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,116 @@
+//! Protects the zero-setup start of contract section 8: the real binary, run in an empty
+//! folder, creates the database and a 0600 secret, binds, serves health, and stops cleanly
+//! on SIGTERM; a bad setting stops the start with one line naming it.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+fn server() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_narutalk-server"));
+    command.env_clear();
+    command
+}
+
+/// One HTTP/1.1 GET over a plain socket; returns the whole response as text.
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn first_start_in_an_empty_folder_creates_database_and_secret_then_serves_health() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = server()
+        .current_dir(dir.path())
+        .env("NARUTALK_BIND", "127.0.0.1:0")
+        .env("NARUTALK_SEARCH_URL", "")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    let address = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_owned();
+
+    // Act
+    let health = http_get(&address, "/api/health/");
+    let unknown = http_get(&address, "/api/nothing-here/");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+
+    // Assert
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains(
+        r#"{"services":{"ai_service":"available","database":"connected","search_service":"not_configured","server":"running"},"status":"healthy"}"#
+    ), "{health}");
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    assert!(unknown.ends_with(r#"{"detail":"Not found."}"#), "{unknown}");
+    assert!(
+        status.success(),
+        "SIGTERM must stop the server with exit 0, got {status:?}"
+    );
+    assert!(dir.path().join("data/databases/db.sqlite3").is_file());
+    let secret = std::fs::read_to_string(dir.path().join("data/secret.key")).unwrap();
+    assert_eq!(secret.len(), 128);
+    assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data/secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_the_start_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = server()
+        .current_dir(dir.path())
+        .env("NARUTALK_SQLITE_SYNCHRONOUS", "sometimes")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("NARUTALK_SQLITE_SYNCHRONOUS"), "{stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is created before the settings are valid"
+    );
+}
+
+#[test]
+fn a_short_secret_is_refused_without_echoing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = server()
+        .current_dir(dir.path())
+        .env("NARUTALK_SECRET_KEY", "too-short-to-sign")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("NARUTALK_SECRET_KEY"), "{stderr}");
+    assert!(!stderr.contains("too-short-to-sign"), "{stderr}");
+}

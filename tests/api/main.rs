@@ -1,0 +1,6 @@
+//! Black-box tests of the real server: each test starts it on a free loopback port with a
+//! fresh database and speaks HTTP to it.
+#![allow(clippy::unwrap_used)]
+
+mod health;
+mod helpers;
