@@ -21,17 +21,6 @@ pub fn serialize<S: serde::Serializer>(
     serializer.serialize_str(&format_rfc3339(at))
 }
 
-/// Serde helper: [`serialize`] for an optional timestamp.
-pub fn serialize_option<S: serde::Serializer>(
-    at: &Option<DateTime<Utc>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => serialize(at, serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
 /// The stored form of a timestamp.
 pub(crate) fn to_micros(at: &DateTime<Utc>) -> i64 {
     at.timestamp_micros()

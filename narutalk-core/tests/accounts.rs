@@ -1409,3 +1409,139 @@ fn admin_operations_on_an_unknown_id_answer_not_found() {
     ));
     assert!(accounts.list(&UserFilter::default()).unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// The user object's wire shape, and races with administrators
+// ---------------------------------------------------------------------------------------
+
+/// A user serializes as the contract's `UserSerializer`: exactly six keys; the
+/// administrators' fields never leave through it, also inside a login or the dashboard.
+#[test]
+fn a_user_serializes_as_the_contract_user_object_only() {
+    let fixture = open();
+    let user = register(&fixture.narutalk, "kim", "kim@example.com");
+    assert_eq!(
+        serde_json::to_value(&user).unwrap(),
+        json!({
+            "id": user.id.0,
+            "username": "kim",
+            "email": "kim@example.com",
+            "role": "user",
+            "department": "",
+            "is_verified": false,
+        })
+    );
+    let login = login(&fixture.narutalk, "kim@example.com");
+    let value = serde_json::to_value(&login).unwrap();
+    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["access", "refresh", "user"]);
+    assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
+}
+
+/// A login that checked the old password while an administrator reset it must not end
+/// with usable tokens: whichever finishes first, no token from the old password works
+/// afterwards, and the new password logs in.
+#[test]
+fn a_login_racing_a_password_reset_never_leaves_a_usable_token() {
+    for delay_ms in [0, 5, 10, 15, 20] {
+        let fixture = open();
+        let narutalk = &fixture.narutalk;
+        let user = register(narutalk, "kim", "kim@example.com");
+        let raced = std::thread::scope(|scope| {
+            let reset = scope.spawn(|| {
+                narutalk
+                    .accounts()
+                    .reset_password(user.id, "brand-new-lighthouse-7")
+            });
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let login = narutalk.accounts().login("kim@example.com", PASSWORD);
+            reset.join().unwrap().unwrap();
+            login
+        });
+        if let Ok(old) = raced {
+            assert!(
+                narutalk.tokens().authenticate(&old.tokens.access).is_err(),
+                "delay {delay_ms} ms: an access token from the old password still works"
+            );
+            assert!(
+                narutalk.tokens().refresh(&old.tokens.refresh).is_err(),
+                "delay {delay_ms} ms: a refresh token from the old password still works"
+            );
+        }
+        narutalk
+            .accounts()
+            .login("kim@example.com", "brand-new-lighthouse-7")
+            .unwrap();
+    }
+}
+
+/// A password change that checked the old password before an administrator's reset
+/// landed must not undo the reset: afterwards the reset password always works.
+#[test]
+fn a_password_change_racing_a_reset_never_undoes_the_reset() {
+    for delay_ms in [0, 10, 20] {
+        let fixture = open();
+        let narutalk = &fixture.narutalk;
+        let user = register(narutalk, "kim", "kim@example.com");
+        let change =
+            body(json!({"old_password": PASSWORD, "new_password": "user-picked-meadow-3"}));
+        let changed = std::thread::scope(|scope| {
+            let reset = scope.spawn(|| {
+                narutalk
+                    .accounts()
+                    .reset_password(user.id, "admin-picked-harbour-9")
+            });
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let changed = narutalk.accounts().change_password_fields(user.id, &change);
+            reset.join().unwrap().unwrap();
+            changed
+        });
+        let reset_works = narutalk
+            .accounts()
+            .login("kim@example.com", "admin-picked-harbour-9")
+            .is_ok();
+        let change_works = narutalk
+            .accounts()
+            .login("kim@example.com", "user-picked-meadow-3")
+            .is_ok();
+        // Either the change came first and the reset replaced it, or the change was
+        // refused because the password it checked was no longer the stored one.
+        assert!(reset_works, "delay {delay_ms} ms: the reset was undone");
+        assert!(!change_works, "delay {delay_ms} ms");
+        if let Err(error) = changed {
+            assert_eq!(
+                field_errors(Err::<(), _>(error)),
+                fields(&[("old_password", &[OLD_PASSWORD_WRONG])])
+            );
+        }
+    }
+}
+
+/// Two partial profile updates of different fields at once both take effect.
+#[test]
+fn concurrent_partial_profile_updates_of_different_fields_both_take_effect() {
+    let fixture = open();
+    let narutalk = &fixture.narutalk;
+    let user = register(narutalk, "kim", "kim@example.com");
+    for round in 0..10 {
+        let department = body(json!({"department": format!("Ward {round}")}));
+        let email = body(json!({"email": format!("kim{round}@example.com")}));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                narutalk
+                    .accounts()
+                    .update_profile_fields(user.id, &department, true)
+                    .unwrap()
+            });
+            scope.spawn(|| {
+                narutalk
+                    .accounts()
+                    .update_profile_fields(user.id, &email, true)
+                    .unwrap()
+            });
+        });
+        let stored = narutalk.accounts().get(user.id).unwrap();
+        assert_eq!(stored.department, format!("Ward {round}"));
+        assert_eq!(stored.email, format!("kim{round}@example.com"));
+    }
+}

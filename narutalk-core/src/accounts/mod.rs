@@ -113,9 +113,10 @@ impl std::str::FromStr for RegistrationRole {
     }
 }
 
-/// A stored user. The API shows `id`, `username`, `email`, `role`, `department` and
-/// `is_verified`; the other fields are for administrators.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A stored user. It serializes as the contract's user object (`UserSerializer`): `id`,
+/// `username`, `email`, `role`, `department` and `is_verified`; the other fields are for
+/// administrators and never leave through that form.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     /// Integer id.
     pub id: UserId,
@@ -132,13 +133,25 @@ pub struct User {
     /// An inactive user cannot log in and their tokens are refused.
     pub is_active: bool,
     /// When the account was made.
-    #[serde(serialize_with = "time::serialize")]
     pub date_joined: DateTime<Utc>,
     /// The last successful login.
-    #[serde(serialize_with = "time::serialize_option")]
     pub last_login: Option<DateTime<Utc>>,
     /// Tokens issued at or before this second (Unix time) are refused; 0 when never set.
     pub tokens_revoked_at: i64,
+}
+
+impl Serialize for User {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut user = serializer.serialize_struct("User", 6)?;
+        user.serialize_field("id", &self.id)?;
+        user.serialize_field("username", &self.username)?;
+        user.serialize_field("email", &self.email)?;
+        user.serialize_field("role", &self.role)?;
+        user.serialize_field("department", &self.department)?;
+        user.serialize_field("is_verified", &self.is_verified)?;
+        user.end()
+    }
 }
 
 /// The result of a successful login.
@@ -314,13 +327,13 @@ impl Accounts<'_> {
     pub fn login(&self, email: &str, password: &str) -> Result<Login, Error> {
         let email = email.trim().to_lowercase();
         let found = self.db.read(|conn| user_with_hash_by_email(conn, &email))?;
-        let user = match found {
+        let (user, verified_hash) = match found {
             Some((user, stored)) => {
                 let matches = password::verify(password, &stored);
                 if !matches || !user.is_active {
                     return Err(Error::BadCredentials);
                 }
-                user
+                (user, stored)
             }
             None => {
                 password::verify_nothing(password);
@@ -329,11 +342,15 @@ impl Accounts<'_> {
         };
         let now = time::now();
         self.db.write(|tx| {
-            // Re-read inside the write lock: an administrator may have deactivated the
-            // account or revoked its tokens since the password was checked.
-            let user = user_by_id(tx, user.id)?
-                .filter(|u| u.is_active)
+            // Re-read inside the write lock: while argon2 ran (outside it), an
+            // administrator may have deactivated the account, or a reset or change may have
+            // replaced the password just checked; either refuses this login.
+            let (user, current_hash) = user_with_hash_by_id(tx, user.id)?
+                .filter(|(u, _)| u.is_active)
                 .ok_or(Error::BadCredentials)?;
+            if current_hash != verified_hash {
+                return Err(Error::BadCredentials);
+            }
             tx.prepare_cached("UPDATE users SET last_login = ?1 WHERE id = ?2")?
                 .execute(params![time::to_micros(&now), user.id.0])?;
             let tokens =
@@ -383,20 +400,20 @@ impl Accounts<'_> {
         body: &JsonObject,
         partial: bool,
     ) -> Result<User, Error> {
-        let current = self.get(id)?;
+        self.get(id)?;
         let mut reader = FieldReader::new(body);
         let username = read_username(&mut reader, !partial);
         let email = read_email(&mut reader, !partial);
         let department = read_department(&mut reader, false);
         self.check_unique(&mut reader, username.as_deref(), email.as_deref(), Some(id))?;
         reader.finish()?;
-        let username = username.unwrap_or(current.username);
-        let email = email.unwrap_or(current.email);
-        let department = department.unwrap_or(current.department);
         self.db.write(|tx| {
+            // Only the fields sent are written, so two concurrent partial updates of
+            // different fields both take effect.
             let changed = tx
                 .prepare_cached(
-                    "UPDATE users SET username = ?1, email = ?2, department = ?3 WHERE id = ?4",
+                    "UPDATE users SET username = coalesce(?1, username), email = coalesce(?2, email), \
+                     department = coalesce(?3, department) WHERE id = ?4",
                 )?
                 .execute(params![username, email, department, id.0])
                 .map_err(unique_violation_as_field_error)?;
@@ -435,7 +452,13 @@ impl Accounts<'_> {
         let new_password = new_password.ok_or_else(|| {
             Error::Internal("new_password passed its checks without a value".into())
         })?;
-        self.store_password(id, &new_password)
+        // Only replace the hash the old password was checked against: a reset that
+        // landed meanwhile must not be undone by someone who knew the old password.
+        self.store_password(id, &new_password, Some(&stored))
+            .map_err(|error| match error {
+                Error::NotFound => FieldErrors::single("old_password", OLD_PASSWORD_WRONG).into(),
+                other => other,
+            })
     }
 
     /// Sets a new password chosen by an administrator (checked against the password
@@ -449,7 +472,7 @@ impl Accounts<'_> {
             problems.add("password", message);
         }
         problems.into_result()?;
-        self.store_password(id, new_password)
+        self.store_password(id, new_password, None)
     }
 
     /// `GET /api/auth/dashboard/`: the user with real counts.
@@ -569,13 +592,20 @@ impl Accounts<'_> {
         })
     }
 
-    fn store_password(&self, id: UserId, new_password: &str) -> Result<(), Error> {
+    /// Hashes and stores a new password and revokes every token. With `replacing`, only if
+    /// the stored hash is still that one ([`Error::NotFound`] otherwise).
+    fn store_password(
+        &self,
+        id: UserId,
+        new_password: &str,
+        replacing: Option<&str>,
+    ) -> Result<(), Error> {
         let hashed = password::hash(new_password)?;
         let now = time::now();
         self.db.write(|tx| {
             if tx.execute(
-                "UPDATE users SET password_hash = ?1 WHERE id = ?2",
-                params![hashed, id.0],
+                "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND (?3 IS NULL OR password_hash = ?3)",
+                params![hashed, id.0, replacing],
             )? == 0
             {
                 return Err(Error::NotFound);

@@ -293,6 +293,14 @@ fn similarity_problem(
             .is_some_and(|value| password.is_similar_to(value))
             .then_some(message)
     })
+    .or_else(|| {
+        // The contract names the email's local part too; Django's word pieces miss it
+        // when it holds separators ("ab.cd" splits into "ab" and "cd").
+        email
+            .and_then(|email| email.rsplit_once('@'))
+            .is_some_and(|(local, _)| password.is_similar_to_part(&local.to_lowercase()))
+            .then_some(PASSWORD_SIMILAR_TO_EMAIL)
+    })
 }
 
 /// The lower-cased password as a length and a sorted multiset of characters, built once so
@@ -629,6 +637,16 @@ mod tests {
         assert_eq!(
             password_problems("KimDoctor77", Some("kimdoctor77"), None),
             vec![PASSWORD_SIMILAR_TO_USERNAME]
+        );
+    }
+
+    #[test]
+    fn a_password_close_to_the_whole_local_part_of_the_email_is_too_similar() {
+        // "ab.cd" splits into "ab" and "cd", neither close enough alone; the local part
+        // as a whole is (quick ratio 10/13).
+        assert_eq!(
+            password_problems("ab.cd123", Some("zz"), Some("ab.cd@example.com")),
+            vec![PASSWORD_SIMILAR_TO_EMAIL]
         );
     }
 
