@@ -81,3 +81,5 @@ CREATE TABLE idempotency_keys (
     PRIMARY KEY (session_id, user_id, key)
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+-- Deleting a user cascades here by user_id.
+CREATE INDEX idempotency_keys_by_user ON idempotency_keys (user_id);

@@ -13,8 +13,11 @@
 //! [`Chat::store_reply`] stores the reply or the system error message.
 //! [`crate::Narutalk::send_message_fields`] runs the whole turn for embedders and the CLI.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
@@ -24,7 +27,7 @@ use uuid::Uuid;
 use crate::accounts::{UnknownChoice, UserId};
 use crate::ai::{AiError, AiReply, AiRequest, HistoryTurn};
 use crate::db::Database;
-use crate::error::{Error, FieldErrors};
+use crate::error::{Error, FieldErrors, TokenProblem};
 use crate::fields::{self, FieldReader, JsonObject, Text};
 use crate::time;
 
@@ -423,12 +426,14 @@ impl SessionFilter {
 }
 
 /// What storing a user message did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum PostOutcome {
-    /// A new message was stored and committed; its reply is still to be produced.
-    Stored(Message),
+    /// A new message was stored and committed; its reply is still to be produced, by the
+    /// holder of the [`TurnClaim`].
+    Stored(Message, TurnClaim),
     /// The `Idempotency-Key` was used on this session in the last 24 hours: nothing was
-    /// stored; this is the first result (its reply is `None` while still being produced).
+    /// stored; this is the first result. Its reply is `None` while it is still being
+    /// produced: [`Chat::wait_for_reply`] waits for it rather than asking the AI again.
     Replayed {
         /// The message stored the first time.
         message: Message,
@@ -460,9 +465,127 @@ pub struct ReplyTurn {
     pub request: AiRequest,
 }
 
+/// What [`Chat::wait_for_reply`] found.
+#[derive(Debug)]
+pub enum ReplyWait {
+    /// The stored reply.
+    Ready(Message),
+    /// Nobody is producing the reply: the caller now holds the turn and must produce it.
+    YourTurn(TurnClaim),
+}
+
+/// Proof that this caller is producing the reply to one user message in this process.
+/// While it is held, a repeated idempotent post of that message waits for the reply
+/// instead of asking the AI a second time. [`Chat::store_reply`] completes the turn;
+/// dropping the claim without a stored reply hands the turn to a waiter.
+pub struct TurnClaim {
+    turns: Arc<Turns>,
+    message_id: MessageId,
+    slot: Arc<TurnSlot>,
+}
+
+impl fmt::Debug for TurnClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnClaim")
+            .field("message_id", &self.message_id)
+            .finish()
+    }
+}
+
+/// Two claims are equal when they are for the same message.
+impl PartialEq for TurnClaim {
+    fn eq(&self, other: &Self) -> bool {
+        self.message_id == other.message_id
+    }
+}
+
+impl TurnClaim {
+    /// The user message whose reply this claim is for.
+    pub fn message_id(&self) -> MessageId {
+        self.message_id
+    }
+}
+
+impl Drop for TurnClaim {
+    fn drop(&mut self) {
+        let mut running = self.turns.lock();
+        if running
+            .get(&self.message_id)
+            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        {
+            running.remove(&self.message_id);
+        }
+        drop(running);
+        let mut state = self.slot.lock();
+        if matches!(*state, TurnState::Running) {
+            *state = TurnState::Abandoned;
+        }
+        drop(state);
+        self.slot.changed.notify_all();
+    }
+}
+
+/// The replies being produced in this process, by the user message they answer. It lives
+/// in the [`crate::Narutalk`] handle; another process (the CLI) has its own.
+#[derive(Default)]
+pub(crate) struct Turns {
+    running: Mutex<HashMap<MessageId, Arc<TurnSlot>>>,
+}
+
+#[derive(Default)]
+struct TurnSlot {
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+enum TurnState {
+    #[default]
+    Running,
+    Replied(Message),
+    Abandoned,
+}
+
+impl TurnSlot {
+    fn lock(&self) -> MutexGuard<'_, TurnState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Turns {
+    fn lock(&self) -> MutexGuard<'_, HashMap<MessageId, Arc<TurnSlot>>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a turn for a message just stored (its id is new, so nobody else runs it).
+    fn claim(self: &Arc<Self>, message_id: MessageId) -> TurnClaim {
+        let slot = Arc::new(TurnSlot::default());
+        self.lock().insert(message_id, slot.clone());
+        TurnClaim {
+            turns: self.clone(),
+            message_id,
+            slot,
+        }
+    }
+
+    /// Publishes a stored reply to everyone waiting for it.
+    fn finish(&self, message_id: MessageId, reply: &Message) {
+        let slot = self.lock().remove(&message_id);
+        if let Some(slot) = slot {
+            *slot.lock() = TurnState::Replied(reply.clone());
+            slot.changed.notify_all();
+        }
+    }
+}
+
 /// Chat operations on a database (returned by [`crate::Narutalk::chat`]).
 pub struct Chat<'a> {
     pub(crate) db: &'a Database,
+    pub(crate) turns: &'a Arc<Turns>,
     pub(crate) content_max_chars: usize,
     pub(crate) history_messages: u32,
 }
@@ -502,6 +625,18 @@ impl Chat<'_> {
             let session = owned_session(conn, owner, id)?.session;
             let messages = all_messages(conn, id)?;
             Ok(SessionDetail { session, messages })
+        })
+    }
+
+    /// True when the session exists and belongs to `owner`: one indexed lookup, for
+    /// callers that must notice a deleted session without loading its messages.
+    pub fn exists(&self, owner: UserId, id: SessionId) -> Result<bool, Error> {
+        self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
+                .query_row(params![id.to_string(), owner.0], |_| Ok(()))
+                .optional()?
+                .is_some())
         })
     }
 
@@ -612,18 +747,19 @@ impl Chat<'_> {
     }
 
     /// Every message of the session stored after `after` (all of them for `None`), in
-    /// storage order: the replay of a reconnecting socket.
+    /// storage order: the replay of a reconnecting socket. `after` as the client sent it;
+    /// one that is not a message of this session is a field error under `after`.
     pub fn messages_after(
         &self,
         owner: UserId,
         id: SessionId,
-        after: Option<MessageId>,
+        after: Option<&str>,
     ) -> Result<Vec<Message>, Error> {
         self.db.read(|conn| {
             owned_session(conn, owner, id)?;
             let after_seq = match after {
                 None => 0,
-                Some(after) => message_seq(conn, id, &after.to_string())?
+                Some(after) => message_seq(conn, id, after)?
                     .ok_or_else(|| Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID)))?,
             };
             let mut statement = conn.prepare_cached(&format!(
@@ -697,8 +833,61 @@ impl Chat<'_> {
             if let Some(key) = idempotency_key {
                 remember_key(tx, owner, id, key, message.id, &now)?;
             }
-            Ok(PostOutcome::Stored(message))
+            // Claimed before the writer is released, so a repeat of this post (whose replay
+            // check also runs under the writer) always finds the turn running. A failed
+            // commit drops the claim again.
+            let claim = self.turns.claim(message.id);
+            Ok(PostOutcome::Stored(message, claim))
         })
+    }
+
+    /// For a [`PostOutcome::Replayed`] message without a reply: waits until the turn that
+    /// is producing it in this process stores it, and answers [`ReplyWait::Ready`]. When no
+    /// turn is running for it (its producer gave up, or the process stopped mid-turn) and
+    /// no reply is stored, the caller gets the [`TurnClaim`] and produces the reply itself.
+    /// [`Error::Unavailable`] when `timeout` passes first.
+    pub fn wait_for_reply(&self, message: &Message, timeout: Duration) -> Result<ReplyWait, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let slot = {
+                let mut running = self.turns.lock();
+                match running.get(&message.id) {
+                    Some(slot) => slot.clone(),
+                    None => {
+                        if let Some(reply) = self.db.read(|conn| reply_for(conn, message.id))? {
+                            return Ok(ReplyWait::Ready(reply));
+                        }
+                        let slot = Arc::new(TurnSlot::default());
+                        running.insert(message.id, slot.clone());
+                        return Ok(ReplyWait::YourTurn(TurnClaim {
+                            turns: self.turns.clone(),
+                            message_id: message.id,
+                            slot,
+                        }));
+                    }
+                }
+            };
+            let mut state = slot.lock();
+            loop {
+                match &*state {
+                    TurnState::Replied(reply) => return Ok(ReplyWait::Ready(reply.clone())),
+                    TurnState::Abandoned => break,
+                    TurnState::Running => {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        if remaining.is_zero() {
+                            return Err(Error::Unavailable(
+                                "the reply is still being produced".into(),
+                            ));
+                        }
+                        state = slot
+                            .changed
+                            .wait_timeout(state, remaining)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .0;
+                    }
+                }
+            }
+        }
     }
 
     /// Builds the responder's request for a stored user message: the session's category,
@@ -766,13 +955,15 @@ impl Chat<'_> {
             },
         };
         let now = time::now();
-        self.db.write(|tx| {
-            let session = session_by_id(tx, turn.session_id)?.ok_or(Error::NotFound)?;
-            if let Some(existing) = reply_for(tx, turn.reply_to)? {
-                return Ok(existing);
-            }
-            insert_message(tx, &session, new, &now)
-        })
+        self.db
+            .write(|tx| {
+                let session = session_by_id(tx, turn.session_id)?.ok_or(Error::NotFound)?;
+                if let Some(existing) = reply_for(tx, turn.reply_to)? {
+                    return Ok(existing);
+                }
+                insert_message(tx, &session, new, &now)
+            })
+            .inspect(|reply| self.turns.finish(turn.reply_to, reply))
     }
 
     fn insert_session(
@@ -794,7 +985,15 @@ impl Chat<'_> {
                 title,
                 category.as_str(),
                 now
-            ])?;
+            ])
+            .map_err(|error| match error.sqlite_error_code() {
+                // The acting user was deleted after their token was checked: their
+                // credentials are no longer valid.
+                Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                    Error::InvalidToken(TokenProblem::Invalid)
+                }
+                _ => error.into(),
+            })?;
             let session = owned_session(tx, owner, id)?.session;
             Ok(SessionDetail {
                 session,

@@ -65,6 +65,8 @@ pub struct AppliedMigration {
     pub version: i64,
     /// The name after `__` in the file name.
     pub name: String,
+    /// refinery's checksum of the migration's name, version and SQL, as recorded.
+    pub checksum: String,
 }
 
 /// An open Narutalk database: one writer connection and a pool of readers.
@@ -113,11 +115,12 @@ impl Database {
         }
         let mut writer =
             Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
-        // WAL is a property of the file: set once here, it holds for every connection.
+        // The busy timeout first, so that a lock another process holds at start is waited
+        // for. WAL is a property of the file: set once here, it holds for every connection.
+        configure(&writer, synchronous).map_err(|e| open_error(e.to_string()))?;
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_error(e.to_string()))?;
-        configure(&writer, synchronous).map_err(|e| open_error(e.to_string()))?;
         migrate(&mut writer).map_err(|message| OpenError::Migration {
             path: path.to_owned(),
             message,
@@ -157,7 +160,12 @@ impl Database {
         f: impl FnOnce(&Connection) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let conn = self.readers.get()?;
-        f(&conn)
+        // One read transaction, so that every statement of `f` sees the same snapshot (a
+        // count and the page it counts cannot disagree).
+        let snapshot = conn.unchecked_transaction()?;
+        let value = f(&snapshot)?;
+        snapshot.finish()?;
+        Ok(value)
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; commits when
@@ -208,16 +216,31 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
 /// runner is not started at all, so an up-to-date database sees no write.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     let runner = embedded::migrations::runner();
-    let embedded_versions: Vec<i64> = runner
-        .get_migrations()
-        .iter()
-        .map(|m| i64::from(m.version()))
-        .collect();
+    let embedded = runner.get_migrations();
     let applied = applied_migrations(conn).map_err(|e| e.to_string())?;
-    let up_to_date = embedded_versions
-        .iter()
-        .all(|version| applied.iter().any(|m| m.version == *version));
-    if up_to_date {
+    // Refuse a database that a newer build migrated, or whose history differs from this
+    // build's migrations, before anything touches it.
+    for migration in &applied {
+        match embedded
+            .iter()
+            .find(|m| i64::from(m.version()) == migration.version)
+        {
+            None => {
+                return Err(format!(
+                    "it was migrated by a newer Narutalk (V{} {} is unknown to this build)",
+                    migration.version, migration.name
+                ));
+            }
+            Some(known) if known.checksum().to_string() != migration.checksum => {
+                return Err(format!(
+                    "its migration V{} {} differs from this build's",
+                    migration.version, migration.name
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if applied.len() == embedded.len() {
         return Ok(());
     }
     runner.run(conn).map(|_| ()).map_err(|e| e.to_string())
@@ -232,12 +255,13 @@ fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<AppliedMigratio
     if !history_exists {
         return Ok(Vec::new());
     }
-    let mut statement =
-        conn.prepare("SELECT version, name FROM refinery_schema_history ORDER BY version")?;
+    let mut statement = conn
+        .prepare("SELECT version, name, checksum FROM refinery_schema_history ORDER BY version")?;
     let rows = statement.query_map([], |row| {
         Ok(AppliedMigration {
             version: row.get(0)?,
             name: row.get(1)?,
+            checksum: row.get(2)?,
         })
     })?;
     rows.collect()
@@ -412,6 +436,51 @@ mod tests {
             .unwrap();
         drop(conn);
         std::fs::read(path).unwrap()[24..28].to_vec()
+    }
+
+    #[test]
+    fn a_database_migrated_by_a_newer_build_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+             VALUES (99, 'from_the_future', '2030-01-01T00:00:00Z', '1')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let error = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot migrate database {}: it was migrated by a newer Narutalk \
+                 (V99 from_the_future is unknown to this build)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_database_whose_migration_history_differs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE refinery_schema_history SET checksum = '42' WHERE version = 1",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let error = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .ends_with("its migration V1 initial_schema differs from this build's"),
+            "{error}"
+        );
     }
 
     #[test]

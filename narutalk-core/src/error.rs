@@ -29,6 +29,13 @@ pub enum Error {
     /// A JWT that must not be honoured (401); see [`TokenProblem`] for simplejwt's wording.
     #[error("token rejected: {0}")]
     InvalidToken(TokenProblem),
+    /// The acting user is known but may not do this (403 `You do not have permission to
+    /// perform this action.`). No v1 rule returns it: roles and verification are recorded
+    /// and shown but gate nothing (contract section 2). It is part of the type now so that
+    /// a rule gating on role later is not a breaking change for embedders who match on
+    /// [`Error`].
+    #[error("permission denied")]
+    PermissionDenied,
     /// The database is busy, locked, full or unreachable; the request may succeed later
     /// (503 with `Retry-After`).
     #[error("storage unavailable: {0}")]

@@ -57,10 +57,11 @@ pub mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use accounts::{Accounts, UserId};
 use ai::{Responder, TemplateResponder};
-use chat::{Chat, Exchange, PostOutcome, SessionId};
+use chat::{Chat, Exchange, PostOutcome, ReplyWait, SessionId, Turns};
 use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
 use db::{Database, OpenError, OpenMode};
 use error::Error;
@@ -84,8 +85,10 @@ pub struct Narutalk {
     db: Database,
     keys: TokenKeys,
     responder: Arc<dyn Responder>,
+    turns: Arc<Turns>,
     content_max_chars: usize,
     history_messages: u32,
+    reply_wait: Duration,
 }
 
 impl std::fmt::Debug for Narutalk {
@@ -104,9 +107,10 @@ impl Narutalk {
     /// creating.
     pub fn open(config: &Config, mode: OpenMode) -> Result<Narutalk, StartError> {
         config.validate()?;
+        // The database first: a missing database is the error to report, not the secret.
+        let db = Database::open(&config.database, config.sqlite_synchronous, mode)?;
         let secret =
             config.signing_secret(Path::new(SECRET_FILE), mode == OpenMode::CreateIfMissing)?;
-        let db = Database::open(&config.database, config.sqlite_synchronous, mode)?;
         Narutalk::new(db, &secret, config)
     }
 
@@ -139,8 +143,11 @@ impl Narutalk {
             db,
             keys,
             responder,
+            turns: Arc::default(),
             content_max_chars: config.content_max_chars,
             history_messages: config.ai_history_messages,
+            // A repeated post waits at most one whole AI call, plus the time to store it.
+            reply_wait: Duration::from_secs(u64::from(config.ai_timeout_seconds) + 5),
         })
     }
 
@@ -170,6 +177,7 @@ impl Narutalk {
     pub fn chat(&self) -> Chat<'_> {
         Chat {
             db: &self.db,
+            turns: &self.turns,
             content_max_chars: self.content_max_chars,
             history_messages: self.history_messages,
         }
@@ -187,9 +195,10 @@ impl Narutalk {
 
     /// The whole AI turn of contract section 3.1 in one call: stores the user message
     /// (committed before the responder runs), asks the responder, stores its reply or the
-    /// system error message. A repeated idempotency key answers the first exchange; if
-    /// that one has no reply yet (the process stopped mid-turn), the reply is produced now.
-    /// Turns of one session must not run concurrently; the server orders them itself.
+    /// system error message. A repeated idempotency key answers the first exchange without
+    /// asking the AI again: if that turn is still running in this process, this call waits
+    /// for its reply; if it stopped without one, this call produces it. Turns of one
+    /// session must not run concurrently; the server orders them itself.
     pub fn send_message_fields(
         &self,
         owner: UserId,
@@ -197,11 +206,10 @@ impl Narutalk {
         body: &JsonObject,
         idempotency_key: Option<&str>,
     ) -> Result<Exchange, Error> {
-        let message =
-            match self
-                .chat()
-                .post_message_fields(owner, session, body, idempotency_key)?
-            {
+        let chat = self.chat();
+        let (message, _claim) =
+            match chat.post_message_fields(owner, session, body, idempotency_key)? {
+                PostOutcome::Stored(message, claim) => (message, claim),
                 PostOutcome::Replayed {
                     message,
                     reply: Some(reply),
@@ -209,12 +217,14 @@ impl Narutalk {
                 PostOutcome::Replayed {
                     message,
                     reply: None,
-                }
-                | PostOutcome::Stored(message) => message,
+                } => match chat.wait_for_reply(&message, self.reply_wait)? {
+                    ReplyWait::Ready(reply) => return Ok(Exchange { message, reply }),
+                    ReplyWait::YourTurn(claim) => (message, claim),
+                },
             };
-        let turn = self.chat().prepare_reply(&message)?;
+        let turn = chat.prepare_reply(&message)?;
         let outcome = ai::run_responder(self.responder.as_ref(), &turn.request, &mut |_| {});
-        let reply = self.chat().store_reply(&turn, outcome)?;
+        let reply = chat.store_reply(&turn, outcome)?;
         Ok(Exchange { message, reply })
     }
 

@@ -113,7 +113,7 @@ fn post(
         .chat()
         .post_message_fields(owner, session, &obj(body), None)?
     {
-        PostOutcome::Stored(message) => Ok(message),
+        PostOutcome::Stored(message, _) => Ok(message),
         other => panic!("expected a stored message, got {other:?}"),
     }
 }
@@ -522,7 +522,7 @@ fn another_users_session_answers_not_found_for_every_operation_and_is_left_untou
         Some("not-an-id"),
         PageRequest::Number(99),
     ));
-    assert_not_found(chat.messages_after(mallory, session.id, Some(message.id)));
+    assert_not_found(chat.messages_after(mallory, session.id, Some(&message.id.to_string())));
     assert_not_found(chat.post_message_fields(
         mallory,
         session.id,
@@ -1743,7 +1743,7 @@ fn one_idempotency_key_used_concurrently_stores_exactly_one_message() {
     let stored: Vec<&Message> = outcomes
         .iter()
         .filter_map(|o| match o {
-            PostOutcome::Stored(m) => Some(m),
+            PostOutcome::Stored(m, _) => Some(m),
             PostOutcome::Replayed { .. } => None,
         })
         .collect();
@@ -1892,13 +1892,22 @@ fn after_must_name_a_message_of_this_session() {
             unknown,
             "{after:?}"
         );
+        assert_eq!(
+            field_errors(chat.messages_after(alice, session, Some(after))),
+            unknown,
+            "{after:?}"
+        );
     }
     assert_eq!(
-        field_errors(chat.messages_after(alice, session, Some(elsewhere.id))),
+        field_errors(chat.messages_after(alice, session, Some(&elsewhere.id.to_string()))),
         unknown
     );
     assert_eq!(
-        field_errors(chat.messages_after(alice, session, Some(MessageId::new_random()))),
+        field_errors(chat.messages_after(
+            alice,
+            session,
+            Some(&MessageId::new_random().to_string())
+        )),
         unknown
     );
     // The page is not looked at before `after`, and the message still lists.
@@ -1937,7 +1946,7 @@ fn messages_after_replays_every_later_message_in_storage_order() {
     assert_eq!(everything[26], exchange.reply);
 
     let later = chat
-        .messages_after(alice, session, Some(all[22].id))
+        .messages_after(alice, session, Some(&all[22].id.to_string()))
         .unwrap();
     assert_eq!(
         contents(&later),
@@ -1949,7 +1958,7 @@ fn messages_after_replays_every_later_message_in_storage_order() {
         ]
     );
     assert!(
-        chat.messages_after(alice, session, Some(exchange.reply.id))
+        chat.messages_after(alice, session, Some(&exchange.reply.id.to_string()))
             .unwrap()
             .is_empty()
     );
@@ -2036,7 +2045,7 @@ fn a_repeated_idempotency_key_replays_the_first_message_and_stores_nothing() {
     let chat = narutalk.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let body = obj(json!({"content": "once"}));
-    let PostOutcome::Stored(first) = chat
+    let PostOutcome::Stored(first, _) = chat
         .post_message_fields(alice, session, &body, Some("key-1"))
         .unwrap()
     else {
@@ -2086,18 +2095,18 @@ fn a_repeated_idempotency_key_replays_the_first_message_and_stores_nothing() {
     assert!(matches!(
         chat.post_message_fields(alice, session, &body, None)
             .unwrap(),
-        PostOutcome::Stored(_)
+        PostOutcome::Stored(_, _)
     ));
     assert!(matches!(
         chat.post_message_fields(alice, session, &body, Some("key-2"))
             .unwrap(),
-        PostOutcome::Stored(_)
+        PostOutcome::Stored(_, _)
     ));
     // Keys are case-sensitive.
     assert!(matches!(
         chat.post_message_fields(alice, session, &body, Some("KEY-1"))
             .unwrap(),
-        PostOutcome::Stored(_)
+        PostOutcome::Stored(_, _)
     ));
     assert_eq!(
         chat.session(alice, session).unwrap().session.message_count,
@@ -2113,13 +2122,13 @@ fn the_same_idempotency_key_on_another_session_stores_a_new_message() {
     let a = new_session(&narutalk, alice, "a").id;
     let b = new_session(&narutalk, alice, "b").id;
     let body = obj(json!({"content": "hello"}));
-    let PostOutcome::Stored(in_a) = chat
+    let PostOutcome::Stored(in_a, _) = chat
         .post_message_fields(alice, a, &body, Some("shared"))
         .unwrap()
     else {
         panic!("stored in a");
     };
-    let PostOutcome::Stored(in_b) = chat
+    let PostOutcome::Stored(in_b, _) = chat
         .post_message_fields(alice, b, &body, Some("shared"))
         .unwrap()
     else {
@@ -2200,7 +2209,7 @@ fn a_malformed_idempotency_key_is_a_field_error() {
             matches!(
                 chat.post_message_fields(alice, session, &body, Some(key))
                     .unwrap(),
-                PostOutcome::Stored(_)
+                PostOutcome::Stored(_, _)
             ),
             "{key:?}"
         );
@@ -2248,7 +2257,7 @@ fn send_message_fields_with_a_repeated_key_answers_the_first_exchange_without_a_
 
     // A post stored with a key but never answered (the process stopped mid-turn) gets its
     // reply on the repeat, once.
-    let PostOutcome::Stored(orphan) = narutalk
+    let PostOutcome::Stored(orphan, _) = narutalk
         .chat()
         .post_message_fields(alice, session, &body, Some("turn-2"))
         .unwrap()
@@ -2710,7 +2719,7 @@ fn arbitrary_bodies_either_succeed_or_answer_field_errors() {
                 &result,
                 &["content", "message_type", "metadata", "Idempotency-Key"],
             )?;
-            if let Ok(PostOutcome::Stored(message)) = &result {
+            if let Ok(PostOutcome::Stored(message, _)) = &result {
                 prop_assert_eq!(message.sender, Sender::User);
                 prop_assert_ne!(message.message_type, MessageType::Error);
                 prop_assert_eq!(
@@ -2782,4 +2791,161 @@ proptest! {
             Err(other) => return Err(TestCaseError::fail(format!("{other:?}"))),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Turns in flight: a repeated idempotent post never asks the AI twice
+// ---------------------------------------------------------------------------------------
+
+/// A responder that takes `delay` and counts its calls.
+struct Slow {
+    delay: std::time::Duration,
+    calls: AtomicUsize,
+}
+
+impl Responder for Slow {
+    fn name(&self) -> &str {
+        "slow"
+    }
+
+    fn respond(
+        &self,
+        request: &AiRequest,
+        _on_delta: &mut dyn FnMut(&str),
+    ) -> Result<AiReply, AiError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        reply(&format!("slow answer to {}", request.message))
+    }
+}
+
+/// Contract section 3: a repeat "answers the first result again, with no new message and
+/// no new AI call", also while the first call's reply is still being produced.
+#[test]
+fn a_repeat_sent_while_the_first_reply_is_produced_waits_for_it_instead_of_asking_again() {
+    // Arrange
+    let (_dir, narutalk, alice) = fixture();
+    let slow = Arc::new(Slow {
+        delay: std::time::Duration::from_millis(400),
+        calls: AtomicUsize::new(0),
+    });
+    let narutalk = narutalk.with_responder(slow.clone());
+    let session = new_session(&narutalk, alice, "s").id;
+    let body = obj(json!({"content": "hello"}));
+
+    // Act: the second call starts while the first is inside the responder.
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| narutalk.send_message_fields(alice, session, &body, Some("k1")));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let second =
+            scope.spawn(|| narutalk.send_message_fields(alice, session, &body, Some("k1")));
+        (
+            first.join().unwrap().unwrap(),
+            second.join().unwrap().unwrap(),
+        )
+    });
+
+    // Assert
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(first, second);
+    assert_eq!(first.reply.content, "slow answer to hello");
+    let stored = narutalk.chat().session(alice, session).unwrap();
+    assert_eq!(stored.messages.len(), 2);
+}
+
+/// A turn whose producer gave up (its claim dropped without a reply) is handed to the next
+/// caller that waits for it, who then produces the one reply.
+#[test]
+fn waiting_for_a_reply_nobody_is_producing_hands_the_turn_to_the_waiter() {
+    let (_dir, narutalk, alice) = fixture();
+    let chat = narutalk.chat();
+    let session = new_session(&narutalk, alice, "s").id;
+    let body = obj(json!({"content": "hello"}));
+    let PostOutcome::Stored(message, claim) = chat
+        .post_message_fields(alice, session, &body, Some("k"))
+        .unwrap()
+    else {
+        panic!("a fresh key stores the message");
+    };
+    drop(claim);
+
+    let PostOutcome::Replayed {
+        message: replayed,
+        reply: None,
+    } = chat
+        .post_message_fields(alice, session, &body, Some("k"))
+        .unwrap()
+    else {
+        panic!("the key replays, with no reply yet");
+    };
+    assert_eq!(replayed, message);
+    let wait = chat
+        .wait_for_reply(&replayed, std::time::Duration::from_secs(5))
+        .unwrap();
+    let narutalk_core::chat::ReplyWait::YourTurn(claim) = wait else {
+        panic!("nobody runs the turn, so it is the waiter's: {wait:?}");
+    };
+    assert_eq!(claim.message_id(), message.id);
+
+    let turn = chat.prepare_reply(&message).unwrap();
+    let stored = chat.store_reply(&turn, reply("late answer")).unwrap();
+    drop(claim);
+    let again = chat
+        .wait_for_reply(&message, std::time::Duration::from_secs(5))
+        .unwrap();
+    assert!(matches!(again, narutalk_core::chat::ReplyWait::Ready(ref r) if *r == stored));
+}
+
+/// While the producer holds its claim, a waiter gives up after its timeout with
+/// `Unavailable` rather than producing a second reply.
+#[test]
+fn waiting_on_a_running_turn_times_out_as_unavailable() {
+    let (_dir, narutalk, alice) = fixture();
+    let chat = narutalk.chat();
+    let session = new_session(&narutalk, alice, "s").id;
+    let body = obj(json!({"content": "hello"}));
+    let PostOutcome::Stored(message, _claim) = chat
+        .post_message_fields(alice, session, &body, Some("k"))
+        .unwrap()
+    else {
+        panic!("a fresh key stores the message");
+    };
+    let result = chat.wait_for_reply(&message, std::time::Duration::from_millis(50));
+    assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Small lookups and a deleted acting user
+// ---------------------------------------------------------------------------------------
+
+/// `exists` answers for the owner only, and false once the session is deleted.
+#[test]
+fn exists_is_true_only_for_the_owner_of_a_live_session() {
+    let (_dir, narutalk, alice) = fixture();
+    let mallory = add_user(&narutalk, "mallory");
+    let session = new_session(&narutalk, alice, "s").id;
+    assert!(narutalk.chat().exists(alice, session).unwrap());
+    assert!(!narutalk.chat().exists(mallory, session).unwrap());
+    narutalk.chat().delete_session(alice, session).unwrap();
+    assert!(!narutalk.chat().exists(alice, session).unwrap());
+}
+
+/// A user deleted after their token was checked cannot create a session: the answer is an
+/// invalid token, never an internal error.
+#[test]
+fn creating_a_session_for_a_deleted_user_is_an_invalid_token_not_a_server_error() {
+    let (_dir, narutalk, alice) = fixture();
+    narutalk.accounts().delete(alice).unwrap();
+    let result = narutalk
+        .chat()
+        .create_session(alice, "s", Category::General);
+    assert!(
+        matches!(
+            result,
+            Err(Error::InvalidToken(
+                narutalk_core::error::TokenProblem::Invalid
+            ))
+        ),
+        "{result:?}"
+    );
 }
