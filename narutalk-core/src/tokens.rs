@@ -192,34 +192,18 @@ impl Tokens<'_> {
         let claims = self.decode_refresh(refresh)?;
         let now = time::unix_seconds(&time::now());
         let (user_id, issued_at, jti) = self.db.write_always_commit(|tx| {
-            let row = match refresh_row(tx, &claims.jti)? {
-                Some(row) if row.user_id == claims.user_id => row,
-                _ => return Ok(Err(Error::InvalidToken(TokenProblem::Invalid))),
+            let (row, stamp) = match live_refresh_row(tx, &claims, now)? {
+                Ok(live) => live,
+                Err(refused) => return Ok(Err(refused)),
             };
-            if row.used_at.is_some() {
-                // A rotated token came back: someone holds a copy. Revoke the whole login.
-                tx.execute(
-                    "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
-                    params![now, row.family],
-                )?;
-                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
-            }
-            if row.revoked_at.is_some() {
-                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
-            }
-            let Some(stamp) = user_stamp(tx, claims.user_id)? else {
-                return Ok(Err(Error::InvalidToken(TokenProblem::Invalid)));
-            };
-            if !stamp.is_active || claims.iat <= stamp.tokens_revoked_at {
-                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
-            }
             tx.execute(
                 "UPDATE refresh_tokens SET used_at = ?1 WHERE jti = ?2",
                 params![now, claims.jti],
             )?;
             let issued_at = now.max(stamp.tokens_revoked_at + 1);
             let jti = new_jti();
-            insert_refresh_row(tx, &jti, claims.user_id, &row.family, issued_at, self.refresh_expiry(issued_at))?;
+            let expires_at = self.refresh_expiry(issued_at);
+            insert_refresh_row(tx, &jti, claims.user_id, &row.family, issued_at, expires_at)?;
             Ok(Ok((claims.user_id, issued_at, jti)))
         })?;
         Ok(TokenPair {
@@ -244,24 +228,8 @@ impl Tokens<'_> {
         let claims = self.decode_refresh(refresh)?;
         let now = time::unix_seconds(&time::now());
         self.db.write_always_commit(|tx| {
-            let row = match refresh_row(tx, &claims.jti)? {
-                Some(row) if row.user_id == claims.user_id => row,
-                _ => return Ok(Err(Error::InvalidToken(TokenProblem::Invalid))),
-            };
-            if row.used_at.is_some() {
-                tx.execute(
-                    "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
-                    params![now, row.family],
-                )?;
-                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
-            }
-            if row.revoked_at.is_some() {
-                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
-            }
-            if let Some(stamp) = user_stamp(tx, claims.user_id)?
-                && claims.iat <= stamp.tokens_revoked_at
-            {
-                return Ok(Err(Error::InvalidToken(TokenProblem::Blacklisted)));
+            if let Err(refused) = live_refresh_row(tx, &claims, now)? {
+                return Ok(Err(refused));
             }
             tx.execute(
                 "UPDATE refresh_tokens SET revoked_at = ?1 WHERE jti = ?2",
@@ -332,6 +300,39 @@ pub(crate) fn revoke_all(
         params![now_seconds, user_id.0],
     )?;
     Ok(())
+}
+
+/// The stored row of a presented refresh token and its user's stamp, when the token may
+/// still be used. The outer error is a storage failure; the inner one is the refusal to
+/// answer, committed with what it recorded: a token presented again after rotation is
+/// reuse, and revokes every token of its login's family.
+fn live_refresh_row(
+    tx: &Transaction<'_>,
+    claims: &Claims,
+    now: i64,
+) -> Result<Result<(RefreshRow, UserStamp), Error>, Error> {
+    let refused = |problem| Ok(Err(Error::InvalidToken(problem)));
+    let row = match refresh_row(tx, &claims.jti)? {
+        Some(row) if row.user_id == claims.user_id => row,
+        _ => return refused(TokenProblem::Invalid),
+    };
+    if row.used_at.is_some() {
+        tx.execute(
+            "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
+            params![now, row.family],
+        )?;
+        return refused(TokenProblem::Blacklisted);
+    }
+    if row.revoked_at.is_some() {
+        return refused(TokenProblem::Blacklisted);
+    }
+    let Some(stamp) = user_stamp(tx, claims.user_id)? else {
+        return refused(TokenProblem::Invalid);
+    };
+    if !stamp.is_active || claims.iat <= stamp.tokens_revoked_at {
+        return refused(TokenProblem::Blacklisted);
+    }
+    Ok(Ok((row, stamp)))
 }
 
 fn read_refresh_field(body: &JsonObject) -> Result<String, Error> {

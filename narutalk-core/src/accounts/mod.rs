@@ -221,49 +221,50 @@ struct CheckedAccount {
     is_verified: bool,
 }
 
+/// The fields of a new account as read; each `None` failed a check (and was reported).
+struct AccountFields {
+    username: Option<String>,
+    email: Option<String>,
+    password: Option<String>,
+    department: String,
+}
+
+impl AccountFields {
+    /// The account to insert, once every field passed.
+    fn checked(self, role: Role, is_verified: bool) -> Result<CheckedAccount, Error> {
+        match (self.username, self.email, self.password) {
+            (Some(username), Some(email), Some(password)) => Ok(CheckedAccount {
+                username,
+                email,
+                password,
+                role,
+                department: self.department,
+                is_verified,
+            }),
+            _ => Err(Error::Internal(
+                "an account passed its checks with a field missing".into(),
+            )),
+        }
+    }
+}
+
 impl Accounts<'_> {
     /// `POST /api/auth/register/`: checks `{"username", "email", "password",
     /// "password_confirm", "role"?, "department"?}` with every rule of the contract and
     /// creates a `user`, `doctor` or `nurse` (never `admin`), unverified.
     pub fn register_fields(&self, body: &JsonObject) -> Result<User, Error> {
         let mut reader = FieldReader::new(body);
-        let username = read_username(&mut reader, true);
-        let email = read_email(&mut reader, true);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
+        let fields = self.read_account_fields(&mut reader)?;
         let password_confirm = reader.text("password_confirm", Text::REQUIRED_VERBATIM);
         let role = reader
             .choice::<RegistrationRole>("role", false)
             .map_or(Role::User, |r| r.0);
-        let department = read_department(&mut reader, false).unwrap_or_default();
-        if let Some(password) = &password {
-            check_password(
-                &mut reader,
-                "password",
-                password,
-                username.as_deref(),
-                email.as_deref(),
-            );
-        }
-        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), None)?;
         reader.finish()?;
-        let (Some(username), Some(email), Some(password), Some(password_confirm)) =
-            (username, email, password, password_confirm)
-        else {
-            return Err(Error::Internal(
-                "registration passed its checks with a field missing".into(),
-            ));
-        };
-        if password != password_confirm {
+        let account = fields.checked(role, false)?;
+        if password_confirm.as_deref() != Some(account.password.as_str()) {
             return Err(FieldErrors::single(FieldErrors::NON_FIELD, PASSWORDS_DIFFER).into());
         }
-        self.insert(CheckedAccount {
-            username,
-            email,
-            password,
-            role,
-            department,
-            is_verified: false,
-        })
+        self.insert(account)
     }
 
     /// Creates an account with any role, `admin` included (the administrators' tool). The
@@ -277,34 +278,9 @@ impl Accounts<'_> {
         });
         let body = body.as_object().cloned().unwrap_or_default();
         let mut reader = FieldReader::new(&body);
-        let username = read_username(&mut reader, true);
-        let email = read_email(&mut reader, true);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
-        let department = read_department(&mut reader, false).unwrap_or_default();
-        if let Some(password) = &password {
-            check_password(
-                &mut reader,
-                "password",
-                password,
-                username.as_deref(),
-                email.as_deref(),
-            );
-        }
-        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), None)?;
+        let fields = self.read_account_fields(&mut reader)?;
         reader.finish()?;
-        let (Some(username), Some(email), Some(password)) = (username, email, password) else {
-            return Err(Error::Internal(
-                "account passed its checks with a field missing".into(),
-            ));
-        };
-        self.insert(CheckedAccount {
-            username,
-            email,
-            password,
-            role: new.role,
-            department,
-            is_verified: new.is_verified,
-        })
+        self.insert(fields.checked(new.role, new.is_verified)?)
     }
 
     /// `POST /api/auth/login/`: reads `{"email", "password"}` and logs in.
@@ -611,6 +587,31 @@ impl Accounts<'_> {
                 return Err(Error::NotFound);
             }
             tokens::revoke_all(tx, id, &now)
+        })
+    }
+
+    /// Reads and checks the fields every new account has: username, email, password (with
+    /// the password rules) and department, and whether username and email are free.
+    fn read_account_fields(&self, reader: &mut FieldReader<'_>) -> Result<AccountFields, Error> {
+        let username = read_username(reader, true);
+        let email = read_email(reader, true);
+        let password = reader.text("password", Text::REQUIRED_VERBATIM);
+        let department = read_department(reader, false).unwrap_or_default();
+        if let Some(password) = &password {
+            check_password(
+                reader,
+                "password",
+                password,
+                username.as_deref(),
+                email.as_deref(),
+            );
+        }
+        self.check_unique(reader, username.as_deref(), email.as_deref(), None)?;
+        Ok(AccountFields {
+            username,
+            email,
+            password,
+            department,
         })
     }
 
