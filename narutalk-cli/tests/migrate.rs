@@ -1,5 +1,6 @@
 //! Protects `narutalk migrate`: the one command that creates a database, idempotent on an
-//! up-to-date one, and stopped by a bad setting with one line naming it.
+//! up-to-date one (it says `created` the first time, `migrated` after), and stopped by a
+//! bad setting with one line naming it.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -11,7 +12,7 @@ fn narutalk() -> Command {
 }
 
 #[test]
-fn migrate_creates_the_database_then_reports_it_up_to_date() {
+fn migrate_creates_the_database_then_migrates_it_again_as_a_no_op() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("nested/db.sqlite3");

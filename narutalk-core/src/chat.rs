@@ -451,9 +451,10 @@ pub struct Exchange {
     pub reply: Message,
 }
 
-/// Everything needed to produce and store one reply: built by [`Chat::prepare_reply`],
-/// consumed by [`Chat::store_reply`].
-#[derive(Clone, Debug, PartialEq)]
+/// Everything needed to produce and store one reply: built by [`Chat::prepare_reply`]
+/// from the turn's [`TurnClaim`], which it holds until [`Chat::store_reply`] consumes it,
+/// so the claim cannot be let go while the AI works.
+#[derive(Debug)]
 pub struct ReplyTurn {
     /// The session.
     pub session_id: SessionId,
@@ -463,6 +464,7 @@ pub struct ReplyTurn {
     pub reply_id: MessageId,
     /// What the responder gets.
     pub request: AiRequest,
+    claim: TurnClaim,
 }
 
 /// What [`Chat::wait_for_reply`] found.
@@ -570,6 +572,21 @@ impl Turns {
             message_id,
             slot,
         }
+    }
+
+    /// Registers a turn for `message_id` unless one is already running.
+    fn try_claim(self: &Arc<Self>, message_id: MessageId) -> Option<TurnClaim> {
+        let mut running = self.lock();
+        if running.contains_key(&message_id) {
+            return None;
+        }
+        let slot = Arc::new(TurnSlot::default());
+        running.insert(message_id, slot.clone());
+        Some(TurnClaim {
+            turns: self.clone(),
+            message_id,
+            slot,
+        })
     }
 
     /// Publishes a stored reply to everyone waiting for it.
@@ -847,25 +864,21 @@ impl Chat<'_> {
     /// no reply is stored, the caller gets the [`TurnClaim`] and produces the reply itself.
     /// [`Error::Unavailable`] when `timeout` passes first.
     pub fn wait_for_reply(&self, message: &Message, timeout: Duration) -> Result<ReplyWait, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
-            let slot = {
-                let mut running = self.turns.lock();
-                match running.get(&message.id) {
-                    Some(slot) => slot.clone(),
-                    None => {
-                        if let Some(reply) = self.db.read(|conn| reply_for(conn, message.id))? {
-                            return Ok(ReplyWait::Ready(reply));
-                        }
-                        let slot = Arc::new(TurnSlot::default());
-                        running.insert(message.id, slot.clone());
-                        return Ok(ReplyWait::YourTurn(TurnClaim {
-                            turns: self.turns.clone(),
-                            message_id: message.id,
-                            slot,
-                        }));
-                    }
+            let running = self.turns.lock().get(&message.id).cloned();
+            let Some(slot) = running else {
+                // Nobody here runs the turn: take it (under the registry lock only, never
+                // across the database read below, which may wait for a reader), then see
+                // whether its reply is already stored.
+                let Some(claim) = self.turns.try_claim(message.id) else {
+                    continue;
+                };
+                if let Some(reply) = self.db.read(|conn| reply_for(conn, message.id))? {
+                    self.turns.finish(message.id, &reply);
+                    return Ok(ReplyWait::Ready(reply));
                 }
+                return Ok(ReplyWait::YourTurn(claim));
             };
             let mut state = slot.lock();
             loop {
@@ -873,7 +886,9 @@ impl Chat<'_> {
                     TurnState::Replied(reply) => return Ok(ReplyWait::Ready(reply.clone())),
                     TurnState::Abandoned => break,
                     TurnState::Running => {
-                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        let remaining = deadline.map_or(Duration::MAX, |d| {
+                            d.saturating_duration_since(Instant::now())
+                        });
                         if remaining.is_zero() {
                             return Err(Error::Unavailable(
                                 "the reply is still being produced".into(),
@@ -892,7 +907,15 @@ impl Chat<'_> {
 
     /// Builds the responder's request for a stored user message: the session's category,
     /// the last N messages stored before it (system messages left out), and the message.
-    pub fn prepare_reply(&self, message: &Message) -> Result<ReplyTurn, Error> {
+    /// Takes the message's [`TurnClaim`] (from [`PostOutcome::Stored`] or
+    /// [`ReplyWait::YourTurn`]); a claim for another message is [`Error::Internal`].
+    pub fn prepare_reply(&self, message: &Message, claim: TurnClaim) -> Result<ReplyTurn, Error> {
+        if claim.message_id != message.id {
+            return Err(Error::Internal(format!(
+                "a turn claim for message {} cannot answer message {}",
+                claim.message_id, message.id
+            )));
+        }
         let limit = self.history_messages;
         self.db.read(|conn| {
             let category: String = conn
@@ -913,57 +936,71 @@ impl Chat<'_> {
             })?;
             let mut history = rows.collect::<Result<Vec<_>, _>>()?;
             history.reverse();
-            Ok(ReplyTurn {
+            Ok(AiRequest {
                 session_id: message.session_id,
-                reply_to: message.id,
-                reply_id: MessageId::new_random(),
-                request: AiRequest {
-                    session_id: message.session_id,
-                    category: category.parse().unwrap_or_default(),
-                    history,
-                    message: message.content.clone(),
-                },
+                category: category.parse().unwrap_or_default(),
+                history,
+                message: message.content.clone(),
             })
+        })
+        .map(|request| ReplyTurn {
+            session_id: message.session_id,
+            reply_to: message.id,
+            reply_id: MessageId::new_random(),
+            request,
+            claim,
         })
     }
 
     /// Stores the outcome of a turn: the AI reply (`sender: "ai"`), or for a failure the
-    /// system error message with `{"reason": ...}` metadata. A reply already stored for the
-    /// same user message is returned instead of storing a second one. [`Error::NotFound`]
-    /// when the session was deleted meanwhile.
+    /// system error message with `{"reason": ...}` metadata, and hands it to everyone
+    /// waiting for it; the turn's claim ends here. A reply already stored for the same user
+    /// message (by another process) is returned instead of storing a second one.
+    /// [`Error::NotFound`] when the session was deleted meanwhile.
     pub fn store_reply(
         &self,
-        turn: &ReplyTurn,
+        turn: ReplyTurn,
         outcome: Result<AiReply, AiError>,
     ) -> Result<Message, Error> {
+        let ReplyTurn {
+            session_id,
+            reply_to,
+            reply_id,
+            claim,
+            ..
+        } = turn;
         let new = match outcome {
             Ok(reply) => NewMessage {
-                id: turn.reply_id,
+                id: reply_id,
                 sender: Sender::Ai,
                 message_type: MessageType::Text,
                 content: reply.content,
                 metadata: reply.metadata,
-                reply_to: Some(turn.reply_to),
+                reply_to: Some(reply_to),
             },
             Err(error) => NewMessage {
-                id: turn.reply_id,
+                id: reply_id,
                 sender: Sender::System,
                 message_type: MessageType::Error,
                 content: AI_UNAVAILABLE.to_owned(),
                 metadata: error_metadata(&error),
-                reply_to: Some(turn.reply_to),
+                reply_to: Some(reply_to),
             },
         };
         let now = time::now();
-        self.db
-            .write(|tx| {
-                let session = session_by_id(tx, turn.session_id)?.ok_or(Error::NotFound)?;
-                if let Some(existing) = reply_for(tx, turn.reply_to)? {
-                    return Ok(existing);
-                }
-                insert_message(tx, &session, new, &now)
-            })
-            .inspect(|reply| self.turns.finish(turn.reply_to, reply))
+        let stored = self.db.write(|tx| {
+            let session = session_by_id(tx, session_id)?.ok_or(Error::NotFound)?;
+            if let Some(existing) = reply_for(tx, reply_to)? {
+                return Ok(existing);
+            }
+            insert_message(tx, &session, new, &now)
+        });
+        if let Ok(reply) = &stored {
+            self.turns.finish(reply_to, reply);
+        }
+        // Published (or failed): the claim ends either way; a failure hands the turn on.
+        drop(claim);
+        stored
     }
 
     fn insert_session(

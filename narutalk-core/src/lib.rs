@@ -207,7 +207,7 @@ impl Narutalk {
         idempotency_key: Option<&str>,
     ) -> Result<Exchange, Error> {
         let chat = self.chat();
-        let (message, _claim) =
+        let (message, claim) =
             match chat.post_message_fields(owner, session, body, idempotency_key)? {
                 PostOutcome::Stored(message, claim) => (message, claim),
                 PostOutcome::Replayed {
@@ -222,9 +222,9 @@ impl Narutalk {
                     ReplyWait::YourTurn(claim) => (message, claim),
                 },
             };
-        let turn = chat.prepare_reply(&message)?;
+        let turn = chat.prepare_reply(&message, claim)?;
         let outcome = ai::run_responder(self.responder.as_ref(), &turn.request, &mut |_| {});
-        let reply = chat.store_reply(&turn, outcome)?;
+        let reply = chat.store_reply(turn, outcome)?;
         Ok(Exchange { message, reply })
     }
 

@@ -1436,6 +1436,9 @@ fn a_user_serializes_as_the_contract_user_object_only() {
     let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["access", "refresh", "user"]);
     assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
+    let dashboard = fixture.narutalk.accounts().dashboard(user.id).unwrap();
+    let value = serde_json::to_value(&dashboard).unwrap();
+    assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
 }
 
 /// A login that checked the old password while an administrator reset it must not end

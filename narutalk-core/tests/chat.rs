@@ -10,8 +10,8 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, UserId};
 use narutalk_core::ai::{AiError, AiReply, AiRequest, HistoryTurn, Responder};
 use narutalk_core::chat::{
-    Category, ChatSession, Message, MessageId, MessageType, Page, PageRequest, PostOutcome, Sender,
-    SessionFilter, SessionId, SessionSummary,
+    Category, Chat, ChatSession, Message, MessageId, MessageType, Page, PageRequest, PostOutcome,
+    ReplyWait, Sender, SessionFilter, SessionId, SessionSummary, TurnClaim,
 };
 use narutalk_core::config::Config;
 use narutalk_core::db::OpenMode;
@@ -113,6 +113,7 @@ fn post(
         .chat()
         .post_message_fields(owner, session, &obj(body), None)?
     {
+        // The claim is dropped here: these tests drive turns by hand (see `take_turn`).
         PostOutcome::Stored(message, _) => Ok(message),
         other => panic!("expected a stored message, got {other:?}"),
     }
@@ -167,6 +168,18 @@ where
         _on_delta: &mut dyn FnMut(&str),
     ) -> Result<AiReply, AiError> {
         (self.0)(request)
+    }
+}
+
+/// Takes the turn of a stored message that nobody is answering (its post's claim was
+/// dropped, as the `post` helpers here do), for tests that drive the turn by hand.
+fn take_turn(chat: &Chat<'_>, message: &Message) -> TurnClaim {
+    match chat
+        .wait_for_reply(message, std::time::Duration::from_secs(5))
+        .unwrap()
+    {
+        ReplyWait::YourTurn(claim) => claim,
+        ReplyWait::Ready(reply) => panic!("already answered: {reply:?}"),
     }
 }
 
@@ -916,9 +929,11 @@ fn list_items_carry_their_message_count_and_newest_message() {
     let two = post_text(&narutalk, alice, pending, "two");
     let failed = new_session(&narutalk, alice, "failed").id;
     let user_message = post_text(&narutalk, alice, failed, "q");
-    let turn = chat.prepare_reply(&user_message).unwrap();
+    let turn = chat
+        .prepare_reply(&user_message, take_turn(&chat, &user_message))
+        .unwrap();
     let error_reply = chat
-        .store_reply(&turn, Err(AiError::new("timed out")))
+        .store_reply(turn, Err(AiError::new("timed out")))
         .unwrap();
 
     let page = list(
@@ -1626,14 +1641,18 @@ fn posting_a_message_moves_the_session_updated_at_forward() {
     assert!(after_post.updated_at >= message.timestamp);
     assert_eq!(after_post.created_at, session.created_at);
 
-    let turn = chat.prepare_reply(&message).unwrap();
-    chat.store_reply(&turn, reply("a")).unwrap();
+    let turn = chat
+        .prepare_reply(&message, take_turn(&chat, &message))
+        .unwrap();
+    chat.store_reply(turn, reply("a")).unwrap();
     let after_reply = chat.session(alice, session.id).unwrap().session;
     assert!(after_reply.updated_at > after_post.updated_at);
 
     let second = post_text(&narutalk, alice, session.id, "q2");
-    let turn = chat.prepare_reply(&second).unwrap();
-    chat.store_reply(&turn, Err(AiError::new("down"))).unwrap();
+    let turn = chat
+        .prepare_reply(&second, take_turn(&chat, &second))
+        .unwrap();
+    chat.store_reply(turn, Err(AiError::new("down"))).unwrap();
     let after_error = chat.session(alice, session.id).unwrap().session;
     assert!(after_error.updated_at > after_reply.updated_at);
 }
@@ -2074,8 +2093,10 @@ fn a_repeated_idempotency_key_replays_the_first_message_and_stores_nothing() {
         "nothing stored, nothing moved"
     );
 
-    let turn = chat.prepare_reply(&first).unwrap();
-    let stored_reply = chat.store_reply(&turn, reply("answer")).unwrap();
+    let turn = chat
+        .prepare_reply(&first, take_turn(&chat, &first))
+        .unwrap();
+    let stored_reply = chat.store_reply(turn, reply("answer")).unwrap();
     let replay = chat
         .post_message_fields(alice, session, &body, Some("key-1"))
         .unwrap();
@@ -2356,13 +2377,15 @@ fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_fi
         .session
         .id;
     let answer = |message: &Message, outcome: Result<AiReply, AiError>| {
-        let turn = chat.prepare_reply(message).unwrap();
-        chat.store_reply(&turn, outcome).unwrap()
+        let turn = chat
+            .prepare_reply(message, take_turn(&chat, message))
+            .unwrap();
+        chat.store_reply(turn, outcome).unwrap()
     };
     let u1 = post_text(&narutalk, alice, session, "u1");
-    let first_turn = chat.prepare_reply(&u1).unwrap();
+    let first_turn = chat.prepare_reply(&u1, take_turn(&chat, &u1)).unwrap();
     assert!(first_turn.request.history.is_empty());
-    answer(&u1, reply("a1"));
+    chat.store_reply(first_turn, reply("a1")).unwrap();
     let u2 = post_text(&narutalk, alice, session, "u2");
     answer(&u2, Err(AiError::new("down"))); // a system message
     let u3 = post_text(&narutalk, alice, session, "u3");
@@ -2370,7 +2393,7 @@ fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_fi
     let u4 = post_text(&narutalk, alice, session, "u4");
     let later = post_text(&narutalk, alice, session, "stored after u4");
 
-    let turn = chat.prepare_reply(&u4).unwrap();
+    let turn = chat.prepare_reply(&u4, take_turn(&chat, &u4)).unwrap();
     assert_eq!(turn.session_id, session);
     assert_eq!(turn.reply_to, u4.id);
     assert_ne!(turn.reply_id, u4.id);
@@ -2394,8 +2417,11 @@ fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_fi
             },
         ]
     );
+    drop(turn);
     // A later message's history has the earlier unanswered one, never itself.
-    let turn = chat.prepare_reply(&later).unwrap();
+    let turn = chat
+        .prepare_reply(&later, take_turn(&chat, &later))
+        .unwrap();
     assert_eq!(turn.request.message, "stored after u4");
     assert_eq!(
         turn.request.history,
@@ -2414,11 +2440,16 @@ fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_fi
             },
         ]
     );
-    // Two preparations of one message get two different reply ids.
-    assert_ne!(
-        chat.prepare_reply(&u4).unwrap().reply_id,
-        chat.prepare_reply(&u4).unwrap().reply_id
-    );
+    // Two preparations of one message (the first given up) get two different reply ids.
+    let first_id = chat
+        .prepare_reply(&u4, take_turn(&chat, &u4))
+        .unwrap()
+        .reply_id;
+    let second_id = chat
+        .prepare_reply(&u4, take_turn(&chat, &u4))
+        .unwrap()
+        .reply_id;
+    assert_ne!(first_id, second_id);
 }
 
 /// With the default N (20) and fewer messages, the whole earlier conversation is sent; the
@@ -2520,16 +2551,18 @@ fn storing_a_reply_for_a_session_deleted_meanwhile_is_not_found_and_stores_nothi
     let chat = narutalk.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let message = post_text(&narutalk, alice, session, "q");
-    let turn = chat.prepare_reply(&message).unwrap();
+    let turn = chat
+        .prepare_reply(&message, take_turn(&chat, &message))
+        .unwrap();
+    let reply_id = turn.reply_id;
     chat.delete_session(alice, session).unwrap();
-    assert_not_found(chat.store_reply(&turn, reply("late")));
-    assert_not_found(chat.store_reply(&turn, Err(AiError::new("late"))));
-    assert_not_found(chat.prepare_reply(&message));
+    assert_not_found(chat.store_reply(turn, reply("late")));
+    assert_not_found(chat.prepare_reply(&message, take_turn(&chat, &message)));
     assert_eq!(
         stored_rows(
             &narutalk,
             "SELECT count(*) FROM chat_messages WHERE id = ?1",
-            &turn.reply_id.to_string()
+            &reply_id.to_string()
         ),
         0
     );
@@ -2543,34 +2576,82 @@ fn storing_a_reply_for_a_session_deleted_meanwhile_is_not_found_and_stores_nothi
     );
 }
 
-/// The reply is stored under the turn's `reply_id`; storing a turn's reply twice (or a
-/// second turn for the same message) stores one reply and answers it again.
+/// The reply is stored under the turn's `reply_id`, and the turn ends there: waiting for
+/// it now finds that reply. Another process that answered the same message at the same time
+/// (a second handle, with its own turns) gets the stored reply back and stores nothing.
 #[test]
 fn a_turn_stores_exactly_one_reply_under_its_reply_id() {
-    let (_dir, narutalk, alice) = fixture();
+    let (dir, narutalk, alice) = fixture();
     let chat = narutalk.chat();
+    let other_process =
+        Narutalk::open(&Config::for_tests(dir.path()), OpenMode::MustExist).unwrap();
+    let other_chat = other_process.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let message = post_text(&narutalk, alice, session, "q");
-    let turn = chat.prepare_reply(&message).unwrap();
-    let stored = chat.store_reply(&turn, reply("first")).unwrap();
-    assert_eq!(stored.id, turn.reply_id);
+    let turn = chat
+        .prepare_reply(&message, take_turn(&chat, &message))
+        .unwrap();
+    let other_turn = other_chat
+        .prepare_reply(&message, take_turn(&other_chat, &message))
+        .unwrap();
+    let reply_id = turn.reply_id;
+
+    let stored = chat.store_reply(turn, reply("first")).unwrap();
+    assert_eq!(stored.id, reply_id);
     assert_eq!(stored.reply_to, Some(message.id));
     assert_eq!(stored.content, "first");
     assert_eq!(stored.seq, 2);
-
-    assert_eq!(chat.store_reply(&turn, reply("second")).unwrap(), stored);
+    assert!(matches!(
+        chat.wait_for_reply(&message, std::time::Duration::from_secs(1)).unwrap(),
+        ReplyWait::Ready(ref r) if *r == stored
+    ));
     assert_eq!(
-        chat.store_reply(&turn, Err(AiError::new("x"))).unwrap(),
-        stored
-    );
-    let other_turn = chat.prepare_reply(&message).unwrap();
-    assert_eq!(
-        chat.store_reply(&other_turn, reply("third")).unwrap(),
+        other_chat
+            .store_reply(other_turn, Err(AiError::new("x")))
+            .unwrap(),
         stored
     );
     let detail = chat.session(alice, session).unwrap();
     assert_eq!(detail.session.message_count, 2);
     assert_eq!(detail.messages, [message, stored]);
+}
+
+/// A waiter already blocked on a running turn takes it over at once when its producer
+/// gives up, rather than waiting for its timeout.
+#[test]
+fn a_blocked_waiter_takes_over_promptly_when_the_producer_gives_up() {
+    let (_dir, narutalk, alice) = fixture();
+    let chat = narutalk.chat();
+    let session = new_session(&narutalk, alice, "s").id;
+    let body = obj(json!({"content": "hello"}));
+    let PostOutcome::Stored(message, claim) = chat
+        .post_message_fields(alice, session, &body, Some("k"))
+        .unwrap()
+    else {
+        panic!("a fresh key stores the message");
+    };
+    let started = std::time::Instant::now();
+    let outcome = std::thread::scope(|scope| {
+        let waiter =
+            scope.spawn(|| chat.wait_for_reply(&message, std::time::Duration::from_secs(30)));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(claim);
+        waiter.join().unwrap().unwrap()
+    });
+    assert!(matches!(outcome, ReplyWait::YourTurn(ref c) if c.message_id() == message.id));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+/// A claim for one message cannot prepare the reply to another.
+#[test]
+fn a_claim_answers_only_its_own_message() {
+    let (_dir, narutalk, alice) = fixture();
+    let chat = narutalk.chat();
+    let session = new_session(&narutalk, alice, "s").id;
+    let first = post_text(&narutalk, alice, session, "one");
+    let second = post_text(&narutalk, alice, session, "two");
+    let result = chat.prepare_reply(&second, take_turn(&chat, &first));
+    assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
 }
 
 /// The reply metadata the responder gives is stored with the AI message.
@@ -2887,9 +2968,8 @@ fn waiting_for_a_reply_nobody_is_producing_hands_the_turn_to_the_waiter() {
     };
     assert_eq!(claim.message_id(), message.id);
 
-    let turn = chat.prepare_reply(&message).unwrap();
-    let stored = chat.store_reply(&turn, reply("late answer")).unwrap();
-    drop(claim);
+    let turn = chat.prepare_reply(&message, claim).unwrap();
+    let stored = chat.store_reply(turn, reply("late answer")).unwrap();
     let again = chat
         .wait_for_reply(&message, std::time::Duration::from_secs(5))
         .unwrap();
