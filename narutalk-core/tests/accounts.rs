@@ -9,6 +9,8 @@ mod support;
 use narutalk_core::accounts::{NewUser, Role, UserFilter, UserId};
 use narutalk_core::chat::Category;
 use narutalk_core::error::{Error, TokenProblem};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::json;
 use support::{PASSWORD, body, field_errors, fields, login, open, register};
 
@@ -1547,4 +1549,117 @@ fn concurrent_partial_profile_updates_of_different_fields_both_take_effect() {
         assert_eq!(stored.department, format!("Ward {round}"));
         assert_eq!(stored.email, format!("kim{round}@example.com"));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Property tests: no body panics, every refusal is a field error or the login refusal
+// ---------------------------------------------------------------------------------------
+
+fn account_body() -> impl Strategy<Value = narutalk_core::fields::JsonObject> {
+    let text = prop_oneof![
+        any::<String>(),
+        Just(String::new()),
+        Just(" ".to_owned()),
+        Just("admin".to_owned()),
+        Just("doctor".to_owned()),
+        Just("kim@example.com".to_owned()),
+        Just(PASSWORD.to_owned()),
+        "[a-z]{1,12}@[a-z]{1,8}\\.[a-z]{2,4}",
+        (150usize..260).prop_map(|n| "가".repeat(n)),
+    ];
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        text.prop_map(serde_json::Value::String),
+    ];
+    let value = leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(serde_json::Value::Array),
+            prop::collection::vec(("[a-z_]{1,8}", inner), 0..3)
+                .prop_map(|pairs| serde_json::Value::Object(pairs.into_iter().collect())),
+        ]
+    });
+    let key = prop_oneof![
+        4 => prop::sample::select(vec![
+            "username", "email", "password", "password_confirm", "role", "department",
+            "old_password", "new_password", "id", "is_verified",
+        ])
+        .prop_map(str::to_owned),
+        1 => any::<String>(),
+    ];
+    prop::collection::vec((key, value), 0..7).prop_map(|pairs| pairs.into_iter().collect())
+}
+
+fn field_errors_only<T: std::fmt::Debug>(
+    result: &Result<T, Error>,
+    allowed: &[&str],
+) -> Result<(), TestCaseError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(Error::Invalid(errors)) => {
+            prop_assert!(!errors.is_empty());
+            for (field, messages) in errors.iter() {
+                prop_assert!(allowed.contains(&field), "unexpected field {field}");
+                prop_assert!(messages.iter().all(|m| !m.is_empty()));
+            }
+            Ok(())
+        }
+        Err(other) => Err(TestCaseError::fail(format!("not a field error: {other:?}"))),
+    }
+}
+
+/// Arbitrary JSON bodies never panic the account operations: each succeeds, or answers
+/// field errors on the operation's own fields (login: also the one login refusal).
+#[test]
+fn arbitrary_account_bodies_either_succeed_or_answer_field_errors() {
+    let fixture = open();
+    let narutalk = &fixture.narutalk;
+    let user = register(narutalk, "kim", "kim@example.com");
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&account_body(), |body| {
+            let registered = narutalk.accounts().register_fields(&body);
+            field_errors_only(
+                &registered,
+                &[
+                    "username",
+                    "email",
+                    "password",
+                    "password_confirm",
+                    "role",
+                    "department",
+                    "non_field_errors",
+                ],
+            )?;
+            if let Ok(created) = &registered {
+                prop_assert!(created.role != Role::Admin);
+                prop_assert_eq!(&created.email, &created.email.to_lowercase());
+            }
+            let login = narutalk.accounts().login_fields(&body);
+            if !matches!(login, Err(Error::BadCredentials)) {
+                field_errors_only(&login, &["email", "password"])?;
+            }
+            let updated = narutalk
+                .accounts()
+                .update_profile_fields(user.id, &body, true);
+            field_errors_only(&updated, &["username", "email", "department"])?;
+            if let Ok(updated) = &updated {
+                prop_assert_eq!(updated.role, Role::User);
+                prop_assert!(!updated.is_verified);
+            }
+            let changed = narutalk.accounts().change_password_fields(user.id, &body);
+            field_errors_only(&changed, &["old_password", "new_password"])?;
+            prop_assert!(
+                changed.is_err(),
+                "no generated body knows the stored password"
+            );
+            Ok(())
+        })
+        .unwrap();
 }

@@ -171,6 +171,24 @@ where
     }
 }
 
+/// Posts `body` with an idempotency key that has not been used, returning the stored
+/// message and its turn claim.
+fn post_keyed(
+    chat: &Chat<'_>,
+    owner: UserId,
+    session: SessionId,
+    body: &JsonObject,
+    key: &str,
+) -> (Message, TurnClaim) {
+    match chat
+        .post_message_fields(owner, session, body, Some(key))
+        .unwrap()
+    {
+        PostOutcome::Stored(message, claim) => (message, claim),
+        replayed => panic!("a fresh key stores the message, got {replayed:?}"),
+    }
+}
+
 /// Takes the turn of a stored message that nobody is answering (its post's claim was
 /// dropped, as the `post` helpers here do), for tests that drive the turn by hand.
 fn take_turn(chat: &Chat<'_>, message: &Message) -> TurnClaim {
@@ -2624,12 +2642,7 @@ fn a_blocked_waiter_takes_over_promptly_when_the_producer_gives_up() {
     let chat = narutalk.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let body = obj(json!({"content": "hello"}));
-    let PostOutcome::Stored(message, claim) = chat
-        .post_message_fields(alice, session, &body, Some("k"))
-        .unwrap()
-    else {
-        panic!("a fresh key stores the message");
-    };
+    let (message, claim) = post_keyed(&chat, alice, session, &body, "k");
     let started = std::time::Instant::now();
     let outcome = std::thread::scope(|scope| {
         let waiter =
@@ -2942,12 +2955,7 @@ fn waiting_for_a_reply_nobody_is_producing_hands_the_turn_to_the_waiter() {
     let chat = narutalk.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let body = obj(json!({"content": "hello"}));
-    let PostOutcome::Stored(message, claim) = chat
-        .post_message_fields(alice, session, &body, Some("k"))
-        .unwrap()
-    else {
-        panic!("a fresh key stores the message");
-    };
+    let (message, claim) = post_keyed(&chat, alice, session, &body, "k");
     drop(claim);
 
     let PostOutcome::Replayed {
@@ -2984,12 +2992,7 @@ fn waiting_on_a_running_turn_times_out_as_unavailable() {
     let chat = narutalk.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let body = obj(json!({"content": "hello"}));
-    let PostOutcome::Stored(message, _claim) = chat
-        .post_message_fields(alice, session, &body, Some("k"))
-        .unwrap()
-    else {
-        panic!("a fresh key stores the message");
-    };
+    let (message, _claim) = post_keyed(&chat, alice, session, &body, "k");
     let result = chat.wait_for_reply(&message, std::time::Duration::from_millis(50));
     assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
 }
