@@ -1237,19 +1237,19 @@ log_format = "json"
     fn flags_override_the_environment() {
         let overrides = Overrides {
             bind: Some(" [::1]:8080 ".to_owned()),
-            database: Some(PathBuf::from("/tmp/flag.sqlite3")),
+            database: Some(PathBuf::from("/srv/narutalk/flag.sqlite3")),
             config: None,
         };
         let c = Config::load_from(
             env(&[
                 ("NARUTALK_BIND", "127.0.0.1:9001"),
-                ("NARUTALK_DATABASE", "/tmp/env.sqlite3"),
+                ("NARUTALK_DATABASE", "/srv/narutalk/env.sqlite3"),
             ]),
             &overrides,
         )
         .unwrap();
         assert_eq!(c.bind, "[::1]:8080".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.database, PathBuf::from("/tmp/flag.sqlite3"));
+        assert_eq!(c.database, PathBuf::from("/srv/narutalk/flag.sqlite3"));
     }
 
     #[test]
