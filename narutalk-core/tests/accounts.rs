@@ -12,7 +12,7 @@ use narutalk_core::error::{Error, TokenProblem};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::json;
-use support::{PASSWORD, body, field_errors, fields, login, open, register};
+use support::{PASSWORD, body, field_errors, field_errors_only, fields, login, open, register};
 
 const REQUIRED: &str = "This field is required.";
 const NOT_NULL: &str = "This field may not be null.";
@@ -1590,24 +1590,6 @@ fn account_body() -> impl Strategy<Value = narutalk_core::fields::JsonObject> {
         1 => any::<String>(),
     ];
     prop::collection::vec((key, value), 0..7).prop_map(|pairs| pairs.into_iter().collect())
-}
-
-fn field_errors_only<T: std::fmt::Debug>(
-    result: &Result<T, Error>,
-    allowed: &[&str],
-) -> Result<(), TestCaseError> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(Error::Invalid(errors)) => {
-            prop_assert!(!errors.is_empty());
-            for (field, messages) in errors.iter() {
-                prop_assert!(allowed.contains(&field), "unexpected field {field}");
-                prop_assert!(messages.iter().all(|m| !m.is_empty()));
-            }
-            Ok(())
-        }
-        Err(other) => Err(TestCaseError::fail(format!("not a field error: {other:?}"))),
-    }
 }
 
 /// Arbitrary JSON bodies never panic the account operations: each succeeds, or answers

@@ -1,6 +1,8 @@
 //! Protects the contract's chat rules (sections 1, 3, 3.1) and the storage side of the AI turn.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::fmt::Debug;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use narutalk_core::fields::JsonObject;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};
+use support::field_errors_only;
 use tempfile::TempDir;
 
 const UNAVAILABLE: &str = "The assistant is unavailable right now. Please try again later.";
@@ -2757,21 +2760,6 @@ fn runner() -> TestRunner {
     })
 }
 
-fn only_fields<T: Debug>(result: &Result<T, Error>, allowed: &[&str]) -> Result<(), TestCaseError> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(Error::Invalid(errors)) => {
-            prop_assert!(!errors.is_empty());
-            for (field, messages) in errors.iter() {
-                prop_assert!(allowed.contains(&field), "unexpected field {field}");
-                prop_assert!(!messages.is_empty() && messages.iter().all(|m| !m.is_empty()));
-            }
-            Ok(())
-        }
-        Err(other) => Err(TestCaseError::fail(format!("not a field error: {other:?}"))),
-    }
-}
-
 /// Arbitrary JSON bodies never panic the session and message operations: each either
 /// succeeds (with the rules applied) or answers field errors on known fields only.
 #[test]
@@ -2783,7 +2771,7 @@ fn arbitrary_bodies_either_succeed_or_answer_field_errors() {
     runner()
         .run(&json_body(), |body| {
             let result = chat.create_session_fields(alice, &body);
-            only_fields(&result, &["title", "category"])?;
+            field_errors_only(&result, &["title", "category"])?;
             if let Ok(created) = result {
                 let Some(Value::String(title)) = body.get("title") else {
                     return Err(TestCaseError::fail("created without a string title"));
@@ -2797,7 +2785,7 @@ fn arbitrary_bodies_either_succeed_or_answer_field_errors() {
     runner()
         .run(&json_body(), |body| {
             let result = chat.update_session_fields(alice, session, &body);
-            only_fields(&result, &["title", "category", "is_active"])?;
+            field_errors_only(&result, &["title", "category", "is_active"])?;
             if let (Ok(updated), Some(Value::String(title))) = (&result, body.get("title")) {
                 prop_assert_eq!(updated.session.title.as_str(), title.trim());
             }
@@ -2809,7 +2797,7 @@ fn arbitrary_bodies_either_succeed_or_answer_field_errors() {
     runner()
         .run(&(json_body(), key), |(body, key)| {
             let result = chat.post_message_fields(alice, session, &body, key.as_deref());
-            only_fields(
+            field_errors_only(
                 &result,
                 &["content", "message_type", "metadata", "Idempotency-Key"],
             )?;
@@ -2865,7 +2853,7 @@ proptest! {
         is_active in prop::option::of(any::<String>()),
     ) {
         let result = SessionFilter::parse(category.as_deref(), is_active.as_deref());
-        only_fields(&result, &["category", "is_active"])?;
+        field_errors_only(&result, &["category", "is_active"])?;
         if let Ok(filter) = result {
             prop_assert_eq!(filter.category.is_some(), category.as_deref().is_some_and(|c| !c.is_empty()));
             prop_assert_eq!(filter.is_active.is_some(), is_active.as_deref().is_some_and(|a| !a.is_empty()));

@@ -164,3 +164,26 @@ pub fn jwt_header(token: &str) -> Value {
 pub fn jwt_claims(token: &str) -> Value {
     serde_json::from_slice(&base64url_decode(jwt_parts(token)[1])).unwrap()
 }
+
+/// For property tests: `Ok`, or field errors only on `allowed` fields, each with at least
+/// one non-empty message; anything else fails the case.
+pub fn field_errors_only<T: Debug>(
+    result: &Result<T, Error>,
+    allowed: &[&str],
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert;
+    match result {
+        Ok(_) => Ok(()),
+        Err(Error::Invalid(errors)) => {
+            prop_assert!(!errors.is_empty());
+            for (field, messages) in errors.iter() {
+                prop_assert!(allowed.contains(&field), "unexpected field {}", field);
+                prop_assert!(!messages.is_empty() && messages.iter().all(|m| !m.is_empty()));
+            }
+            Ok(())
+        }
+        Err(other) => Err(proptest::test_runner::TestCaseError::fail(format!(
+            "not a field error: {other:?}"
+        ))),
+    }
+}
