@@ -193,6 +193,12 @@ impl Narutalk {
         &self.responder
     }
 
+    /// How long a repeated idempotent post waits for the reply of the turn it repeats:
+    /// one whole AI call (`ai_timeout_seconds`) plus the time to store it.
+    pub fn reply_wait(&self) -> Duration {
+        self.reply_wait
+    }
+
     /// The whole AI turn of contract section 3.1 in one call: stores the user message
     /// (committed before the responder runs), asks the responder, stores its reply or the
     /// system error message. A repeated idempotency key answers the first exchange without

@@ -1,188 +1,149 @@
 //! narutalk-server: the HTTP face of [`narutalk_core`].
 //!
-//! This crate translates HTTP to core calls and core results to HTTP; it holds no business
-//! rule. For now it performs the start-up of contract section 8 and serves
-//! `GET /api/health/`; every other path answers the contract's 404 body. The REST API and
-//! the WebSocket chat are built on this in their own changes.
+//! The crate translates HTTP to core calls and core results to the contract's answers; it
+//! holds no business rule. Its parts:
+//!
+//! - [`listener`]: the accept loop (header time limit, connection cap, graceful stop);
+//! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
+//! - `api`: the route table, the order of checks, and one handler per endpoint;
+//! - `turns`: the AI turn, one reply at a time per session in storage order;
+//! - `limits`: throttles and the bounded password-hashing queue;
+//! - `docs`: the OpenAPI document and the offline Swagger UI.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use narutalk_core::{Narutalk, config::Config, db::OpenMode};
+//!
+//! let config = Config::load(&Default::default())?;
+//! let core = Narutalk::open(&config, OpenMode::CreateIfMissing)?;
+//! let listener = tokio::net::TcpListener::bind(config.bind).await?;
+//! narutalk_server::serve(Arc::new(core), &config, listener, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await;
+//! # Ok(())
+//! # }
+//! ```
 
-use std::convert::Infallible;
-use std::future::Future;
+mod api;
+mod docs;
+mod envelope;
+mod error;
+mod http;
+mod limits;
+pub mod listener;
+mod probe;
+mod state;
+mod turns;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use narutalk_core::Narutalk;
-use narutalk_core::config::Config;
-use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use narutalk_core::config::{AiBackend, Config};
+use tokio::net::TcpListener;
 use warp::Filter;
-use warp::http::StatusCode;
-use warp::reply::{Reply, Response};
+use warp::filters::BoxedFilter;
+use warp::filters::path::FullPath;
 
-/// How often the search service is probed.
-const PROBE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long one probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub use listener::ServeOptions;
 
-/// What the server shares between requests.
-struct State {
-    core: Arc<Narutalk>,
-    search_configured: bool,
-    search_reachable: AtomicBool,
-}
+use crate::error::ApiError;
+use crate::http::{BodyStream, Request, Response};
+use crate::listener::PeerAddr;
+use crate::state::State;
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes in-flight
-/// requests and returns.
+/// How often idle throttle keys are forgotten.
+const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
+
+/// Serves the API on `listener` with the default [`ServeOptions`] until `shutdown`
+/// completes, then finishes in-flight requests and returns.
 pub async fn serve(
     core: Arc<Narutalk>,
     config: &Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) {
-    let state = Arc::new(State {
-        core,
-        search_configured: !config.search_url.is_empty(),
-        search_reachable: AtomicBool::new(false),
-    });
-    let prober = search_address(&config.search_url)
-        .map(|address| tokio::spawn(probe_search(state.clone(), address)));
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
-    if let Some(prober) = prober {
-        prober.abort();
+    serve_with(core, config, listener, ServeOptions::default(), shutdown).await;
+}
+
+/// [`serve`] with explicit limits.
+pub async fn serve_with(
+    core: Arc<Narutalk>,
+    config: &Config,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let local_addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let state = Arc::new(State::new(core, config, local_addr));
+    let mut background = Vec::new();
+    if let Some(search) = &state.search {
+        background.push(probe::spawn(&search.url, state.search_reachable.clone()));
     }
-}
-
-fn routes(
-    state: Arc<State>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    // `path!` matches the path with and without its trailing slash.
-    let health = warp::path!("api" / "health")
-        .and(warp::get())
-        .and(warp::any().map(move || state.clone()))
-        .then(health);
-    let not_found = warp::any().map(|| detail(StatusCode::NOT_FOUND, "Not found."));
-    health.or(not_found).unify().map(|reply: Response| {
-        warp::reply::with_header(reply, "x-content-type-options", "nosniff").into_response()
-    })
-}
-
-/// `GET /api/health/`: a real database query on a blocking thread, and the last result of
-/// the background search probe.
-async fn health(state: Arc<State>) -> Response {
-    let core = state.core.clone();
-    let database_ok = blocking(move || core.database().ping().is_ok())
-        .await
-        .unwrap_or(false);
-    let search = match (
-        state.search_configured,
-        state.search_reachable.load(Ordering::Relaxed),
-    ) {
-        (false, _) => "not_configured",
-        (true, true) => "available",
-        (true, false) => "unavailable",
-    };
-    let (status, overall, database) = if database_ok {
-        (StatusCode::OK, "healthy", "connected")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
-    };
-    let body = json!({
-        "status": overall,
-        "services": {
-            "server": "running",
-            "database": database,
-            "ai_service": "available",
-            "search_service": search,
+    if config.ai_backend != AiBackend::Template {
+        background.push(probe::spawn(&config.ai_url, state.ai_reachable.clone()));
+    }
+    let sweeper = state.clone();
+    background.push(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(THROTTLE_SWEEP);
+        loop {
+            ticks.tick().await;
+            sweeper.throttles.forget_idle();
         }
-    });
-    json_response(status, &body)
-}
-
-/// Connects to the search service every [`PROBE_INTERVAL`] and records whether it answered.
-async fn probe_search(state: Arc<State>, address: String) {
-    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
-    loop {
-        ticks.tick().await;
-        let reachable = matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(address.as_str())).await,
-            Ok(Ok(_))
-        );
-        state.search_reachable.store(reachable, Ordering::Relaxed);
+    }));
+    listener::serve(listener, routes(state), options, shutdown).await;
+    for task in background {
+        task.abort();
     }
 }
 
-/// `host:port` of an `http://` or `https://` URL (default ports 80 and 443).
-fn search_address(url: &str) -> Option<String> {
-    let (rest, default_port) = if let Some(rest) = url.strip_prefix("http://") {
-        (rest, 80)
-    } else {
-        (url.strip_prefix("https://")?, 443)
-    };
-    let authority = rest
-        .split(['/', '?', '#'])
-        .next()
-        .filter(|a| !a.is_empty())?;
-    let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let has_port = match authority.rfind(':') {
-        Some(colon) => !authority[colon..].contains(']'),
-        None => false,
-    };
-    Some(if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:{default_port}")
-    })
+/// The whole server as one warp filter: every request goes to [`envelope::respond`].
+fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    let body = warp::body::stream().map(boxed_body);
+    warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerAddr>())
+        .and(body)
+        .then(
+            move |method, path: FullPath, query, headers, peer: Option<PeerAddr>, body| {
+                let request = Request::new(
+                    method,
+                    path.as_str().to_owned(),
+                    query,
+                    headers,
+                    peer.map(|peer| peer.0),
+                    String::new(),
+                    body,
+                );
+                envelope::respond(state.clone(), request)
+            },
+        )
+        .recover(|_| async {
+            Ok::<_, std::convert::Infallible>(ApiError::Internal.into_response())
+        })
+        .unify()
+        .boxed()
 }
 
-/// `{"detail": text}` with `status`.
-fn detail(status: StatusCode, text: &str) -> Response {
-    json_response(status, &json!({ "detail": text }))
+/// The request body as a stream of [`bytes::Bytes`] chunks, read only when a handler asks.
+fn boxed_body<B: warp::Buf>(
+    stream: impl futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+) -> BodyStream {
+    use futures_util::StreamExt;
+    Box::pin(stream.map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))))
 }
 
-/// A JSON body with the contract's `Content-Type: application/json; charset=utf-8`.
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let mut response = Response::new(body.to_string().into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        warp::http::header::CONTENT_TYPE,
-        warp::http::HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
-}
-
-/// Runs blocking core work (SQLite, argon2) off the async worker threads. A panic or a
-/// cancelled task comes back as `None`, never as a dropped connection.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    tokio::task::spawn_blocking(f).await.ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::search_address;
-
-    #[test]
-    fn search_address_takes_host_and_port_from_the_url() {
-        assert_eq!(
-            search_address("http://localhost:8001/api/search/").as_deref(),
-            Some("localhost:8001")
-        );
-        assert_eq!(
-            search_address("https://search.example.org/x").as_deref(),
-            Some("search.example.org:443")
-        );
-        assert_eq!(
-            search_address("http://[::1]/x").as_deref(),
-            Some("[::1]:80")
-        );
-        assert_eq!(
-            search_address("http://[::1]:9000").as_deref(),
-            Some("[::1]:9000")
-        );
-        assert_eq!(search_address("ftp://x"), None);
-        assert_eq!(search_address("http:///x"), None);
-    }
+/// The OpenAPI document of the API as pretty JSON (what `GET /api/schema/` serves).
+pub fn openapi_json() -> String {
+    docs::schema_pretty()
 }

@@ -1,12 +1,13 @@
 //! `narutalk-server`: starts Narutalk on the settings of contract section 8.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use narutalk_core::Narutalk;
-use narutalk_core::config::{Config, Overrides};
+use narutalk_core::config::{Config, LogFormat, Overrides};
 use narutalk_core::db::OpenMode;
 
 /// Narutalk's API server. Settings: defaults < TOML file < NARUTALK_* variables < flags.
@@ -22,6 +23,9 @@ struct Flags {
     /// TOML settings file (NARUTALK_CONFIG).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the OpenAPI document (what GET /api/schema/ serves) and exit.
+    #[arg(long)]
+    openapi: bool,
 }
 
 #[tokio::main]
@@ -36,12 +40,17 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
+    if flags.openapi {
+        println!("{}", narutalk_server::openapi_json());
+        return Ok(());
+    }
     let overrides = Overrides {
         bind: flags.bind,
         database: flags.database,
         config: flags.config,
     };
     let config = Config::load(&overrides)?;
+    init_logging(&config)?;
     let open_config = config.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
@@ -52,10 +61,26 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    println!("Narutalk is listening on http://{address}/ (health: http://{address}/api/health/)");
+    println!("Narutalk is listening on http://{address}/ (API docs: http://{address}/api/docs/)");
     narutalk_server::serve(Arc::new(core), &config, listener, shutdown_signal()).await;
     println!("Narutalk stopped.");
     Ok(())
+}
+
+/// Sends log lines to standard error, filtered by `NARUTALK_LOG`, as text or JSON lines
+/// (`NARUTALK_LOG_FORMAT`).
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let installed = match config.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    installed.map_err(|error| anyhow::anyhow!("installing the logger: {error}"))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,4 +1,8 @@
 //! Starting a server for a test and talking to it.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helpers"
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,14 +10,32 @@ use std::sync::Arc;
 use narutalk_core::Narutalk;
 use narutalk_core::config::Config;
 use narutalk_core::db::OpenMode;
+use narutalk_server::ServeOptions;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
+
+/// The password every test account gets: it passes every password rule.
+pub const PASSWORD: &str = "violet-harbour-42";
 
 /// A running server on a free port, stopped when dropped.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
+    pub core: Arc<Narutalk>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    stopped: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A registered, logged-in user.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: i64,
+    pub email: String,
+    pub username: String,
+    pub access: String,
+    pub refresh: String,
 }
 
 impl TestApp {
@@ -22,17 +44,124 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A request to `path` with no credentials.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, self.url(path))
+    }
+
+    /// A request to `path` with `account`'s access token.
+    pub fn authed(&self, method: Method, path: &str, account: &Account) -> RequestBuilder {
+        self.request(method, path).bearer_auth(&account.access)
+    }
+
     /// `GET path`.
-    pub async fn get(&self, path: &str) -> reqwest::Response {
+    pub async fn get(&self, path: &str) -> Response {
         self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// `POST path` with a JSON body and no credentials.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers `username` (email `username@example.com`) with [`PASSWORD`] and logs in.
+    pub async fn account(&self, username: &str) -> Account {
+        let email = format!("{username}@example.com");
+        let registered = self
+            .post_json(
+                "/api/auth/register/",
+                &json!({
+                    "username": username, "email": email,
+                    "password": PASSWORD, "password_confirm": PASSWORD,
+                }),
+            )
+            .await;
+        assert_eq!(registered.status(), StatusCode::CREATED);
+        self.login(&email).await
+    }
+
+    /// Logs in with [`PASSWORD`].
+    pub async fn login(&self, email: &str) -> Account {
+        let login = self
+            .post_json(
+                "/api/auth/login/",
+                &json!({ "email": email, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(login.status(), StatusCode::OK);
+        let body: Value = login.json().await.unwrap();
+        Account {
+            id: body["user"]["id"].as_i64().unwrap(),
+            email: body["user"]["email"].as_str().unwrap().to_owned(),
+            username: body["user"]["username"].as_str().unwrap().to_owned(),
+            access: body["access"].as_str().unwrap().to_owned(),
+            refresh: body["refresh"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// Creates a session titled `title` and answers its id.
+    pub async fn session(&self, account: &Account, title: &str) -> String {
+        let created = self
+            .authed(Method::POST, "/api/chat/sessions/", account)
+            .json(&json!({ "title": title }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+        let body: Value = created.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts `content` to the session and answers the created message (with `reply`).
+    pub async fn say(&self, account: &Account, session: &str, content: &str) -> Value {
+        let posted = self
+            .authed(
+                Method::POST,
+                &format!("/api/chat/sessions/{session}/messages/"),
+                account,
+            )
+            .json(&json!({ "content": content }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), StatusCode::CREATED);
+        posted.json().await.unwrap()
+    }
+
+    /// Stops the server and waits until it has finished every in-flight request.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stopped) = self.stopped.take() {
+            stopped.await.unwrap();
+        }
     }
 }
 
-/// Starts a server with `Config::for_tests` in a new temporary folder. The listener is
-/// bound before the server task starts, so requests can be sent at once.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts a server with `Config::for_tests` (throttles off) in a new temporary folder.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}, ServeOptions::default()).await
+}
+
+/// Starts a server with `Config::for_tests` changed by `configure`, and `options`. The
+/// listener is bound before the server task starts, so requests can be sent at once.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), options: ServeOptions) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::for_tests(dir.path());
+    let mut config = Config::for_tests(dir.path());
+    configure(&mut config);
     let open_config = config.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
@@ -40,19 +169,37 @@ pub async fn spawn_app() -> TestApp {
     .await
     .unwrap()
     .unwrap();
+    let core = Arc::new(core);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        narutalk_server::serve(Arc::new(core), &config, listener, async {
+    let served = core.clone();
+    let server = tokio::spawn(async move {
+        narutalk_server::serve_with(served, &config, listener, options, async {
             let _ = stopped.await;
         })
         .await;
     });
     TestApp {
         addr,
-        http: reqwest::Client::new(),
-        _stop: stop,
-        _dir: dir,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        core,
+        dir,
+        stop: Some(stop),
+        stopped: Some(server),
     }
+}
+
+/// The body of `response` as JSON.
+pub async fn body(response: Response) -> Value {
+    response.json().await.unwrap()
+}
+
+/// Asserts status and JSON body exactly.
+pub async fn assert_answer(response: Response, status: StatusCode, expected: Value) {
+    assert_eq!(response.status(), status);
+    assert_eq!(body(response).await, expected);
 }

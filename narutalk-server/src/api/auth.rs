@@ -1,0 +1,210 @@
+//! `/api/auth/`: contract section 2.
+
+use std::sync::Arc;
+
+use narutalk_core::accounts::User;
+use narutalk_core::fields::JsonObject;
+use serde_json::Value;
+use warp::http::StatusCode;
+
+use crate::docs;
+use crate::error::ApiError;
+use crate::http::{Request, Response, empty_response, json_response};
+use crate::limits::Throttle;
+use crate::state::State;
+
+/// Registers an account. Throttled per client IP and per email.
+#[utoipa::path(
+    post, path = "/api/auth/register/", tag = "auth",
+    request_body = docs::RegisterRequest,
+    responses(
+        (status = 201, description = "The new account", body = docs::User),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::FieldErrors),
+        (status = 413, description = "Body too large", body = docs::Detail),
+        (status = 415, description = "Not JSON", body = docs::Detail),
+        (status = 429, description = "Throttled", body = docs::Detail),
+        (status = 503, description = "Overloaded", body = docs::Detail),
+    )
+)]
+pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+    let body = request.json_object(state.body_limit).await?;
+    count_email(&state.throttles.register_email, &body)?;
+    let user = state
+        .run_hashing(move |core| core.accounts().register_fields(&body))
+        .await?;
+    Ok(json_response(StatusCode::CREATED, &user))
+}
+
+/// Logs in. Throttled per client IP and per email; every cause of failure answers alike.
+#[utoipa::path(
+    post, path = "/api/auth/login/", tag = "auth",
+    request_body = docs::LoginRequest,
+    responses(
+        (status = 200, description = "A new token pair and the user", body = docs::LoginResponse),
+        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 401, description = "Wrong email or password, or an inactive account", body = docs::Detail),
+        (status = 413, description = "Body too large", body = docs::Detail),
+        (status = 415, description = "Not JSON", body = docs::Detail),
+        (status = 429, description = "Throttled", body = docs::Detail),
+        (status = 503, description = "Overloaded", body = docs::Detail),
+    )
+)]
+pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+    let body = request.json_object(state.body_limit).await?;
+    count_email(&state.throttles.login_email, &body)?;
+    let login = state
+        .run_hashing(move |core| core.accounts().login_fields(&body))
+        .await?;
+    Ok(json_response(StatusCode::OK, &login))
+}
+
+/// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family).
+#[utoipa::path(
+    post, path = "/api/auth/token/refresh/", tag = "auth",
+    request_body = docs::RefreshRequest,
+    responses(
+        (status = 200, description = "A new token pair", body = docs::TokenPair),
+        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 401, description = "Invalid, expired or blacklisted refresh token", body = docs::TokenError),
+    )
+)]
+pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+    let body = request.json_object(state.body_limit).await?;
+    let pair = state
+        .run(move |core| core.tokens().refresh_fields(&body))
+        .await?;
+    Ok(json_response(StatusCode::OK, &pair))
+}
+
+/// Revokes a refresh token.
+#[utoipa::path(
+    post, path = "/api/auth/logout/", tag = "auth",
+    request_body = docs::RefreshRequest,
+    responses(
+        (status = 205, description = "Logged out; no body"),
+        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 401, description = "Invalid, expired or blacklisted refresh token", body = docs::TokenError),
+    )
+)]
+pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+    let body = request.json_object(state.body_limit).await?;
+    state
+        .run(move |core| core.tokens().logout_fields(&body))
+        .await?;
+    Ok(empty_response(StatusCode::RESET_CONTENT))
+}
+
+/// The signed-in user.
+#[utoipa::path(
+    get, path = "/api/auth/profile/", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = docs::User),
+        (status = 401, description = "No or bad access token", body = docs::TokenError),
+    )
+)]
+pub fn profile_get(user: User) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &user))
+}
+
+/// Replaces the profile (username and email required).
+#[utoipa::path(
+    put, path = "/api/auth/profile/", tag = "auth",
+    security(("bearer" = [])),
+    request_body = docs::ProfileUpdate,
+    responses(
+        (status = 200, description = "The updated user", body = docs::User),
+        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 401, description = "No or bad access token", body = docs::TokenError),
+    )
+)]
+pub async fn profile_put(
+    state: &Arc<State>,
+    request: &mut Request,
+    user: User,
+) -> Result<Response, ApiError> {
+    update_profile(state, request, user, false).await
+}
+
+/// Updates some of the profile's fields.
+#[utoipa::path(
+    patch, path = "/api/auth/profile/", tag = "auth",
+    security(("bearer" = [])),
+    request_body = docs::ProfileUpdate,
+    responses(
+        (status = 200, description = "The updated user", body = docs::User),
+        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 401, description = "No or bad access token", body = docs::TokenError),
+    )
+)]
+pub async fn profile_patch(
+    state: &Arc<State>,
+    request: &mut Request,
+    user: User,
+) -> Result<Response, ApiError> {
+    update_profile(state, request, user, true).await
+}
+
+async fn update_profile(
+    state: &Arc<State>,
+    request: &mut Request,
+    user: User,
+    partial: bool,
+) -> Result<Response, ApiError> {
+    let body = request.json_object(state.body_limit).await?;
+    let updated = state
+        .run(move |core| {
+            core.accounts()
+                .update_profile_fields(user.id, &body, partial)
+        })
+        .await?;
+    Ok(json_response(StatusCode::OK, &updated))
+}
+
+/// Changes the password and revokes every token the user holds.
+#[utoipa::path(
+    post, path = "/api/auth/password/", tag = "auth",
+    security(("bearer" = [])),
+    request_body = docs::PasswordChange,
+    responses(
+        (status = 204, description = "Changed; every earlier token is revoked"),
+        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 503, description = "Overloaded", body = docs::Detail),
+    )
+)]
+pub async fn password(
+    state: &Arc<State>,
+    request: &mut Request,
+    user: User,
+) -> Result<Response, ApiError> {
+    let body = request.json_object(state.body_limit).await?;
+    state
+        .run_hashing(move |core| core.accounts().change_password_fields(user.id, &body))
+        .await?;
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+/// The user with real counts of recent sessions and messages.
+#[utoipa::path(
+    get, path = "/api/auth/dashboard/", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The dashboard", body = docs::Dashboard),
+        (status = 401, description = "No or bad access token", body = docs::TokenError),
+    )
+)]
+pub async fn dashboard(state: &Arc<State>, user: User) -> Result<Response, ApiError> {
+    let dashboard = state
+        .run(move |core| core.accounts().dashboard(user.id))
+        .await?;
+    Ok(json_response(StatusCode::OK, &dashboard))
+}
+
+/// Counts an attempt against the per-email throttle when the body names an email.
+fn count_email(throttle: &Throttle<String>, body: &JsonObject) -> Result<(), ApiError> {
+    match body.get("email").and_then(Value::as_str) {
+        Some(email) if !email.trim().is_empty() => throttle.check(&email.trim().to_lowercase()),
+        _ => Ok(()),
+    }
+}

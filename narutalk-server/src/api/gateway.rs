@@ -1,0 +1,148 @@
+//! `/api/health/` and `/api/proxy/search/`: contract section 4.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+use warp::http::{HeaderValue, StatusCode, header};
+
+use crate::docs;
+use crate::error::ApiError;
+use crate::http::{Request, Response, bytes_response, json_response};
+use crate::state::State;
+
+/// The largest search answer passed through.
+pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
+
+/// The server's health: a real database query (reused for a second) and the last
+/// background probes of the AI and search services.
+#[utoipa::path(
+    get, path = "/api/health/", tag = "gateway",
+    responses(
+        (status = 200, description = "Healthy", body = docs::Health),
+        (status = 503, description = "The database cannot answer", body = docs::Health),
+    )
+)]
+pub async fn health(state: &Arc<State>) -> Response {
+    let database_ok = state.database_healthy().await;
+    let ai = if state.ai_reachable.load(Ordering::Relaxed) {
+        "available"
+    } else {
+        "unavailable"
+    };
+    let search = match &state.search {
+        None => "not_configured",
+        Some(_) if state.search_reachable.load(Ordering::Relaxed) => "available",
+        Some(_) => "unavailable",
+    };
+    let (status, overall, database) = if database_ok {
+        (StatusCode::OK, "healthy", "connected")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
+    };
+    json_response(
+        status,
+        &json!({
+            "status": overall,
+            "services": {
+                "server": "running",
+                "database": database,
+                "ai_service": ai,
+                "search_service": search,
+            }
+        }),
+    )
+}
+
+/// Posts the body to the search service and passes its JSON answer through.
+#[utoipa::path(
+    post, path = "/api/proxy/search/", tag = "gateway",
+    security(("bearer" = [])),
+    request_body(content = Object, description = "Any JSON, passed to the search service as it is"),
+    responses(
+        (status = 200, description = "The search service's JSON answer, with its status (which may be any)", body = Object),
+        (status = 400, description = "The body is not JSON", body = docs::Detail),
+        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 413, description = "Body too large", body = docs::Detail),
+        (status = 415, description = "Not JSON", body = docs::Detail),
+        (status = 502, description = "The search service answered something that is not JSON, or too much", body = docs::ProxyError),
+        (status = 503, description = "The search service cannot be reached, timed out, or is not configured", body = docs::ProxyError),
+    )
+)]
+pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+    let body = request.json_value(state.body_limit).await?;
+    let Some(search) = &state.search else {
+        return Ok(proxy_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "search service is not configured",
+        ));
+    };
+    let sent = search
+        .client
+        .post(&search.url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-request-id", &request.request_id)
+        .body(body.to_string())
+        .send()
+        .await;
+    let answer = match sent {
+        Ok(answer) => answer,
+        Err(error) if error.is_timeout() => {
+            return Ok(proxy_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "search service timed out",
+            ));
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "search service unreachable");
+            return Ok(proxy_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "search service unavailable",
+            ));
+        }
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut bytes = Vec::new();
+    let mut answer = answer;
+    loop {
+        match answer.chunk().await {
+            Ok(None) => break,
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= SEARCH_ANSWER_LIMIT => {
+                bytes.extend_from_slice(&chunk)
+            }
+            Ok(Some(_)) => {
+                return Ok(proxy_error(
+                    StatusCode::BAD_GATEWAY,
+                    "search service answer is larger than 10 MiB",
+                ));
+            }
+            Err(error) if error.is_timeout() => {
+                return Ok(proxy_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "search service timed out",
+                ));
+            }
+            Err(_) => {
+                return Ok(proxy_error(
+                    StatusCode::BAD_GATEWAY,
+                    "search service answer was cut off",
+                ));
+            }
+        }
+    }
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        return Ok(proxy_error(
+            StatusCode::BAD_GATEWAY,
+            "search service answered with a body that is not JSON",
+        ));
+    }
+    let mut response = bytes_response(status, bytes);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+fn proxy_error(status: StatusCode, error: &str) -> Response {
+    json_response(status, &json!({ "error": error }))
+}

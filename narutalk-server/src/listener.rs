@@ -1,0 +1,128 @@
+//! The accept loop: warp's filter served over hyper with what warp 0.4's own `serve`
+//! lacks: a time limit for request headers (slow clients), a connection cap, the peer
+//! address carried into every request, and a graceful stop that finishes in-flight
+//! requests.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower_service::Service;
+use warp::filters::BoxedFilter;
+use warp::reply::Reply;
+
+use crate::http::Response;
+
+/// The TCP peer of a request, put into its extensions by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Limits of the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// Connections open at once; beyond it, new connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head within this time is dropped.
+    pub header_read_timeout: Duration,
+    /// How long a stop waits for in-flight requests before giving up on them.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    /// Contract section 4: 10 s for headers, 10,000 connections.
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves `filter` on `listener` until `shutdown` completes; then stops accepting, lets
+/// every open connection finish the request it is on, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    filter: BoxedFilter<(Response,)>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max_connections = options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let service = warp::service(filter);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait a little rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let warp_service = service.clone();
+        let hyper_service = hyper::service::service_fn(move |mut request| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            let mut warp_service = warp_service.clone();
+            async move { Ok::<_, Infallible>(warp_service.call(request).await.into_response()) }
+        });
+        let stopping = stopping.clone();
+        let header_read_timeout = options.header_read_timeout;
+        tokio::spawn(async move {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout);
+            let mut connection = pin!(
+                builder
+                    .serve_connection(TokioIo::new(stream), hyper_service)
+                    .with_upgrades()
+            );
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopped(stopping) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    // Every connection holds a permit until it has finished: all permits back means drained.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(options.drain_timeout, connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopped before every in-flight request finished");
+    }
+}
+
+/// Completes when the stop flag is set (or its sender is gone).
+async fn stopped(mut stopping: watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}

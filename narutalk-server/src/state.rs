@@ -1,0 +1,151 @@
+//! What every request shares: the core handle, the settings the server reads, the
+//! throttles, the hashing gate, the health caches and the AI turn lines.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use narutalk_core::Narutalk;
+use narutalk_core::config::Config;
+use narutalk_core::error::Error as CoreError;
+
+use crate::error::ApiError;
+use crate::limits::{HASH_QUEUE, HashGate, Throttles};
+use crate::turns::SessionLines;
+
+/// How long a database health check is reused.
+const HEALTH_CACHE: Duration = Duration::from_secs(1);
+
+/// The server's shared state.
+pub struct State {
+    /// The core.
+    pub core: Arc<Narutalk>,
+    /// Request bodies above this many bytes are refused.
+    pub body_limit: u64,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Origins that get CORS headers, besides the server's own.
+    pub cors_origins: Vec<String>,
+    /// The address the server listens on.
+    pub local_addr: SocketAddr,
+    /// Request throttles.
+    pub throttles: Throttles,
+    /// Bounds the password hashing.
+    pub hashing: HashGate,
+    /// Orders the AI turns of each session.
+    pub lines: SessionLines,
+    /// The search proxy, when a search URL is configured.
+    pub search: Option<Search>,
+    /// Whether the AI service answered its last probe (always true for `template`).
+    pub ai_reachable: Arc<AtomicBool>,
+    /// Whether the search service answered its last probe.
+    pub search_reachable: Arc<AtomicBool>,
+    database_health: DatabaseHealth,
+}
+
+/// The search service the proxy posts to.
+pub struct Search {
+    /// Its URL.
+    pub url: String,
+    /// A client with the configured timeout.
+    pub client: reqwest::Client,
+}
+
+/// The last database check and when it ran, read without a lock.
+struct DatabaseHealth {
+    started: Instant,
+    /// Milliseconds after `started` of the last check, plus one (0: never checked).
+    checked_at: AtomicU64,
+    healthy: AtomicBool,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    /// The state for serving `core` on `local_addr` with `config`.
+    pub fn new(core: Arc<Narutalk>, config: &Config, local_addr: SocketAddr) -> State {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let search = (!config.search_url.is_empty()).then(|| Search {
+            url: config.search_url.clone(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(u64::from(
+                    config.search_timeout_seconds,
+                )))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+        });
+        State {
+            core,
+            body_limit: config.body_limit_bytes,
+            trusted_proxies: config.trusted_proxies.clone(),
+            cors_origins: config.cors_origins.clone(),
+            local_addr,
+            throttles: Throttles::new(config),
+            hashing: HashGate::new(cores, HASH_QUEUE),
+            lines: SessionLines::default(),
+            search,
+            ai_reachable: Arc::new(AtomicBool::new(true)),
+            search_reachable: Arc::new(AtomicBool::new(false)),
+            database_health: DatabaseHealth {
+                started: Instant::now(),
+                checked_at: AtomicU64::new(0),
+                healthy: AtomicBool::new(false),
+                refreshing: tokio::sync::Mutex::new(()),
+            },
+        }
+    }
+
+    /// Runs blocking core work on tokio's blocking threads, never on the async workers.
+    /// A panic in it answers 500, never a dropped connection.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Narutalk) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let core = self.core.clone();
+        match tokio::task::spawn_blocking(move || work(&core)).await {
+            Ok(result) => result.map_err(ApiError::from),
+            Err(error) => {
+                tracing::error!(%error, "a blocking task failed");
+                Err(ApiError::Internal)
+            }
+        }
+    }
+
+    /// [`State::run`] for work that hashes a password: it waits for a place in the
+    /// hashing gate first, and answers 503 when the queue is full.
+    pub async fn run_hashing<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Narutalk) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _place = self.hashing.enter().await?;
+        self.run(work).await
+    }
+
+    /// Whether the database answers a real query; the answer is reused for a second, and
+    /// of many requests that find it stale, one runs the query while the others wait.
+    pub async fn database_healthy(&self) -> bool {
+        let health = &self.database_health;
+        if let Some(healthy) = self.fresh_health() {
+            return healthy;
+        }
+        let _refreshing = health.refreshing.lock().await;
+        if let Some(healthy) = self.fresh_health() {
+            return healthy;
+        }
+        let healthy = self.run(|core| core.database().ping()).await.is_ok();
+        health.healthy.store(healthy, Ordering::Release);
+        let now = u64::try_from(health.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        health.checked_at.store(now + 1, Ordering::Release);
+        healthy
+    }
+
+    fn fresh_health(&self) -> Option<bool> {
+        let health = &self.database_health;
+        let checked_at = health.checked_at.load(Ordering::Acquire);
+        let now = u64::try_from(health.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let cache = u64::try_from(HEALTH_CACHE.as_millis()).unwrap_or(u64::MAX);
+        (checked_at != 0 && now + 1 - checked_at < cache)
+            .then(|| health.healthy.load(Ordering::Acquire))
+    }
+}

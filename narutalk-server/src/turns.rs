@@ -1,0 +1,218 @@
+//! The AI turn of contract section 3.1, in the order the contract asks for.
+//!
+//! Each session has a *line*: a message is stored and takes its place in the line in one
+//! step (under the line's lock), so places follow the storage order; a reply is produced
+//! only when the turn before it in the same session has finished. A turn runs in its own
+//! task, so a client that disconnects mid-turn loses nothing: its message is already
+//! stored and its reply is still produced and stored.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use narutalk_core::accounts::UserId;
+use narutalk_core::ai;
+use narutalk_core::chat::{Exchange, Message, PostOutcome, ReplyWait, SessionId, TurnClaim};
+use narutalk_core::fields::JsonObject;
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::state::State;
+
+/// The lines of the sessions that have turns in flight.
+#[derive(Default)]
+pub struct SessionLines {
+    lines: Mutex<HashMap<SessionId, Weak<Line>>>,
+}
+
+/// One session's line: the end of the line is the completion signal of the last turn
+/// that joined it.
+#[derive(Default)]
+struct Line {
+    tail: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// A place in a session's line, held from joining until the turn's reply is stored.
+/// Dropping it lets the next turn go.
+pub struct Place {
+    _line: Arc<Line>,
+    previous: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Place {
+    /// Waits until every turn that joined the line earlier has finished.
+    pub async fn ready(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            // An error means the earlier turn ended without signalling: it has ended all
+            // the same.
+            let _ = previous.await;
+        }
+    }
+}
+
+impl SessionLines {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, Weak<Line>>> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn line(&self, session: SessionId) -> Arc<Line> {
+        let mut lines = self.lock();
+        if let Some(line) = lines.get(&session).and_then(Weak::upgrade) {
+            return line;
+        }
+        let line = Arc::new(Line::default());
+        if lines.len() >= 64 {
+            lines.retain(|_, line| line.strong_count() > 0);
+        }
+        lines.insert(session, Arc::downgrade(&line));
+        line
+    }
+
+    /// Runs `store` and joins the session's line in one step: stores of one session run
+    /// one at a time, so the places follow the storage order.
+    pub async fn join<T>(
+        &self,
+        session: SessionId,
+        store: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<(T, Place), ApiError> {
+        let line = self.line(session);
+        let mut tail = line.tail.lock().await;
+        let stored = store.await?;
+        let (done, next) = oneshot::channel();
+        let previous = tail.replace(next);
+        drop(tail);
+        Ok((
+            stored,
+            Place {
+                _line: line,
+                previous,
+                _done: done,
+            },
+        ))
+    }
+
+    /// Sessions with a line right now (for tests of the bookkeeping).
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|l| l.strong_count() > 0)
+            .count()
+    }
+}
+
+/// Posts a user message and answers it with its reply: the REST `POST .../messages/`.
+/// The work runs in a task of its own, so it completes even if the caller goes away.
+pub async fn exchange(
+    state: Arc<State>,
+    owner: UserId,
+    session: SessionId,
+    body: JsonObject,
+    idempotency_key: Option<String>,
+) -> Result<Exchange, ApiError> {
+    let task = tokio::spawn(run_exchange(state, owner, session, body, idempotency_key));
+    match task.await {
+        Ok(result) => result,
+        Err(error) => {
+            tracing::error!(%error, "a chat turn failed");
+            Err(ApiError::Internal)
+        }
+    }
+}
+
+async fn run_exchange(
+    state: Arc<State>,
+    owner: UserId,
+    session: SessionId,
+    body: JsonObject,
+    idempotency_key: Option<String>,
+) -> Result<Exchange, ApiError> {
+    let store = state.run(move |core| {
+        core.chat()
+            .post_message_fields(owner, session, &body, idempotency_key.as_deref())
+    });
+    let (outcome, mut place) = state.lines.join(session, store).await?;
+    let (message, claim) = match outcome {
+        PostOutcome::Stored(message, claim) => (message, claim),
+        PostOutcome::Replayed {
+            message,
+            reply: Some(reply),
+        } => return Ok(Exchange { message, reply }),
+        PostOutcome::Replayed {
+            message,
+            reply: None,
+        } => {
+            let waited = message.clone();
+            let wait = state.core.reply_wait();
+            match state
+                .run(move |core| core.chat().wait_for_reply(&waited, wait))
+                .await?
+            {
+                ReplyWait::Ready(reply) => return Ok(Exchange { message, reply }),
+                ReplyWait::YourTurn(claim) => (message, claim),
+            }
+        }
+    };
+    place.ready().await;
+    let reply = reply_to(&state, message.clone(), claim).await?;
+    drop(place);
+    Ok(Exchange { message, reply })
+}
+
+/// Produces and stores the reply to `message`: the history is read, the responder runs
+/// with no database connection held, and its reply or the system error message is stored.
+async fn reply_to(state: &State, message: Message, claim: TurnClaim) -> Result<Message, ApiError> {
+    state
+        .run(move |core| {
+            let chat = core.chat();
+            let turn = chat.prepare_reply(&message, claim)?;
+            let outcome = ai::run_responder(core.responder().as_ref(), &turn.request, &mut |_| {});
+            chat.store_reply(turn, outcome)
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn places_in_a_line_go_in_the_order_they_joined() {
+        let lines = Arc::new(SessionLines::default());
+        let session = SessionId::new_random();
+        let (_, mut first) = lines.join(session, async { Ok(()) }).await.unwrap();
+        let (_, mut second) = lines.join(session, async { Ok(()) }).await.unwrap();
+        first.ready().await;
+        let waiting = tokio::spawn(async move {
+            second.ready().await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "the second turn waits for the first"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn lines_of_finished_sessions_are_forgotten() {
+        let lines = SessionLines::default();
+        for _ in 0..100 {
+            let (_, place) = lines
+                .join(SessionId::new_random(), async { Ok(()) })
+                .await
+                .unwrap();
+            drop(place);
+        }
+        assert_eq!(lines.live(), 0);
+        assert!(lines.lock().len() <= 64);
+    }
+}
