@@ -114,3 +114,109 @@ fn a_short_secret_is_refused_without_echoing_it() {
     assert!(stderr.contains("NARUTALK_SECRET_KEY"), "{stderr}");
     assert!(!stderr.contains("too-short-to-sign"), "{stderr}");
 }
+
+/// One HTTP/1.1 POST of a JSON body over a plain socket; returns the whole response.
+fn http_post_json(address: &str, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn json_logs_have_one_line_per_request_with_its_id_and_never_a_password_or_token() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = server()
+        .current_dir(dir.path())
+        .env("NARUTALK_BIND", "127.0.0.1:0")
+        .env("NARUTALK_SEARCH_URL", "")
+        .env("NARUTALK_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    let address = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let password = "violet-harbour-42";
+    let registration = format!(
+        r#"{{"username": "kim", "email": "kim@example.com", "password": "{password}", "password_confirm": "{password}"}}"#
+    );
+
+    // Act
+    let registered = http_post_json(&address, "/api/auth/register/", &registration);
+    let login = http_post_json(
+        &address,
+        "/api/auth/login/",
+        &format!(r#"{{"email": "kim@example.com", "password": "{password}"}}"#),
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+
+    // Assert
+    assert!(registered.starts_with("HTTP/1.1 201"), "{registered}");
+    assert!(login.starts_with("HTTP/1.1 200"), "{login}");
+    let access = login
+        .split(r#""access":""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap();
+    let request_lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "narutalk::access")
+        .collect();
+    assert_eq!(request_lines.len(), 2, "{stderr}");
+    let fields = &request_lines[1]["fields"];
+    assert_eq!(fields["method"], "POST");
+    assert_eq!(fields["path"], "/api/auth/login/");
+    assert_eq!(fields["status"], 200);
+    assert!(fields["duration_ms"].is_number());
+    let request_id = fields["request_id"].as_str().unwrap();
+    assert!(
+        login
+            .to_ascii_lowercase()
+            .contains(&format!("x-request-id: {request_id}")),
+        "the logged id is the one returned"
+    );
+    assert!(!stderr.contains(password), "a password was logged");
+    assert!(!stderr.contains(access), "a token was logged");
+}
+
+#[test]
+fn the_openapi_flag_prints_the_document_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = server()
+        .current_dir(dir.path())
+        .arg("--openapi")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["info"]["title"], "Narutalk API");
+    assert_eq!(document["info"]["version"], "1.0.0");
+    assert!(!dir.path().join("data").exists(), "nothing is created");
+}
