@@ -100,10 +100,7 @@ pub fn page(asset: &str) -> Response {
     };
     let mut bytes = file.bytes.into_owned();
     if asset.is_empty() || asset == "index.html" {
-        // Absolute asset URLs, so the page also works as `/api/docs` without the slash.
-        bytes = String::from_utf8_lossy(&bytes)
-            .replace("\"./", "\"/api/docs/")
-            .into_bytes();
+        bytes = absolute_asset_urls(&String::from_utf8_lossy(&bytes)).into_bytes();
     }
     let mut response = Response::new(bytes.into());
     let headers = response.headers_mut();
@@ -114,6 +111,30 @@ pub fn page(asset: &str) -> Response {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
     response
+}
+
+/// The page with every relative `src` and `href` (`./swagger-ui.css`, but also
+/// `index.css`) made absolute under `/api/docs/`, so that the page also works as
+/// `/api/docs` without the slash, where a browser would resolve them under `/api/`.
+fn absolute_asset_urls(page: &str) -> String {
+    let mut out = String::with_capacity(page.len() + 256);
+    let mut rest = page;
+    while let Some(at) = [" src=\"", " href=\""]
+        .iter()
+        .filter_map(|attribute| rest.find(attribute).map(|at| at + attribute.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let url = rest.split('"').next().unwrap_or_default();
+        let relative = !url.starts_with('/') && !url.starts_with('#') && !url.contains(':');
+        if relative {
+            out.push_str("/api/docs/");
+            rest = rest.strip_prefix("./").unwrap_or(rest);
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `{"detail": "..."}`: the body of most errors.

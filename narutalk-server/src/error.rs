@@ -6,7 +6,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 
 use crate::http::{Response, json_response};
 
-/// The `WWW-Authenticate` header of every 401 on an endpoint that needs an access token.
+/// The `WWW-Authenticate` header of every 401, as DRF and simplejwt send it.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"api\"";
 
 /// Every answer other than success, each with the contract's status, body and headers.
@@ -91,10 +91,13 @@ impl ApiError {
                     "code": "token_not_valid",
                 })
             }
+            // simplejwt's token views name the realm on their 401s too.
             ApiError::InvalidRefreshToken(problem) => {
+                extra = Some(www_authenticate());
                 json!({ "detail": problem.detail(), "code": "token_not_valid" })
             }
             ApiError::BadCredentials => {
+                extra = Some(www_authenticate());
                 json!({ "detail": "No active account found with the given credentials" })
             }
             ApiError::PermissionDenied => {

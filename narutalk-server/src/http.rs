@@ -52,7 +52,7 @@ pub enum Credentials<'a> {
     Missing,
     /// `Bearer <token>`.
     Bearer(&'a str),
-    /// A `Bearer` header that is not exactly two space-separated values.
+    /// A `Bearer` header that is not exactly two whitespace-separated values.
     Malformed,
 }
 
@@ -94,7 +94,8 @@ impl Request {
         let Ok(value) = value.to_str() else {
             return Credentials::Malformed;
         };
-        let mut parts = value.split(' ');
+        // simplejwt splits on runs of whitespace, as RFC 6750's `"Bearer" 1*SP b64token` allows.
+        let mut parts = value.split_ascii_whitespace();
         if parts.next() != Some("Bearer") {
             return Credentials::Missing;
         }

@@ -1,5 +1,6 @@
 //! Protects the accept loop's limits (contract section 4, "Slow clients") and the graceful
 //! stop of section 8, by speaking raw HTTP/1.1 over sockets to a server started in-process.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

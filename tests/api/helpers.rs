@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use narutalk_core::Narutalk;
+use narutalk_core::ai::Responder;
 use narutalk_core::config::Config;
 use narutalk_core::db::OpenMode;
 use narutalk_server::ServeOptions;
@@ -159,6 +160,23 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a server with `Config::for_tests` changed by `configure`, and `options`. The
 /// listener is bound before the server task starts, so requests can be sent at once.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), options: ServeOptions) -> TestApp {
+    start(configure, options, None).await
+}
+
+/// Starts a server like [`spawn_app_with`] whose AI replies come from `responder` (a test
+/// double that fails, waits or panics) instead of the configured one.
+pub async fn spawn_app_with_responder(
+    configure: impl FnOnce(&mut Config),
+    responder: Arc<dyn Responder>,
+) -> TestApp {
+    start(configure, ServeOptions::default(), Some(responder)).await
+}
+
+async fn start(
+    configure: impl FnOnce(&mut Config),
+    options: ServeOptions,
+    responder: Option<Arc<dyn Responder>>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_tests(dir.path());
     configure(&mut config);
@@ -169,6 +187,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), options: ServeO
     .await
     .unwrap()
     .unwrap();
+    let core = match responder {
+        Some(responder) => core.with_responder(responder),
+        None => core,
+    };
     let core = Arc::new(core);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

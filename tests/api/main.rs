@@ -2,5 +2,13 @@
 //! fresh database and speaks HTTP to it.
 #![allow(clippy::unwrap_used)]
 
+mod auth;
+mod chat;
+mod cors;
+mod docs;
+mod errors;
+mod gateway;
 mod health;
 mod helpers;
+mod hostile;
+mod throttle;
