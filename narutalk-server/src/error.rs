@@ -35,6 +35,8 @@ pub enum ApiError {
     },
     /// 413.
     BodyTooLarge,
+    /// 408: the body stopped arriving; the connection is closed after the answer.
+    BodyTimeout,
     /// 415 naming the content type that was sent (empty when none was).
     UnsupportedMediaType(String),
     /// 400 `JSON parse error - ...`.
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::PermissionDenied => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::JsonParse(_) | ApiError::NotAnObject(_) | ApiError::Fields(_) => {
                 StatusCode::BAD_REQUEST
@@ -108,6 +111,10 @@ impl ApiError {
                 json!({ "detail": format!("Method \"{method}\" not allowed.") })
             }
             ApiError::BodyTooLarge => json!({ "detail": "Request body too large." }),
+            ApiError::BodyTimeout => {
+                extra = Some((header::CONNECTION, HeaderValue::from_static("close")));
+                json!({ "detail": "Request body timed out." })
+            }
             ApiError::UnsupportedMediaType(content_type) => {
                 json!({ "detail": format!("Unsupported media type \"{content_type}\" in request.") })
             }

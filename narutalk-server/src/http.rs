@@ -23,6 +23,16 @@ pub type Response = warp::reply::Response;
 /// A request body not read yet.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
+/// How much of a request body is read, and how patiently.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyRules {
+    /// Bodies above this many bytes are refused (413).
+    pub limit: u64,
+    /// A body that sends nothing for this long is given up on (408), so a client cannot
+    /// hold a connection by announcing a body it never sends.
+    pub idle_timeout: std::time::Duration,
+}
+
 /// The longest `Authorization` header read; no honest token comes close.
 const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
 
@@ -156,8 +166,8 @@ impl Request {
     /// Reads the body as the JSON object of a form: at most `limit` bytes (413), with a
     /// JSON content type (415), valid JSON (400 `detail`) and an object (400
     /// `non_field_errors`). An empty body is `{}`.
-    pub async fn json_object(&mut self, limit: u64) -> Result<JsonObject, ApiError> {
-        match self.json_value(limit).await? {
+    pub async fn json_object(&mut self, rules: BodyRules) -> Result<JsonObject, ApiError> {
+        match self.json_value(rules).await? {
             Value::Object(object) => Ok(object),
             other => Err(ApiError::NotAnObject(python_type_name(&other))),
         }
@@ -165,8 +175,8 @@ impl Request {
 
     /// Reads the body as any JSON value, with the checks of [`Request::json_object`] up to
     /// the syntax. An empty body is `{}`.
-    pub async fn json_value(&mut self, limit: u64) -> Result<Value, ApiError> {
-        let bytes = self.body_bytes(limit).await?;
+    pub async fn json_value(&mut self, rules: BodyRules) -> Result<Value, ApiError> {
+        let bytes = self.body_bytes(rules).await?;
         if bytes.is_empty() {
             return Ok(Value::Object(JsonObject::new()));
         }
@@ -182,9 +192,13 @@ impl Request {
         serde_json::from_slice(&bytes).map_err(|error| ApiError::JsonParse(error.to_string()))
     }
 
-    /// The whole body, refused with 413 when it is over `limit` bytes, by `Content-Length`
-    /// or by counting.
-    pub async fn body_bytes(&mut self, limit: u64) -> Result<Bytes, ApiError> {
+    /// The whole body, refused with 413 when it is over the limit, by `Content-Length` or
+    /// by counting, and with 408 when it stalls.
+    pub async fn body_bytes(&mut self, rules: BodyRules) -> Result<Bytes, ApiError> {
+        let BodyRules {
+            limit,
+            idle_timeout,
+        } = rules;
         let declared = self
             .header(header::CONTENT_LENGTH)
             .and_then(|length| length.parse::<u64>().ok());
@@ -200,7 +214,11 @@ impl Request {
             return Ok(Bytes::new());
         };
         let mut collected = BytesMut::new();
-        while let Some(chunk) = body.next().await {
+        loop {
+            let next = tokio::time::timeout(idle_timeout, body.next())
+                .await
+                .map_err(|_| ApiError::BodyTimeout)?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|error| ApiError::JsonParse(error.to_string()))?;
             if (collected.len() + chunk.len()) as u64 > limit {
                 return Err(ApiError::BodyTooLarge);

@@ -79,7 +79,7 @@ pub async fn serve_with(
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let state = Arc::new(State::new(core, config, local_addr));
+    let state = Arc::new(State::new(core, config, &options, local_addr));
     let mut background = Vec::new();
     if let Some(search) = &state.search {
         background.push(probe::spawn(&search.url, state.search_reachable.clone()));

@@ -30,16 +30,21 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// A connection that has not sent a whole request head within this time is dropped.
     pub header_read_timeout: Duration,
+    /// A request body that sends nothing for this long is answered 408 and its
+    /// connection closed.
+    pub body_idle_timeout: Duration,
     /// How long a stop waits for in-flight requests before giving up on them.
     pub drain_timeout: Duration,
 }
 
 impl Default for ServeOptions {
-    /// Contract section 4: 10 s for headers, 10,000 connections.
+    /// Contract section 4: 10 s for headers, 10,000 connections; and 10 s of silence
+    /// in a body.
     fn default() -> Self {
         ServeOptions {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(60),
         }
     }

@@ -11,7 +11,9 @@ use narutalk_core::config::Config;
 use narutalk_core::error::Error as CoreError;
 
 use crate::error::ApiError;
+use crate::http::BodyRules;
 use crate::limits::{HASH_QUEUE, HashGate, Throttles};
+use crate::listener::ServeOptions;
 use crate::turns::SessionLines;
 
 /// How long a database health check is reused.
@@ -21,8 +23,8 @@ const HEALTH_CACHE: Duration = Duration::from_secs(1);
 pub struct State {
     /// The core.
     pub core: Arc<Narutalk>,
-    /// Request bodies above this many bytes are refused.
-    pub body_limit: u64,
+    /// How request bodies are read.
+    pub body: BodyRules,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// Origins that get CORS headers, besides the server's own.
@@ -63,7 +65,12 @@ struct DatabaseHealth {
 
 impl State {
     /// The state for serving `core` on `local_addr` with `config`.
-    pub fn new(core: Arc<Narutalk>, config: &Config, local_addr: SocketAddr) -> State {
+    pub fn new(
+        core: Arc<Narutalk>,
+        config: &Config,
+        options: &ServeOptions,
+        local_addr: SocketAddr,
+    ) -> State {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let search = (!config.search_url.is_empty()).then(|| Search {
             url: config.search_url.clone(),
@@ -77,7 +84,10 @@ impl State {
         });
         State {
             core,
-            body_limit: config.body_limit_bytes,
+            body: BodyRules {
+                limit: config.body_limit_bytes,
+                idle_timeout: options.body_idle_timeout,
+            },
             trusted_proxies: config.trusted_proxies.clone(),
             cors_origins: config.cors_origins.clone(),
             local_addr,

@@ -154,3 +154,33 @@ async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
     );
     assert!(after_stop.is_err(), "nothing listens after the stop");
 }
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_408_and_the_connection_closed() {
+    // Arrange
+    let server = start(ServeOptions {
+        body_idle_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    })
+    .await;
+    let mut stalled = TcpStream::connect(server.address).await.unwrap();
+
+    // Act: a body of 100 bytes announced, 10 sent.
+    stalled
+        .write_all(
+            b"POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"email\":",
+        )
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stalled).await;
+
+    // Assert
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout"),
+        "{answer}"
+    );
+    assert!(
+        answer.ends_with(r#"{"detail":"Request body timed out."}"#),
+        "{answer}"
+    );
+}

@@ -27,7 +27,7 @@ use crate::state::State;
     )
 )]
 pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     count_email(&state.throttles.register_email, &body)?;
     let user = state
         .run_hashing(move |core| core.accounts().register_fields(&body))
@@ -50,7 +50,7 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     )
 )]
 pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     count_email(&state.throttles.login_email, &body)?;
     let login = state
         .run_hashing(move |core| core.accounts().login_fields(&body))
@@ -69,7 +69,7 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     )
 )]
 pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     let pair = state
         .run(move |core| core.tokens().refresh_fields(&body))
         .await?;
@@ -87,7 +87,7 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     )
 )]
 pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     state
         .run(move |core| core.tokens().logout_fields(&body))
         .await?;
@@ -151,7 +151,7 @@ async fn update_profile(
     user: User,
     partial: bool,
 ) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     let updated = state
         .run(move |core| {
             core.accounts()
@@ -178,7 +178,7 @@ pub async fn password(
     request: &mut Request,
     user: User,
 ) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     state
         .run_hashing(move |core| core.accounts().change_password_fields(user.id, &body))
         .await?;

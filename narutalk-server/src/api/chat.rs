@@ -63,7 +63,7 @@ pub async fn create_session(
     request: &mut Request,
     user: User,
 ) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     let session = state
         .run(move |core| core.chat().create_session_fields(user.id, &body))
         .await?;
@@ -108,7 +108,7 @@ pub async fn update_session(
     user: User,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     let id = SessionId::from_str(id)?;
     let session = state
         .run(move |core| core.chat().update_session_fields(user.id, id, &body))
@@ -204,7 +204,7 @@ pub async fn post_message(
     user: User,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let body = request.json_object(state.body_limit).await?;
+    let body = request.json_object(state.body).await?;
     let id = SessionId::from_str(id)?;
     let key = request
         .headers

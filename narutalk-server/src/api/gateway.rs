@@ -70,7 +70,7 @@ pub async fn health(state: &Arc<State>) -> Response {
     )
 )]
 pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
-    let body = request.json_value(state.body_limit).await?;
+    let body = request.json_value(state.body).await?;
     let Some(search) = &state.search else {
         return Ok(proxy_error(
             StatusCode::SERVICE_UNAVAILABLE,
