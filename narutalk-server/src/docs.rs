@@ -34,7 +34,7 @@ use crate::http::{Response, bytes_response};
         chat::list_messages, chat::post_message,
         gateway::health, gateway::search,
     ),
-    components(schemas(Detail, TokenError, FieldErrors, ProxyError)),
+    components(schemas(Detail, TokenError, FieldErrors, BadRequest, ProxyError)),
     modifiers(&BearerAuth),
     tags(
         (name = "auth", description = "Registration, login, tokens, profile (contract section 2)"),
@@ -161,6 +161,17 @@ pub struct TokenError {
 #[schema(example = json!({"email": ["Enter a valid email address."]}))]
 pub struct FieldErrors(pub BTreeMap<String, Vec<String>>);
 
+/// A 400 for a request body: field errors, or `{"detail": "JSON parse error - ..."}`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
+pub enum BadRequest {
+    /// Field name to messages.
+    Fields(FieldErrors),
+    /// Malformed JSON.
+    Detail(Detail),
+}
+
 /// A search-proxy failure.
 #[derive(Serialize, ToSchema)]
 pub struct ProxyError {
@@ -208,8 +219,10 @@ pub struct RegisterRequest {
     /// The same password again.
     pub password_confirm: String,
     /// `user` when missing.
+    #[schema(nullable = false)]
     pub role: Option<RegisterRole>,
     /// At most 100 characters.
+    #[schema(nullable = false)]
     pub department: Option<String>,
 }
 
@@ -229,15 +242,31 @@ pub struct RefreshRequest {
     pub refresh: String,
 }
 
-/// `PUT`/`PATCH /api/auth/profile/` (PUT: username and email required). `id`, `role`
-/// and `is_verified` are read-only and ignored.
+/// `PATCH /api/auth/profile/`. `id`, `role` and `is_verified` are read-only and
+/// ignored.
 #[derive(Serialize, ToSchema)]
 pub struct ProfileUpdate {
     /// 1-150 letters, digits or `@.+-_`.
+    #[schema(nullable = false)]
     pub username: Option<String>,
     /// At most 254 characters.
+    #[schema(nullable = false)]
     pub email: Option<String>,
     /// At most 100 characters.
+    #[schema(nullable = false)]
+    pub department: Option<String>,
+}
+
+/// `PUT /api/auth/profile/`: username and email required. `id`, `role` and
+/// `is_verified` are read-only and ignored.
+#[derive(Serialize, ToSchema)]
+pub struct ProfileReplace {
+    /// 1-150 letters, digits or `@.+-_`.
+    pub username: String,
+    /// At most 254 characters.
+    pub email: String,
+    /// At most 100 characters.
+    #[schema(nullable = false)]
     pub department: Option<String>,
 }
 
@@ -396,8 +425,10 @@ pub struct MessageCreate {
     /// 1-10,000 characters, stored exactly as sent.
     pub content: String,
     /// `text` when missing.
+    #[schema(nullable = false)]
     pub message_type: Option<ClientMessageType>,
     /// A JSON object of at most 16,384 bytes.
+    #[schema(nullable = false)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -407,6 +438,7 @@ pub struct SessionCreate {
     /// 1-200 characters after trimming.
     pub title: String,
     /// `general` when missing.
+    #[schema(nullable = false)]
     pub category: Option<Category>,
 }
 
@@ -414,10 +446,13 @@ pub struct SessionCreate {
 #[derive(Serialize, ToSchema)]
 pub struct SessionUpdate {
     /// 1-200 characters after trimming.
+    #[schema(nullable = false)]
     pub title: Option<String>,
     /// The category.
+    #[schema(nullable = false)]
     pub category: Option<Category>,
     /// Archived or not.
+    #[schema(nullable = false)]
     pub is_active: Option<bool>,
 }
 

@@ -19,7 +19,7 @@ use crate::state::State;
     request_body = docs::RegisterRequest,
     responses(
         (status = 201, description = "The new account", body = docs::User),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::FieldErrors),
+        (status = 400, description = "Field errors (a body that is not an object under `non_field_errors`), or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 413, description = "Body too large", body = docs::Detail),
         (status = 415, description = "Not JSON", body = docs::Detail),
         (status = 429, description = "Throttled", body = docs::Detail),
@@ -41,7 +41,7 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     request_body = docs::LoginRequest,
     responses(
         (status = 200, description = "A new token pair and the user", body = docs::LoginResponse),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "Wrong email or password, or an inactive account", body = docs::Detail),
         (status = 413, description = "Body too large", body = docs::Detail),
         (status = 415, description = "Not JSON", body = docs::Detail),
@@ -64,7 +64,7 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     request_body = docs::RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = docs::TokenPair),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "Invalid, expired or blacklisted refresh token", body = docs::TokenError),
     )
 )]
@@ -82,7 +82,7 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     request_body = docs::RefreshRequest,
     responses(
         (status = 205, description = "Logged out; no body"),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "Invalid, expired or blacklisted refresh token", body = docs::TokenError),
     )
 )]
@@ -111,10 +111,10 @@ pub fn profile_get(user: User) -> Result<Response, ApiError> {
 #[utoipa::path(
     put, path = "/api/auth/profile/", tag = "auth",
     security(("bearer" = [])),
-    request_body = docs::ProfileUpdate,
+    request_body = docs::ProfileReplace,
     responses(
         (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "No or bad access token", body = docs::TokenError),
     )
 )]
@@ -133,7 +133,7 @@ pub async fn profile_put(
     request_body = docs::ProfileUpdate,
     responses(
         (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "No or bad access token", body = docs::TokenError),
     )
 )]
@@ -168,7 +168,7 @@ async fn update_profile(
     request_body = docs::PasswordChange,
     responses(
         (status = 204, description = "Changed; every earlier token is revoked"),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "No or bad access token", body = docs::TokenError),
         (status = 503, description = "Overloaded", body = docs::Detail),
     )

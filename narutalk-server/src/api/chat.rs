@@ -54,7 +54,7 @@ pub async fn list_sessions(
     request_body = docs::SessionCreate,
     responses(
         (status = 201, description = "The new session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "No or bad access token", body = docs::TokenError),
     )
 )]
@@ -97,7 +97,7 @@ pub async fn get_session(state: &Arc<State>, user: User, id: &str) -> Result<Res
     request_body = docs::SessionUpdate,
     responses(
         (status = 200, description = "The session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "No or bad access token", body = docs::TokenError),
         (status = 404, description = "No such session of this user", body = docs::Detail),
     )
@@ -146,7 +146,7 @@ pub async fn delete_session(
     params(
         ("id" = uuid::Uuid, Path, description = "The session's id"),
         ("page" = Option<String>, Query, description = "A page number from 1, or `last`"),
-        ("after" = Option<uuid::Uuid>, Query, description = "Only messages stored after this one"),
+        ("after" = Option<String>, Query, description = "Only messages stored after this one"),
     ),
     responses(
         (status = 200, description = "A page of messages", body = docs::MessagePage),
@@ -192,7 +192,7 @@ pub async fn list_messages(
     request_body = docs::MessageCreate,
     responses(
         (status = 201, description = "The stored message with its reply", body = docs::MessageWithReply),
-        (status = 400, description = "Field errors", body = docs::FieldErrors),
+        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "No or bad access token", body = docs::TokenError),
         (status = 404, description = "No such session of this user", body = docs::Detail),
         (status = 429, description = "Throttled", body = docs::Detail),
