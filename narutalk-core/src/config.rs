@@ -774,7 +774,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Makes a new directory entry durable, where the platform allows it.
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     {
         let dir = if dir.as_os_str().is_empty() {
