@@ -62,6 +62,10 @@ use crate::{Narutalk, StartError, time};
 /// writer for milliseconds, so the server is never locked out for long.
 pub const IMPORT_BATCH_ROWS: usize = 500;
 
+/// The longest pause between two import batches (each pause lasts as long as the batch
+/// before it held the writer).
+const IMPORT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Days in the statistics' messages-per-day series, today included.
 pub const STATS_DAYS: u64 = 14;
 
@@ -563,6 +567,7 @@ impl<'a> Admin<'a> {
             let (at, session) = &file.sessions[slice.index];
             (*at, session, &session.messages[slice.messages.clone()])
         };
+        let started = std::time::Instant::now();
         let written = self.db.write(|tx| {
             for slice in batch {
                 let (at, session, messages) = slice_of(slice);
@@ -598,6 +603,11 @@ impl<'a> Admin<'a> {
                     record.added += outcome.added;
                     record.present += outcome.present;
                 }
+                // SQLite's lock is not fair: a writer of another process waiting in its
+                // busy handler retries after growing sleeps and would keep missing the
+                // instant between two batches. Leaving the lock free for as long as the
+                // batch held it lets the server's writes in within a batch or two.
+                std::thread::sleep(started.elapsed().min(IMPORT_PAUSE_MAX));
                 Ok(())
             }
             Ok(Err((at, message))) => Err(stopped(at, message, progress)),
