@@ -176,6 +176,7 @@ pub fn run(narutalk: &Narutalk, command: SessionCommand) -> anyhow::Result<()> {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let parsed = ImportFile::parse(&bytes).map_err(|error| import_failure(&file, error))?;
+            drop(bytes);
             let report = narutalk
                 .admin()
                 .import(&parsed)

@@ -629,35 +629,37 @@ impl ImportFile {
     /// first problem is reported with its line, so a malformed or truncated file is
     /// refused before anything is written.
     pub fn parse(bytes: &[u8]) -> Result<ImportFile, ImportError> {
+        let mut file = Checked::default();
         let first_byte = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        let raw = if first_byte == Some(&b'[') {
-            parse_array(bytes)?
+        if first_byte == Some(&b'[') {
+            let raw: Vec<RawSession> =
+                serde_json::from_slice(bytes).map_err(|error| ImportError::Invalid {
+                    at: Location::Line(u64::try_from(error.line()).unwrap_or(u64::MAX)),
+                    message: json_problem(&error),
+                })?;
+            for (index, session) in raw.into_iter().enumerate() {
+                let item = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
+                file.add(Location::Item(item), session)?;
+            }
         } else {
-            parse_lines(bytes)?
-        };
-        let mut session_at: HashMap<SessionId, Location> = HashMap::new();
-        let mut message_at: HashMap<MessageId, Location> = HashMap::new();
-        let mut sessions = Vec::with_capacity(raw.len());
-        for (at, raw) in raw {
-            let invalid = |message: String| ImportError::Invalid { at, message };
-            let session = raw.check().map_err(invalid)?;
-            if let Some(earlier) = session_at.insert(session.id, at) {
-                return Err(invalid(format!(
-                    "session {} appears already on {earlier}",
-                    session.id
-                )));
-            }
-            for message in &session.messages {
-                if let Some(earlier) = message_at.insert(message.id, at) {
-                    return Err(invalid(format!(
-                        "message {} appears already on {earlier}",
-                        message.id
-                    )));
+            // Each line is checked as soon as it is parsed, so that only the checked form
+            // of the file is held in memory.
+            for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                let at = Location::Line(u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1));
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
                 }
+                let session =
+                    serde_json::from_slice(line).map_err(|error| ImportError::Invalid {
+                        at,
+                        message: json_problem(&error),
+                    })?;
+                file.add(at, session)?;
             }
-            sessions.push((at, session));
         }
-        Ok(ImportFile { sessions })
+        Ok(ImportFile {
+            sessions: file.sessions,
+        })
     }
 
     /// The sessions of the file, in its order.
@@ -945,36 +947,36 @@ fn timestamp(field: &str, value: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| format!("{field} {value:?} is not an RFC 3339 timestamp"))
 }
 
-fn parse_lines(bytes: &[u8]) -> Result<Vec<(Location, RawSession)>, ImportError> {
-    let mut sessions = Vec::new();
-    for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let at = Location::Line(u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1));
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let session = serde_json::from_slice(line).map_err(|error| ImportError::Invalid {
-            at,
-            message: json_problem(&error),
-        })?;
-        sessions.push((at, session));
-    }
-    Ok(sessions)
+/// The sessions of a file checked so far, and where each id appeared.
+#[derive(Default)]
+struct Checked {
+    sessions: Vec<(Location, ExportedSession)>,
+    session_at: HashMap<SessionId, Location>,
+    message_at: HashMap<MessageId, Location>,
 }
 
-fn parse_array(bytes: &[u8]) -> Result<Vec<(Location, RawSession)>, ImportError> {
-    let sessions: Vec<RawSession> =
-        serde_json::from_slice(bytes).map_err(|error| ImportError::Invalid {
-            at: Location::Line(u64::try_from(error.line()).unwrap_or(u64::MAX)),
-            message: json_problem(&error),
-        })?;
-    Ok(sessions
-        .into_iter()
-        .enumerate()
-        .map(|(index, session)| {
-            let item = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
-            (Location::Item(item), session)
-        })
-        .collect())
+impl Checked {
+    /// Checks one session of the file and that none of its ids appeared before.
+    fn add(&mut self, at: Location, raw: RawSession) -> Result<(), ImportError> {
+        let invalid = |message: String| ImportError::Invalid { at, message };
+        let session = raw.check().map_err(invalid)?;
+        if let Some(earlier) = self.session_at.insert(session.id, at) {
+            return Err(invalid(format!(
+                "session {} appears already on {earlier}",
+                session.id
+            )));
+        }
+        for message in &session.messages {
+            if let Some(earlier) = self.message_at.insert(message.id, at) {
+                return Err(invalid(format!(
+                    "message {} appears already on {earlier}",
+                    message.id
+                )));
+            }
+        }
+        self.sessions.push((at, session));
+        Ok(())
+    }
 }
 
 /// serde_json's message without its position (the caller names the line), and for a
