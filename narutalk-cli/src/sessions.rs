@@ -2,7 +2,7 @@
 //! document, and import of such a file (validated whole first, idempotent by ids, written
 //! in batches by the core).
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -287,7 +287,11 @@ fn export(
             }
             let cannot_write = || format!("cannot write {}", path.display());
             let pending = PendingFile::new(&path, true).with_context(cannot_write)?;
-            let file = File::create(pending.temp_path()).with_context(cannot_write)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(pending.temp_path())
+                .with_context(cannot_write)?;
             let mut writer = BufWriter::new(file);
             let summary = write_export(narutalk, query, format, &mut writer, &progress)
                 .with_context(cannot_write)?;

@@ -760,7 +760,7 @@ fn create_secret_file(path: &Path) -> Result<Secret, ConfigError> {
 }
 
 /// Writes `bytes` to a new file readable only by its owner, and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

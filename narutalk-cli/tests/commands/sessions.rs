@@ -182,6 +182,19 @@ fn export_writes_json_lines_or_one_array_to_stdout_or_a_file() {
         to_file,
         "exported 1 session(s) with 2 message(s) to out.jsonl\n"
     );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(env.path("out.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "an export is readable by its owner only"
+        );
+    }
     let file = std::fs::read_to_string(env.path("out.jsonl")).unwrap();
     assert_eq!(file, format!("{}\n", lines.lines().nth(1).unwrap()));
     env.run(&["session", "export", "--output", "db.sqlite3"])

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::{AppliedMigration, Database, applied_migrations, configure};
-use crate::config::sync_dir;
+use crate::config::{sync_dir, write_private};
 use crate::error::Error;
 
 /// What `narutalk db status` shows: the file, its size, its migrations and its rows.
@@ -87,7 +87,9 @@ pub enum BackupError {
 /// A new file written under a temporary name beside its target (`.NAME.partial-PID`) and
 /// moved into place only by [`PendingFile::commit`], after it was synced: a reader never
 /// sees a half-written target, and a process killed midway leaves at most the hidden
-/// temporary file. Dropped without a commit, it removes the temporary file.
+/// temporary file. The file is readable by its owner only (mode 0600 on Unix): backups
+/// and exports hold every conversation. Dropped without a commit, it removes the
+/// temporary file.
 #[derive(Debug)]
 pub struct PendingFile {
     target: PathBuf,
@@ -139,6 +141,9 @@ impl PendingFile {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
+        // Created empty and private now, so the data written into it never is readable by
+        // others, even for a moment (SQLite's VACUUM INTO accepts an empty file).
+        write_private(&temp, &[])?;
         Ok(PendingFile {
             target: target.to_owned(),
             temp,
@@ -525,6 +530,18 @@ mod tests {
             .backup_to(&dir.path().join("db.sqlite3-wal"), true)
             .unwrap_err();
         assert!(matches!(error, BackupError::TargetIsDatabase(_)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_backup_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let target = dir.path().join("copy.sqlite3");
+        db.backup_to(&target, false).unwrap();
+        let mode = fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
