@@ -1,23 +1,40 @@
 //! `narutalk`: the administrators' command line, on the same core and settings as the
-//! server. For now it has `narutalk migrate`, the one command that creates a database.
+//! server and safe to run while it runs. This file owns the command tree, the settings, and
+//! how an outcome becomes an exit code: 0 success, 1 failure, 2 usage (a command line that
+//! cannot work as given, clap's errors included), with every error as one line on stderr.
+//! Each command group has its module; `output` formats, `prompt` asks.
+
+mod db;
+mod output;
+mod prompt;
+mod sessions;
+mod stats;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
+use narutalk_core::Narutalk;
 use narutalk_core::config::{Config, Overrides};
-use narutalk_core::db::{Database, OpenMode};
+use narutalk_core::error::Error;
 
-/// Narutalk's administrators' tool. Settings: defaults < TOML file < NARUTALK_* variables < flags.
+/// Narutalk's administrators' tool: users, sessions, statistics and the database, while
+/// the server runs. Settings: defaults < TOML file < NARUTALK_* variables < flags.
 #[derive(Debug, Parser)]
-#[command(name = "narutalk", version, about)]
+#[command(
+    name = "narutalk",
+    version,
+    about,
+    after_help = "Examples:\n  narutalk migrate\n  narutalk user create --email root@example.com --username root --role admin\n  narutalk --database /srv/narutalk/db.sqlite3 stats"
+)]
 struct Cli {
     /// TOML settings file (NARUTALK_CONFIG).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// SQLite database file (NARUTALK_DATABASE).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     database: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -27,17 +44,59 @@ struct Cli {
 enum Command {
     /// Creates the database if it does not exist and applies every pending migration.
     ///
-    /// Example: narutalk migrate --database data/databases/db.sqlite3
+    /// The only command that creates a database.
+    #[command(after_help = "Example:\n  narutalk migrate --database data/databases/db.sqlite3")]
     Migrate,
+    /// The database file: status, checks, backups.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  narutalk db status\n  narutalk db check\n  narutalk db backup backups/narutalk.sqlite3"
+    )]
+    Db(db::DbCommand),
+    /// Accounts: create, list, show, roles, verification, activation, passwords.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  narutalk user list --role doctor --verified false\n  narutalk user verify kim@example.com"
+    )]
+    User(users::UserCommand),
+    /// Chat sessions of every user: list, show, delete, export, import.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  narutalk session list --user kim@example.com\n  narutalk session export --output sessions.jsonl"
+    )]
+    Session(sessions::SessionCommand),
+    /// Users by role and verification, sessions by category, messages per day (14 days).
+    #[command(after_help = "Examples:\n  narutalk stats\n  narutalk stats --json")]
+    Stats(stats::StatsArgs),
 }
 
+/// A command line that cannot work as given, although clap accepted it (for example a
+/// deletion without `--yes` and without a terminal to ask on): exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return clap_failure(&error),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("narutalk: {error:#}");
-            ExitCode::FAILURE
+            eprintln!("narutalk: {}", one_line(&format!("{error:#}")));
+            if error.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -50,29 +109,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = Config::load(&overrides)?;
     match cli.command {
-        Command::Migrate => migrate(&config),
+        Command::Migrate => db::migrate(&config),
+        Command::Db(command) => db::run(&config, command),
+        Command::User(command) => users::run(&open(&config)?, command),
+        Command::Session(command) => sessions::run(&open(&config)?, command),
+        Command::Stats(args) => stats::run(&open(&config)?, &args),
     }
 }
 
-fn migrate(config: &Config) -> anyhow::Result<()> {
-    let existed = config.database.is_file();
-    let db = Database::open(
-        &config.database,
-        config.sqlite_synchronous,
-        OpenMode::CreateIfMissing,
-    )?;
-    let applied = db
-        .applied_migrations()
-        .context("reading the applied migrations")?;
-    let latest = applied.last().map_or_else(
-        || "none".to_owned(),
-        |m| format!("V{} {}", m.version, m.name),
-    );
-    let verb = if existed { "migrated" } else { "created" };
-    println!(
-        "{verb} {}: {} migration(s) applied, latest {latest}",
-        config.database.display(),
-        applied.len()
-    );
-    Ok(())
+/// The core on an existing database, for administration: no signing secret needed.
+fn open(config: &Config) -> anyhow::Result<Narutalk> {
+    Ok(Narutalk::open_for_administration(config)?)
+}
+
+/// A core error as one line, for callers that say what failed before it. Field errors read
+/// `password: This password is too common. This password is entirely numeric.`.
+fn core_error(error: Error) -> anyhow::Error {
+    match error {
+        Error::Invalid(fields) => {
+            let text: Vec<String> = fields
+                .iter()
+                .map(|(field, messages)| format!("{field}: {}", messages.join(" ")))
+                .collect();
+            anyhow::anyhow!(text.join("; "))
+        }
+        Error::Unavailable(cause) => {
+            anyhow::anyhow!("the database is busy or unavailable, try again ({cause})")
+        }
+        other => anyhow::anyhow!(other),
+    }
+}
+
+/// Help and version go to stdout with exit 0; a missing subcommand shows the help with
+/// exit 2; every other clap error becomes one line on stderr with exit 2.
+fn clap_failure(error: &clap::Error) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // Printing help can only fail on a closed stream; the exit code still tells.
+            let _ = error.print();
+            ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let mut line = String::new();
+            for part in rendered
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .filter(|l| !l.starts_with("For more information"))
+            {
+                let part = part.strip_prefix("error: ").unwrap_or(part);
+                if !line.is_empty() {
+                    let joined = line.ends_with(':') || part.starts_with('[');
+                    line.push_str(if joined { " " } else { "; " });
+                }
+                line.push_str(part);
+            }
+            eprintln!("narutalk: {line} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Error texts from the file system or SQLite may hold line breaks; the contract is one
+/// line.
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
 }

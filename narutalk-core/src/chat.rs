@@ -13,6 +13,8 @@
 //! [`Chat::store_reply`] stores the reply or the system error message.
 //! [`crate::Narutalk::send_message_fields`] runs the whole turn for embedders and the CLI.
 
+pub(crate) mod admin;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;

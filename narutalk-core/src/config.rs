@@ -760,7 +760,7 @@ fn create_secret_file(path: &Path) -> Result<Secret, ConfigError> {
 }
 
 /// Writes `bytes` to a new file readable only by its owner, and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -774,7 +774,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Makes a new directory entry durable, where the platform allows it.
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     #[cfg(unix)]
     {
         let dir = if dir.as_os_str().is_empty() {

@@ -16,6 +16,8 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use crate::config::Synchronous;
 use crate::error::Error;
 
+pub mod maintenance;
+
 mod embedded {
     refinery::embed_migrations!("migrations");
 }

@@ -46,6 +46,7 @@
 //! ```
 
 pub mod accounts;
+pub mod admin;
 pub mod ai;
 pub mod chat;
 pub mod config;

@@ -6,6 +6,7 @@
 //! on a password change, reset, deactivation or "log out everywhere". Hashing always runs
 //! outside the writer lock, so a flood of logins never holds up other writes.
 
+pub(crate) mod admin;
 pub mod password;
 pub mod policy;
 

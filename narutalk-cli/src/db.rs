@@ -1,0 +1,188 @@
+//! `narutalk migrate` and `narutalk db status|check|backup`: the database file itself.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use narutalk_core::config::Config;
+use narutalk_core::db::{Database, OpenMode};
+use serde_json::json;
+
+use crate::output::{grouped, print_fields, print_json, print_lines, print_table, table};
+use crate::{core_error, open};
+
+/// `narutalk db ...`
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Shows the database file, its size, its applied migrations and every table's rows.
+    #[command(after_help = "Examples:\n  narutalk db status\n  narutalk db status --json")]
+    Status(JsonFlag),
+    /// Runs SQLite's integrity and foreign-key checks and Narutalk's own (session
+    /// counters); exits 1 when anything is damaged.
+    ///
+    /// Reads every page: on a large database it takes a while, without blocking the server.
+    #[command(after_help = "Examples:\n  narutalk db check\n  narutalk db check --json")]
+    Check(JsonFlag),
+    /// Writes a consistent copy of the live database to FILE, checked before it is moved
+    /// into place; the server may keep writing meanwhile.
+    ///
+    /// The copy is one snapshot (SQLite's VACUUM INTO), written beside FILE under a hidden
+    /// temporary name and renamed when complete, so an interrupted backup leaves no half
+    /// file. An existing FILE is refused unless --force is given.
+    #[command(
+        after_help = "Examples:\n  narutalk db backup backups/narutalk-2026-11-26.sqlite3\n  narutalk db backup /mnt/backup/narutalk.sqlite3 --force"
+    )]
+    Backup {
+        /// Where to write the copy.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `--json` of a read command.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `narutalk migrate`: creates the database when missing and applies pending migrations.
+pub fn migrate(config: &Config) -> anyhow::Result<()> {
+    let existed = config.database.is_file();
+    let db = Database::open(
+        &config.database,
+        config.sqlite_synchronous,
+        OpenMode::CreateIfMissing,
+    )?;
+    let applied = db
+        .applied_migrations()
+        .map_err(core_error)
+        .context("reading the applied migrations")?;
+    let latest = applied.last().map_or_else(
+        || "none".to_owned(),
+        |m| format!("V{} {}", m.version, m.name),
+    );
+    let verb = if existed { "migrated" } else { "created" };
+    print_lines(&format!(
+        "{verb} {}: {} migration(s) applied, latest {latest}",
+        config.database.display(),
+        applied.len()
+    ))
+}
+
+/// Runs a `db` subcommand.
+pub fn run(config: &Config, command: DbCommand) -> anyhow::Result<()> {
+    let narutalk = open(config)?;
+    let db = narutalk.database();
+    match command {
+        DbCommand::Status(flag) => status(db, flag.json),
+        DbCommand::Check(flag) => check(&narutalk, flag.json),
+        DbCommand::Backup { file, force } => {
+            let backup = db.backup_to(&file, force)?;
+            print_lines(&format!(
+                "backed up {} to {} ({} bytes in {:.2} s)",
+                db.path().display(),
+                backup.path.display(),
+                grouped(backup.size_bytes),
+                backup.elapsed.as_secs_f64()
+            ))
+        }
+    }
+}
+
+fn status(db: &Database, json: bool) -> anyhow::Result<()> {
+    let status = db
+        .status()
+        .map_err(core_error)
+        .context("reading the database status")?;
+    if json {
+        let rows: serde_json::Map<String, serde_json::Value> = status
+            .tables
+            .iter()
+            .map(|t| (t.table.clone(), t.rows.into()))
+            .collect();
+        let migrations: Vec<_> = status
+            .migrations
+            .iter()
+            .map(|m| json!({"version": m.version, "name": m.name}))
+            .collect();
+        return print_json(&json!({
+            "database": status.path,
+            "size_bytes": status.size_bytes,
+            "wal_bytes": status.wal_bytes,
+            "sqlite_version": status.sqlite_version,
+            "migrations": migrations,
+            "rows": rows,
+        }));
+    }
+    let migrations: Vec<String> = status
+        .migrations
+        .iter()
+        .map(|m| format!("V{} {}", m.version, m.name))
+        .collect();
+    print_fields(&[
+        ("database", status.path.display().to_string()),
+        (
+            "size",
+            format!(
+                "{} bytes (+ {} bytes of write-ahead log)",
+                grouped(status.size_bytes),
+                grouped(status.wal_bytes)
+            ),
+        ),
+        ("sqlite", status.sqlite_version.clone()),
+        ("migrations", migrations.join(", ")),
+    ])?;
+    print_lines("")?;
+    let mut rows = table(["TABLE", "ROWS"]);
+    for t in &status.tables {
+        rows.add_row(vec![t.table.clone(), grouped(t.rows)]);
+    }
+    print_table(&mut rows)
+}
+
+fn check(narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
+    let path = narutalk.database().path();
+    let report = narutalk
+        .admin()
+        .check()
+        .map_err(core_error)
+        .with_context(|| format!("checking {}", path.display()))?;
+    if json {
+        print_json(&json!({
+            "database": path,
+            "sound": report.is_sound(),
+            "integrity": report.sqlite.integrity,
+            "foreign_keys": report.sqlite.foreign_keys,
+            "counters": report.counters,
+        }))?;
+    } else {
+        let sections = [
+            ("integrity_check", &report.sqlite.integrity),
+            ("foreign_key_check", &report.sqlite.foreign_keys),
+            ("session counters", &report.counters),
+        ];
+        for (name, problems) in sections {
+            if problems.is_empty() {
+                print_lines(&format!("{name}: ok"))?;
+            } else {
+                print_lines(&format!("{name}: {} problem(s)", problems.len()))?;
+                for problem in problems {
+                    print_lines(&format!("  {problem}"))?;
+                }
+            }
+        }
+    }
+    if !report.is_sound() {
+        bail!(
+            "{} is damaged: {} problem(s) found",
+            path.display(),
+            report.problem_count()
+        );
+    }
+    Ok(())
+}

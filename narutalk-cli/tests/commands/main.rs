@@ -1,0 +1,12 @@
+//! Black-box tests of the `narutalk` binary: each test runs the real binary against a
+//! database in a temporary folder and asserts the exact exit code, stdout and stderr.
+//! One test binary, a module per command group.
+#![allow(clippy::unwrap_used)]
+
+mod db;
+mod help;
+mod migrate;
+mod sessions;
+mod stats;
+mod support;
+mod users;

@@ -1,0 +1,994 @@
+//! Administration across users, for the administrators' tool `narutalk`: every session
+//! whoever owns it, the export and import of whole sessions with their messages, the
+//! statistics, and the database check that adds Narutalk's own rules to SQLite's.
+//!
+//! Nothing here is reachable through the API, which only ever shows users their own
+//! sessions. The SQL lives with the tables' owners (`chat::admin`, `accounts::admin`,
+//! `db::maintenance`); this module holds the rules: what an export line is, what makes an
+//! import file valid, how an import is batched, and how the statistics are shaped.
+//!
+//! ```
+//! use narutalk_core::Narutalk;
+//! use narutalk_core::accounts::{NewUser, Role};
+//! use narutalk_core::admin::{ImportFile, SessionQuery};
+//! use narutalk_core::chat::Category;
+//! use narutalk_core::config::Config;
+//! use narutalk_core::db::OpenMode;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let config = Config::for_tests(dir.path());
+//! drop(Narutalk::open(&config, OpenMode::CreateIfMissing)?); // what `narutalk migrate` does
+//! let narutalk = Narutalk::open_for_administration(&config)?;
+//! let kim = narutalk.accounts().create(&NewUser {
+//!     email: "kim@example.com".into(), username: "kim".into(),
+//!     password: "violet-harbour-42".into(), role: Role::Doctor,
+//!     department: String::new(), is_verified: true,
+//! })?;
+//! let session = narutalk.chat().create_session(kim.id, "Headache", Category::Medical)?;
+//! narutalk.send_message(kim.id, session.session.id, "What helps a migraine?")?;
+//!
+//! // Export every session as JSON Lines, then import the file again: nothing is doubled.
+//! let mut lines = Vec::new();
+//! narutalk.admin().export(&SessionQuery::default(), |_, session| {
+//!     serde_json::to_writer(&mut lines, session)?;
+//!     lines.push(b'\n');
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })?;
+//! let report = narutalk.admin().import(&ImportFile::parse(&lines)?)?;
+//! assert_eq!((report.sessions_unchanged, report.messages_present), (1, 2));
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::{self, Role, UserId, policy};
+use crate::chat::admin::{self as chat_admin, Order};
+use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
+use crate::config::{AiBackend, Config, ConfigError, Secret};
+use crate::db::maintenance::IntegrityProblems;
+use crate::db::{Database, OpenMode};
+use crate::error::Error;
+use crate::fields::JsonObject;
+use crate::{Narutalk, StartError, time};
+
+/// Rows (session rows and messages) an import writes per transaction: each batch holds the
+/// writer for milliseconds, so the server is never locked out for long.
+pub const IMPORT_BATCH_ROWS: usize = 500;
+
+/// The longest pause between two import batches (each pause lasts as long as the batch
+/// before it held the writer).
+const IMPORT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Days in the statistics' messages-per-day series, today included.
+pub const STATS_DAYS: u64 = 14;
+
+impl Narutalk {
+    /// Opens an existing database for administration (the CLI): like
+    /// [`Narutalk::open`] with [`OpenMode::MustExist`], except that it neither reads nor
+    /// creates the signing secret, which no administrative operation needs. Its token keys
+    /// are random and known to nobody, so a token this handle issued would be refused
+    /// everywhere else, and it never asks the AI (its responder is the template one,
+    /// whatever `NARUTALK_AI_BACKEND` says; the setting is still validated).
+    pub fn open_for_administration(config: &Config) -> Result<Narutalk, StartError> {
+        config.validate()?;
+        let db = Database::open(
+            &config.database,
+            config.sqlite_synchronous,
+            OpenMode::MustExist,
+        )?;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| ConfigError {
+            setting: "NARUTALK_SECRET_KEY".into(),
+            message: format!("cannot draw random bytes for a throwaway key: {e}"),
+        })?;
+        let secret = Secret::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let without_ai = Config {
+            ai_backend: AiBackend::Template,
+            ..config.clone()
+        };
+        Narutalk::new(db, &secret, &without_ai)
+    }
+
+    /// Administration across users: sessions, export, import, statistics, checks.
+    pub fn admin(&self) -> Admin<'_> {
+        Admin::new(self.database())
+    }
+}
+
+/// Administration across users on a database (returned by [`Narutalk::admin`]).
+#[derive(Debug)]
+pub struct Admin<'a> {
+    db: &'a Database,
+}
+
+/// Which sessions a listing or an export covers; `None` matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionQuery {
+    /// Only this user's sessions.
+    pub owner: Option<UserId>,
+    /// Only this category.
+    pub category: Option<Category>,
+    /// Only active (`true`) or inactive (`false`) sessions.
+    pub is_active: Option<bool>,
+    /// Only sessions updated at or after this time: created, or given a message, or
+    /// changed since then.
+    pub updated_since: Option<DateTime<Utc>>,
+}
+
+/// A session with its owner, as an administrator lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OwnedSession {
+    /// The session.
+    #[serde(flatten)]
+    pub session: ChatSession,
+    /// Its owner's id.
+    pub owner_id: UserId,
+    /// Its owner's email.
+    pub owner_email: String,
+}
+
+/// One line of an export (JSON Lines) or one item of its JSON array: a whole session with
+/// its owner's email and every message, oldest first. Importing it recreates the session
+/// with the same ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExportedSession {
+    /// The session's id.
+    pub id: SessionId,
+    /// Its owner's email: how an import finds the owner in another database.
+    pub owner_email: String,
+    /// Its title.
+    pub title: String,
+    /// Its category.
+    pub category: Category,
+    /// Whether it is active.
+    pub is_active: bool,
+    /// When it was made.
+    #[serde(serialize_with = "time::serialize")]
+    pub created_at: DateTime<Utc>,
+    /// When it last changed.
+    #[serde(serialize_with = "time::serialize")]
+    pub updated_at: DateTime<Utc>,
+    /// How many messages follow (an import checks it against them).
+    pub message_count: u64,
+    /// Every message, in storage order.
+    pub messages: Vec<ExportedMessage>,
+}
+
+/// A message in an export: every stored field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExportedMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// Its place in the session's storage order (increasing; an import appends in this
+    /// order and numbers anew after the messages a session already has).
+    pub seq: i64,
+    /// Who wrote it.
+    pub sender: Sender,
+    /// What it holds.
+    pub message_type: MessageType,
+    /// Its content, exactly as stored.
+    pub content: String,
+    /// Its metadata object.
+    pub metadata: JsonObject,
+    /// When it was stored.
+    #[serde(serialize_with = "time::serialize")]
+    pub timestamp: DateTime<Utc>,
+    /// For a reply: the earlier message of the same session it answers.
+    pub reply_to: Option<MessageId>,
+}
+
+impl From<Message> for ExportedMessage {
+    fn from(message: Message) -> Self {
+        ExportedMessage {
+            id: message.id,
+            seq: message.seq,
+            sender: message.sender,
+            message_type: message.message_type,
+            content: message.content,
+            metadata: message.metadata,
+            timestamp: message.timestamp,
+            reply_to: message.reply_to,
+        }
+    }
+}
+
+/// Where an export is: the session just handed over is number `done` of `total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportProgress {
+    /// Sessions handed over so far, this one included.
+    pub done: u64,
+    /// Sessions in the export.
+    pub total: u64,
+}
+
+/// What an export covered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ExportSummary {
+    /// Sessions exported.
+    pub sessions: u64,
+    /// Messages exported.
+    pub messages: u64,
+}
+
+/// A user's sessions and the messages in them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UserActivity {
+    /// Sessions the user owns.
+    pub sessions: u64,
+    /// Messages in those sessions, of every sender.
+    pub messages: u64,
+}
+
+/// A place in an import file, for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A line of the file, from 1.
+    Line(u64),
+    /// An item of a JSON array file, from 1 (once the file has parsed, lines are unknown).
+    Item(u64),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Line(n) => write!(f, "line {n}"),
+            Location::Item(n) => write!(f, "array item {n}"),
+        }
+    }
+}
+
+/// An export file read and checked whole: every session valid, no id used twice. Build it
+/// with [`ImportFile::parse`] and hand it to [`Admin::import`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportFile {
+    sessions: Vec<(Location, ExportedSession)>,
+}
+
+/// Why an import did not happen, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// The file is malformed, truncated or inconsistent, or it conflicts with the database
+    /// (an unknown owner, a session of another user, a message id of another session).
+    /// Nothing was written.
+    #[error("{at}: {message}")]
+    Invalid {
+        /// Where in the file.
+        at: Location,
+        /// What is wrong, in one line.
+        message: String,
+    },
+    /// A batch failed after earlier batches were committed (the database changed during
+    /// the import, or refused a write). What came before `at` is imported; importing the
+    /// same file again skips it and goes on.
+    #[error(
+        "{at}: {message} (the import stopped there: {} message(s) in {} session(s) before it are imported; importing the file again completes it)",
+        report.messages_added,
+        report.sessions_created + report.sessions_extended
+    )]
+    Stopped {
+        /// The session whose batch failed.
+        at: Location,
+        /// Why.
+        message: String,
+        /// What was imported before.
+        report: ImportReport,
+    },
+    /// The database could not be read before anything was written.
+    #[error(transparent)]
+    Storage(#[from] Error),
+}
+
+/// What an import did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Sessions that did not exist and were created.
+    pub sessions_created: u64,
+    /// Sessions that existed and received messages they lacked.
+    pub sessions_extended: u64,
+    /// Sessions that existed with every message of the file already.
+    pub sessions_unchanged: u64,
+    /// Messages inserted.
+    pub messages_added: u64,
+    /// Messages skipped because they were there already (same id).
+    pub messages_present: u64,
+}
+
+/// The statistics of `narutalk stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Users by role, verification and activity.
+    pub users: UserStats,
+    /// Sessions by category.
+    pub sessions: SessionStats,
+    /// Messages, with the last [`STATS_DAYS`] days one by one.
+    pub messages: MessageStats,
+}
+
+/// Users counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserStats {
+    /// Every user.
+    pub total: u64,
+    /// One row per role, in the contract's order, zeros included.
+    pub by_role: Vec<RoleCount>,
+}
+
+/// The users of one role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RoleCount {
+    /// The role.
+    pub role: Role,
+    /// Users with it.
+    pub total: u64,
+    /// Of those, verified.
+    pub verified: u64,
+    /// Of those, not verified.
+    pub unverified: u64,
+    /// Of those, active.
+    pub active: u64,
+    /// Of those, deactivated.
+    pub inactive: u64,
+}
+
+/// Sessions counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    /// Every session.
+    pub total: u64,
+    /// One row per category, in the contract's order, zeros included.
+    pub by_category: Vec<CategoryCount>,
+}
+
+/// The sessions of one category.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CategoryCount {
+    /// The category.
+    pub category: Category,
+    /// Sessions in it.
+    pub sessions: u64,
+    /// Messages in those sessions.
+    pub messages: u64,
+}
+
+/// Messages counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessageStats {
+    /// Every message.
+    pub total: u64,
+    /// Messages stored on each of the last [`STATS_DAYS`] UTC days, oldest first, today
+    /// last, zeros included.
+    pub per_day: Vec<DayCount>,
+}
+
+/// The messages of one UTC day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DayCount {
+    /// The day (`2026-11-26`).
+    pub date: NaiveDate,
+    /// Messages stored that day (by their timestamps).
+    pub messages: u64,
+}
+
+/// What `narutalk db check` found; every list empty for a sound database.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// SQLite's integrity and foreign-key checks.
+    #[serde(flatten)]
+    pub sqlite: IntegrityProblems,
+    /// Sessions whose `message_count` or `last_seq` disagrees with their messages.
+    pub counters: Vec<String>,
+}
+
+impl CheckReport {
+    /// True when nothing is wrong.
+    pub fn is_sound(&self) -> bool {
+        self.problem_count() == 0
+    }
+
+    /// How many problems were found.
+    pub fn problem_count(&self) -> usize {
+        self.sqlite.integrity.len() + self.sqlite.foreign_keys.len() + self.counters.len()
+    }
+}
+
+impl<'a> Admin<'a> {
+    /// Administration on an open database (for embedders that hold only a [`Database`]).
+    pub fn new(db: &'a Database) -> Self {
+        Admin { db }
+    }
+
+    /// The sessions matching `query`, whoever owns them, most recently updated first (ties:
+    /// newest creation first), read in one snapshot.
+    pub fn sessions(&self, query: &SessionQuery) -> Result<Vec<OwnedSession>, Error> {
+        self.db.read(|conn| {
+            let mut owners = Owners::default();
+            chat_admin::sessions(conn, query, Order::RecentlyUpdatedFirst)?
+                .into_iter()
+                .map(|session| {
+                    Ok(OwnedSession {
+                        owner_id: session.user_id,
+                        owner_email: owners.email(conn, &session)?,
+                        session,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// One session, whoever owns it, in its export form (owner's email, every message).
+    pub fn session(&self, id: SessionId) -> Result<ExportedSession, Error> {
+        self.db.read(|conn| {
+            let session = chat_admin::session(conn, id)?.ok_or(Error::NotFound)?;
+            exported(conn, &mut Owners::default(), session)
+        })
+    }
+
+    /// Deletes a session, whoever owns it, with its messages.
+    pub fn delete_session(&self, id: SessionId) -> Result<(), Error> {
+        self.db.write(|tx| match chat_admin::delete(tx, id)? {
+            true => Ok(()),
+            false => Err(Error::NotFound),
+        })
+    }
+
+    /// How many sessions and messages a user has.
+    pub fn user_activity(&self, id: UserId) -> Result<UserActivity, Error> {
+        let (sessions, messages) = self.db.read(|conn| chat_admin::activity(conn, id))?;
+        Ok(UserActivity { sessions, messages })
+    }
+
+    /// Hands every session matching `query` to `each`, oldest first, as
+    /// [`ExportedSession`]s, all from one read snapshot (the server keeps writing; the
+    /// export is as of its start). Stops at the first error of `each` and returns it.
+    pub fn export<E: From<Error>>(
+        &self,
+        query: &SessionQuery,
+        mut each: impl FnMut(ExportProgress, &ExportedSession) -> Result<(), E>,
+    ) -> Result<ExportSummary, E> {
+        let mut failure = None;
+        let result = self.db.read(|conn| {
+            let sessions = chat_admin::sessions(conn, query, Order::OldestFirst)?;
+            let total = u64::try_from(sessions.len()).unwrap_or(u64::MAX);
+            let mut owners = Owners::default();
+            let mut summary = ExportSummary::default();
+            for session in sessions {
+                let record = exported(conn, &mut owners, session)?;
+                summary.sessions += 1;
+                summary.messages += record.message_count;
+                let progress = ExportProgress {
+                    done: summary.sessions,
+                    total,
+                };
+                if let Err(error) = each(progress, &record) {
+                    failure = Some(error);
+                    // Ends the read; `failure` is what the caller gets.
+                    return Err(Error::Internal("export stopped by its writer".into()));
+                }
+            }
+            Ok(summary)
+        });
+        match failure {
+            Some(error) => Err(error),
+            None => result.map_err(E::from),
+        }
+    }
+
+    /// Imports a checked export file. First, in one read, every owner is found by email
+    /// and every id checked against the database, so that an unknown owner or a conflict
+    /// writes nothing. Then the sessions are written in transactions of at most
+    /// [`IMPORT_BATCH_ROWS`] rows: a session that does not exist is created with its
+    /// messages; one that exists (same owner) receives only the messages it lacks (by id),
+    /// appended in the file's order. Importing the same file twice adds nothing the second
+    /// time.
+    pub fn import(&self, file: &ImportFile) -> Result<ImportReport, ImportError> {
+        let owners = self.db.read(|conn| Ok(find_owners(conn, file)))??;
+        let mut progress = vec![RecordProgress::default(); file.sessions.len()];
+        let mut batch: Vec<Slice> = Vec::new();
+        let mut rows = 0;
+        for (index, (_, session)) in file.sessions.iter().enumerate() {
+            let mut start = 0;
+            loop {
+                if rows + 1 >= IMPORT_BATCH_ROWS {
+                    self.import_batch(file, &owners, &batch, &mut progress)?;
+                    batch.clear();
+                    rows = 0;
+                }
+                let room = IMPORT_BATCH_ROWS - rows - 1;
+                let end = (start + room).min(session.messages.len());
+                batch.push(Slice {
+                    index,
+                    messages: start..end,
+                });
+                rows += 1 + end - start;
+                start = end;
+                if start >= session.messages.len() {
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.import_batch(file, &owners, &batch, &mut progress)?;
+        }
+        Ok(report(&progress))
+    }
+
+    /// Users by role, sessions by category, and messages on each of the [`STATS_DAYS`]
+    /// UTC days ending with `today`, from one snapshot.
+    pub fn stats(&self, today: NaiveDate) -> Result<Stats, Error> {
+        let first = today
+            .checked_sub_days(Days::new(STATS_DAYS - 1))
+            .unwrap_or(NaiveDate::MIN);
+        self.db.read(|conn| {
+            let by_role = accounts::admin::role_counts(conn)?;
+            let by_category = chat_admin::category_counts(conn)?;
+            let per_day = chat_admin::messages_per_day(conn, first, today)?;
+            Ok(Stats {
+                users: UserStats {
+                    total: by_role.iter().map(|r| r.total).sum(),
+                    by_role,
+                },
+                messages: MessageStats {
+                    total: by_category.iter().map(|c| c.messages).sum(),
+                    per_day,
+                },
+                sessions: SessionStats {
+                    total: by_category.iter().map(|c| c.sessions).sum(),
+                    by_category,
+                },
+            })
+        })
+    }
+
+    /// SQLite's integrity and foreign-key checks, then Narutalk's own: every session's
+    /// `message_count` and `last_seq` agree with its messages.
+    pub fn check(&self) -> Result<CheckReport, Error> {
+        let sqlite = self.db.integrity_problems()?;
+        let counters = self.db.read(chat_admin::counter_problems)?;
+        Ok(CheckReport { sqlite, counters })
+    }
+
+    /// Writes one batch in one transaction, after checking it against the database in
+    /// that same transaction.
+    fn import_batch(
+        &self,
+        file: &ImportFile,
+        owners: &[UserId],
+        batch: &[Slice],
+        progress: &mut [RecordProgress],
+    ) -> Result<(), ImportError> {
+        let slice_of = |slice: &Slice| {
+            let (at, session) = &file.sessions[slice.index];
+            (*at, session, &session.messages[slice.messages.clone()])
+        };
+        let started = std::time::Instant::now();
+        let written = self.db.write(|tx| {
+            for slice in batch {
+                let (at, session, messages) = slice_of(slice);
+                if let Some(conflict) =
+                    chat_admin::import_conflict(tx, owners[slice.index], session, messages)?
+                {
+                    return Ok(Err((at, conflict)));
+                }
+            }
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for slice in batch {
+                let (_, session, messages) = slice_of(slice);
+                outcomes.push(chat_admin::import_slice(
+                    tx,
+                    owners[slice.index],
+                    session,
+                    messages,
+                )?);
+            }
+            Ok(Ok(outcomes))
+        });
+        let stopped =
+            |at: Location, message: String, progress: &[RecordProgress]| ImportError::Stopped {
+                at,
+                message,
+                report: report(progress),
+            };
+        match written {
+            Ok(Ok(outcomes)) => {
+                for (slice, outcome) in batch.iter().zip(outcomes) {
+                    let record = &mut progress[slice.index];
+                    record.created |= outcome.created;
+                    record.added += outcome.added;
+                    record.present += outcome.present;
+                }
+                // SQLite's lock is not fair: a writer of another process waiting in its
+                // busy handler retries after growing sleeps and would keep missing the
+                // instant between two batches. Leaving the lock free for as long as the
+                // batch held it lets the server's writes in within a batch or two.
+                std::thread::sleep(started.elapsed().min(IMPORT_PAUSE_MAX));
+                Ok(())
+            }
+            Ok(Err((at, message))) => Err(stopped(at, message, progress)),
+            Err(error) => {
+                let at = batch
+                    .first()
+                    .map_or(Location::Line(0), |slice| slice_of(slice).0);
+                Err(stopped(at, error.to_string(), progress))
+            }
+        }
+    }
+}
+
+impl ImportFile {
+    /// Reads and checks a whole export file: JSON Lines (one session per line; blank lines
+    /// are skipped) or, when it starts with `[`, one JSON array. Every session is checked
+    /// (ids, choices, timestamps, `message_count` against its messages, increasing `seq`,
+    /// replies to earlier messages) and no session or message id may appear twice. The
+    /// first problem is reported with its line, so a malformed or truncated file is
+    /// refused before anything is written.
+    pub fn parse(bytes: &[u8]) -> Result<ImportFile, ImportError> {
+        let mut file = Checked::default();
+        let first_byte = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first_byte == Some(&b'[') {
+            let raw: Vec<RawSession> =
+                serde_json::from_slice(bytes).map_err(|error| ImportError::Invalid {
+                    at: Location::Line(u64::try_from(error.line()).unwrap_or(u64::MAX)),
+                    message: json_problem(&error),
+                })?;
+            for (index, session) in raw.into_iter().enumerate() {
+                let item = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
+                file.add(Location::Item(item), session)?;
+            }
+        } else {
+            // Each line is checked as soon as it is parsed, so that only the checked form
+            // of the file is held in memory.
+            for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                let at = Location::Line(u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1));
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let session =
+                    serde_json::from_slice(line).map_err(|error| ImportError::Invalid {
+                        at,
+                        message: json_problem(&error),
+                    })?;
+                file.add(at, session)?;
+            }
+        }
+        Ok(ImportFile {
+            sessions: file.sessions,
+        })
+    }
+
+    /// The sessions of the file, in its order.
+    pub fn sessions(&self) -> impl Iterator<Item = &ExportedSession> {
+        self.sessions.iter().map(|(_, session)| session)
+    }
+
+    /// How many messages the file holds.
+    pub fn message_count(&self) -> u64 {
+        self.sessions().map(|s| s.message_count).sum()
+    }
+}
+
+/// Owners' emails by id, each read once.
+#[derive(Default)]
+struct Owners {
+    emails: HashMap<UserId, String>,
+}
+
+impl Owners {
+    fn email(
+        &mut self,
+        conn: &rusqlite::Connection,
+        session: &ChatSession,
+    ) -> Result<String, Error> {
+        if let Some(email) = self.emails.get(&session.user_id) {
+            return Ok(email.clone());
+        }
+        let user = accounts::user_by_id(conn, session.user_id)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "session {} belongs to user {}, who does not exist (run `narutalk db check`)",
+                session.id, session.user_id
+            ))
+        })?;
+        self.emails.insert(user.id, user.email.clone());
+        Ok(user.email)
+    }
+}
+
+/// A session in its export form, with its owner's email and every message.
+fn exported(
+    conn: &rusqlite::Connection,
+    owners: &mut Owners,
+    session: ChatSession,
+) -> Result<ExportedSession, Error> {
+    let owner_email = owners.email(conn, &session)?;
+    let messages: Vec<ExportedMessage> = chat_admin::messages(conn, session.id)?
+        .into_iter()
+        .map(ExportedMessage::from)
+        .collect();
+    Ok(ExportedSession {
+        id: session.id,
+        owner_email,
+        title: session.title,
+        category: session.category,
+        is_active: session.is_active,
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+        message_count: u64::try_from(messages.len()).unwrap_or(u64::MAX),
+        messages,
+    })
+}
+
+/// The owner of every session of the file, in its order, or the first conflict with the
+/// database.
+fn find_owners(conn: &rusqlite::Connection, file: &ImportFile) -> Result<Vec<UserId>, ImportError> {
+    let mut by_email: HashMap<&str, UserId> = HashMap::new();
+    let mut owners = Vec::with_capacity(file.sessions.len());
+    for (at, session) in &file.sessions {
+        let invalid = |message: String| ImportError::Invalid { at: *at, message };
+        let owner = match by_email.get(session.owner_email.as_str()) {
+            Some(owner) => *owner,
+            None => {
+                let owner =
+                    accounts::admin::id_by_email(conn, &session.owner_email)?.ok_or_else(|| {
+                        invalid(format!(
+                            "no user {} (the owner of session {})",
+                            session.owner_email, session.id
+                        ))
+                    })?;
+                by_email.insert(&session.owner_email, owner);
+                owner
+            }
+        };
+        if let Some(conflict) =
+            chat_admin::import_conflict(conn, owner, session, &session.messages)?
+        {
+            return Err(invalid(conflict));
+        }
+        owners.push(owner);
+    }
+    Ok(owners)
+}
+
+/// Part of one session's messages, written in one batch.
+struct Slice {
+    index: usize,
+    messages: Range<usize>,
+}
+
+/// What the import did to one session of the file so far.
+#[derive(Clone, Copy, Default)]
+struct RecordProgress {
+    created: bool,
+    added: u64,
+    present: u64,
+}
+
+fn report(progress: &[RecordProgress]) -> ImportReport {
+    let mut report = ImportReport::default();
+    for record in progress {
+        if record.created {
+            report.sessions_created += 1;
+        } else if record.added > 0 {
+            report.sessions_extended += 1;
+        } else {
+            report.sessions_unchanged += 1;
+        }
+        report.messages_added += record.added;
+        report.messages_present += record.present;
+    }
+    report
+}
+
+/// A session as the file has it, before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a session object")]
+struct RawSession {
+    id: String,
+    owner_email: String,
+    title: String,
+    category: String,
+    is_active: bool,
+    created_at: String,
+    updated_at: String,
+    message_count: u64,
+    messages: Vec<RawMessage>,
+}
+
+/// A message as the file has it, before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a message object")]
+struct RawMessage {
+    id: String,
+    seq: i64,
+    sender: String,
+    message_type: String,
+    content: String,
+    metadata: JsonObject,
+    timestamp: String,
+    reply_to: Option<String>,
+}
+
+impl RawSession {
+    /// The checked session, or what is wrong with it (the first problem).
+    fn check(self) -> Result<ExportedSession, String> {
+        let id: SessionId = self.id.parse().map_err(|_| {
+            format!(
+                "session id {:?} is not a lower-case hyphenated UUID",
+                self.id
+            )
+        })?;
+        let owner_email = self.owner_email.to_lowercase();
+        if !policy::is_valid_email(&owner_email) {
+            return Err(format!(
+                "owner_email {:?} is not an email address",
+                self.owner_email
+            ));
+        }
+        let title_chars = self.title.chars().count();
+        if self.title.trim() != self.title
+            || title_chars == 0
+            || title_chars > crate::chat::TITLE_MAX_CHARS
+        {
+            return Err(format!(
+                "title {:?} must be 1 to {} characters with no surrounding spaces",
+                self.title,
+                crate::chat::TITLE_MAX_CHARS
+            ));
+        }
+        let category = choice::<Category>("category", &self.category, Category::ALL)?;
+        let created_at = timestamp("created_at", &self.created_at)?;
+        let updated_at = timestamp("updated_at", &self.updated_at)?;
+        if created_at > updated_at {
+            return Err("created_at is later than updated_at".into());
+        }
+        let follow = u64::try_from(self.messages.len()).unwrap_or(u64::MAX);
+        if self.message_count != follow {
+            return Err(format!(
+                "message_count is {} but {follow} message(s) follow",
+                self.message_count
+            ));
+        }
+        let mut earlier: HashSet<MessageId> = HashSet::new();
+        let mut previous_seq = 0;
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (index, raw) in self.messages.into_iter().enumerate() {
+            let message = raw
+                .check(previous_seq, &earlier)
+                .map_err(|problem| format!("message {}: {problem}", index + 1))?;
+            previous_seq = message.seq;
+            earlier.insert(message.id);
+            messages.push(message);
+        }
+        Ok(ExportedSession {
+            id,
+            owner_email,
+            title: self.title,
+            category,
+            is_active: self.is_active,
+            created_at,
+            updated_at,
+            message_count: self.message_count,
+            messages,
+        })
+    }
+}
+
+impl RawMessage {
+    fn check(
+        self,
+        previous_seq: i64,
+        earlier: &HashSet<MessageId>,
+    ) -> Result<ExportedMessage, String> {
+        let id: MessageId = self
+            .id
+            .parse()
+            .map_err(|_| format!("id {:?} is not a lower-case hyphenated UUID", self.id))?;
+        if earlier.contains(&id) {
+            return Err(format!("id {id} is used twice in this session"));
+        }
+        if self.seq <= previous_seq {
+            return Err(format!(
+                "seq {} does not come after {previous_seq} (seq must increase from 1)",
+                self.seq
+            ));
+        }
+        let sender = choice::<Sender>("sender", &self.sender, Sender::ALL)?;
+        let message_type =
+            choice::<MessageType>("message_type", &self.message_type, MessageType::ALL)?;
+        let timestamp = timestamp("timestamp", &self.timestamp)?;
+        let reply_to = match self.reply_to {
+            None => None,
+            Some(raw) => {
+                let reply_to: MessageId = raw
+                    .parse()
+                    .map_err(|_| format!("reply_to {raw:?} is not a lower-case hyphenated UUID"))?;
+                if !earlier.contains(&reply_to) {
+                    return Err(format!(
+                        "reply_to {reply_to} is not an earlier message of this session"
+                    ));
+                }
+                Some(reply_to)
+            }
+        };
+        Ok(ExportedMessage {
+            id,
+            seq: self.seq,
+            sender,
+            message_type,
+            content: self.content,
+            metadata: self.metadata,
+            timestamp,
+            reply_to,
+        })
+    }
+}
+
+/// A choice field's value, or a message naming the choices.
+fn choice<T: std::str::FromStr + fmt::Display>(
+    field: &str,
+    value: &str,
+    all: &[T],
+) -> Result<T, String> {
+    value.parse().map_err(|_| {
+        let choices: Vec<String> = all.iter().map(ToString::to_string).collect();
+        format!("{field} {value:?} is not one of {}", choices.join(", "))
+    })
+}
+
+/// An RFC 3339 timestamp, kept to whole microseconds as the database stores it.
+fn timestamp(field: &str, value: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|at| time::from_micros(at.timestamp_micros()))
+        .map_err(|_| format!("{field} {value:?} is not an RFC 3339 timestamp"))
+}
+
+/// The sessions of a file checked so far, and where each id appeared.
+#[derive(Default)]
+struct Checked {
+    sessions: Vec<(Location, ExportedSession)>,
+    session_at: HashMap<SessionId, Location>,
+    message_at: HashMap<MessageId, Location>,
+}
+
+impl Checked {
+    /// Checks one session of the file and that none of its ids appeared before.
+    fn add(&mut self, at: Location, raw: RawSession) -> Result<(), ImportError> {
+        let invalid = |message: String| ImportError::Invalid { at, message };
+        let session = raw.check().map_err(invalid)?;
+        if let Some(earlier) = self.session_at.insert(session.id, at) {
+            return Err(invalid(format!(
+                "session {} appears already on {earlier}",
+                session.id
+            )));
+        }
+        for message in &session.messages {
+            if let Some(earlier) = self.message_at.insert(message.id, at) {
+                return Err(invalid(format!(
+                    "message {} appears already on {earlier}",
+                    message.id
+                )));
+            }
+        }
+        self.sessions.push((at, session));
+        Ok(())
+    }
+}
+
+/// serde_json's message without its position (the caller names the line), and for a
+/// syntax error the column.
+fn json_problem(error: &serde_json::Error) -> String {
+    use serde_json::error::Category as Problem;
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    let text = text.strip_suffix(&position).unwrap_or(&text);
+    match error.classify() {
+        Problem::Eof => "the JSON ends early (is the file truncated?)".to_owned(),
+        Problem::Syntax => format!("not valid JSON: {text} at column {}", error.column()),
+        Problem::Data | Problem::Io => text.to_owned(),
+    }
+}
