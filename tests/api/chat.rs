@@ -1679,6 +1679,55 @@ impl Responder for HeldResponder {
 
 // Helpers.
 
+#[tokio::test]
+async fn a_bad_page_of_messages_is_reported_after_the_session_and_after_checks() {
+    // Arrange
+    let app = spawn_app().await;
+    let kim = app.account("kim").await;
+    let lee = app.account("lee").await;
+    let session = app.session(&kim, "Headache").await;
+    let first = app.say(&kim, &session, "hello").await;
+    let first = first["id"].as_str().unwrap();
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let cases = [
+        (
+            &lee,
+            format!("after={first}&page=x"),
+            StatusCode::NOT_FOUND,
+            json!({ "detail": "Not found." }),
+        ),
+        (
+            &kim,
+            format!("after={unknown}&page=x"),
+            StatusCode::BAD_REQUEST,
+            json!({ "after": ["Unknown message id."] }),
+        ),
+        (
+            &kim,
+            format!("after={first}&page=x"),
+            StatusCode::NOT_FOUND,
+            json!({ "detail": "Invalid page." }),
+        ),
+    ];
+
+    for (account, query, status, expected) in cases {
+        // Act
+        let response = app
+            .authed(
+                Method::GET,
+                &format!("{}?{query}", messages_path(&session)),
+                account,
+            )
+            .send()
+            .await
+            .unwrap();
+
+        // Assert
+        assert_eq!(response.status(), status, "{query}");
+        assert_eq!(body(response).await, expected, "{query}");
+    }
+}
+
 fn session_path(id: &str) -> String {
     format!("/api/chat/sessions/{id}/")
 }

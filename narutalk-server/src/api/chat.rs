@@ -166,13 +166,13 @@ pub async fn list_messages(
     let page = request.query_param("page");
     let messages = state
         .run(move |core| {
-            // The session is checked first (404), then `after` (400), then the page (404).
-            let page = PageRequest::parse(page.as_deref());
+            // The session is checked first (404), then `after` (400), then the page (404):
+            // a bad page number is reported only after page 1 has passed the other checks.
             let chat = core.chat();
-            match page {
+            match PageRequest::parse(page.as_deref()) {
                 Ok(page) => chat.messages(user.id, id, after.as_deref(), page),
                 Err(error) => {
-                    chat.messages_after(user.id, id, after.as_deref())?;
+                    chat.messages(user.id, id, after.as_deref(), PageRequest::Number(1))?;
                     Err(error)
                 }
             }
