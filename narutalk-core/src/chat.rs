@@ -766,26 +766,78 @@ impl Chat<'_> {
     }
 
     /// Every message of the session stored after `after` (all of them for `None`), in
-    /// storage order: the replay of a reconnecting socket. `after` as the client sent it;
-    /// one that is not a message of this session is a field error under `after`.
+    /// storage order. `after` as the client sent it; one that is not a message of this
+    /// session is a field error under `after`. For long sessions, [`Chat::replay_start`]
+    /// and [`Chat::messages_after_seq`] read the same thing a page at a time.
     pub fn messages_after(
         &self,
         owner: UserId,
         id: SessionId,
         after: Option<&str>,
     ) -> Result<Vec<Message>, Error> {
+        let after_seq = self.replay_start(owner, id, after)?;
+        self.messages_after_seq(owner, id, after_seq, u32::MAX)
+    }
+
+    /// Where the replay of a reconnecting socket starts: the sequence number
+    /// ([`Message::seq`]) of the message `after` names, or 0 for `None` (the whole session).
+    /// [`Error::NotFound`] for a session that is not the owner's; a field error under
+    /// `after` for an id that is not a message of this session.
+    pub fn replay_start(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after: Option<&str>,
+    ) -> Result<i64, Error> {
         self.db.read(|conn| {
             owned_session(conn, owner, id)?;
-            let after_seq = match after {
-                None => 0,
-                Some(after) => message_seq(conn, id, after)?
-                    .ok_or_else(|| Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID)))?,
-            };
+            match after {
+                None => Ok(0),
+                Some(after) => message_seq(conn, id, after)?.ok_or_else(|| {
+                    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
+                }),
+            }
+        })
+    }
+
+    /// Up to `limit` messages of the session whose sequence number is above `after_seq`,
+    /// in storage order: one page of a replay. [`Error::NotFound`] once the session is gone.
+    pub fn messages_after_seq(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, Error> {
+        self.db.read(|conn| {
+            owned_session(conn, owner, id)?;
             let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 ORDER BY seq"
+                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3"
             ))?;
-            let rows = statement.query_map(params![id.to_string(), after_seq], |row| message_from_row(row, 0))?;
+            let rows = statement.query_map(params![id.to_string(), after_seq, limit], |row| {
+                message_from_row(row, 0)
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// For each `(owner, session)`, whether the session still exists and belongs to that
+    /// owner: one read transaction for callers that watch many sessions (open sockets) and
+    /// must notice deletions made anywhere, also by another process.
+    pub fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
+        self.db.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?;
+            sessions
+                .iter()
+                .map(|(owner, id)| {
+                    Ok(statement
+                        .query_row(params![id.to_string(), owner.0], |_| Ok(()))
+                        .optional()?
+                        .is_some())
+                })
+                .collect()
         })
     }
 

@@ -2004,6 +2004,69 @@ fn messages_after_replays_every_later_message_in_storage_order() {
     );
 }
 
+/// A replay read a page at a time gives what `messages_after` gives in one piece, and its
+/// start is the named message's sequence number (0 without one); a session of another
+/// user is not found and an unknown message is a field error under `after`.
+#[test]
+fn a_paged_replay_starts_after_the_named_message_and_reads_in_storage_order() {
+    let (_dir, narutalk, alice) = fixture();
+    let bob = add_user(&narutalk, "bob");
+    let chat = narutalk.chat();
+    let session = new_session(&narutalk, alice, "s").id;
+    let all = fill(&narutalk, alice, session, 25);
+
+    assert_eq!(chat.replay_start(alice, session, None).unwrap(), 0);
+    let start = chat
+        .replay_start(alice, session, Some(&all[4].id.to_string()))
+        .unwrap();
+    assert_eq!(start, all[4].seq);
+    let mut replayed = Vec::new();
+    let mut last = start;
+    loop {
+        let page = chat.messages_after_seq(alice, session, last, 7).unwrap();
+        assert!(page.len() <= 7);
+        let Some(tail) = page.last() else { break };
+        last = tail.seq;
+        replayed.extend(page);
+    }
+    assert_eq!(replayed[..], all[5..]);
+    assert_eq!(
+        replayed,
+        chat.messages_after(alice, session, Some(&all[4].id.to_string()))
+            .unwrap()
+    );
+
+    assert_not_found(chat.replay_start(bob, session, None));
+    assert_not_found(chat.messages_after_seq(bob, session, 0, 10));
+    assert_eq!(
+        field_errors(chat.replay_start(alice, session, Some(&MessageId::new_random().to_string()))),
+        json!({"after": ["Unknown message id."]})
+    );
+}
+
+/// `sessions_exist` answers, pair by pair, whether the session exists and is that
+/// owner's; a deleted session and someone else's session answer false.
+#[test]
+fn sessions_exist_answers_per_owner_and_notices_deletion() {
+    let (_dir, narutalk, alice) = fixture();
+    let bob = add_user(&narutalk, "bob");
+    let chat = narutalk.chat();
+    let kept = new_session(&narutalk, alice, "kept").id;
+    let deleted = new_session(&narutalk, alice, "deleted").id;
+    let bobs = new_session(&narutalk, bob, "bob's").id;
+    let pairs = [(alice, kept), (alice, deleted), (bob, bobs), (alice, bobs)];
+    assert_eq!(
+        chat.sessions_exist(&pairs).unwrap(),
+        [true, true, true, false]
+    );
+    chat.delete_session(alice, deleted).unwrap();
+    assert_eq!(
+        chat.sessions_exist(&pairs).unwrap(),
+        [true, false, true, false]
+    );
+    assert_eq!(chat.sessions_exist(&[]).unwrap(), Vec::<bool>::new());
+}
+
 /// Hostile strings (SQL, LIKE wildcards, NUL, emoji, RTL marks) round-trip byte for byte
 /// in titles, contents and metadata, and the tables survive.
 #[test]

@@ -702,6 +702,46 @@ fn after_logout_all_old_tokens_are_refused_and_new_ones_carry_a_later_iat() {
     assert_eq!(tokens.authenticate(&renewed.access).unwrap().id, user.id);
 }
 
+/// A grant taken when a token was validated reads as revoked once its user logs out
+/// everywhere, is deactivated or is deleted; a grant of another user stays live, and a
+/// token issued after the revocation carries a live grant.
+#[test]
+fn grants_read_as_revoked_after_logout_all_deactivation_and_deletion() {
+    let f = open();
+    let kim = register(&f.narutalk, "kim", "kim@example.com");
+    let lee = register(&f.narutalk, "lee", "lee@example.com");
+    let han = register(&f.narutalk, "han", "han@example.com");
+    let tokens = f.narutalk.tokens();
+    let grant = |email: &str| {
+        let access = login(&f.narutalk, email).tokens.access;
+        let (user, grant) = tokens.authenticate_grant(&access).unwrap();
+        assert_eq!(grant.user_id, user.id);
+        assert_eq!(
+            grant.issued_at,
+            jwt_claims(&access)["iat"].as_i64().unwrap()
+        );
+        grant
+    };
+    let (kim_grant, lee_grant, han_grant) = (
+        grant("kim@example.com"),
+        grant("lee@example.com"),
+        grant("han@example.com"),
+    );
+    let all = [kim_grant, lee_grant, han_grant, kim_grant];
+    assert_eq!(tokens.revoked(&all).unwrap(), [false; 4]);
+    assert_eq!(tokens.revoked(&[]).unwrap(), Vec::<bool>::new());
+
+    f.narutalk.accounts().logout_all(kim.id).unwrap();
+    assert_eq!(tokens.revoked(&all).unwrap(), [true, false, false, true]);
+    let fresh = grant("kim@example.com");
+    assert_eq!(tokens.revoked(&[fresh]).unwrap(), [false]);
+
+    f.narutalk.accounts().set_active(lee.id, false).unwrap();
+    f.narutalk.accounts().delete(han.id).unwrap();
+    assert_eq!(tokens.revoked(&all).unwrap(), [true; 4]);
+    assert_eq!(tokens.revoked(&[fresh]).unwrap(), [false]);
+}
+
 /// Each "log out everywhere" refuses every token issued before it, including one issued
 /// in the same second as an earlier revocation (whose `iat` is that revocation + 1).
 #[test]
