@@ -88,7 +88,7 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// The request's `Origin` when it gets CORS headers: one of the configured origins, or
 /// the server's own. Any other origin is served as if it had sent none.
-fn allowed_origin(state: &State, request: &Request) -> Option<String> {
+pub fn allowed_origin(state: &State, request: &Request) -> Option<String> {
     let origin = request.header(header::ORIGIN)?;
     let own = format!(
         "{}://{}",

@@ -45,6 +45,11 @@ pub enum ApiError {
     NotAnObject(&'static str),
     /// 400 with field errors.
     Fields(FieldErrors),
+    /// 426: a request to the WebSocket endpoint that is not a WebSocket (version 13)
+    /// upgrade.
+    UpgradeRequired,
+    /// 400: a WebSocket upgrade whose `Sec-WebSocket-Key` is not 16 bytes of base64.
+    BadHandshake,
     /// 429, retry after this many whole seconds.
     Throttled(u64),
     /// 503: the password-hashing queue is full or the database is unavailable.
@@ -71,6 +76,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::BadHandshake => StatusCode::BAD_REQUEST,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -78,43 +85,39 @@ impl ApiError {
 
     /// The response: status, the contract's JSON body and any header it requires.
     pub fn into_response(self) -> Response {
-        let status = self.status();
-        let mut extra: Option<(header::HeaderName, HeaderValue)> = None;
-        let body = match self {
+        let mut response = json_response(self.status(), &self.body());
+        for (name, value) in self.headers() {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+
+    /// The contract's JSON body of this answer.
+    pub fn body(&self) -> serde_json::Value {
+        match self {
             ApiError::NotFound => json!({ "detail": "Not found." }),
             ApiError::InvalidPage => json!({ "detail": "Invalid page." }),
             ApiError::NotAuthenticated => {
-                extra = Some(www_authenticate());
                 json!({ "detail": "Authentication credentials were not provided." })
             }
-            ApiError::InvalidAccessToken => {
-                extra = Some(www_authenticate());
-                json!({
-                    "detail": "Given token not valid for any token type",
-                    "code": "token_not_valid",
-                })
-            }
-            // simplejwt's token views name the realm on their 401s too.
+            ApiError::InvalidAccessToken => json!({
+                "detail": "Given token not valid for any token type",
+                "code": "token_not_valid",
+            }),
             ApiError::InvalidRefreshToken(problem) => {
-                extra = Some(www_authenticate());
                 json!({ "detail": problem.detail(), "code": "token_not_valid" })
             }
             ApiError::BadCredentials => {
-                extra = Some(www_authenticate());
                 json!({ "detail": "No active account found with the given credentials" })
             }
             ApiError::PermissionDenied => {
                 json!({ "detail": "You do not have permission to perform this action." })
             }
-            ApiError::MethodNotAllowed { method, allow } => {
-                extra = Some((header::ALLOW, HeaderValue::from_static(allow)));
+            ApiError::MethodNotAllowed { method, .. } => {
                 json!({ "detail": format!("Method \"{method}\" not allowed.") })
             }
             ApiError::BodyTooLarge => json!({ "detail": "Request body too large." }),
-            ApiError::BodyTimeout => {
-                extra = Some((header::CONNECTION, HeaderValue::from_static("close")));
-                json!({ "detail": "Request body timed out." })
-            }
+            ApiError::BodyTimeout => json!({ "detail": "Request body timed out." }),
             ApiError::UnsupportedMediaType(content_type) => {
                 json!({ "detail": format!("Unsupported media type \"{content_type}\" in request.") })
             }
@@ -125,23 +128,77 @@ impl ApiError {
                 FieldErrors::NON_FIELD: [format!("Invalid data. Expected a dictionary, but got {type_name}.")]
             }),
             ApiError::Fields(errors) => json!(errors),
-            ApiError::Throttled(seconds) => {
-                extra = Some((header::RETRY_AFTER, HeaderValue::from(seconds)));
-                json!({
-                    "detail": format!("Request was throttled. Expected available in {seconds} seconds.")
-                })
+            ApiError::UpgradeRequired => json!({
+                "detail": "This endpoint is a WebSocket: connect with a WebSocket (version 13) upgrade."
+            }),
+            ApiError::BadHandshake => {
+                json!({ "detail": "Sec-WebSocket-Key must be 16 bytes in base64." })
             }
+            ApiError::Throttled(seconds) => json!({
+                "detail": format!("Request was throttled. Expected available in {seconds} seconds.")
+            }),
             ApiError::Unavailable => {
-                extra = Some((header::RETRY_AFTER, HeaderValue::from_static("1")));
                 json!({ "detail": "Service temporarily unavailable, try again later." })
             }
             ApiError::Internal => json!({ "detail": "A server error occurred." }),
-        };
-        let mut response = json_response(status, &body);
-        if let Some((name, value)) = extra {
-            response.headers_mut().insert(name, value);
         }
-        response
+    }
+
+    /// The headers the contract (or RFC 6455, for 426) requires with this answer.
+    fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        let one = match self {
+            // simplejwt's token views name the realm on their 401s too.
+            ApiError::NotAuthenticated
+            | ApiError::InvalidAccessToken
+            | ApiError::InvalidRefreshToken(_)
+            | ApiError::BadCredentials => Some(www_authenticate()),
+            ApiError::MethodNotAllowed { allow, .. } => {
+                Some((header::ALLOW, HeaderValue::from_static(allow)))
+            }
+            ApiError::BodyTimeout => Some((header::CONNECTION, HeaderValue::from_static("close"))),
+            ApiError::Throttled(seconds) => {
+                Some((header::RETRY_AFTER, HeaderValue::from(*seconds)))
+            }
+            ApiError::Unavailable => Some((header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            ApiError::UpgradeRequired => {
+                return vec![
+                    (header::UPGRADE, HeaderValue::from_static("websocket")),
+                    (
+                        header::SEC_WEBSOCKET_VERSION,
+                        HeaderValue::from_static("13"),
+                    ),
+                ];
+            }
+            _ => None,
+        };
+        one.into_iter().collect()
+    }
+
+    /// The same answer as one line of text, for the `error` frame of a WebSocket: the
+    /// `detail`, or each field's messages after its name. `rename` gives the name a
+    /// field has on the socket (the REST `content` is the frame's `message`).
+    pub fn text(&self, rename: impl Fn(&str) -> &str) -> String {
+        match self {
+            ApiError::Fields(errors) => errors
+                .iter()
+                .map(|(field, messages)| {
+                    let messages = messages.join(" ");
+                    if field == FieldErrors::NON_FIELD {
+                        messages
+                    } else {
+                        format!("{}: {messages}", rename(field))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => match other.body() {
+                serde_json::Value::Object(body) => match body.get("detail") {
+                    Some(serde_json::Value::String(detail)) => detail.clone(),
+                    _ => serde_json::Value::Object(body).to_string(),
+                },
+                body => body.to_string(),
+            },
+        }
     }
 }
 
@@ -195,5 +252,27 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[header::ALLOW], "POST, OPTIONS");
+    }
+
+    #[test]
+    fn socket_text_is_the_detail_or_each_field_after_its_name() {
+        assert_eq!(ApiError::NotFound.text(|f| f), "Not found.");
+        assert_eq!(
+            ApiError::Throttled(3).text(|f| f),
+            "Request was throttled. Expected available in 3 seconds."
+        );
+        let mut errors = FieldErrors::new();
+        errors.add("content", "This field may not be blank.");
+        errors.add(
+            "metadata",
+            "Expected a dictionary of items but got type \"list\".",
+        );
+        errors.add(FieldErrors::NON_FIELD, "Something else.");
+        let text = ApiError::Fields(errors).text(|f| if f == "content" { "message" } else { f });
+        assert_eq!(
+            text,
+            "message: This field may not be blank.; metadata: Expected a dictionary of items \
+             but got type \"list\".; Something else."
+        );
     }
 }

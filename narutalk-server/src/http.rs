@@ -16,6 +16,7 @@ use serde_json::Value;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use crate::error::ApiError;
+use crate::listener::Takeover;
 
 /// warp's response type.
 pub type Response = warp::reply::Response;
@@ -50,18 +51,20 @@ pub struct Request {
     pub peer: Option<SocketAddr>,
     /// This request's id (also sent back as `X-Request-Id`).
     pub request_id: String,
+    /// The hold on the connection, when the request asks for an upgrade.
+    pub takeover: Option<Takeover>,
     /// In a mutex only so that `&Request` is `Sync`: it is taken with `&mut self`, never
     /// locked.
     body: std::sync::Mutex<Option<BodyStream>>,
 }
 
-/// What the `Authorization` header holds.
+/// What the `Authorization` header holds (the token borrowed from the header, or owned).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Credentials<'a> {
+pub enum Credentials<T = &'static str> {
     /// No header, or a scheme other than `Bearer`.
     Missing,
     /// `Bearer <token>`.
-    Bearer(&'a str),
+    Bearer(T),
     /// A `Bearer` header that is not exactly two whitespace-separated values.
     Malformed,
 }
@@ -84,6 +87,7 @@ impl Request {
             headers,
             peer,
             request_id,
+            takeover: None,
             body: std::sync::Mutex::new(Some(body)),
         }
     }
@@ -94,7 +98,7 @@ impl Request {
     }
 
     /// The credentials of the `Authorization` header, read the way simplejwt reads them.
-    pub fn credentials(&self) -> Credentials<'_> {
+    pub fn credentials(&self) -> Credentials<&str> {
         let Some(value) = self.headers.get(header::AUTHORIZATION) else {
             return Credentials::Missing;
         };

@@ -8,6 +8,7 @@
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
 //! - `limits`: throttles and the bounded password-hashing queue;
+//! - `ws`: the WebSocket chat: handshake, sockets, the room hub, the revocation watch;
 //! - `docs`: the OpenAPI document and the offline Swagger UI.
 //!
 //! ```no_run
@@ -36,6 +37,7 @@ pub mod listener;
 mod probe;
 mod state;
 mod turns;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,11 +53,15 @@ pub use listener::ServeOptions;
 
 use crate::error::ApiError;
 use crate::http::{BodyStream, Request, Response};
-use crate::listener::PeerAddr;
+use crate::listener::{PeerAddr, Takeover};
 use crate::state::State;
 
 /// How often idle throttle keys are forgotten.
 const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
+
+/// How long sockets get to send what is queued for them at shutdown before they are
+/// closed regardless.
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves the API on `listener` with the default [`ServeOptions`] until `shutdown`
 /// completes, then finishes in-flight requests and returns.
@@ -69,6 +75,11 @@ pub async fn serve(
 }
 
 /// [`serve`] with explicit limits.
+///
+/// A stop goes in this order: the listener stops accepting and open HTTP connections
+/// finish their request; sockets stop taking new messages; the AI turns in flight finish
+/// and their frames are delivered; then every socket sends what is queued for it and
+/// closes with 1001. Each wait is bounded by [`ServeOptions::drain_timeout`].
 pub async fn serve_with(
     core: Arc<Narutalk>,
     config: &Config,
@@ -95,7 +106,41 @@ pub async fn serve_with(
             sweeper.throttles.forget_idle();
         }
     }));
-    listener::serve(listener, routes(state), options, shutdown).await;
+    background.push(tokio::spawn(ws::sockets::watch_revocations(
+        state.clone(),
+        options.revocation_check,
+    )));
+
+    let stop_accepting = tokio_util::sync::CancellationToken::new();
+    let stop = async {
+        shutdown.await;
+        stop_accepting.cancel();
+        state.sockets.stop_taking_messages();
+        state.tasks.close();
+        if tokio::time::timeout(options.drain_timeout, state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopped before every AI turn finished");
+        }
+        tracing::info!(sockets = state.sockets.open(), "closing the open sockets");
+        state.sockets.close_all();
+        // Sockets stuck writing to peers that do not read get a little longer, then go.
+        tokio::time::sleep(SOCKET_CLOSE_GRACE).await;
+        state.sockets.close_now();
+    };
+    let serving = listener::serve(
+        listener,
+        routes(state.clone()),
+        options,
+        stop_accepting.cancelled(),
+    );
+    tokio::pin!(stop);
+    tokio::pin!(serving);
+    tokio::select! {
+        () = &mut serving => {}
+        () = &mut stop => serving.await,
+    }
     for task in background {
         task.abort();
     }
@@ -113,10 +158,17 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::ext::optional::<Takeover>())
         .and(body)
         .then(
-            move |method, path: FullPath, query, headers, peer: Option<PeerAddr>, body| {
-                let request = Request::new(
+            move |method,
+                  path: FullPath,
+                  query,
+                  headers,
+                  peer: Option<PeerAddr>,
+                  takeover: Option<Takeover>,
+                  body| {
+                let mut request = Request::new(
                     method,
                     path.as_str().to_owned(),
                     query,
@@ -125,6 +177,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                     String::new(),
                     body,
                 );
+                request.takeover = takeover;
                 envelope::respond(state.clone(), request)
             },
         )

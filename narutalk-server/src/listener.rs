@@ -6,13 +6,14 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Reply;
@@ -22,6 +23,38 @@ use crate::http::Response;
 /// The TCP peer of a request, put into its extensions by the accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// A request's hold on its connection, put into the extensions of every request that
+/// asks for an upgrade: hyper's upgrade future and the connection's place under the
+/// connection cap. Whoever takes it over (the WebSocket handshake) keeps the place until
+/// the upgraded connection closes, so open sockets count against the cap like any other
+/// connection, and a graceful stop waits for them too.
+#[derive(Clone)]
+pub struct Takeover(Arc<Mutex<Option<Upgrade>>>);
+
+/// What [`Takeover::take`] hands over.
+pub struct Upgrade {
+    /// Resolves to the raw connection once the `101 Switching Protocols` answer is sent.
+    pub on_upgrade: OnUpgrade,
+    /// The connection's place under the cap; dropping it frees the place.
+    pub place: Arc<OwnedSemaphorePermit>,
+}
+
+impl Takeover {
+    /// The upgrade, the first time it is asked for.
+    pub fn take(&self) -> Option<Upgrade> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+}
+
+impl std::fmt::Debug for Takeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Takeover")
+    }
+}
 
 /// Limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
@@ -35,17 +68,24 @@ pub struct ServeOptions {
     pub body_idle_timeout: Duration,
     /// How long a stop waits for in-flight requests before giving up on them.
     pub drain_timeout: Duration,
+    /// Frames a WebSocket may be behind before it is closed with 1013 as too slow.
+    pub ws_send_queue: usize,
+    /// How often open WebSockets are checked for revoked tokens and deleted sessions
+    /// (contract section 6: closed within 5 s).
+    pub revocation_check: Duration,
 }
 
 impl Default for ServeOptions {
     /// Contract section 4: 10 s for headers, 10,000 connections; and 10 s of silence
-    /// in a body.
+    /// in a body. Sockets: 256 frames of queue, revocation checked every 2 s.
     fn default() -> Self {
         ServeOptions {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(60),
+            ws_send_queue: 256,
+            revocation_check: Duration::from_secs(2),
         }
     }
 }
@@ -83,10 +123,23 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Without it, a small frame written right after another waits for the peer's
+        // delayed ACK (about 40 ms): a WebSocket reply after its echo, for one.
         let _ = stream.set_nodelay(true);
+        let permit = Arc::new(permit);
+        let place = permit.clone();
         let warp_service = service.clone();
-        let hyper_service = hyper::service::service_fn(move |mut request| {
+        let hyper_service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(PeerAddr(peer));
+            if request.headers().contains_key(hyper::header::UPGRADE) {
+                let on_upgrade = hyper::upgrade::on(&mut request);
+                request
+                    .extensions_mut()
+                    .insert(Takeover(Arc::new(Mutex::new(Some(Upgrade {
+                        on_upgrade,
+                        place: place.clone(),
+                    })))));
+            }
             let mut warp_service = warp_service.clone();
             async move { Ok::<_, Infallible>(warp_service.call(request).await.into_response()) }
         });

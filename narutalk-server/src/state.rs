@@ -1,5 +1,6 @@
 //! What every request shares: the core handle, the settings the server reads, the
-//! throttles, the hashing gate, the health caches and the AI turn lines.
+//! throttles, the hashing gate, the health caches, the AI turn lines, the room hub and
+//! the open sockets.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -9,12 +10,15 @@ use std::time::{Duration, Instant};
 use narutalk_core::Narutalk;
 use narutalk_core::config::Config;
 use narutalk_core::error::Error as CoreError;
+use tokio_util::task::TaskTracker;
 
 use crate::error::ApiError;
 use crate::http::BodyRules;
 use crate::limits::{HASH_QUEUE, HashGate, Throttles};
 use crate::listener::ServeOptions;
 use crate::turns::SessionLines;
+use crate::ws::hub::{Hub, LocalHub};
+use crate::ws::sockets::Sockets;
 
 /// How long a database health check is reused.
 const HEALTH_CACHE: Duration = Duration::from_secs(1);
@@ -43,7 +47,24 @@ pub struct State {
     pub ai_reachable: Arc<AtomicBool>,
     /// Whether the search service answered its last probe.
     pub search_reachable: Arc<AtomicBool>,
+    /// Fans stored messages and reply deltas out to the sockets of each session.
+    pub hub: Arc<dyn Hub>,
+    /// The open sockets, for the revocation watch and shutdown.
+    pub sockets: Sockets,
+    /// How sockets behave.
+    pub socket_rules: SocketRules,
+    /// The AI turns running in their own tasks; a shutdown waits for them.
+    pub tasks: TaskTracker,
     database_health: DatabaseHealth,
+}
+
+/// The WebSocket settings (contract section 6).
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRules {
+    /// How often the server pings.
+    pub ping: Duration,
+    /// A peer silent this long is dropped.
+    pub idle: Duration,
 }
 
 /// The search service the proxy posts to.
@@ -97,6 +118,13 @@ impl State {
             search,
             ai_reachable: Arc::new(AtomicBool::new(true)),
             search_reachable: Arc::new(AtomicBool::new(false)),
+            hub: Arc::new(LocalHub::new(options.ws_send_queue)),
+            sockets: Sockets::default(),
+            socket_rules: SocketRules {
+                ping: Duration::from_secs(u64::from(config.ws_ping_seconds)),
+                idle: Duration::from_secs(u64::from(config.ws_idle_seconds)),
+            },
+            tasks: TaskTracker::new(),
             database_health: DatabaseHealth {
                 started: Instant::now(),
                 checked_at: AtomicU64::new(0),

@@ -5,6 +5,10 @@
 //! only when the turn before it in the same session has finished. A turn runs in its own
 //! task, so a client that disconnects mid-turn loses nothing: its message is already
 //! stored and its reply is still produced and stored.
+//!
+//! Every store of a session, user message or reply, runs under its line's lock together
+//! with its broadcast to the session's sockets, so sockets receive the messages of a
+//! session in storage order.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -17,6 +21,8 @@ use tokio::sync::oneshot;
 
 use crate::error::ApiError;
 use crate::state::State;
+use crate::ws::frames;
+use crate::ws::hub::RoomEvent;
 
 /// The lines of the sessions that have turns in flight.
 #[derive(Default)]
@@ -71,7 +77,8 @@ impl SessionLines {
     }
 
     /// Runs `store` and joins the session's line in one step: stores of one session run
-    /// one at a time, so the places follow the storage order.
+    /// one at a time (with [`SessionLines::in_order`]), so the places follow the storage
+    /// order.
     pub async fn join<T>(
         &self,
         session: SessionId,
@@ -93,6 +100,19 @@ impl SessionLines {
         ))
     }
 
+    /// Runs `store` (which stores a message of `session` and publishes it) while no other
+    /// store of the session runs: stores and their broadcasts follow one order, the
+    /// storage order.
+    pub async fn in_order<T>(
+        &self,
+        session: SessionId,
+        store: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let line = self.line(session);
+        let _tail = line.tail.lock().await;
+        store.await
+    }
+
     /// Sessions with a line right now (for tests of the bookkeeping).
     #[cfg(test)]
     fn live(&self) -> usize {
@@ -103,8 +123,30 @@ impl SessionLines {
     }
 }
 
+/// A user message just stored (or found again by its idempotency key), and what is left
+/// of its turn.
+pub enum Posted {
+    /// The key was used before and the reply is stored: nothing is left to do.
+    Replayed(Exchange),
+    /// The reply is still to come: [`answer`] produces it, or waits for it.
+    Waiting {
+        /// The user message.
+        message: Message,
+        /// Its place in the session's line.
+        turn: Turn,
+    },
+}
+
+/// The rest of a turn: its place in the line, and the claim to produce its reply (`None`
+/// when a repeated idempotency key found the reply still being produced elsewhere).
+pub struct Turn {
+    place: Place,
+    claim: Option<TurnClaim>,
+}
+
 /// Posts a user message and answers it with its reply: the REST `POST .../messages/`.
-/// The work runs in a task of its own, so it completes even if the caller goes away.
+/// The work runs in a task of its own, so it completes even if the caller goes away, and
+/// a shutdown waits for it.
 pub async fn exchange(
     state: Arc<State>,
     owner: UserId,
@@ -112,7 +154,18 @@ pub async fn exchange(
     body: JsonObject,
     idempotency_key: Option<String>,
 ) -> Result<Exchange, ApiError> {
-    let task = tokio::spawn(run_exchange(state, owner, session, body, idempotency_key));
+    let task = state.tasks.spawn({
+        let state = state.clone();
+        async move {
+            match post(&state, owner, session, body, idempotency_key).await? {
+                Posted::Replayed(exchange) => Ok(exchange),
+                Posted::Waiting { message, turn } => {
+                    let reply = answer(state, message.clone(), turn).await?;
+                    Ok(Exchange { message, reply })
+                }
+            }
+        }
+    });
     match task.await {
         Ok(result) => result,
         Err(error) => {
@@ -122,56 +175,110 @@ pub async fn exchange(
     }
 }
 
-async fn run_exchange(
-    state: Arc<State>,
+/// Stores a user message (the core checks it) and takes its place in the session's line;
+/// a new message is broadcast to the session's sockets before anything else happens.
+pub async fn post(
+    state: &Arc<State>,
     owner: UserId,
     session: SessionId,
     body: JsonObject,
     idempotency_key: Option<String>,
-) -> Result<Exchange, ApiError> {
-    let store = state.run(move |core| {
-        core.chat()
-            .post_message_fields(owner, session, &body, idempotency_key.as_deref())
-    });
-    let (outcome, mut place) = state.lines.join(session, store).await?;
-    let (message, claim) = match outcome {
-        PostOutcome::Stored(message, claim) => (message, claim),
+) -> Result<Posted, ApiError> {
+    let store = async {
+        let outcome = state
+            .run(move |core| {
+                core.chat()
+                    .post_message_fields(owner, session, &body, idempotency_key.as_deref())
+            })
+            .await?;
+        if let PostOutcome::Stored(message, _) = &outcome {
+            publish_stored(state, message);
+        }
+        Ok(outcome)
+    };
+    let (outcome, place) = state.lines.join(session, store).await?;
+    Ok(match outcome {
+        PostOutcome::Stored(message, claim) => Posted::Waiting {
+            message,
+            turn: Turn {
+                place,
+                claim: Some(claim),
+            },
+        },
         PostOutcome::Replayed {
             message,
             reply: Some(reply),
-        } => return Ok(Exchange { message, reply }),
+        } => Posted::Replayed(Exchange { message, reply }),
         PostOutcome::Replayed {
             message,
             reply: None,
-        } => {
+        } => Posted::Waiting {
+            message,
+            turn: Turn { place, claim: None },
+        },
+    })
+}
+
+/// Produces and stores the reply to `message` once the turns before it in its session
+/// have finished: the history is read, the responder runs on a blocking thread with no
+/// database connection held (its partial text goes to the session's sockets as
+/// `ai_delta` frames), and its reply, or the system error message, is stored and
+/// broadcast in the session's storage order.
+pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<Message, ApiError> {
+    let Turn { mut place, claim } = turn;
+    let claim = match claim {
+        Some(claim) => claim,
+        None => {
             let waited = message.clone();
             let wait = state.core.reply_wait();
             match state
                 .run(move |core| core.chat().wait_for_reply(&waited, wait))
                 .await?
             {
-                ReplyWait::Ready(reply) => return Ok(Exchange { message, reply }),
-                ReplyWait::YourTurn(claim) => (message, claim),
+                ReplyWait::Ready(reply) => return Ok(reply),
+                ReplyWait::YourTurn(claim) => claim,
             }
         }
     };
     place.ready().await;
-    let reply = reply_to(&state, message.clone(), claim).await?;
+    let session = message.session_id;
+    let hub = state.hub.clone();
+    let (turn, outcome) = state
+        .run(move |core| {
+            let turn = core.chat().prepare_reply(&message, claim)?;
+            let reply_id = turn.reply_id;
+            let outcome =
+                ai::run_responder(core.responder().as_ref(), &turn.request, &mut |delta| {
+                    let frame = frames::ai_delta(reply_id, delta);
+                    hub.publish(session, RoomEvent::Delta { frame });
+                });
+            Ok((turn, outcome))
+        })
+        .await?;
+    let reply = state
+        .lines
+        .in_order(session, async {
+            let reply = state
+                .run(move |core| core.chat().store_reply(turn, outcome))
+                .await?;
+            publish_stored(&state, &reply);
+            Ok(reply)
+        })
+        .await?;
     drop(place);
-    Ok(Exchange { message, reply })
+    Ok(reply)
 }
 
-/// Produces and stores the reply to `message`: the history is read, the responder runs
-/// with no database connection held, and its reply or the system error message is stored.
-async fn reply_to(state: &State, message: Message, claim: TurnClaim) -> Result<Message, ApiError> {
-    state
-        .run(move |core| {
-            let chat = core.chat();
-            let turn = chat.prepare_reply(&message, claim)?;
-            let outcome = ai::run_responder(core.responder().as_ref(), &turn.request, &mut |_| {});
-            chat.store_reply(turn, outcome)
-        })
-        .await
+/// Hands a stored message to its session's sockets. Callers hold the session's line, so
+/// messages are published in storage order.
+fn publish_stored(state: &State, message: &Message) {
+    state.hub.publish(
+        message.session_id,
+        RoomEvent::Stored {
+            seq: message.seq,
+            frame: frames::chat_message(message),
+        },
+    );
 }
 
 #[cfg(test)]

@@ -6,6 +6,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use narutalk_core::Narutalk;
 use narutalk_core::ai::Responder;
@@ -172,7 +178,8 @@ pub async fn spawn_app_with_responder(
     start(configure, ServeOptions::default(), Some(responder)).await
 }
 
-async fn start(
+/// Starts a server with every knob: settings, limits and (optionally) the responder.
+pub async fn start(
     configure: impl FnOnce(&mut Config),
     options: ServeOptions,
     responder: Option<Arc<dyn Responder>>,
@@ -212,6 +219,158 @@ async fn start(
         dir,
         stop: Some(stop),
         stopped: Some(server),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket
+// ---------------------------------------------------------------------------------------
+
+/// How long a test waits for one frame before it fails.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// A client socket of the tests.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+impl TestApp {
+    /// `ws://addr/ws/chat/{session}/?{query}` (no `?` for an empty query).
+    pub fn ws_url(&self, session: &str, query: &str) -> String {
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("ws://{}/ws/chat/{session}/{query}", self.addr)
+    }
+
+    /// Opens a socket on `session` with `account`'s token in the query string.
+    pub async fn socket(&self, account: &Account, session: &str) -> WsStream {
+        self.socket_with(&format!("token={}", account.access), session)
+            .await
+    }
+
+    /// Opens a socket on `session` with `query` (which carries the token) and expects the
+    /// upgrade to succeed.
+    pub async fn socket_with(&self, query: &str, session: &str) -> WsStream {
+        let (stream, response) = connect_async(self.ws_url(session, query)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        stream
+    }
+
+    /// Sends `request` as a handshake that must be refused, and answers the refusal's
+    /// status, headers and JSON body.
+    pub async fn refused_handshake(
+        &self,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        match connect_async(request).await {
+            Err(WsError::Http(response)) => {
+                let (parts, body) = response.into_parts();
+                let body = serde_json::from_slice(&body.unwrap_or_default()).unwrap();
+                (parts.status, parts.headers, body)
+            }
+            Ok((_, response)) => panic!("the upgrade was accepted: {response:?}"),
+            Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        }
+    }
+}
+
+/// The template responder's reply to `message`.
+pub fn template(message: &str) -> String {
+    format!("AI 응답: {message}에 대한 의료 정보를 제공합니다.")
+}
+
+/// Every message of the session through REST, oldest first.
+pub async fn stored(app: &TestApp, account: &Account, session: &str) -> Vec<Value> {
+    let response = app
+        .authed(
+            Method::GET,
+            &format!("/api/chat/sessions/{session}/"),
+            account,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let detail: Value = response.json().await.unwrap();
+    detail["messages"].as_array().unwrap().clone()
+}
+
+/// The `chat_message` frame the contract gives for a stored message (REST shape).
+pub fn frame_of(message: &Value) -> Value {
+    json!({
+        "type": "chat_message",
+        "message": message["content"],
+        "sender": message["sender"],
+        "message_type": message["message_type"],
+        "metadata": message["metadata"],
+        "timestamp": message["timestamp"],
+        "message_id": message["id"],
+    })
+}
+
+/// The next text frame as JSON, skipping pings and pongs; fails after [`FRAME_WAIT`].
+pub async fn next_json(socket: &mut WsStream) -> Value {
+    loop {
+        let frame = tokio::time::timeout(FRAME_WAIT, socket.next())
+            .await
+            .expect("no frame arrived in time")
+            .expect("the socket ended")
+            .expect("the socket failed");
+        match frame {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// The next `n` text frames as JSON.
+pub async fn next_frames(socket: &mut WsStream, n: usize) -> Vec<Value> {
+    let mut frames = Vec::with_capacity(n);
+    for _ in 0..n {
+        frames.push(next_json(socket).await);
+    }
+    frames
+}
+
+/// Sends `value` as a text frame.
+pub async fn send_json(socket: &mut WsStream, value: &Value) {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Reads until the server's close frame and answers its code and reason; text frames
+/// before it are skipped. Fails if the socket is not closed within `within`.
+pub async fn close_code(socket: &mut WsStream, within: Duration) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("the socket was not closed in time");
+        match frame {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_owned());
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new()),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => panic!("the socket failed before its close frame: {error}"),
+            None => panic!("the socket ended without a close frame"),
+        }
+    }
+}
+
+/// Asserts that nothing but pings arrives on `socket` for `quiet`.
+pub async fn assert_silent(socket: &mut WsStream, quiet: Duration) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
     }
 }
 

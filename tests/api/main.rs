@@ -12,3 +12,5 @@ mod health;
 mod helpers;
 mod hostile;
 mod throttle;
+mod ws;
+mod ws_limits;

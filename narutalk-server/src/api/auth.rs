@@ -182,6 +182,9 @@ pub async fn password(
     state
         .run_hashing(move |core| core.accounts().change_password_fields(user.id, &body))
         .await?;
+    // A password change revokes every token of the user: their sockets close now rather
+    // than at the watch's next tick.
+    state.sockets.check_soon();
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 

@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::http::{Request, Response, empty_response, json_response, percent_encode, query_pairs};
 use crate::state::State;
 use crate::turns;
+use crate::ws::hub::RoomEvent;
 
 /// The user's sessions, most recently updated first.
 #[utoipa::path(
@@ -136,6 +137,7 @@ pub async fn delete_session(
     state
         .run(move |core| core.chat().delete_session(user.id, id))
         .await?;
+    state.hub.publish(id, RoomEvent::Deleted);
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 

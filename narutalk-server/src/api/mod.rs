@@ -21,6 +21,7 @@ use crate::docs;
 use crate::error::ApiError;
 use crate::http::{Credentials, Request, Response, json_response};
 use crate::state::State;
+use crate::ws;
 
 /// Every endpoint of the contract, by path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub enum Endpoint {
     Schema,
     /// `/api/docs/` and its assets (the asset's name, empty for the page)
     Docs(String),
+    /// `/ws/chat/{id}/`: the WebSocket of a session (its handshake has its own checks)
+    ChatSocket(String),
 }
 
 impl Endpoint {
@@ -81,6 +84,7 @@ impl Endpoint {
             ["api", "schema"] => Endpoint::Schema,
             ["api", "docs"] => Endpoint::Docs(String::new()),
             ["api", "docs", asset] => Endpoint::Docs((*asset).to_owned()),
+            ["ws", "chat", id] => Endpoint::ChatSocket((*id).to_owned()),
             _ => return None,
         })
     }
@@ -100,6 +104,7 @@ impl Endpoint {
             Endpoint::Dashboard | Endpoint::Health | Endpoint::Schema | Endpoint::Docs(_) => {
                 "GET, HEAD, OPTIONS"
             }
+            Endpoint::ChatSocket(_) => "GET",
         }
     }
 
@@ -120,6 +125,7 @@ impl Endpoint {
                 | Endpoint::Session(_)
                 | Endpoint::Messages(_)
                 | Endpoint::Search
+                | Endpoint::ChatSocket(_)
         )
     }
 
@@ -140,6 +146,7 @@ impl Endpoint {
             Endpoint::Search => "Search Proxy",
             Endpoint::Schema => "Schema",
             Endpoint::Docs(_) => "Docs",
+            Endpoint::ChatSocket(_) => "Chat Socket",
         }
     }
 }
@@ -159,6 +166,9 @@ async fn dispatch(
     endpoint: Endpoint,
     request: &mut Request,
 ) -> Result<Response, ApiError> {
+    if let Endpoint::ChatSocket(id) = &endpoint {
+        return ws::handshake(state, request, id).await;
+    }
     let user = if endpoint.needs_auth() {
         Some(authenticate(state, request).await?)
     } else {
@@ -203,6 +213,7 @@ async fn dispatch(
         (Endpoint::Search, _) => gateway::search(state, request).await,
         (Endpoint::Schema, _) => Ok(docs::schema()),
         (Endpoint::Docs(asset), _) => Ok(docs::page(&asset)),
+        (Endpoint::ChatSocket(_), _) => Err(ApiError::Internal),
     }
 }
 

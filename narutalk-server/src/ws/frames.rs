@@ -1,0 +1,182 @@
+//! The text frames of contract section 6: what a client may send, and what the server
+//! sends back.
+
+use narutalk_core::chat::{Message, MessageId, MessageType, Sender};
+use narutalk_core::fields::{JsonObject, python_type_name};
+use narutalk_core::time;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// The answer to `{"type": "ping"}`.
+pub const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
+
+/// What a client's text frame asks for.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    /// `{"type": "ping"}`.
+    Ping,
+    /// `{"message", "message_type"?, "metadata"?}`, as the REST body of a posted message
+    /// (`content`, `message_type`, `metadata`), for the core's usual checks.
+    Message(JsonObject),
+}
+
+/// Reads a client's text frame; the error is the text of the `error` frame to answer.
+pub fn parse(text: &str) -> Result<Incoming, String> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|error| format!("The frame is not valid JSON: {error}."))?;
+    let Value::Object(mut frame) = value else {
+        return Err(format!(
+            "The frame must be a JSON object, not {}.",
+            python_type_name(&value)
+        ));
+    };
+    if frame.get("type").and_then(Value::as_str) == Some("ping") {
+        return Ok(Incoming::Ping);
+    }
+    let Some(message) = frame.remove("message") else {
+        return Err("The frame has no \"message\".".to_owned());
+    };
+    let mut body = JsonObject::new();
+    body.insert("content".to_owned(), message);
+    for field in ["message_type", "metadata"] {
+        if let Some(value) = frame.remove(field) {
+            body.insert(field.to_owned(), value);
+        }
+    }
+    Ok(Incoming::Message(body))
+}
+
+/// The name a field of the REST body has in a frame.
+pub fn frame_field(field: &str) -> &str {
+    match field {
+        "content" => "message",
+        other => other,
+    }
+}
+
+/// The `chat_message` frame of a stored message, with the seed's keys.
+pub fn chat_message(message: &Message) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct ChatMessage<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        message: &'a str,
+        sender: Sender,
+        message_type: MessageType,
+        metadata: &'a JsonObject,
+        timestamp: String,
+        message_id: MessageId,
+    }
+    to_frame(&ChatMessage {
+        kind: "chat_message",
+        message: &message.content,
+        sender: message.sender,
+        message_type: message.message_type,
+        metadata: &message.metadata,
+        timestamp: time::format_rfc3339(&message.timestamp),
+        message_id: message.id,
+    })
+}
+
+/// An `ai_delta` frame: part of the reply that will be stored as `message_id`.
+pub fn ai_delta(message_id: MessageId, delta: &str) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct AiDelta<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        message_id: MessageId,
+        delta: &'a str,
+    }
+    to_frame(&AiDelta {
+        kind: "ai_delta",
+        message_id,
+        delta,
+    })
+}
+
+/// An `error` frame.
+pub fn error(text: &str) -> Utf8Bytes {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: &'a str,
+    }
+    to_frame(&Error {
+        kind: "error",
+        error: text,
+    })
+}
+
+/// Serializing these frames cannot fail: their maps have string keys and their values are
+/// JSON already.
+fn to_frame(frame: &impl Serialize) -> Utf8Bytes {
+    match serde_json::to_string(frame) {
+        Ok(text) => text.into(),
+        Err(_) => Utf8Bytes::from_static(r#"{"type":"error","error":"A server error occurred."}"#),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn object(value: Value) -> JsonObject {
+        match value {
+            Value::Object(object) => object,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_message_frame_becomes_the_rest_body_and_sender_is_dropped() {
+        assert_eq!(
+            parse(
+                r#"{"message": "hi", "sender": "ai", "metadata": {"a": 1}, "message_type": "image"}"#
+            ),
+            Ok(Incoming::Message(object(json!({
+                "content": "hi",
+                "metadata": {"a": 1},
+                "message_type": "image",
+            }))))
+        );
+        assert_eq!(
+            parse(r#"{"message": 7}"#),
+            Ok(Incoming::Message(object(json!({"content": 7}))))
+        );
+    }
+
+    #[test]
+    fn ping_is_recognised_and_everything_else_is_explained() {
+        assert_eq!(parse(r#"{"type": "ping"}"#), Ok(Incoming::Ping));
+        assert_eq!(
+            parse("[1, 2]"),
+            Err("The frame must be a JSON object, not list.".to_owned())
+        );
+        assert_eq!(
+            parse(r#"{"type": "pong"}"#),
+            Err("The frame has no \"message\".".to_owned())
+        );
+        let not_json = parse("{oops").unwrap_err();
+        assert!(
+            not_json.starts_with("The frame is not valid JSON: key must be a string"),
+            "{not_json}"
+        );
+    }
+
+    #[test]
+    fn frames_have_the_contract_keys_in_order() {
+        let id = MessageId::new_random();
+        assert_eq!(
+            ai_delta(id, "par").as_str(),
+            format!(r#"{{"type":"ai_delta","message_id":"{id}","delta":"par"}}"#)
+        );
+        assert_eq!(
+            error("bad \"x\"").as_str(),
+            r#"{"type":"error","error":"bad \"x\""}"#
+        );
+    }
+}

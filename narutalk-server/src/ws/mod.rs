@@ -1,0 +1,181 @@
+//! Real-time chat over WebSocket: `GET /ws/chat/{session_id}/` (contract section 6).
+//!
+//! - [`handshake`] checks the request before the upgrade, in this order: the token
+//!   (`Authorization: Bearer` or `?token=`; 401), the method (405), the session (404),
+//!   the `Origin` (403), `after` (400), then that it is a WebSocket upgrade at all (426,
+//!   or 400 for a bad key), and answers `101 Switching Protocols`.
+//! - [`socket`] runs one open socket: the replay of `after`, then the live frames of the
+//!   session's room, the client's frames, pings, limits and the close.
+//! - [`hub`] fans stored messages and reply deltas out to the sockets of each session.
+//! - [`sockets`] keeps the open sockets for the revocation watch and for shutdown.
+//! - [`frames`] holds the frame shapes.
+//!
+//! The upgrade is done from hyper's upgrade future (taken from the request by the accept
+//! loop, with the connection's place under the connection cap) rather than by warp's
+//! `ws()` filter: warp answers an oversized frame with a TCP reset instead of close code
+//! 1009, and gives no say over the read buffer, which sets the memory of an idle socket.
+
+pub mod frames;
+pub mod hub;
+mod socket;
+pub mod sockets;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use narutalk_core::chat::SessionId;
+use narutalk_core::error::Error as CoreError;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use warp::http::{HeaderValue, Method, StatusCode, header};
+
+use crate::envelope::allowed_origin;
+use crate::error::ApiError;
+use crate::http::{Credentials, Request, Response, empty_response};
+use crate::state::State;
+
+/// Answers the handshake of a socket on session `id` (as it appears in the path).
+pub async fn handshake(
+    state: &Arc<State>,
+    request: &mut Request,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let token = match socket_credentials(request) {
+        Credentials::Missing => return Err(ApiError::NotAuthenticated),
+        Credentials::Malformed => return Err(ApiError::InvalidAccessToken),
+        Credentials::Bearer(token) => token,
+    };
+    let (user, grant) = state
+        .run(move |core| Ok(core.tokens().authenticate_grant(&token)))
+        .await?
+        .map_err(|error| match error {
+            CoreError::Unavailable(_) | CoreError::Internal(_) => ApiError::from(error),
+            _ => ApiError::InvalidAccessToken,
+        })?;
+    if request.method != Method::GET {
+        return Err(ApiError::MethodNotAllowed {
+            method: request.method.to_string(),
+            allow: "GET",
+        });
+    }
+    let session = SessionId::from_str(id)?;
+    let after = request.query_param("after");
+    let owner = user.id;
+    let start = state
+        .run(move |core| Ok(core.chat().replay_start(owner, session, after.as_deref())))
+        .await?;
+    // The core checks the session before `after`: a session of someone else is 404
+    // whatever the origin; the origin is checked before `after`.
+    let start = match start {
+        Err(CoreError::NotFound) => return Err(ApiError::NotFound),
+        _ if request.header(header::ORIGIN).is_some()
+            && allowed_origin(state, request).is_none() =>
+        {
+            return Err(ApiError::PermissionDenied);
+        }
+        other => other?,
+    };
+    let key = upgrade_key(request)?;
+    let upgrade = request
+        .takeover
+        .as_ref()
+        .and_then(|takeover| takeover.take())
+        .ok_or(ApiError::UpgradeRequired)?;
+    let replay_from = request.query_param("after").map(|_| start);
+    // Registered and in the room before the `101` goes out: a message stored from now on
+    // reaches the socket (its replay then skips what the room already brought).
+    let registration = state.sockets.register(grant, session);
+    let subscription = state.hub.subscribe(session, registration.closer().clone());
+    tokio::spawn(socket::run(
+        state.clone(),
+        upgrade,
+        socket::Opened {
+            user: user.id,
+            session,
+            replay_from,
+            request_id: request.request_id.clone(),
+            registration,
+            subscription,
+        },
+    ));
+    let mut response = empty_response(StatusCode::SWITCHING_PROTOCOLS);
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    Ok(response)
+}
+
+/// The socket's token: the `Authorization` header when there is one, otherwise the
+/// `token` query parameter (browsers cannot set headers on a WebSocket).
+fn socket_credentials(request: &Request) -> Credentials<String> {
+    match request.credentials() {
+        Credentials::Missing => match request.query_param("token") {
+            Some(token) if !token.is_empty() => Credentials::Bearer(token),
+            _ => Credentials::Missing,
+        },
+        Credentials::Malformed => Credentials::Malformed,
+        Credentials::Bearer(token) => Credentials::Bearer(token.to_owned()),
+    }
+}
+
+/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 section
+/// 4.2.1): 426 for a request that is not an upgrade to WebSocket version 13, 400 for a
+/// key that is not 16 bytes in base64.
+fn upgrade_key(request: &Request) -> Result<String, ApiError> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        request.headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|value| {
+                value
+                    .split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has_token(header::UPGRADE, "websocket")
+        || !has_token(header::CONNECTION, "upgrade")
+        || request.header(header::SEC_WEBSOCKET_VERSION) != Some("13")
+    {
+        return Err(ApiError::UpgradeRequired);
+    }
+    let key = request
+        .header(header::SEC_WEBSOCKET_KEY)
+        .map(str::trim)
+        .unwrap_or_default();
+    if !is_websocket_key(key) {
+        return Err(ApiError::BadHandshake);
+    }
+    Ok(key.to_owned())
+}
+
+/// 24 base64 characters ending in `==`: the encoding of 16 bytes.
+fn is_websocket_key(key: &str) -> bool {
+    key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_keys_are_sixteen_bytes_of_base64() {
+        assert!(is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25jZQ=a"));
+        assert!(!is_websocket_key("dGhlIHNhbXBsZSBub25j*Q=="));
+        assert!(!is_websocket_key(""));
+    }
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s_example() {
+        assert_eq!(
+            derive_accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

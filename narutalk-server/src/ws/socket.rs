@@ -1,0 +1,413 @@
+//! One open socket, from the upgrade to the close.
+//!
+//! The socket's task first joins its session's room, then replays what was stored after
+//! `after` (if given) a page at a time, then serves live: the room's events, the
+//! client's frames, the heartbeat, and the reasons to close. Live events already covered
+//! by the replay are recognised by their sequence number and skipped, so the client sees
+//! every message once, in storage order, with no gap between replay and live.
+//!
+//! Every write waits on the socket's [`Closer`] too, so a peer that stops reading is
+//! closed (1013) as soon as its room queue overflows, and revocation (1008) is not held
+//! up by a blocked write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use narutalk_core::accounts::UserId;
+use narutalk_core::chat::SessionId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+
+use crate::error::ApiError;
+use crate::listener::Upgrade;
+use crate::state::State;
+use crate::turns::{self, Posted};
+use crate::ws::frames::{self, Incoming};
+use crate::ws::hub::{CloseCode, Closer, RoomEvent, Subscription};
+use crate::ws::sockets::Registration;
+
+/// Frames (and messages) over this many bytes close the socket with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+
+/// The read buffer of a socket: it is allocated up front, so it sets most of an idle
+/// socket's memory; 64 KiB frames are read into it a piece at a time.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Messages read from the database per page of a replay.
+const REPLAY_PAGE: u32 = 200;
+
+/// How long a close handshake (or the drain of an oversized frame) may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the peer of an oversized frame may pause before the rest is no longer read.
+const DISCARD_QUIET: Duration = Duration::from_millis(500);
+
+type Stream = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// What the handshake established.
+pub struct Opened {
+    /// The socket's user.
+    pub user: UserId,
+    /// The session.
+    pub session: SessionId,
+    /// With `after`: the sequence number to replay from.
+    pub replay_from: Option<i64>,
+    /// The handshake's request id, for the logs.
+    pub request_id: String,
+    /// The socket's entry in the registry, made before the `101` was sent.
+    pub registration: Registration,
+    /// Its membership of the session's room, taken before the `101` was sent, so that
+    /// nothing published after the handshake can miss the socket.
+    pub subscription: Subscription,
+}
+
+/// Why the socket ends, and what is still owed to the peer.
+#[derive(Debug)]
+enum Ending {
+    /// Send a close frame with this code and reason, and wait (briefly) for the peer's.
+    Close(CloseCode, &'static str),
+    /// A frame over the limit: tungstenite stopped at its header, so the close frame
+    /// (1009) is written by hand and what the peer still sends is read and dropped, so that
+    /// the close frame is not lost to a reset.
+    TooBig,
+    /// The peer closed with this code (1005: none given): its close frame has been
+    /// answered, the answer only needs flushing.
+    PeerClosed(u16),
+    /// The connection is gone; nothing can be sent.
+    Gone(&'static str),
+}
+
+/// Runs one socket until it closes.
+pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
+    let Upgrade { on_upgrade, place } = upgrade;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(error) => {
+            tracing::debug!(%error, request_id = opened.request_id, "the upgrade failed");
+            return;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .max_message_size(Some(MAX_FRAME_BYTES));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let Opened {
+        user,
+        session,
+        replay_from,
+        request_id,
+        registration,
+        subscription,
+        ..
+    } = opened;
+    let started = Instant::now();
+    let mut socket = Socket {
+        closer: registration.closer().clone(),
+        state,
+        ws,
+        subscription,
+        last_seq: 0,
+        user,
+        session,
+        replay_from,
+        _registration: registration,
+    };
+    let ending = socket.serve().await;
+    let (code, reason) = match &ending {
+        Ending::Close(code, reason) => (u16::from(*code), *reason),
+        Ending::TooBig => (u16::from(CloseCode::TooBig), "frame too large"),
+        Ending::PeerClosed(code) => (*code, "closed by the client"),
+        // 1006: the connection ended without a close frame.
+        Ending::Gone(reason) => (1006, *reason),
+    };
+    socket.finish(ending).await;
+    tracing::info!(
+        target: "narutalk::ws",
+        session = %session,
+        user = user.0,
+        code,
+        reason,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        request_id,
+        "socket closed"
+    );
+    drop(socket);
+    drop(place);
+}
+
+struct Socket {
+    state: Arc<State>,
+    ws: Stream,
+    subscription: Subscription,
+    closer: Arc<Closer>,
+    /// The sequence number of the last stored message sent.
+    last_seq: i64,
+    user: UserId,
+    session: SessionId,
+    replay_from: Option<i64>,
+    _registration: Registration,
+}
+
+/// What woke the live loop.
+enum Step {
+    Closed,
+    ShuttingDown,
+    Event(Option<RoomEvent>),
+    Frame(Option<Result<Message, WsError>>),
+    Ping,
+    Idle,
+}
+
+impl Socket {
+    async fn serve(&mut self) -> Ending {
+        if let Some(from) = self.replay_from
+            && let Err(ending) = self.replay(from).await
+        {
+            return ending;
+        }
+        let rules = self.state.socket_rules;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + rules.ping, rules.ping);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle = tokio::time::sleep(rules.idle);
+        tokio::pin!(idle);
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = self.closer.closed() => Step::Closed,
+                () = self.state.sockets.closing() => Step::ShuttingDown,
+                event = self.subscription.next() => Step::Event(event),
+                frame = self.ws.next() => Step::Frame(frame),
+                _ = ping.tick() => Step::Ping,
+                () = &mut idle => Step::Idle,
+            };
+            let done = match step {
+                Step::Closed => Err(self.closer_ending()),
+                Step::ShuttingDown => Err(self.drain_for_shutdown().await),
+                Step::Event(event) => self.deliver(event).await,
+                Step::Frame(frame) => {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + rules.idle);
+                    self.receive(frame).await
+                }
+                Step::Ping => self.send(Message::Ping(Bytes::new())).await,
+                Step::Idle => Err(Ending::Close(CloseCode::Normal, "idle timeout")),
+            };
+            if let Err(ending) = done {
+                return ending;
+            }
+        }
+    }
+
+    /// Sends every message stored after `from`, a page at a time.
+    async fn replay(&mut self, from: i64) -> Result<(), Ending> {
+        self.last_seq = from;
+        let (owner, session) = (self.user, self.session);
+        loop {
+            let after = self.last_seq;
+            let page = self
+                .state
+                .run(move |core| {
+                    core.chat()
+                        .messages_after_seq(owner, session, after, REPLAY_PAGE)
+                })
+                .await
+                .map_err(|error| match error {
+                    ApiError::NotFound => {
+                        Ending::Close(CloseCode::PolicyViolation, "session deleted")
+                    }
+                    _ => Ending::Close(CloseCode::Internal, "server error"),
+                })?;
+            for message in &page {
+                self.last_seq = message.seq;
+                self.send(Message::Text(frames::chat_message(message)))
+                    .await?;
+            }
+            if page.len() < REPLAY_PAGE as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends a room event; a stored message the replay already sent is skipped.
+    async fn deliver(&mut self, event: Option<RoomEvent>) -> Result<(), Ending> {
+        match event {
+            Some(RoomEvent::Stored { seq, frame }) => {
+                if seq <= self.last_seq {
+                    return Ok(());
+                }
+                self.last_seq = seq;
+                self.send(Message::Text(frame)).await
+            }
+            Some(RoomEvent::Delta { frame }) => self.send(Message::Text(frame)).await,
+            Some(RoomEvent::Deleted) => {
+                Err(Ending::Close(CloseCode::PolicyViolation, "session deleted"))
+            }
+            // The hub let the socket go: it was evicted, and its closer says why.
+            None => Err(self.closer_ending()),
+        }
+    }
+
+    /// Handles one frame from the client.
+    async fn receive(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
+        match frame {
+            Some(Ok(Message::Text(text))) => self.on_text(&text).await,
+            Some(Ok(Message::Binary(_))) => {
+                self.send_error("Binary frames are not accepted: send JSON in a text frame.")
+                    .await
+            }
+            // tungstenite answers pings itself; pongs and raw frames only show the peer is
+            // alive.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Close(frame))) => Err(Ending::PeerClosed(
+                frame.map_or(1005, |frame| u16::from(frame.code)),
+            )),
+            Some(Err(WsError::Capacity(_))) => Err(Ending::TooBig),
+            Some(Err(WsError::Utf8(_))) => Err(Ending::Close(
+                CloseCode::InvalidPayload,
+                "text frame is not UTF-8",
+            )),
+            Some(Err(WsError::Protocol(_))) => {
+                Err(Ending::Close(CloseCode::Protocol, "protocol error"))
+            }
+            Some(Err(_)) | None => Err(Ending::Gone("the connection ended")),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        let body = match frames::parse(text) {
+            Ok(Incoming::Ping) => return self.send(Message::Text(frames::PONG)).await,
+            Ok(Incoming::Message(body)) => body,
+            Err(problem) => return self.send_error(&problem).await,
+        };
+        if self.state.sockets.is_stopping() {
+            return self
+                .send_error(
+                    "The server is shutting down: send the message again after reconnecting.",
+                )
+                .await;
+        }
+        let (owner, session) = (self.user, self.session);
+        let posted = match self.state.throttles.messages.check(&owner.0) {
+            Ok(()) => turns::post(&self.state, owner, session, body, None).await,
+            Err(throttled) => Err(throttled),
+        };
+        match posted {
+            Ok(Posted::Waiting { message, turn }) => {
+                let state = self.state.clone();
+                // The reply is the room's business from here: it reaches every socket
+                // on the session, this one included, and it is produced and stored even
+                // if this socket closes meanwhile.
+                self.state.tasks.spawn(async move {
+                    if let Err(error) = turns::answer(state, message, turn).await {
+                        tracing::debug!(?error, "a socket's turn ended without a reply");
+                    }
+                });
+                Ok(())
+            }
+            // Only a repeated idempotency key replays, and sockets send none.
+            Ok(Posted::Replayed(_)) => Ok(()),
+            Err(error) => self.send_error(&error.text(frames::frame_field)).await,
+        }
+    }
+
+    async fn send_error(&mut self, text: &str) -> Result<(), Ending> {
+        self.send(Message::Text(frames::error(text))).await
+    }
+
+    /// Writes one frame, unless the socket is told to close first.
+    async fn send(&mut self, message: Message) -> Result<(), Ending> {
+        tokio::select! {
+            biased;
+            () = self.closer.closed() => Err(self.closer_ending()),
+            sent = self.ws.send(message) => sent.map_err(|_| Ending::Gone("a write failed")),
+        }
+    }
+
+    /// At shutdown: sends what is already queued for the socket, then closes with 1001.
+    async fn drain_for_shutdown(&mut self) -> Ending {
+        while let Some(event) = self.subscription.try_next() {
+            if let Err(ending) = self.deliver(Some(event)).await {
+                return ending;
+            }
+        }
+        Ending::Close(CloseCode::GoingAway, "server shutting down")
+    }
+
+    fn closer_ending(&self) -> Ending {
+        let (code, reason) = self
+            .closer
+            .reason()
+            .unwrap_or((CloseCode::GoingAway, "server shutting down"));
+        Ending::Close(code, reason)
+    }
+
+    /// Says goodbye to the peer, within [`CLOSE_GRACE`].
+    async fn finish(&mut self, ending: Ending) {
+        let ws = &mut self.ws;
+        let _ = tokio::time::timeout(CLOSE_GRACE, async move {
+            match ending {
+                Ending::Close(code, reason) => {
+                    let frame = CloseFrame {
+                        code: u16::from(code).into(),
+                        reason: Utf8Bytes::from_static(reason),
+                    };
+                    if ws.close(Some(frame)).await.is_ok() {
+                        // Until the peer's close frame ends the stream.
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }
+                }
+                Ending::TooBig => {
+                    let stream = ws.get_mut();
+                    let frame = close_frame(CloseCode::TooBig, "frame too large");
+                    if stream.write_all(&frame).await.is_ok() && stream.flush().await.is_ok() {
+                        let mut discard = vec![0; 16 * 1024];
+                        while let Ok(Ok(read)) =
+                            tokio::time::timeout(DISCARD_QUIET, stream.read(&mut discard)).await
+                            && read > 0
+                        {}
+                    }
+                    let _ = stream.shutdown().await;
+                }
+                Ending::PeerClosed(_) => {
+                    let _ = ws.flush().await;
+                }
+                Ending::Gone(_) => {}
+            }
+        })
+        .await;
+    }
+}
+
+/// An unmasked close frame (server to client) with `code` and a short `reason`.
+fn close_frame(code: CloseCode, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut frame = Vec::with_capacity(4 + reason.len());
+    frame.push(0x88);
+    frame.push(u8::try_from(2 + reason.len()).unwrap_or(2));
+    frame.extend_from_slice(&u16::from(code).to_be_bytes());
+    frame.extend_from_slice(reason);
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_written_close_frame_is_a_valid_unmasked_close() {
+        assert_eq!(
+            close_frame(CloseCode::TooBig, "big"),
+            [0x88, 5, 0x03, 0xF1, b'b', b'i', b'g']
+        );
+    }
+}
