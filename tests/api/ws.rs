@@ -420,3 +420,47 @@ async fn resume_after_the_last_message_replays_nothing() {
     let frames = next_frames(&mut socket, 2).await;
     assert_eq!(frames[0]["message"], "two");
 }
+
+/// Socket messages share the user's message throttle with REST: over the limit, the
+/// frame gets the 429 text as an `error` frame, nothing is stored, and the socket stays
+/// open.
+#[tokio::test]
+async fn a_throttled_message_gets_an_error_frame_and_is_not_stored() {
+    let app = spawn_app_with(
+        |config| config.message_throttle_per_minute = 1,
+        narutalk_server::ServeOptions::default(),
+    )
+    .await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "limited").await;
+    let mut socket = app.socket(&kim, &session).await;
+    send_json(&mut socket, &json!({"message": "first"})).await;
+    assert_eq!(next_frames(&mut socket, 2).await[0]["message"], "first");
+    send_json(&mut socket, &json!({"message": "second"})).await;
+    // The bucket of one refills a minute after the first message: 60 s, or 59 on a
+    // machine slow enough for a second to pass in between.
+    let refused = next_json(&mut socket).await;
+    let waits: Vec<Value> = [59, 60]
+        .iter()
+        .map(|s| json!({"type": "error", "error": format!("Request was throttled. Expected available in {s} seconds.")}))
+        .collect();
+    assert!(waits.contains(&refused), "{refused}");
+    let rest = app
+        .authed(
+            Method::POST,
+            &format!("/api/chat/sessions/{session}/messages/"),
+            &kim,
+        )
+        .json(&json!({"content": "third"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "one budget for both"
+    );
+    assert_eq!(stored(&app, &kim, &session).await.len(), 2);
+    send_json(&mut socket, &json!({"type": "ping"})).await;
+    assert_eq!(next_json(&mut socket).await, json!({"type": "pong"}));
+}

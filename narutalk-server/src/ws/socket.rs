@@ -42,8 +42,10 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Messages read from the database per page of a replay.
 const REPLAY_PAGE: u32 = 200;
 
-/// How long a close handshake (or the drain of an oversized frame) may take.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a close handshake (or the drain of an oversized frame) may take: a slow
+/// reader closed with 1013 has this long to read what is still on its way, then its close
+/// frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// How long the peer of an oversized frame may pause before the rest is no longer read.
 const DISCARD_QUIET: Duration = Duration::from_millis(500);
