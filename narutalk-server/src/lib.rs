@@ -116,13 +116,7 @@ pub async fn serve_with(
         shutdown.await;
         stop_accepting.cancel();
         state.sockets.stop_taking_messages();
-        state.tasks.close();
-        if tokio::time::timeout(options.drain_timeout, state.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("stopped before every AI turn finished");
-        }
+        finish_turns(&state, options.drain_timeout).await;
         tracing::info!(sockets = state.sockets.open(), "closing the open sockets");
         state.sockets.close_all();
         // Sockets stuck writing to peers that do not read get a little longer, then go.
@@ -141,8 +135,22 @@ pub async fn serve_with(
         () = &mut serving => {}
         () = &mut stop => serving.await,
     }
+    // Every connection is closed, but a turn whose socket went away may still be running:
+    // its reply is stored before the server returns.
+    finish_turns(&state, options.drain_timeout).await;
     for task in background {
         task.abort();
+    }
+}
+
+/// Waits (at most `limit`) for the AI turns in flight to store their replies.
+async fn finish_turns(state: &State, limit: Duration) {
+    state.tasks.close();
+    if tokio::time::timeout(limit, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopped before every AI turn finished");
     }
 }
 

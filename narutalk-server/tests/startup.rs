@@ -206,6 +206,130 @@ fn json_logs_have_one_line_per_request_with_its_id_and_never_a_password_or_token
     assert!(!stderr.contains(access), "a token was logged");
 }
 
+/// SIGTERM with a WebSocket open on the real binary: the socket is closed with 1001
+/// `server shutting down`, the process exits 0, and the JSON log has one `narutalk::ws`
+/// line for the socket (code 1001) that, like every line, carries no token, although the
+/// token travelled in the socket's query string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_websockets_with_1001_and_exits_0_without_logging_the_token() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = server()
+        .current_dir(dir.path())
+        .env("NARUTALK_BIND", "127.0.0.1:0")
+        .env("NARUTALK_SEARCH_URL", "")
+        .env("NARUTALK_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    let address = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let password = "violet-harbour-42";
+    let setup = address.clone();
+    let (access, session) = tokio::task::spawn_blocking(move || {
+        http_post_json(
+            &setup,
+            "/api/auth/register/",
+            &format!(
+                r#"{{"username": "kim", "email": "kim@example.com", "password": "{password}", "password_confirm": "{password}"}}"#
+            ),
+        );
+        let login = http_post_json(
+            &setup,
+            "/api/auth/login/",
+            &format!(r#"{{"email": "kim@example.com", "password": "{password}"}}"#),
+        );
+        let access = login
+            .split(r#""access":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_owned();
+        let mut stream = TcpStream::connect(&setup).unwrap();
+        let body = r#"{"title": "night shift"}"#;
+        write!(
+            stream,
+            "POST /api/chat/sessions/ HTTP/1.1\r\nHost: {setup}\r\nConnection: close\r\nAuthorization: Bearer {access}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut created = String::new();
+        stream.read_to_string(&mut created).unwrap();
+        let session = created
+            .split(r#""id":""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_owned();
+        (access, session)
+    })
+    .await
+    .unwrap();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{address}/ws/chat/{session}/?token={access}"
+    ))
+    .await
+    .unwrap();
+
+    // Act
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let close = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    drop(socket);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    let (status, stderr) = status;
+
+    // Assert
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "server shutting down");
+    assert!(status.success(), "exit status {status:?}");
+    let socket_lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "narutalk::ws")
+        .collect();
+    assert_eq!(socket_lines.len(), 1, "{stderr}");
+    assert_eq!(socket_lines[0]["fields"]["code"], 1001);
+    assert_eq!(socket_lines[0]["fields"]["session"], session.as_str());
+    assert!(!stderr.contains(&access), "a token was logged");
+}
+
 #[test]
 fn the_openapi_flag_prints_the_document_without_starting() {
     let dir = tempfile::tempdir().unwrap();

@@ -872,3 +872,34 @@ async fn open_sockets_count_against_the_connection_cap() {
         .unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// A stop waits for the AI turn of a socket that has already gone: the reply is stored
+/// before the server returns, so a client that reconnects after a restart finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_the_reply_of_a_socket_that_already_closed() {
+    let app = start(
+        |_| {},
+        ServeOptions::default(),
+        Some(Arc::new(SlowResponder(Duration::from_millis(800)))),
+    )
+    .await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "late").await;
+    let mut socket = app.socket(&kim, &session).await;
+    send_json(&mut socket, &json!({"message": "one more thing"})).await;
+    assert_eq!(next_json(&mut socket).await["message"], "one more thing");
+    socket.close(None).await.unwrap();
+    drop(socket);
+    let core = app.core.clone();
+
+    app.stop().await;
+
+    let owner = UserId(kim.id);
+    let id = SessionId::from_str(&session).unwrap();
+    let detail = tokio::task::spawn_blocking(move || core.chat().session(owner, id))
+        .await
+        .unwrap()
+        .unwrap();
+    let contents: Vec<&str> = detail.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents, ["one more thing", "AI: one more thing"]);
+}
