@@ -63,6 +63,10 @@ const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
 /// closed regardless.
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a shutdown waits for sockets to finish their close handshake once they are
+/// closed regardless (a handshake takes at most 10 s).
+const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(11);
+
 /// Serves the API on `listener` with the default [`ServeOptions`] until `shutdown`
 /// completes, then finishes in-flight requests and returns.
 pub async fn serve(
@@ -119,9 +123,14 @@ pub async fn serve_with(
         finish_turns(&state, options.drain_timeout).await;
         tracing::info!(sockets = state.sockets.open(), "closing the open sockets");
         state.sockets.close_all();
-        // Sockets stuck writing to peers that do not read get a little longer, then go.
-        tokio::time::sleep(SOCKET_CLOSE_GRACE).await;
-        state.sockets.close_now();
+        // Sockets stuck writing to peers that do not read get a little longer, then go;
+        // each close handshake is itself bounded.
+        if !state.sockets.all_closed(SOCKET_CLOSE_GRACE).await {
+            state.sockets.close_now();
+            if !state.sockets.all_closed(SOCKET_CLOSE_WAIT).await {
+                tracing::warn!("stopped before every socket finished closing");
+            }
+        }
     };
     let serving = listener::serve(
         listener,
@@ -129,12 +138,9 @@ pub async fn serve_with(
         options,
         stop_accepting.cancelled(),
     );
-    tokio::pin!(stop);
-    tokio::pin!(serving);
-    tokio::select! {
-        () = &mut serving => {}
-        () = &mut stop => serving.await,
-    }
+    // Both run to the end: the listener's own drain may give up on connections before
+    // the sockets are told to close, and they must still be closed with 1001.
+    tokio::join!(serving, stop);
     // Every connection is closed, but a turn whose socket went away may still be running:
     // its reply is stored before the server returns.
     finish_turns(&state, options.drain_timeout).await;

@@ -250,7 +250,13 @@ pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<M
             let outcome =
                 ai::run_responder(core.responder().as_ref(), &turn.request, &mut |delta| {
                     let frame = frames::ai_delta(reply_id, delta);
-                    hub.publish(session, RoomEvent::Delta { frame });
+                    hub.publish(
+                        session,
+                        RoomEvent::Delta {
+                            reply: reply_id,
+                            frame,
+                        },
+                    );
                 });
             Ok((turn, outcome))
         })
@@ -276,6 +282,7 @@ fn publish_stored(state: &State, message: &Message) {
         message.session_id,
         RoomEvent::Stored {
             seq: message.seq,
+            id: message.id,
             frame: frames::chat_message(message),
         },
     );

@@ -903,3 +903,125 @@ async fn a_stop_waits_for_the_reply_of_a_socket_that_already_closed() {
     let contents: Vec<&str> = detail.messages.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(contents, ["one more thing", "AI: one more thing"]);
 }
+
+/// Emits `x` a thousand times as deltas, as fast as it can, then answers the whole text.
+struct BurstResponder;
+
+impl Responder for BurstResponder {
+    fn name(&self) -> &str {
+        "burst"
+    }
+
+    fn respond(&self, _: &AiRequest, on_delta: &mut dyn FnMut(&str)) -> Result<AiReply, AiError> {
+        for _ in 0..1000 {
+            on_delta("x");
+        }
+        Ok(AiReply {
+            content: "x".repeat(1000),
+            metadata: Default::default(),
+        })
+    }
+}
+
+/// A burst of deltas faster than a socket can write never closes a reading socket: it
+/// gets the user's message, a prefix of the reply's deltas (no hole), then the stored
+/// reply, and stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_deltas_never_closes_a_reading_socket() {
+    let app = start(
+        |_| {},
+        ServeOptions {
+            ws_send_queue: 16,
+            ..ServeOptions::default()
+        },
+        Some(Arc::new(BurstResponder)),
+    )
+    .await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "burst").await;
+    let mut socket = app.socket(&kim, &session).await;
+
+    for round in 0..3 {
+        let content = format!("round {round}");
+        send_json(&mut socket, &json!({ "message": content })).await;
+        assert_eq!(next_json(&mut socket).await["message"], content.as_str());
+        let mut deltas = String::new();
+        let reply = loop {
+            let frame = next_json(&mut socket).await;
+            match frame["type"].as_str() {
+                Some("ai_delta") => deltas.push_str(frame["delta"].as_str().unwrap()),
+                Some("chat_message") => break frame,
+                _ => panic!("unexpected frame {frame}"),
+            }
+        };
+        assert_eq!(reply["sender"], "ai");
+        let reply_text = reply["message"].as_str().unwrap();
+        assert_eq!(reply_text, "x".repeat(1000));
+        assert!(
+            reply_text.starts_with(&deltas),
+            "the deltas are a prefix of the reply"
+        );
+    }
+    assert_serving(&mut socket).await;
+}
+
+/// A peer that stops reading in a quiet session (its queue never overflows) is not kept
+/// forever: a write blocked for the idle limit closes it with 1013, which it finds once
+/// it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_in_a_quiet_session_is_closed_with_1013() {
+    let app = spawn_app_with(
+        |config| {
+            config.ws_ping_seconds = 1;
+            config.ws_idle_seconds = 2;
+        },
+        ServeOptions::default(),
+    )
+    .await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "quiet").await;
+    let mut socket = small_buffer_socket(&app, &kim, &session).await;
+
+    // Pings make the server write pongs that this client never reads, until the
+    // server's writes block (or this client's own writes do).
+    let ping = Message::Text(r#"{"type":"ping"}"#.into());
+    for _ in 0..200_000 {
+        match tokio::time::timeout(Duration::from_millis(200), socket.send(ping.clone())).await {
+            Ok(Ok(())) => {}
+            _ => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let (code, reason) = close_code(&mut socket, Duration::from_secs(15)).await;
+    assert_eq!((code, reason.as_str()), (1013, "reading too slowly"));
+}
+
+/// When AI turns outlast the drain time, the stop still closes open sockets with 1001
+/// instead of leaving them to a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_get_1001_even_when_turns_outlast_the_drain_time() {
+    let app = start(
+        |_| {},
+        ServeOptions {
+            drain_timeout: Duration::from_secs(1),
+            ..ServeOptions::default()
+        },
+        Some(Arc::new(SlowResponder(Duration::from_secs(3)))),
+    )
+    .await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "slow").await;
+    let mut socket = app.socket(&kim, &session).await;
+    send_json(&mut socket, &json!({"message": "take your time"})).await;
+    assert_eq!(next_json(&mut socket).await["message"], "take your time");
+
+    let stopping = tokio::spawn(app.stop());
+    let (_, code, reason) = frames_until_close(&mut socket, Duration::from_secs(10)).await;
+
+    assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+    tokio::time::timeout(Duration::from_secs(20), stopping)
+        .await
+        .expect("the stop did not return")
+        .unwrap();
+}

@@ -31,10 +31,12 @@ pub fn parse(text: &str) -> Result<Incoming, String> {
             python_type_name(&value)
         ));
     };
-    if frame.get("type").and_then(Value::as_str) == Some("ping") {
-        return Ok(Incoming::Ping);
-    }
+    // A frame with a `message` is a message whatever its `type` says: nothing sent is
+    // dropped.
     let Some(message) = frame.remove("message") else {
+        if frame.get("type").and_then(Value::as_str) == Some("ping") {
+            return Ok(Incoming::Ping);
+        }
         return Err("The frame has no \"message\".".to_owned());
     };
     let mut body = JsonObject::new();
@@ -152,6 +154,11 @@ mod tests {
     #[test]
     fn ping_is_recognised_and_everything_else_is_explained() {
         assert_eq!(parse(r#"{"type": "ping"}"#), Ok(Incoming::Ping));
+        assert_eq!(
+            parse(r#"{"type": "ping", "message": "hi"}"#),
+            Ok(Incoming::Message(object(json!({"content": "hi"})))),
+            "a message is never dropped for its type"
+        );
         assert_eq!(
             parse("[1, 2]"),
             Err("The frame must be a JSON object, not list.".to_owned())

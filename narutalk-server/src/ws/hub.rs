@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use narutalk_core::chat::SessionId;
+use narutalk_core::chat::{MessageId, SessionId};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -98,11 +98,15 @@ pub enum RoomEvent {
     Stored {
         /// The message's sequence number in its session.
         seq: i64,
+        /// The message's id.
+        id: MessageId,
         /// The frame, serialized once for every socket.
         frame: Utf8Bytes,
     },
-    /// An `ai_delta` frame: part of a reply being produced (not stored).
+    /// An `ai_delta` frame: part of a reply being produced (not stored yet).
     Delta {
+        /// The id the reply will be stored under.
+        reply: MessageId,
         /// The frame.
         frame: Utf8Bytes,
     },
@@ -163,6 +167,8 @@ struct Member {
     id: u64,
     queue: mpsc::Sender<RoomEvent>,
     closer: Arc<Closer>,
+    /// A reply whose remaining deltas this member does not get (its queue was half full).
+    skipping: Option<MessageId>,
 }
 
 /// Leaves the room when dropped.
@@ -216,11 +222,12 @@ impl Hub for LocalHub {
     fn subscribe(&self, session: SessionId, closer: Arc<Closer>) -> Subscription {
         let (queue, events) = mpsc::channel(self.rooms.capacity);
         let id = self.rooms.next_member.fetch_add(1, Ordering::Relaxed);
-        self.rooms
-            .lock()
-            .entry(session)
-            .or_default()
-            .push(Member { id, queue, closer });
+        self.rooms.lock().entry(session).or_default().push(Member {
+            id,
+            queue,
+            closer,
+            skipping: None,
+        });
         Subscription::new(
             events,
             Leave {
@@ -245,15 +252,31 @@ impl Hub for LocalHub {
             rooms.remove(&session);
             return;
         }
-        members.retain(|member| match member.queue.try_send(event.clone()) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                member
-                    .closer
-                    .close(CloseCode::TryAgainLater, "reading too slowly");
-                false
+        let half = self.rooms.capacity / 2;
+        members.retain_mut(|member| {
+            if let RoomEvent::Delta { reply, .. } = &event {
+                // Deltas are a courtesy: they may fill only half a queue, and a member
+                // that falls behind them misses the rest of that reply's deltas (all of
+                // them or a prefix, never a gap) rather than being closed; the stored
+                // reply follows in any case.
+                if member.skipping == Some(*reply) {
+                    return true;
+                }
+                if member.queue.capacity() <= half {
+                    member.skipping = Some(*reply);
+                    return true;
+                }
             }
-            Err(TrySendError::Closed(_)) => false,
+            match member.queue.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    member
+                        .closer
+                        .close(CloseCode::TryAgainLater, "reading too slowly");
+                    false
+                }
+                Err(TrySendError::Closed(_)) => false,
+            }
         });
         if members.is_empty() {
             rooms.remove(&session);
@@ -268,6 +291,9 @@ mod tests {
     fn stored(seq: i64) -> RoomEvent {
         RoomEvent::Stored {
             seq,
+            id: MessageId(uuid::Uuid::from_u128(
+                u128::try_from(seq).unwrap_or_default(),
+            )),
             frame: format!("frame {seq}").into(),
         }
     }
@@ -325,6 +351,39 @@ mod tests {
         assert_eq!(slow.next().await, Some(stored(2)));
         assert_eq!(slow.next().await, None, "nothing after the eviction");
         assert_eq!(hub.occupancy(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_deltas_never_evicts_and_leaves_room_for_the_stored_reply() {
+        let hub = LocalHub::new(8);
+        let session = SessionId::new_random();
+        let closer = Arc::new(Closer::default());
+        let mut member = hub.subscribe(session, closer.clone());
+        let reply = MessageId::new_random();
+        let delta = |n: usize| RoomEvent::Delta {
+            reply,
+            frame: format!("delta {n}").into(),
+        };
+        for n in 0..100 {
+            hub.publish(session, delta(n));
+        }
+        // A later delta of the same reply is skipped too, even with room in the queue:
+        // the member gets a prefix of the reply's deltas, never one with a hole.
+        assert_eq!(member.next().await, Some(delta(0)));
+        hub.publish(session, delta(100));
+        hub.publish(session, stored(1));
+        assert_eq!(closer.reason(), None, "deltas never close a socket");
+        let mut received = vec![Some(delta(0))];
+        while let Some(event) = member.try_next() {
+            received.push(Some(event));
+        }
+        let expected: Vec<_> = (0..4).map(|n| Some(delta(n))).collect();
+        assert_eq!(received[..4], expected[..]);
+        assert_eq!(received.len(), 5);
+        assert!(matches!(
+            received[4],
+            Some(RoomEvent::Stored { seq: 1, .. })
+        ));
     }
 
     #[tokio::test]

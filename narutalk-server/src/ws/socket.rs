@@ -10,13 +10,14 @@
 //! closed (1013) as soon as its room queue overflows, and revocation (1008) is not held
 //! up by a blocked write.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use narutalk_core::accounts::UserId;
-use narutalk_core::chat::SessionId;
+use narutalk_core::chat::{MessageId, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -38,6 +39,10 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// The read buffer of a socket: it is allocated up front, so it sets most of an idle
 /// socket's memory; 64 KiB frames are read into it a piece at a time.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// How many of the last stored messages a socket sent it remembers, to drop late deltas
+/// of their replies (replies of a session are produced one at a time, so a few suffice).
+const RECENTLY_SENT: usize = 8;
 
 /// Messages read from the database per page of a replay.
 const REPLAY_PAGE: u32 = 200;
@@ -118,6 +123,7 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
         ws,
         subscription,
         last_seq: 0,
+        recently_sent: VecDeque::with_capacity(RECENTLY_SENT),
         user,
         session,
         replay_from,
@@ -153,6 +159,8 @@ struct Socket {
     closer: Arc<Closer>,
     /// The sequence number of the last stored message sent.
     last_seq: i64,
+    /// The ids of the last stored messages sent.
+    recently_sent: VecDeque<MessageId>,
     user: UserId,
     session: SessionId,
     replay_from: Option<i64>,
@@ -231,6 +239,7 @@ impl Socket {
                 })?;
             for message in &page {
                 self.last_seq = message.seq;
+                self.remember_sent(message.id);
                 self.send(Message::Text(frames::chat_message(message)))
                     .await?;
             }
@@ -243,14 +252,22 @@ impl Socket {
     /// Sends a room event; a stored message the replay already sent is skipped.
     async fn deliver(&mut self, event: Option<RoomEvent>) -> Result<(), Ending> {
         match event {
-            Some(RoomEvent::Stored { seq, frame }) => {
+            Some(RoomEvent::Stored { seq, id, frame }) => {
                 if seq <= self.last_seq {
                     return Ok(());
                 }
                 self.last_seq = seq;
+                self.remember_sent(id);
                 self.send(Message::Text(frame)).await
             }
-            Some(RoomEvent::Delta { frame }) => self.send(Message::Text(frame)).await,
+            // Deltas queued during a replay may belong to a reply the replay already sent:
+            // a reply's deltas never follow it.
+            Some(RoomEvent::Delta { reply, frame }) => {
+                if self.recently_sent.contains(&reply) {
+                    return Ok(());
+                }
+                self.send(Message::Text(frame)).await
+            }
             Some(RoomEvent::Deleted) => {
                 Err(Ending::Close(CloseCode::PolicyViolation, "session deleted"))
             }
@@ -299,8 +316,13 @@ impl Socket {
                 .await;
         }
         let (owner, session) = (self.user, self.session);
+        // Tracked, so that a shutdown that starts meanwhile waits for the message to be
+        // stored and broadcast before it closes the sockets.
         let posted = match self.state.throttles.messages.check(&owner.0) {
-            Ok(()) => turns::post(&self.state, owner, session, body, None).await,
+            Ok(()) => {
+                let post = turns::post(&self.state, owner, session, body, None);
+                self.state.tasks.track_future(post).await
+            }
             Err(throttled) => Err(throttled),
         };
         match posted {
@@ -322,16 +344,29 @@ impl Socket {
         }
     }
 
+    fn remember_sent(&mut self, id: MessageId) {
+        if self.recently_sent.len() == RECENTLY_SENT {
+            self.recently_sent.pop_front();
+        }
+        self.recently_sent.push_back(id);
+    }
+
     async fn send_error(&mut self, text: &str) -> Result<(), Ending> {
         self.send(Message::Text(frames::error(text))).await
     }
 
-    /// Writes one frame, unless the socket is told to close first.
+    /// Writes one frame, unless the socket is told to close first. A peer that takes
+    /// longer than the idle limit to take one frame is not reading at all: it is closed
+    /// as too slow (a quiet session would never overflow its queue).
     async fn send(&mut self, message: Message) -> Result<(), Ending> {
+        let patience = self.state.socket_rules.idle;
         tokio::select! {
             biased;
             () = self.closer.closed() => Err(self.closer_ending()),
             sent = self.ws.send(message) => sent.map_err(|_| Ending::Gone("a write failed")),
+            () = tokio::time::sleep(patience) => {
+                Err(Ending::Close(CloseCode::TryAgainLater, "reading too slowly"))
+            }
         }
     }
 

@@ -25,10 +25,17 @@ use crate::ws::hub::{CloseCode, Closer};
 #[derive(Default)]
 pub struct Sockets {
     next: AtomicU64,
-    live: Arc<Mutex<HashMap<u64, Watched>>>,
+    live: Arc<Live>,
     stopping: CancellationToken,
     closing: CancellationToken,
     check_now: Notify,
+}
+
+/// The open sockets, and a signal for when the last one goes.
+#[derive(Default)]
+struct Live {
+    by_id: Mutex<HashMap<u64, Watched>>,
+    emptied: Notify,
 }
 
 #[derive(Clone)]
@@ -40,7 +47,7 @@ struct Watched {
 
 /// An open socket's entry; dropping it takes the socket off the registry.
 pub struct Registration {
-    live: Arc<Mutex<HashMap<u64, Watched>>>,
+    live: Arc<Live>,
     id: u64,
     closer: Arc<Closer>,
 }
@@ -54,12 +61,20 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        lock(&self.live).remove(&self.id);
+        let mut live = self.live.lock();
+        live.remove(&self.id);
+        if live.is_empty() {
+            self.live.emptied.notify_waiters();
+        }
     }
 }
 
-fn lock(live: &Mutex<HashMap<u64, Watched>>) -> MutexGuard<'_, HashMap<u64, Watched>> {
-    live.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Live {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Watched>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Sockets {
@@ -67,7 +82,7 @@ impl Sockets {
     pub fn register(&self, grant: Grant, session: SessionId) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let closer = Arc::new(Closer::default());
-        lock(&self.live).insert(
+        self.live.lock().insert(
             id,
             Watched {
                 grant,
@@ -84,7 +99,23 @@ impl Sockets {
 
     /// Sockets open right now.
     pub fn open(&self) -> usize {
-        lock(&self.live).len()
+        self.live.lock().len()
+    }
+
+    /// Waits until no socket is open, at most `limit`; true if none is.
+    pub async fn all_closed(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let emptied = self.live.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if self.open() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, emptied).await.is_err() {
+                return self.open() == 0;
+            }
+        }
     }
 
     /// Asks the revocation watch to check now rather than at its next tick.
@@ -117,7 +148,7 @@ impl Sockets {
     /// Closes every socket still open at once with 1001, even one stuck writing to a peer
     /// that does not read: the end of a shutdown's grace period.
     pub fn close_now(&self) {
-        for watched in lock(&self.live).values() {
+        for watched in self.live.lock().values() {
             watched
                 .closer
                 .close(CloseCode::GoingAway, "server shutting down");
@@ -125,7 +156,7 @@ impl Sockets {
     }
 
     fn snapshot(&self) -> Vec<Watched> {
-        lock(&self.live).values().cloned().collect()
+        self.live.lock().values().cloned().collect()
     }
 }
 
