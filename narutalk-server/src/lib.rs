@@ -83,7 +83,8 @@ pub async fn serve(
 /// A stop goes in this order: the listener stops accepting and open HTTP connections
 /// finish their request; sockets stop taking new messages; the AI turns in flight finish
 /// and their frames are delivered; then every socket sends what is queued for it and
-/// closes with 1001. Each wait is bounded by [`ServeOptions::drain_timeout`].
+/// closes with 1001. The waits for requests and turns are bounded by
+/// [`ServeOptions::drain_timeout`]; sockets get 5 s to close, then are closed regardless.
 pub async fn serve_with(
     core: Arc<Narutalk>,
     config: &Config,

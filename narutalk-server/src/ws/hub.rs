@@ -11,8 +11,10 @@
 //! Invariants of [`LocalHub`]:
 //! - every member of a room sees the events of the room in one order, the order of
 //!   [`Hub::publish`] calls (the caller publishes stored messages in storage order);
-//! - publishing never waits: each member has a bounded queue, and a member whose queue is
-//!   full is evicted and closed with 1013, never buffered without bound;
+//! - publishing never waits: each member has a bounded queue; a member whose queue is
+//!   full when a stored message arrives is evicted and closed with 1013, never buffered
+//!   without bound, while deltas may fill only half a queue and are skipped beyond it
+//!   (the rest of that reply's deltas for that member, so it gets a prefix, never a gap);
 //! - no lock is held across an await (the room map's lock is a plain mutex, held only to
 //!   hand events to the queues);
 //! - a room exists while it has members: the last member's leaving removes it.

@@ -1,14 +1,15 @@
 //! One open socket, from the upgrade to the close.
 //!
-//! The socket's task first joins its session's room, then replays what was stored after
-//! `after` (if given) a page at a time, then serves live: the room's events, the
-//! client's frames, the heartbeat, and the reasons to close. Live events already covered
+//! The handshake has already joined the session's room for the socket, so nothing
+//! published since the `101` is missed. The task replays what was stored after `after`
+//! (if given) a page at a time, then serves live: the room's events, the client's
+//! frames, the heartbeat, and the reasons to close. Live events already covered
 //! by the replay are recognised by their sequence number and skipped, so the client sees
 //! every message once, in storage order, with no gap between replay and live.
 //!
 //! Every write waits on the socket's [`Closer`] too, so a peer that stops reading is
 //! closed (1013) as soon as its room queue overflows, and revocation (1008) is not held
-//! up by a blocked write.
+//! up by a blocked write; a write blocked for the idle limit closes it (1013) as well.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
