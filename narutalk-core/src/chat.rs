@@ -22,13 +22,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::accounts::{UnknownChoice, UserId};
 use crate::ai::{AiError, AiReply, AiRequest, HistoryTurn};
-use crate::db::Database;
+use crate::db::{Database, WriteTx};
 use crate::error::{Error, FieldErrors, TokenProblem};
 use crate::fields::{self, FieldReader, JsonObject, Text};
 use crate::time;
@@ -1178,7 +1178,7 @@ struct NewMessage {
 /// Inserts a message with the session's next sequence number and moves the session's
 /// count, last sequence and `updated_at` in the same transaction.
 fn insert_message(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     session: &StoredSession,
     new: NewMessage,
     now: &DateTime<Utc>,
@@ -1220,7 +1220,7 @@ fn insert_message(
 }
 
 fn replay(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     owner: UserId,
     id: SessionId,
     key: &str,
@@ -1253,7 +1253,7 @@ fn replay(
 }
 
 fn remember_key(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     owner: UserId,
     id: SessionId,
     key: &str,

@@ -5,18 +5,23 @@
 //! and a small pool of reader connections serves reads in parallel under WAL. Every write
 //! transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock before it reads and
 //! can never fail half-way with "database is locked" because another process (the CLI)
-//! wrote in between.
+//! wrote in between. Writes that queue behind each other share one commit (group commit, in the private
+//! `writer` module); each returns only once its commit is durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::config::Synchronous;
 use crate::error::Error;
 
 pub mod maintenance;
+mod writer;
+
+pub(crate) use writer::WriteTx;
+use writer::Writer;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -75,7 +80,7 @@ pub struct AppliedMigration {
 pub struct Database {
     path: PathBuf,
     synchronous: Synchronous,
-    writer: Mutex<Connection>,
+    writer: Writer,
     readers: ReaderPool,
 }
 
@@ -133,7 +138,7 @@ impl Database {
         Ok(Database {
             path: path.to_owned(),
             synchronous,
-            writer: Mutex::new(writer),
+            writer: Writer::new(writer),
             readers: ReaderPool::new(path.to_owned(), synchronous, max_readers),
         })
     }
@@ -170,39 +175,24 @@ impl Database {
         Ok(value)
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; commits when
-    /// it returns `Ok`, rolls back when it returns `Err`.
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; its changes
+    /// are committed when it returns `Ok`, rolled back when it returns `Err`. It returns
+    /// once they are durable: writes that arrive together share one commit.
     pub(crate) fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut conn = self.lock_writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        Ok(value)
+        self.writer.write(|tx| f(tx).map(Ok))
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction that is committed whatever `f` returns:
+    /// Runs `f` in a write transaction whose changes are committed whatever `f` returns:
     /// for rules that must record something even while refusing the request (reuse of a
     /// rotated refresh token revokes its family, then answers an error).
     pub(crate) fn write_always_commit<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<Result<T, Error>, Error>,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<Result<T, Error>, Error>,
     ) -> Result<T, Error> {
-        let mut conn = self.lock_writer();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let outcome = f(&tx)?;
-        tx.commit()?;
-        outcome
-    }
-
-    fn lock_writer(&self) -> MutexGuard<'_, Connection> {
-        // A panic while the lock was held dropped its transaction, which rolled back: the
-        // connection itself is still sound, so poisoning is not a reason to stop writing.
-        self.writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.writer.write(f)
     }
 }
 

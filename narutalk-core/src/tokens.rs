@@ -12,12 +12,12 @@
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{User, UserId};
 use crate::config::Secret;
-use crate::db::Database;
+use crate::db::{Database, WriteTx};
 use crate::error::{Error, TokenProblem};
 use crate::fields::{FieldReader, JsonObject, Text};
 use crate::time;
@@ -314,7 +314,7 @@ impl Tokens<'_> {
 /// Issues a new login's token pair inside the caller's write transaction: a new family,
 /// `iat = max(now, revocation time + 1)`, and a purge of a few expired rows.
 pub(crate) fn issue_for_login(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     keys: &TokenKeys,
     user_id: UserId,
     tokens_revoked_at: i64,
@@ -338,7 +338,7 @@ pub(crate) fn issue_for_login(
 /// carry `iat` = previous + 1, and must be refused too), and marks the user's live refresh
 /// rows revoked.
 pub(crate) fn revoke_all(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     user_id: UserId,
     now: &DateTime<Utc>,
 ) -> Result<(), Error> {
@@ -359,7 +359,7 @@ pub(crate) fn revoke_all(
 /// answer, committed with what it recorded: a token presented again after rotation is
 /// reuse, and revokes every token of its login's family.
 fn live_refresh_row(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     claims: &Claims,
     now: i64,
 ) -> Result<Result<(RefreshRow, UserStamp), Error>, Error> {
@@ -406,7 +406,7 @@ struct RefreshRow {
     revoked_at: Option<i64>,
 }
 
-fn refresh_row(tx: &Transaction<'_>, jti: &str) -> Result<Option<RefreshRow>, Error> {
+fn refresh_row(tx: &WriteTx<'_>, jti: &str) -> Result<Option<RefreshRow>, Error> {
     Ok(tx
         .prepare_cached(
             "SELECT user_id, family, used_at, revoked_at FROM refresh_tokens WHERE jti = ?1",
@@ -427,7 +427,7 @@ struct UserStamp {
     tokens_revoked_at: i64,
 }
 
-fn user_stamp(tx: &Transaction<'_>, user_id: UserId) -> Result<Option<UserStamp>, Error> {
+fn user_stamp(tx: &WriteTx<'_>, user_id: UserId) -> Result<Option<UserStamp>, Error> {
     Ok(tx
         .prepare_cached("SELECT is_active, tokens_revoked_at FROM users WHERE id = ?1")?
         .query_row([user_id.0], |row| {
@@ -440,7 +440,7 @@ fn user_stamp(tx: &Transaction<'_>, user_id: UserId) -> Result<Option<UserStamp>
 }
 
 fn insert_refresh_row(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     jti: &str,
     user_id: UserId,
     family: &str,
@@ -454,7 +454,7 @@ fn insert_refresh_row(
     Ok(())
 }
 
-fn purge_expired(tx: &Transaction<'_>, now_seconds: i64, limit: u32) -> Result<usize, Error> {
+fn purge_expired(tx: &WriteTx<'_>, now_seconds: i64, limit: u32) -> Result<usize, Error> {
     Ok(tx
         .prepare_cached(
             "DELETE FROM refresh_tokens WHERE jti IN \

@@ -4,7 +4,7 @@
 //! session counters check, and the statistics.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     ChatSession, Message, NewMessage, SESSION_COLUMNS, SessionId, StoredSession, advance,
@@ -13,6 +13,7 @@ use super::{
 use crate::accounts::{UserId, user_by_id};
 use crate::admin::{CategoryCount, DayCount, ExportedMessage, ExportedSession, SessionQuery};
 use crate::chat::Category;
+use crate::db::WriteTx;
 use crate::error::Error;
 use crate::time;
 
@@ -65,7 +66,7 @@ pub(crate) fn messages(conn: &Connection, id: SessionId) -> Result<Vec<Message>,
 
 /// Deletes a session (its messages and idempotency keys go with it); false when there was
 /// none.
-pub(crate) fn delete(tx: &Transaction<'_>, id: SessionId) -> Result<bool, Error> {
+pub(crate) fn delete(tx: &WriteTx<'_>, id: SessionId) -> Result<bool, Error> {
     Ok(tx
         .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1")?
         .execute([id.to_string()])?
@@ -143,7 +144,7 @@ pub(crate) struct SliceOutcome {
 /// `updated_at` becomes the later of its own and the record's. Call
 /// [`import_conflict`] in the same transaction first.
 pub(crate) fn import_slice(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     owner: UserId,
     record: &ExportedSession,
     messages: &[ExportedMessage],
@@ -203,7 +204,7 @@ pub(crate) fn import_slice(
 }
 
 fn insert_exported_session(
-    tx: &Transaction<'_>,
+    tx: &WriteTx<'_>,
     owner: UserId,
     record: &ExportedSession,
 ) -> Result<(), Error> {
