@@ -139,7 +139,6 @@ impl Narutalk {
                 .into());
             }
         };
-        accounts::password::warm_up();
         Ok(Narutalk {
             db,
             keys,
