@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use narutalk_core::Narutalk;
+use narutalk_core::accounts::User;
 use narutalk_core::config::Config;
 use narutalk_core::error::Error as CoreError;
 use tokio_util::task::TaskTracker;
 
+use crate::api::{Caller, token_refused};
 use crate::error::ApiError;
 use crate::http::BodyRules;
 use crate::limits::{HASH_QUEUE, HashGate, Throttles};
@@ -148,6 +150,29 @@ impl State {
                 Err(ApiError::Internal)
             }
         }
+    }
+
+    /// [`State::run`] for work on behalf of `caller`: when the caller is an unchecked
+    /// token, the same blocking call authenticates it first (a refused token answers 401
+    /// and the work does not run).
+    pub async fn run_as<T: Send + 'static>(
+        &self,
+        caller: Caller,
+        work: impl FnOnce(&Narutalk, User) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let outcome = self
+            .run(move |core| {
+                let user = match caller {
+                    Caller::User(user) => user,
+                    Caller::Token(token) => match core.tokens().authenticate(&token) {
+                        Ok(user) => user,
+                        Err(refused) => return Ok(Err(refused)),
+                    },
+                };
+                work(core, user).map(Ok)
+            })
+            .await?;
+        outcome.map_err(token_refused)
     }
 
     /// [`State::run`] for work that hashes a password: it waits for a place in the

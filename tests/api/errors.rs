@@ -187,6 +187,71 @@ async fn a_bad_access_token_answers_token_not_valid_with_www_authenticate() {
 }
 
 #[tokio::test]
+async fn on_the_read_endpoints_a_bad_token_is_reported_before_bad_ids_filters_and_pages() {
+    // Arrange: the reads check their token in the same blocking call as the read, after
+    // the query was parsed; the order of contract section 1.1 must not change with that.
+    let app = spawn_app().await;
+    let bad_reads = [
+        "/api/chat/sessions/?category=astrology",
+        "/api/chat/sessions/?page=0",
+        "/api/chat/sessions/not-a-uuid/",
+        "/api/chat/sessions/not-a-uuid/messages/?page=x",
+        "/api/auth/dashboard/",
+    ];
+
+    for path in bad_reads {
+        // Act
+        let response = app
+            .request(Method::GET, path)
+            .bearer_auth("not.a.token")
+            .send()
+            .await
+            .unwrap();
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            body(response).await,
+            json!({
+                "detail": "Given token not valid for any token type",
+                "code": "token_not_valid",
+            }),
+            "{path}"
+        );
+    }
+
+    // With a good token, the same requests get their own errors.
+    let account = app.account("reader").await;
+    let filter = app
+        .authed(
+            Method::GET,
+            "/api/chat/sessions/?category=astrology",
+            &account,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(filter.status(), StatusCode::BAD_REQUEST);
+    let page = app
+        .authed(Method::GET, "/api/chat/sessions/?page=0", &account)
+        .send()
+        .await
+        .unwrap();
+    assert_answer(
+        page,
+        StatusCode::NOT_FOUND,
+        json!({ "detail": "Invalid page." }),
+    )
+    .await;
+    let id = app
+        .authed(Method::GET, "/api/chat/sessions/not-a-uuid/", &account)
+        .send()
+        .await
+        .unwrap();
+    assert_answer(id, StatusCode::NOT_FOUND, json!({ "detail": NOT_FOUND })).await;
+}
+
+#[tokio::test]
 async fn a_bearer_token_after_several_spaces_or_a_tab_is_read_as_simplejwt_reads_it() {
     // Arrange
     let app = spawn_app().await;

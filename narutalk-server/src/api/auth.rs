@@ -7,6 +7,7 @@ use narutalk_core::fields::JsonObject;
 use serde_json::Value;
 use warp::http::StatusCode;
 
+use crate::api::Caller;
 use crate::docs;
 use crate::error::ApiError;
 use crate::http::{Request, Response, empty_response, json_response};
@@ -197,9 +198,9 @@ pub async fn password(
         (status = 401, description = "No or bad access token", body = docs::TokenError),
     )
 )]
-pub async fn dashboard(state: &Arc<State>, user: User) -> Result<Response, ApiError> {
+pub async fn dashboard(state: &Arc<State>, caller: Caller) -> Result<Response, ApiError> {
     let dashboard = state
-        .run(move |core| core.accounts().dashboard(user.id))
+        .run_as(caller, move |core, user| core.accounts().dashboard(user.id))
         .await?;
     Ok(json_response(StatusCode::OK, &dashboard))
 }

@@ -9,6 +9,7 @@ use narutalk_core::chat::{Message, Page, PageRequest, SessionFilter, SessionId};
 use serde::Serialize;
 use warp::http::StatusCode;
 
+use crate::api::Caller;
 use crate::docs;
 use crate::error::ApiError;
 use crate::http::{Request, Response, empty_response, json_response, percent_encode, query_pairs};
@@ -35,15 +36,18 @@ use crate::ws::hub::RoomEvent;
 pub async fn list_sessions(
     state: &Arc<State>,
     request: &mut Request,
-    user: User,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
+    // Read now, reported after the token is checked.
     let filter = SessionFilter::parse(
         request.query_param("category").as_deref(),
         request.query_param("is_active").as_deref(),
-    )?;
-    let page = PageRequest::parse(request.query_param("page").as_deref())?;
+    );
+    let page = PageRequest::parse(request.query_param("page").as_deref());
     let sessions = state
-        .run(move |core| core.chat().list_sessions(user.id, filter, page))
+        .run_as(caller, move |core, user| {
+            core.chat().list_sessions(user.id, filter?, page?)
+        })
         .await?;
     Ok(page_response(state, request, &sessions))
 }
@@ -82,10 +86,14 @@ pub async fn create_session(
         (status = 404, description = "No such session of this user", body = docs::Detail),
     )
 )]
-pub async fn get_session(state: &Arc<State>, user: User, id: &str) -> Result<Response, ApiError> {
-    let id = SessionId::from_str(id)?;
+pub async fn get_session(
+    state: &Arc<State>,
+    caller: Caller,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let id = SessionId::from_str(id);
     let session = state
-        .run(move |core| core.chat().session(user.id, id))
+        .run_as(caller, move |core, user| core.chat().session(user.id, id?))
         .await?;
     Ok(json_response(StatusCode::OK, &session))
 }
@@ -160,16 +168,17 @@ pub async fn delete_session(
 pub async fn list_messages(
     state: &Arc<State>,
     request: &mut Request,
-    user: User,
+    caller: Caller,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let id = SessionId::from_str(id)?;
+    let id = SessionId::from_str(id);
     let after = request.query_param("after").filter(|a| !a.is_empty());
     let page = request.query_param("page");
     let messages = state
-        .run(move |core| {
+        .run_as(caller, move |core, user| {
             // The session is checked first (404), then `after` (400), then the page (404):
             // a bad page number is reported only after page 1 has passed the other checks.
+            let id = id?;
             let chat = core.chat();
             match PageRequest::parse(page.as_deref()) {
                 Ok(page) => chat.messages(user.id, id, after.as_deref(), page),

@@ -129,6 +129,15 @@ impl Endpoint {
         )
     }
 
+    /// Whether `method` on this endpoint only reads: an authenticated GET or HEAD that no
+    /// throttle counts and that has no body. Its token is checked together with the read.
+    fn is_read(&self, method: &Method) -> bool {
+        matches!(
+            self,
+            Endpoint::Dashboard | Endpoint::Sessions | Endpoint::Session(_) | Endpoint::Messages(_)
+        ) && (method == Method::GET || method == Method::HEAD)
+    }
+
     /// The view's name, as DRF's `OPTIONS` answer gives it.
     fn name(&self) -> &'static str {
         match self {
@@ -169,12 +178,20 @@ async fn dispatch(
     if let Endpoint::ChatSocket(id) = &endpoint {
         return ws::handshake(state, request, id).await;
     }
-    let user = if endpoint.needs_auth() {
-        Some(authenticate(state, request).await?)
-    } else {
+    let caller = if !endpoint.needs_auth() {
         None
+    } else if endpoint.is_read(&request.method) {
+        // Checked in the same blocking call as the read itself: one thread hop, not two.
+        Some(Caller::Token(bearer_token(request)?))
+    } else {
+        Some(Caller::User(authenticate(state, request).await?))
     };
-    throttle(state, &endpoint, request, user.as_ref())?;
+    throttle(
+        state,
+        &endpoint,
+        request,
+        caller.as_ref().and_then(Caller::user),
+    )?;
     if !endpoint.allows(&request.method) {
         return Err(ApiError::MethodNotAllowed {
             method: request.method.to_string(),
@@ -189,7 +206,8 @@ async fn dispatch(
     } else {
         request.method.clone()
     };
-    let user = || user.clone().ok_or(ApiError::Internal);
+    let caller = || caller.clone().ok_or(ApiError::Internal);
+    let user = || caller()?.into_user();
     match (endpoint, method) {
         (Endpoint::Register, _) => auth::register(state, request).await,
         (Endpoint::Login, _) => auth::login(state, request).await,
@@ -199,14 +217,14 @@ async fn dispatch(
         (Endpoint::Profile, Method::PUT) => auth::profile_put(state, request, user()?).await,
         (Endpoint::Profile, _) => auth::profile_patch(state, request, user()?).await,
         (Endpoint::Password, _) => auth::password(state, request, user()?).await,
-        (Endpoint::Dashboard, _) => auth::dashboard(state, user()?).await,
-        (Endpoint::Sessions, Method::GET) => chat::list_sessions(state, request, user()?).await,
+        (Endpoint::Dashboard, _) => auth::dashboard(state, caller()?).await,
+        (Endpoint::Sessions, Method::GET) => chat::list_sessions(state, request, caller()?).await,
         (Endpoint::Sessions, _) => chat::create_session(state, request, user()?).await,
-        (Endpoint::Session(id), Method::GET) => chat::get_session(state, user()?, &id).await,
+        (Endpoint::Session(id), Method::GET) => chat::get_session(state, caller()?, &id).await,
         (Endpoint::Session(id), Method::DELETE) => chat::delete_session(state, user()?, &id).await,
         (Endpoint::Session(id), _) => chat::update_session(state, request, user()?, &id).await,
         (Endpoint::Messages(id), Method::GET) => {
-            chat::list_messages(state, request, user()?, &id).await
+            chat::list_messages(state, request, caller()?, &id).await
         }
         (Endpoint::Messages(id), _) => chat::post_message(state, request, user()?, &id).await,
         (Endpoint::Health, _) => Ok(gateway::health(state).await),
@@ -217,21 +235,58 @@ async fn dispatch(
     }
 }
 
+/// Who is asking, on an endpoint that needs an access token.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// The token's user, already authenticated.
+    User(User),
+    /// A token not checked yet: [`State::run_as`] checks it in the same blocking call as
+    /// the work, before the work. The read-only endpoints take this path.
+    Token(String),
+}
+
+impl Caller {
+    /// The authenticated user, if the token was checked already.
+    fn user(&self) -> Option<&User> {
+        match self {
+            Caller::User(user) => Some(user),
+            Caller::Token(_) => None,
+        }
+    }
+
+    /// The authenticated user; only endpoints that are not reads ask for it, and they were
+    /// given one.
+    fn into_user(self) -> Result<User, ApiError> {
+        match self {
+            Caller::User(user) => Ok(user),
+            Caller::Token(_) => Err(ApiError::Internal),
+        }
+    }
+}
+
+/// The bearer token of the request: 401 without one, or with a malformed header.
+fn bearer_token(request: &Request) -> Result<String, ApiError> {
+    match request.credentials() {
+        Credentials::Missing => Err(ApiError::NotAuthenticated),
+        Credentials::Malformed => Err(ApiError::InvalidAccessToken),
+        Credentials::Bearer(token) => Ok(token.to_owned()),
+    }
+}
+
 /// The user of the request's access token: 401 without one, or with one that is bad,
 /// expired, revoked, of the wrong type, or of a deactivated or deleted user.
 pub async fn authenticate(state: &State, request: &Request) -> Result<User, ApiError> {
-    let token = match request.credentials() {
-        Credentials::Missing => return Err(ApiError::NotAuthenticated),
-        Credentials::Malformed => return Err(ApiError::InvalidAccessToken),
-        Credentials::Bearer(token) => token.to_owned(),
-    };
-    state
-        .run(move |core| Ok(core.tokens().authenticate(&token)))
-        .await?
-        .map_err(|error| match error {
-            CoreError::Unavailable(_) | CoreError::Internal(_) => ApiError::from(error),
-            _ => ApiError::InvalidAccessToken,
-        })
+    let token = bearer_token(request)?;
+    state.run_as(Caller::Token(token), |_, user| Ok(user)).await
+}
+
+/// The answer to a token the core refused: its storage errors keep their status, every
+/// other refusal is the contract's one 401 for access tokens.
+pub fn token_refused(error: CoreError) -> ApiError {
+    match error {
+        CoreError::Unavailable(_) | CoreError::Internal(_) => ApiError::from(error),
+        _ => ApiError::InvalidAccessToken,
+    }
 }
 
 /// The throttles counted before the method is looked at (contract section 1.1): login
