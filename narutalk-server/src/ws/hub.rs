@@ -117,14 +117,21 @@ pub enum RoomEvent {
 }
 
 /// A socket's membership of a room: its queue of events. Dropping it leaves the room.
+///
+/// The queue holds shared events (one allocation per publish, whatever the room's size),
+/// so a queue's storage costs a pointer per place: an idle socket's queue is a few
+/// hundred bytes, not the few kilobytes inline events would take.
 pub struct Subscription {
-    events: mpsc::Receiver<RoomEvent>,
+    events: mpsc::Receiver<Arc<RoomEvent>>,
     _membership: Box<dyn Send + Sync>,
 }
 
 impl Subscription {
     /// A subscription reading `events`; `membership` is dropped when the socket leaves.
-    pub fn new(events: mpsc::Receiver<RoomEvent>, membership: impl Send + Sync + 'static) -> Self {
+    pub fn new(
+        events: mpsc::Receiver<Arc<RoomEvent>>,
+        membership: impl Send + Sync + 'static,
+    ) -> Self {
         Subscription {
             events,
             _membership: Box::new(membership),
@@ -133,12 +140,12 @@ impl Subscription {
 
     /// The next event; `None` once the hub has let the socket go (evicted or shut down).
     pub async fn next(&mut self) -> Option<RoomEvent> {
-        self.events.recv().await
+        self.events.recv().await.map(Arc::unwrap_or_clone)
     }
 
     /// The next event if one is queued already.
     pub fn try_next(&mut self) -> Option<RoomEvent> {
-        self.events.try_recv().ok()
+        self.events.try_recv().ok().map(Arc::unwrap_or_clone)
     }
 }
 
@@ -167,7 +174,7 @@ struct Rooms {
 
 struct Member {
     id: u64,
-    queue: mpsc::Sender<RoomEvent>,
+    queue: mpsc::Sender<Arc<RoomEvent>>,
     closer: Arc<Closer>,
     /// A reply whose remaining deltas this member does not get (its queue was half full).
     skipping: Option<MessageId>,
@@ -255,8 +262,9 @@ impl Hub for LocalHub {
             return;
         }
         let half = self.rooms.capacity / 2;
+        let event = Arc::new(event);
         members.retain_mut(|member| {
-            if let RoomEvent::Delta { reply, .. } = &event {
+            if let RoomEvent::Delta { reply, .. } = event.as_ref() {
                 // Deltas are a courtesy: they may fill only half a queue, and a member
                 // that falls behind them misses the rest of that reply's deltas (all of
                 // them or a prefix, never a gap) rather than being closed; the stored

@@ -37,9 +37,10 @@ use crate::ws::sockets::Registration;
 /// Frames (and messages) over this many bytes close the socket with 1009.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 
-/// The read buffer of a socket: it is allocated up front, so it sets most of an idle
-/// socket's memory; 64 KiB frames are read into it a piece at a time.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// The read buffer of a socket: it is allocated up front, so it sets much of an idle
+/// socket's memory. A chat frame fits it; a larger frame grows the buffer to its size
+/// and is read into it a kibibyte at a time.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// How many of the last stored messages a socket sent it remembers, to drop late deltas
 /// of their replies (replies of a session are produced one at a time, so a few suffice).
