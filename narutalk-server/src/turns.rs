@@ -8,16 +8,26 @@
 //!
 //! Every store of a session, user message or reply, runs under its line's lock together
 //! with its broadcast to the session's sockets, so sockets receive the messages of a
-//! session in storage order.
+//! session in storage order. The lock is a plain mutex taken on the blocking thread that
+//! stores, never across an await.
+//!
+//! Thread hops are the price of a turn, so a turn takes as few as it can: a REST post
+//! whose session has no earlier turn still running stores the message, asks the
+//! responder and stores the reply in one blocking call; otherwise (and for sockets, whose
+//! loop must go on reading while the AI works) the message is one call and the reply,
+//! once the turn's place comes up, another.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use narutalk_core::Narutalk;
 use narutalk_core::accounts::UserId;
 use narutalk_core::ai;
 use narutalk_core::chat::{Exchange, Message, PostOutcome, ReplyWait, SessionId, TurnClaim};
+use narutalk_core::error::Error as CoreError;
 use narutalk_core::fields::JsonObject;
 use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::error::ApiError;
 use crate::state::State;
@@ -30,17 +40,25 @@ pub struct SessionLines {
     lines: Mutex<HashMap<SessionId, Weak<Line>>>,
 }
 
-/// One session's line: the end of the line is the completion signal of the last turn
-/// that joined it.
+/// One session's line: the completion signal of the last turn that joined it, behind the
+/// lock every store of the session holds.
 #[derive(Default)]
 struct Line {
-    tail: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
+    tail: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+impl Line {
+    fn lock(&self) -> MutexGuard<'_, Option<oneshot::Receiver<()>>> {
+        self.tail
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A place in a session's line, held from joining until the turn's reply is stored.
 /// Dropping it lets the next turn go.
 pub struct Place {
-    _line: Arc<Line>,
+    line: Arc<Line>,
     previous: Option<oneshot::Receiver<()>>,
     _done: oneshot::Sender<()>,
 }
@@ -53,6 +71,26 @@ impl Place {
             // the same.
             let _ = previous.await;
         }
+    }
+
+    /// Whether every turn that joined the line earlier has finished, without waiting.
+    fn ready_now(&mut self) -> bool {
+        let finished = match &mut self.previous {
+            None => return true,
+            Some(previous) => !matches!(previous.try_recv(), Err(TryRecvError::Empty)),
+        };
+        if finished {
+            self.previous = None;
+        }
+        finished
+    }
+
+    /// Runs `store` (which stores a message of this session and publishes it) while no
+    /// other store of the session runs, so stores and their broadcasts follow one order.
+    /// It blocks: call it on a blocking thread.
+    fn in_order<T>(&self, store: impl FnOnce() -> T) -> T {
+        let _tail = self.line.lock();
+        store()
     }
 }
 
@@ -77,40 +115,27 @@ impl SessionLines {
     }
 
     /// Runs `store` and joins the session's line in one step: stores of one session run
-    /// one at a time (with [`SessionLines::in_order`]), so the places follow the storage
-    /// order.
-    pub async fn join<T>(
+    /// one at a time (with [`Place::in_order`]), so the places follow the storage order.
+    /// It blocks: call it on a blocking thread.
+    pub fn join<T, E>(
         &self,
         session: SessionId,
-        store: impl Future<Output = Result<T, ApiError>>,
-    ) -> Result<(T, Place), ApiError> {
+        store: impl FnOnce() -> Result<T, E>,
+    ) -> Result<(T, Place), E> {
         let line = self.line(session);
-        let mut tail = line.tail.lock().await;
-        let stored = store.await?;
+        let mut tail = line.lock();
+        let stored = store()?;
         let (done, next) = oneshot::channel();
         let previous = tail.replace(next);
         drop(tail);
         Ok((
             stored,
             Place {
-                _line: line,
+                line,
                 previous,
                 _done: done,
             },
         ))
-    }
-
-    /// Runs `store` (which stores a message of `session` and publishes it) while no other
-    /// store of the session runs: stores and their broadcasts follow one order, the
-    /// storage order.
-    pub async fn in_order<T>(
-        &self,
-        session: SessionId,
-        store: impl Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, ApiError> {
-        let line = self.line(session);
-        let _tail = line.tail.lock().await;
-        store.await
     }
 
     /// Sessions with a line right now (for tests of the bookkeeping).
@@ -144,6 +169,14 @@ pub struct Turn {
     claim: Option<TurnClaim>,
 }
 
+/// How far the first blocking call of a REST exchange got.
+enum FirstCall {
+    /// The message and its reply are stored (or were, for a repeated key).
+    Done(Exchange),
+    /// The message is stored; its reply comes later.
+    Posted(Posted),
+}
+
 /// Posts a user message and answers it with its reply: the REST `POST .../messages/`.
 /// The work runs in a task of its own, so it completes even if the caller goes away, and
 /// a shutdown waits for it.
@@ -157,9 +190,27 @@ pub async fn exchange(
     let task = state.tasks.spawn({
         let state = state.clone();
         async move {
-            match post(&state, owner, session, body, idempotency_key).await? {
-                Posted::Replayed(exchange) => Ok(exchange),
-                Posted::Waiting { message, turn } => {
+            let shared = state.clone();
+            let first = state
+                .run(move |core| {
+                    let (outcome, mut place) =
+                        store_message(&shared, core, owner, session, &body, idempotency_key)?;
+                    Ok(match outcome {
+                        // No earlier turn of the session is running: the reply is produced
+                        // now, on this thread.
+                        PostOutcome::Stored(message, claim) if place.ready_now() => {
+                            let reply = answer_now(&shared, core, &place, &message, claim)?;
+                            FirstCall::Done(Exchange { message, reply })
+                        }
+                        outcome => FirstCall::Posted(posted(outcome, place)),
+                    })
+                })
+                .await?;
+            match first {
+                FirstCall::Done(exchange) | FirstCall::Posted(Posted::Replayed(exchange)) => {
+                    Ok(exchange)
+                }
+                FirstCall::Posted(Posted::Waiting { message, turn }) => {
                     let reply = answer(state, message.clone(), turn).await?;
                     Ok(Exchange { message, reply })
                 }
@@ -184,20 +235,39 @@ pub async fn post(
     body: JsonObject,
     idempotency_key: Option<String>,
 ) -> Result<Posted, ApiError> {
-    let store = async {
-        let outcome = state
-            .run(move |core| {
-                core.chat()
-                    .post_message_fields(owner, session, &body, idempotency_key.as_deref())
-            })
-            .await?;
+    let shared = state.clone();
+    state
+        .run(move |core| {
+            let (outcome, place) =
+                store_message(&shared, core, owner, session, &body, idempotency_key)?;
+            Ok(posted(outcome, place))
+        })
+        .await
+}
+
+/// Stores the message and joins the line (blocking), publishing a new message.
+fn store_message(
+    state: &State,
+    core: &Narutalk,
+    owner: UserId,
+    session: SessionId,
+    body: &JsonObject,
+    idempotency_key: Option<String>,
+) -> Result<(PostOutcome, Place), CoreError> {
+    state.lines.join(session, || {
+        let outcome =
+            core.chat()
+                .post_message_fields(owner, session, body, idempotency_key.as_deref())?;
         if let PostOutcome::Stored(message, _) = &outcome {
             publish_stored(state, message);
         }
         Ok(outcome)
-    };
-    let (outcome, place) = state.lines.join(session, store).await?;
-    Ok(match outcome {
+    })
+}
+
+/// What is left of a turn once its message is stored.
+fn posted(outcome: PostOutcome, place: Place) -> Posted {
+    match outcome {
         PostOutcome::Stored(message, claim) => Posted::Waiting {
             message,
             turn: Turn {
@@ -216,7 +286,7 @@ pub async fn post(
             message,
             turn: Turn { place, claim: None },
         },
-    })
+    }
 }
 
 /// Produces and stores the reply to `message` once the turns before it in its session
@@ -241,38 +311,42 @@ pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<M
         }
     };
     place.ready().await;
+    let shared = state.clone();
+    // The place goes with the call and is dropped when the reply is stored.
+    state
+        .run(move |core| answer_now(&shared, core, &place, &message, claim))
+        .await
+}
+
+/// The reply of a turn whose place has come up, produced on this (blocking) thread: the
+/// history is read, the responder runs with no database connection held, its deltas go to
+/// the room, and the reply (or the system error message) is stored and broadcast in
+/// order.
+fn answer_now(
+    state: &State,
+    core: &Narutalk,
+    place: &Place,
+    message: &Message,
+    claim: TurnClaim,
+) -> Result<Message, CoreError> {
     let session = message.session_id;
-    let hub = state.hub.clone();
-    let (turn, outcome) = state
-        .run(move |core| {
-            let turn = core.chat().prepare_reply(&message, claim)?;
-            let reply_id = turn.reply_id;
-            let outcome =
-                ai::run_responder(core.responder().as_ref(), &turn.request, &mut |delta| {
-                    let frame = frames::ai_delta(reply_id, delta);
-                    hub.publish(
-                        session,
-                        RoomEvent::Delta {
-                            reply: reply_id,
-                            frame,
-                        },
-                    );
-                });
-            Ok((turn, outcome))
-        })
-        .await?;
-    let reply = state
-        .lines
-        .in_order(session, async {
-            let reply = state
-                .run(move |core| core.chat().store_reply(turn, outcome))
-                .await?;
-            publish_stored(&state, &reply);
-            Ok(reply)
-        })
-        .await?;
-    drop(place);
-    Ok(reply)
+    let turn = core.chat().prepare_reply(message, claim)?;
+    let reply_id = turn.reply_id;
+    let outcome = ai::run_responder(core.responder().as_ref(), &turn.request, &mut |delta| {
+        let frame = frames::ai_delta(reply_id, delta);
+        state.hub.publish(
+            session,
+            RoomEvent::Delta {
+                reply: reply_id,
+                frame,
+            },
+        );
+    });
+    place.in_order(|| {
+        let reply = core.chat().store_reply(turn, outcome)?;
+        publish_stored(state, &reply);
+        Ok(reply)
+    })
 }
 
 /// Hands a stored message to its session's sockets. Callers hold the session's line, so
@@ -298,8 +372,10 @@ mod tests {
     async fn places_in_a_line_go_in_the_order_they_joined() {
         let lines = Arc::new(SessionLines::default());
         let session = SessionId::new_random();
-        let (_, mut first) = lines.join(session, async { Ok(()) }).await.unwrap();
-        let (_, mut second) = lines.join(session, async { Ok(()) }).await.unwrap();
+        let (_, mut first) = lines.join(session, || Ok::<_, ()>(())).unwrap();
+        let (_, mut second) = lines.join(session, || Ok::<_, ()>(())).unwrap();
+        assert!(first.ready_now(), "the first turn needs no waiting");
+        assert!(!second.ready_now(), "the second turn waits for the first");
         first.ready().await;
         let waiting = tokio::spawn(async move {
             second.ready().await;
@@ -321,8 +397,7 @@ mod tests {
         let lines = SessionLines::default();
         for _ in 0..100 {
             let (_, place) = lines
-                .join(SessionId::new_random(), async { Ok(()) })
-                .await
+                .join(SessionId::new_random(), || Ok::<_, ()>(()))
                 .unwrap();
             drop(place);
         }
