@@ -1,13 +1,22 @@
 //! Password hashing: argon2id at OWASP's parameters, stored as PHC strings.
 //!
-//! Argon2 is memory-hard on purpose: each hash or verification fills 19 MiB. That memory
-//! is reused, not allocated per call: at most one buffer per core exists, and a call
-//! beyond that waits for one. More hashes at once than cores would only share the same
-//! CPU more slowly while holding more memory, so the bound costs no throughput and keeps
-//! a flood of logins from growing the process by 19 MiB per waiting request (the
-//! allocator keeps such large blocks once they are freed).
+//! Argon2 is CPU- and memory-hard on purpose: each hash or verification takes about 15 ms
+//! of a core and fills 19 MiB. So it runs on the core's own hashing threads, one per core,
+//! and the calling thread waits for the result:
+//!
+//! - More hashes at once than cores would only share the same CPU more slowly while
+//!   holding more memory, so the bound costs no throughput, and a flood of logins cannot
+//!   grow the process by 19 MiB per waiting request.
+//! - Each thread keeps its working memory for the next hash instead of allocating and
+//!   zeroing 19 MiB per call (which also spared the allocator's habit of keeping such
+//!   blocks once freed).
+//! - On Linux the threads run at a lower CPU priority (nice 10): a login flood takes the
+//!   cores only while nothing else needs them, so the rest of the API keeps its latency.
 
-use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, mpsc};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -37,11 +46,15 @@ pub fn hash(password: &str) -> Result<String, Error> {
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| Error::Internal(format!("random salt: {e}")))?;
-    let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    WORKSPACES
-        .with_memory(params.block_count(), |memory| {
-            argon2.hash_password_into_with_memory(password.as_bytes(), &salt, &mut output, memory)
+    let password = password.to_owned();
+    let output = HASHERS
+        .run(params.block_count(), move |memory| {
+            let mut output = [0u8; Params::DEFAULT_OUTPUT_LEN];
+            argon2
+                .hash_password_into_with_memory(password.as_bytes(), &salt, &mut output, memory)
+                .map(|()| output)
         })
+        .ok_or_else(|| Error::Internal("argon2: the hashing thread failed".into()))?
         .map_err(|e| Error::Internal(format!("argon2: {e}")))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Internal(format!("salt: {e}")))?;
     let phc = PasswordHash {
@@ -79,12 +92,18 @@ pub fn verify(password: &str, stored: &str) -> bool {
         return false;
     };
     let argon2 = Argon2::new(algorithm, version, params.clone());
-    let mut output = [0u8; Output::MAX_LENGTH];
-    let output = &mut output[..expected.len()];
-    let computed = WORKSPACES.with_memory(params.block_count(), |memory| {
-        argon2.hash_password_into_with_memory(password.as_bytes(), salt, output, memory)
+    let (password, salt, length) = (password.to_owned(), salt.to_vec(), expected.len());
+    let computed = HASHERS.run(params.block_count(), move |memory| {
+        let mut output = [0u8; Output::MAX_LENGTH];
+        let output = &mut output[..length];
+        argon2
+            .hash_password_into_with_memory(password.as_bytes(), &salt, output, memory)
+            .ok()
+            .and_then(|()| Output::new(output).ok())
     });
-    computed.is_ok() && Output::new(output).is_ok_and(|computed| computed == expected)
+    computed
+        .flatten()
+        .is_some_and(|computed| computed == expected)
 }
 
 /// Spends one verification's work and answers nothing: used when the email is unknown.
@@ -92,91 +111,108 @@ pub fn verify_nothing(password: &str) {
     let _ = verify(password, DUMMY_HASH);
 }
 
-/// The reusable argon2 memory: one buffer per core at most.
-static WORKSPACES: LazyLock<Workspaces> =
-    LazyLock::new(|| Workspaces::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+/// The hashing threads: one per core.
+static HASHERS: LazyLock<Arc<Hashers>> =
+    LazyLock::new(|| Hashers::start(std::thread::available_parallelism().map_or(2, |n| n.get())));
 
-/// Argon2 working memory, lent one buffer per call, at most `limit` at once.
-struct Workspaces {
-    pool: Mutex<Pool>,
-    returned: Condvar,
-    limit: usize,
+/// A hash to compute, given the thread's working memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// Threads that run argon2, each with its own working memory, fed from one queue.
+struct Hashers {
+    queue: Mutex<VecDeque<Job>>,
+    posted: Condvar,
+    /// Threads that started; with none, a hash runs on the calling thread.
+    threads: AtomicUsize,
 }
 
-struct Pool {
-    idle: Vec<Vec<Block>>,
-    lent: usize,
-}
-
-/// A buffer on loan; it goes back to the pool (and wakes a waiting call) on drop, also
-/// when the hashing panicked.
-struct Loan<'a> {
-    workspaces: &'a Workspaces,
-    memory: Vec<Block>,
-}
-
-impl Workspaces {
-    fn new(limit: usize) -> Workspaces {
-        Workspaces {
-            pool: Mutex::new(Pool {
-                idle: Vec::new(),
-                lent: 0,
-            }),
-            returned: Condvar::new(),
-            limit: limit.max(1),
+impl Hashers {
+    /// Starts `threads` hashing threads (at least one).
+    fn start(threads: usize) -> Arc<Hashers> {
+        let hashers = Arc::new(Hashers {
+            queue: Mutex::new(VecDeque::new()),
+            posted: Condvar::new(),
+            threads: AtomicUsize::new(0),
+        });
+        for n in 0..threads.max(1) {
+            let worker = hashers.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("narutalk-argon2-{n}"))
+                .spawn(move || worker.work());
+            if started.is_ok() {
+                hashers.threads.fetch_add(1, Ordering::SeqCst);
+            }
         }
+        hashers
     }
 
-    /// Runs `f` on `blocks` blocks of working memory, waiting for a buffer when `limit`
-    /// calls already hold one. A call that needs more memory than the buffers hold (a
-    /// stored hash with a larger `m`) grows its buffer for good: such hashes are rare, and
-    /// the pool then fits them too.
-    fn with_memory<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
-        let mut loan = self.borrow();
-        if loan.memory.len() < blocks {
-            loan.memory.resize(blocks, Block::default());
+    /// Runs `f` on `blocks` blocks of a hashing thread's memory and waits for its result;
+    /// `None` if `f` panicked.
+    fn run<T: Send + 'static>(
+        &self,
+        blocks: usize,
+        f: impl FnOnce(&mut [Block]) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (answer, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |memory: &mut Vec<Block>| {
+            if memory.len() < blocks {
+                // Grown for good: a stored hash with a larger `m` is rare, and the thread
+                // then fits it too.
+                memory.resize(blocks, Block::default());
+            }
+            let _ = answer.send(f(&mut memory[..blocks]));
+        });
+        if self.threads.load(Ordering::SeqCst) == 0 {
+            let _ = catch_unwind(AssertUnwindSafe(|| job(&mut Vec::new())));
+        } else {
+            self.lock().push_back(job);
+            self.posted.notify_one();
         }
-        f(&mut loan.memory[..blocks])
+        result.recv().ok()
     }
 
-    fn borrow(&self) -> Loan<'_> {
-        let mut pool = self.lock();
+    /// A hashing thread's life: lower its priority, then run jobs as they come.
+    fn work(&self) {
+        lower_priority();
+        let mut memory = Vec::new();
         loop {
-            if let Some(memory) = pool.idle.pop() {
-                pool.lent += 1;
-                return Loan {
-                    workspaces: self,
-                    memory,
-                };
-            }
-            if pool.lent + pool.idle.len() < self.limit {
-                pool.lent += 1;
-                return Loan {
-                    workspaces: self,
-                    memory: Vec::new(),
-                };
-            }
-            pool = self
-                .returned
-                .wait(pool)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let job = {
+                let mut queue = self.lock();
+                loop {
+                    match queue.pop_front() {
+                        Some(job) => break job,
+                        None => {
+                            queue = self
+                                .posted
+                                .wait(queue)
+                                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        }
+                    }
+                }
+            };
+            // A panicking job answers nothing (its caller sees `None`); the thread goes on.
+            let _ = catch_unwind(AssertUnwindSafe(|| job(&mut memory)));
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Pool> {
-        self.pool
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-impl Drop for Loan<'_> {
-    fn drop(&mut self) {
-        let mut pool = self.workspaces.lock();
-        pool.lent -= 1;
-        pool.idle.push(std::mem::take(&mut self.memory));
-        drop(pool);
-        self.workspaces.returned.notify_one();
+/// The nice value of the hashing threads on Linux, where each thread has its own.
+#[cfg(target_os = "linux")]
+const HASHING_NICE: i32 = 10;
+
+/// Makes the calling thread yield the CPU to the rest of the process when both want it.
+/// Raising a thread's nice value needs no privilege; if it fails, hashing runs at normal
+/// priority, which is correct, only less polite.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), HASHING_NICE);
     }
 }
 
@@ -238,29 +274,51 @@ mod tests {
     }
 
     #[test]
-    fn no_more_buffers_exist_than_the_limit_however_many_calls_come_at_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let workspaces = Workspaces::new(2);
-        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    fn no_more_hashes_run_at_once_than_there_are_threads() {
+        let hashers = Hashers::start(2);
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         std::thread::scope(|scope| {
             for _ in 0..8 {
                 scope.spawn(|| {
                     for _ in 0..20 {
-                        workspaces.with_memory(8, |memory| {
-                            assert_eq!(memory.len(), 8);
+                        let (running, most) = (running.clone(), most.clone());
+                        let length = hashers.run(8, move |memory| {
                             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                             most.fetch_max(now, Ordering::SeqCst);
                             std::thread::yield_now();
                             running.fetch_sub(1, Ordering::SeqCst);
+                            memory.len()
                         });
+                        assert_eq!(length, Some(8));
                     }
                 });
             }
         });
         assert!(most.load(Ordering::SeqCst) <= 2);
-        let pool = workspaces.lock();
-        assert_eq!(pool.lent, 0);
-        assert!(pool.idle.len() <= 2, "{} buffers", pool.idle.len());
+    }
+
+    #[test]
+    fn a_panicking_hash_answers_none_and_its_thread_goes_on() {
+        let hashers = Hashers::start(1);
+        assert_eq!(
+            hashers.run(1, |_| -> u8 { panic!("a bug in a hash") }),
+            None
+        );
+        assert_eq!(hashers.run(1, |memory| memory.len()), Some(1));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn hashing_threads_run_at_a_lower_priority_than_the_rest() {
+        let nice = HASHERS.run(1, |_| {
+            rustix::process::getpriority_process(Some(rustix::thread::gettid()))
+        });
+        assert_eq!(nice.map(|n| n.ok()), Some(Some(HASHING_NICE)));
+        assert_eq!(
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok(),
+            Some(0),
+            "the caller's priority is untouched"
+        );
     }
 
     #[test]
