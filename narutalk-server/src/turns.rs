@@ -223,7 +223,8 @@ pub async fn post(
 /// have finished: the history is read, the responder runs on a blocking thread with no
 /// database connection held (its partial text goes to the session's sockets as
 /// `ai_delta` frames), and its reply, or the system error message, is stored and
-/// broadcast in the session's storage order.
+/// broadcast in the session's storage order. A failed AI call is logged once
+/// (`narutalk::ai`, a warning).
 pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<Message, ApiError> {
     let Turn { mut place, claim } = turn;
     let claim = match claim {
@@ -261,6 +262,9 @@ pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<M
             Ok((turn, outcome))
         })
         .await?;
+    if let Err(error) = &outcome {
+        log_failure(session, state.core.responder().name(), error);
+    }
     let reply = state
         .lines
         .in_order(session, async {
@@ -273,6 +277,28 @@ pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<M
         .await?;
     drop(place);
     Ok(reply)
+}
+
+/// The one log line of a failed AI turn: the session, the responder and why (the stored
+/// reason, and the detail the responder gave for the log). Never the messages or a key.
+fn log_failure(session: SessionId, responder: &str, error: &ai::AiError) {
+    match error.detail() {
+        Some(detail) => tracing::warn!(
+            target: "narutalk::ai",
+            session = %session,
+            responder,
+            reason = error.reason(),
+            detail,
+            "the AI turn failed"
+        ),
+        None => tracing::warn!(
+            target: "narutalk::ai",
+            session = %session,
+            responder,
+            reason = error.reason(),
+            "the AI turn failed"
+        ),
+    }
 }
 
 /// Hands a stored message to its session's sockets. Callers hold the session's line, so
