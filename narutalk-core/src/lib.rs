@@ -61,6 +61,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use accounts::{Accounts, UserId};
+use ai::http::HttpResponder;
+use ai::openai::OpenAiResponder;
 use ai::{Responder, TemplateResponder};
 use chat::{Chat, Exchange, PostOutcome, ReplyWait, SessionId, Turns};
 use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
@@ -127,17 +129,12 @@ impl Narutalk {
             setting: "NARUTALK_SECRET_KEY".into(),
             message: format!("must be at least {} bytes", tokens::MIN_SECRET_BYTES),
         })?;
+        // Each responder is built once and shared by every turn: the network ones keep
+        // their connections to the service open between turns.
         let responder: Arc<dyn Responder> = match config.ai_backend {
             AiBackend::Template => Arc::new(TemplateResponder),
-            backend @ (AiBackend::Http | AiBackend::Openai) => {
-                return Err(ConfigError {
-                    setting: "NARUTALK_AI_BACKEND".into(),
-                    message: format!(
-                        "the {backend:?} responder is not part of this build yet; use template"
-                    ),
-                }
-                .into());
-            }
+            AiBackend::Http => Arc::new(HttpResponder::from_config(config)),
+            AiBackend::Openai => Arc::new(OpenAiResponder::from_config(config)),
         };
         Ok(Narutalk {
             db,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::User;
-use narutalk_core::config::Config;
+use narutalk_core::config::{AiBackend, Config};
 use narutalk_core::error::Error as CoreError;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +45,8 @@ pub struct State {
     pub lines: SessionLines,
     /// The search proxy, when a search URL is configured.
     pub search: Option<Search>,
-    /// Whether the AI service answered its last probe (always true for `template`).
+    /// Whether the AI service answered its last probe (always true for `template`; false
+    /// for the others until their first probe, which runs at start, has connected).
     pub ai_reachable: Arc<AtomicBool>,
     /// Whether the search service answered its last probe.
     pub search_reachable: Arc<AtomicBool>,
@@ -118,7 +119,7 @@ impl State {
             hashing: HashGate::new(cores, HASH_QUEUE),
             lines: SessionLines::default(),
             search,
-            ai_reachable: Arc::new(AtomicBool::new(true)),
+            ai_reachable: Arc::new(AtomicBool::new(config.ai_backend == AiBackend::Template)),
             search_reachable: Arc::new(AtomicBool::new(false)),
             hub: Arc::new(LocalHub::new(options.ws_send_queue)),
             sockets: Sockets::default(),

@@ -293,7 +293,8 @@ fn posted(outcome: PostOutcome, place: Place) -> Posted {
 /// have finished: the history is read, the responder runs on a blocking thread with no
 /// database connection held (its partial text goes to the session's sockets as
 /// `ai_delta` frames), and its reply, or the system error message, is stored and
-/// broadcast in the session's storage order.
+/// broadcast in the session's storage order. A failed AI call is logged once
+/// (`narutalk::ai`, a warning).
 pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<Message, ApiError> {
     let Turn { mut place, claim } = turn;
     let claim = match claim {
@@ -342,11 +343,36 @@ fn answer_now(
             },
         );
     });
+    if let Err(error) = &outcome {
+        log_failure(session, core.responder().name(), error);
+    }
     place.in_order(|| {
         let reply = core.chat().store_reply(turn, outcome)?;
         publish_stored(state, &reply);
         Ok(reply)
     })
+}
+
+/// The one log line of a failed AI turn: the session, the responder and why (the stored
+/// reason, and the detail the responder gave for the log). Never the messages or a key.
+fn log_failure(session: SessionId, responder: &str, error: &ai::AiError) {
+    match error.detail() {
+        Some(detail) => tracing::warn!(
+            target: "narutalk::ai",
+            session = %session,
+            responder,
+            reason = error.reason(),
+            detail,
+            "the AI turn failed"
+        ),
+        None => tracing::warn!(
+            target: "narutalk::ai",
+            session = %session,
+            responder,
+            reason = error.reason(),
+            "the AI turn failed"
+        ),
+    }
 }
 
 /// Hands a stored message to its session's sockets. Callers hold the session's line, so

@@ -2,11 +2,15 @@
 //! fresh database and speaks HTTP to it.
 #![allow(clippy::unwrap_used)]
 
+mod ai;
 mod auth;
 mod chat;
 mod cors;
 mod docs;
 mod errors;
+// The fake AI service is the core's own test fake, shared rather than copied.
+#[path = "../../narutalk-core/src/ai/fake_service.rs"]
+mod fake_ai;
 mod gateway;
 mod health;
 mod helpers;

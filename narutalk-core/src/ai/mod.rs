@@ -1,10 +1,28 @@
-//! The AI responder: the trait that produces a reply (contract sections 3.1 and 7) and the
-//! built-in `template` responder.
+//! The AI responder: the trait that produces a reply (contract sections 3.1 and 7) and its
+//! three implementations, chosen by `NARUTALK_AI_BACKEND`: the built-in `template`
+//! ([`TemplateResponder`]), the original design's AI service (`http`,
+//! [`http::HttpResponder`]) and any OpenAI-compatible chat completions endpoint (`openai`,
+//! [`openai::OpenAiResponder`]), whose answer is streamed.
 //!
 //! The trait is synchronous and object-safe, so that a server can hold an
 //! `Arc<dyn Responder>` and run it on a blocking thread while holding no database
 //! connection. A responder that streams reports partial text through the `on_delta`
 //! callback as it produces it; the deltas of one reply add up to its final content.
+//!
+//! The network responders use a blocking HTTP client (ureq), so they need no async
+//! runtime: an embedder or the CLI gets them as they are. Each bounds its whole call,
+//! body included, by `NARUTALK_AI_TIMEOUT_SECONDS`, and each failure becomes an
+//! [`AiError`] with one of these short reasons: `timed out`, `AI service unreachable`,
+//! `HTTP <status> from the AI service`, `malformed reply from the AI service`,
+//! `the AI stream was cut off`, `the AI service reported an error`.
+
+pub mod http;
+pub mod openai;
+mod sse;
+mod transport;
+
+#[cfg(test)]
+mod fake_service;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -46,11 +64,14 @@ pub struct AiReply {
 }
 
 /// Why a responder produced no reply. The reason is short and safe to store and show:
-/// it becomes the system error message's `{"reason": ...}`.
+/// it becomes the system error message's `{"reason": ...}`. The optional detail says more
+/// for the log (never stored, never shown to the user); it never holds a key, a URL's
+/// credentials or the service's answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct AiError {
     reason: String,
+    detail: Option<String>,
 }
 
 impl AiError {
@@ -58,12 +79,25 @@ impl AiError {
     pub fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+            detail: None,
         }
+    }
+
+    /// The same error with `detail` for the log, such as `network: Connection refused
+    /// (os error 111)`.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 
     /// The short cause.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+
+    /// What the log may add to the reason, if anything.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
     }
 }
 
