@@ -31,6 +31,15 @@ mod embedded {
 /// [`Error::Unavailable`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// WAL pages after which a commit checkpoints (SQLite's default is 1,000). The commit that
+/// checkpoints copies the WAL into the database file and waits for its fsync, the only
+/// slow commit there is; at 2,000 pages (8 MiB of WAL with 4 KiB pages) half as many
+/// commits pay it. Measured with the load harness: the p99 of a socket round trip fell
+/// from 2.1-3.1 ms to 0.9-1.0 ms, and post-message's p99 stayed under 17 ms. (Checkpoints
+/// on a thread of their own were tried and were worse: their fsync of the database file
+/// delays the commits' fsync of the WAL on the same disk.)
+pub const WAL_CHECKPOINT_PAGES: u32 = 2_000;
+
 /// Whether opening may create a database file that does not exist yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {
@@ -201,6 +210,7 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     Ok(())
 }
 
@@ -501,10 +511,16 @@ mod tests {
         assert_eq!(journal, "wal");
         assert_eq!(foreign_keys, 1);
         assert_eq!(synchronous, 1, "NORMAL is 1");
-        let writer_synchronous = db
-            .write(|tx| Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?))
+        let (writer_synchronous, checkpoint_pages) = db
+            .write(|tx| {
+                Ok((
+                    tx.query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))?,
+                    tx.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, u32>(0))?,
+                ))
+            })
             .unwrap();
         assert_eq!(writer_synchronous, 1);
+        assert_eq!(checkpoint_pages, WAL_CHECKPOINT_PAGES);
     }
 
     #[test]
