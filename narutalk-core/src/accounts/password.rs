@@ -8,8 +8,8 @@
 //!   holding more memory, so the bound costs no throughput, and a flood of logins cannot
 //!   grow the process by 19 MiB per waiting request.
 //! - Each thread keeps its working memory for the next hash instead of allocating and
-//!   zeroing 19 MiB per call (which also spared the allocator's habit of keeping such
-//!   blocks once freed).
+//!   zeroing 19 MiB per call, and lets it go after a second without work, so an idle
+//!   server does not hold 19 MiB per core.
 //! - On Linux the threads run at a lower CPU priority (nice 10): a login flood takes the
 //!   cores only while nothing else needs them, so the rest of the API keeps its latency.
 
@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, mpsc};
+use std::time::Duration;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -115,6 +116,13 @@ pub fn verify_nothing(password: &str) {
 static HASHERS: LazyLock<Arc<Hashers>> =
     LazyLock::new(|| Hashers::start(std::thread::available_parallelism().map_or(2, |n| n.get())));
 
+/// How long a hashing thread keeps its working memory without a hash to compute.
+const MEMORY_KEPT_IDLE: Duration = Duration::from_secs(1);
+
+/// The smallest capacity of a hashing thread's memory, in 1 KiB blocks: 32 MiB, glibc's
+/// largest threshold for serving an allocation from its own mapping.
+const MAPPED_BLOCKS: usize = 32 * 1024;
+
 /// A hash to compute, given the thread's working memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -156,8 +164,14 @@ impl Hashers {
         let (answer, result) = mpsc::sync_channel(1);
         let job: Job = Box::new(move |memory: &mut Vec<Block>| {
             if memory.len() < blocks {
-                // Grown for good: a stored hash with a larger `m` is rare, and the thread
-                // then fits it too.
+                // Grown until the thread idles: a stored hash with a larger `m` is rare.
+                // The capacity asked for is at least 32 MiB: glibc's malloc serves such a
+                // request straight from mmap and unmaps it when freed, so the memory goes
+                // back to the system when the thread lets it go (a smaller block would be
+                // kept in the allocator's arena, and would raise its threshold for mapping
+                // large blocks). Only the `blocks` zeroed are ever touched, so only they
+                // count in the process's resident memory.
+                memory.reserve_exact(blocks.max(MAPPED_BLOCKS) - memory.len());
                 memory.resize(blocks, Block::default());
             }
             let _ = answer.send(f(&mut memory[..blocks]));
@@ -179,14 +193,17 @@ impl Hashers {
             let job = {
                 let mut queue = self.lock();
                 loop {
-                    match queue.pop_front() {
-                        Some(job) => break job,
-                        None => {
-                            queue = self
-                                .posted
-                                .wait(queue)
-                                .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        }
+                    if let Some(job) = queue.pop_front() {
+                        break job;
+                    }
+                    let (next, waited) = self
+                        .posted
+                        .wait_timeout(queue, MEMORY_KEPT_IDLE)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    queue = next;
+                    if waited.timed_out() && queue.is_empty() {
+                        // Idle: the 19 MiB go back to the allocator until the next hash.
+                        memory = Vec::new();
                     }
                 }
             };
