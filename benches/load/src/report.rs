@@ -188,7 +188,7 @@ pub fn ceilings_table(ceilings: &Ceilings, connections: usize) -> Table {
             ceilings.argon2_ms
         )),
         Cell::new(format!(
-            "the core's password::verify (m=19456 KiB, t=2, p=1)\non {} threads (the available cores)",
+            "bare argon2id at the core's parameters (m=19456 KiB, t=2, p=1)\non {} threads (the available cores), memory reused",
             ceilings.argon2_threads
         )),
     ]);
