@@ -201,67 +201,56 @@ async fn drive_one(addr: SocketAddr, lanes: Vec<Lane>, timing: Timing) -> anyhow
         .context("no results")
 }
 
-async fn health(target: &Target<'_>) -> anyhow::Result<Row> {
+/// A closed-loop HTTP scenario: each of the plan's connections repeats the request that
+/// `request` builds for its lane; the row is named `name`.
+async fn closed_loop(
+    target: &Target<'_>,
+    name: &str,
+    request: impl Fn(&Requests, usize) -> anyhow::Result<RequestBytes>,
+) -> anyhow::Result<Row> {
     let requests = Requests {
         addr: target.server.addr,
     };
     let n = target.plan.connections;
     let measured = drive_one(
         requests.addr,
-        lanes(n, |_| Ok(requests.health()))?,
+        lanes(n, |lane| request(&requests, lane))?,
         target.plan.timing,
     )
     .await?;
-    let mut row = Row::new("health", n, "req/s", &measured);
+    Ok(Row::new(name, n, "req/s", &measured))
+}
+
+async fn health(target: &Target<'_>) -> anyhow::Result<Row> {
+    let mut row = closed_loop(target, "health", |requests, _| Ok(requests.health())).await?;
     row.compare("req/s warp hello", target.ceilings.hello_per_second);
     Ok(row)
 }
 
 async fn login(target: &Target<'_>) -> anyhow::Result<Row> {
-    let requests = Requests {
-        addr: target.server.addr,
-    };
-    let n = target.plan.connections;
-    let measured = drive_one(
-        requests.addr,
-        lanes(n, |_| Ok(requests.login(target.fixture)))?,
-        target.plan.timing,
-    )
+    let mut row = closed_loop(target, "login", |requests, _| {
+        Ok(requests.login(target.fixture))
+    })
     .await?;
-    let mut row = Row::new("login", n, "req/s", &measured);
     row.compare("verifies/s argon2", target.ceilings.argon2_per_second);
     Ok(row)
 }
 
 async fn sessions_list(target: &Target<'_>) -> anyhow::Result<Row> {
-    let requests = Requests {
-        addr: target.server.addr,
-    };
-    let n = target.plan.connections;
-    let measured = drive_one(
-        requests.addr,
-        lanes(n, |_| Ok(requests.sessions_list(target.fixture)))?,
-        target.plan.timing,
-    )
+    let mut row = closed_loop(target, "sessions-list", |requests, _| {
+        Ok(requests.sessions_list(target.fixture))
+    })
     .await?;
-    let mut row = Row::new("sessions-list", n, "req/s", &measured);
     row.compare("req/s warp hello", target.ceilings.hello_per_second);
     row.notes.push("page 1 of 50 sessions".to_owned());
     Ok(row)
 }
 
 async fn session_detail(target: &Target<'_>) -> anyhow::Result<Row> {
-    let requests = Requests {
-        addr: target.server.addr,
-    };
-    let n = target.plan.connections;
-    let measured = drive_one(
-        requests.addr,
-        lanes(n, |lane| requests.session_detail(target.fixture, lane))?,
-        target.plan.timing,
-    )
+    let mut row = closed_loop(target, "session-detail", |requests, lane| {
+        requests.session_detail(target.fixture, lane)
+    })
     .await?;
-    let mut row = Row::new("session-detail", n, "req/s", &measured);
     row.compare("req/s warp hello", target.ceilings.hello_per_second);
     row.notes.push("20 messages each".to_owned());
     Ok(row)
@@ -281,17 +270,10 @@ fn compare_with_sqlite(row: &mut Row, ceilings: &Ceilings) {
 }
 
 async fn post_message(target: &Target<'_>) -> anyhow::Result<Row> {
-    let requests = Requests {
-        addr: target.server.addr,
-    };
-    let n = target.plan.connections;
-    let measured = drive_one(
-        requests.addr,
-        lanes(n, |lane| requests.post_message(target.fixture, lane))?,
-        target.plan.timing,
-    )
+    let mut row = closed_loop(target, "post-message", |requests, lane| {
+        requests.post_message(target.fixture, lane)
+    })
     .await?;
-    let mut row = Row::new("post-message", n, "req/s", &measured);
     compare_with_sqlite(&mut row, target.ceilings);
     row.notes
         .push("REST, template AI,\nsynchronous=FULL".to_owned());
