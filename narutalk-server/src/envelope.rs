@@ -3,6 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use futures_util::FutureExt;
@@ -23,6 +24,7 @@ const CORS_EXPOSE: &str = "Retry-After, X-Request-Id, WWW-Authenticate";
 /// Answers one request, whatever happens in its handler, and logs it once.
 pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     let started = Instant::now();
+    state.activity.fetch_add(1, Ordering::Relaxed);
     request.request_id = request_id(&request.headers);
     let request_id = request.request_id.clone();
     let method = request.method.clone();

@@ -34,6 +34,7 @@ mod error;
 mod http;
 mod limits;
 pub mod listener;
+mod memory;
 mod probe;
 mod state;
 mod turns;
@@ -111,6 +112,7 @@ pub async fn serve_with(
             sweeper.throttles.forget_idle();
         }
     }));
+    background.push(tokio::spawn(memory::trim_when_idle(state.activity.clone())));
     background.push(tokio::spawn(ws::sockets::watch_revocations(
         state.clone(),
         options.revocation_check,

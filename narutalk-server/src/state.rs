@@ -58,6 +58,9 @@ pub struct State {
     pub socket_rules: SocketRules,
     /// The AI turns running in their own tasks; a shutdown waits for them.
     pub tasks: TaskTracker,
+    /// Work done: requests answered and sockets ended (it only grows); the memory trim
+    /// waits for it to stop growing.
+    pub activity: Arc<AtomicU64>,
     database_health: DatabaseHealth,
 }
 
@@ -128,6 +131,7 @@ impl State {
                 idle: Duration::from_secs(u64::from(config.ws_idle_seconds)),
             },
             tasks: TaskTracker::new(),
+            activity: Arc::default(),
             database_health: DatabaseHealth {
                 started: Instant::now(),
                 checked_at: AtomicU64::new(0),

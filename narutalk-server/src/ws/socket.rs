@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -150,8 +151,10 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
         request_id,
         "socket closed"
     );
+    let activity = socket.state.activity.clone();
     drop(socket);
     drop(place);
+    activity.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Socket {
