@@ -10,8 +10,9 @@
 //! - Each thread keeps its working memory for the next hash instead of allocating and
 //!   zeroing 19 MiB per call, and lets it go after a second without work, so an idle
 //!   server does not hold 19 MiB per core.
-//! - On Linux the threads run at a lower CPU priority (nice 10): a login flood takes the
-//!   cores only while nothing else needs them, so the rest of the API keeps its latency.
+//! - On Linux the threads run at a lower CPU priority (nice 5): when a login flood and the
+//!   rest of the API both want the cores, the rest of the API gets most of them and keeps
+//!   its latency.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -221,7 +222,7 @@ impl Hashers {
 
 /// The nice value of the hashing threads on Linux, where each thread has its own.
 #[cfg(target_os = "linux")]
-const HASHING_NICE: i32 = 10;
+const HASHING_NICE: i32 = 5;
 
 /// Makes the calling thread yield the CPU to the rest of the process when both want it.
 /// Raising a thread's nice value needs no privilege; if it fails, hashing runs at normal
