@@ -197,6 +197,14 @@ impl Hashers {
                     if let Some(job) = queue.pop_front() {
                         break job;
                     }
+                    if memory.is_empty() {
+                        // Nothing to give back: sleep until a hash comes.
+                        queue = self
+                            .posted
+                            .wait(queue)
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        continue;
+                    }
                     let (next, waited) = self
                         .posted
                         .wait_timeout(queue, MEMORY_KEPT_IDLE)
