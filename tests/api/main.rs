@@ -15,6 +15,7 @@ mod gateway;
 mod health;
 mod helpers;
 mod hostile;
+mod system;
 mod throttle;
 mod ws;
 mod ws_limits;
