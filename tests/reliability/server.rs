@@ -1,0 +1,380 @@
+//! The server under test as a child process of the suite (a `kill -9` needs one): both
+//! ends of that arrangement.
+//!
+//! The suite re-executes its own binary with [`SERVE_FLAG`]. That child starts Narutalk as
+//! `narutalk-server`'s `main` does: settings from the `NARUTALK_*` variables (which the
+//! suite sets, after removing any it inherited), the core opened on a blocking thread,
+//! then `narutalk_server::serve_with`, and main's line `Narutalk is listening on
+//! http://ADDR/ ...` on standard output. It stops gracefully when its standard input
+//! closes (so it never outlives the suite) or on SIGINT/SIGTERM. Its log goes to a file
+//! in the part's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use narutalk_core::Narutalk;
+use narutalk_core::config::{Config, Overrides};
+use narutalk_core::db::OpenMode;
+use narutalk_server::ServeOptions;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::api::{Account, Api};
+
+/// The hidden first argument that makes the suite's binary the server.
+pub const SERVE_FLAG: &str = "--serve-child";
+
+/// How long a server gets to print its address (migrations and a WAL recovery included).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a server gets to stop after its standard input closes, before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The settings of a part's server: `NARUTALK_*` variables, and the connection cap.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    dir: PathBuf,
+    vars: Vec<(String, String)>,
+    max_connections: Option<usize>,
+}
+
+impl Settings {
+    /// A part's defaults: the database `db.sqlite3` in `dir`, a random signing secret
+    /// (shared by every restart), throttles off, the template AI, no search service, log
+    /// level `warn`, a free port on 127.0.0.1, `synchronous=FULL`.
+    pub fn new(dir: &Path) -> anyhow::Result<Settings> {
+        let settings = Settings {
+            dir: dir.to_path_buf(),
+            vars: Vec::new(),
+            max_connections: None,
+        };
+        Ok(settings
+            .set("NARUTALK_DATABASE", dir.join("db.sqlite3").display())
+            .set("NARUTALK_BIND", "127.0.0.1:0")
+            .set("NARUTALK_SECRET_KEY", random_hex(32)?)
+            .set("NARUTALK_AUTH_THROTTLE_PER_MINUTE", 0)
+            .set("NARUTALK_MESSAGE_THROTTLE_PER_MINUTE", 0)
+            .set("NARUTALK_AI_BACKEND", "template")
+            .set("NARUTALK_SEARCH_URL", "")
+            .set("NARUTALK_SQLITE_SYNCHRONOUS", "full")
+            .set("NARUTALK_LOG", "warn"))
+    }
+
+    /// The same with `name` set to `value` (a later value replaces an earlier one).
+    pub fn set(mut self, name: &str, value: impl std::fmt::Display) -> Settings {
+        self.vars.retain(|(existing, _)| existing != name);
+        self.vars.push((name.to_owned(), value.to_string()));
+        self
+    }
+
+    /// The same with a connection cap other than the server's default (10,000).
+    pub fn max_connections(mut self, cap: usize) -> Settings {
+        self.max_connections = Some(cap);
+        self
+    }
+
+    /// The database file.
+    pub fn database(&self) -> PathBuf {
+        self.vars
+            .iter()
+            .find(|(name, _)| name == "NARUTALK_DATABASE")
+            .map(|(_, value)| PathBuf::from(value))
+            .unwrap_or_else(|| self.dir.join("db.sqlite3"))
+    }
+}
+
+/// A running server process.
+pub struct ServerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pid: u32,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts a server with `settings` and waits until it listens.
+    pub async fn start(settings: &Settings) -> anyhow::Result<ServerProcess> {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let number = STARTS.fetch_add(1, Ordering::Relaxed) + 1;
+        let log = settings.dir.join(format!("server-{number}.log"));
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("creating the server's log {}", log.display()))?;
+        let exe = std::env::current_exe().context("finding the suite's own executable")?;
+        let mut command = Command::new(exe);
+        command.arg(SERVE_FLAG);
+        if let Some(cap) = settings.max_connections {
+            command.arg("--max-connections").arg(cap.to_string());
+        }
+        // Only the part's settings: none of the developer's own NARUTALK_* variables.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("NARUTALK_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .envs(settings.vars.iter().map(|(name, value)| (name, value)))
+            .current_dir(&settings.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("starting the server process")?;
+        let pid = child.id().context("the server process has no id")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the server's standard output")?;
+        let stdin = child.stdin.take();
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = tokio::time::timeout(START_TIMEOUT, reader.read_line(&mut line))
+            .await
+            .context("the server did not listen within 60 s")?
+            .context("reading the server's first line")?;
+        if read == 0 {
+            let status = child.wait().await.context("waiting for the server")?;
+            bail!(
+                "the server exited before listening ({status}); its log: {}",
+                tail(&log)
+            );
+        }
+        let addr = parse_listening(&line)?;
+        // The rest of what it prints ("Narutalk stopped.") is read and dropped, so that
+        // the child never blocks on a full pipe.
+        tokio::spawn(async move {
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest).await;
+        });
+        Ok(ServerProcess {
+            child,
+            stdin,
+            pid,
+            addr,
+            log,
+        })
+    }
+
+    /// `http://ADDR`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A client of this server from 127.0.0.1.
+    pub fn api(&self) -> anyhow::Result<Api> {
+        Api::new(self.addr, None)
+    }
+
+    /// Its resident memory now (`VmRSS`), in KiB; `None` once it has exited.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid)
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// An error when it has exited.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait().context("checking the server")? {
+            None => Ok(()),
+            Some(status) => bail!(
+                "the server exited on its own ({status}); its log: {}",
+                tail(&self.log)
+            ),
+        }
+    }
+
+    /// `kill -9`, and waits until the process is gone.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .await
+            .context("killing the server with SIGKILL")
+    }
+
+    /// Closes its standard input, which stops it gracefully, and waits for it to exit with
+    /// success (killing it after 60 s).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.context("waiting for the server to stop")?;
+                if !status.success() {
+                    bail!(
+                        "the server stopped with {status}; its log: {}",
+                        tail(&self.log)
+                    );
+                }
+                Ok(())
+            }
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the server did not stop within 60 s of being asked and was killed")
+            }
+        }
+    }
+}
+
+/// Starts a server with `settings`, registers a user `username` (email
+/// `USERNAME@example.com`, password [`crate::api::PASSWORD`]) and logs in over HTTP, and
+/// creates `sessions` chat sessions for it.
+pub async fn start_with_user(
+    settings: &Settings,
+    username: &str,
+    sessions: usize,
+) -> anyhow::Result<(ServerProcess, Account)> {
+    let server = ServerProcess::start(settings).await?;
+    let api = server.api()?;
+    let mut account = api.register_and_login(username).await?;
+    for number in 0..sessions {
+        let session = api
+            .create_session(&account, &format!("{username} {number}"))
+            .await?;
+        account.sessions.push(session);
+    }
+    Ok((server, account))
+}
+
+/// `VmRSS` of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}
+
+/// The last lines of the log at `path`, on one line, for a finding.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let last = &lines[lines.len().saturating_sub(5)..];
+    if last.is_empty() {
+        format!("{} (empty)", path.display())
+    } else {
+        format!("{}: {}", path.display(), last.join(" | "))
+    }
+}
+
+/// Reads main's line `Narutalk is listening on http://ADDR/ (...)`.
+fn parse_listening(line: &str) -> anyhow::Result<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("http://"))
+        .and_then(|rest| rest.strip_suffix('/'))
+        .and_then(|addr| addr.parse().ok())
+        .with_context(|| format!("unexpected first line from the server: {line:?}"))
+}
+
+/// `bytes` random bytes from the kernel, hex-encoded.
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut buffer))
+        .context("reading /dev/urandom")?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// The child's side
+// ---------------------------------------------------------------------------------------
+
+/// The suite's binary as the server: `--serve-child [--max-connections N]`.
+pub fn serve_child(args: &[String]) -> ExitCode {
+    let mut options = ServeOptions::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match (
+            arg.as_str(),
+            args.next().map(|value| value.parse::<usize>()),
+        ) {
+            ("--max-connections", Some(Ok(cap))) => options.max_connections = cap,
+            _ => {
+                eprintln!("reliability server: unexpected argument {arg}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    // Slow-clients holds thousands of connections.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+        .and_then(|runtime| runtime.block_on(serve(options)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("narutalk-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `narutalk-server`'s `main` does, with `options`.
+async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    use std::io::Write;
+    let config = Config::load(&Overrides::default())?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init()
+        .map_err(|error| anyhow::anyhow!("installing the logger: {error}"))?;
+    let open_config = config.clone();
+    let core = tokio::task::spawn_blocking(move || {
+        Narutalk::open(&open_config, OpenMode::CreateIfMissing)
+    })
+    .await
+    .context("starting the core")??;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "Narutalk is listening on http://{address}/ (API docs: http://{address}/api/docs/)"
+        )?;
+        stdout.flush()?;
+    }
+    narutalk_server::serve_with(Arc::new(core), &config, listener, options, stop_signal()).await;
+    println!("Narutalk stopped.");
+    Ok(())
+}
+
+/// Completes when standard input closes (the suite stopped it or went away), or on SIGINT
+/// or SIGTERM.
+async fn stop_signal() {
+    let stdin_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buffer = [0u8; 64];
+        while matches!(stdin.read(&mut buffer).await, Ok(n) if n > 0) {}
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = stdin_closed => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
