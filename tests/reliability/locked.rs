@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -14,6 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::sync::Notify;
 
 use crate::api::{Account, Answer, Api};
 use crate::report::{Row, latencies};
@@ -28,7 +30,7 @@ const HOLD: Duration = Duration::from_secs(30);
 
 /// Clients send new writes during this first part of the hold only, so that writes bounded
 /// to 5 s are all answered, with room to spare, before the lock ends.
-const WRITE_WINDOW: Duration = Duration::from_secs(18);
+const WRITE_WINDOW: Duration = Duration::from_secs(15);
 
 /// How long health gets to report the database connected again after a successful write
 /// (an upper bound for "it must happen").
@@ -70,17 +72,20 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
 
     let mut lock = Lock::take(&shell, &settings.database()).await?;
     let locked_at = Instant::now();
+    let refused = Arc::new(Notify::new());
     let mut clients = Vec::new();
     for client in 0..CLIENTS {
         let api = api.clone();
         let account = account.clone();
+        let refused = refused.clone();
         clients.push(tokio::spawn(async move {
-            write_while_locked(&api, &account, client, locked_at).await
+            write_while_locked(&api, &account, client, locked_at, &refused).await
         }));
     }
-    // Reads and health while the lock is held, once the first writes have been refused.
+    // Reads and health while the lock is held, once a write has been refused (health
+    // reports `read_only` from then on).
     let mut reads = Vec::new();
-    tokio::time::sleep(WRITE_WINDOW / 2).await;
+    let _ = tokio::time::timeout(WRITE_WINDOW, refused.notified()).await;
     for session in &account.sessions {
         reads.push(
             api.send(
@@ -227,14 +232,17 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
     }
     server.stop().await?;
     findings.extend(sqlite::problems(settings.database()).await?);
-    let refused = sent
+    let refused_in_time = sent
         .iter()
-        .filter(|write| write.answer.as_ref().is_ok_and(Answer::is_unavailable))
+        .filter(|write| {
+            write.answer.as_ref().is_ok_and(Answer::is_unavailable)
+                && write.answered_at < released_at
+        })
         .count();
     Ok(Row::new(
         ran,
         format!(
-            "{} writes while locked, {refused} refused with 503 before the lock ended\n{} reads while locked\n{} writes after it",
+            "{} writes while locked, {refused_in_time} refused with 503 before the lock ended\n{} reads while locked\n{} writes after it",
             sent.len(),
             reads.len(),
             CLIENTS * 3
@@ -253,12 +261,13 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
 }
 
 /// One client's writes during the lock: one after the other, cycling through the kinds,
-/// until the write window closes.
+/// until the write window closes; `refused` hears of each 503.
 async fn write_while_locked(
     api: &Api,
     account: &Account,
     client: usize,
     locked_at: Instant,
+    refused: &Notify,
 ) -> Vec<Sent> {
     let kinds = [
         Write::PostMessage,
@@ -278,11 +287,15 @@ async fn write_while_locked(
             &format!("locked {client} {number}"),
         )
         .await;
+        let answered_at = Instant::now();
+        if answer.as_ref().is_ok_and(Answer::is_unavailable) {
+            refused.notify_one();
+        }
         sent.push(Sent {
             write,
             text,
             answer: answer.map_err(|error| format!("{error:#}")),
-            answered_at: Instant::now(),
+            answered_at,
         });
         number += 1;
     }
