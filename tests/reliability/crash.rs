@@ -3,6 +3,7 @@
 //! every acknowledged message (a 201) of every round so far, and its reply, must be stored
 //! exactly as answered, and SQLite's `PRAGMA integrity_check` must say `ok`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
     let mut kill_delays = Vec::new();
     let mut restarts = Vec::new();
     let mut in_flight_total = 0usize;
+    let mut refused_total = 0usize;
     let mut unanswered_last = 0usize;
     let mut stored_last = 0usize;
     let mut lost_last = 0usize;
@@ -46,6 +48,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
         let outcome = write_until_killed(&api, &account, round, &mut rng, server).await?;
         kill_delays.push(outcome.kill_delay.as_millis());
         in_flight_total += outcome.in_flight;
+        refused_total += outcome.refused;
         findings.extend(
             outcome
                 .unexpected
@@ -105,7 +108,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
             KILL_WINDOW.as_millis()
         ),
         format!(
-            "{} acknowledged posts, {lost_last} missing or different after the last round\n{in_flight_total} posts cut by the kills\n{stored_last} messages stored, {unanswered_last} user messages without a reply",
+            "{} acknowledged posts, {lost_last} missing or different after the last round\n{in_flight_total} posts cut by the kills, {refused_total} answered 503\n{stored_last} messages stored, {unanswered_last} user messages without a reply",
             acknowledged.len(),
         ),
         format!(
@@ -124,6 +127,9 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
 /// What one round's writers saw.
 struct RoundOutcome {
     acknowledged: Vec<Exchange>,
+    /// Posts answered section 1's 503 (a write not applied: the contract allows it when the
+    /// database is slow, so it is counted, not failed).
+    refused: usize,
     unexpected: Vec<String>,
     in_flight: usize,
     kill_delay: Duration,
@@ -140,6 +146,7 @@ async fn write_until_killed(
 ) -> anyhow::Result<RoundOutcome> {
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let unexpected = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
     let first = Arc::new(Notify::new());
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
@@ -148,6 +155,7 @@ async fn write_until_killed(
         let session = account.sessions[writer % SESSIONS].clone();
         let acknowledged = acknowledged.clone();
         let unexpected = unexpected.clone();
+        let refused = refused.clone();
         let first = first.clone();
         let mut texts = Rng::new(rng.next_u64());
         writers.push(tokio::spawn(async move {
@@ -163,6 +171,9 @@ async fn write_until_killed(
                             list.push(exchange);
                         }
                         first.notify_one();
+                    }
+                    None if answer.is_unavailable() => {
+                        refused.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
                         if let Ok(mut list) = unexpected.lock() {
@@ -190,6 +201,7 @@ async fn write_until_killed(
     }
     Ok(RoundOutcome {
         acknowledged: take(acknowledged),
+        refused: refused.load(Ordering::Relaxed),
         unexpected: take(unexpected),
         in_flight,
         kill_delay,
