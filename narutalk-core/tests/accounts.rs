@@ -31,6 +31,7 @@ const SIMILAR_EMAIL: &str = "The password is too similar to the email address.";
 const PASSWORDS_DIFFER: &str = "Passwords do not match.";
 const OLD_PASSWORD_WRONG: &str =
     "Your old password was entered incorrectly. Please enter it again.";
+const NUL: &str = "Null characters are not allowed.";
 
 /// A second password that breaks no rule, for password changes.
 const NEW_PASSWORD: &str = "quiet-meadow-9174";
@@ -612,6 +613,71 @@ fn login_fields_require_an_email_and_a_password() {
         field_errors(accounts.login_fields(&body(json!({"email": " ", "password": ""})))),
         fields(&[("email", &[BLANK]), ("password", &[BLANK])])
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// NUL characters
+// ---------------------------------------------------------------------------------------
+
+/// NUL is refused in every string of an account (contract section 9), under the field,
+/// after the length check: registration, profile updates, the administrators' create, and
+/// the login's fields.
+#[test]
+fn nul_characters_are_refused_in_every_account_field() {
+    let f = open();
+    let kim = register(&f.narutalk, "kim", "kim@example.com");
+    let accounts = f.narutalk.accounts();
+
+    assert_eq!(
+        field_errors(accounts.register_fields(&body(json!({
+            "username": "lee\u{0}", "email": "lee\u{0}@example.com",
+            "password": "violet\u{0}harbour", "password_confirm": "violet\u{0}harbour",
+            "department": "a\u{0}b",
+        })))),
+        fields(&[
+            ("department", &[NUL]),
+            ("email", &[NUL]),
+            ("password", &[NUL]),
+            ("password_confirm", &[NUL]),
+            ("username", &[NUL]),
+        ])
+    );
+    assert_eq!(
+        field_errors(accounts.update_profile_fields(
+            kim.id,
+            &body(json!({"username": "\u{0}", "department": "\u{0}".repeat(101)})),
+            true,
+        )),
+        fields(&[
+            (
+                "department",
+                &["Ensure this field has no more than 100 characters."]
+            ),
+            ("username", &[NUL]),
+        ])
+    );
+    assert_eq!(
+        field_errors(accounts.update_profile_fields(
+            kim.id,
+            &body(json!({"email": "kim@example.com\u{0}", "department": "\u{0}"})),
+            true,
+        )),
+        fields(&[("department", &[NUL]), ("email", &[NUL])])
+    );
+    let mut new = new_user("lee", "lee@example.com", PASSWORD, Role::Nurse);
+    new.department = "ward\u{0}".into();
+    assert_eq!(
+        field_errors(accounts.create(&new)),
+        fields(&[("department", &[NUL])])
+    );
+    assert_eq!(
+        field_errors(accounts.login_fields(&body(json!({
+            "email": "kim@example.com\u{0}", "password": "\u{0}",
+        })))),
+        fields(&[("email", &[NUL]), ("password", &[NUL])])
+    );
+    assert_eq!(accounts.get(kim.id).unwrap().department, "");
+    assert_eq!(accounts.list(&UserFilter::default()).unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -303,6 +303,14 @@ async fn bad_frames_get_an_error_frame_and_the_socket_stays_usable() {
             "metadata: Expected a dictionary of items but got type \"list\".",
         ),
         (
+            Message::Text(r#"{"message": "a\u0000b"}"#.into()),
+            "message: Null characters are not allowed.",
+        ),
+        (
+            Message::Text(r#"{"message": "x", "metadata": {"k": ["\u0000"]}}"#.into()),
+            "metadata: Null characters are not allowed.",
+        ),
+        (
             Message::Binary(b"{\"message\": \"hi\"}".to_vec().into()),
             "Binary frames are not accepted: send JSON in a text frame.",
         ),
