@@ -7,7 +7,7 @@
 //!
 //! Every string field refuses the NUL character (`Null characters are not allowed.`, after
 //! the length check), as DRF's `CharField` does: passwords and tokens too, and the keys and
-//! string values of an object field at any depth ([`FieldReader::refuse_nul_within`]).
+//! string values of an object field at any depth ([`object_contains_nul`]).
 
 use serde_json::Value;
 
