@@ -1,6 +1,7 @@
-//! `/api/auth/` (contract section 2): registration with every field rule, login, refresh
-//! rotation with reuse detection, logout, the profile, password changes, the dashboard's
-//! counts, and revocation made from the core (as the CLI makes it) taking effect at once.
+//! `/api/auth/` (contract sections 2 and 9): registration with every field rule, login,
+//! refresh rotation with reuse detection, logout, the end of a login family's access
+//! tokens, the profile, password changes, the dashboard's counts, and revocation made from
+//! the core (as the CLI makes it) taking effect at once.
 
 use narutalk_core::accounts::UserId;
 use narutalk_core::config::Secret;
@@ -517,6 +518,51 @@ async fn a_rotated_refresh_token_is_blacklisted_and_its_reuse_revokes_the_whole_
     // Assert
     assert_token_refused(reused, "Token is blacklisted").await;
     assert_token_refused(descendant, "Token is blacklisted").await;
+}
+
+#[tokio::test]
+async fn reuse_of_a_refresh_token_refuses_every_access_token_of_its_family() {
+    // Arrange
+    let app = spawn_app().await;
+    let account = app.account("kim").await;
+    let other_login = app.login("kim@example.com").await;
+    let rotated = body(refresh(&app, &account.refresh).await).await;
+    let rotated_access = rotated["access"].as_str().unwrap();
+    assert_still_signed_in(&app, &account).await;
+
+    // Act
+    let reused = refresh(&app, &account.refresh).await;
+
+    // Assert
+    assert_token_refused(reused, "Token is blacklisted").await;
+    assert_access_refused(&app, &account.access).await;
+    assert_access_refused(&app, rotated_access).await;
+    assert_still_signed_in(&app, &other_login).await;
+}
+
+#[tokio::test]
+async fn logout_refuses_every_access_token_of_its_family() {
+    // Arrange
+    let app = spawn_app().await;
+    let account = app.account("kim").await;
+    let other_login = app.login("kim@example.com").await;
+    let rotated = body(refresh(&app, &account.refresh).await).await;
+    let rotated_access = rotated["access"].as_str().unwrap();
+    let rotated_refresh = rotated["refresh"].as_str().unwrap();
+
+    // Act
+    let response = logout(&app, rotated_refresh).await;
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::RESET_CONTENT);
+    assert_access_refused(&app, &account.access).await;
+    assert_access_refused(&app, rotated_access).await;
+    assert_token_refused(refresh(&app, rotated_refresh).await, "Token is blacklisted").await;
+    assert_still_signed_in(&app, &other_login).await;
+    assert_eq!(
+        refresh(&app, &other_login.refresh).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

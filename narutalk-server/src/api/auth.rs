@@ -59,7 +59,8 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     Ok(json_response(StatusCode::OK, &login))
 }
 
-/// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family).
+/// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family,
+/// its access tokens included).
 #[utoipa::path(
     post, path = "/api/auth/token/refresh/", tag = "auth",
     request_body = docs::RefreshRequest,
@@ -73,11 +74,16 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     let body = request.json_object(state.body).await?;
     let pair = state
         .run(move |core| core.tokens().refresh_fields(&body))
-        .await?;
-    Ok(json_response(StatusCode::OK, &pair))
+        .await;
+    if pair.is_err() {
+        // A refused refresh may have been a reuse, which revoked its family: sockets
+        // opened with the family's access tokens close now rather than at the next tick.
+        state.sockets.check_soon();
+    }
+    Ok(json_response(StatusCode::OK, &pair?))
 }
 
-/// Revokes a refresh token.
+/// Revokes a refresh token and its login's family, access tokens included.
 #[utoipa::path(
     post, path = "/api/auth/logout/", tag = "auth",
     request_body = docs::RefreshRequest,
@@ -89,9 +95,12 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
 )]
 pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
     let body = request.json_object(state.body).await?;
-    state
+    let outcome = state
         .run(move |core| core.tokens().logout_fields(&body))
-        .await?;
+        .await;
+    // A logout (or a reuse refused here) revoked a family: its sockets close now.
+    state.sockets.check_soon();
+    outcome?;
     Ok(empty_response(StatusCode::RESET_CONTENT))
 }
 
