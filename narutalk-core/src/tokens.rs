@@ -447,8 +447,8 @@ pub(crate) fn issue_for_login(
 
 /// Refuses every token of `user_id` issued until now: sets the revocation time to now, or
 /// one second past the previous one when that is not before now (tokens issued since then
-/// carry `iat` = previous + 1, and must be refused too), and marks the user's live refresh
-/// rows revoked.
+/// carry `iat` = previous + 1, and must be refused too), marks the user's live refresh
+/// rows revoked, and deletes the user's device tokens.
 pub(crate) fn revoke_all(
     tx: &WriteTx<'_>,
     user_id: UserId,
@@ -463,7 +463,7 @@ pub(crate) fn revoke_all(
         "UPDATE refresh_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
         params![now_seconds, user_id.0],
     )?;
-    Ok(())
+    crate::accounts::devices::forget_all(tx, user_id)
 }
 
 /// The stored row of a presented refresh token and its user's stamp, when the token may

@@ -41,7 +41,7 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     post, path = "/api/auth/login/", tag = "auth",
     request_body = docs::LoginRequest,
     responses(
-        (status = 200, description = "A new token pair and the user", body = docs::LoginResponse),
+        (status = 200, description = "A new token pair, the user and the account's device token", body = docs::LoginResponse),
         (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "Wrong email or password, or an inactive account", body = docs::Detail),
         (status = 413, description = "Body too large", body = docs::Detail),
