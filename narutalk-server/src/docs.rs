@@ -233,8 +233,10 @@ pub struct LoginRequest {
     pub email: String,
     /// The password.
     pub password: String,
-    /// The device token of an earlier successful login of this account, valid 90 days from
-    /// its last use. An invalid, foreign, expired or non-string value is ignored.
+    /// The device token of an earlier successful login of this account. While it is valid
+    /// (90 days from its last use), failed logins with it count against its own budget
+    /// instead of the account's. An invalid, foreign, expired or non-string value is
+    /// ignored.
     #[schema(nullable = false)]
     pub device: Option<String>,
 }
