@@ -870,6 +870,7 @@ impl Chat<'_> {
         if !reader.failed("metadata") && compact_json_len(&metadata) > METADATA_MAX_BYTES {
             reader.fail("metadata", METADATA_TOO_LARGE);
         }
+        reader.refuse_nul_within("metadata", &metadata);
         if let Some(key) = idempotency_key
             && !is_valid_idempotency_key(key)
         {

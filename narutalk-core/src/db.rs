@@ -395,9 +395,11 @@ mod tests {
         let path = dir.path().join("nested/db.sqlite3");
         let db = Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap();
         let migrations = db.applied_migrations().unwrap();
-        assert_eq!(migrations.len(), 1);
+        assert_eq!(migrations.len(), 2);
         assert_eq!(migrations[0].version, 1);
         assert_eq!(migrations[0].name, "initial_schema");
+        assert_eq!(migrations[1].version, 2);
+        assert_eq!(migrations[1].name, "device_tokens");
         let tables: Vec<String> = db
             .read(|conn| {
                 let mut s = conn.prepare("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
@@ -410,6 +412,7 @@ mod tests {
             [
                 "chat_messages",
                 "chat_sessions",
+                "device_tokens",
                 "idempotency_keys",
                 "refinery_schema_history",
                 "refresh_tokens",
@@ -425,7 +428,7 @@ mod tests {
         drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
         let version_before = data_version_of(&path);
         let db = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap();
-        assert_eq!(db.applied_migrations().unwrap().len(), 1);
+        assert_eq!(db.applied_migrations().unwrap().len(), 2);
         drop(db);
         assert_eq!(data_version_of(&path), version_before);
     }

@@ -4,6 +4,10 @@
 //! Each operation that takes a request body reads it through a `FieldReader`, which
 //! collects every field's first failing check, so one answer lists every bad field as DRF
 //! does. Cross-field rules run only when every field passed.
+//!
+//! Every string field refuses the NUL character (`Null characters are not allowed.`, after
+//! the length check), as DRF's `CharField` does: passwords and tokens too, and the keys and
+//! string values of an object field at any depth ([`object_contains_nul`]).
 
 use serde_json::Value;
 
@@ -22,6 +26,8 @@ pub const NOT_A_STRING: &str = "Not a valid string.";
 pub const NOT_A_BOOLEAN: &str = "Must be a valid boolean.";
 /// `This field may not be blank.`
 pub const BLANK: &str = "This field may not be blank.";
+/// `Null characters are not allowed.`
+pub const NUL_NOT_ALLOWED: &str = "Null characters are not allowed.";
 
 /// `Ensure this field has no more than N characters.`
 pub fn too_long(max_chars: usize) -> String {
@@ -162,6 +168,10 @@ impl<'a> FieldReader<'a> {
             self.errors.add(name, too_long(max_chars));
             return None;
         }
+        if value.contains('\0') {
+            self.errors.add(name, NUL_NOT_ALLOWED);
+            return None;
+        }
         Some(value.to_owned())
     }
 
@@ -203,6 +213,15 @@ impl<'a> FieldReader<'a> {
         }
     }
 
+    /// Records `Null characters are not allowed.` under `name` when a key or a string
+    /// value of `object`, at any depth, holds a NUL, unless `name` failed already. Called
+    /// after the object's size check, as the length check comes first for strings.
+    pub fn refuse_nul_within(&mut self, name: &str, object: &JsonObject) {
+        if !self.failed(name) && object_contains_nul(object) {
+            self.errors.add(name, NUL_NOT_ALLOWED);
+        }
+    }
+
     /// Records a rule that failed after the type checks (uniqueness, syntax, policy).
     pub fn fail(&mut self, name: &str, message: impl Into<String>) {
         self.errors.add(name, message);
@@ -216,6 +235,34 @@ impl<'a> FieldReader<'a> {
     /// `Ok(())` when every field passed, otherwise the collected errors.
     pub fn finish(self) -> Result<(), Error> {
         self.errors.into_result()
+    }
+}
+
+/// True when a key or a string value of `object`, at any depth, contains a NUL. Walks
+/// with its own stack, so an object nested deeper than the parser's limit (an embedder's
+/// own) cannot overflow the thread's.
+pub fn object_contains_nul(object: &JsonObject) -> bool {
+    let mut pending: Vec<&Value> = Vec::new();
+    let mut objects = vec![object];
+    loop {
+        if let Some(object) = objects.pop() {
+            for (key, value) in object {
+                if key.contains('\0') {
+                    return true;
+                }
+                pending.push(value);
+            }
+            continue;
+        }
+        let Some(value) = pending.pop() else {
+            return false;
+        };
+        match value {
+            Value::String(text) if text.contains('\0') => return true,
+            Value::Object(inner) => objects.push(inner),
+            Value::Array(items) => pending.extend(items),
+            _ => {}
+        }
     }
 }
 
@@ -295,6 +342,65 @@ mod tests {
             reader.text("a", Text::REQUIRED_VERBATIM),
             Some("  x  ".into())
         );
+    }
+
+    #[test]
+    fn a_nul_is_refused_after_the_blank_and_length_checks() {
+        let body = object(json!({
+            "nul": "a\u{0}b", "long": "\u{0}\u{0}\u{0}", "blank": "  ", "kept": " \u{0} ",
+            "password": "\u{0}pass",
+        }));
+        let mut reader = FieldReader::new(&body);
+        assert_eq!(reader.text("nul", Text::REQUIRED), None);
+        assert_eq!(reader.text("long", Text::REQUIRED.max(2)), None);
+        assert_eq!(reader.text("blank", Text::REQUIRED), None);
+        assert_eq!(reader.text("kept", Text::REQUIRED_VERBATIM), None);
+        assert_eq!(reader.text("password", Text::REQUIRED_VERBATIM), None);
+        let errors = errors_of(reader);
+        assert_eq!(errors.get("nul"), [NUL_NOT_ALLOWED]);
+        assert_eq!(
+            errors.get("long"),
+            ["Ensure this field has no more than 2 characters."]
+        );
+        assert_eq!(errors.get("blank"), [BLANK]);
+        assert_eq!(errors.get("kept"), [NUL_NOT_ALLOWED]);
+        assert_eq!(errors.get("password"), [NUL_NOT_ALLOWED]);
+    }
+
+    #[test]
+    fn a_nul_anywhere_in_an_object_is_found_in_keys_and_values_at_any_depth() {
+        let clean = object(json!({"a": [1, "b", {"c": ["d", null, true]}], "e": {"f": "g"}}));
+        assert!(!object_contains_nul(&clean));
+        for nul in [
+            json!({"a\u{0}": 1}),
+            json!({"a": "\u{0}"}),
+            json!({"a": [1, "b", {"c": ["d", "e\u{0}"]}]}),
+            json!({"a": {"b": {"c\u{0}d": null}}}),
+            json!({"a": [[[["\u{0}"]]]]}),
+        ] {
+            assert!(object_contains_nul(&object(nul.clone())), "{nul}");
+        }
+        let mut deep = json!("\u{0}");
+        for _ in 0..200 {
+            deep = json!({ "k": [deep] });
+        }
+        assert!(object_contains_nul(&object(deep)));
+    }
+
+    #[test]
+    fn refuse_nul_within_reports_once_and_only_for_a_field_not_failed_yet() {
+        let nul = object(json!({"k": "\u{0}"}));
+        let body = object(json!({}));
+        let mut reader = FieldReader::new(&body);
+        reader.refuse_nul_within("metadata", &nul);
+        reader.refuse_nul_within("metadata", &nul);
+        reader.fail("other", "first problem");
+        reader.refuse_nul_within("other", &nul);
+        reader.refuse_nul_within("clean", &object(json!({"k": "v"})));
+        let errors = errors_of(reader);
+        assert_eq!(errors.get("metadata"), [NUL_NOT_ALLOWED]);
+        assert_eq!(errors.get("other"), ["first problem"]);
+        assert!(!errors.contains("clean"));
     }
 
     #[test]

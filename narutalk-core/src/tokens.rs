@@ -3,16 +3,22 @@
 //!
 //! Tokens are HS256 JWTs, the algorithm pinned and no clock leeway, signed with the exact
 //! UTF-8 bytes of the configured secret. Claims are simplejwt 5.5's: `token_type`,
-//! `user_id` (a string), `jti`, `iat`, `exp`. Every refresh token is also a row in
+//! `user_id` (a string), `jti`, `iat`, `exp`; access tokens issued here carry a sixth,
+//! `fam`, the id of their login's family. Every refresh token is also a row in
 //! `refresh_tokens`, so that it works once (rotation), a replayed one revokes its whole
-//! login's family, and logout revokes it. Each user has a revocation time in whole
-//! seconds: any token whose `iat` is not after it is refused, and it is read from the
-//! database on every validation so that a change made by another process counts at once.
+//! login's family, and logout revokes the family of the token logged out. A family is
+//! revoked once any of its rows is; an access token whose family is revoked is refused
+//! (contract section 9), and one without `fam` is judged by the other rules alone. Each
+//! user has a revocation time in whole seconds: any token whose `iat` is not after it is
+//! refused. Both are read from the database on every validation, so that a change made by
+//! another process counts at once.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{User, UserId};
@@ -62,16 +68,51 @@ pub struct Claims {
     pub iat: i64,
     /// Expires at, in whole seconds since the epoch.
     pub exp: i64,
+    /// The login family (32 lower-case hex digits) of an access token issued by this
+    /// version; absent from refresh tokens and from access tokens that carry only the five
+    /// claims of contract section 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fam: Option<String>,
 }
 
-/// What a validated access token granted: whose it is and when it was issued. Kept by
-/// holders of long-lived connections to ask [`Tokens::revoked`] later.
+/// The id of a login's family: every refresh token descended from one login, and the
+/// access tokens issued with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Family(uuid::Uuid);
+
+impl Family {
+    /// A new family's id.
+    fn new() -> Family {
+        Family(uuid::Uuid::new_v4())
+    }
+
+    /// The family a `fam` claim or a stored `family` names: 32 hex digits.
+    fn parse(text: &str) -> Option<Family> {
+        (text.len() == 32)
+            .then(|| uuid::Uuid::try_parse(text).ok())
+            .flatten()
+            .map(Family)
+    }
+}
+
+impl std::fmt::Display for Family {
+    /// 32 lower-case hex digits, as stored and as the `fam` claim.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.simple().fmt(f)
+    }
+}
+
+/// What a validated access token granted: whose it is, when it was issued and in which
+/// login family. Kept by holders of long-lived connections to ask [`Tokens::revoked`]
+/// later.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Grant {
     /// The token's user.
     pub user_id: UserId,
     /// Its `iat`, in whole seconds since the epoch.
     pub issued_at: i64,
+    /// Its login family (`fam`); `None` for a token with the five claims only.
+    pub family: Option<Family>,
 }
 
 /// Signs and checks tokens with one secret and the configured lifetimes.
@@ -138,13 +179,41 @@ impl TokenKeys {
         }
     }
 
-    /// Signs a token of `kind` for `user_id`, issued at `issued_at`.
+    /// Signs a token of `kind` for `user_id`, issued at `issued_at`, with the five claims
+    /// of contract section 2 (no family).
     pub fn sign(
         &self,
         kind: TokenKind,
         user_id: UserId,
         jti: &str,
         issued_at: i64,
+    ) -> Result<String, Error> {
+        self.sign_claims(kind, user_id, jti, issued_at, None)
+    }
+
+    /// The access token of a login family: the five claims and `fam`.
+    fn sign_access(
+        &self,
+        user_id: UserId,
+        family: Family,
+        issued_at: i64,
+    ) -> Result<String, Error> {
+        self.sign_claims(
+            TokenKind::Access,
+            user_id,
+            &new_jti(),
+            issued_at,
+            Some(family),
+        )
+    }
+
+    fn sign_claims(
+        &self,
+        kind: TokenKind,
+        user_id: UserId,
+        jti: &str,
+        issued_at: i64,
+        family: Option<Family>,
     ) -> Result<String, Error> {
         let lifetime = match kind {
             TokenKind::Access => self.access_lifetime,
@@ -156,6 +225,7 @@ impl TokenKeys {
             jti: jti.to_owned(),
             iat: issued_at,
             exp: issued_at.saturating_add(lifetime.num_seconds()),
+            fam: family.map(|family| family.to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::Internal(format!("signing a token: {e}")))
@@ -170,7 +240,8 @@ pub struct Tokens<'a> {
 
 impl Tokens<'_> {
     /// Validates an access token completely: signature, expiry, type, the user's
-    /// revocation time, and that the user still exists and is active. Returns the user.
+    /// revocation time, that the user still exists and is active, and that the token's
+    /// login family (when it names one) is not revoked. Returns the user.
     pub fn authenticate(&self, access: &str) -> Result<User, Error> {
         self.authenticate_grant(access).map(|(user, _)| user)
     }
@@ -183,49 +254,75 @@ impl Tokens<'_> {
         if claims.token_type != TokenKind::Access {
             return Err(Error::InvalidToken(TokenProblem::Invalid));
         }
-        let user = self
-            .db
-            .read(|conn| crate::accounts::user_by_id(conn, claims.user_id))?
-            .ok_or(Error::InvalidToken(TokenProblem::Invalid))?;
+        let family = match claims.fam.as_deref() {
+            None => None,
+            Some(fam) => {
+                Some(Family::parse(fam).ok_or(Error::InvalidToken(TokenProblem::Invalid))?)
+            }
+        };
+        let (user, family_revoked) = self.db.read(|conn| {
+            let user = crate::accounts::user_by_id(conn, claims.user_id)?;
+            let family_revoked = match (&user, family) {
+                (Some(_), Some(family)) => family_is_revoked(conn, family)?,
+                _ => false,
+            };
+            Ok((user, family_revoked))
+        })?;
+        let user = user.ok_or(Error::InvalidToken(TokenProblem::Invalid))?;
         if !user.is_active {
             return Err(Error::InvalidToken(TokenProblem::Invalid));
         }
-        if claims.iat <= user.tokens_revoked_at {
+        if claims.iat <= user.tokens_revoked_at || family_revoked {
             return Err(Error::InvalidToken(TokenProblem::Blacklisted));
         }
         let grant = Grant {
             user_id: user.id,
             issued_at: claims.iat,
+            family,
         };
         Ok((user, grant))
     }
 
     /// For each grant, whether its token has been revoked since it was validated: its user
-    /// was deleted or deactivated, or every token of the user was revoked (password change,
-    /// log-out-everywhere, an administrator), also by another process. One read
-    /// transaction, one indexed lookup per distinct user. Expiry is not looked at.
+    /// was deleted or deactivated, every token of the user was revoked (password change,
+    /// log-out-everywhere, an administrator), or its login family was (a refresh token of
+    /// the family reused or logged out), also by another process. One read transaction,
+    /// one indexed lookup per distinct user and per distinct family. Expiry is not looked
+    /// at.
     pub fn revoked(&self, grants: &[Grant]) -> Result<Vec<bool>, Error> {
         self.db.read(|conn| {
             let mut statement = conn
                 .prepare_cached("SELECT is_active, tokens_revoked_at FROM users WHERE id = ?1")?;
-            let mut known: std::collections::HashMap<UserId, Option<(bool, i64)>> =
-                std::collections::HashMap::new();
+            let mut users: HashMap<UserId, Option<(bool, i64)>> = HashMap::new();
+            let mut families: HashMap<Family, bool> = HashMap::new();
             let mut revoked = Vec::with_capacity(grants.len());
             for grant in grants {
-                let stamp = match known.get(&grant.user_id) {
+                let stamp = match users.get(&grant.user_id) {
                     Some(stamp) => *stamp,
                     None => {
                         let stamp = statement
                             .query_row([grant.user_id.0], |row| Ok((row.get(0)?, row.get(1)?)))
                             .optional()?;
-                        known.insert(grant.user_id, stamp);
+                        users.insert(grant.user_id, stamp);
                         stamp
                     }
                 };
-                revoked.push(match stamp {
+                let by_user = match stamp {
                     Some((is_active, revoked_at)) => !is_active || grant.issued_at <= revoked_at,
                     None => true,
-                });
+                };
+                let by_family = match grant.family {
+                    Some(family) if !by_user => match families.get(&family) {
+                        Some(revoked) => *revoked,
+                        None => {
+                            let revoked = family_is_revoked(conn, family)?;
+                            families.insert(family, revoked);
+                            revoked
+                        }
+                    },
+                    _ => false,
+                };
+                revoked.push(by_user || by_family);
             }
             Ok(revoked)
         })
@@ -243,7 +340,7 @@ impl Tokens<'_> {
     pub fn refresh(&self, refresh: &str) -> Result<TokenPair, Error> {
         let claims = self.decode_refresh(refresh)?;
         let now = time::unix_seconds(&time::now());
-        let (user_id, issued_at, jti) = self.db.write_always_commit(|tx| {
+        let (user_id, issued_at, jti, family) = self.db.write_always_commit(|tx| {
             let (row, stamp) = match live_refresh_row(tx, &claims, now)? {
                 Ok(live) => live,
                 Err(refused) => return Ok(Err(refused)),
@@ -256,12 +353,18 @@ impl Tokens<'_> {
             let jti = new_jti();
             let expires_at = self.refresh_expiry(issued_at);
             insert_refresh_row(tx, &jti, claims.user_id, &row.family, issued_at, expires_at)?;
-            Ok(Ok((claims.user_id, issued_at, jti)))
+            Ok(Ok((claims.user_id, issued_at, jti, row.family)))
         })?;
-        Ok(TokenPair {
-            access: self
+        // Rows written before families were parsed hold the same 32 hex digits; one that
+        // does not parse gets an access token without `fam`, judged by the older rules.
+        let access = match Family::parse(&family) {
+            Some(family) => self.keys.sign_access(user_id, family, issued_at)?,
+            None => self
                 .keys
                 .sign(TokenKind::Access, user_id, &new_jti(), issued_at)?,
+        };
+        Ok(TokenPair {
+            access,
             refresh: self
                 .keys
                 .sign(TokenKind::Refresh, user_id, &jti, issued_at)?,
@@ -274,28 +377,30 @@ impl Tokens<'_> {
         self.logout(&refresh)
     }
 
-    /// Revokes one refresh token. A token already rotated counts as reuse (its family is
-    /// revoked); one already revoked is refused as blacklisted.
+    /// Revokes a refresh token and its whole login family: every refresh token of the
+    /// family and the access tokens issued with them are refused from now on. A token
+    /// already rotated counts as reuse (its family is revoked, and the answer is a
+    /// refusal); one already revoked is refused as blacklisted.
     pub fn logout(&self, refresh: &str) -> Result<(), Error> {
         let claims = self.decode_refresh(refresh)?;
         let now = time::unix_seconds(&time::now());
         self.db.write_always_commit(|tx| {
-            if let Err(refused) = live_refresh_row(tx, &claims, now)? {
-                return Ok(Err(refused));
-            }
-            tx.execute(
-                "UPDATE refresh_tokens SET revoked_at = ?1 WHERE jti = ?2",
-                params![now, claims.jti],
-            )?;
+            let (row, _) = match live_refresh_row(tx, &claims, now)? {
+                Ok(live) => live,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            revoke_family(tx, &row.family, now)?;
             Ok(Ok(()))
         })
     }
 
     /// Deletes refresh-token rows that expired, at most `limit` of them; returns how many.
-    /// An expired token is refused by its `exp` anyway, so its row is no longer needed.
+    /// An expired token is refused by its `exp` anyway, so its row is no longer needed,
+    /// unless an access token issued with it is still valid: the row is what tells that
+    /// its family was ended, so it stays until that access token has expired too.
     pub fn purge_expired(&self, limit: u32) -> Result<usize, Error> {
         let now = time::unix_seconds(&time::now());
-        self.db.write(|tx| purge_expired(tx, now, limit))
+        self.db.write(|tx| purge_expired(tx, self.keys, now, limit))
     }
 
     fn decode_refresh(&self, refresh: &str) -> Result<Claims, Error> {
@@ -323,20 +428,27 @@ pub(crate) fn issue_for_login(
     let now_seconds = time::unix_seconds(now);
     let issued_at = now_seconds.max(tokens_revoked_at + 1);
     let jti = new_jti();
-    let family = new_jti();
+    let family = Family::new();
     let expires_at = issued_at.saturating_add(keys.refresh_lifetime.num_seconds());
-    insert_refresh_row(tx, &jti, user_id, &family, issued_at, expires_at)?;
-    purge_expired(tx, now_seconds, 100)?;
+    insert_refresh_row(
+        tx,
+        &jti,
+        user_id,
+        &family.to_string(),
+        issued_at,
+        expires_at,
+    )?;
+    purge_expired(tx, keys, now_seconds, 100)?;
     Ok(TokenPair {
-        access: keys.sign(TokenKind::Access, user_id, &new_jti(), issued_at)?,
+        access: keys.sign_access(user_id, family, issued_at)?,
         refresh: keys.sign(TokenKind::Refresh, user_id, &jti, issued_at)?,
     })
 }
 
 /// Refuses every token of `user_id` issued until now: sets the revocation time to now, or
 /// one second past the previous one when that is not before now (tokens issued since then
-/// carry `iat` = previous + 1, and must be refused too), and marks the user's live refresh
-/// rows revoked.
+/// carry `iat` = previous + 1, and must be refused too), marks the user's live refresh
+/// rows revoked, and deletes the user's device tokens.
 pub(crate) fn revoke_all(
     tx: &WriteTx<'_>,
     user_id: UserId,
@@ -351,7 +463,7 @@ pub(crate) fn revoke_all(
         "UPDATE refresh_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
         params![now_seconds, user_id.0],
     )?;
-    Ok(())
+    crate::accounts::devices::forget_all(tx, user_id)
 }
 
 /// The stored row of a presented refresh token and its user's stamp, when the token may
@@ -369,10 +481,7 @@ fn live_refresh_row(
         _ => return refused(TokenProblem::Invalid),
     };
     if row.used_at.is_some() {
-        tx.execute(
-            "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
-            params![now, row.family],
-        )?;
+        revoke_family(tx, &row.family, now)?;
         return refused(TokenProblem::Blacklisted);
     }
     if row.revoked_at.is_some() {
@@ -385,6 +494,29 @@ fn live_refresh_row(
         return refused(TokenProblem::Blacklisted);
     }
     Ok(Ok((row, stamp)))
+}
+
+/// Revokes every refresh token of a login family, and with them the family's access tokens
+/// (see [`family_is_revoked`]).
+fn revoke_family(tx: &WriteTx<'_>, family: &str, now: i64) -> Result<(), Error> {
+    tx.prepare_cached(
+        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
+    )?
+    .execute(params![now, family])?;
+    Ok(())
+}
+
+/// Whether a login family is revoked: a refresh token of it was reused or logged out (or
+/// every token of its user was revoked). A family whose rows were all purged (expired)
+/// counts as not revoked: its access tokens have expired too (see [`purge_expired`]).
+fn family_is_revoked(conn: &Connection, family: Family) -> Result<bool, Error> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM refresh_tokens WHERE family = ?1 AND revoked_at IS NOT NULL LIMIT 1",
+        )?
+        .query_row([family.to_string()], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn read_refresh_field(body: &JsonObject) -> Result<String, Error> {
@@ -454,13 +586,26 @@ fn insert_refresh_row(
     Ok(())
 }
 
-fn purge_expired(tx: &WriteTx<'_>, now_seconds: i64, limit: u32) -> Result<usize, Error> {
+/// Deletes up to `limit` refresh-token rows that expired, and whose access token expired
+/// too: a row is what tells that its family is revoked ([`family_is_revoked`]), so it stays
+/// while the access token issued with it may be presented (with the default lifetimes the
+/// refresh token always lives longer).
+fn purge_expired(
+    tx: &WriteTx<'_>,
+    keys: &TokenKeys,
+    now_seconds: i64,
+    limit: u32,
+) -> Result<usize, Error> {
     Ok(tx
         .prepare_cached(
             "DELETE FROM refresh_tokens WHERE jti IN \
-             (SELECT jti FROM refresh_tokens WHERE expires_at < ?1 LIMIT ?2)",
+             (SELECT jti FROM refresh_tokens WHERE expires_at < ?1 AND issued_at + ?2 < ?1 LIMIT ?3)",
         )?
-        .execute(params![now_seconds, limit])?)
+        .execute(params![
+            now_seconds,
+            keys.access_lifetime.num_seconds(),
+            limit
+        ])?)
 }
 
 /// `user_id` is written as a string (simplejwt 5.5) and read from a string or an integer.

@@ -1,12 +1,14 @@
 //! Protects the account rules of contract section 2 and the field messages of section 1.2:
 //! registration, login, profiles, password changes, the dashboard and the administrators'
-//! operations, through `narutalk_core`'s public API on a real database file.
+//! operations, through `narutalk_core`'s public API on a real database file; and of
+//! section 9: NUL characters refused, the login split in two steps, device tokens.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
-use narutalk_core::accounts::{NewUser, Role, UserFilter, UserId};
+use narutalk_core::accounts::devices::Device;
+use narutalk_core::accounts::{LoginInput, NewUser, Role, UserFilter, UserId};
 use narutalk_core::chat::Category;
 use narutalk_core::error::{Error, TokenProblem};
 use proptest::prelude::*;
@@ -31,6 +33,7 @@ const SIMILAR_EMAIL: &str = "The password is too similar to the email address.";
 const PASSWORDS_DIFFER: &str = "Passwords do not match.";
 const OLD_PASSWORD_WRONG: &str =
     "Your old password was entered incorrectly. Please enter it again.";
+const NUL: &str = "Null characters are not allowed.";
 
 /// A second password that breaks no rule, for password changes.
 const NEW_PASSWORD: &str = "quiet-meadow-9174";
@@ -612,6 +615,383 @@ fn login_fields_require_an_email_and_a_password() {
         field_errors(accounts.login_fields(&body(json!({"email": " ", "password": ""})))),
         fields(&[("email", &[BLANK]), ("password", &[BLANK])])
     );
+}
+
+/// The first step of a login checks the fields only: the email trimmed and lower-cased,
+/// the password as sent, and a `device` kept only when it has a device token's shape
+/// (anything else is ignored, never an error).
+#[test]
+fn login_input_checks_the_fields_and_ignores_a_device_that_is_not_a_token() {
+    let device = "A".repeat(43);
+    let input = LoginInput::from_fields(&body(json!({
+        "email": " Kim@Example.COM ", "password": " pass ", "device": device,
+    })))
+    .unwrap();
+    assert_eq!(input.email(), "kim@example.com");
+    assert_eq!(input.device(), Device::of(&device));
+    assert!(input.device().is_some());
+    assert_eq!(
+        input.email_key(),
+        LoginInput::new("KIM@example.com", "other").email_key(),
+        "the budget key is the lower-cased email only"
+    );
+    assert_ne!(
+        input.email_key(),
+        LoginInput::new("lee@example.com", " pass ").email_key()
+    );
+    for ignored in [
+        json!(5),
+        json!(null),
+        json!({"token": device}),
+        json!("garbage"),
+        json!(""),
+        json!(format!("{device}=")),
+    ] {
+        let input = LoginInput::from_fields(&body(json!({
+            "email": "kim@example.com", "password": PASSWORD, "device": ignored,
+        })))
+        .unwrap();
+        assert_eq!(input.device(), None, "{ignored}");
+    }
+    assert_eq!(
+        field_errors(LoginInput::from_fields(&body(json!({"device": device})))),
+        fields(&[("email", &[REQUIRED]), ("password", &[REQUIRED])])
+    );
+    let debug = format!(
+        "{:?}",
+        LoginInput::new("kim@example.com", "secret-words").with_device(&device)
+    );
+    assert!(
+        !debug.contains("secret-words") && !debug.contains(&device),
+        "{debug}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Device tokens
+// ---------------------------------------------------------------------------------------
+
+/// The rows of `device_tokens`, read straight from the file: (hash, user id, last use).
+fn device_rows(f: &support::Fixture) -> Vec<(Vec<u8>, i64, i64)> {
+    let conn = rusqlite::Connection::open(&f.config.database).unwrap();
+    let mut statement = conn
+        .prepare("SELECT token_hash, user_id, last_used_at FROM device_tokens ORDER BY rowid")
+        .unwrap();
+    statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Moves the last use of every device token of the file `micros` into the past.
+fn age_device_tokens(f: &support::Fixture, micros: i64) {
+    let conn = rusqlite::Connection::open(&f.config.database).unwrap();
+    conn.execute(
+        "UPDATE device_tokens SET last_used_at = last_used_at - ?1",
+        [micros],
+    )
+    .unwrap();
+}
+
+/// A login with `device` presented, trusted as [`Accounts::trusted_device`] says.
+fn login_with_device(
+    f: &support::Fixture,
+    email: &str,
+    device: &str,
+) -> narutalk_core::accounts::Login {
+    let accounts = f.narutalk.accounts();
+    let input = LoginInput::new(email, PASSWORD).with_device(device);
+    let trusted = accounts.trusted_device(&input).unwrap();
+    accounts.login_with(&input, trusted).unwrap()
+}
+
+fn trusted(f: &support::Fixture, email: &str, device: &str) -> Option<Device> {
+    f.narutalk
+        .accounts()
+        .trusted_device(&LoginInput::new(email, PASSWORD).with_device(device))
+        .unwrap()
+}
+
+/// A successful login answers a device token: 43 base64url characters (32 random bytes),
+/// different at every login, stored only as its SHA-256 and bound to the account.
+#[test]
+fn login_answers_a_new_device_token_stored_only_as_its_sha256() {
+    use base64::Engine;
+    use sha2::Digest;
+    let f = open();
+    let user = register(&f.narutalk, "kim", "kim@example.com");
+
+    let first = login(&f.narutalk, "kim@example.com");
+    let second = login(&f.narutalk, "kim@example.com");
+
+    for device in [&first.device, &second.device] {
+        assert_eq!(device.len(), 43);
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(device)
+            .unwrap();
+        assert_eq!(bytes.len(), 32);
+    }
+    assert_ne!(first.device, second.device);
+    let rows = device_rows(&f);
+    assert_eq!(rows.len(), 2);
+    for (row, device) in rows.iter().zip([&first.device, &second.device]) {
+        assert_eq!(row.0, sha2::Sha256::digest(device.as_bytes()).to_vec());
+        assert_eq!(row.1, user.id.0);
+    }
+    let file = std::fs::read(&f.config.database).unwrap();
+    let wal = std::fs::read(f.config.database.with_extension("sqlite3-wal")).unwrap_or_default();
+    for device in [&first.device, &second.device] {
+        for bytes in [&file, &wal] {
+            assert!(
+                !bytes.windows(43).any(|window| window == device.as_bytes()),
+                "the token itself is on disk"
+            );
+        }
+    }
+}
+
+/// A login that presents a valid device token of its account answers the same token and
+/// moves its last use to now; the account keeps one row for it.
+#[test]
+fn a_login_with_its_valid_device_token_answers_it_again_and_moves_its_last_use() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    let first = login(&f.narutalk, "kim@example.com");
+    age_device_tokens(&f, 30 * 24 * 3600 * 1_000_000);
+    let aged = device_rows(&f)[0].2;
+
+    assert_eq!(
+        trusted(&f, "KIM@example.com", &first.device),
+        Device::of(&first.device)
+    );
+    let again = login_with_device(&f, "kim@example.com", &first.device);
+
+    assert_eq!(again.device, first.device);
+    let rows = device_rows(&f);
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].2 > aged + 29 * 24 * 3600 * 1_000_000,
+        "last use moved"
+    );
+    let by_fields = f
+        .narutalk
+        .accounts()
+        .login_fields(&body(json!({
+            "email": "kim@example.com", "password": PASSWORD, "device": first.device,
+        })))
+        .unwrap();
+    assert_eq!(by_fields.device, first.device);
+}
+
+/// A device token is ignored, never an error, when it belongs to another account, when
+/// the email is unknown, when it expired (90 days without use), or when the caller does not
+/// honour it: the login succeeds with a new token.
+#[test]
+fn a_foreign_expired_or_unhonoured_device_token_is_ignored_and_a_new_one_answered() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    register(&f.narutalk, "lee", "lee@example.com");
+    let kims = login(&f.narutalk, "kim@example.com").device;
+    let lees = login(&f.narutalk, "lee@example.com").device;
+
+    assert_eq!(trusted(&f, "kim@example.com", &lees), None);
+    assert_eq!(trusted(&f, "nobody@example.com", &kims), None);
+    assert_eq!(trusted(&f, "kim@example.com", &"A".repeat(43)), None);
+    let foreign = login_with_device(&f, "kim@example.com", &lees);
+    assert_ne!(foreign.device, lees);
+    assert_ne!(foreign.device, kims);
+    let unhonoured = f
+        .narutalk
+        .accounts()
+        .login_with(
+            &LoginInput::new("kim@example.com", PASSWORD).with_device(&kims),
+            None,
+        )
+        .unwrap();
+    assert_ne!(unhonoured.device, kims);
+    // Another device's digest is never honoured for this input either.
+    let mismatched = f
+        .narutalk
+        .accounts()
+        .login_with(
+            &LoginInput::new("kim@example.com", PASSWORD).with_device(&kims),
+            Device::of(&lees),
+        )
+        .unwrap();
+    assert_ne!(mismatched.device, kims);
+    assert_ne!(mismatched.device, lees);
+    assert_eq!(
+        trusted(&f, "lee@example.com", &lees),
+        Device::of(&lees),
+        "still lee's"
+    );
+
+    // One second short of 90 days unused, it is still valid; at 90 days it is not.
+    let ninety_days = 90 * 24 * 3600 * 1_000_000_i64;
+    let fresh = login(&f.narutalk, "kim@example.com").device;
+    age_device_tokens(&f, ninety_days - 1_000_000);
+    assert_eq!(trusted(&f, "kim@example.com", &fresh), Device::of(&fresh));
+    age_device_tokens(&f, 1_000_000);
+    assert_eq!(trusted(&f, "kim@example.com", &fresh), None);
+    let expired = login_with_device(&f, "kim@example.com", &fresh);
+    assert_ne!(expired.device, fresh);
+}
+
+/// Password change, password reset, deactivation and "log out everywhere" each revoke
+/// every device token of the account, and only of that account.
+#[test]
+fn device_tokens_are_revoked_with_every_token_of_the_account() {
+    let f = open();
+    let kim = register(&f.narutalk, "kim", "kim@example.com");
+    register(&f.narutalk, "lee", "lee@example.com");
+    let accounts = f.narutalk.accounts();
+    let lees = login(&f.narutalk, "lee@example.com").device;
+    let mut password = PASSWORD;
+    for name in [
+        "password change",
+        "reset",
+        "deactivation",
+        "log out everywhere",
+    ] {
+        let device = accounts.login("kim@example.com", password).unwrap().device;
+        assert_eq!(trusted(&f, "kim@example.com", &device), Device::of(&device));
+        match name {
+            "password change" => {
+                accounts
+                    .change_password_fields(
+                        kim.id,
+                        &body(json!({"old_password": password, "new_password": NEW_PASSWORD})),
+                    )
+                    .unwrap();
+                password = NEW_PASSWORD;
+            }
+            "reset" => {
+                accounts.reset_password(kim.id, PASSWORD).unwrap();
+                password = PASSWORD;
+            }
+            "deactivation" => {
+                accounts.set_active(kim.id, false).unwrap();
+                accounts.set_active(kim.id, true).unwrap();
+            }
+            _ => accounts.logout_all(kim.id).unwrap(),
+        }
+        let input = LoginInput::new("kim@example.com", password).with_device(&device);
+        assert_eq!(accounts.trusted_device(&input).unwrap(), None, "{name}");
+        let rows = device_rows(&f);
+        assert!(rows.iter().all(|row| row.1 != kim.id.0), "{name}: {rows:?}");
+        assert_eq!(
+            trusted(&f, "lee@example.com", &lees),
+            Device::of(&lees),
+            "{name}"
+        );
+    }
+}
+
+/// An account keeps its 20 most recently used device tokens: a new one pushes out the one
+/// used longest ago, and using a token keeps it.
+#[test]
+fn an_account_keeps_its_twenty_most_recently_used_device_tokens() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    register(&f.narutalk, "lee", "lee@example.com");
+    let lees = login(&f.narutalk, "lee@example.com").device;
+    let devices: Vec<String> = (0..20)
+        .map(|_| login(&f.narutalk, "kim@example.com").device)
+        .collect();
+    assert_eq!(device_rows(&f).len(), 21);
+
+    assert_eq!(
+        login_with_device(&f, "kim@example.com", &devices[0]).device,
+        devices[0]
+    );
+    let newest = login(&f.narutalk, "kim@example.com").device;
+
+    assert_eq!(device_rows(&f).len(), 21, "20 for kim, 1 for lee");
+    assert_eq!(
+        trusted(&f, "kim@example.com", &devices[1]),
+        None,
+        "used longest ago"
+    );
+    for device in devices.iter().skip(2).chain([&devices[0], &newest]) {
+        assert_eq!(trusted(&f, "kim@example.com", device), Device::of(device));
+    }
+    assert_eq!(trusted(&f, "lee@example.com", &lees), Device::of(&lees));
+}
+
+/// Deleting the account deletes its device tokens with it.
+#[test]
+fn deleting_an_account_deletes_its_device_tokens() {
+    let f = open();
+    let kim = register(&f.narutalk, "kim", "kim@example.com");
+    login(&f.narutalk, "kim@example.com");
+    f.narutalk.accounts().delete(kim.id).unwrap();
+    assert!(device_rows(&f).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// NUL characters
+// ---------------------------------------------------------------------------------------
+
+/// NUL is refused in every string of an account (contract section 9), under the field,
+/// after the length check: registration, profile updates, the administrators' create, and
+/// the login's fields.
+#[test]
+fn nul_characters_are_refused_in_every_account_field() {
+    let f = open();
+    let kim = register(&f.narutalk, "kim", "kim@example.com");
+    let accounts = f.narutalk.accounts();
+
+    assert_eq!(
+        field_errors(accounts.register_fields(&body(json!({
+            "username": "lee\u{0}", "email": "lee\u{0}@example.com",
+            "password": "violet\u{0}harbour", "password_confirm": "violet\u{0}harbour",
+            "department": "a\u{0}b",
+        })))),
+        fields(&[
+            ("department", &[NUL]),
+            ("email", &[NUL]),
+            ("password", &[NUL]),
+            ("password_confirm", &[NUL]),
+            ("username", &[NUL]),
+        ])
+    );
+    assert_eq!(
+        field_errors(accounts.update_profile_fields(
+            kim.id,
+            &body(json!({"username": "\u{0}", "department": "\u{0}".repeat(101)})),
+            true,
+        )),
+        fields(&[
+            (
+                "department",
+                &["Ensure this field has no more than 100 characters."]
+            ),
+            ("username", &[NUL]),
+        ])
+    );
+    assert_eq!(
+        field_errors(accounts.update_profile_fields(
+            kim.id,
+            &body(json!({"email": "kim@example.com\u{0}", "department": "\u{0}"})),
+            true,
+        )),
+        fields(&[("department", &[NUL]), ("email", &[NUL])])
+    );
+    let mut new = new_user("lee", "lee@example.com", PASSWORD, Role::Nurse);
+    new.department = "ward\u{0}".into();
+    assert_eq!(
+        field_errors(accounts.create(&new)),
+        fields(&[("department", &[NUL])])
+    );
+    assert_eq!(
+        field_errors(accounts.login_fields(&body(json!({
+            "email": "kim@example.com\u{0}", "password": "\u{0}",
+        })))),
+        fields(&[("email", &[NUL]), ("password", &[NUL])])
+    );
+    assert_eq!(accounts.get(kim.id).unwrap().department, "");
+    assert_eq!(accounts.list(&UserFilter::default()).unwrap().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1436,7 +1816,8 @@ fn a_user_serializes_as_the_contract_user_object_only() {
     let login = login(&fixture.narutalk, "kim@example.com");
     let value = serde_json::to_value(&login).unwrap();
     let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["access", "refresh", "user"]);
+    assert_eq!(keys, ["access", "device", "refresh", "user"]);
+    assert_eq!(value["device"], login.device);
     assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
     let dashboard = fixture.narutalk.accounts().dashboard(user.id).unwrap();
     let value = serde_json::to_value(&dashboard).unwrap();

@@ -1532,6 +1532,71 @@ fn metadata_must_be_an_object_and_is_kept_as_sent() {
     );
 }
 
+/// NUL is refused in every stored string of a session or a message (contract section 9),
+/// with `Null characters are not allowed.` under the field: titles at creation and update,
+/// contents, and metadata keys and string values at any depth; the length checks come
+/// first. Nothing is stored.
+#[test]
+fn nul_characters_are_refused_in_titles_contents_and_metadata() {
+    let (_dir, narutalk, alice) = fixture();
+    let chat = narutalk.chat();
+    let session = new_session(&narutalk, alice, "s").id;
+    let nul = |field: &str| json!({ field: ["Null characters are not allowed."] });
+
+    assert_eq!(
+        field_errors(chat.create_session_fields(alice, &obj(json!({"title": "a\u{0}b"})))),
+        nul("title")
+    );
+    assert_eq!(
+        field_errors(
+            chat.create_session_fields(alice, &obj(json!({"title": "\u{0}".repeat(201)})))
+        ),
+        json!({"title": ["Ensure this field has no more than 200 characters."]})
+    );
+    assert_eq!(
+        field_errors(chat.update_session_fields(alice, session, &obj(json!({"title": "\u{0}"})))),
+        nul("title")
+    );
+    for body in [json!({"content": "a\u{0}b"}), json!({"content": "\u{0}"})] {
+        assert_eq!(
+            field_errors(post(&narutalk, alice, session, body)),
+            nul("content")
+        );
+    }
+    for metadata in [
+        json!({"k\u{0}": 1}),
+        json!({"k": "\u{0}"}),
+        json!({"k": [1, {"deeper": ["x", "y\u{0}"]}]}),
+        json!({"a": {"b": {"c\u{0}": null}}}),
+    ] {
+        assert_eq!(
+            field_errors(post(
+                &narutalk,
+                alice,
+                session,
+                json!({"content": "c", "metadata": metadata})
+            )),
+            nul("metadata"),
+            "{metadata}"
+        );
+    }
+    assert_eq!(
+        field_errors(post(
+            &narutalk,
+            alice,
+            session,
+            json!({"content": "\u{0}", "metadata": {"k": "\u{0}".repeat(20_000)}})
+        )),
+        json!({
+            "content": ["Null characters are not allowed."],
+            "metadata": ["Ensure this value has at most 16384 bytes."],
+        })
+    );
+    let detail = chat.session(alice, session).unwrap();
+    assert_eq!(detail.session.title, "s");
+    assert!(detail.messages.is_empty());
+}
+
 /// The metadata limit is 16,384 bytes of compact UTF-8 JSON: exactly that is accepted, one
 /// byte more refused; multi-byte characters and escapes count in bytes.
 #[test]
@@ -2067,8 +2132,9 @@ fn sessions_exist_answers_per_owner_and_notices_deletion() {
     assert_eq!(chat.sessions_exist(&[]).unwrap(), Vec::<bool>::new());
 }
 
-/// Hostile strings (SQL, LIKE wildcards, NUL, emoji, RTL marks) round-trip byte for byte
-/// in titles, contents and metadata, and the tables survive.
+/// Hostile strings (SQL, LIKE wildcards, control characters, emoji, RTL marks) round-trip
+/// byte for byte in titles, contents and metadata, and the tables survive. (NUL is
+/// refused: see `nul_characters_are_refused_in_titles_contents_and_metadata`.)
 #[test]
 fn hostile_strings_round_trip_byte_identical() {
     let (_dir, narutalk, alice) = fixture();
@@ -2079,8 +2145,7 @@ fn hostile_strings_round_trip_byte_identical() {
         "%",
         "_",
         "%_%\\",
-        "a\u{0}b",
-        "\u{0}",
+        "a\u{1}b\u{1b}[31m",
         "👩‍⚕️🩺 🇰🇷",
         "\u{202E}txt.exe\u{202C} مرحبا שלום",
         "\u{FEFF}\u{200B}zero width",

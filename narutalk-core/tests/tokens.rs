@@ -1,6 +1,7 @@
 //! Protects the token rules of contract section 2: simplejwt-compatible HS256 claims and
 //! lifetimes, the refusal of every forged, tampered, expired or mistyped token, refresh
-//! rotation with reuse detection, logout, and per-user revocation.
+//! rotation with reuse detection, logout, and per-user revocation; and of section 9: reuse
+//! and logout end the access tokens of the login's family too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -78,6 +79,19 @@ fn assert_refused_everywhere(f: &Fixture, token: &str, problem: TokenProblem) {
     );
 }
 
+/// The `family` column of every refresh row of the file, in insertion order.
+fn stored_families(f: &Fixture) -> Vec<String> {
+    let conn = rusqlite::Connection::open(&f.config.database).unwrap();
+    let mut statement = conn
+        .prepare("SELECT family FROM refresh_tokens ORDER BY rowid")
+        .unwrap();
+    statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// Token keys with the fixture's secret and default lifetimes.
 fn keys(f: &Fixture) -> TokenKeys {
     TokenKeys::new(f.config.secret_key.as_ref().unwrap(), 60, 7).unwrap()
@@ -97,7 +111,7 @@ fn refresh_problem<T: std::fmt::Debug>(result: Result<T, Error>) -> TokenProblem
 /// An access token is HS256 with exactly `token_type`, `user_id` (a string), `jti` (32 hex
 /// digits), `iat` (now) and `exp` one hour later.
 #[test]
-fn access_token_claims_are_exactly_the_simplejwt_five_with_a_one_hour_lifetime() {
+fn access_token_claims_are_the_simplejwt_five_and_the_family_with_a_one_hour_lifetime() {
     let f = open();
     let user = register(&f.narutalk, "kim", "kim@example.com");
     let before = unix_now();
@@ -117,8 +131,9 @@ fn access_token_claims_are_exactly_the_simplejwt_five_with_a_one_hour_lifetime()
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["exp", "iat", "jti", "token_type", "user_id"])
+        BTreeSet::from(["exp", "fam", "iat", "jti", "token_type", "user_id"])
     );
+    assert_eq!(claims["fam"], stored_families(&f)[0]);
     assert_eq!(claims["token_type"], "access");
     assert_eq!(claims["user_id"], Value::String(user.id.0.to_string()));
     let jti = claims["jti"].as_str().unwrap();
@@ -140,6 +155,37 @@ fn access_token_claims_are_exactly_the_simplejwt_five_with_a_one_hour_lifetime()
     assert_eq!(decoded.token_type, TokenKind::Access);
     assert_eq!(decoded.user_id, user.id);
     assert_eq!((decoded.iat, decoded.exp), (iat, exp));
+    assert_eq!(decoded.fam.as_deref(), claims["fam"].as_str());
+}
+
+/// Every access token of a login family names it in `fam` (32 lower-case hex digits, the
+/// stored family), rotation keeps it, another login has its own; refresh tokens carry the
+/// five claims only.
+#[test]
+fn access_tokens_name_their_login_family_and_rotation_keeps_it() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    let first = login(&f.narutalk, "kim@example.com");
+    let rotated = f.narutalk.tokens().refresh(&first.tokens.refresh).unwrap();
+    let second = login_again(&f);
+
+    let families = stored_families(&f);
+    assert_eq!(families.len(), 3);
+    assert_eq!(families[0], families[1], "a rotation stays in its family");
+    assert_ne!(families[0], families[2]);
+    let family = families[0].as_str();
+    assert_eq!(family.len(), 32);
+    assert!(
+        family
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+    assert_eq!(jwt_claims(&first.tokens.access)["fam"], family);
+    assert_eq!(jwt_claims(&rotated.access)["fam"], family);
+    assert_eq!(jwt_claims(&second.tokens.access)["fam"], families[2]);
+    for refresh in [&first.tokens.refresh, &rotated.refresh] {
+        assert_eq!(jwt_claims(refresh).get("fam"), None);
+    }
 }
 
 /// A refresh token carries the same five claims, `token_type` `refresh`, a jti of its own,
@@ -444,6 +490,19 @@ fn a_token_with_a_wrong_or_missing_claim_is_refused() {
         f.narutalk.tokens().authenticate(&token).unwrap().id,
         user.id
     );
+    // A `fam` this server would never write.
+    for fam in [json!("xyz"), json!(""), json!(5), json!("G".repeat(32))] {
+        let mut changed = good.clone();
+        changed["fam"] = fam.clone();
+        let token = sign(&changed, Algorithm::HS256, f.secret());
+        assert!(
+            matches!(
+                f.narutalk.tokens().authenticate(&token),
+                Err(Error::InvalidToken(TokenProblem::Invalid))
+            ),
+            "{fam}"
+        );
+    }
 }
 
 /// Garbage, an empty string, a lone dot pattern and a 1 MiB string are refused as invalid.
@@ -648,6 +707,130 @@ fn refresh_and_logout_bodies_require_a_refresh_string() {
     assert_eq!(
         refresh_problem(tokens.refresh_fields(&body(json!({"refresh": pair.refresh})))),
         TokenProblem::Blacklisted
+    );
+}
+
+/// Presenting a rotated refresh token again ends the whole family's access tokens, the
+/// one issued with the reused token and the newest alike; another login keeps working.
+#[test]
+fn reuse_refuses_every_access_token_of_the_family() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    let phone = login(&f.narutalk, "kim@example.com");
+    let laptop = login_again(&f);
+    let tokens = f.narutalk.tokens();
+    let rotated = tokens.refresh(&phone.tokens.refresh).unwrap();
+    tokens.authenticate(&rotated.access).unwrap();
+
+    assert_eq!(
+        refresh_problem(tokens.refresh(&phone.tokens.refresh)),
+        TokenProblem::Blacklisted
+    );
+
+    for access in [&phone.tokens.access, &rotated.access] {
+        assert_eq!(
+            refresh_problem(tokens.authenticate(access)),
+            TokenProblem::Blacklisted
+        );
+    }
+    tokens.authenticate(&laptop.tokens.access).unwrap();
+    tokens.refresh(&laptop.tokens.refresh).unwrap();
+}
+
+/// Logging a refresh token out ends its family: the family's access tokens and every
+/// refresh token of it are refused; another login keeps working.
+#[test]
+fn logout_refuses_every_access_token_of_the_family() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    let phone = login(&f.narutalk, "kim@example.com");
+    let laptop = login_again(&f);
+    let tokens = f.narutalk.tokens();
+    let rotated = tokens.refresh(&phone.tokens.refresh).unwrap();
+
+    tokens.logout(&rotated.refresh).unwrap();
+
+    for access in [&phone.tokens.access, &rotated.access] {
+        assert_eq!(
+            refresh_problem(tokens.authenticate(access)),
+            TokenProblem::Blacklisted
+        );
+    }
+    assert_eq!(
+        refresh_problem(tokens.refresh(&rotated.refresh)),
+        TokenProblem::Blacklisted
+    );
+    tokens.authenticate(&laptop.tokens.access).unwrap();
+    tokens.refresh(&laptop.tokens.refresh).unwrap();
+}
+
+/// An access token with the five claims only (no `fam`, as another simplejwt-compatible
+/// issuer would sign it) is judged by the older rules alone: a family's logout or reuse
+/// does not touch it, the user's revocation does.
+#[test]
+fn an_access_token_without_a_family_is_judged_by_the_older_rules_alone() {
+    let f = open();
+    let user = register(&f.narutalk, "kim", "kim@example.com");
+    let now = unix_now();
+    let five = sign(
+        &claims("access", user.id, now, now + 3600),
+        Algorithm::HS256,
+        f.secret(),
+    );
+    let tokens = f.narutalk.tokens();
+    let (_, grant) = tokens.authenticate_grant(&five).unwrap();
+    assert_eq!(grant.family, None);
+    let login = login(&f.narutalk, "kim@example.com");
+    let rotated = tokens.refresh(&login.tokens.refresh).unwrap();
+    tokens.refresh(&login.tokens.refresh).unwrap_err();
+    let again = login_again(&f);
+    tokens.logout(&again.tokens.refresh).unwrap();
+
+    assert_eq!(tokens.authenticate(&five).unwrap().id, user.id);
+    assert_eq!(tokens.revoked(&[grant]).unwrap(), [false]);
+    assert!(tokens.authenticate(&rotated.access).is_err());
+
+    f.narutalk.accounts().logout_all(user.id).unwrap();
+    assert_eq!(
+        refresh_problem(tokens.authenticate(&five)),
+        TokenProblem::Blacklisted
+    );
+    assert_eq!(tokens.revoked(&[grant]).unwrap(), [true]);
+}
+
+/// A grant names its token's family, and reads as revoked once the family is (logout or
+/// reuse), also to another handle on the same file (another process); grants of other
+/// families stay live.
+#[test]
+fn grants_read_as_revoked_once_their_family_is() {
+    let f = open();
+    register(&f.narutalk, "kim", "kim@example.com");
+    let tokens = f.narutalk.tokens();
+    let grant = |access: &str| tokens.authenticate_grant(access).unwrap().1;
+    let phone = login(&f.narutalk, "kim@example.com");
+    let laptop = login_again(&f);
+    let tablet = login_again(&f);
+    let grants = [
+        grant(&phone.tokens.access),
+        grant(&laptop.tokens.access),
+        grant(&tablet.tokens.access),
+    ];
+    assert!(grants.iter().all(|g| g.family.is_some()));
+    assert_eq!(
+        grants[0].family.unwrap().to_string(),
+        jwt_claims(&phone.tokens.access)["fam"].as_str().unwrap()
+    );
+    assert_eq!(tokens.revoked(&grants).unwrap(), [false; 3]);
+
+    tokens.logout(&phone.tokens.refresh).unwrap();
+    assert_eq!(tokens.revoked(&grants).unwrap(), [true, false, false]);
+    tokens.refresh(&laptop.tokens.refresh).unwrap();
+    tokens.refresh(&laptop.tokens.refresh).unwrap_err();
+    assert_eq!(tokens.revoked(&grants).unwrap(), [true, true, false]);
+    let elsewhere = narutalk_core::Narutalk::open_for_administration(&f.config).unwrap();
+    assert_eq!(
+        elsewhere.tokens().revoked(&grants).unwrap(),
+        [true, true, false]
     );
 }
 
@@ -937,6 +1120,42 @@ fn purge_expired_keeps_fresh_refresh_tokens() {
     );
     let again = login_again(&f);
     tokens.refresh(&again.tokens.refresh).unwrap();
+}
+
+/// An expired refresh row is kept while an access token issued with it may still be
+/// presented (an access lifetime longer than the refresh lifetime), so that a revoked
+/// family stays revoked; once that access token has expired too, the row goes.
+#[test]
+fn purge_keeps_an_expired_row_while_its_family_access_token_lives() {
+    let f = open_with(|config| {
+        config.access_token_minutes = 3 * 24 * 60;
+        config.refresh_token_days = 1;
+    });
+    register(&f.narutalk, "kim", "kim@example.com");
+    let login = login(&f.narutalk, "kim@example.com");
+    let tokens = f.narutalk.tokens();
+    tokens.logout(&login.tokens.refresh).unwrap();
+    let conn = rusqlite::Connection::open(&f.config.database).unwrap();
+    let day = 24 * 3600;
+    conn.execute(
+        "UPDATE refresh_tokens SET issued_at = issued_at - ?1, expires_at = expires_at - ?1",
+        [2 * day],
+    )
+    .unwrap();
+
+    assert_eq!(tokens.purge_expired(1000).unwrap(), 0);
+    assert_eq!(
+        refresh_problem(tokens.authenticate(&login.tokens.access)),
+        TokenProblem::Blacklisted
+    );
+
+    conn.execute(
+        "UPDATE refresh_tokens SET issued_at = issued_at - ?1, expires_at = expires_at - ?1",
+        [2 * day],
+    )
+    .unwrap();
+    assert_eq!(tokens.purge_expired(1000).unwrap(), 1);
+    assert!(stored_families(&f).is_empty());
 }
 
 /// Token keys refuse a secret shorter than 32 bytes and accept one of exactly 32.

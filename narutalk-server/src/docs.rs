@@ -233,6 +233,12 @@ pub struct LoginRequest {
     pub email: String,
     /// The password.
     pub password: String,
+    /// The device token of an earlier successful login of this account. While it is valid
+    /// (90 days from its last use), failed logins with it count against its own budget
+    /// instead of the account's. An invalid, foreign, expired or non-string value is
+    /// ignored.
+    #[schema(nullable = false)]
+    pub device: Option<String>,
 }
 
 /// `POST /api/auth/token/refresh/` and `/api/auth/logout/`.
@@ -314,6 +320,10 @@ pub struct LoginResponse {
     pub refresh: String,
     /// The user.
     pub user: User,
+    /// The account's device token (43 base64url characters): the one sent, when it was
+    /// valid and honoured, otherwise a new one. Keep it and send it with later logins.
+    #[schema(min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
+    pub device: String,
 }
 
 /// The dashboard.

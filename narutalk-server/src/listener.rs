@@ -73,6 +73,9 @@ pub struct ServeOptions {
     /// How often open WebSockets are checked for revoked tokens and deleted sessions
     /// (contract section 6: closed within 5 s).
     pub revocation_check: Duration,
+    /// How often a login failure budget gets a token back (contract section 9: 36 s);
+    /// tests lengthen it so that no token comes back while they run.
+    pub login_failure_refill: Duration,
 }
 
 impl Default for ServeOptions {
@@ -86,6 +89,7 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(60),
             ws_send_queue: 256,
             revocation_check: Duration::from_secs(2),
+            login_failure_refill: crate::limits::LOGIN_FAILURE_REFILL,
         }
     }
 }

@@ -118,7 +118,7 @@ impl State {
             trusted_proxies: config.trusted_proxies.clone(),
             cors_origins: config.cors_origins.clone(),
             local_addr,
-            throttles: Throttles::new(config),
+            throttles: Throttles::new(config, options.login_failure_refill),
             hashing: HashGate::new(cores, HASH_QUEUE),
             lines: SessionLines::default(),
             search,

@@ -1,6 +1,7 @@
-//! `/api/auth/` (contract section 2): registration with every field rule, login, refresh
-//! rotation with reuse detection, logout, the profile, password changes, the dashboard's
-//! counts, and revocation made from the core (as the CLI makes it) taking effect at once.
+//! `/api/auth/` (contract sections 2 and 9): registration with every field rule, login
+//! and its device token, refresh rotation with reuse detection, logout, the end of a login
+//! family's access tokens, the profile, password changes, the dashboard's counts, and
+//! revocation made from the core (as the CLI makes it) taking effect at once.
 
 use narutalk_core::accounts::UserId;
 use narutalk_core::config::Secret;
@@ -402,9 +403,10 @@ async fn login_answers_a_token_pair_with_simplejwt_claims_and_the_user() {
     let login = body(response).await;
     let access = login["access"].as_str().unwrap();
     let refresh = login["refresh"].as_str().unwrap();
+    let device = login["device"].as_str().unwrap();
     assert_eq!(
         login,
-        json!({ "access": access, "refresh": refresh, "user": registered })
+        json!({ "access": access, "refresh": refresh, "user": registered, "device": device })
     );
     let access_claims = claims(access);
     let refresh_claims = claims(refresh);
@@ -455,6 +457,81 @@ async fn login_answers_one_401_for_a_wrong_password_an_unknown_email_and_an_inac
         )
         .await;
     }
+}
+
+#[tokio::test]
+async fn login_answers_a_device_token_and_the_same_one_when_it_is_sent_back() {
+    // Arrange
+    let app = spawn_app().await;
+    app.account("kim").await;
+    let first = login_with(
+        &app,
+        json!({ "email": "kim@example.com", "password": PASSWORD }),
+    )
+    .await;
+    let device = first["device"].as_str().unwrap().to_owned();
+
+    // Act
+    let again = login_with(
+        &app,
+        json!({ "email": "kim@example.com", "password": PASSWORD, "device": device }),
+    )
+    .await;
+    let ignored = [json!(5), json!(null), json!("garbage"), json!(["x"])].map(
+        |device| json!({ "email": "kim@example.com", "password": PASSWORD, "device": device }),
+    );
+    let mut others = Vec::new();
+    for request in ignored {
+        others.push(login_with(&app, request).await["device"].clone());
+    }
+
+    // Assert
+    assert_eq!(device.len(), 43);
+    assert!(
+        device
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{device}"
+    );
+    assert_eq!(again["device"], device);
+    let mut seen = std::collections::BTreeSet::from([device.clone()]);
+    for other in others {
+        assert_eq!(other.as_str().unwrap().len(), 43);
+        assert!(
+            seen.insert(other.as_str().unwrap().to_owned()),
+            "a new token each time"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_password_change_revokes_the_device_token() {
+    // Arrange
+    let app = spawn_app().await;
+    let account = app.account("kim").await;
+    let device = login_with(
+        &app,
+        json!({ "email": "kim@example.com", "password": PASSWORD }),
+    )
+    .await["device"]
+        .clone();
+    let changed = change_password(
+        &app,
+        &account,
+        json!({ "old_password": PASSWORD, "new_password": NEW_PASSWORD }),
+    )
+    .await;
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+
+    // Act
+    let after = login_with(
+        &app,
+        json!({ "email": "kim@example.com", "password": NEW_PASSWORD, "device": device }),
+    )
+    .await;
+
+    // Assert
+    assert_ne!(after["device"], device);
 }
 
 #[tokio::test]
@@ -517,6 +594,51 @@ async fn a_rotated_refresh_token_is_blacklisted_and_its_reuse_revokes_the_whole_
     // Assert
     assert_token_refused(reused, "Token is blacklisted").await;
     assert_token_refused(descendant, "Token is blacklisted").await;
+}
+
+#[tokio::test]
+async fn reuse_of_a_refresh_token_refuses_every_access_token_of_its_family() {
+    // Arrange
+    let app = spawn_app().await;
+    let account = app.account("kim").await;
+    let other_login = app.login("kim@example.com").await;
+    let rotated = body(refresh(&app, &account.refresh).await).await;
+    let rotated_access = rotated["access"].as_str().unwrap();
+    assert_still_signed_in(&app, &account).await;
+
+    // Act
+    let reused = refresh(&app, &account.refresh).await;
+
+    // Assert
+    assert_token_refused(reused, "Token is blacklisted").await;
+    assert_access_refused(&app, &account.access).await;
+    assert_access_refused(&app, rotated_access).await;
+    assert_still_signed_in(&app, &other_login).await;
+}
+
+#[tokio::test]
+async fn logout_refuses_every_access_token_of_its_family() {
+    // Arrange
+    let app = spawn_app().await;
+    let account = app.account("kim").await;
+    let other_login = app.login("kim@example.com").await;
+    let rotated = body(refresh(&app, &account.refresh).await).await;
+    let rotated_access = rotated["access"].as_str().unwrap();
+    let rotated_refresh = rotated["refresh"].as_str().unwrap();
+
+    // Act
+    let response = logout(&app, rotated_refresh).await;
+
+    // Assert
+    assert_eq!(response.status(), StatusCode::RESET_CONTENT);
+    assert_access_refused(&app, &account.access).await;
+    assert_access_refused(&app, rotated_access).await;
+    assert_token_refused(refresh(&app, rotated_refresh).await, "Token is blacklisted").await;
+    assert_still_signed_in(&app, &other_login).await;
+    assert_eq!(
+        refresh(&app, &other_login.refresh).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -1163,6 +1285,13 @@ fn claims(token: &str) -> Value {
 
 async fn register(app: &TestApp, request: Value) -> Response {
     app.post_json("/api/auth/register/", &request).await
+}
+
+/// Posts `request` to the login endpoint, expects 200, and answers the body.
+async fn login_with(app: &TestApp, request: Value) -> Value {
+    let response = app.post_json("/api/auth/login/", &request).await;
+    assert_eq!(response.status(), StatusCode::OK, "{request}");
+    body(response).await
 }
 
 async fn refresh(app: &TestApp, token: &str) -> Response {

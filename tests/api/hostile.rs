@@ -1,8 +1,9 @@
-//! Hostile input (contract sections 1 and 2): strings that look like SQL or carry Korean,
-//! emoji and odd whitespace are stored verbatim; forged, expired and misused tokens are
-//! refused; oversized headers and deeply nested JSON are answered; another user's session
-//! does not exist. No request here ever answers 500 or loses its connection: every
-//! `send().await.unwrap()` below is also an assertion that the connection held.
+//! Hostile input (contract sections 1, 2 and 9): strings that look like SQL or carry
+//! Korean, emoji and odd whitespace are stored verbatim, NUL is refused; forged, expired
+//! and misused tokens are refused; oversized headers and deeply nested JSON are answered;
+//! another user's session does not exist. No request here ever answers 500 or loses its
+//! connection: every `send().await.unwrap()` below is also an assertion that the
+//! connection held.
 
 use narutalk_core::config::Secret;
 use narutalk_server::ServeOptions;
@@ -442,10 +443,11 @@ async fn deeply_nested_json_answers_a_json_parse_error() {
 }
 
 #[tokio::test]
-async fn nul_and_control_characters_are_refused_in_names_and_kept_in_free_text() {
+async fn nul_is_refused_in_every_string_and_other_control_characters_are_kept() {
     // Arrange
     let app = spawn_app().await;
     let account = app.account("kim").await;
+    let session = app.session(&account, "Headache").await;
 
     // Act
     let username = app
@@ -469,22 +471,65 @@ async fn nul_and_control_characters_are_refused_in_names_and_kept_in_free_text()
         .send()
         .await
         .unwrap();
+    let controls = app
+        .authed(Method::PATCH, "/api/auth/profile/", &account)
+        .json(&json!({ "department": "a\u{1}b\u{1b}[31m" }))
+        .send()
+        .await
+        .unwrap();
+    let title = app
+        .authed(Method::POST, "/api/chat/sessions/", &account)
+        .json(&json!({ "title": "\u{0}" }))
+        .send()
+        .await
+        .unwrap();
+    let message = app
+        .authed(
+            Method::POST,
+            &format!("/api/chat/sessions/{session}/messages/"),
+            &account,
+        )
+        .json(&json!({ "content": "두통\u{0}", "metadata": { "k": [{ "\u{0}": 1 }] } }))
+        .send()
+        .await
+        .unwrap();
 
     // Assert
     assert_answer(
         username,
         StatusCode::BAD_REQUEST,
-        json!({
-            "username": ["Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters."],
-            "email": ["Enter a valid email address."],
-        }),
+        json!({ "username": [NUL_REFUSED], "email": [NUL_REFUSED] }),
     )
     .await;
-    assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
-    // The contract keeps strings exactly as sent; DRF would refuse the NUL instead.
-    assert_eq!(department.status(), StatusCode::OK);
-    assert_eq!(body(department).await["department"], "a\u{0}b\u{1b}[31m");
+    assert_answer(
+        login,
+        StatusCode::BAD_REQUEST,
+        json!({ "email": [NUL_REFUSED] }),
+    )
+    .await;
+    assert_answer(
+        department,
+        StatusCode::BAD_REQUEST,
+        json!({ "department": [NUL_REFUSED] }),
+    )
+    .await;
+    assert_eq!(controls.status(), StatusCode::OK);
+    assert_eq!(body(controls).await["department"], "a\u{1}b\u{1b}[31m");
+    assert_answer(
+        title,
+        StatusCode::BAD_REQUEST,
+        json!({ "title": [NUL_REFUSED] }),
+    )
+    .await;
+    assert_answer(
+        message,
+        StatusCode::BAD_REQUEST,
+        json!({ "content": [NUL_REFUSED], "metadata": [NUL_REFUSED] }),
+    )
+    .await;
 }
+
+const NUL_REFUSED: &str = "Null characters are not allowed.";
 
 // ---- other users' sessions and malformed ids ------------------------------------------
 

@@ -1,7 +1,10 @@
-//! Throttles and the hashing queue (contract sections 1, 1.1, 2 and 3): login and register
-//! are limited per client IP and per lower-cased email, in separate buckets; the client IP
-//! comes from `X-Forwarded-For` only behind a trusted proxy; message posting is limited
-//! per user; a full password-hashing queue answers 503.
+//! Throttles and the hashing queue (contract sections 1, 1.1, 2, 3 and 9): login and
+//! register are limited per client IP, register also per lower-cased email, in separate
+//! buckets; login failures are limited per lower-cased email (known or not) or per device
+//! token; the client IP comes from `X-Forwarded-For` only behind a trusted proxy; message
+//! posting is limited per user; a full password-hashing queue answers 503.
+
+use std::time::Duration;
 
 use narutalk_server::ServeOptions;
 use reqwest::{Method, Response, StatusCode};
@@ -83,29 +86,313 @@ async fn the_throttle_is_checked_before_the_method_and_the_body() {
 }
 
 #[tokio::test]
-async fn logins_are_counted_per_lower_cased_email_across_client_ips() {
+async fn ten_wrong_passwords_for_an_email_make_the_eleventh_attempt_429_from_any_ip() {
     // Arrange
     let app = throttled_app(true).await;
-    for (n, email) in ["kim@example.com", "KIM@example.com", " Kim@Example.COM "]
-        .into_iter()
-        .enumerate()
-    {
-        let response = login(&app, email, Some(&format!("10.0.0.{n}"))).await;
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+    let spellings = ["kim@example.com", "KIM@example.com", " Kim@Example.COM "];
+    for n in 0..10 {
+        let response = attempt(&app, spellings[n % 3], WRONG, None, &mut ips).await;
+        assert_bad_credentials(response).await;
     }
 
     // Act
-    let same_email = login(&app, "kim@EXAMPLE.com", Some("10.0.0.9")).await;
-    let other_email = login(&app, "lee@example.com", Some("10.0.0.10")).await;
+    let wrong = attempt(&app, "kim@EXAMPLE.com", WRONG, None, &mut ips).await;
+    let right = attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await;
+    let other_email = attempt(&app, "lee@example.com", WRONG, None, &mut ips).await;
 
     // Assert
-    assert_throttled(same_email).await;
-    assert_answer(
-        other_email,
-        StatusCode::UNAUTHORIZED,
-        json!({ "detail": BAD_CREDENTIALS }),
+    let seconds = assert_throttled(wrong).await;
+    assert!(
+        (1..=3600).contains(&seconds),
+        "one back every hour in this app: {seconds}"
+    );
+    assert_throttled(right).await;
+    assert_bad_credentials(other_email).await;
+}
+
+#[tokio::test]
+async fn an_unknown_email_is_throttled_exactly_like_a_known_one() {
+    // Arrange
+    let app = throttled_app(true).await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+
+    for email in ["kim@example.com", "nobody@example.com"] {
+        // Act
+        let mut answers = Vec::new();
+        for _ in 0..11 {
+            let response = attempt(&app, email, WRONG, None, &mut ips).await;
+            let status = response.status();
+            let retry_after = response.headers().get("retry-after").is_some();
+            answers.push((status, retry_after, body(response).await));
+        }
+
+        // Assert
+        let mut expected = vec![
+            (
+                StatusCode::UNAUTHORIZED,
+                false,
+                json!({ "detail": BAD_CREDENTIALS })
+            );
+            10
+        ];
+        let last = answers[10].2["detail"].as_str().unwrap().to_owned();
+        assert!(
+            last.starts_with("Request was throttled. Expected available in "),
+            "{last}"
+        );
+        expected.push((
+            StatusCode::TOO_MANY_REQUESTS,
+            true,
+            json!({ "detail": last }),
+        ));
+        assert_eq!(answers, expected, "{email}");
+    }
+}
+
+#[tokio::test]
+async fn field_errors_and_successful_logins_spend_nothing_of_the_budget() {
+    // Arrange
+    let app = throttled_app(true).await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+    for body in [
+        json!({ "email": "kim@example.com" }),
+        json!({ "email": "kim@example.com", "password": "" }),
+        json!({ "email": "kim@example.com", "password": 5 }),
+        json!({ "email": "kim@example.com", "password": "a\u{0}b" }),
+    ] {
+        for _ in 0..3 {
+            let response = post_login(&app, &body, &mut ips).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
+    }
+    for _ in 0..3 {
+        let response = attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    for _ in 0..10 {
+        let response = attempt(&app, "kim@example.com", WRONG, None, &mut ips).await;
+        assert_bad_credentials(response).await;
+    }
+
+    // Act
+    let eleventh = attempt(&app, "kim@example.com", WRONG, None, &mut ips).await;
+
+    // Assert
+    assert_throttled(eleventh).await;
+}
+
+#[tokio::test]
+async fn parallel_wrong_logins_cannot_all_pass_on_the_last_token_of_the_budget() {
+    // Arrange
+    let app = throttled_app(true).await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+    for _ in 0..9 {
+        let response = attempt(&app, "kim@example.com", WRONG, None, &mut ips).await;
+        assert_bad_credentials(response).await;
+    }
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            app.request(Method::POST, "/api/auth/login/")
+                .header("x-forwarded-for", ips.next())
+                .json(&json!({ "email": "kim@example.com", "password": WRONG }))
+        })
+        .collect();
+
+    // Act
+    let responses = join_all(
+        attempts
+            .into_iter()
+            .map(|request| async move { request.send().await.unwrap().status() }),
     )
     .await;
+
+    // Assert
+    let failed = responses
+        .iter()
+        .filter(|status| **status == StatusCode::UNAUTHORIZED)
+        .count();
+    let throttled = responses
+        .iter()
+        .filter(|status| **status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((failed, throttled), (1, 7), "{responses:?}");
+}
+
+#[tokio::test]
+async fn a_valid_device_token_logs_in_while_the_accounts_budget_is_spent() {
+    // Arrange
+    let app = throttled_app(true).await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+    let device = device_of(attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await).await;
+    for _ in 0..10 {
+        let response = attempt(&app, "kim@example.com", WRONG, None, &mut ips).await;
+        assert_bad_credentials(response).await;
+    }
+    let spent = attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await;
+    assert_throttled(spent).await;
+
+    // Act
+    let with_device = attempt(
+        &app,
+        "kim@example.com",
+        PASSWORD,
+        Some(json!(device)),
+        &mut ips,
+    )
+    .await;
+    let wrong_with_device = attempt(
+        &app,
+        "kim@example.com",
+        WRONG,
+        Some(json!(device)),
+        &mut ips,
+    )
+    .await;
+    let without_device = attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await;
+
+    // Assert
+    assert_eq!(with_device.status(), StatusCode::OK);
+    assert_eq!(
+        device_of(with_device).await,
+        device,
+        "the same token answers back"
+    );
+    assert_bad_credentials(wrong_with_device).await;
+    assert_throttled(without_device).await;
+}
+
+#[tokio::test]
+async fn a_device_token_of_another_account_or_not_a_token_is_ignored() {
+    // Arrange
+    let app = throttled_app(true).await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+    register_from(&app, "lee", &mut ips).await;
+    let lees = device_of(attempt(&app, "lee@example.com", PASSWORD, None, &mut ips).await).await;
+    for _ in 0..10 {
+        let response = attempt(&app, "kim@example.com", WRONG, None, &mut ips).await;
+        assert_bad_credentials(response).await;
+    }
+
+    for device in [
+        json!(lees),
+        json!("A".repeat(43)),
+        json!("garbage"),
+        json!(5),
+        json!(null),
+        json!({"device": lees}),
+    ] {
+        // Act
+        let response = attempt(
+            &app,
+            "kim@example.com",
+            PASSWORD,
+            Some(device.clone()),
+            &mut ips,
+        )
+        .await;
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "{device}");
+        assert_throttled(response).await;
+    }
+    let lee = attempt(
+        &app,
+        "lee@example.com",
+        PASSWORD,
+        Some(json!(lees)),
+        &mut ips,
+    )
+    .await;
+    assert_eq!(device_of(lee).await, lees, "still lee's");
+}
+
+#[tokio::test]
+async fn a_device_token_whose_budget_is_spent_is_ignored_until_it_refills() {
+    // Arrange
+    let app = throttled_app(true).await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+    let device = device_of(attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await).await;
+    for _ in 0..10 {
+        let response = attempt(
+            &app,
+            "kim@example.com",
+            WRONG,
+            Some(json!(device)),
+            &mut ips,
+        )
+        .await;
+        assert_bad_credentials(response).await;
+    }
+
+    // Act: the device's budget is spent, so these count against the email's (still full).
+    let ignored_wrong = attempt(
+        &app,
+        "kim@example.com",
+        WRONG,
+        Some(json!(device)),
+        &mut ips,
+    )
+    .await;
+    let ignored_right = attempt(
+        &app,
+        "kim@example.com",
+        PASSWORD,
+        Some(json!(device)),
+        &mut ips,
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let response = attempt(
+            &app,
+            "kim@example.com",
+            WRONG,
+            Some(json!(device)),
+            &mut ips,
+        )
+        .await;
+        statuses.push(response.status());
+    }
+
+    // Assert
+    assert_bad_credentials(ignored_wrong).await;
+    assert_eq!(ignored_right.status(), StatusCode::OK);
+    assert_ne!(
+        device_of(ignored_right).await,
+        device,
+        "an ignored token is not answered back"
+    );
+    let mut expected = vec![StatusCode::UNAUTHORIZED; 9];
+    expected.push(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(statuses, expected);
+}
+
+#[tokio::test]
+async fn with_the_auth_throttles_off_failures_are_never_throttled() {
+    // Arrange
+    let app = spawn_app().await;
+    let mut ips = Ips::default();
+    register_from(&app, "kim", &mut ips).await;
+
+    // Act
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let response = attempt(&app, "kim@example.com", WRONG, None, &mut ips).await;
+        statuses.push(response.status());
+    }
+    let right = attempt(&app, "kim@example.com", PASSWORD, None, &mut ips).await;
+
+    // Assert
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 12]);
+    assert_eq!(right.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -127,7 +414,8 @@ async fn login_and_register_are_counted_in_separate_buckets() {
     // Assert
     assert_eq!(register_same_email.status(), StatusCode::CREATED);
     assert_eq!(register_same_ip.status(), StatusCode::CREATED);
-    assert_throttled(login_same_email).await;
+    // Three failures are well within the email's budget of ten.
+    assert_eq!(login_same_email.status(), StatusCode::OK);
     assert_throttled(login_same_ip).await;
 }
 
@@ -319,8 +607,74 @@ async fn a_full_password_hashing_queue_answers_503_with_retry_after_1() {
 
 // ---- helpers --------------------------------------------------------------------------
 
-/// An app allowing 3 logins and 3 registrations a minute per IP and per email, with
-/// 127.0.0.1 as a trusted proxy when `behind_proxy`.
+/// A password that breaks no rule but is not [`PASSWORD`].
+const WRONG: &str = "violet-harbour-43";
+
+/// Client addresses, a new one for each request, so that the per-IP throttle (3 a minute
+/// in [`throttled_app`]) never answers before the budget under test.
+#[derive(Default)]
+struct Ips(u32);
+
+impl Ips {
+    fn next(&mut self) -> String {
+        self.0 += 1;
+        format!("10.9.{}.{}", self.0 / 250, self.0 % 250 + 1)
+    }
+}
+
+/// Registers `username` (email `username@example.com`) with [`PASSWORD`] from a new IP.
+async fn register_from(app: &TestApp, username: &str, ips: &mut Ips) {
+    let email = format!("{username}@example.com");
+    let response = register(app, username, &email, Some(&ips.next())).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+/// A login attempt from a new IP, with `device` in the body when given.
+async fn attempt(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    device: Option<Value>,
+    ips: &mut Ips,
+) -> Response {
+    let mut request = json!({ "email": email, "password": password });
+    if let Some(device) = device {
+        request["device"] = device;
+    }
+    post_login(app, &request, ips).await
+}
+
+/// Posts `request` to the login endpoint from a new IP.
+async fn post_login(app: &TestApp, request: &Value, ips: &mut Ips) -> Response {
+    app.request(Method::POST, "/api/auth/login/")
+        .header("x-forwarded-for", ips.next())
+        .json(request)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `device` of a successful login.
+async fn device_of(response: Response) -> String {
+    assert_eq!(response.status(), StatusCode::OK);
+    body(response).await["device"].as_str().unwrap().to_owned()
+}
+
+/// Asserts the contract's one 401 for a failed login.
+async fn assert_bad_credentials(response: Response) {
+    assert!(response.headers().get("retry-after").is_none());
+    assert_answer(
+        response,
+        StatusCode::UNAUTHORIZED,
+        json!({ "detail": BAD_CREDENTIALS }),
+    )
+    .await;
+}
+
+/// An app allowing 3 logins and 3 registrations a minute per IP, 3 registrations a minute
+/// per email and 10 failed logins per email or device token, with 127.0.0.1 as a trusted
+/// proxy when `behind_proxy`. The failure budgets get a token back only every hour (36 s
+/// in the contract), so that none comes back while a test runs, however slow the machine.
 async fn throttled_app(behind_proxy: bool) -> TestApp {
     spawn_app_with(
         |config| {
@@ -329,7 +683,10 @@ async fn throttled_app(behind_proxy: bool) -> TestApp {
                 config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
             }
         },
-        ServeOptions::default(),
+        ServeOptions {
+            login_failure_refill: Duration::from_secs(3600),
+            ..ServeOptions::default()
+        },
     )
     .await
 }

@@ -32,12 +32,15 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
     assert_eq!(json["database"], json!(env.database));
     assert_eq!(
         json["migrations"],
-        json!([{"version": 1, "name": "initial_schema"}])
+        json!([
+            {"version": 1, "name": "initial_schema"},
+            {"version": 2, "name": "device_tokens"},
+        ])
     );
     assert_eq!(
         json["rows"],
-        json!({"chat_messages": 0, "chat_sessions": 0, "idempotency_keys": 0,
-               "refinery_schema_history": 1, "refresh_tokens": 0, "users": 1})
+        json!({"chat_messages": 0, "chat_sessions": 0, "device_tokens": 0, "idempotency_keys": 0,
+               "refinery_schema_history": 2, "refresh_tokens": 0, "users": 1})
     );
     assert_eq!(json["sqlite_version"], json!(rusqlite::version()));
     let size = std::fs::metadata(&env.database).unwrap().len();
@@ -54,8 +57,9 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
             "TABLE                    ROWS\n\
              chat_messages            0\n\
              chat_sessions            0\n\
+             device_tokens            0\n\
              idempotency_keys         0\n\
-             refinery_schema_history  1\n\
+             refinery_schema_history  2\n\
              refresh_tokens           0\n\
              users                    1\n"
         ),
@@ -145,7 +149,7 @@ fn check_fails_on_an_index_that_disagrees_with_its_table() {
         .code(1)
         .stdout(
             "integrity_check: 4 problem(s)\n\
-             \x20 2nd reference to page 26\n\
+             \x20 2nd reference to page 30\n\
              \x20 Page 6: never used\n\
              \x20 wrong # of entries in index sqlite_autoindex_users_2\n\
              \x20 row 1 missing from index sqlite_autoindex_users_2\n\

@@ -2,23 +2,34 @@
 //! administrators' operations (contract section 2).
 //!
 //! Every rule of the contract about users lives here: the field checks with their exact
-//! messages, argon2id hashing, the enumeration-safe login, and revocation of every token
-//! on a password change, reset, deactivation or "log out everywhere". Hashing always runs
-//! outside the writer lock, so a flood of logins never holds up other writes.
+//! messages, argon2id hashing, the enumeration-safe login, device tokens (`devices`), and
+//! revocation of every token on a password change, reset, deactivation or "log out
+//! everywhere". Hashing always runs outside the writer lock, so a flood of logins never
+//! holds up other writes.
+//!
+//! A login is two steps, so that a server can throttle between them (contract section
+//! 9): [`LoginInput::from_fields`] checks the body's fields, then [`Accounts::login_with`]
+//! hashes. [`Accounts::trusted_device`] says whether the body's device token may stand in
+//! for the account's failure budget. [`Accounts::login_fields`] does all three at once,
+//! with no budget, for embedders.
 
 pub(crate) mod admin;
+pub mod devices;
 pub mod password;
 pub mod policy;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::db::Database;
 use crate::error::{Error, FieldErrors};
 use crate::fields::{FieldReader, JsonObject, Text};
 use crate::time;
 use crate::tokens::{self, TokenKeys, TokenPair};
+use devices::Device;
 
 /// `user with this email already exists.`
 pub const EMAIL_TAKEN: &str = "user with this email already exists.";
@@ -155,7 +166,7 @@ impl Serialize for User {
     }
 }
 
-/// The result of a successful login.
+/// The result of a successful login: `{"access", "refresh", "user", "device"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Login {
     /// The new token pair (a new refresh-token family).
@@ -163,6 +174,97 @@ pub struct Login {
     pub tokens: TokenPair,
     /// The user who logged in.
     pub user: User,
+    /// The account's device token: the one the login presented when it was honoured and
+    /// still valid (its last use moved to now), otherwise a new one.
+    pub device: String,
+}
+
+/// A login body whose fields passed their checks: `{"email", "password", "device"?}`.
+#[derive(Clone)]
+pub struct LoginInput {
+    /// Trimmed and lower-cased.
+    email: String,
+    password: String,
+    /// The presented device token, kept only when it has a device token's shape.
+    device: Option<String>,
+}
+
+impl std::fmt::Debug for LoginInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginInput")
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("device", &self.device.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl LoginInput {
+    /// Checks `{"email", "password", "device"?}`: email and password are required strings
+    /// (the password kept exactly as sent). A `device` that is not a device token (not a
+    /// string, or not 43 base64url characters) is ignored, never an error.
+    pub fn from_fields(body: &JsonObject) -> Result<LoginInput, Error> {
+        let mut reader = FieldReader::new(body);
+        let email = reader.text("email", Text::REQUIRED);
+        let password = reader.text("password", Text::REQUIRED_VERBATIM);
+        reader.finish()?;
+        let (Some(email), Some(password)) = (email, password) else {
+            return Err(Error::Internal(
+                "login passed its checks with a field missing".into(),
+            ));
+        };
+        let input = LoginInput::new(&email, &password);
+        Ok(match body.get("device") {
+            Some(Value::String(device)) => input.with_device(device),
+            _ => input,
+        })
+    }
+
+    /// A login by email (case-insensitive) and password, with no device token.
+    pub fn new(email: &str, password: &str) -> LoginInput {
+        LoginInput {
+            email: email.trim().to_lowercase(),
+            password: password.to_owned(),
+            device: None,
+        }
+    }
+
+    /// The same login presenting a device token; one without a device token's shape is
+    /// ignored.
+    pub fn with_device(self, token: &str) -> LoginInput {
+        LoginInput {
+            device: Device::of(token).map(|_| token.to_owned()),
+            ..self
+        }
+    }
+
+    /// The email, trimmed and lower-cased.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// The key of this email's failure budget (contract section 9): the SHA-256 of the
+    /// lower-cased email, whether or not an account has it.
+    pub fn email_key(&self) -> EmailKey {
+        EmailKey(Sha256::digest(self.email.as_bytes()).into())
+    }
+
+    /// The device of the presented device token, if the body carried one of the right
+    /// shape (valid or not: see [`Accounts::trusted_device`]).
+    pub fn device(&self) -> Option<Device> {
+        self.device.as_deref().and_then(Device::of)
+    }
+}
+
+/// What a per-account login failure budget is keyed by: the SHA-256 of the lower-cased
+/// email, so that every key takes 32 bytes whatever the email sent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EmailKey([u8; 32]);
+
+impl std::fmt::Debug for EmailKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EmailKey(..)")
+    }
 }
 
 /// The dashboard's counts, computed from stored data.
@@ -284,26 +386,50 @@ impl Accounts<'_> {
         self.insert(fields.checked(new.role, new.is_verified)?)
     }
 
-    /// `POST /api/auth/login/`: reads `{"email", "password"}` and logs in.
+    /// `POST /api/auth/login/` with no throttle: checks the fields, honours a valid device
+    /// token of the account, and logs in ([`Accounts::login_with`]).
     pub fn login_fields(&self, body: &JsonObject) -> Result<Login, Error> {
-        let mut reader = FieldReader::new(body);
-        let email = reader.text("email", Text::REQUIRED);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
-        reader.finish()?;
-        match (email, password) {
-            (Some(email), Some(password)) => self.login(&email, &password),
-            _ => Err(Error::Internal(
-                "login passed its checks with a field missing".into(),
-            )),
-        }
+        let input = LoginInput::from_fields(body)?;
+        let device = self.trusted_device(&input)?;
+        self.login_with(&input, device)
     }
 
     /// Logs in by email (case-insensitive) and password, and issues a token pair in a new
-    /// family. A wrong password, an unknown email and an inactive account all answer
-    /// [`Error::BadCredentials`] after the same hashing work.
+    /// family and a new device token. A wrong password, an unknown email and an inactive
+    /// account all answer [`Error::BadCredentials`] after the same hashing work.
     pub fn login(&self, email: &str, password: &str) -> Result<Login, Error> {
-        let email = email.trim().to_lowercase();
-        let found = self.db.read(|conn| user_with_hash_by_email(conn, &email))?;
+        self.login_with(&LoginInput::new(email, password), None)
+    }
+
+    /// The device of the login's device token when it is a valid token (not expired, not
+    /// revoked) of the account its email names; `None` otherwise, also for an unknown
+    /// email. One read, no hashing: a server asks this before it picks the failure budget
+    /// that the login counts against.
+    pub fn trusted_device(&self, input: &LoginInput) -> Result<Option<Device>, Error> {
+        let Some(device) = input.device() else {
+            return Ok(None);
+        };
+        let now = time::to_micros(&time::now());
+        let belongs = self
+            .db
+            .read(|conn| devices::belongs_to_email(conn, device, &input.email, now))?;
+        Ok(belongs.then_some(device))
+    }
+
+    /// Logs in with checked fields (the hashing step of `POST /api/auth/login/`) and
+    /// issues a token pair in a new family. `device` is the device token the caller
+    /// honours (from [`Accounts::trusted_device`], when its budget allowed): if it is the
+    /// login's own and still a valid token of the account, the answer carries it again and
+    /// its last use moves to now; otherwise, or with `None`, the answer carries a new
+    /// device token. A wrong password, an unknown email and an inactive account all answer
+    /// [`Error::BadCredentials`] after the same hashing work.
+    pub fn login_with(&self, input: &LoginInput, device: Option<Device>) -> Result<Login, Error> {
+        let email = input.email.as_str();
+        let password = input.password.as_str();
+        let honoured = device
+            .filter(|device| input.device() == Some(*device))
+            .zip(input.device.as_deref());
+        let found = self.db.read(|conn| user_with_hash_by_email(conn, email))?;
         let (user, verified_hash) = match found {
             Some((user, stored)) => {
                 let matches = password::verify(password, &stored);
@@ -318,6 +444,7 @@ impl Accounts<'_> {
             }
         };
         let now = time::now();
+        let now_micros = time::to_micros(&now);
         self.db.write(|tx| {
             // Re-read inside the write lock: while argon2 ran (outside it), an
             // administrator may have deactivated the account, or a reset or change may have
@@ -332,12 +459,23 @@ impl Accounts<'_> {
                 .execute(params![time::to_micros(&now), user.id.0])?;
             let tokens =
                 tokens::issue_for_login(tx, self.keys, user.id, user.tokens_revoked_at, &now)?;
+            let device = match honoured {
+                Some((device, token)) if devices::touch(tx, device, user.id, now_micros)? => {
+                    token.to_owned()
+                }
+                _ => {
+                    let (token, device) = devices::new_token()?;
+                    devices::insert(tx, device, user.id, now_micros)?;
+                    token
+                }
+            };
             Ok(Login {
                 tokens,
                 user: User {
                     last_login: Some(now),
                     ..user
                 },
+                device,
             })
         })
     }

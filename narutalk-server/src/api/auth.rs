@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use narutalk_core::accounts::User;
+use narutalk_core::accounts::{LoginInput, User};
 use narutalk_core::fields::JsonObject;
 use serde_json::Value;
 use warp::http::StatusCode;
@@ -36,12 +36,14 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     Ok(json_response(StatusCode::CREATED, &user))
 }
 
-/// Logs in. Throttled per client IP and per email; every cause of failure answers alike.
+/// Logs in. Throttled per client IP (every attempt) and by a budget of failed attempts per
+/// email, or per device token when the body carries a valid one of the account; every
+/// cause of failure answers alike.
 #[utoipa::path(
     post, path = "/api/auth/login/", tag = "auth",
     request_body = docs::LoginRequest,
     responses(
-        (status = 200, description = "A new token pair and the user", body = docs::LoginResponse),
+        (status = 200, description = "A new token pair, the user and the account's device token", body = docs::LoginResponse),
         (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
         (status = 401, description = "Wrong email or password, or an inactive account", body = docs::Detail),
         (status = 413, description = "Body too large", body = docs::Detail),
@@ -52,14 +54,44 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
 )]
 pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
     let body = request.json_object(state.body).await?;
-    count_email(&state.throttles.login_email, &body)?;
-    let login = state
-        .run_hashing(move |core| core.accounts().login_fields(&body))
-        .await?;
-    Ok(json_response(StatusCode::OK, &login))
+    // Contract section 9: the fields first (400 spends nothing), then a failure budget,
+    // then the hashing. The budget's token is reserved before the hashing and kept only
+    // for a 401, so parallel wrong attempts cannot all pass on the last token.
+    let input = LoginInput::from_fields(&body)?;
+    let throttles = &state.throttles;
+    let trusted = match input.device() {
+        Some(_) => {
+            let checked = input.clone();
+            state
+                .run(move |core| core.accounts().trusted_device(&checked))
+                .await?
+        }
+        None => None,
+    };
+    // A valid device token of the account counts against its own budget instead of the
+    // email's; once that is spent, the token is ignored until it refills.
+    let device = trusted.and_then(|device| throttles.device_failures.try_reserve(device));
+    let email = match device {
+        Some(_) => None,
+        None => Some(throttles.login_failures.reserve(input.email_key())?),
+    };
+    let honoured = device.as_ref().map(|reservation| *reservation.key());
+    let outcome = state
+        .run_hashing(move |core| core.accounts().login_with(&input, honoured))
+        .await;
+    if matches!(outcome, Err(ApiError::BadCredentials)) {
+        if let Some(device) = device {
+            device.spend();
+        }
+        if let Some(email) = email {
+            email.spend();
+        }
+    }
+    Ok(json_response(StatusCode::OK, &outcome?))
 }
 
-/// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family).
+/// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family,
+/// its access tokens included).
 #[utoipa::path(
     post, path = "/api/auth/token/refresh/", tag = "auth",
     request_body = docs::RefreshRequest,
@@ -73,11 +105,16 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     let body = request.json_object(state.body).await?;
     let pair = state
         .run(move |core| core.tokens().refresh_fields(&body))
-        .await?;
-    Ok(json_response(StatusCode::OK, &pair))
+        .await;
+    if pair.is_err() {
+        // A refused refresh may have been a reuse, which revoked its family: sockets
+        // opened with the family's access tokens close now rather than at the next tick.
+        state.sockets.check_soon();
+    }
+    Ok(json_response(StatusCode::OK, &pair?))
 }
 
-/// Revokes a refresh token.
+/// Revokes a refresh token and its login's family, access tokens included.
 #[utoipa::path(
     post, path = "/api/auth/logout/", tag = "auth",
     request_body = docs::RefreshRequest,
@@ -89,9 +126,12 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
 )]
 pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
     let body = request.json_object(state.body).await?;
-    state
+    let outcome = state
         .run(move |core| core.tokens().logout_fields(&body))
-        .await?;
+        .await;
+    // A logout (or a reuse refused here) revoked a family: its sockets close now.
+    state.sockets.check_soon();
+    outcome?;
     Ok(empty_response(StatusCode::RESET_CONTENT))
 }
 
@@ -205,7 +245,7 @@ pub async fn dashboard(state: &Arc<State>, caller: Caller) -> Result<Response, A
     Ok(json_response(StatusCode::OK, &dashboard))
 }
 
-/// Counts an attempt against the per-email throttle when the body names an email.
+/// Counts a registration against the per-email throttle when the body names an email.
 fn count_email(throttle: &Throttle<String>, body: &JsonObject) -> Result<(), ApiError> {
     match body.get("email").and_then(Value::as_str) {
         Some(email) if !email.trim().is_empty() => throttle.check(&email.trim().to_lowercase()),

@@ -290,8 +290,8 @@ pub fn token_refused(error: CoreError) -> ApiError {
 }
 
 /// The throttles counted before the method is looked at (contract section 1.1): login
-/// and register per client IP, message posting per user. The per-email throttles of
-/// login and register need the body, so their handlers count them.
+/// and register per client IP, message posting per user. The per-email throttle of
+/// register and the login failure budgets need the body, so their handlers count them.
 fn throttle(
     state: &State,
     endpoint: &Endpoint,

@@ -2,10 +2,11 @@
 //! shutdown closes.
 //!
 //! A socket's token was valid at the handshake; afterwards the watch asks the core every
-//! [`crate::ServeOptions::revocation_check`] (and at once after a password change
-//! through this server) whether each open socket's token has been revoked or its session
-//! deleted, by anyone, also by the command-line tool in another process, and closes those
-//! sockets with 1008.
+//! [`crate::ServeOptions::revocation_check`] (and at once after a password change, a
+//! logout or a refused refresh through this server) whether each open socket's token has
+//! been revoked (its user's tokens, or its login family after a logout or a refresh-token
+//! reuse) or its session deleted, by anyone, also by the command-line tool in another
+//! process, and closes those sockets with 1008.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
