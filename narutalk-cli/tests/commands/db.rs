@@ -32,12 +32,13 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
     assert_eq!(json["database"], json!(env.database));
     assert_eq!(
         json["migrations"],
-        json!([{"version": 1, "name": "initial_schema"}])
+        json!([{"version": 1, "name": "initial_schema"}, {"version": 3, "name": "write_probe"}])
     );
     assert_eq!(
         json["rows"],
         json!({"chat_messages": 0, "chat_sessions": 0, "idempotency_keys": 0,
-               "refinery_schema_history": 1, "refresh_tokens": 0, "users": 1})
+               "refinery_schema_history": 2, "refresh_tokens": 0, "users": 1,
+               "write_probe": 0})
     );
     assert_eq!(json["sqlite_version"], json!(rusqlite::version()));
     let size = std::fs::metadata(&env.database).unwrap().len();
@@ -55,9 +56,10 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
              chat_messages            0\n\
              chat_sessions            0\n\
              idempotency_keys         0\n\
-             refinery_schema_history  1\n\
+             refinery_schema_history  2\n\
              refresh_tokens           0\n\
-             users                    1\n"
+             users                    1\n\
+             write_probe              0\n"
         ),
         "{table}"
     );

@@ -433,7 +433,7 @@ mod tests {
 
         assert_eq!(status.path, dir.path().join("db.sqlite3"));
         assert!(status.size_bytes > 0);
-        assert_eq!(status.migrations.len(), 1);
+        assert_eq!(status.migrations.len(), 2);
         let tables: Vec<(&str, u64)> = status
             .tables
             .iter()
@@ -445,9 +445,10 @@ mod tests {
                 ("chat_messages", 0),
                 ("chat_sessions", 0),
                 ("idempotency_keys", 0),
-                ("refinery_schema_history", 1),
+                ("refinery_schema_history", 2),
                 ("refresh_tokens", 0),
-                ("users", 2)
+                ("users", 2),
+                ("write_probe", 0)
             ]
         );
     }
