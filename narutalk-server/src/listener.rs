@@ -73,11 +73,15 @@ pub struct ServeOptions {
     /// How often open WebSockets are checked for revoked tokens and deleted sessions
     /// (contract section 6: closed within 5 s).
     pub revocation_check: Duration,
+    /// While writes fail, how often health at most tries the small write that shows they
+    /// work again (contract section 9: every 10 s).
+    pub write_probe_interval: Duration,
 }
 
 impl Default for ServeOptions {
     /// Contract section 4: 10 s for headers, 10,000 connections; and 10 s of silence
-    /// in a body. Sockets: 256 frames of queue, revocation checked every 2 s.
+    /// in a body. Sockets: 256 frames of queue, revocation checked every 2 s. A write
+    /// probe at most every 10 s.
     fn default() -> Self {
         ServeOptions {
             max_connections: 10_000,
@@ -86,6 +90,7 @@ impl Default for ServeOptions {
             drain_timeout: Duration::from_secs(60),
             ws_send_queue: 256,
             revocation_check: Duration::from_secs(2),
+            write_probe_interval: Duration::from_secs(10),
         }
     }
 }
