@@ -1,7 +1,8 @@
 //! Writes the database cannot take (contract section 9, "writes are bounded in time" and
 //! "health tells the truth about writes"): the database locked by another process (the
-//! real `sqlite3` shell holding its write lock) and a full database (the writer's page
-//! cap, or a tmpfs filled to the last page).
+//! real `sqlite3` shell holding its write lock), a full database (the writer's page cap,
+//! or a tmpfs filled to the last page), and the message POST whose user message is stored
+//! but whose reply cannot be.
 //!
 //! Every refused write answers 503 with `Retry-After: 1` and the contract's body (on a
 //! socket, the error frame) and is not applied; health says `read_only`/`degraded`
@@ -11,14 +12,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use narutalk_core::Narutalk;
-use narutalk_core::ai::Responder;
+use narutalk_core::ai::{AiError, AiReply, AiRequest, Responder};
 use narutalk_server::ServeOptions;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use crate::helpers::{
     PASSWORD, TestApp, body, next_frames, next_json, send_json, start, stored, template,
@@ -320,6 +322,163 @@ async fn writes_answer_503_while_the_disk_is_full_and_work_again_once_space_is_b
 }
 
 // ---------------------------------------------------------------------------------------
+// The message POST exception
+// ---------------------------------------------------------------------------------------
+
+/// A post whose user message is stored but whose reply cannot be (another process takes
+/// the lock while the AI works) answers 503; the user message stays; the reply is kept by
+/// its turn and stored once the lock goes, before the reply of a later message; a repeat
+/// with the same `Idempotency-Key` answers 503 while the reply is not stored, and the
+/// first result (201, the same ids) once it is.
+#[tokio::test]
+async fn a_reply_that_cannot_be_stored_answers_503_and_is_stored_in_order_once_writes_work() {
+    let test = "a_reply_that_cannot_be_stored_answers_503_and_is_stored_in_order_once_writes_work";
+    let Some(sqlite3) = require("sqlite3", "sqlite3", test) else {
+        return;
+    };
+    // Arrange: the AI holds its first reply until the lock is taken.
+    let (responder, started, go) = GateResponder::new();
+    let app = spawn(Some(Arc::new(responder))).await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "pending").await;
+    let path = format!("/api/chat/sessions/{session}/messages/");
+    let post_first = || {
+        app.authed(Method::POST, &path, &kim)
+            .header("idempotency-key", "first-try")
+            .json(&json!({"content": "first"}))
+            .send()
+    };
+    let first = tokio::spawn(post_first());
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the AI was never asked")
+        .unwrap();
+    let mut lock = LockHolder::hold(&sqlite3, app.core.database().path()).await;
+
+    // Act
+    let asked = Instant::now();
+    go.send(()).unwrap();
+    let first = tokio::time::timeout(ANSWERED_WITHIN, first)
+        .await
+        .expect("the post was not answered while the lock was held")
+        .unwrap()
+        .unwrap();
+    let first_latency = asked.elapsed();
+    let lock_still_held = lock.still_holds();
+    let (_, repeat_latency, repeat) = timed(
+        "repeat",
+        app.authed(Method::POST, &path, &kim)
+            .header("idempotency-key", "first-try")
+            .json(&json!({"content": "first"})),
+    )
+    .await;
+    let health = health_of(&app).await;
+
+    // Assert: 503 while the lock was held; the user message is stored, its reply not.
+    assert!(
+        lock_still_held,
+        "the lock was let go before the answer came"
+    );
+    println!("the post whose reply was refused answered in {first_latency:?}");
+    println!("its repeat while locked answered in {repeat_latency:?}");
+    assert_unavailable("the post", first).await;
+    assert_unavailable("its repeat", repeat).await;
+    assert_eq!(
+        health,
+        (StatusCode::OK, health_body("degraded", "read_only"))
+    );
+    let messages = stored(&app, &kim, &session).await;
+    let contents: Vec<&Value> = messages.iter().map(|m| &m["content"]).collect();
+    assert_eq!(contents, [&json!("first")]);
+
+    // Act: the lock goes; a later message follows at once.
+    lock.release().await;
+    let second = app.say(&kim, &session, "second").await;
+
+    // Assert: the kept reply came first, and the repeat answers the first result.
+    assert_eq!(second["reply"]["content"], "AI: second");
+    let messages = stored(&app, &kim, &session).await;
+    let replies: Vec<(&Value, &Value)> = messages
+        .iter()
+        .filter(|m| m["sender"] == "ai")
+        .map(|m| (&m["content"], &m["sender"]))
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            (&json!("AI: first"), &json!("ai")),
+            (&json!("AI: second"), &json!("ai"))
+        ]
+    );
+    assert_eq!(messages.len(), 4);
+    assert_eq!(messages[0]["content"], "first");
+    let first_reply = messages
+        .iter()
+        .find(|m| m["content"] == "AI: first")
+        .unwrap();
+    let again = post_first().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let again = body(again).await;
+    assert_eq!(again["id"], messages[0]["id"]);
+    assert_eq!(again["reply"], *first_reply);
+    assert_eq!(
+        stored(&app, &kim, &session).await.len(),
+        4,
+        "the repeat stored nothing"
+    );
+}
+
+/// At shutdown, a turn still trying to store a refused reply gives up (it logs which), so
+/// the stop does not wait for the database; the user message stays without its reply.
+#[tokio::test]
+async fn a_stop_does_not_wait_for_a_reply_the_database_refuses() {
+    let test = "a_stop_does_not_wait_for_a_reply_the_database_refuses";
+    let Some(sqlite3) = require("sqlite3", "sqlite3", test) else {
+        return;
+    };
+    // Arrange: a reply refused while another process holds the lock, and kept.
+    let (responder, started, go) = GateResponder::new();
+    let app = spawn(Some(Arc::new(responder))).await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "stopping").await;
+    let path = format!("/api/chat/sessions/{session}/messages/");
+    let first = tokio::spawn(
+        app.authed(Method::POST, &path, &kim)
+            .json(&json!({"content": "first"}))
+            .send(),
+    );
+    tokio::time::timeout(WAIT, started)
+        .await
+        .expect("the AI was never asked")
+        .unwrap();
+    let mut lock = LockHolder::hold(&sqlite3, app.core.database().path()).await;
+    go.send(()).unwrap();
+    assert_unavailable("the post", first.await.unwrap().unwrap()).await;
+    let core = app.core.clone();
+
+    // Act: stop while the lock is still held (the drain would wait 60 s for the turn).
+    let stopping = Instant::now();
+    tokio::time::timeout(WAIT, app.stop())
+        .await
+        .expect("the stop waited for the refused reply");
+    println!("the stop took {:?}", stopping.elapsed());
+
+    // Assert
+    assert!(lock.still_holds());
+    lock.release().await;
+    let kim_id = narutalk_core::accounts::UserId(kim.id);
+    let id = session.parse().unwrap();
+    let contents: Vec<String> =
+        tokio::task::spawn_blocking(move || core.chat().session(kim_id, id).unwrap().messages)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+    assert_eq!(contents, ["first"]);
+}
+
+// ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
@@ -546,5 +705,45 @@ impl Drop for Tmpfs {
             .arg("-l")
             .arg(self.dir.path())
             .status();
+    }
+}
+
+/// Answers `AI: {message}`. Its first call tells the test it has started (the user
+/// message is stored by then) and waits until the test lets it go.
+struct GateResponder {
+    first: Mutex<Option<(oneshot::Sender<()>, mpsc::Receiver<()>)>>,
+}
+
+impl GateResponder {
+    /// The responder, the signal that its first call started, and the sender that lets
+    /// that call go on.
+    fn new() -> (GateResponder, oneshot::Receiver<()>, mpsc::Sender<()>) {
+        let (started, started_signal) = oneshot::channel();
+        let (go, gate) = mpsc::channel();
+        (
+            GateResponder {
+                first: Mutex::new(Some((started, gate))),
+            },
+            started_signal,
+            go,
+        )
+    }
+}
+
+impl Responder for GateResponder {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    fn respond(&self, request: &AiRequest, _: &mut dyn FnMut(&str)) -> Result<AiReply, AiError> {
+        let first = self.first.lock().unwrap().take();
+        if let Some((started, gate)) = first {
+            let _ = started.send(());
+            let _ = gate.recv_timeout(WAIT);
+        }
+        Ok(AiReply {
+            content: format!("AI: {}", request.message),
+            metadata: Default::default(),
+        })
     }
 }
