@@ -12,6 +12,11 @@
 //! commits the user message, [`Chat::prepare_reply`] builds the responder's request, and
 //! [`Chat::store_reply`] stores the reply or the system error message.
 //! [`crate::Narutalk::send_message_fields`] runs the whole turn for embedders and the CLI.
+//!
+//! A reply that the database will not take (it answers [`Error::Unavailable`]) need not be
+//! lost: [`ReplyTurn::into_reply`] and [`Chat::store_pending_reply`] give it back, still
+//! claimed, so that the caller can store it once writes work again. Meanwhile a repeated
+//! idempotent post of its message answers [`Error::Unavailable`] at once.
 
 pub(crate) mod admin;
 
@@ -469,6 +474,92 @@ pub struct ReplyTurn {
     claim: TurnClaim,
 }
 
+impl ReplyTurn {
+    /// The message to store for the responder's `outcome`: its reply (`sender: "ai"`), or
+    /// for a failure the system error message with `{"reason": ...}` metadata, under
+    /// [`ReplyTurn::reply_id`], with the turn's claim.
+    pub fn into_reply(self, outcome: Result<AiReply, AiError>) -> PendingReply {
+        let ReplyTurn {
+            session_id,
+            reply_to,
+            reply_id,
+            claim,
+            ..
+        } = self;
+        let new = match outcome {
+            Ok(reply) => NewMessage {
+                id: reply_id,
+                sender: Sender::Ai,
+                message_type: MessageType::Text,
+                content: reply.content,
+                metadata: reply.metadata,
+                reply_to: Some(reply_to),
+            },
+            Err(error) => NewMessage {
+                id: reply_id,
+                sender: Sender::System,
+                message_type: MessageType::Error,
+                content: AI_UNAVAILABLE.to_owned(),
+                metadata: error_metadata(&error),
+                reply_to: Some(reply_to),
+            },
+        };
+        PendingReply {
+            session_id,
+            reply_to,
+            new,
+            claim,
+        }
+    }
+}
+
+/// A turn's reply (or system error message), produced but not stored yet, with the turn's
+/// claim: [`Chat::store_pending_reply`] stores it.
+pub struct PendingReply {
+    session_id: SessionId,
+    reply_to: MessageId,
+    new: NewMessage,
+    claim: TurnClaim,
+}
+
+impl fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the content: it may be logged.
+        f.debug_struct("PendingReply")
+            .field("session_id", &self.session_id)
+            .field("reply_to", &self.reply_to)
+            .field("reply_id", &self.new.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingReply {
+    /// The session.
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// The user message it answers.
+    pub fn reply_to(&self) -> MessageId {
+        self.reply_to
+    }
+
+    /// The id it will be stored under.
+    pub fn reply_id(&self) -> MessageId {
+        self.new.id
+    }
+}
+
+/// Why [`Chat::store_pending_reply`] stored nothing.
+#[derive(Debug)]
+pub struct ReplyNotStored {
+    /// What went wrong.
+    pub error: Error,
+    /// For [`Error::Unavailable`], the reply, still claimed, to store later; `None` for
+    /// any other error, which ended the turn's claim.
+    pub pending: Option<Box<PendingReply>>,
+}
+
 /// What [`Chat::wait_for_reply`] found.
 #[derive(Debug)]
 pub enum ReplyWait {
@@ -508,6 +599,16 @@ impl TurnClaim {
     pub fn message_id(&self) -> MessageId {
         self.message_id
     }
+
+    /// Tells waiters that the reply is produced but the database would not take it.
+    fn set_unstored(&self) {
+        let mut state = self.slot.lock();
+        if matches!(*state, TurnState::Running) {
+            *state = TurnState::Unstored;
+        }
+        drop(state);
+        self.slot.changed.notify_all();
+    }
 }
 
 impl Drop for TurnClaim {
@@ -521,7 +622,7 @@ impl Drop for TurnClaim {
         }
         drop(running);
         let mut state = self.slot.lock();
-        if matches!(*state, TurnState::Running) {
+        if matches!(*state, TurnState::Running | TurnState::Unstored) {
             *state = TurnState::Abandoned;
         }
         drop(state);
@@ -546,6 +647,8 @@ struct TurnSlot {
 enum TurnState {
     #[default]
     Running,
+    /// Produced, but the database would not take it yet: its producer keeps trying.
+    Unstored,
     Replied(Message),
     Abandoned,
 }
@@ -607,9 +710,20 @@ pub struct Chat<'a> {
     pub(crate) turns: &'a Arc<Turns>,
     pub(crate) content_max_chars: usize,
     pub(crate) history_messages: u32,
+    pub(crate) asked_at: Option<Instant>,
 }
 
 impl Chat<'_> {
+    /// These operations for a caller that asked at `asked_at` and has waited in a queue
+    /// of its own since (a server's per-session order of stores): their writes' bound,
+    /// [`crate::db::WRITE_DEADLINE`], runs from then rather than from each call.
+    pub fn asked_at(self, asked_at: Instant) -> Self {
+        Chat {
+            asked_at: Some(asked_at),
+            ..self
+        }
+    }
+
     /// `POST /api/chat/sessions/`: `{"title", "category"?}`.
     pub fn create_session_fields(
         &self,
@@ -685,7 +799,7 @@ impl Chat<'_> {
         let is_active = reader.boolean("is_active", false);
         let checked = reader.finish();
         let now = time::now();
-        self.db.write(|tx| {
+        self.write(|tx| {
             // The addressed session answers before the fields (contract section 1.1).
             let session = owned_session(tx, owner, id)?;
             checked?;
@@ -708,7 +822,7 @@ impl Chat<'_> {
 
     /// `DELETE /api/chat/sessions/{id}/`: the session and its messages are gone.
     pub fn delete_session(&self, owner: UserId, id: SessionId) -> Result<(), Error> {
-        self.db.write(|tx| {
+        self.write(|tx| {
             match tx
                 .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
                 .execute(params![id.to_string(), owner.0])?
@@ -878,7 +992,7 @@ impl Chat<'_> {
         }
         let checked = reader.finish();
         let now = time::now();
-        self.db.write(|tx| {
+        self.write(|tx| {
             let session = owned_session(tx, owner, id)?;
             checked?;
             if let Some(key) = idempotency_key
@@ -917,7 +1031,8 @@ impl Chat<'_> {
     /// is producing it in this process stores it, and answers [`ReplyWait::Ready`]. When no
     /// turn is running for it (its producer gave up, or the process stopped mid-turn) and
     /// no reply is stored, the caller gets the [`TurnClaim`] and produces the reply itself.
-    /// [`Error::Unavailable`] when `timeout` passes first.
+    /// [`Error::Unavailable`] when `timeout` passes first, and at once while the reply is
+    /// produced but waiting for the database ([`Chat::store_pending_reply`]).
     pub fn wait_for_reply(&self, message: &Message, timeout: Duration) -> Result<ReplyWait, Error> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
@@ -940,6 +1055,11 @@ impl Chat<'_> {
                 match &*state {
                     TurnState::Replied(reply) => return Ok(ReplyWait::Ready(reply.clone())),
                     TurnState::Abandoned => break,
+                    TurnState::Unstored => {
+                        return Err(Error::Unavailable(
+                            "the reply is waiting for the database".into(),
+                        ));
+                    }
                     TurnState::Running => {
                         let remaining = deadline.map_or(Duration::MAX, |d| {
                             d.saturating_duration_since(Instant::now())
@@ -1009,53 +1129,74 @@ impl Chat<'_> {
 
     /// Stores the outcome of a turn: the AI reply (`sender: "ai"`), or for a failure the
     /// system error message with `{"reason": ...}` metadata, and hands it to everyone
-    /// waiting for it; the turn's claim ends here. A reply already stored for the same user
-    /// message (by another process) is returned instead of storing a second one.
-    /// [`Error::NotFound`] when the session was deleted meanwhile.
+    /// waiting for it; the turn's claim ends here, stored or not (a failure hands the turn
+    /// to a waiter). A reply already stored for the same user message (by another
+    /// process) is returned instead of storing a second one. [`Error::NotFound`] when the
+    /// session was deleted meanwhile. [`Chat::store_pending_reply`] keeps a reply that the
+    /// database would not take.
     pub fn store_reply(
         &self,
         turn: ReplyTurn,
         outcome: Result<AiReply, AiError>,
     ) -> Result<Message, Error> {
-        let ReplyTurn {
+        self.store_pending_reply(turn.into_reply(outcome))
+            .map_err(|not_stored| not_stored.error)
+    }
+
+    /// Stores a produced reply ([`ReplyTurn::into_reply`]) as [`Chat::store_reply`] does.
+    /// When the database does not take it ([`Error::Unavailable`]: locked, busy, full,
+    /// failing), the reply comes back in [`ReplyNotStored::pending`], its claim still held,
+    /// to be stored by a later call once writes work again; until then a repeated
+    /// idempotent post of its message ([`Chat::wait_for_reply`]) answers
+    /// [`Error::Unavailable`] instead of waiting. Any other failure ends the claim.
+    pub fn store_pending_reply(&self, pending: PendingReply) -> Result<Message, ReplyNotStored> {
+        let PendingReply {
             session_id,
             reply_to,
-            reply_id,
+            new,
             claim,
-            ..
-        } = turn;
-        let new = match outcome {
-            Ok(reply) => NewMessage {
-                id: reply_id,
-                sender: Sender::Ai,
-                message_type: MessageType::Text,
-                content: reply.content,
-                metadata: reply.metadata,
-                reply_to: Some(reply_to),
-            },
-            Err(error) => NewMessage {
-                id: reply_id,
-                sender: Sender::System,
-                message_type: MessageType::Error,
-                content: AI_UNAVAILABLE.to_owned(),
-                metadata: error_metadata(&error),
-                reply_to: Some(reply_to),
-            },
-        };
+        } = pending;
         let now = time::now();
-        let stored = self.db.write(|tx| {
+        let stored = self.write(|tx| {
             let session = session_by_id(tx, session_id)?.ok_or(Error::NotFound)?;
             if let Some(existing) = reply_for(tx, reply_to)? {
                 return Ok(existing);
             }
-            insert_message(tx, &session, new, &now)
+            insert_message(tx, &session, new.clone(), &now)
         });
-        if let Ok(reply) = &stored {
-            self.turns.finish(reply_to, reply);
+        match stored {
+            Ok(reply) => {
+                self.turns.finish(reply_to, &reply);
+                // Published: the claim ends here.
+                drop(claim);
+                Ok(reply)
+            }
+            Err(error @ Error::Unavailable(_)) => {
+                claim.set_unstored();
+                Err(ReplyNotStored {
+                    error,
+                    pending: Some(Box::new(PendingReply {
+                        session_id,
+                        reply_to,
+                        new,
+                        claim,
+                    })),
+                })
+            }
+            // Any other failure ends the claim: it hands the turn on to a waiter.
+            Err(error) => Err(ReplyNotStored {
+                error,
+                pending: None,
+            }),
         }
-        // Published (or failed): the claim ends either way; a failure hands the turn on.
-        drop(claim);
-        stored
+    }
+
+    /// Runs `f` as a write, bounded from [`Chat::asked_at`] when it was given.
+    fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        match self.asked_at {
+            Some(asked_at) => self.db.write_asked_at(asked_at, f),
+            None => self.db.write(f),
+        }
     }
 
     fn insert_session(
@@ -1066,7 +1207,7 @@ impl Chat<'_> {
     ) -> Result<SessionDetail, Error> {
         let id = SessionId::new_random();
         let now = time::to_micros(&time::now());
-        self.db.write(|tx| {
+        self.write(|tx| {
             tx.prepare_cached(
                 "INSERT INTO chat_sessions (id, user_id, title, category, created_at, updated_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
@@ -1167,6 +1308,7 @@ fn advance(previous: &DateTime<Utc>, now: &DateTime<Utc>) -> DateTime<Utc> {
     if *now > floor { *now } else { floor }
 }
 
+#[derive(Clone)]
 struct NewMessage {
     id: MessageId,
     sender: Sender,
@@ -1426,6 +1568,95 @@ mod tests {
         conn.trace_v2(TraceEventCodes::empty(), None::<fn(TraceEvent<'_>)>)
             .unwrap();
         counter.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_reply_the_database_refuses_stays_claimed_until_a_later_try_stores_it() {
+        // Arrange: a stored message with an idempotency key and its produced reply.
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_tests(dir.path());
+        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
+        let user = narutalk
+            .accounts()
+            .create(&NewUser {
+                email: "kim@example.com".into(),
+                username: "kim".into(),
+                password: "violet-harbour-42".into(),
+                role: Role::Doctor,
+                department: String::new(),
+                is_verified: false,
+            })
+            .unwrap();
+        let session = narutalk
+            .chat()
+            .create_session(user.id, "s", Category::General)
+            .unwrap()
+            .session
+            .id;
+        let body = serde_json::json!({"content": "hello"});
+        let body = body.as_object().unwrap();
+        let post = || {
+            narutalk
+                .chat()
+                .post_message_fields(user.id, session, body, Some("k1"))
+                .unwrap()
+        };
+        let PostOutcome::Stored(message, claim) = post() else {
+            panic!("the first post stores")
+        };
+        let turn = narutalk.chat().prepare_reply(&message, claim).unwrap();
+        let pending = turn.into_reply(Ok(AiReply {
+            content: "hi".into(),
+            metadata: JsonObject::new(),
+        }));
+        let reply_id = pending.reply_id();
+        // Another process holds the write lock; the store asked almost 5 s ago.
+        let other = Connection::open(&config.database).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let almost_due = Instant::now()
+            .checked_sub(crate::db::WRITE_DEADLINE - Duration::from_millis(200))
+            .unwrap();
+
+        // Act
+        let refused = narutalk
+            .chat()
+            .asked_at(almost_due)
+            .store_pending_reply(pending)
+            .unwrap_err();
+        other.execute_batch("ROLLBACK").unwrap();
+
+        // Assert: the reply is kept, and a repeat hears at once that it is not stored.
+        assert!(
+            matches!(refused.error, Error::Unavailable(_)),
+            "{refused:?}"
+        );
+        let pending = *refused.pending.unwrap();
+        let PostOutcome::Replayed { reply: None, .. } = post() else {
+            panic!("the repeat finds the message without its reply")
+        };
+        let waited = narutalk
+            .chat()
+            .wait_for_reply(&message, Duration::from_secs(600));
+        assert!(matches!(waited, Err(Error::Unavailable(_))), "{waited:?}");
+        let reply = narutalk.chat().store_pending_reply(pending).unwrap();
+        assert_eq!((reply.id, reply.content.as_str()), (reply_id, "hi"));
+        let PostOutcome::Replayed {
+            reply: Some(replayed),
+            ..
+        } = post()
+        else {
+            panic!("the repeat finds the reply")
+        };
+        assert_eq!(replayed, reply);
+        let contents: Vec<String> = narutalk
+            .chat()
+            .session(user.id, session)
+            .unwrap()
+            .messages
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(contents, ["hello", "hi"]);
     }
 
     #[test]

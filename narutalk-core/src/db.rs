@@ -7,10 +7,16 @@
 //! can never fail half-way with "database is locked" because another process (the CLI)
 //! wrote in between. Writes that queue behind each other share one commit (group commit, in the private
 //! `writer` module); each returns only once its commit is durable.
+//!
+//! Every write is bounded in time: [`WRITE_DEADLINE`] after it asks for the database
+//! (the wait behind other writes included) it has committed, or it answers
+//! [`Error::Unavailable`] and is not applied. The handle remembers when writes fail for a
+//! database cause ([`Database::writes_failing`]) and offers the small write that checks
+//! whether they work again ([`Database::probe_writes`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -27,9 +33,22 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// How long a connection waits for another process's lock before giving up with
-/// [`Error::Unavailable`].
+/// How long a reader connection waits for another process's lock, or for a free reader,
+/// before giving up with [`Error::Unavailable`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bound on a write (contract section 9, "writes are bounded in time"): a write that
+/// has not committed this long after it asked for the database answers
+/// [`Error::Unavailable`], and is then not applied and never will be. It covers the wait
+/// behind the other writes of this process and the wait for another process's lock; it
+/// starts after any password hashing (done before the write asks) and never includes an
+/// AI call (no write is open while the responder works). A write that has already run
+/// still waits for its batch's commit, which holds the lock and waits for nobody.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The bytes of zeros the write probe inserts (and deletes again): more than a page, so
+/// that it needs room for new pages as the writes it stands for do.
+const PROBE_BYTES: i64 = 8_000;
 
 /// WAL pages after which a commit checkpoints (SQLite's default is 1,000). The commit that
 /// checkpoints copies the WAL into the database file and waits for its fsync, the only
@@ -184,14 +203,67 @@ impl Database {
         Ok(value)
     }
 
+    /// Whether writes are failing for a database cause: true from a write that failed
+    /// because the database was locked or busy past [`WRITE_DEADLINE`], full, failing
+    /// with an I/O error or read-only, until a later write that changed something commits.
+    /// A write that only waited too long behind this handle's other writes does not count.
+    /// Another handle (the CLI in another process) keeps its own.
+    pub fn writes_failing(&self) -> bool {
+        self.writer.failing()
+    }
+
+    /// The small write that checks whether writes work again (the server's health runs it
+    /// while [`Database::writes_failing`]): one transaction that inserts a row of 8,000
+    /// zero bytes into the `write_probe` table and deletes it again. It takes the write
+    /// lock, needs room for new pages (from the free list, or by growing the file) as a
+    /// stored message does, and is committed and synced like any write, yet leaves no row
+    /// behind and touches no table anyone reads. Its success ends
+    /// [`Database::writes_failing`]; its failure is the same [`Error::Unavailable`] as any
+    /// write's.
+    pub fn probe_writes(&self) -> Result<(), Error> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT INTO write_probe (padding) VALUES (zeroblob(?1))")?
+                .execute([PROBE_BYTES])?;
+            tx.prepare_cached("DELETE FROM write_probe")?.execute([])?;
+            Ok(())
+        })
+    }
+
+    /// For tests and tools: caps the database file at `pages` pages for this handle's
+    /// writer connection (SQLite's `max_page_count`), so that writes needing more room
+    /// fail as on a full disk (`SQLITE_FULL`). The cap is per connection: readers, other
+    /// handles and other processes are not limited. SQLite never sets it below the file's
+    /// current size, nor above its own maximum, so `u32::MAX` lifts it. Answers the cap in
+    /// effect. It changes no data, and does not count as a write that succeeded for
+    /// [`Database::writes_failing`].
+    pub fn limit_writer_pages(&self, pages: u32) -> Result<u64, Error> {
+        self.write(|tx| {
+            let cap: i64 =
+                tx.pragma_update_and_check(None, "max_page_count", pages, |row| row.get(0))?;
+            Ok(u64::try_from(cap).unwrap_or_default())
+        })
+    }
+
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; its changes
     /// are committed when it returns `Ok`, rolled back when it returns `Err`. It returns
-    /// once they are durable: writes that arrive together share one commit.
+    /// once they are durable: writes that arrive together share one commit. Bounded by
+    /// [`WRITE_DEADLINE`] from now.
     pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        self.writer.write(|tx| f(tx).map(Ok))
+        self.write_asked_at(Instant::now(), f)
+    }
+
+    /// [`Database::write`] for a caller that asked for the database at `asked_at` and
+    /// waited in a queue of its own since (a server's per-session order): the bound runs
+    /// from then.
+    pub(crate) fn write_asked_at<T>(
+        &self,
+        asked_at: Instant,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.writer.write(deadline(asked_at), |tx| f(tx).map(Ok))
     }
 
     /// Runs `f` in a write transaction whose changes are committed whatever `f` returns:
@@ -201,8 +273,13 @@ impl Database {
         &self,
         f: impl FnOnce(&WriteTx<'_>) -> Result<Result<T, Error>, Error>,
     ) -> Result<T, Error> {
-        self.writer.write(f)
+        self.writer.write(deadline(Instant::now()), f)
     }
+}
+
+/// The deadline of a write that asked for the database at `asked_at`.
+fn deadline(asked_at: Instant) -> Instant {
+    asked_at.checked_add(WRITE_DEADLINE).unwrap_or(asked_at)
 }
 
 /// Per-connection settings (WAL is per file and set once in [`Database::open`]).
@@ -395,11 +472,11 @@ mod tests {
         let path = dir.path().join("nested/db.sqlite3");
         let db = Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap();
         let migrations = db.applied_migrations().unwrap();
-        assert_eq!(migrations.len(), 2);
-        assert_eq!(migrations[0].version, 1);
-        assert_eq!(migrations[0].name, "initial_schema");
-        assert_eq!(migrations[1].version, 2);
-        assert_eq!(migrations[1].name, "device_tokens");
+        let versions: Vec<(i64, &str)> = migrations
+            .iter()
+            .map(|m| (m.version, m.name.as_str()))
+            .collect();
+        assert_eq!(versions, [(1, "initial_schema"), (2, "device_tokens"), (3, "write_probe")]);
         let tables: Vec<String> = db
             .read(|conn| {
                 let mut s = conn.prepare("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
@@ -416,7 +493,8 @@ mod tests {
                 "idempotency_keys",
                 "refinery_schema_history",
                 "refresh_tokens",
-                "users"
+                "users",
+                "write_probe"
             ]
         );
     }
@@ -574,6 +652,55 @@ mod tests {
             .read(|c| Ok(c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(count, 8 * writes_per_thread);
+    }
+
+    #[test]
+    fn a_full_database_fails_writes_and_the_probe_until_room_comes_back() {
+        // Arrange: the writer may not grow the file.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(
+            &dir.path().join("db.sqlite3"),
+            Synchronous::Full,
+            OpenMode::CreateIfMissing,
+        )
+        .unwrap();
+        let pages = db.limit_writer_pages(1).unwrap();
+        assert!(pages > 1, "never below the file's size: {pages}");
+        let add_big_user = || {
+            db.write(|tx| {
+                tx.execute(
+                    "INSERT INTO users (username, email, password_hash, department, date_joined) \
+                     VALUES ('big', 'big@x.io', 'h', ?1, 0)",
+                    ["x".repeat(20_000)],
+                )?;
+                Ok(())
+            })
+        };
+
+        // Act
+        let refused = add_big_user();
+
+        // Assert: refused as unavailable, remembered, and the probe agrees.
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        assert!(db.writes_failing());
+        assert!(matches!(db.probe_writes(), Err(Error::Unavailable(_))));
+        assert!(db.writes_failing());
+        db.ping().unwrap();
+        // Room again: the hook itself proves nothing, the probe does.
+        assert_eq!(db.limit_writer_pages(u32::MAX).unwrap(), 0xffff_fffe);
+        assert!(db.writes_failing());
+        db.probe_writes().unwrap();
+        assert!(!db.writes_failing());
+        add_big_user().unwrap();
+        let (users, probe_rows): (i64, i64) = db
+            .read(|c| {
+                Ok((
+                    c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?,
+                    c.query_row("SELECT count(*) FROM write_probe", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((users, probe_rows), (1, 0));
     }
 
     #[test]

@@ -36,8 +36,11 @@ pub enum Error {
     /// [`Error`].
     #[error("permission denied")]
     PermissionDenied,
-    /// The database is busy, locked, full or unreachable; the request may succeed later
-    /// (503 with `Retry-After`).
+    /// The database is busy, locked, full or unreachable, or a write could not commit
+    /// within [`crate::db::WRITE_DEADLINE`]; the request may succeed later (503 with
+    /// `Retry-After`). A write that answers it was not applied and never will be; the one
+    /// exception is a reply that [`crate::chat::Chat::store_pending_reply`] hands back to
+    /// be stored later.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     /// A bug or a damaged database; the text is for the log, never for a client (500).

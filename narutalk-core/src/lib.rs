@@ -177,6 +177,7 @@ impl Narutalk {
             turns: &self.turns,
             content_max_chars: self.content_max_chars,
             history_messages: self.history_messages,
+            asked_at: None,
         }
     }
 

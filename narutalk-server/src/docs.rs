@@ -537,7 +537,7 @@ pub struct MessagePage {
 pub struct Services {
     /// `running`.
     pub server: String,
-    /// `connected` or `unavailable`.
+    /// `connected`, `read_only` (writes fail) or `unavailable`.
     pub database: String,
     /// `available` or `unavailable`.
     pub ai_service: String,
@@ -548,7 +548,7 @@ pub struct Services {
 /// `GET /api/health/`.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    /// `healthy` or `unhealthy`.
+    /// `healthy`, `degraded` (reads work, writes fail) or `unhealthy`.
     pub status: String,
     /// Each service's state.
     pub services: Services,

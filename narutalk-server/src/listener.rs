@@ -76,11 +76,15 @@ pub struct ServeOptions {
     /// How often a login failure budget gets a token back (contract section 9: 36 s);
     /// tests lengthen it so that no token comes back while they run.
     pub login_failure_refill: Duration,
+    /// While writes fail, how often health at most tries the small write that shows they
+    /// work again (contract section 9: every 10 s).
+    pub write_probe_interval: Duration,
 }
 
 impl Default for ServeOptions {
     /// Contract section 4: 10 s for headers, 10,000 connections; and 10 s of silence
-    /// in a body. Sockets: 256 frames of queue, revocation checked every 2 s.
+    /// in a body. Sockets: 256 frames of queue, revocation checked every 2 s. A write
+    /// probe at most every 10 s.
     fn default() -> Self {
         ServeOptions {
             max_connections: 10_000,
@@ -90,6 +94,7 @@ impl Default for ServeOptions {
             ws_send_queue: 256,
             revocation_check: Duration::from_secs(2),
             login_failure_refill: crate::limits::LOGIN_FAILURE_REFILL,
+            write_probe_interval: Duration::from_secs(10),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! What every request shares: the core handle, the settings the server reads, the
-//! throttles, the hashing gate, the health caches, the AI turn lines, the room hub and
-//! the open sockets.
+//! throttles, the hashing gate, the health caches and write probe, the AI turn lines, the
+//! room hub and the open sockets.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -62,6 +62,19 @@ pub struct State {
     /// waits for it to stop growing.
     pub activity: Arc<AtomicU64>,
     database_health: DatabaseHealth,
+    write_probe: WriteProbe,
+}
+
+/// What health says about the database (contract sections 4 and 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseStatus {
+    /// Reads and writes work.
+    Connected,
+    /// Reads work, but writes fail for a database cause (locked, full, failing) since a
+    /// write failed, until one succeeds.
+    ReadOnly,
+    /// The database cannot answer a read.
+    Unavailable,
 }
 
 /// The WebSocket settings (contract section 6).
@@ -79,6 +92,17 @@ pub struct Search {
     pub url: String,
     /// A client with the configured timeout.
     pub client: reqwest::Client,
+}
+
+/// The write probe health runs while writes fail: at most one at a time, and at most one
+/// every `interval`.
+struct WriteProbe {
+    interval: Duration,
+    started: Instant,
+    /// Milliseconds after `started` when the last probe began, or health first saw writes
+    /// failing, plus one (0: writes worked at the last look).
+    last: AtomicU64,
+    running: AtomicBool,
 }
 
 /// The last database check and when it ran, read without a lock.
@@ -137,6 +161,12 @@ impl State {
                 checked_at: AtomicU64::new(0),
                 healthy: AtomicBool::new(false),
                 refreshing: tokio::sync::Mutex::new(()),
+            },
+            write_probe: WriteProbe {
+                interval: options.write_probe_interval,
+                started: Instant::now(),
+                last: AtomicU64::new(0),
+                running: AtomicBool::new(false),
             },
         }
     }
@@ -206,6 +236,59 @@ impl State {
         let now = u64::try_from(health.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         health.checked_at.store(now + 1, Ordering::Release);
         healthy
+    }
+
+    /// What health reports about the database: [`DatabaseStatus::Unavailable`] when a
+    /// read fails ([`State::database_healthy`]), [`DatabaseStatus::ReadOnly`] while the
+    /// core says writes fail for a database cause. In that state it starts the core's
+    /// write probe in the background, once per [`ServeOptions::write_probe_interval`]
+    /// at most (the first one interval after health first saw the state: the failure that
+    /// began it is that fresh), so that the state ends without any other write; the
+    /// answer never waits for the probe.
+    pub async fn database_status(self: &Arc<Self>) -> DatabaseStatus {
+        if !self.database_healthy().await {
+            return DatabaseStatus::Unavailable;
+        }
+        if !self.core.database().writes_failing() {
+            let probe = &self.write_probe;
+            if probe.last.load(Ordering::Relaxed) != 0 {
+                probe.last.store(0, Ordering::Relaxed);
+            }
+            return DatabaseStatus::Connected;
+        }
+        self.probe_writes_when_due();
+        DatabaseStatus::ReadOnly
+    }
+
+    /// Starts the write probe unless one is running or the last began (or health first
+    /// saw writes failing) less than the interval ago.
+    fn probe_writes_when_due(self: &Arc<Self>) {
+        let probe = &self.write_probe;
+        let now = u64::try_from(probe.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let interval = u64::try_from(probe.interval.as_millis()).unwrap_or(u64::MAX);
+        let last = probe.last.load(Ordering::Acquire);
+        if last == 0 {
+            probe.last.store(now + 1, Ordering::Release);
+            return;
+        }
+        if now + 1 - last < interval {
+            return;
+        }
+        if probe.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        probe.last.store(now + 1, Ordering::Release);
+        let state = self.clone();
+        tokio::spawn(async move {
+            let core = state.core.clone();
+            let probed = tokio::task::spawn_blocking(move || core.database().probe_writes()).await;
+            match probed {
+                Ok(Ok(())) => tracing::info!("the write probe succeeded: writes work again"),
+                Ok(Err(error)) => tracing::debug!(%error, "the write probe failed"),
+                Err(error) => tracing::error!(%error, "the write probe did not finish"),
+            }
+            state.write_probe.running.store(false, Ordering::Release);
+        });
     }
 
     fn fresh_health(&self) -> Option<bool> {

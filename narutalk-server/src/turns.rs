@@ -16,14 +16,24 @@
 //! responder and stores the reply in one blocking call; otherwise (and for sockets, whose
 //! loop must go on reading while the AI works) the message is one call and the reply,
 //! once the turn's place comes up, another.
+//!
+//! A reply that the database will not take (locked, full, failing: the core answers
+//! `Unavailable`) is kept: the turn's task tries again with backoff, still holding the
+//! turn's place, so no later reply of the session overtakes it. A REST post answers 503
+//! at the first failure, while its turn goes on; at shutdown the turn gives up and says
+//! so in the log. The bound on each store runs from when it asked for the session's line
+//! (`Chat::asked_at`), so the wait for the line counts toward it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::UserId;
 use narutalk_core::ai;
-use narutalk_core::chat::{Exchange, Message, PostOutcome, ReplyWait, SessionId, TurnClaim};
+use narutalk_core::chat::{
+    Exchange, Message, PendingReply, PostOutcome, ReplyNotStored, ReplyWait, SessionId, TurnClaim,
+};
 use narutalk_core::error::Error as CoreError;
 use narutalk_core::fields::JsonObject;
 use tokio::sync::oneshot;
@@ -33,6 +43,12 @@ use crate::error::ApiError;
 use crate::state::State;
 use crate::ws::frames;
 use crate::ws::hub::RoomEvent;
+
+/// The first wait before storing a refused reply again; it doubles after each refusal.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two tries to store a refused reply.
+const LAST_RETRY: Duration = Duration::from_secs(2);
 
 /// The lines of the sessions that have turns in flight.
 #[derive(Default)]
@@ -175,11 +191,31 @@ enum FirstCall {
     Done(Exchange),
     /// The message is stored; its reply comes later.
     Posted(Posted),
+    /// The message is stored and its reply produced, but the database would not take it.
+    Unstored(Unstored),
+}
+
+/// What producing a turn's reply came to.
+enum Answered {
+    /// The reply is stored and published.
+    Stored(Message),
+    /// The database would not take the reply: it is kept, with the turn's place.
+    Unstored(Unstored),
+}
+
+/// A reply the database would not take, with the turn's place in the line and why.
+struct Unstored {
+    pending: Box<PendingReply>,
+    place: Place,
+    cause: CoreError,
 }
 
 /// Posts a user message and answers it with its reply: the REST `POST .../messages/`.
 /// The work runs in a task of its own, so it completes even if the caller goes away, and
 /// a shutdown waits for it.
+///
+/// When the message is stored but the database will not take its reply, the caller hears
+/// 503 at once, and the task goes on trying to store the reply (see [`answer`]).
 pub async fn exchange(
     state: Arc<State>,
     owner: UserId,
@@ -187,7 +223,8 @@ pub async fn exchange(
     body: JsonObject,
     idempotency_key: Option<String>,
 ) -> Result<Exchange, ApiError> {
-    let task = state.tasks.spawn({
+    let (answered, answer_of) = oneshot::channel();
+    state.tasks.spawn({
         let state = state.clone();
         async move {
             let shared = state.clone();
@@ -199,28 +236,51 @@ pub async fn exchange(
                         // No earlier turn of the session is running: the reply is produced
                         // now, on this thread.
                         PostOutcome::Stored(message, claim) if place.ready_now() => {
-                            let reply = answer_now(&shared, core, &place, &message, claim)?;
-                            FirstCall::Done(Exchange { message, reply })
+                            match answer_now(&shared, core, place, &message, claim)? {
+                                Answered::Stored(reply) => {
+                                    FirstCall::Done(Exchange { message, reply })
+                                }
+                                Answered::Unstored(unstored) => FirstCall::Unstored(unstored),
+                            }
                         }
                         outcome => FirstCall::Posted(posted(outcome, place)),
                     })
                 })
-                .await?;
-            match first {
-                FirstCall::Done(exchange) | FirstCall::Posted(Posted::Replayed(exchange)) => {
-                    Ok(exchange)
+                .await;
+            let unstored = match first {
+                Ok(FirstCall::Done(exchange) | FirstCall::Posted(Posted::Replayed(exchange))) => {
+                    let _ = answered.send(Ok(exchange));
+                    return;
                 }
-                FirstCall::Posted(Posted::Waiting { message, turn }) => {
-                    let reply = answer(state, message.clone(), turn).await?;
-                    Ok(Exchange { message, reply })
+                Ok(FirstCall::Posted(Posted::Waiting { message, turn })) => {
+                    match produce(state.clone(), message.clone(), turn).await {
+                        Ok(Answered::Stored(reply)) => {
+                            let _ = answered.send(Ok(Exchange { message, reply }));
+                            return;
+                        }
+                        Ok(Answered::Unstored(unstored)) => unstored,
+                        Err(error) => {
+                            let _ = answered.send(Err(error));
+                            return;
+                        }
+                    }
                 }
-            }
+                Ok(FirstCall::Unstored(unstored)) => unstored,
+                Err(error) => {
+                    let _ = answered.send(Err(error));
+                    return;
+                }
+            };
+            // The message is stored, its reply is not: the client hears 503 now, and the
+            // reply is stored once the database takes it, whether or not anyone listens.
+            let _ = answered.send(Err(ApiError::Unavailable));
+            let _ = keep_storing(state, unstored).await;
         }
     });
-    match task.await {
+    match answer_of.await {
         Ok(result) => result,
-        Err(error) => {
-            tracing::error!(%error, "a chat turn failed");
+        Err(_) => {
+            tracing::error!("a chat turn failed before answering");
             Err(ApiError::Internal)
         }
     }
@@ -254,10 +314,14 @@ fn store_message(
     body: &JsonObject,
     idempotency_key: Option<String>,
 ) -> Result<(PostOutcome, Place), CoreError> {
+    let asked_at = Instant::now();
     state.lines.join(session, || {
-        let outcome =
-            core.chat()
-                .post_message_fields(owner, session, body, idempotency_key.as_deref())?;
+        let outcome = core.chat().asked_at(asked_at).post_message_fields(
+            owner,
+            session,
+            body,
+            idempotency_key.as_deref(),
+        )?;
         if let PostOutcome::Stored(message, _) = &outcome {
             publish_stored(state, message);
         }
@@ -294,8 +358,17 @@ fn posted(outcome: PostOutcome, place: Place) -> Posted {
 /// database connection held (its partial text goes to the session's sockets as
 /// `ai_delta` frames), and its reply, or the system error message, is stored and
 /// broadcast in the session's storage order. A failed AI call is logged once
-/// (`narutalk::ai`, a warning).
+/// (`narutalk::ai`, a warning). A reply the database will not take is tried again with
+/// backoff (see [`keep_storing`]) before this returns.
 pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<Message, ApiError> {
+    match produce(state.clone(), message, turn).await? {
+        Answered::Stored(reply) => Ok(reply),
+        Answered::Unstored(unstored) => keep_storing(state, unstored).await,
+    }
+}
+
+/// [`answer`] up to the first try to store the reply.
+async fn produce(state: Arc<State>, message: Message, turn: Turn) -> Result<Answered, ApiError> {
     let Turn { mut place, claim } = turn;
     let claim = match claim {
         Some(claim) => claim,
@@ -306,7 +379,7 @@ pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<M
                 .run(move |core| core.chat().wait_for_reply(&waited, wait))
                 .await?
             {
-                ReplyWait::Ready(reply) => return Ok(reply),
+                ReplyWait::Ready(reply) => return Ok(Answered::Stored(reply)),
                 ReplyWait::YourTurn(claim) => claim,
             }
         }
@@ -315,21 +388,70 @@ pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<M
     let shared = state.clone();
     // The place goes with the call and is dropped when the reply is stored.
     state
-        .run(move |core| answer_now(&shared, core, &place, &message, claim))
+        .run(move |core| answer_now(&shared, core, place, &message, claim))
         .await
+}
+
+/// Stores a reply the database refused, trying again with backoff (0.1 s, doubling up to
+/// 2 s) until it is stored, while holding the turn's place so that no later reply of the
+/// session is stored before it. Each try is bounded like any write. At shutdown it gives
+/// up and logs which reply stayed unstored; the user message stays without its reply.
+async fn keep_storing(state: Arc<State>, unstored: Unstored) -> Result<Message, ApiError> {
+    let Unstored {
+        pending,
+        place,
+        cause,
+    } = unstored;
+    let (session, message) = (pending.session_id(), pending.reply_to());
+    tracing::warn!(
+        session = %session,
+        message = %message,
+        %cause,
+        "the database refused a reply: it is kept and stored once writes work again"
+    );
+    let mut wait = FIRST_RETRY;
+    let mut kept = (pending, place);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = state.sockets.stopping() => {
+                tracing::warn!(
+                    session = %session,
+                    message = %message,
+                    "shutting down with a reply the database refused: it is not stored"
+                );
+                return Err(ApiError::Unavailable);
+            }
+        }
+        wait = (wait * 2).min(LAST_RETRY);
+        let shared = state.clone();
+        let (pending, place) = kept;
+        let tried = state
+            .run(move |core| Ok(store_in_order(&shared, core, place, *pending)))
+            .await?;
+        match tried {
+            Ok(Answered::Stored(reply)) => {
+                tracing::info!(session = %session, message = %message, "the refused reply is stored");
+                return Ok(reply);
+            }
+            Ok(Answered::Unstored(unstored)) => kept = (unstored.pending, unstored.place),
+            Err(error) => return Err(ApiError::from(error)),
+        }
+    }
 }
 
 /// The reply of a turn whose place has come up, produced on this (blocking) thread: the
 /// history is read, the responder runs with no database connection held, its deltas go to
 /// the room, and the reply (or the system error message) is stored and broadcast in
-/// order.
+/// order. The place is dropped once the reply is stored, or handed back with a reply the
+/// database refused.
 fn answer_now(
     state: &State,
     core: &Narutalk,
-    place: &Place,
+    place: Place,
     message: &Message,
     claim: TurnClaim,
-) -> Result<Message, CoreError> {
+) -> Result<Answered, CoreError> {
     let session = message.session_id;
     let turn = core.chat().prepare_reply(message, claim)?;
     let reply_id = turn.reply_id;
@@ -346,11 +468,37 @@ fn answer_now(
     if let Err(error) = &outcome {
         log_failure(session, core.responder().name(), error);
     }
-    place.in_order(|| {
-        let reply = core.chat().store_reply(turn, outcome)?;
-        publish_stored(state, &reply);
-        Ok(reply)
-    })
+    store_in_order(state, core, place, turn.into_reply(outcome))
+}
+
+/// Stores a produced reply under the session's line and publishes it; a reply the
+/// database refused comes back with the place.
+fn store_in_order(
+    state: &State,
+    core: &Narutalk,
+    place: Place,
+    pending: PendingReply,
+) -> Result<Answered, CoreError> {
+    let asked_at = Instant::now();
+    let stored = place.in_order(|| {
+        let stored = core.chat().asked_at(asked_at).store_pending_reply(pending);
+        if let Ok(reply) = &stored {
+            publish_stored(state, reply);
+        }
+        stored
+    });
+    match stored {
+        Ok(reply) => Ok(Answered::Stored(reply)),
+        Err(ReplyNotStored {
+            error,
+            pending: Some(pending),
+        }) => Ok(Answered::Unstored(Unstored {
+            pending,
+            place,
+            cause: error,
+        })),
+        Err(ReplyNotStored { error, .. }) => Err(error),
+    }
 }
 
 /// The one log line of a failed AI turn: the session, the responder and why (the stored

@@ -17,5 +17,6 @@ mod helpers;
 mod hostile;
 mod system;
 mod throttle;
+mod unavailable;
 mod ws;
 mod ws_limits;

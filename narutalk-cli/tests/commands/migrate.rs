@@ -36,7 +36,7 @@ fn migrate_creates_the_database_then_migrates_it_again_as_a_no_op() {
     assert_eq!(
         String::from_utf8(first.stdout).unwrap(),
         format!(
-            "created {}: 2 migration(s) applied, latest V2 device_tokens\n",
+            "created {}: 3 migration(s) applied, latest V3 write_probe\n",
             database.display()
         )
     );
@@ -44,7 +44,7 @@ fn migrate_creates_the_database_then_migrates_it_again_as_a_no_op() {
     assert_eq!(
         String::from_utf8(second.stdout).unwrap(),
         format!(
-            "migrated {}: 2 migration(s) applied, latest V2 device_tokens\n",
+            "migrated {}: 3 migration(s) applied, latest V3 write_probe\n",
             database.display()
         )
     );

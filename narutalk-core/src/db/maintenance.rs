@@ -433,7 +433,7 @@ mod tests {
 
         assert_eq!(status.path, dir.path().join("db.sqlite3"));
         assert!(status.size_bytes > 0);
-        assert_eq!(status.migrations.len(), 2);
+        assert_eq!(status.migrations.len(), 3);
         let tables: Vec<(&str, u64)> = status
             .tables
             .iter()
@@ -446,9 +446,10 @@ mod tests {
                 ("chat_sessions", 0),
                 ("device_tokens", 0),
                 ("idempotency_keys", 0),
-                ("refinery_schema_history", 2),
+                ("refinery_schema_history", 3),
                 ("refresh_tokens", 0),
-                ("users", 2)
+                ("users", 2),
+                ("write_probe", 0)
             ]
         );
     }

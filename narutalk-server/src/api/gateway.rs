@@ -9,22 +9,25 @@ use warp::http::{HeaderValue, StatusCode, header};
 use crate::docs;
 use crate::error::ApiError;
 use crate::http::{Request, Response, bytes_response, json_response};
-use crate::state::State;
+use crate::state::{DatabaseStatus, State};
 
 /// The largest search answer passed through.
 pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
 
-/// The server's health: a real database query (reused for a second) and the last
-/// background probes of the AI and search services.
+/// The server's health: a real database query (reused for a second), whether writes work
+/// (`degraded` with the database `read_only` from a write that failed for a database
+/// cause until one succeeds; meanwhile health tries a small write at most every 10 s),
+/// and the last background probes of the AI and search services, which never change
+/// `status`.
 #[utoipa::path(
     get, path = "/api/health/", tag = "gateway",
     responses(
-        (status = 200, description = "Healthy", body = docs::Health),
+        (status = 200, description = "Healthy, or degraded: reads work but writes fail", body = docs::Health),
         (status = 503, description = "The database cannot answer", body = docs::Health),
     )
 )]
 pub async fn health(state: &Arc<State>) -> Response {
-    let database_ok = state.database_healthy().await;
+    let database = state.database_status().await;
     let ai = if state.ai_reachable.load(Ordering::Relaxed) {
         "available"
     } else {
@@ -35,10 +38,12 @@ pub async fn health(state: &Arc<State>) -> Response {
         Some(_) if state.search_reachable.load(Ordering::Relaxed) => "available",
         Some(_) => "unavailable",
     };
-    let (status, overall, database) = if database_ok {
-        (StatusCode::OK, "healthy", "connected")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
+    let (status, overall, database) = match database {
+        DatabaseStatus::Connected => (StatusCode::OK, "healthy", "connected"),
+        DatabaseStatus::ReadOnly => (StatusCode::OK, "degraded", "read_only"),
+        DatabaseStatus::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
+        }
     };
     json_response(
         status,

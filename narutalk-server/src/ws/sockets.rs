@@ -130,6 +130,11 @@ impl Sockets {
         self.stopping.cancel();
     }
 
+    /// Completes when [`Sockets::stop_taking_messages`] is called: when a shutdown starts.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await;
+    }
+
     /// Whether [`Sockets::stop_taking_messages`] was called.
     pub fn is_stopping(&self) -> bool {
         self.stopping.is_cancelled()
