@@ -3,7 +3,8 @@
 //! The crate translates HTTP to core calls and core results to the contract's answers; it
 //! holds no business rule. Its parts:
 //!
-//! - [`listener`]: the accept loop (header time limit, connection cap, graceful stop);
+//! - [`listener`]: the accept loop (header time limit, connection cap and per-IP share,
+//!   graceful stop);
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
@@ -54,7 +55,7 @@ pub use listener::ServeOptions;
 
 use crate::error::ApiError;
 use crate::http::{BodyStream, Request, Response};
-use crate::listener::{PeerAddr, Takeover};
+use crate::listener::{PeerAddr, PeerLimit, Takeover};
 use crate::state::State;
 
 /// How often idle throttle keys are forgotten.
@@ -135,10 +136,15 @@ pub async fn serve_with(
             }
         }
     };
+    let peers = PeerLimit {
+        per_ip: usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),
+        exempt: config.trusted_proxies.clone(),
+    };
     let serving = listener::serve(
         listener,
         routes(state.clone()),
         options,
+        peers,
         stop_accepting.cancelled(),
     );
     // Both run to the end: the listener's own drain may give up on connections before

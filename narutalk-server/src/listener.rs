@@ -1,10 +1,11 @@
 //! The accept loop: warp's filter served over hyper with what warp 0.4's own `serve`
-//! lacks: a time limit for request headers (slow clients), a connection cap, the peer
-//! address carried into every request, and a graceful stop that finishes in-flight
-//! requests.
+//! lacks: a time limit for request headers (slow clients), a connection cap and a per-IP
+//! share of it (greedy clients), the peer address carried into every request, and a
+//! graceful stop that finishes in-flight requests.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,9 +27,9 @@ pub struct PeerAddr(pub SocketAddr);
 
 /// A request's hold on its connection, put into the extensions of every request that
 /// asks for an upgrade: hyper's upgrade future and the connection's place under the
-/// connection cap. Whoever takes it over (the WebSocket handshake) keeps the place until
-/// the upgraded connection closes, so open sockets count against the cap like any other
-/// connection, and a graceful stop waits for them too.
+/// connection cap and in its peer's share. Whoever takes it over (the WebSocket
+/// handshake) keeps the place until the upgraded connection closes, so open sockets count
+/// against the caps like any other connection, and a graceful stop waits for them too.
 #[derive(Clone)]
 pub struct Takeover(Arc<Mutex<Option<Upgrade>>>);
 
@@ -36,8 +37,8 @@ pub struct Takeover(Arc<Mutex<Option<Upgrade>>>);
 pub struct Upgrade {
     /// Resolves to the raw connection once the `101 Switching Protocols` answer is sent.
     pub on_upgrade: OnUpgrade,
-    /// The connection's place under the cap; dropping it frees the place.
-    pub place: Arc<OwnedSemaphorePermit>,
+    /// The connection's place under the caps; dropping it frees the place.
+    pub place: Arc<Place>,
 }
 
 impl Takeover {
@@ -90,16 +91,36 @@ impl Default for ServeOptions {
     }
 }
 
+/// How many connections one client may hold at once.
+#[derive(Clone, Debug, Default)]
+pub struct PeerLimit {
+    /// Connections one peer IP may hold at once (open WebSockets included); 0 = no
+    /// limit. A connection over its peer's share is closed at once, before any HTTP is
+    /// read.
+    pub per_ip: usize,
+    /// Peers without a share (the trusted proxies, which carry many clients each).
+    pub exempt: Vec<IpAddr>,
+}
+
+impl PeerLimit {
+    /// Whether connections from `ip` are counted.
+    fn applies_to(&self, ip: IpAddr) -> bool {
+        self.per_ip > 0 && !self.exempt.iter().any(|exempt| exempt.to_canonical() == ip)
+    }
+}
+
 /// Serves `filter` on `listener` until `shutdown` completes; then stops accepting, lets
 /// every open connection finish the request it is on, and returns.
 pub async fn serve(
     listener: TcpListener,
     filter: BoxedFilter<(Response,)>,
     options: ServeOptions,
+    peers: PeerLimit,
     shutdown: impl Future<Output = ()>,
 ) {
     let max_connections = options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(max_connections));
+    let shares = Arc::new(Shares::default());
     let (stop, stopping) = watch::channel(false);
     let service = warp::service(filter);
     let mut shutdown = pin!(shutdown);
@@ -123,11 +144,24 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let ip = peer.ip().to_canonical();
+        let share = if peers.applies_to(ip) {
+            let Some(share) = shares.take(ip, peers.per_ip) else {
+                tracing::debug!(%peer, "closed a connection over its peer's share");
+                continue;
+            };
+            Some(share)
+        } else {
+            None
+        };
         // Without it, a small frame written right after another waits for the peer's
         // delayed ACK (about 40 ms): a WebSocket reply after its echo, for one.
         let _ = stream.set_nodelay(true);
-        let permit = Arc::new(permit);
-        let place = permit.clone();
+        let place = Arc::new(Place {
+            _connection: permit,
+            _share: share,
+        });
+        let held = place.clone();
         let warp_service = service.clone();
         let hyper_service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(PeerAddr(peer));
@@ -137,7 +171,7 @@ pub async fn serve(
                     .extensions_mut()
                     .insert(Takeover(Arc::new(Mutex::new(Some(Upgrade {
                         on_upgrade,
-                        place: place.clone(),
+                        place: held.clone(),
                     })))));
             }
             let mut warp_service = warp_service.clone();
@@ -165,7 +199,7 @@ pub async fn serve(
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
-            drop(permit);
+            drop(place);
         });
     }
     drop(listener);
@@ -183,4 +217,55 @@ pub async fn serve(
 /// Completes when the stop flag is set (or its sender is gone).
 async fn stopped(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// A connection's places under the connection caps: among all connections, and in its
+/// peer's share. Dropping it frees both.
+pub struct Place {
+    _connection: OwnedSemaphorePermit,
+    _share: Option<Share>,
+}
+
+/// How many connections each counted peer IP holds.
+#[derive(Default)]
+struct Shares(Mutex<HashMap<IpAddr, usize>>);
+
+impl Shares {
+    /// One more connection for `ip`, unless it already holds `limit`.
+    fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Share> {
+        let mut held = self.lock();
+        let count = held.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            shares: self.clone(),
+            ip,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One connection in its peer's share; given back when dropped.
+struct Share {
+    shares: Arc<Shares>,
+    ip: IpAddr,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.lock();
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }

@@ -17,5 +17,6 @@ mod helpers;
 mod hostile;
 mod system;
 mod throttle;
+mod transport;
 mod ws;
 mod ws_limits;
