@@ -53,6 +53,8 @@ pub struct Request {
     pub request_id: String,
     /// The hold on the connection, when the request asks for an upgrade.
     pub takeover: Option<Takeover>,
+    /// The target as sent, when it had no path (`GET host:443`): answered 400.
+    pub target_without_path: Option<String>,
     /// In a mutex only so that `&Request` is `Sync`: it is taken with `&mut self`, never
     /// locked.
     body: std::sync::Mutex<Option<BodyStream>>,
@@ -88,6 +90,7 @@ impl Request {
             peer,
             request_id,
             takeover: None,
+            target_without_path: None,
             body: std::sync::Mutex::new(Some(body)),
         }
     }

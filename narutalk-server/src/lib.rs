@@ -4,7 +4,7 @@
 //! holds no business rule. Its parts:
 //!
 //! - [`listener`]: the accept loop (header time limit, connection cap and per-IP share,
-//!   graceful stop);
+//!   targets in origin form, graceful stop);
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
@@ -55,7 +55,7 @@ pub use listener::ServeOptions;
 
 use crate::error::ApiError;
 use crate::http::{BodyStream, Request, Response};
-use crate::listener::{PeerAddr, PeerLimit, Takeover};
+use crate::listener::{PeerAddr, PeerLimit, Takeover, TargetWithoutPath};
 use crate::state::State;
 
 /// How often idle throttle keys are forgotten.
@@ -182,6 +182,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
         .and(warp::ext::optional::<Takeover>())
+        .and(warp::ext::optional::<TargetWithoutPath>())
         .and(body)
         .then(
             move |method,
@@ -190,6 +191,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                   headers,
                   peer: Option<PeerAddr>,
                   takeover: Option<Takeover>,
+                  target_without_path: Option<TargetWithoutPath>,
                   body| {
                 let mut request = Request::new(
                     method,
@@ -201,6 +203,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                     body,
                 );
                 request.takeover = takeover;
+                request.target_without_path = target_without_path.map(|target| target.0);
                 envelope::respond(state.clone(), request)
             },
         )

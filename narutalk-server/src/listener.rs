@@ -1,7 +1,7 @@
 //! The accept loop: warp's filter served over hyper with what warp 0.4's own `serve`
 //! lacks: a time limit for request headers (slow clients), a connection cap and a per-IP
-//! share of it (greedy clients), the peer address carried into every request, and a
-//! graceful stop that finishes in-flight requests.
+//! share of it (greedy clients), the peer address carried into every request, targets
+//! brought to origin form, and a graceful stop that finishes in-flight requests.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower_service::Service;
 use warp::filters::BoxedFilter;
+use warp::http::HeaderValue;
 use warp::reply::Reply;
 
 use crate::http::Response;
@@ -174,6 +175,7 @@ pub async fn serve(
                         place: held.clone(),
                     })))));
             }
+            to_origin_form(&mut request);
             let mut warp_service = warp_service.clone();
             async move { Ok::<_, Infallible>(warp_service.call(request).await.into_response()) }
         });
@@ -217,6 +219,44 @@ pub async fn serve(
 /// Completes when the stop flag is set (or its sender is gone).
 async fn stopped(mut stopping: watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// A request target that has no path (`GET host:443`, `CONNECT host:443`), put into the
+/// request's extensions by the accept loop, which hands warp the path `/` instead: the
+/// answer is `400 Bad request.`. Holds the target as sent, for the access log.
+#[derive(Clone, Debug)]
+pub struct TargetWithoutPath(pub String);
+
+/// Rewrites an absolute-form target (`GET http://host/path`) to its path and query, with
+/// its authority as the `Host` (RFC 9112 section 3.2.2), and a target without a path to
+/// `/` with a [`TargetWithoutPath`] in the extensions.
+fn to_origin_form<B>(request: &mut hyper::Request<B>) {
+    let uri = request.uri();
+    if !uri.path().starts_with('/') {
+        let target = uri.to_string();
+        request.extensions_mut().insert(TargetWithoutPath(target));
+        *request.uri_mut() = hyper::Uri::from_static("/");
+        return;
+    }
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    // The host and port only: an absolute URI may carry user information too.
+    let authority = uri.authority().and_then(|authority| {
+        let host = match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        };
+        HeaderValue::from_str(&host).ok()
+    });
+    let origin_form = uri
+        .path_and_query()
+        .and_then(|path| hyper::Uri::try_from(path.as_str()).ok())
+        .unwrap_or_else(|| hyper::Uri::from_static("/"));
+    *request.uri_mut() = origin_form;
+    if let Some(authority) = authority {
+        request.headers_mut().insert(hyper::header::HOST, authority);
+    }
 }
 
 /// A connection's places under the connection caps: among all connections, and in its

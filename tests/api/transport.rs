@@ -17,10 +17,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::{Account, PASSWORD, TestApp, spawn_app_with};
+use crate::helpers::{Account, PASSWORD, TestApp, spawn_app, spawn_app_with};
 
 /// Generous bound for anything that must happen; only a hang reaches it.
 const PATIENCE: Duration = Duration::from_secs(20);
+
+const BAD_REQUEST: &str = r#"{"detail":"Bad request."}"#;
 
 // ---- greedy clients -------------------------------------------------------------------
 
@@ -139,6 +141,62 @@ async fn an_open_websocket_keeps_its_place_in_the_ips_share() {
 
     // Assert
     assert_eq!(refused, AfterAnswer::Closed(Vec::new()));
+}
+
+// ---- request targets ------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_target_without_a_path_is_answered_400_json_with_the_usual_headers() {
+    // Arrange
+    let app = spawn_app().await;
+
+    for request in [
+        "GET example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        "OPTIONS * HTTP/1.1\r\nHost: test\r\n\r\n",
+    ] {
+        // Act
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_response(&mut stream).await;
+
+        // Assert
+        assert_eq!(answer.status, 400, "{request:?}: {answer:?}");
+        assert_eq!(answer.text(), BAD_REQUEST, "{request:?}");
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/json; charset=utf-8")
+        );
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+        assert!(answer.header("x-request-id").is_some(), "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_is_served_as_its_path() {
+    // Arrange
+    let app = spawn_app().await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+
+    // Act: two requests on one connection.
+    stream
+        .write_all(b"GET http://narutalk.example/api/health/ HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+        .await
+        .unwrap();
+    let health = read_response(&mut stream).await;
+    stream
+        .write_all(
+            b"GET http://narutalk.example/api/nowhere/?x=1 HTTP/1.1\r\nHost: elsewhere\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let unknown = read_response(&mut stream).await;
+
+    // Assert
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json()["status"], "healthy");
+    assert_eq!(unknown.status, 404, "{unknown:?}");
+    assert_eq!(unknown.json(), json!({ "detail": "Not found." }));
 }
 
 // ---- helpers --------------------------------------------------------------------------
