@@ -5,6 +5,7 @@
 //!
 //! - [`listener`]: the accept loop (header time limit, connection cap and per-IP share,
 //!   targets in origin form, graceful stop);
+//! - `body`: request bodies: minimum pace (408), refused at shutdown (503);
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
@@ -29,6 +30,7 @@
 //! ```
 
 mod api;
+mod body;
 mod docs;
 mod envelope;
 mod error;
@@ -53,8 +55,8 @@ use warp::filters::path::FullPath;
 
 pub use listener::ServeOptions;
 
-use crate::error::ApiError;
-use crate::http::{BodyStream, Request, Response};
+use crate::body::RequestBody;
+use crate::http::{Request, Response};
 use crate::listener::{PeerAddr, PeerLimit, Takeover, TargetWithoutPath};
 use crate::state::State;
 
@@ -175,7 +177,6 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .map(Some)
         .or(warp::any().map(|| None))
         .unify();
-    let body = warp::body::stream().map(boxed_body);
     warp::method()
         .and(warp::path::full())
         .and(query)
@@ -183,7 +184,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .and(warp::ext::optional::<PeerAddr>())
         .and(warp::ext::optional::<Takeover>())
         .and(warp::ext::optional::<TargetWithoutPath>())
-        .and(body)
+        .and(warp::ext::optional::<RequestBody>())
         .then(
             move |method,
                   path: FullPath,
@@ -192,7 +193,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                   peer: Option<PeerAddr>,
                   takeover: Option<Takeover>,
                   target_without_path: Option<TargetWithoutPath>,
-                  body| {
+                  body: Option<RequestBody>| {
                 let mut request = Request::new(
                     method,
                     path.as_str().to_owned(),
@@ -207,19 +208,7 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                 envelope::respond(state.clone(), request)
             },
         )
-        .recover(|_| async {
-            Ok::<_, std::convert::Infallible>(ApiError::Internal.into_response())
-        })
-        .unify()
         .boxed()
-}
-
-/// The request body as a stream of [`bytes::Bytes`] chunks, read only when a handler asks.
-fn boxed_body<B: warp::Buf>(
-    stream: impl futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
-) -> BodyStream {
-    use futures_util::StreamExt;
-    Box::pin(stream.map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))))
 }
 
 /// The OpenAPI document of the API as pretty JSON (what `GET /api/schema/` serves).

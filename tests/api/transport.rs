@@ -9,20 +9,122 @@
 //! upper bound for something that must happen.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use narutalk_core::ai::{AiError, AiReply, AiRequest, Responder};
+use narutalk_core::fields::JsonObject;
 use narutalk_server::ServeOptions;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::{Account, PASSWORD, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Account, PASSWORD, TestApp, spawn_app, spawn_app_with, start};
 
 /// Generous bound for anything that must happen; only a hang reaches it.
 const PATIENCE: Duration = Duration::from_secs(20);
 
+const BODY_TIMED_OUT: &str = r#"{"detail":"Request body timed out."}"#;
 const BAD_REQUEST: &str = r#"{"detail":"Bad request."}"#;
+
+// ---- slow bodies ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_trickled_body_is_answered_408_and_closed_while_a_normal_client_is_served() {
+    // Arrange: half a second of grace, then 500 bytes a second. The trickler sends a byte
+    // every 100 ms, which an idle timer would never catch.
+    let app = spawn_app_with(|_| {}, short_grace(Duration::from_millis(500))).await;
+    let (mut reader, writer) = TcpStream::connect(app.addr).await.unwrap().into_split();
+    let head = "POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    let started = Instant::now();
+    let trickling = tokio::spawn(trickle(writer, head, 1, Duration::from_millis(100)));
+
+    // Act
+    let normal = app
+        .post_json(
+            "/api/auth/login/",
+            &json!({ "email": "kim@example.com", "password": "violet-harbour-42" }),
+        )
+        .await;
+    let answer = read_response(&mut reader).await;
+    println!(
+        "the trickled body was answered after {:?}",
+        started.elapsed()
+    );
+    let after = read_after_answer(&mut reader).await;
+    let sent = trickling.await.unwrap();
+
+    // Assert
+    assert_eq!(normal.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert_eq!(answer.text(), BODY_TIMED_OUT);
+    assert!(after.is_closed(), "the connection is closed: {after:?}");
+    assert!(
+        sent < 1000,
+        "the trickler never finished its body ({sent} bytes)"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_sends_nothing_is_answered_408_after_the_grace() {
+    // Arrange
+    let app = spawn_app_with(|_| {}, short_grace(Duration::from_millis(300))).await;
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+
+    // Act: a body of 100 bytes announced, none sent.
+    stream
+        .write_all(b"POST /api/auth/register/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut stream).await;
+
+    // Assert
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(answer.text(), BODY_TIMED_OUT);
+    assert!(read_after_answer(&mut stream).await.is_closed());
+}
+
+#[tokio::test]
+async fn a_body_that_keeps_pace_after_the_grace_is_read_in_full() {
+    // Arrange: a second of grace, then a body of 12,000 bytes sent at about 10,000 bytes
+    // a second: 20 times the minimum, and longer than the grace.
+    let app = spawn_app_with(|_| {}, short_grace(Duration::from_secs(1))).await;
+    let (mut reader, writer) = TcpStream::connect(app.addr).await.unwrap().into_split();
+    let password = "x".repeat(11_950);
+    let body = json!({ "email": "kim@example.com", "password": password }).to_string();
+    let head = format!(
+        "POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let started = Instant::now();
+
+    // Act
+    let sending = tokio::spawn(send_in_pieces(
+        writer,
+        head,
+        body.clone().into_bytes(),
+        1000,
+        Duration::from_millis(100),
+    ));
+    let answer = read_response(&mut reader).await;
+    println!(
+        "a paced body of {} bytes took {:?}",
+        body.len(),
+        started.elapsed()
+    );
+    let writer = sending.await.unwrap();
+    drop(writer);
+
+    // Assert: credentials refused, which only a body read whole and parsed can give.
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(
+        answer.json(),
+        json!({ "detail": "No active account found with the given credentials" })
+    );
+}
 
 // ---- greedy clients -------------------------------------------------------------------
 
@@ -199,9 +301,80 @@ async fn an_absolute_form_target_is_served_as_its_path() {
     assert_eq!(unknown.json(), json!({ "detail": "Not found." }));
 }
 
+// ---- stopping -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_answers_a_body_still_arriving_503_at_once_and_finishes_the_request_in_flight() {
+    // Arrange: a message post whose reply the responder holds, and a login whose body is
+    // half sent. `Expect: 100-continue` makes the server say when it reads the body.
+    let (responder, mut asked, release) = HeldResponder::new();
+    let app = start(|_| {}, ServeOptions::default(), Some(Arc::new(responder))).await;
+    let account = app.account("kim").await;
+    let session = app.session(&account, "Closing time").await;
+    let posting = tokio::spawn(
+        app.authed(
+            Method::POST,
+            &format!("/api/chat/sessions/{session}/messages/"),
+            &account,
+        )
+        .json(&json!({ "content": "last words" }))
+        .send(),
+    );
+    tokio::time::timeout(PATIENCE, asked.recv())
+        .await
+        .expect("the responder should be asked");
+    let mut half_sent = TcpStream::connect(app.addr).await.unwrap();
+    let body = br#"{"email": "nobody@example.com", "password": "violet-harbour-42"}"#;
+    half_sent
+        .write_all(
+            format!("POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n", body.len())
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let go_ahead = read_response(&mut half_sent).await;
+    assert_eq!(go_ahead.status, 100);
+    half_sent.write_all(&body[..10]).await.unwrap();
+
+    // Act
+    let stopping = tokio::spawn(app.stop());
+    let refused = read_response(&mut half_sent).await;
+    let refused_after = read_after_answer(&mut half_sent).await;
+    release.send(()).unwrap();
+    let posted = tokio::time::timeout(PATIENCE, posting)
+        .await
+        .expect("the post in flight should be answered")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("the stop should return")
+        .unwrap();
+
+    // Assert: the 503 came while the post was still held; the post was answered.
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(
+        refused.text(),
+        r#"{"detail":"Service temporarily unavailable, try again later."}"#
+    );
+    assert!(refused_after.is_closed(), "{refused_after:?}");
+    assert_eq!(posted.status(), StatusCode::CREATED);
+    let posted: Value = posted.json().await.unwrap();
+    assert_eq!(posted["reply"]["content"], "AI: last words");
+}
+
 // ---- helpers --------------------------------------------------------------------------
 
 const HEALTH: &[u8] = b"GET /api/health/ HTTP/1.1\r\nHost: test\r\n\r\n";
+
+/// Default options with a body grace of `grace` (and the default 500 bytes a second).
+fn short_grace(grace: Duration) -> ServeOptions {
+    ServeOptions {
+        body_grace: grace,
+        ..ServeOptions::default()
+    }
+}
 
 /// A connection to `server` from the loopback address `local` (all of 127/8 is local).
 async fn connect_from(local: [u8; 4], server: SocketAddr) -> TcpStream {
@@ -259,6 +432,46 @@ async fn account_and_session_from_127_0_0_2(app: &TestApp) -> (Account, String) 
     let created: Value = created.json().await.unwrap();
     let session = created["id"].as_str().unwrap().to_owned();
     (account, session)
+}
+
+/// Writes `head`, then one `byte_count`-byte piece of body every `every`, until the
+/// connection fails or 1,000 bytes are sent; answers how many body bytes went out.
+async fn trickle(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    head: &str,
+    byte_count: usize,
+    every: Duration,
+) -> usize {
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let mut sent = 0;
+    while sent < 1000 {
+        tokio::time::sleep(every).await;
+        if writer.write_all(&b"x".repeat(byte_count)).await.is_err() {
+            break;
+        }
+        sent += byte_count;
+    }
+    sent
+}
+
+/// Writes `head`, then `body` in pieces of `piece` bytes, one every `every`; answers the
+/// writer still open (dropping it would half-close the connection, which the server
+/// takes for a client that left).
+async fn send_in_pieces(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    head: String,
+    body: Vec<u8>,
+    piece: usize,
+    every: Duration,
+) -> tokio::net::tcp::OwnedWriteHalf {
+    writer.write_all(head.as_bytes()).await.unwrap();
+    for (index, chunk) in body.chunks(piece).enumerate() {
+        if index > 0 {
+            tokio::time::sleep(every).await;
+        }
+        writer.write_all(chunk).await.unwrap();
+    }
+    writer
 }
 
 /// One HTTP/1.1 response as read off the wire.
@@ -335,6 +548,13 @@ enum AfterAnswer {
     Reset(Vec<u8>),
 }
 
+impl AfterAnswer {
+    /// Closed either way, with nothing more sent.
+    fn is_closed(&self) -> bool {
+        matches!(self, AfterAnswer::Closed(rest) | AfterAnswer::Reset(rest) if rest.is_empty())
+    }
+}
+
 /// Reads until the connection ends; fails if it stays open past [`PATIENCE`].
 async fn read_after_answer(stream: &mut (impl AsyncRead + Unpin)) -> AfterAnswer {
     let mut rest = Vec::new();
@@ -348,5 +568,42 @@ async fn read_after_answer(stream: &mut (impl AsyncRead + Unpin)) -> AfterAnswer
             Ok(n) => rest.extend_from_slice(&buffer[..n]),
             Err(_) => return AfterAnswer::Reset(rest),
         }
+    }
+}
+
+/// Answers `AI: {message}` once the test releases it, and says when it is asked.
+struct HeldResponder {
+    asked: tokio::sync::mpsc::UnboundedSender<()>,
+    release: Mutex<mpsc::Receiver<()>>,
+}
+
+impl HeldResponder {
+    fn new() -> (
+        HeldResponder,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+        mpsc::Sender<()>,
+    ) {
+        let (asked, asked_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_receiver) = mpsc::channel();
+        let responder = HeldResponder {
+            asked,
+            release: Mutex::new(release_receiver),
+        };
+        (responder, asked_receiver, release)
+    }
+}
+
+impl Responder for HeldResponder {
+    fn name(&self) -> &str {
+        "held"
+    }
+
+    fn respond(&self, request: &AiRequest, _: &mut dyn FnMut(&str)) -> Result<AiReply, AiError> {
+        let _ = self.asked.send(());
+        let _ = self.release.lock().unwrap().recv();
+        Ok(AiReply {
+            content: format!("AI: {}", request.message),
+            metadata: JsonObject::new(),
+        })
     }
 }
