@@ -1,8 +1,12 @@
 //! A request body as the accept loop hands it to the handlers: read no slower than a
-//! minimum rate (or answered 408), and given up at shutdown (503).
+//! minimum rate (or answered 408), given up at shutdown (503), and read to its end after
+//! an early answer so that the answer reaches a client, or a proxy, that is still sending
+//! (RFC 9112 section 9.6).
 //!
 //! The accept loop wraps hyper's body in a [`RequestBody`] and puts it into the request's
-//! extensions; the handler reads it through [`crate::http::Request`].
+//! extensions; the handler reads it through [`crate::http::Request`]; once the answer is
+//! ready, the accept loop calls [`RequestBody::after_answer`], which decides what becomes
+//! of what was not read.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -14,6 +18,15 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use warp::http::{HeaderValue, header};
+
+use crate::http::Response;
+
+/// At most this much of a body is read and thrown away after an early answer.
+pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// An early answer's unread body is read and thrown away for at most this long.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// How slowly a request body may arrive: after `grace`, it must keep up with
 /// `min_bytes_per_second` counted from its start.
@@ -51,13 +64,17 @@ pub enum BodyError {
     Failed(hyper::Error),
 }
 
-/// A request's body. Cloning it clones the handle, not the body.
+/// A request's body, shared by the handler that reads it and the accept loop that
+/// deals with the rest after the answer. Cloning it clones the handle, not the body.
 #[derive(Clone)]
 pub struct RequestBody(Arc<Shared>);
 
 struct Shared {
     pace: BodyPace,
     stopping: CancellationToken,
+    /// The request sent `Expect: 100-continue`: its client waits for a go-ahead (which
+    /// hyper sends when the body is first read) before it sends the body.
+    expects_continue: bool,
     reading: Mutex<Reading>,
 }
 
@@ -70,6 +87,8 @@ struct Reading {
     /// headers, unless the server took its time to get there (a slow token check), which
     /// is not held against the client.
     clock: Option<Instant>,
+    /// Reading stopped for a reason that closes the connection without draining.
+    refused: bool,
 }
 
 impl std::fmt::Debug for RequestBody {
@@ -80,14 +99,21 @@ impl std::fmt::Debug for RequestBody {
 
 impl RequestBody {
     /// Wraps hyper's body of a request; `stopping` is cancelled when the server stops.
-    pub fn new(incoming: Incoming, pace: BodyPace, stopping: CancellationToken) -> RequestBody {
+    pub fn new(
+        incoming: Incoming,
+        pace: BodyPace,
+        stopping: CancellationToken,
+        expects_continue: bool,
+    ) -> RequestBody {
         RequestBody(Arc::new(Shared {
             pace,
             stopping,
+            expects_continue,
             reading: Mutex::new(Reading {
                 incoming: Some(incoming),
                 received: 0,
                 clock: None,
+                refused: false,
             }),
         }))
     }
@@ -103,9 +129,9 @@ impl RequestBody {
             let frame = tokio::select! {
                 biased;
                 frame = poll_fn(|cx| self.poll_frame(cx)) => frame,
-                () = sleep_until(deadline) => return Some(Err(BodyError::TooSlow)),
+                () = sleep_until(deadline) => return Some(Err(self.refuse(BodyError::TooSlow))),
                 () = self.0.stopping.cancelled() => {
-                    return Some(Err(BodyError::Stopping));
+                    return Some(Err(self.refuse(BodyError::Stopping)));
                 }
             };
             match frame {
@@ -115,6 +141,55 @@ impl RequestBody {
                 Some(Ok(data)) => return Some(Ok(data)),
             }
         }
+    }
+
+    /// Called by the accept loop with the answer to the request: when the body was not
+    /// read to its end, the answer closes the connection (`Connection: close`), and the
+    /// rest of the body is read and thrown away first ([`DRAIN_BYTES`], [`DRAIN_TIME`]),
+    /// so that a client still sending receives the answer instead of a reset. Not after
+    /// a refusal for slowness or shutdown, nor when the client awaits a `100 Continue`
+    /// that was never sent (it sends no body): then the connection just closes.
+    pub fn after_answer(&self, response: &mut Response) {
+        let mut reading = self.reading();
+        let unread = reading
+            .incoming
+            .as_ref()
+            .is_some_and(|incoming| !incoming.is_end_stream());
+        if !unread {
+            return;
+        }
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let never_asked = self.0.expects_continue && reading.clock.is_none();
+        if reading.refused || never_asked || self.0.stopping.is_cancelled() {
+            // Dropping hyper's body makes it stop reading; the connection closes after
+            // the answer.
+            reading.incoming = None;
+            return;
+        }
+        drop(reading);
+        tokio::spawn(self.clone().drain());
+    }
+
+    /// Reads the rest of the body and throws it away, within the drain limits and until
+    /// the server stops.
+    async fn drain(self) {
+        let deadline = Instant::now() + DRAIN_TIME;
+        let mut discarded: u64 = 0;
+        while discarded <= DRAIN_BYTES {
+            tokio::select! {
+                biased;
+                frame = poll_fn(|cx| self.poll_frame(cx)) => match frame {
+                    Some(Ok(data)) => discarded += data.len() as u64,
+                    None | Some(Err(_)) => return,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = self.0.stopping.cancelled() => break,
+            }
+        }
+        tracing::debug!(discarded, "gave up draining a request body");
+        self.reading().incoming = None;
     }
 
     /// Polls hyper's body for its next data, counting it; trailers are skipped.
@@ -142,6 +217,12 @@ impl RequestBody {
                 }
             }
         }
+    }
+
+    /// Marks the body as given up (no drain after the answer) and answers `error`.
+    fn refuse(&self, error: BodyError) -> BodyError {
+        self.reading().refused = true;
+        error
     }
 
     fn reading(&self) -> MutexGuard<'_, Reading> {

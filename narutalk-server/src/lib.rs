@@ -5,7 +5,8 @@
 //!
 //! - [`listener`]: the accept loop (header time limit, connection cap and per-IP share,
 //!   targets in origin form, graceful stop);
-//! - `body`: request bodies: minimum pace (408), refused at shutdown (503);
+//! - `body`: request bodies: minimum pace (408), refused at shutdown (503), drained after
+//!   an early answer;
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;

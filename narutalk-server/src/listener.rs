@@ -1,8 +1,8 @@
 //! The accept loop: warp's filter served over hyper with what warp 0.4's own `serve`
 //! lacks: a time limit for request headers and a minimum pace for bodies (slow clients),
 //! a connection cap and a per-IP share of it (greedy clients), the peer address carried
-//! into every request, targets brought to origin form, and a graceful stop that finishes
-//! in-flight requests.
+//! into every request, targets brought to origin form, early answers that still reach a
+//! client that is sending its body, and a graceful stop that finishes in-flight requests.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -255,14 +255,19 @@ where
                 })))));
         }
         to_origin_form(&mut request);
+        let expects_continue = request
+            .headers()
+            .get(hyper::header::EXPECT)
+            .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let (mut parts, incoming) = request.into_parts();
-        let body = RequestBody::new(incoming, pace, stopping.clone());
-        parts.extensions.insert(body);
+        let body = RequestBody::new(incoming, pace, stopping.clone(), expects_continue);
+        parts.extensions.insert(body.clone());
         // warp reads nothing of the body: handlers read the `RequestBody`.
         let request = hyper::Request::from_parts(parts, String::new());
         let mut warp_service = warp_service.clone();
         async move {
-            let Ok(response) = warp_service.call(request).await;
+            let Ok(mut response) = warp_service.call(request).await;
+            body.after_answer(&mut response);
             Ok::<_, Infallible>(response)
         }
     })

@@ -15,6 +15,7 @@ mod gateway;
 mod health;
 mod helpers;
 mod hostile;
+mod nginx;
 mod system;
 mod throttle;
 mod transport;

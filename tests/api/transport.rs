@@ -27,6 +27,7 @@ use crate::helpers::{Account, PASSWORD, TestApp, spawn_app, spawn_app_with, star
 const PATIENCE: Duration = Duration::from_secs(20);
 
 const BODY_TIMED_OUT: &str = r#"{"detail":"Request body timed out."}"#;
+const TOO_LARGE: &str = r#"{"detail":"Request body too large."}"#;
 const BAD_REQUEST: &str = r#"{"detail":"Bad request."}"#;
 
 // ---- slow bodies ----------------------------------------------------------------------
@@ -301,6 +302,116 @@ async fn an_absolute_form_target_is_served_as_its_path() {
     assert_eq!(unknown.json(), json!({ "detail": "Not found." }));
 }
 
+// ---- early answers --------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_that_keeps_sending_its_body() {
+    // Arrange: 2 MiB bodies (the limit is 1 MiB) answered before they are read whole:
+    // by their `Content-Length`, by counting a chunked body, by authentication, by route.
+    let app = spawn_app().await;
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    let cases = [
+        ("POST /api/auth/login/", false, 413, TOO_LARGE),
+        ("POST /api/auth/login/", true, 413, TOO_LARGE),
+        (
+            "POST /api/chat/sessions/",
+            false,
+            401,
+            r#"{"detail":"Authentication credentials were not provided."}"#,
+        ),
+        (
+            "PUT /api/nowhere/",
+            false,
+            404,
+            r#"{"detail":"Not found."}"#,
+        ),
+    ];
+
+    for (request_line, chunked, status, detail) in cases {
+        let (mut reader, writer) = TcpStream::connect(app.addr).await.unwrap().into_split();
+        let framing = if chunked {
+            "Transfer-Encoding: chunked".to_owned()
+        } else {
+            format!("Content-Length: {}", body.len())
+        };
+        let head = format!(
+            "{request_line} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+        );
+        let (answered, answer_read) = tokio::sync::oneshot::channel();
+
+        // Act: a first part of the body (enough for the answer), then, once the answer
+        // has been read, the rest of it.
+        let first_part = if chunked {
+            1024 * 1024 + 64 * 1024
+        } else {
+            64 * 1024
+        };
+        let sending = tokio::spawn(send_body(
+            writer,
+            head,
+            body.clone(),
+            chunked,
+            first_part,
+            answer_read,
+        ));
+        let answer = read_response(&mut reader).await;
+        answered.send(()).unwrap();
+        let sent = sending.await.unwrap();
+        let after = read_after_answer(&mut reader).await;
+
+        // Assert: every byte went out, the whole answer came back, then a clean close.
+        let case = format!("{request_line} chunked={chunked}");
+        assert!(sent.is_ok(), "{case}: sending failed: {sent:?}");
+        assert_eq!(answer.status, status, "{case}: {answer:?}");
+        assert_eq!(answer.text(), detail, "{case}");
+        assert_eq!(answer.header("connection"), Some("close"), "{case}");
+        assert_eq!(after, AfterAnswer::Closed(Vec::new()), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_far_beyond_the_drain_limit_is_cut_off_after_its_answer() {
+    // Arrange: a body of 256 MiB announced; the server reads at most 8 MiB of it after
+    // answering 413.
+    let app = spawn_app().await;
+    let (mut reader, mut writer) = TcpStream::connect(app.addr).await.unwrap().into_split();
+    let announced: u64 = 256 * 1024 * 1024;
+    writer
+        .write_all(
+            format!("POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {announced}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+
+    // Act
+    let sending = tokio::spawn(async move {
+        let piece = vec![b'x'; 64 * 1024];
+        let mut sent: u64 = 0;
+        while sent < announced {
+            if writer.write_all(&piece).await.is_err() {
+                break;
+            }
+            sent += piece.len() as u64;
+        }
+        sent
+    });
+    let answer = read_response(&mut reader).await;
+    let sent = tokio::time::timeout(PATIENCE, sending)
+        .await
+        .expect("the server should stop reading the body")
+        .unwrap();
+    println!(
+        "{} MiB went out before the server closed",
+        sent / (1024 * 1024)
+    );
+
+    // Assert
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert_eq!(answer.text(), TOO_LARGE);
+    assert!(sent < announced, "the server read all of {announced} bytes");
+}
+
 // ---- stopping -------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,6 +583,40 @@ async fn send_in_pieces(
         writer.write_all(chunk).await.unwrap();
     }
     writer
+}
+
+/// Writes `head` and the first `first_part` bytes of `body` (as 64 KiB chunks when
+/// `chunked`), waits for `answered`, then writes the rest of the body.
+async fn send_body(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    head: String,
+    body: Vec<u8>,
+    chunked: bool,
+    first_part: usize,
+    answered: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    writer.write_all(head.as_bytes()).await?;
+    let mut answered = Some(answered);
+    for (index, chunk) in body.chunks(64 * 1024).enumerate() {
+        if index * 64 * 1024 >= first_part
+            && let Some(answered) = answered.take()
+        {
+            let _ = answered.await;
+        }
+        if chunked {
+            writer
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+        }
+        writer.write_all(chunk).await?;
+        if chunked {
+            writer.write_all(b"\r\n").await?;
+        }
+    }
+    if chunked {
+        writer.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
 }
 
 /// One HTTP/1.1 response as read off the wire.
