@@ -68,6 +68,9 @@ pub struct Config {
     /// `NARUTALK_TRUSTED_PROXIES`, default empty: peers whose
     /// `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// `NARUTALK_MAX_CONNECTIONS_PER_IP`, default 1000: connections one peer IP
+    /// may hold at once (trusted proxies exempt); 0 = no limit.
+    pub max_connections_per_ip: u32,
     /// `NARUTALK_AUTH_THROTTLE_PER_MINUTE`, default 10: login/register
     /// attempts per minute; 0 = off.
     pub auth_throttle_per_minute: u32,
@@ -125,6 +128,7 @@ impl Default for Config {
             refresh_token_days: 7,
             cors_origins: vec!["http://localhost:3000".to_owned()],
             trusted_proxies: Vec::new(),
+            max_connections_per_ip: 1000,
             auth_throttle_per_minute: 10,
             message_throttle_per_minute: 30,
             body_limit_bytes: 1_048_576,
@@ -262,6 +266,7 @@ enum Setting {
     RefreshTokenDays,
     CorsOrigins,
     TrustedProxies,
+    MaxConnectionsPerIp,
     AuthThrottlePerMinute,
     MessageThrottlePerMinute,
     BodyLimitBytes,
@@ -285,7 +290,7 @@ enum Setting {
 
 /// Every setting as (field, TOML key, environment variable).
 #[rustfmt::skip]
-const SETTINGS: [(Setting, &str, &str); 27] = [
+const SETTINGS: [(Setting, &str, &str); 28] = [
     (Setting::Bind,                     "bind",                        "NARUTALK_BIND"),
     (Setting::Database,                 "database",                    "NARUTALK_DATABASE"),
     (Setting::SqliteSynchronous,        "sqlite_synchronous",          "NARUTALK_SQLITE_SYNCHRONOUS"),
@@ -294,6 +299,7 @@ const SETTINGS: [(Setting, &str, &str); 27] = [
     (Setting::RefreshTokenDays,         "refresh_token_days",          "NARUTALK_REFRESH_TOKEN_DAYS"),
     (Setting::CorsOrigins,              "cors_origins",                "NARUTALK_CORS_ORIGINS"),
     (Setting::TrustedProxies,           "trusted_proxies",             "NARUTALK_TRUSTED_PROXIES"),
+    (Setting::MaxConnectionsPerIp,      "max_connections_per_ip",      "NARUTALK_MAX_CONNECTIONS_PER_IP"),
     (Setting::AuthThrottlePerMinute,    "auth_throttle_per_minute",    "NARUTALK_AUTH_THROTTLE_PER_MINUTE"),
     (Setting::MessageThrottlePerMinute, "message_throttle_per_minute", "NARUTALK_MESSAGE_THROTTLE_PER_MINUTE"),
     (Setting::BodyLimitBytes,           "body_limit_bytes",            "NARUTALK_BODY_LIMIT_BYTES"),
@@ -503,6 +509,7 @@ impl Ctx<'_> {
                 }
                 cfg.trusted_proxies = proxies;
             }
+            Setting::MaxConnectionsPerIp => cfg.max_connections_per_ip = self.whole(raw, 0)?,
             Setting::AuthThrottlePerMinute => cfg.auth_throttle_per_minute = self.whole(raw, 0)?,
             Setting::MessageThrottlePerMinute => {
                 cfg.message_throttle_per_minute = self.whole(raw, 0)?;
@@ -1076,6 +1083,7 @@ mod tests {
         assert_eq!(c.refresh_token_days, 7);
         assert_eq!(c.cors_origins, vec!["http://localhost:3000".to_owned()]);
         assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.max_connections_per_ip, 1000);
         assert_eq!(c.auth_throttle_per_minute, 10);
         assert_eq!(c.message_throttle_per_minute, 30);
         assert_eq!(c.body_limit_bytes, 1_048_576);
@@ -1137,6 +1145,7 @@ access_token_minutes = 15
 refresh_token_days = 30
 cors_origins = ["https://a.example", " http://b.example:8080 ", ""]
 trusted_proxies = "10.0.0.1, ::1"
+max_connections_per_ip = 0
 auth_throttle_per_minute = 0
 message_throttle_per_minute = 5
 body_limit_bytes = 2048
@@ -1172,6 +1181,7 @@ log_format = "json"
                 "http://b.example:8080".to_owned(),
             ],
             trusted_proxies: vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
+            max_connections_per_ip: 0,
             auth_throttle_per_minute: 0,
             message_throttle_per_minute: 5,
             body_limit_bytes: 2048,
@@ -1432,9 +1442,10 @@ log_format = "json"
     }
 
     /// (variable, smallest accepted value)
-    const NUMBERS: [(&str, u64); 14] = [
+    const NUMBERS: [(&str, u64); 15] = [
         ("NARUTALK_ACCESS_TOKEN_MINUTES", 1),
         ("NARUTALK_REFRESH_TOKEN_DAYS", 1),
+        ("NARUTALK_MAX_CONNECTIONS_PER_IP", 0),
         ("NARUTALK_AUTH_THROTTLE_PER_MINUTE", 0),
         ("NARUTALK_MESSAGE_THROTTLE_PER_MINUTE", 0),
         ("NARUTALK_BODY_LIMIT_BYTES", 1),
@@ -1493,6 +1504,26 @@ log_format = "json"
                 assert_eq!(e.message, "must be a whole number of at least 1, got \"0\"");
             }
         }
+    }
+
+    #[test]
+    fn max_connections_per_ip_is_a_whole_number_and_zero_means_no_limit() {
+        let read = |value| {
+            load_env(&[("NARUTALK_MAX_CONNECTIONS_PER_IP", value)])
+                .map(|c| c.max_connections_per_ip)
+        };
+        assert_eq!(read(" 25 ").unwrap(), 25);
+        assert_eq!(read("0").unwrap(), 0);
+        assert_eq!(
+            read("-1").unwrap_err().to_string(),
+            "invalid setting NARUTALK_MAX_CONNECTIONS_PER_IP: must be a whole number (0 or more), got \"-1\""
+        );
+        assert_eq!(
+            read("4294967296").unwrap_err().to_string(),
+            "invalid setting NARUTALK_MAX_CONNECTIONS_PER_IP: 4294967296 is too large"
+        );
+        let (_dir, r) = load_toml("max_connections_per_ip = 64");
+        assert_eq!(r.unwrap().max_connections_per_ip, 64);
     }
 
     #[test]

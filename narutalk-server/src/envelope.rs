@@ -1,5 +1,6 @@
 //! What wraps every request: its id, CORS, the headers every response carries, the
-//! access log line, and the guarantee that a panic answers the contract's 500 body.
+//! access log line, the 400 of a target without a path, and the guarantee that a panic
+//! answers the contract's 500 body.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -28,10 +29,15 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     request.request_id = request_id(&request.headers);
     let request_id = request.request_id.clone();
     let method = request.method.clone();
-    let path = request.path.clone();
+    let path = request
+        .target_without_path
+        .clone()
+        .unwrap_or_else(|| request.path.clone());
     let cors_origin = allowed_origin(&state, &request);
 
-    let mut response = if request.method == Method::OPTIONS
+    let mut response = if request.target_without_path.is_some() {
+        ApiError::BadRequest.into_response()
+    } else if request.method == Method::OPTIONS
         && cors_origin.is_some()
         && request
             .headers

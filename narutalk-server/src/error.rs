@@ -45,6 +45,9 @@ pub enum ApiError {
     NotAnObject(&'static str),
     /// 400 with field errors.
     Fields(FieldErrors),
+    /// 400 `Bad request.`: a request the server cannot read as one of its own, such as a
+    /// target without a path (`GET host:443`, `CONNECT host:443`).
+    BadRequest,
     /// 426: a request to the WebSocket endpoint that is not a WebSocket (version 13)
     /// upgrade.
     UpgradeRequired,
@@ -72,9 +75,10 @@ impl ApiError {
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::JsonParse(_) | ApiError::NotAnObject(_) | ApiError::Fields(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::JsonParse(_)
+            | ApiError::NotAnObject(_)
+            | ApiError::Fields(_)
+            | ApiError::BadRequest => StatusCode::BAD_REQUEST,
             ApiError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::BadHandshake => StatusCode::BAD_REQUEST,
@@ -128,6 +132,7 @@ impl ApiError {
                 FieldErrors::NON_FIELD: [format!("Invalid data. Expected a dictionary, but got {type_name}.")]
             }),
             ApiError::Fields(errors) => json!(errors),
+            ApiError::BadRequest => json!({ "detail": "Bad request." }),
             ApiError::UpgradeRequired => json!({
                 "detail": "This endpoint is a WebSocket: connect with a WebSocket (version 13) upgrade."
             }),

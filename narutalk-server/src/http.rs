@@ -1,37 +1,33 @@
 //! One HTTP request as the handlers see it, and the JSON responses they build.
 //!
 //! [`Request`] carries what warp extracted (method, path, query, headers, peer address)
-//! and the body as an unread stream: the body is read only when the order of checks
+//! and the body unread ([`RequestBody`]): the body is read only when the order of checks
 //! (contract section 1.1) reaches it, and it is counted while it is read, so a chunked
-//! body over the limit is refused like one with a large `Content-Length`.
+//! body over the limit is refused like one with a large `Content-Length`. A body that
+//! arrives too slowly is refused with 408, and one still arriving when the server stops
+//! with 503.
 
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
 use narutalk_core::fields::{JsonObject, python_type_name};
 use serde::Serialize;
 use serde_json::Value;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
+use crate::body::{BodyError, RequestBody};
 use crate::error::ApiError;
 use crate::listener::Takeover;
 
 /// warp's response type.
 pub type Response = warp::reply::Response;
 
-/// A request body not read yet.
-pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, warp::Error>> + Send>>;
-
-/// How much of a request body is read, and how patiently.
+/// How much of a request body is read. (How patiently is the accept loop's business:
+/// [`crate::ServeOptions::body_grace`].)
 #[derive(Clone, Copy, Debug)]
 pub struct BodyRules {
     /// Bodies above this many bytes are refused (413).
     pub limit: u64,
-    /// A body that sends nothing for this long is given up on (408), so a client cannot
-    /// hold a connection by announcing a body it never sends.
-    pub idle_timeout: std::time::Duration,
 }
 
 /// The longest `Authorization` header read; no honest token comes close.
@@ -53,9 +49,10 @@ pub struct Request {
     pub request_id: String,
     /// The hold on the connection, when the request asks for an upgrade.
     pub takeover: Option<Takeover>,
-    /// In a mutex only so that `&Request` is `Sync`: it is taken with `&mut self`, never
-    /// locked.
-    body: std::sync::Mutex<Option<BodyStream>>,
+    /// The target as sent, when it had no path (`GET host:443`): answered 400.
+    pub target_without_path: Option<String>,
+    /// The body, until a handler reads it.
+    body: Option<RequestBody>,
 }
 
 /// What the `Authorization` header holds (the token borrowed from the header, or owned).
@@ -78,7 +75,7 @@ impl Request {
         headers: HeaderMap,
         peer: Option<SocketAddr>,
         request_id: String,
-        body: BodyStream,
+        body: Option<RequestBody>,
     ) -> Request {
         Request {
             method,
@@ -88,7 +85,8 @@ impl Request {
             peer,
             request_id,
             takeover: None,
-            body: std::sync::Mutex::new(Some(body)),
+            target_without_path: None,
+            body,
         }
     }
 
@@ -197,33 +195,26 @@ impl Request {
     }
 
     /// The whole body, refused with 413 when it is over the limit, by `Content-Length` or
-    /// by counting, and with 408 when it stalls.
+    /// by counting, with 408 when it falls behind the minimum pace, and with 503 when the
+    /// server stops while it is still arriving.
     pub async fn body_bytes(&mut self, rules: BodyRules) -> Result<Bytes, ApiError> {
-        let BodyRules {
-            limit,
-            idle_timeout,
-        } = rules;
+        let BodyRules { limit } = rules;
         let declared = self
             .header(header::CONTENT_LENGTH)
             .and_then(|length| length.parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit) {
             return Err(ApiError::BodyTooLarge);
         }
-        let body = self
-            .body
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        let Some(mut body) = body else {
+        let Some(body) = self.body.take() else {
             return Ok(Bytes::new());
         };
         let mut collected = BytesMut::new();
-        loop {
-            let next = tokio::time::timeout(idle_timeout, body.next())
-                .await
-                .map_err(|_| ApiError::BodyTimeout)?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|error| ApiError::JsonParse(error.to_string()))?;
+        while let Some(chunk) = body.next_chunk().await {
+            let chunk = chunk.map_err(|error| match error {
+                BodyError::TooSlow => ApiError::BodyTimeout,
+                BodyError::Stopping => ApiError::Unavailable,
+                BodyError::Failed(error) => ApiError::JsonParse(error.to_string()),
+            })?;
             if (collected.len() + chunk.len()) as u64 > limit {
                 return Err(ApiError::BodyTooLarge);
             }

@@ -3,7 +3,10 @@
 //! The crate translates HTTP to core calls and core results to the contract's answers; it
 //! holds no business rule. Its parts:
 //!
-//! - [`listener`]: the accept loop (header time limit, connection cap, graceful stop);
+//! - [`listener`]: the accept loop (header time limit, connection cap and per-IP share,
+//!   targets in origin form, graceful stop);
+//! - `body`: request bodies: minimum pace (408), refused at shutdown (503), drained after
+//!   an early answer;
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
@@ -28,6 +31,7 @@
 //! ```
 
 mod api;
+mod body;
 mod docs;
 mod envelope;
 mod error;
@@ -52,9 +56,9 @@ use warp::filters::path::FullPath;
 
 pub use listener::ServeOptions;
 
-use crate::error::ApiError;
-use crate::http::{BodyStream, Request, Response};
-use crate::listener::{PeerAddr, Takeover};
+use crate::body::RequestBody;
+use crate::http::{Request, Response};
+use crate::listener::{PeerAddr, PeerLimit, Takeover, TargetWithoutPath};
 use crate::state::State;
 
 /// How often idle throttle keys are forgotten.
@@ -135,10 +139,15 @@ pub async fn serve_with(
             }
         }
     };
+    let peers = PeerLimit {
+        per_ip: usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),
+        exempt: config.trusted_proxies.clone(),
+    };
     let serving = listener::serve(
         listener,
         routes(state.clone()),
         options,
+        peers,
         stop_accepting.cancelled(),
     );
     // Both run to the end: the listener's own drain may give up on connections before
@@ -169,14 +178,14 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
         .map(Some)
         .or(warp::any().map(|| None))
         .unify();
-    let body = warp::body::stream().map(boxed_body);
     warp::method()
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
         .and(warp::ext::optional::<Takeover>())
-        .and(body)
+        .and(warp::ext::optional::<TargetWithoutPath>())
+        .and(warp::ext::optional::<RequestBody>())
         .then(
             move |method,
                   path: FullPath,
@@ -184,7 +193,8 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                   headers,
                   peer: Option<PeerAddr>,
                   takeover: Option<Takeover>,
-                  body| {
+                  target_without_path: Option<TargetWithoutPath>,
+                  body: Option<RequestBody>| {
                 let mut request = Request::new(
                     method,
                     path.as_str().to_owned(),
@@ -195,22 +205,11 @@ fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
                     body,
                 );
                 request.takeover = takeover;
+                request.target_without_path = target_without_path.map(|target| target.0);
                 envelope::respond(state.clone(), request)
             },
         )
-        .recover(|_| async {
-            Ok::<_, std::convert::Infallible>(ApiError::Internal.into_response())
-        })
-        .unify()
         .boxed()
-}
-
-/// The request body as a stream of [`bytes::Bytes`] chunks, read only when a handler asks.
-fn boxed_body<B: warp::Buf>(
-    stream: impl futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
-) -> BodyStream {
-    use futures_util::StreamExt;
-    Box::pin(stream.map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))))
 }
 
 /// The OpenAPI document of the API as pretty JSON (what `GET /api/schema/` serves).

@@ -1,23 +1,28 @@
 //! The accept loop: warp's filter served over hyper with what warp 0.4's own `serve`
-//! lacks: a time limit for request headers (slow clients), a connection cap, the peer
-//! address carried into every request, and a graceful stop that finishes in-flight
-//! requests.
+//! lacks: a time limit for request headers and a minimum pace for bodies (slow clients),
+//! a connection cap and a per-IP share of it (greedy clients), the peer address carried
+//! into every request, targets brought to origin form, early answers that still reach a
+//! client that is sending its body, and a graceful stop that finishes in-flight requests.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
-use warp::reply::Reply;
+use warp::http::HeaderValue;
 
+use crate::body::{BodyPace, RequestBody};
 use crate::http::Response;
 
 /// The TCP peer of a request, put into its extensions by the accept loop.
@@ -26,9 +31,9 @@ pub struct PeerAddr(pub SocketAddr);
 
 /// A request's hold on its connection, put into the extensions of every request that
 /// asks for an upgrade: hyper's upgrade future and the connection's place under the
-/// connection cap. Whoever takes it over (the WebSocket handshake) keeps the place until
-/// the upgraded connection closes, so open sockets count against the cap like any other
-/// connection, and a graceful stop waits for them too.
+/// connection cap and in its peer's share. Whoever takes it over (the WebSocket
+/// handshake) keeps the place until the upgraded connection closes, so open sockets count
+/// against the caps like any other connection, and a graceful stop waits for them too.
 #[derive(Clone)]
 pub struct Takeover(Arc<Mutex<Option<Upgrade>>>);
 
@@ -36,8 +41,8 @@ pub struct Takeover(Arc<Mutex<Option<Upgrade>>>);
 pub struct Upgrade {
     /// Resolves to the raw connection once the `101 Switching Protocols` answer is sent.
     pub on_upgrade: OnUpgrade,
-    /// The connection's place under the cap; dropping it frees the place.
-    pub place: Arc<OwnedSemaphorePermit>,
+    /// The connection's place under the caps; dropping it frees the place.
+    pub place: Arc<Place>,
 }
 
 impl Takeover {
@@ -63,9 +68,13 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// A connection that has not sent a whole request head within this time is dropped.
     pub header_read_timeout: Duration,
-    /// A request body that sends nothing for this long is answered 408 and its
+    /// How long a request body may send nothing at all; after it, the body must keep up
+    /// with [`ServeOptions::body_min_bytes_per_second`] or be answered 408 and its
     /// connection closed.
-    pub body_idle_timeout: Duration,
+    pub body_grace: Duration,
+    /// The rate a request body must keep up after [`ServeOptions::body_grace`]: bytes
+    /// received ≥ this × (seconds since the body started − the grace); 0 = no minimum.
+    pub body_min_bytes_per_second: u64,
     /// How long a stop waits for in-flight requests before giving up on them.
     pub drain_timeout: Duration,
     /// Frames a WebSocket may be behind before it is closed with 1013 as too slow.
@@ -82,14 +91,15 @@ pub struct ServeOptions {
 }
 
 impl Default for ServeOptions {
-    /// Contract section 4: 10 s for headers, 10,000 connections; and 10 s of silence
-    /// in a body. Sockets: 256 frames of queue, revocation checked every 2 s. A write
-    /// probe at most every 10 s.
+    /// Contract sections 4 and 9: 10 s for headers, 10,000 connections, bodies at
+    /// 500 bytes a second after 10 s of grace. Sockets: 256 frames of queue, revocation
+    /// checked every 2 s. A write probe at most every 10 s.
     fn default() -> Self {
         ServeOptions {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
-            body_idle_timeout: Duration::from_secs(10),
+            body_grace: Duration::from_secs(10),
+            body_min_bytes_per_second: 500,
             drain_timeout: Duration::from_secs(60),
             ws_send_queue: 256,
             revocation_check: Duration::from_secs(2),
@@ -99,17 +109,42 @@ impl Default for ServeOptions {
     }
 }
 
+/// How many connections one client may hold at once.
+#[derive(Clone, Debug, Default)]
+pub struct PeerLimit {
+    /// Connections one peer IP may hold at once (open WebSockets included); 0 = no
+    /// limit. A connection over its peer's share is closed at once, before any HTTP is
+    /// read.
+    pub per_ip: usize,
+    /// Peers without a share (the trusted proxies, which carry many clients each).
+    pub exempt: Vec<IpAddr>,
+}
+
+impl PeerLimit {
+    /// Whether connections from `ip` are counted.
+    fn applies_to(&self, ip: IpAddr) -> bool {
+        self.per_ip > 0 && !self.exempt.iter().any(|exempt| exempt.to_canonical() == ip)
+    }
+}
+
 /// Serves `filter` on `listener` until `shutdown` completes; then stops accepting, lets
-/// every open connection finish the request it is on, and returns.
+/// every open connection finish the request it is on (a request still sending its body
+/// is answered 503 at once), and returns.
 pub async fn serve(
     listener: TcpListener,
     filter: BoxedFilter<(Response,)>,
     options: ServeOptions,
+    peers: PeerLimit,
     shutdown: impl Future<Output = ()>,
 ) {
     let max_connections = options.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(max_connections));
-    let (stop, stopping) = watch::channel(false);
+    let shares = Arc::new(Shares::default());
+    let stopping = CancellationToken::new();
+    let pace = BodyPace {
+        grace: options.body_grace,
+        min_bytes_per_second: options.body_min_bytes_per_second,
+    };
     let service = warp::service(filter);
     let mut shutdown = pin!(shutdown);
     loop {
@@ -132,27 +167,26 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let ip = peer.ip().to_canonical();
+        let share = if peers.applies_to(ip) {
+            let Some(share) = shares.take(ip, peers.per_ip) else {
+                tracing::debug!(%peer, "closed a connection over its peer's share");
+                continue;
+            };
+            Some(share)
+        } else {
+            None
+        };
         // Without it, a small frame written right after another waits for the peer's
         // delayed ACK (about 40 ms): a WebSocket reply after its echo, for one.
         let _ = stream.set_nodelay(true);
-        let permit = Arc::new(permit);
-        let place = permit.clone();
-        let warp_service = service.clone();
-        let hyper_service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(PeerAddr(peer));
-            if request.headers().contains_key(hyper::header::UPGRADE) {
-                let on_upgrade = hyper::upgrade::on(&mut request);
-                request
-                    .extensions_mut()
-                    .insert(Takeover(Arc::new(Mutex::new(Some(Upgrade {
-                        on_upgrade,
-                        place: place.clone(),
-                    })))));
-            }
-            let mut warp_service = warp_service.clone();
-            async move { Ok::<_, Infallible>(warp_service.call(request).await.into_response()) }
+        let place = Arc::new(Place {
+            _connection: permit,
+            _share: share,
         });
-        let stopping = stopping.clone();
+        let hyper_service =
+            connection_service(service.clone(), peer, place.clone(), pace, stopping.clone());
+        let stopped = stopping.clone();
         let header_read_timeout = options.header_read_timeout;
         tokio::spawn(async move {
             let mut builder = http1::Builder::new();
@@ -166,7 +200,7 @@ pub async fn serve(
             );
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                () = stopped(stopping) => {
+                () = stopped.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -174,11 +208,11 @@ pub async fn serve(
             if let Err(error) = result {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
-            drop(permit);
+            drop(place);
         });
     }
     drop(listener);
-    let _ = stop.send(true);
+    stopping.cancel();
     // Every connection holds a permit until it has finished: all permits back means drained.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(options.drain_timeout, connections.acquire_many(all))
@@ -189,7 +223,143 @@ pub async fn serve(
     }
 }
 
-/// Completes when the stop flag is set (or its sender is gone).
-async fn stopped(mut stopping: watch::Receiver<bool>) {
-    let _ = stopping.wait_for(|stop| *stop).await;
+/// A request target that has no path (`GET host:443`, `CONNECT host:443`), put into the
+/// request's extensions by the accept loop, which hands warp the path `/` instead: the
+/// answer is `400 Bad request.`. Holds the target as sent, for the access log.
+#[derive(Clone, Debug)]
+pub struct TargetWithoutPath(pub String);
+
+/// The hyper service of one connection: warp's service, given each request's peer, its
+/// body as a [`RequestBody`], its hold on the connection when it asks for an upgrade,
+/// and an origin-form target.
+fn connection_service<S>(
+    warp_service: S,
+    peer: SocketAddr,
+    place: Arc<Place>,
+    pace: BodyPace,
+    stopping: CancellationToken,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone
+where
+    S: Service<hyper::Request<String>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        if request.headers().contains_key(hyper::header::UPGRADE) {
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            request
+                .extensions_mut()
+                .insert(Takeover(Arc::new(Mutex::new(Some(Upgrade {
+                    on_upgrade,
+                    place: place.clone(),
+                })))));
+        }
+        to_origin_form(&mut request);
+        let expects_continue = request
+            .headers()
+            .get(hyper::header::EXPECT)
+            .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (mut parts, incoming) = request.into_parts();
+        let body = RequestBody::new(incoming, pace, stopping.clone(), expects_continue);
+        parts.extensions.insert(body.clone());
+        // warp reads nothing of the body: handlers read the `RequestBody`.
+        let request = hyper::Request::from_parts(parts, String::new());
+        let mut warp_service = warp_service.clone();
+        async move {
+            let Ok(mut response) = warp_service.call(request).await;
+            body.after_answer(&mut response);
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+/// Rewrites an absolute-form target (`GET http://host/path`) to its path and query, with
+/// its authority as the `Host` (RFC 9112 section 3.2.2), and a target without a path to
+/// `/` with a [`TargetWithoutPath`] in the extensions.
+fn to_origin_form<B>(request: &mut hyper::Request<B>) {
+    let uri = request.uri();
+    if !uri.path().starts_with('/') {
+        let target = uri.to_string();
+        request.extensions_mut().insert(TargetWithoutPath(target));
+        *request.uri_mut() = hyper::Uri::from_static("/");
+        return;
+    }
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    // The host and port only: an absolute URI may carry user information too.
+    let authority = uri.authority().and_then(|authority| {
+        let host = match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        };
+        HeaderValue::from_str(&host).ok()
+    });
+    let origin_form = uri
+        .path_and_query()
+        .and_then(|path| hyper::Uri::try_from(path.as_str()).ok())
+        .unwrap_or_else(|| hyper::Uri::from_static("/"));
+    *request.uri_mut() = origin_form;
+    if let Some(authority) = authority {
+        request.headers_mut().insert(hyper::header::HOST, authority);
+    }
+}
+
+/// A connection's places under the connection caps: among all connections, and in its
+/// peer's share. Dropping it frees both.
+pub struct Place {
+    _connection: OwnedSemaphorePermit,
+    _share: Option<Share>,
+}
+
+/// How many connections each counted peer IP holds.
+#[derive(Default)]
+struct Shares(Mutex<HashMap<IpAddr, usize>>);
+
+impl Shares {
+    /// One more connection for `ip`, unless it already holds `limit`.
+    fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<Share> {
+        let mut held = self.lock();
+        let count = held.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            shares: self.clone(),
+            ip,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One connection in its peer's share; given back when dropped.
+struct Share {
+    shares: Arc<Shares>,
+    ip: IpAddr,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.lock();
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }

@@ -137,7 +137,6 @@ impl State {
             core,
             body: BodyRules {
                 limit: config.body_limit_bytes,
-                idle_timeout: options.body_idle_timeout,
             },
             trusted_proxies: config.trusted_proxies.clone(),
             cors_origins: config.cors_origins.clone(),

@@ -1,5 +1,6 @@
-//! Protects the accept loop's limits (contract section 4, "Slow clients") and the graceful
-//! stop of section 8, by speaking raw HTTP/1.1 over sockets to a server started in-process.
+//! Protects the accept loop's limits (contract section 4, "Slow clients"; section 9, "Slow
+//! and greedy clients") and the graceful stop of section 8, by speaking raw HTTP/1.1 over
+//! sockets to a server started in-process.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -113,43 +114,48 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
 }
 
 #[tokio::test]
-async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
-    // Arrange: a request whose body is only half sent when the stop comes.
+async fn stopping_answers_a_body_still_arriving_503_at_once_then_refuses_connections() {
+    // Arrange: a login whose body is half sent when the stop comes. `Expect:
+    // 100-continue` makes the server say when its handler starts reading the body.
     let server = start(ServeOptions::default()).await;
     let mut in_flight = TcpStream::connect(server.address).await.unwrap();
     let body = br#"{"email": "nobody@example.com", "password": "violet-harbour-42"}"#;
-    let (head, rest) = body.split_at(10);
     in_flight
         .write_all(
             format!(
-                "POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
                 body.len()
             )
             .as_bytes(),
         )
         .await
         .unwrap();
-    in_flight.write_all(head).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let go_ahead = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut interim = vec![0u8; go_ahead.len()];
+    tokio::time::timeout(PATIENCE, in_flight.read_exact(&mut interim))
+        .await
+        .expect("the handler should ask for the body")
+        .unwrap();
+    assert_eq!(interim, go_ahead);
+    in_flight.write_all(&body[..10]).await.unwrap();
 
-    // Act
+    // Act: the stop, with the rest of the body never sent.
     server.stop.send(()).unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    in_flight.write_all(rest).await.unwrap();
     let answer = read_to_close(&mut in_flight).await;
     tokio::time::timeout(PATIENCE, server.served)
         .await
-        .expect("serve must return once in-flight requests are done")
+        .expect("serve must return without waiting for the body")
         .unwrap();
     let after_stop = TcpStream::connect(server.address).await;
 
     // Assert
     assert!(
-        answer.starts_with("HTTP/1.1 401 Unauthorized"),
-        "the in-flight login is answered: {answer}"
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
     );
+    assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
     assert!(
-        answer.ends_with(r#"{"detail":"No active account found with the given credentials"}"#),
+        answer.ends_with(r#"{"detail":"Service temporarily unavailable, try again later."}"#),
         "{answer}"
     );
     assert!(after_stop.is_err(), "nothing listens after the stop");
@@ -157,9 +163,9 @@ async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
 
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_answered_408_and_the_connection_closed() {
-    // Arrange
+    // Arrange: 300 ms of grace, then 500 bytes a second.
     let server = start(ServeOptions {
-        body_idle_timeout: Duration::from_millis(300),
+        body_grace: Duration::from_millis(300),
         ..ServeOptions::default()
     })
     .await;

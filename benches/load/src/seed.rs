@@ -46,6 +46,8 @@ pub fn write_settings(dir: &Path) -> anyhow::Result<PathBuf> {
          # Throttles off: the harness measures the server, not the limiters.\n\
          auth_throttle_per_minute = 0\n\
          message_throttle_per_minute = 0\n\
+         # Every connection of the harness comes from 127.0.0.1 (10,000 idle sockets).\n\
+         max_connections_per_ip = 0\n\
          # No search service, so no background probe.\n\
          search_url = \"\"\n\
          # Heartbeats that never fire during a run (idle sockets do not answer pings).\n\
