@@ -10,7 +10,9 @@
 //! few refusals a schema cannot predict (taken usernames, the password rules, rules
 //! across fields) are allowed in `schemathesis.toml`, each with its reason.
 //!
-//! It needs `python3` with its `venv` module and access to PyPI the first time. The
+//! It needs `python3` with its `venv` module (Debian's `python3-venv`, which
+//! `.ci/validate-openapi` needs too) and access to PyPI the first time; without `python3`
+//! it skips with one line, as `tests/api/system.rs` does for every system program. The
 //! server must run with its throttles off and the token must belong to a logged-in user
 //! whose password the run does not know (so no request can change it).
 
@@ -19,9 +21,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Test cases per operation and phase: enough to cover every constraint of the document,
-/// few enough for a run of about two minutes on two busy cores.
-const MAX_EXAMPLES: u32 = 40;
+#[path = "../api/system.rs"]
+mod system;
+
+/// Test cases per operation and phase: enough to cover every constraint of the document
+/// (the coverage phase tests each boundary whatever this number), few enough for a run of
+/// about a minute and a half on two busy cores.
+const MAX_EXAMPLES: u32 = 30;
 /// The seed of every run, so that a failure reproduces.
 const SEED: u32 = 20261201;
 /// Every phase: the document's examples, the boundaries of each constraint (coverage),
@@ -38,8 +44,11 @@ const INSTALL_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// async worker threads. Ok: a one-line summary. Err: schemathesis's findings, or why it
 /// could not run.
 pub fn run(base_url: &str, access_token: &str) -> Result<String, String> {
+    let Some(python) = system::require("python3", "python3-venv", "schemathesis") else {
+        return Ok("schemathesis skipped: `python3` is missing".to_owned());
+    };
     let files = Files::locate();
-    let schemathesis = install(&files)?;
+    let schemathesis = install(&files, &python)?;
     let work = files.target.join("schemathesis");
     fs::create_dir_all(&work).map_err(|error| format!("creating {}: {error}", work.display()))?;
     let output_path = work.join("output.txt");
@@ -109,7 +118,7 @@ impl Files {
 
 /// The path of the `schemathesis` program, installed into `target/schemathesis-venv` from
 /// the pinned requirements unless that environment already holds exactly those pins.
-fn install(files: &Files) -> Result<PathBuf, String> {
+fn install(files: &Files, python: &Path) -> Result<PathBuf, String> {
     let venv = files.target.join("schemathesis-venv");
     let program = venv.join("bin").join("schemathesis");
     let installed_pins = venv.join("installed-requirements.txt");
@@ -123,7 +132,7 @@ fn install(files: &Files) -> Result<PathBuf, String> {
     fs::create_dir_all(&files.target)
         .map_err(|error| format!("creating {}: {error}", files.target.display()))?;
     run_step(
-        Command::new("python3")
+        Command::new(python)
             .args(["-m", "venv", "--clear"])
             .arg(&venv),
         "creating the virtual environment (python3 -m venv)",
