@@ -19,9 +19,12 @@ use crate::{core_error, prompt};
 pub enum UserCommand {
     /// Creates an account with any role, admin included; it starts verified.
     ///
-    /// The contract's rules apply (email, username, department, password). The password is
-    /// asked twice at a hidden prompt, or read from standard input with --password-stdin;
-    /// it is never a flag value.
+    /// The registration rules apply: a valid email of at most 254 characters and a username
+    /// of 1-150 letters, digits or @.+-_, both unique; a department of at most 100
+    /// characters; a password of 8-128 characters, not entirely digits, not a common
+    /// password, not too similar to the username or email. The password is asked twice at
+    /// a hidden prompt, or read from standard input with --password-stdin; it is never a
+    /// flag value.
     #[command(
         after_help = "Examples:\n  narutalk user create --email root@example.com --username root --role admin\n  printf '%s\\n' \"$PASSWORD\" | narutalk user create --email kim@example.com --username kim --role doctor --department Cardiology --password-stdin"
     )]

@@ -476,7 +476,14 @@ mod tests {
             .iter()
             .map(|m| (m.version, m.name.as_str()))
             .collect();
-        assert_eq!(versions, [(1, "initial_schema"), (2, "device_tokens"), (3, "write_probe")]);
+        assert_eq!(
+            versions,
+            [
+                (1, "initial_schema"),
+                (2, "device_tokens"),
+                (3, "write_probe")
+            ]
+        );
         let tables: Vec<String> = db
             .read(|conn| {
                 let mut s = conn.prepare("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
@@ -506,7 +513,7 @@ mod tests {
         drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
         let version_before = data_version_of(&path);
         let db = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap();
-        assert_eq!(db.applied_migrations().unwrap().len(), 2);
+        assert_eq!(db.applied_migrations().unwrap().len(), 3);
         drop(db);
         assert_eq!(data_version_of(&path), version_before);
     }

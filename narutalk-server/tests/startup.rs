@@ -341,6 +341,6 @@ fn the_openapi_flag_prints_the_document_without_starting() {
     assert_eq!(output.status.code(), Some(0));
     let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(document["info"]["title"], "Narutalk API");
-    assert_eq!(document["info"]["version"], "1.0.0");
+    assert_eq!(document["info"]["version"], "1.1.0");
     assert!(!dir.path().join("data").exists(), "nothing is created");
 }

@@ -1,6 +1,7 @@
 //! The API documentation (contract section 5): the OpenAPI document, the offline docs
-//! page and its assets, and a drift check that every object the server answers has
-//! exactly the properties its schema in the document lists.
+//! page and its assets, a drift check that every object the server answers has exactly
+//! the properties its schema in the document lists, and the document's strictness: every
+//! status, header, length, format and choice it states, the limits probed on the server.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,7 +31,7 @@ async fn the_schema_is_an_openapi_3_document_with_title_version_and_bearer_schem
         schema["openapi"]
     );
     assert_eq!(schema["info"]["title"], "Narutalk API");
-    assert_eq!(schema["info"]["version"], "1.0.0");
+    assert_eq!(schema["info"]["version"], "1.1.0");
     assert_eq!(
         schema["components"]["securitySchemes"]["bearer"],
         json!({ "type": "http", "scheme": "bearer", "bearerFormat": "JWT" })
@@ -254,6 +255,719 @@ async fn every_object_the_server_answers_has_exactly_its_schemas_properties() {
             .map(String::as_str)
             .collect();
         assert_eq!(answered, documented, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn every_operation_lists_every_status_the_server_can_answer() {
+    // Arrange
+    let app = spawn_app().await;
+    let reads_body = ["400", "408", "413", "415"];
+    let expected: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::from([
+        (
+            ("/api/auth/register/", "post"),
+            with(&["201", "429", "503"], &reads_body),
+        ),
+        (
+            ("/api/auth/login/", "post"),
+            with(&["200", "401", "429", "503"], &reads_body),
+        ),
+        (
+            ("/api/auth/token/refresh/", "post"),
+            with(&["200", "401", "503"], &reads_body),
+        ),
+        (
+            ("/api/auth/logout/", "post"),
+            with(&["205", "401", "503"], &reads_body),
+        ),
+        (("/api/auth/profile/", "get"), vec!["200", "401", "503"]),
+        (
+            ("/api/auth/profile/", "put"),
+            with(&["200", "401", "503"], &reads_body),
+        ),
+        (
+            ("/api/auth/profile/", "patch"),
+            with(&["200", "401", "503"], &reads_body),
+        ),
+        (
+            ("/api/auth/password/", "post"),
+            with(&["204", "401", "503"], &reads_body),
+        ),
+        (("/api/auth/dashboard/", "get"), vec!["200", "401", "503"]),
+        (
+            ("/api/chat/sessions/", "get"),
+            vec!["200", "400", "401", "404", "503"],
+        ),
+        (
+            ("/api/chat/sessions/", "post"),
+            with(&["201", "401", "503"], &reads_body),
+        ),
+        (
+            ("/api/chat/sessions/{id}/", "get"),
+            vec!["200", "401", "404", "503"],
+        ),
+        (
+            ("/api/chat/sessions/{id}/", "patch"),
+            with(&["200", "401", "404", "503"], &reads_body),
+        ),
+        (
+            ("/api/chat/sessions/{id}/", "delete"),
+            vec!["204", "401", "404", "503"],
+        ),
+        (
+            ("/api/chat/sessions/{id}/messages/", "get"),
+            vec!["200", "400", "401", "404", "503"],
+        ),
+        (
+            ("/api/chat/sessions/{id}/messages/", "post"),
+            with(&["201", "401", "404", "429", "503"], &reads_body),
+        ),
+        (("/api/health/", "get"), vec!["200", "503"]),
+        (
+            ("/api/proxy/search/", "post"),
+            with(&["401", "502", "503", "default"], &reads_body),
+        ),
+    ]);
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+
+    // Assert
+    let mut documented: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for (path, method, operation) in operations(&schema) {
+        let mut statuses: Vec<&str> = operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        statuses.sort_unstable();
+        documented.insert((path, method), statuses);
+    }
+    assert_eq!(documented, expected);
+}
+
+#[tokio::test]
+async fn throttled_unavailable_and_refused_answers_require_their_headers() {
+    // Arrange
+    let app = spawn_app().await;
+    let retry_after = json!({
+        "required": true,
+        "schema": { "$ref": "#/components/schemas/RetryAfterSeconds" },
+    });
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+
+    // Assert
+    assert_eq!(
+        schema["components"]["schemas"]["RetryAfterSeconds"],
+        json!({ "type": "integer", "minimum": 1 })
+    );
+    for (path, method, operation) in operations(&schema) {
+        for (status, response) in operation["responses"].as_object().unwrap() {
+            let response = resolve_response(&schema, response);
+            let headers = &response["headers"];
+            let label = format!("{method} {path} {status}");
+            match (status.as_str(), path) {
+                ("429", _) => assert_subset(&headers["Retry-After"], &retry_after, &label),
+                ("503", "/api/health/" | "/api/proxy/search/") => {
+                    assert_eq!(*headers, Value::Null, "{label}")
+                }
+                ("503", _) => assert_subset(&headers["Retry-After"], &retry_after, &label),
+                ("401", _) => assert_subset(
+                    &headers["WWW-Authenticate"],
+                    &json!({ "required": true, "schema": { "type": "string" } }),
+                    &label,
+                ),
+                _ => assert_eq!(*headers, Value::Null, "{label}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_are_optional_exactly_where_the_server_takes_none() {
+    // Arrange
+    let app = spawn_app().await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "Headache").await;
+    let optional = [
+        (
+            "/api/auth/profile/",
+            "patch",
+            json!({ "$ref": "#/components/schemas/ProfileUpdate" }),
+        ),
+        (
+            "/api/chat/sessions/{id}/",
+            "patch",
+            json!({ "$ref": "#/components/schemas/SessionUpdate" }),
+        ),
+        ("/api/proxy/search/", "post", json!({})),
+    ];
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+    let profile = app
+        .authed(Method::PATCH, "/api/auth/profile/", &kim)
+        .send()
+        .await
+        .unwrap();
+    let update = app
+        .authed(
+            Method::PATCH,
+            &format!("/api/chat/sessions/{session}/"),
+            &kim,
+        )
+        .send()
+        .await
+        .unwrap();
+    let create = app
+        .authed(Method::POST, "/api/chat/sessions/", &kim)
+        .send()
+        .await
+        .unwrap();
+
+    // Assert
+    for (path, method, operation) in operations(&schema) {
+        let Some(request_body) = operation.get("requestBody") else {
+            continue;
+        };
+        let content = &request_body["content"]["application/json"]["schema"];
+        match optional.iter().find(|(p, m, _)| (*p, *m) == (path, method)) {
+            Some((_, _, expected)) => {
+                assert_eq!(request_body.get("required"), None, "{method} {path}");
+                assert_eq!(content, expected, "{method} {path}: no `null` alternative");
+            }
+            None => assert_eq!(request_body["required"], true, "{method} {path}"),
+        }
+    }
+    assert_eq!(profile.status(), StatusCode::OK);
+    assert_eq!(update.status(), StatusCode::OK);
+    assert_eq!(
+        body(create).await,
+        json!({ "title": ["This field is required."] })
+    );
+}
+
+#[tokio::test]
+async fn fields_carry_the_servers_lengths_formats_and_choices() {
+    // Arrange
+    let app = spawn_app().await;
+    let non_blank = format!("^[^\\u0000]*[^\\u0000{WHITE_SPACE}][^\\u0000]*$");
+    let some_non_space = format!("[^{WHITE_SPACE}]");
+    let no_nul = "^[^\\u0000]*$";
+    let expected = [
+        (
+            "RegisterRequest",
+            "username",
+            json!({ "$ref": "#/components/schemas/Username" }),
+        ),
+        (
+            "RegisterRequest",
+            "email",
+            json!({ "format": "email", "minLength": 1, "maxLength": 254 }),
+        ),
+        (
+            "RegisterRequest",
+            "password",
+            json!({ "minLength": 8, "maxLength": 128 }),
+        ),
+        (
+            "RegisterRequest",
+            "password_confirm",
+            json!({ "minLength": 8, "maxLength": 128 }),
+        ),
+        (
+            "RegisterRequest",
+            "role",
+            json!({ "$ref": "#/components/schemas/RegisterRole" }),
+        ),
+        (
+            "RegisterRequest",
+            "department",
+            json!({ "maxLength": 100, "pattern": no_nul }),
+        ),
+        (
+            "LoginRequest",
+            "email",
+            json!({ "minLength": 1, "pattern": some_non_space }),
+        ),
+        (
+            "LoginRequest",
+            "password",
+            json!({ "minLength": 1, "pattern": some_non_space }),
+        ),
+        ("LoginRequest", "device", json!({ "type": "string" })),
+        (
+            "RefreshRequest",
+            "refresh",
+            json!({ "minLength": 1, "pattern": some_non_space }),
+        ),
+        (
+            "ProfileUpdate",
+            "username",
+            json!({ "$ref": "#/components/schemas/Username" }),
+        ),
+        (
+            "ProfileUpdate",
+            "email",
+            json!({ "format": "email", "maxLength": 254 }),
+        ),
+        (
+            "ProfileUpdate",
+            "department",
+            json!({ "maxLength": 100, "pattern": no_nul }),
+        ),
+        (
+            "ProfileReplace",
+            "username",
+            json!({ "$ref": "#/components/schemas/Username" }),
+        ),
+        (
+            "ProfileReplace",
+            "email",
+            json!({ "format": "email", "maxLength": 254 }),
+        ),
+        (
+            "PasswordChange",
+            "old_password",
+            json!({ "minLength": 1, "pattern": some_non_space }),
+        ),
+        (
+            "PasswordChange",
+            "new_password",
+            json!({ "minLength": 8, "maxLength": 128 }),
+        ),
+        (
+            "SessionCreate",
+            "title",
+            json!({ "minLength": 1, "maxLength": 200, "pattern": non_blank }),
+        ),
+        (
+            "SessionCreate",
+            "category",
+            json!({ "$ref": "#/components/schemas/Category" }),
+        ),
+        (
+            "SessionUpdate",
+            "title",
+            json!({ "minLength": 1, "maxLength": 200, "pattern": non_blank }),
+        ),
+        ("SessionUpdate", "is_active", json!({ "type": "boolean" })),
+        (
+            "MessageCreate",
+            "content",
+            json!({ "minLength": 1, "maxLength": 10000, "pattern": non_blank }),
+        ),
+        (
+            "MessageCreate",
+            "message_type",
+            json!({ "$ref": "#/components/schemas/ClientMessageType" }),
+        ),
+        ("MessageCreate", "metadata", json!({ "type": "object" })),
+        ("User", "email", json!({ "format": "email" })),
+        ("Message", "id", json!({ "format": "uuid" })),
+        ("Message", "timestamp", json!({ "format": "date-time" })),
+        (
+            "MessageWithReply",
+            "timestamp",
+            json!({ "format": "date-time" }),
+        ),
+        ("SessionDetail", "id", json!({ "format": "uuid" })),
+        (
+            "SessionDetail",
+            "created_at",
+            json!({ "format": "date-time" }),
+        ),
+        (
+            "SessionDetail",
+            "updated_at",
+            json!({ "format": "date-time" }),
+        ),
+        (
+            "SessionListItem",
+            "updated_at",
+            json!({ "format": "date-time" }),
+        ),
+        ("SessionPage", "next", json!({ "format": "uri" })),
+        ("MessagePage", "previous", json!({ "format": "uri" })),
+    ];
+    let required = [
+        (
+            "RegisterRequest",
+            json!(["username", "email", "password", "password_confirm"]),
+        ),
+        ("LoginRequest", json!(["email", "password"])),
+        ("ProfileReplace", json!(["username", "email"])),
+        ("SessionCreate", json!(["title"])),
+        ("MessageCreate", json!(["content"])),
+    ];
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+
+    // Assert
+    let schemas = &schema["components"]["schemas"];
+    for (name, property, constraints) in expected {
+        let label = format!("{name}.{property}");
+        assert_subset(&schemas[name]["properties"][property], &constraints, &label);
+    }
+    for (name, fields) in required {
+        assert_eq!(schemas[name]["required"], fields, "{name}");
+    }
+    for name in ["ProfileUpdate", "SessionUpdate"] {
+        assert_eq!(schemas[name].get("required"), None, "{name}");
+    }
+    let username = &schemas["Username"];
+    assert_subset(
+        username,
+        &json!({ "type": "string", "minLength": 1, "maxLength": 150 }),
+        "Username",
+    );
+    let pattern = username["pattern"].as_str().unwrap();
+    assert!(
+        pattern.starts_with(&format!("^[{WHITE_SPACE}]*[")),
+        "{pattern}"
+    );
+    assert!(
+        pattern.ends_with(&format!("]+[{WHITE_SPACE}]*$")),
+        "{pattern}"
+    );
+    assert!(pattern.contains(r"\uac00-\ud7a3"), "Korean names are valid");
+    assert_eq!(
+        schemas["RegisterRole"]["enum"],
+        json!(["doctor", "nurse", "user"])
+    );
+    assert_eq!(
+        schemas["ClientMessageType"]["enum"],
+        json!(["text", "image", "file"])
+    );
+}
+
+#[tokio::test]
+async fn parameters_carry_the_servers_formats_and_choices() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+
+    // Assert
+    for (path, method, operation) in operations(&schema) {
+        let parameters = operation["parameters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for parameter in parameters {
+            let name = parameter["name"].as_str().unwrap();
+            let label = format!("{method} {path} {name}");
+            let expected = match name {
+                "id" => {
+                    json!({ "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } })
+                }
+                "page" => {
+                    json!({ "in": "query", "required": false, "schema": { "$ref": "#/components/schemas/PageNumber" } })
+                }
+                "category" => {
+                    json!({ "in": "query", "required": false, "schema": { "$ref": "#/components/schemas/CategoryFilter" } })
+                }
+                "is_active" => {
+                    json!({ "in": "query", "required": false, "schema": { "type": "boolean" } })
+                }
+                "after" => {
+                    json!({ "in": "query", "required": false, "schema": { "$ref": "#/components/schemas/AfterMessage" } })
+                }
+                "Idempotency-Key" => json!({
+                    "in": "header",
+                    "required": false,
+                    "schema": { "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[!-~]{1,64}$" },
+                }),
+                other => panic!("{label}: unexpected parameter {other}"),
+            };
+            assert_subset(&parameter, &expected, &label);
+        }
+    }
+    let schemas = &schema["components"]["schemas"];
+    assert_eq!(
+        schemas["PageNumber"],
+        json!({ "oneOf": [
+            { "type": "integer", "minimum": 1 },
+            { "type": "string", "enum": ["last", ""] },
+        ] })
+    );
+    assert_eq!(
+        schemas["CategoryFilter"],
+        json!({ "type": "string", "enum": ["medical", "general", "emergency", "consultation", ""] })
+    );
+    assert_eq!(
+        schemas["AfterMessage"],
+        json!({ "oneOf": [
+            { "type": "string", "format": "uuid" },
+            { "type": "string", "enum": [""] },
+        ] })
+    );
+}
+
+#[tokio::test]
+async fn every_query_value_the_document_allows_is_one_the_server_takes() {
+    // Arrange
+    let app = spawn_app().await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "Headache").await;
+    let message = app.say(&kim, &session, "두통").await;
+    let schema = body(app.get("/api/schema/").await).await;
+    let categories: Vec<String> = schema["components"]["schemas"]["CategoryFilter"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|value| value.as_str().unwrap().to_owned())
+        .collect();
+    let mut queries: Vec<String> = categories.iter().map(|c| format!("category={c}")).collect();
+    queries.extend(["true", "false", "1", "0", "TRUE", ""].map(|a| format!("is_active={a}")));
+    queries.extend(["1", "last", ""].map(|page| format!("page={page}")));
+    let messages = format!("/api/chat/sessions/{session}/messages/");
+    let mut paths: Vec<String> = queries
+        .iter()
+        .map(|query| format!("/api/chat/sessions/?{query}"))
+        .collect();
+    paths.extend(
+        [
+            "after=",
+            "page=last",
+            &format!("after={}", message["id"].as_str().unwrap()),
+        ]
+        .map(|q| format!("{messages}?{q}")),
+    );
+
+    for path in paths {
+        // Act
+        let response = app.authed(Method::GET, &path, &kim).send().await.unwrap();
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+    }
+}
+
+#[tokio::test]
+async fn the_documented_length_limits_are_the_servers() {
+    // Arrange
+    let app = spawn_app().await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "Limits").await;
+    let schema = body(app.get("/api/schema/").await).await;
+    let schemas = &schema["components"]["schemas"];
+    let limit = |name: &str, property: &str, key: &str| -> usize {
+        let constraints = match property {
+            "" => &schemas[name],
+            _ => &schemas[name]["properties"][property],
+        };
+        usize::try_from(
+            constraints[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}.{property} {key}")),
+        )
+        .unwrap()
+    };
+    let username = limit("Username", "", "maxLength");
+    let email = limit("ProfileUpdate", "email", "maxLength");
+    let department = limit("ProfileUpdate", "department", "maxLength");
+    let title = limit("SessionCreate", "title", "maxLength");
+    let content = limit("MessageCreate", "content", "maxLength");
+    let password_min = limit("RegisterRequest", "password", "minLength");
+    let password_max = limit("RegisterRequest", "password", "maxLength");
+    let address =
+        |length: usize| format!("{}@example.com", "k".repeat(length - "@example.com".len()));
+    let password = |length: usize| {
+        "violet-harbour-42-"
+            .chars()
+            .cycle()
+            .take(length)
+            .collect::<String>()
+    };
+    let profile = |field: &str, value: String| {
+        (
+            Method::PATCH,
+            "/api/auth/profile/".to_owned(),
+            json!({ field: value }),
+        )
+    };
+    let cases = [
+        (
+            profile("username", "k".repeat(username)),
+            profile("username", "k".repeat(username + 1)),
+        ),
+        (
+            profile("email", address(email)),
+            profile("email", address(email + 1)),
+        ),
+        (
+            profile("department", "d".repeat(department)),
+            profile("department", "d".repeat(department + 1)),
+        ),
+        (
+            (
+                Method::POST,
+                "/api/chat/sessions/".to_owned(),
+                json!({ "title": "t".repeat(title) }),
+            ),
+            (
+                Method::POST,
+                "/api/chat/sessions/".to_owned(),
+                json!({ "title": "t".repeat(title + 1) }),
+            ),
+        ),
+        (
+            (
+                Method::POST,
+                format!("/api/chat/sessions/{session}/messages/"),
+                json!({ "content": "c".repeat(content) }),
+            ),
+            (
+                Method::POST,
+                format!("/api/chat/sessions/{session}/messages/"),
+                json!({ "content": "c".repeat(content + 1) }),
+            ),
+        ),
+        (
+            (
+                Method::POST,
+                "/api/auth/password/".to_owned(),
+                json!({ "old_password": PASSWORD, "new_password": password(password_max) }),
+            ),
+            (
+                Method::POST,
+                "/api/auth/password/".to_owned(),
+                json!({ "old_password": PASSWORD, "new_password": password(password_max + 1) }),
+            ),
+        ),
+    ];
+    let too_short = app
+        .post_json(
+            "/api/auth/register/",
+            &json!({
+                "username": "lee", "email": "lee@example.com",
+                "password": password(password_min - 1), "password_confirm": password(password_min - 1),
+            }),
+        )
+        .await;
+    let shortest = app
+        .post_json(
+            "/api/auth/register/",
+            &json!({
+                "username": "lee", "email": "lee@example.com",
+                "password": password(password_min), "password_confirm": password(password_min),
+            }),
+        )
+        .await;
+
+    for ((method, path, at_limit), (_, _, over_limit)) in cases {
+        // Act
+        let over = app
+            .authed(method.clone(), &path, &kim)
+            .json(&over_limit)
+            .send()
+            .await
+            .unwrap();
+        let at = app
+            .authed(method.clone(), &path, &kim)
+            .json(&at_limit)
+            .send()
+            .await
+            .unwrap();
+
+        // Assert
+        assert_eq!(
+            over.status(),
+            StatusCode::BAD_REQUEST,
+            "{method} {path} over the limit"
+        );
+        assert!(
+            at.status().is_success(),
+            "{method} {path} at the limit: {}",
+            at.status()
+        );
+    }
+    assert_eq!(
+        body(too_short).await,
+        json!({ "password": ["This password is too short. It must contain at least 8 characters."] })
+    );
+    assert_eq!(shortest.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn the_document_sends_its_readers_nowhere_outside_it() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+
+    // Assert
+    let mut texts = Vec::new();
+    strings(&schema, &mut texts);
+    for text in texts {
+        for outside in ["../", "API.md", "shared/", "contract", "section "] {
+            assert!(!text.contains(outside), "{outside:?} in {text:?}");
+        }
+    }
+}
+
+/// The whitespace the server trims, as the inside of a regex character class (the
+/// document's patterns name it instead of `\s`, which each regex engine reads differently).
+const WHITE_SPACE: &str =
+    r"\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000";
+
+/// `base` and `more`, sorted.
+fn with<'a>(base: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+    let mut all: Vec<&str> = base.iter().chain(more).copied().collect();
+    all.sort_unstable();
+    all
+}
+
+/// Every operation of the document: path, method and the operation object.
+fn operations(schema: &Value) -> Vec<(&str, &str, &Value)> {
+    let mut operations = Vec::new();
+    for (path, item) in schema["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if is_method(method) {
+                operations.push((path.as_str(), method.as_str(), operation));
+            }
+        }
+    }
+    operations
+}
+
+/// The response object itself, following a `$ref` to `components/responses`.
+fn resolve_response<'a>(schema: &'a Value, response: &'a Value) -> &'a Value {
+    match response["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.strip_prefix("#/components/responses/").unwrap();
+            &schema["components"]["responses"][name]
+        }
+        None => response,
+    }
+}
+
+/// Asserts that every key of `expected` is in `actual` with the same value.
+fn assert_subset(actual: &Value, expected: &Value, label: &str) {
+    for (key, value) in expected.as_object().unwrap() {
+        assert_eq!(&actual[key], value, "{label}: `{key}` in {actual}");
+    }
+}
+
+/// Every string in `value`, keys included.
+fn strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(text) => out.push(text),
+        Value::Array(items) => items.iter().for_each(|item| strings(item, out)),
+        Value::Object(object) => {
+            for (key, item) in object {
+                out.push(key);
+                strings(item, out);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -2,11 +2,6 @@
 //! schemathesis): the suite starts the server (throttles off), registers and logs in a
 //! user, and hands the check the base URL and the access token.
 
-#![allow(
-    dead_code,
-    reason = "used by the rows of external checks, such as schemathesis, as they are added"
-)]
-
 use crate::Context;
 use crate::api::Account;
 use crate::report::Row;

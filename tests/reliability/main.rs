@@ -27,18 +27,9 @@
 //! one this binary was built from.
 //!
 //! A part is an `async fn(&Context) -> anyhow::Result<Row>` listed in [`PARTS`]. A check
-//! that runs from outside against a server with a logged-in user (such as schemathesis:
+//! that runs from outside against a server with a logged-in user (schemathesis:
 //! `fn run(base_url: &str, access_token: &str) -> Result<String, String>`) becomes a row
-//! with [`external::run`]: `mod schemathesis;` and one entry in [`PARTS`]:
-//!
-//! ```ignore
-//! Part {
-//!     name: "schemathesis",
-//!     run: |ctx| {
-//!         Box::pin(async move { external::run(&ctx, "schemathesis", schemathesis::run).await })
-//!     },
-//! },
-//! ```
+//! through [`external::run`].
 
 mod api;
 mod crash;
@@ -47,6 +38,7 @@ mod external;
 mod locked;
 mod ping_flood;
 mod report;
+mod schemathesis;
 mod server;
 mod slow_clients;
 mod sqlite;
@@ -114,6 +106,12 @@ const PARTS: &[Part] = &[
     Part {
         name: "ping-flood",
         run: |ctx| Box::pin(async move { ping_flood::run(&ctx).await }),
+    },
+    Part {
+        name: "schemathesis",
+        run: |ctx| {
+            Box::pin(async move { external::run(&ctx, "schemathesis", schemathesis::run).await })
+        },
     },
 ];
 

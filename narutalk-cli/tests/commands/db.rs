@@ -61,7 +61,7 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
              chat_sessions            0\n\
              device_tokens            0\n\
              idempotency_keys         0\n\
-             refinery_schema_history  2\n\
+             refinery_schema_history  3\n\
              refresh_tokens           0\n\
              users                    1\n\
              write_probe              0\n"

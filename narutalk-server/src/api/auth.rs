@@ -20,11 +20,13 @@ use crate::state::State;
     request_body = docs::RegisterRequest,
     responses(
         (status = 201, description = "The new account", body = docs::User),
-        (status = 400, description = "Field errors (a body that is not an object under `non_field_errors`), or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 413, description = "Body too large", body = docs::Detail),
-        (status = 415, description = "Not JSON", body = docs::Detail),
-        (status = 429, description = "Throttled", body = docs::Detail),
-        (status = 503, description = "Overloaded", body = docs::Detail),
+        (status = 400, description = "Field errors (a taken username or email, each password rule broken, `Passwords do not match.` under `non_field_errors`), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 429, description = "Throttled: 10 registrations a minute per client IP and per email, unless configured", body = docs::Detail,
+            headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
@@ -44,12 +46,15 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     request_body = docs::LoginRequest,
     responses(
         (status = 200, description = "A new token pair, the user and the account's device token", body = docs::LoginResponse),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "Wrong email or password, or an inactive account", body = docs::Detail),
-        (status = 413, description = "Body too large", body = docs::Detail),
-        (status = 415, description = "Not JSON", body = docs::Detail),
-        (status = 429, description = "Throttled", body = docs::Detail),
-        (status = 503, description = "Overloaded", body = docs::Detail),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, description = "`No active account found with the given credentials`: the same answer, after the same work, for an unknown email, a wrong password and an inactive account", body = docs::Detail,
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"api\"`"))),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 429, description = "Throttled: 10 attempts a minute per client IP, and a budget of failed logins per account (or per device token)", body = docs::Detail,
+            headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
@@ -97,8 +102,12 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     request_body = docs::RefreshRequest,
     responses(
         (status = 200, description = "A new token pair", body = docs::TokenPair),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "Invalid, expired or blacklisted refresh token", body = docs::TokenError),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::RefreshTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
@@ -119,9 +128,13 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     post, path = "/api/auth/logout/", tag = "auth",
     request_body = docs::RefreshRequest,
     responses(
-        (status = 205, description = "Logged out; no body"),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "Invalid, expired or blacklisted refresh token", body = docs::TokenError),
+        (status = 205, description = "Logged out; no body. Every token of that login, access tokens included, is refused from now on"),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::RefreshTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
@@ -141,7 +154,8 @@ pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Respons
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user", body = docs::User),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub fn profile_get(user: User) -> Result<Response, ApiError> {
@@ -155,8 +169,12 @@ pub fn profile_get(user: User) -> Result<Response, ApiError> {
     request_body = docs::ProfileReplace,
     responses(
         (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn profile_put(
@@ -171,11 +189,15 @@ pub async fn profile_put(
 #[utoipa::path(
     patch, path = "/api/auth/profile/", tag = "auth",
     security(("bearer" = [])),
-    request_body = docs::ProfileUpdate,
+    request_body = Option<docs::ProfileUpdate>,
     responses(
         (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn profile_patch(
@@ -209,9 +231,12 @@ async fn update_profile(
     request_body = docs::PasswordChange,
     responses(
         (status = 204, description = "Changed; every earlier token is revoked"),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 503, description = "Overloaded", body = docs::Detail),
+        (status = 400, description = "Field errors (a wrong `old_password`, each rule the new password breaks), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn password(
@@ -235,7 +260,8 @@ pub async fn password(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The dashboard", body = docs::Dashboard),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn dashboard(state: &Arc<State>, caller: Caller) -> Result<Response, ApiError> {

@@ -22,15 +22,16 @@ use crate::ws::hub::RoomEvent;
     get, path = "/api/chat/sessions/", tag = "chat",
     security(("bearer" = [])),
     params(
-        ("page" = Option<String>, Query, description = "A page number from 1, or `last`"),
-        ("category" = Option<String>, Query, description = "Only this category"),
-        ("is_active" = Option<String>, Query, description = "`true`/`false`/`1`/`0`"),
+        ("page" = Option<docs::PageNumber>, Query, description = "A page number from 1, `last` for the last page, or empty for the first; 20 sessions a page"),
+        ("category" = Option<docs::CategoryFilter>, Query, description = "Only sessions of this category; empty for every category"),
+        ("is_active" = Option<bool>, Query, nullable = false, description = "Only active (`true` or `1`) or archived (`false` or `0`) sessions; `true` and `false` in any letter case; empty for both"),
     ),
     responses(
         (status = 200, description = "A page of sessions", body = docs::SessionPage),
-        (status = 400, description = "A bad filter", body = docs::FieldErrors),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 404, description = "Invalid page", body = docs::Detail),
+        (status = 400, description = "A filter that is not one of its values (under `category` or `is_active`)", body = docs::FieldErrors),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 404, description = "`Invalid page.`: a page past the end, or not a page number", body = docs::Detail),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn list_sessions(
@@ -59,8 +60,12 @@ pub async fn list_sessions(
     request_body = docs::SessionCreate,
     responses(
         (status = 201, description = "The new session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn create_session(
@@ -82,8 +87,9 @@ pub async fn create_session(
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     responses(
         (status = 200, description = "The session", body = docs::SessionDetail),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 404, description = "No such session of this user", body = docs::Detail),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn get_session(
@@ -103,12 +109,16 @@ pub async fn get_session(
     patch, path = "/api/chat/sessions/{id}/", tag = "chat",
     security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
-    request_body = docs::SessionUpdate,
+    request_body = Option<docs::SessionUpdate>,
     responses(
         (status = 200, description = "The session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 404, description = "No such session of this user", body = docs::Detail),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn update_session(
@@ -131,9 +141,10 @@ pub async fn update_session(
     security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     responses(
-        (status = 204, description = "Deleted"),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 404, description = "No such session of this user", body = docs::Detail),
+        (status = 204, description = "Deleted, with its messages; its open sockets are closed"),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn delete_session(
@@ -155,14 +166,15 @@ pub async fn delete_session(
     security(("bearer" = [])),
     params(
         ("id" = uuid::Uuid, Path, description = "The session's id"),
-        ("page" = Option<String>, Query, description = "A page number from 1, or `last`"),
-        ("after" = Option<String>, Query, description = "Only messages stored after this one"),
+        ("page" = Option<docs::PageNumber>, Query, description = "A page number from 1, `last` for the last page, or empty for the first; 20 messages a page"),
+        ("after" = Option<docs::AfterMessage>, Query, description = "The id of a message of this session: only the messages stored after it are listed (and paginated); empty for every message"),
     ),
     responses(
         (status = 200, description = "A page of messages", body = docs::MessagePage),
-        (status = 400, description = "`after` is not a message of this session", body = docs::FieldErrors),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 404, description = "No such session of this user, or an invalid page", body = docs::Detail),
+        (status = 400, description = "`Unknown message id.` under `after`: not a message of this session", body = docs::FieldErrors),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 404, description = "`Not found.` (no session of this user has this id) or `Invalid page.`", body = docs::Detail),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn list_messages(
@@ -198,15 +210,21 @@ pub async fn list_messages(
     security(("bearer" = [])),
     params(
         ("id" = uuid::Uuid, Path, description = "The session's id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1-64 visible ASCII characters; a repeat within 24 hours answers the first result"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 64, pattern = "^[!-~]{1,64}$",
+            description = "1-64 visible ASCII characters: a repeat on this session within 24 hours answers the first result again, with no new message and no new AI call (a malformed key is a 400 under `Idempotency-Key`)"),
     ),
     request_body = docs::MessageCreate,
     responses(
-        (status = 201, description = "The stored message with its reply", body = docs::MessageWithReply),
-        (status = 400, description = "Field errors, or malformed JSON (`detail`)", body = docs::BadRequest),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 404, description = "No such session of this user", body = docs::Detail),
-        (status = 429, description = "Throttled", body = docs::Detail),
+        (status = 201, description = "The stored message with its reply (the AI's, or the system error message when the AI failed)", body = docs::MessageWithReply),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 429, description = "Throttled: 30 messages a minute per user, unless configured", body = docs::Detail,
+            headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
+        (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn post_message(

@@ -22,8 +22,8 @@ pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
 #[utoipa::path(
     get, path = "/api/health/", tag = "gateway",
     responses(
-        (status = 200, description = "Healthy, or degraded: reads work but writes fail", body = docs::Health),
-        (status = 503, description = "The database cannot answer", body = docs::Health),
+        (status = 200, description = "`healthy`, or `degraded` while the database takes no writes", body = docs::Health),
+        (status = 503, description = "`unhealthy`: the database cannot answer", body = docs::Health),
     )
 )]
 pub async fn health(state: &Arc<State>) -> Response {
@@ -63,15 +63,16 @@ pub async fn health(state: &Arc<State>) -> Response {
 #[utoipa::path(
     post, path = "/api/proxy/search/", tag = "gateway",
     security(("bearer" = [])),
-    request_body(content = Object, description = "Any JSON, passed to the search service as it is"),
+    request_body(content = Option<serde_json::Value>, description = "Any JSON, passed to the search service as it is; an empty body is sent as `{}`"),
     responses(
-        (status = 200, description = "The search service's JSON answer, with its status (which may be any)", body = Object),
-        (status = 400, description = "The body is not JSON", body = docs::Detail),
-        (status = 401, description = "No or bad access token", body = docs::TokenError),
-        (status = 413, description = "Body too large", body = docs::Detail),
-        (status = 415, description = "Not JSON", body = docs::Detail),
-        (status = 502, description = "The search service answered something that is not JSON, or too much", body = docs::ProxyError),
-        (status = 503, description = "The search service cannot be reached, timed out, or is not configured", body = docs::ProxyError),
+        (status = "default", description = "The search service's JSON answer, passed through with its status", body = serde_json::Value),
+        (status = 400, description = "The body is not valid JSON (`JSON parse error - ...`)", body = docs::Detail),
+        (status = 401, response = docs::AccessTokenRefused),
+        (status = 408, response = docs::BodyTimeout),
+        (status = 413, response = docs::BodyTooLarge),
+        (status = 415, response = docs::UnsupportedMediaType),
+        (status = 502, description = "The search service answered something that is not JSON, more than 10 MiB, or a cut-off body", body = docs::ProxyError),
+        (status = 503, description = "The search service is not configured, cannot be reached or timed out (`error`); or the database could not check the token (`detail`, with `Retry-After: 1`)", body = docs::SearchUnavailable),
     )
 )]
 pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
