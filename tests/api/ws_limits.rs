@@ -123,11 +123,13 @@ async fn on_core<T: Send + 'static>(
         .unwrap()
 }
 
-/// Opens a socket whose client side has a receive buffer of a few KiB, so that a client
-/// that stops reading pushes back on the server soon.
+/// Opens a socket whose client side has receive and send buffers of a few KiB, so that a
+/// client that stops reading pushes back on the server soon, and a server that stops
+/// reading pushes back on the client soon.
 async fn small_buffer_socket(app: &TestApp, account: &Account, session: &str) -> WsStream {
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
     tcp.set_recv_buffer_size(4096).unwrap();
+    tcp.set_send_buffer_size(4096).unwrap();
     let stream = tcp.connect(app.addr).await.unwrap();
     let url = app.ws_url(session, &format!("token={}", account.access));
     let (socket, response) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
@@ -965,15 +967,87 @@ async fn a_burst_of_deltas_never_closes_a_reading_socket() {
     assert_serving(&mut socket).await;
 }
 
-/// A peer that stops reading in a quiet session (its queue never overflows) is not kept
-/// forever: a write blocked for the idle limit closes it with 1013, which it finds once
-/// it reads again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_stops_reading_in_a_quiet_session_is_closed_with_1013() {
+/// The idle limit of the slow-reader tests: long enough that no pause of a busy machine
+/// makes the flooding client look silent (which would be a 1000 `idle timeout`).
+const SLOW_READER_IDLE_SECONDS: u32 = 6;
+
+/// More than a peer that floods and never reads can push before TCP pushes back on it,
+/// once the server has stopped reading: the kernel's buffers on both sides (this client's
+/// are small; the server's grow with what it read, at most a few MiB of pings before its
+/// pongs block). A server still reading after this much is piling up what it owes.
+const FLOOD_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+
+/// How a socket that stopped reading ended, as its client finds out once it reads again.
+#[derive(Debug, PartialEq)]
+enum SlowReaderEnd {
+    /// A close frame with this code and reason.
+    Closed(u16, String),
+    /// The connection ended without a close frame (the server could not get it out).
+    CutOff,
+}
+
+/// Sends `frame` again and again and never reads, until one send has been blocked for
+/// longer than `blocked_for` (the server stopped reading, and TCP pushed back on this
+/// client) or has failed (the server dropped the connection). Answers how many frames went
+/// out. Fails the test if the server is still reading after [`FLOOD_LIMIT_BYTES`].
+async fn flood_until_blocked(
+    socket: &mut WsStream,
+    frame: Message,
+    blocked_for: Duration,
+) -> usize {
+    let frame_bytes = frame.len();
+    let mut sent = 0;
+    while sent * frame_bytes < FLOOD_LIMIT_BYTES {
+        match tokio::time::timeout(blocked_for, socket.send(frame.clone())).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) | Err(_) => return sent,
+        }
+    }
+    panic!(
+        "the server read {sent} frames of {frame_bytes} bytes and still reads: it piles up what it owes"
+    );
+}
+
+/// Reads what the server sent a socket that had stopped reading, until the end: skips
+/// pings, pongs and text frames that satisfy `expected_text`, and answers the close frame
+/// or the end of the connection. Fails on any other frame, and if the connection is still
+/// open after `within`.
+async fn read_to_the_end(
+    socket: &mut WsStream,
+    expected_text: impl Fn(&str) -> bool,
+    within: Duration,
+) -> SlowReaderEnd {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("the socket was neither closed nor cut off in time");
+        match frame {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(text))) if expected_text(text.as_str()) => {}
+            Some(Ok(Message::Close(Some(close)))) => {
+                return SlowReaderEnd::Closed(u16::from(close.code), close.reason.as_str().into());
+            }
+            Some(Ok(Message::Close(None))) => return SlowReaderEnd::Closed(1005, String::new()),
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            Some(Err(_)) | None => return SlowReaderEnd::CutOff,
+        }
+    }
+}
+
+/// Starts a server whose idle limit is [`SLOW_READER_IDLE_SECONDS`], floods one of kim's
+/// sockets with `ping` (this client has small socket buffers and never reads), and answers
+/// how the server ended the socket.
+async fn flood_and_find_the_end(
+    ping: Message,
+    expected_text: impl Fn(&str) -> bool,
+) -> SlowReaderEnd {
     let app = spawn_app_with(
         |config| {
-            config.ws_ping_seconds = 1;
-            config.ws_idle_seconds = 2;
+            // The heartbeat as late as it can be: a server that piles up pongs is not
+            // rescued by its own ping blocking before the flood has gone on for a while.
+            config.ws_ping_seconds = SLOW_READER_IDLE_SECONDS - 1;
+            config.ws_idle_seconds = SLOW_READER_IDLE_SECONDS;
         },
         ServeOptions::default(),
     )
@@ -981,20 +1055,58 @@ async fn a_peer_that_stops_reading_in_a_quiet_session_is_closed_with_1013() {
     let kim = app.account("kim").await;
     let session = app.session(&kim, "quiet").await;
     let mut socket = small_buffer_socket(&app, &kim, &session).await;
+    let idle = Duration::from_secs(u64::from(SLOW_READER_IDLE_SECONDS));
 
-    // Pings make the server write pongs that this client never reads, until the
-    // server's writes block (or this client's own writes do).
+    // Blocked for longer than the idle limit: the server has been unable to write for that
+    // long too (it reads nothing while a frame is owed), so it has given up on this client.
+    let started = std::time::Instant::now();
+    let sent = flood_until_blocked(&mut socket, ping, idle + Duration::from_secs(1)).await;
+    println!(
+        "{sent} pings sent before the server stopped reading ({:?})",
+        started.elapsed()
+    );
+
+    // The server waits 10 s at most for its close frame to go out, then drops the
+    // connection.
+    let end = read_to_the_end(&mut socket, expected_text, Duration::from_secs(30)).await;
+    println!("then: {end:?}");
+    end
+}
+
+/// A peer that sends `{"type": "ping"}` frames and never reads, in a quiet session (its
+/// queue never overflows), is not kept forever: once the server's pongs are blocked for the
+/// idle limit it is closed with 1013 `reading too slowly`, which it finds once it reads
+/// again (or, if the close frame could not get out, the connection is cut), never with
+/// 1000 `idle timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_in_a_quiet_session_is_closed_with_1013() {
     let ping = Message::Text(r#"{"type":"ping"}"#.into());
-    for _ in 0..200_000 {
-        match tokio::time::timeout(Duration::from_millis(200), socket.send(ping.clone())).await {
-            Ok(Ok(())) => {}
-            _ => break,
-        }
-    }
-    tokio::time::sleep(Duration::from_secs(4)).await;
 
-    let (code, reason) = close_code(&mut socket, Duration::from_secs(15)).await;
-    assert_eq!((code, reason.as_str()), (1013, "reading too slowly"));
+    let end = flood_and_find_the_end(ping, |text| text == r#"{"type":"pong"}"#).await;
+
+    assert!(
+        matches!(&end, SlowReaderEnd::Closed(1013, reason) if reason == "reading too slowly")
+            || end == SlowReaderEnd::CutOff,
+        "{end:?}"
+    );
+}
+
+/// A peer that floods WebSocket pings (control frames, which tungstenite answers by itself)
+/// and never reads is treated like any slow reader: its pongs count as frames owed, the
+/// server stops reading it while they are blocked, and it is closed with 1013 `reading too
+/// slowly` (or cut off when the close frame cannot get out) instead of being read on
+/// forever while its pongs pile up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_floods_control_pings_and_never_reads_is_closed_with_1013() {
+    let ping = Message::Ping(vec![b'p'; 125].into());
+
+    let end = flood_and_find_the_end(ping, |_| false).await;
+
+    assert!(
+        matches!(&end, SlowReaderEnd::Closed(1013, reason) if reason == "reading too slowly")
+            || end == SlowReaderEnd::CutOff,
+        "{end:?}"
+    );
 }
 
 /// When AI turns outlast the drain time, the stop still closes open sockets with 1001
