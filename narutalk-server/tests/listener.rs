@@ -114,7 +114,9 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
 
 #[tokio::test]
 async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
-    // Arrange: a request whose body is only half sent when the stop comes.
+    // Arrange: a request whose body is only half sent when the stop comes. Its
+    // `100 Continue` shows that the server has started reading the body: the request is
+    // in flight.
     let server = start(ServeOptions::default()).await;
     let mut in_flight = TcpStream::connect(server.address).await.unwrap();
     let body = br#"{"email": "nobody@example.com", "password": "violet-harbour-42"}"#;
@@ -122,7 +124,7 @@ async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
     in_flight
         .write_all(
             format!(
-                "POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST /api/auth/login/ HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             )
             .as_bytes(),
@@ -130,7 +132,17 @@ async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
         .await
         .unwrap();
     in_flight.write_all(head).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(PATIENCE, in_flight.read(&mut byte))
+            .await
+            .expect("the server did not start reading the body")
+            .unwrap();
+        assert_eq!(read, 1, "the connection closed: {interim:?}");
+        interim.push(byte[0]);
+    }
+    assert_eq!(interim, b"HTTP/1.1 100 Continue\r\n\r\n");
 
     // Act
     server.stop.send(()).unwrap();

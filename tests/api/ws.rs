@@ -11,8 +11,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{
-    assert_silent, frame_of, next_frames, next_json, send_json, spawn_app, spawn_app_with, stored,
-    template,
+    FRAME_WAIT, assert_silent, frame_of, next_frames, next_json, send_json, spawn_app,
+    spawn_app_with, stored, template,
 };
 
 #[tokio::test]
@@ -253,7 +253,7 @@ async fn pings_are_answered() {
         .send(Message::Ping(b"are you there".to_vec().into()))
         .await
         .unwrap();
-    let pong = tokio::time::timeout(Duration::from_secs(5), socket.next())
+    let pong = tokio::time::timeout(FRAME_WAIT, socket.next())
         .await
         .unwrap()
         .unwrap()
