@@ -560,7 +560,7 @@ mod tests {
             "the second turn waits for the first"
         );
         drop(first);
-        tokio::time::timeout(Duration::from_secs(5), waiting)
+        tokio::time::timeout(Duration::from_secs(20), waiting)
             .await
             .unwrap()
             .unwrap();

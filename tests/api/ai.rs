@@ -159,6 +159,13 @@ async fn assert_turn_fails_with(app: &TestApp, reason: &str) {
     assert_eq!(&messages[1], reply);
 }
 
+/// How often the server probes the AI service.
+const PROBE_PERIOD: Duration = Duration::from_secs(10);
+
+/// How long a probe that is due may take to show in health before a test fails: a busy
+/// machine may be slow to run it, and a connect to a closed loopback port fails at once.
+const PROBE_WAIT: Duration = Duration::from_secs(20);
+
 /// Polls health until its `ai_service` is `expected`; fails after `within`.
 async fn assert_ai_service_becomes(app: &TestApp, expected: &str, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
@@ -742,8 +749,13 @@ async fn health_reports_the_ai_service_available_once_the_probe_connects() {
     let service = FakeService::start(|_| openai_stream(&["unused"]));
     let app = openai_app(&service, |_| {}).await;
 
-    assert_ai_service_becomes(&app, "available", Duration::from_secs(5)).await;
-    assert!(service.connections() >= 1, "the probe never connected");
+    assert_ai_service_becomes(&app, "available", PROBE_WAIT).await;
+    // The probe's connect returns before the fake's accept thread has counted it.
+    let counting = service.clone();
+    let connections = tokio::task::spawn_blocking(move || counting.wait_for_connections(1))
+        .await
+        .unwrap();
+    assert!(connections >= 1, "the probe never connected");
     assert!(service.requests().is_empty(), "a probe sends no request");
 }
 
@@ -753,9 +765,10 @@ async fn health_reports_the_ai_service_available_once_the_probe_connects() {
 async fn health_reports_the_ai_service_unavailable_once_it_refuses_connections() {
     let service = FakeService::start(|_| Answer::json(200, &json!({"reply": "unused"})));
     let app = http_app_at(&service.url("/answer"), |_| {}).await;
-    assert_ai_service_becomes(&app, "available", Duration::from_secs(5)).await;
+    assert_ai_service_becomes(&app, "available", PROBE_WAIT).await;
 
+    // Returns once the fake's listener is closed.
     drop(service);
 
-    assert_ai_service_becomes(&app, "unavailable", Duration::from_secs(15)).await;
+    assert_ai_service_becomes(&app, "unavailable", PROBE_PERIOD + PROBE_WAIT).await;
 }

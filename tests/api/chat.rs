@@ -1785,9 +1785,11 @@ async fn list(app: &TestApp, account: &Account, path: &str) -> Value {
     body(response).await
 }
 
-/// Waits until the session holds `n` messages (a concurrent post has stored its message).
+/// Waits until the session holds `n` messages (a concurrent post has stored its message);
+/// fails after 20 s.
 async fn wait_until_stored(app: &TestApp, account: &Account, session: &str, n: u64) {
-    for _ in 0..500 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
         if list(app, account, &messages_path(session)).await["count"] == n {
             return;
         }

@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{
-    Account, TestApp, assert_silent, close_code, frame_of, next_frames, next_json, send_json,
-    spawn_app, spawn_app_with, stored, template,
+    Account, FRAME_WAIT, TestApp, assert_silent, close_code, frame_of, next_frames, next_json,
+    send_json, spawn_app, spawn_app_with, stored, template,
 };
 
 #[tokio::test]
@@ -254,7 +254,7 @@ async fn pings_are_answered() {
         .send(Message::Ping(b"are you there".to_vec().into()))
         .await
         .unwrap();
-    let pong = tokio::time::timeout(Duration::from_secs(5), socket.next())
+    let pong = tokio::time::timeout(FRAME_WAIT, socket.next())
         .await
         .unwrap()
         .unwrap()

@@ -13,14 +13,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// How long [`FakeService::wait_for_requests`] waits before it fails the test.
+/// How long [`FakeService::wait_for_requests`] and [`FakeService::wait_for_connections`]
+/// wait before they fail the test.
 pub const REQUEST_WAIT: Duration = Duration::from_secs(10);
 
 /// One request the fake received.
@@ -264,21 +265,31 @@ struct Shared {
     handler: Box<Handler>,
     received: Mutex<Vec<Received>>,
     arrived: Condvar,
-    connections: AtomicUsize,
+    /// Connections accepted so far: counted by the accept thread, which may run a little
+    /// after a client's connect has returned.
+    connections: Mutex<usize>,
+    connected: Condvar,
     stopping: AtomicBool,
 }
 
-/// Stops the accept loop when dropped.
+/// Stops the accept loop when dropped, and waits until it has closed the listener, so
+/// that the port refuses connections from then on.
 struct Stopper {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    accepting: Option<JoinHandle<()>>,
 }
 
 impl Drop for Stopper {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wakes the accept loop, which then sees the flag.
-        let _ = TcpStream::connect(self.addr);
+        // Wakes the accept loop, which then sees the flag and returns; without that wake
+        // it would never return, so it is waited for only then.
+        if TcpStream::connect(self.addr).is_ok()
+            && let Some(accepting) = self.accepting.take()
+        {
+            let _ = accepting.join();
+        }
     }
 }
 
@@ -291,17 +302,19 @@ impl FakeService {
             handler: Box::new(handler),
             received: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
-            connections: AtomicUsize::new(0),
+            connections: Mutex::new(0),
+            connected: Condvar::new(),
             stopping: AtomicBool::new(false),
         });
         let accepting = shared.clone();
-        thread::spawn(move || {
+        let accept_loop = thread::spawn(move || {
             for stream in listener.incoming() {
                 if accepting.stopping.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                accepting.connections.fetch_add(1, Ordering::SeqCst);
+                *accepting.connections.lock().unwrap() += 1;
+                accepting.connected.notify_all();
                 let serving = accepting.clone();
                 thread::spawn(move || serve(stream, &serving));
             }
@@ -309,7 +322,11 @@ impl FakeService {
         FakeService {
             addr,
             shared: shared.clone(),
-            _stopper: Arc::new(Stopper { addr, shared }),
+            _stopper: Arc::new(Stopper {
+                addr,
+                shared,
+                accepting: Some(accept_loop),
+            }),
         }
     }
 
@@ -336,9 +353,32 @@ impl FakeService {
         received.clone()
     }
 
-    /// How many connections were accepted (reachability probes included).
+    /// How many connections were accepted so far (reachability probes included). A
+    /// client's connect can return before the fake has accepted it: to count a connection
+    /// that was just made, use [`FakeService::wait_for_connections`].
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::SeqCst)
+        *self.shared.connections.lock().unwrap()
+    }
+
+    /// Blocks until at least `n` connections have been accepted, and answers how many
+    /// were; fails the test after [`REQUEST_WAIT`].
+    pub fn wait_for_connections(&self, n: usize) -> usize {
+        let deadline = Instant::now() + REQUEST_WAIT;
+        let mut connections = self.shared.connections.lock().unwrap();
+        while *connections < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the fake AI service accepted no connection {n}"
+            );
+            connections = self
+                .shared
+                .connected
+                .wait_timeout(connections, left)
+                .unwrap()
+                .0;
+        }
+        *connections
     }
 }
 

@@ -365,7 +365,8 @@ mod tests {
             ai_system_prompt: SYSTEM_PROMPT.to_owned(),
             ai_temperature: 0.7,
             ai_max_tokens: 300,
-            ai_timeout_seconds: 5,
+            // Only a hang reaches it, not a busy machine; the timeout tests set their own.
+            ai_timeout_seconds: 30,
             ..Config::default()
         }
     }
@@ -782,7 +783,8 @@ mod tests {
                 .chunk(&openai_delta("and "))
                 .pause(Duration::from_millis(50));
         }
-        let (outcome, deltas, _) = run_with(stream.end(), |c| c.ai_timeout_seconds = 1);
+        // Long enough for the first piece, sent at once, to arrive on a busy machine.
+        let (outcome, deltas, _) = run_with(stream.end(), |c| c.ai_timeout_seconds = 5);
 
         assert_eq!(outcome.unwrap_err().reason(), "timed out");
         assert!(!deltas.is_empty(), "pieces arrived before the deadline");

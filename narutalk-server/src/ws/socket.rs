@@ -7,9 +7,14 @@
 //! by the replay are recognised by their sequence number and skipped, so the client sees
 //! every message once, in storage order, with no gap between replay and live.
 //!
-//! Every write waits on the socket's [`Closer`] too, so a peer that stops reading is
-//! closed (1013) as soon as its room queue overflows, and revocation (1008) is not held
-//! up by a blocked write; a write blocked for the idle limit closes it (1013) as well.
+//! Every frame the server owes the peer is written before anything more is read from
+//! it: the room's frames, the answers to its frames, the heartbeat, and the pongs that
+//! tungstenite queues by itself for the peer's pings. So a peer that sends and never reads
+//! stops being read once its writes block (TCP then pushes back on it), and the socket
+//! holds at most one frame on its way out, never a pile of pongs. A write blocked for the
+//! idle limit closes the socket as too slow (1013). Every write waits on the socket's
+//! [`Closer`] too, so a peer that stops reading is closed (1013) as soon as its room queue
+//! overflows, and revocation (1008) is not held up by a blocked write.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -103,6 +108,11 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
             return;
         }
     };
+    // No `max_write_buffer_size`: the socket never writes a frame before the previous one
+    // is out, nor reads while a pong is owed, so tungstenite's buffer holds at most the
+    // frame being written and a pong or the close frame. A cap would refuse any frame
+    // larger than itself, and a stored message has no size the server knows (an AI reply
+    // of up to 10 MiB, an imported message of any size).
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
@@ -289,9 +299,13 @@ impl Socket {
                 self.send_error("Binary frames are not accepted: send JSON in a text frame.")
                     .await
             }
-            // tungstenite answers pings itself; pongs and raw frames only show the peer is
-            // alive.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            // tungstenite has queued the pong; it is written now, before anything more is
+            // read, like any other frame owed to the peer. Otherwise a peer that pings and
+            // never reads would make tungstenite pile up pongs without bound, and never be
+            // found too slow.
+            Some(Ok(Message::Ping(_))) => self.flush_pong().await,
+            // Pongs and raw frames only show the peer is alive.
+            Some(Ok(Message::Pong(_) | Message::Frame(_))) => Ok(()),
             Some(Ok(Message::Close(frame))) => Err(Ending::PeerClosed(
                 frame.map_or(1005, |frame| u16::from(frame.code)),
             )),
@@ -360,19 +374,19 @@ impl Socket {
         self.send(Message::Text(frames::error(text))).await
     }
 
-    /// Writes one frame, unless the socket is told to close first. A peer that takes
-    /// longer than the idle limit to take one frame is not reading at all: it is closed
-    /// as too slow (a quiet session would never overflow its queue).
+    /// Writes one frame, within [`owed`]'s patience.
     async fn send(&mut self, message: Message) -> Result<(), Ending> {
-        let patience = self.state.socket_rules.idle;
-        tokio::select! {
-            biased;
-            () = self.closer.closed() => Err(self.closer_ending()),
-            sent = self.ws.send(message) => sent.map_err(|_| Ending::Gone("a write failed")),
-            () = tokio::time::sleep(patience) => {
-                Err(Ending::Close(CloseCode::TryAgainLater, "reading too slowly"))
-            }
-        }
+        owed(
+            &self.closer,
+            self.state.socket_rules.idle,
+            self.ws.send(message),
+        )
+        .await
+    }
+
+    /// Writes the pong tungstenite queued for the peer's ping, within [`owed`]'s patience.
+    async fn flush_pong(&mut self) -> Result<(), Ending> {
+        owed(&self.closer, self.state.socket_rules.idle, self.ws.flush()).await
     }
 
     /// At shutdown: sends what is already queued for the socket, then closes with 1001.
@@ -386,11 +400,7 @@ impl Socket {
     }
 
     fn closer_ending(&self) -> Ending {
-        let (code, reason) = self
-            .closer
-            .reason()
-            .unwrap_or((CloseCode::GoingAway, "server shutting down"));
-        Ending::Close(code, reason)
+        closer_ending(&self.closer)
     }
 
     /// Says goodbye to the peer, within [`CLOSE_GRACE`].
@@ -428,6 +438,33 @@ impl Socket {
         })
         .await;
     }
+}
+
+/// Waits until `write` has put a frame owed to the peer on the wire, unless the socket is
+/// told to close first. A peer that takes longer than `patience` (the idle limit) to take
+/// one frame is not reading at all: it is closed as too slow, which a quiet session (whose
+/// queue never overflows) or a peer that only pings would otherwise never be.
+async fn owed(
+    closer: &Closer,
+    patience: Duration,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), Ending> {
+    tokio::select! {
+        biased;
+        () = closer.closed() => Err(closer_ending(closer)),
+        written = write => written.map_err(|_| Ending::Gone("a write failed")),
+        () = tokio::time::sleep(patience) => {
+            Err(Ending::Close(CloseCode::TryAgainLater, "reading too slowly"))
+        }
+    }
+}
+
+/// The close a [`Closer`] asked for (1001 if none was given).
+fn closer_ending(closer: &Closer) -> Ending {
+    let (code, reason) = closer
+        .reason()
+        .unwrap_or((CloseCode::GoingAway, "server shutting down"));
+    Ending::Close(code, reason)
 }
 
 /// An unmasked close frame (server to client) with `code` and a short `reason`.
