@@ -464,10 +464,10 @@ pub struct RegisterRequest {
     pub email: String,
     /// 8-128 characters, kept exactly as sent; not entirely digits, not one of the common
     /// passwords, not too similar to the username or the email.
-    #[schema(format = Password, min_length = 8, max_length = 128)]
+    #[schema(format = Password, min_length = 8, max_length = 128, pattern = r"^[^\u0000]*$")]
     pub password: String,
     /// The same password again.
-    #[schema(format = Password, min_length = 8, max_length = 128)]
+    #[schema(format = Password, min_length = 8, max_length = 128, pattern = r"^[^\u0000]*$")]
     pub password_confirm: String,
     /// `user` when missing; `admin` is refused.
     #[schema(nullable = false)]
@@ -484,14 +484,14 @@ pub struct LoginRequest {
     /// The account's email, in any letter case.
     #[schema(
         min_length = 1,
-        pattern = r"[^\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000]"
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000][^\u0000]*$"
     )]
     pub email: String,
     /// The password, exactly as set.
     #[schema(
         format = Password,
         min_length = 1,
-        pattern = r"[^\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000]"
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000][^\u0000]*$"
     )]
     pub password: String,
     /// The device token of an earlier successful login of this account. While it is valid
@@ -508,7 +508,7 @@ pub struct RefreshRequest {
     /// A refresh token.
     #[schema(
         min_length = 1,
-        pattern = r"[^\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000]"
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000][^\u0000]*$"
     )]
     pub refresh: String,
 }
@@ -549,11 +549,11 @@ pub struct PasswordChange {
     #[schema(
         format = Password,
         min_length = 1,
-        pattern = r"[^\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000]"
+        pattern = r"^[^\u0000]*[^\u0000\u0009-\u000d\u0020\u0085\u00a0\u1680\u2000-\u200a\u2028-\u2029\u202f\u205f\u3000][^\u0000]*$"
     )]
     pub old_password: String,
     /// The new password, under the rules of registration.
-    #[schema(format = Password, min_length = 8, max_length = 128)]
+    #[schema(format = Password, min_length = 8, max_length = 128, pattern = r"^[^\u0000]*$")]
     pub new_password: String,
 }
 

@@ -32,6 +32,10 @@ const HOLD: Duration = Duration::from_secs(30);
 /// to 5 s are all answered, with room to spare, before the lock ends.
 const WRITE_WINDOW: Duration = Duration::from_secs(15);
 
+/// How long before the lock ends health must have said `read_only`, so that its answer
+/// is known to come from while the lock was held.
+const HEALTH_MARGIN: Duration = Duration::from_secs(5);
+
 /// How long health gets to report the database connected again after a successful write
 /// (an upper bound for "it must happen").
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,7 +101,19 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
             .await,
         );
     }
-    let health_locked = api.health().await;
+    // The first refusal may be a write that waited in the server's own queue, which health
+    // does not count; the write holding the database fails for the lock itself a moment
+    // later (SQLite's busy wait sleeps in steps of up to 100 ms). So health is asked until it
+    // says `read_only`, for as long as the lock is held (minus a margin for the answer).
+    let mut health_locked = api.health().await;
+    while !health_locked
+        .as_ref()
+        .is_ok_and(|health| health.body["services"]["database"] == "read_only")
+        && locked_at.elapsed() + HEALTH_MARGIN < HOLD
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        health_locked = api.health().await;
+    }
     tokio::time::sleep(HOLD.saturating_sub(locked_at.elapsed())).await;
     let released_at = Instant::now();
     lock.release().await?;
