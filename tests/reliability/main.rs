@@ -15,6 +15,11 @@
 //! - `--rounds N`: crash rounds (default 5);
 //! - `--seed S`: the seed of the random kill moments and message texts (default: from
 //!   the clock; every run prints the seed it used);
+//! - `--disk-full-variant auto|tmpfs|pages`: how `disk-full` fills the disk (default
+//!   `auto`): `tmpfs` mounts a small tmpfs (root, and permission to mount, needed; the part
+//!   skips without), `pages` caps the server's writer connection with SQLite's
+//!   `PRAGMA max_page_count` instead, `auto` mounts when it can and caps pages otherwise;
+//!   the row's "what ran" says which ran (see `disk_full.rs`);
 //! - `NAME`...: run only the parts whose name contains one of these words (`--exact`:
 //!   equals); `--skip NAME` leaves parts out; `--list` lists the parts.
 //!
@@ -72,6 +77,8 @@ pub struct Context {
     pub seed: u64,
     /// `NARUTALK_REQUIRE_ALL=1`: a part that cannot run fails instead of skipping.
     pub require_all: bool,
+    /// `--disk-full-variant`: how `disk-full` fills the disk.
+    pub disk_full_variant: disk_full::Variant,
 }
 
 /// A part's future.
@@ -125,7 +132,7 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("reliability: {message}");
             eprintln!(
-                "usage: cargo test --test reliability -- [--rounds N] [--seed S] [--list] [--skip NAME] [NAME...]"
+                "usage: cargo test --test reliability -- [--rounds N] [--seed S] [--disk-full-variant auto|tmpfs|pages] [--list] [--skip NAME] [NAME...]"
             );
             return ExitCode::from(2);
         }
@@ -212,6 +219,7 @@ async fn run_one(part: &Part, flags: &Flags, require_all: bool, index: u64) -> R
         // Each part its own stream of random numbers, all from the one printed seed.
         seed: flags.seed ^ (index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         require_all,
+        disk_full_variant: flags.disk_full_variant,
     };
     let limit = PART_TIME_LIMIT + Duration::from_secs(30) * flags.rounds;
     let task = tokio::spawn((part.run)(ctx));
@@ -257,6 +265,7 @@ fn panic_text(join_error: tokio::task::JoinError) -> String {
 struct Flags {
     rounds: u32,
     seed: u64,
+    disk_full_variant: disk_full::Variant,
     filters: Vec<String>,
     skips: Vec<String>,
     exact: bool,
@@ -269,6 +278,7 @@ impl Flags {
         let mut flags = Flags {
             rounds: DEFAULT_ROUNDS,
             seed: clock_seed(),
+            disk_full_variant: disk_full::Variant::Auto,
             filters: Vec::new(),
             skips: Vec::new(),
             exact: false,
@@ -299,6 +309,9 @@ impl Flags {
                     flags.seed = value("a number")?
                         .parse()
                         .map_err(|_| "--seed needs a whole number")?;
+                }
+                "--disk-full-variant" => {
+                    flags.disk_full_variant = value("auto, tmpfs or pages")?.parse()?;
                 }
                 "--skip" => flags.skips.push(value("a part name")?),
                 "--exact" => flags.exact = true,

@@ -8,6 +8,16 @@
 //! http://ADDR/ ...` on standard output. It stops gracefully when its standard input
 //! closes (so it never outlives the suite) or on SIGINT/SIGTERM. Its log goes to a file
 //! in the part's folder.
+//!
+//! Until it closes, the child's standard input is also a control channel, for what a
+//! test needs done inside the running server and the HTTP API does not offer. One command
+//! exists: the line `limit-writer-pages N` makes the child call
+//! `Database::limit_writer_pages(N)` on the core it serves (through
+//! `Narutalk::database`, on a blocking thread), which caps the server's writer connection
+//! at `N` pages with SQLite's `PRAGMA max_page_count` (`4294967295` lifts the cap), and
+//! print `limit-writer-pages = CAP` (the cap in effect) or `limit-writer-pages failed:
+//! WHY` on standard output; [`ServerProcess::limit_writer_pages`] is the suite's side.
+//! Commands are handled one at a time, in order, each answered before the next is read.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,8 +31,9 @@ use narutalk_core::Narutalk;
 use narutalk_core::config::{Config, Overrides};
 use narutalk_core::db::OpenMode;
 use narutalk_server::ServeOptions;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
 
 use crate::api::{Account, Api};
 
@@ -34,6 +45,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a server gets to stop after its standard input closes, before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a control command may take to be answered (a generous upper bound: it waits
+/// for the writer connection, at most the core's write deadline).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The control command (and the first word of its answer) that caps the writer
+/// connection's pages.
+const LIMIT_WRITER_PAGES: &str = "limit-writer-pages";
 
 /// The settings of a part's server: `NARUTALK_*` variables, and the connection cap.
 #[derive(Clone, Debug)]
@@ -92,6 +111,8 @@ impl Settings {
 pub struct ServerProcess {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// The answers to control commands, as printed after the command's name.
+    answers: mpsc::UnboundedReceiver<String>,
     pid: u32,
     /// Where it listens.
     pub addr: SocketAddr,
@@ -147,15 +168,32 @@ impl ServerProcess {
             );
         }
         let addr = parse_listening(&line)?;
-        // The rest of what it prints ("Narutalk stopped.") is read and dropped, so that
-        // the child never blocks on a full pipe.
+        // The rest of what it prints is read to the end, so that the child never blocks
+        // on a full pipe: answers to control commands are passed on, the rest ("Narutalk
+        // stopped.") dropped.
+        let (answer_sender, answers) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut rest = Vec::new();
-            let _ = reader.read_to_end(&mut rest).await;
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                if let Some(answer) = text
+                    .trim_end()
+                    .strip_prefix(LIMIT_WRITER_PAGES)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                {
+                    let _ = answer_sender.send(answer.to_owned());
+                }
+            }
         });
         Ok(ServerProcess {
             child,
             stdin,
+            answers,
             pid,
             addr,
             log,
@@ -190,6 +228,43 @@ impl ServerProcess {
                 "the server exited on its own ({status}); its log: {}",
                 tail(&self.log)
             ),
+        }
+    }
+
+    /// Caps the server's writer connection at `pages` pages of the database file
+    /// (`Database::limit_writer_pages` in the child, through its control channel: see the
+    /// module's doc), so that writes needing more room fail as on a full disk; `u32::MAX`
+    /// lifts the cap. SQLite never sets it below the file's current size, so `1` answers
+    /// that size and leaves no room for another page. Answers the cap in effect.
+    pub async fn limit_writer_pages(&mut self, pages: u32) -> anyhow::Result<u64> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the server's standard input is closed")?;
+        let command = format!("{LIMIT_WRITER_PAGES} {pages}\n");
+        async {
+            stdin.write_all(command.as_bytes()).await?;
+            stdin.flush().await
+        }
+        .await
+        .context("sending a control command to the server")?;
+        let answer = tokio::time::timeout(CONTROL_TIMEOUT, self.answers.recv())
+            .await
+            .with_context(|| {
+                format!(
+                    "the server did not answer `{LIMIT_WRITER_PAGES} {pages}` within {} s",
+                    CONTROL_TIMEOUT.as_secs()
+                )
+            })?
+            .with_context(|| {
+                format!(
+                    "the server closed its output without answering `{LIMIT_WRITER_PAGES} {pages}`; its log: {}",
+                    tail(&self.log)
+                )
+            })?;
+        match answer.strip_prefix("= ").map(str::parse) {
+            Some(Ok(cap)) => Ok(cap),
+            _ => bail!("`{LIMIT_WRITER_PAGES} {pages}` answered {answer:?}"),
         }
     }
 
@@ -351,19 +426,16 @@ async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         )?;
         stdout.flush()?;
     }
-    narutalk_server::serve_with(Arc::new(core), &config, listener, options, stop_signal()).await;
+    let core = Arc::new(core);
+    narutalk_server::serve_with(core.clone(), &config, listener, options, stop_signal(core)).await;
     println!("Narutalk stopped.");
     Ok(())
 }
 
 /// Completes when standard input closes (the suite stopped it or went away), or on SIGINT
-/// or SIGTERM.
-async fn stop_signal() {
-    let stdin_closed = async {
-        let mut stdin = tokio::io::stdin();
-        let mut buffer = [0u8; 64];
-        while matches!(stdin.read(&mut buffer).await, Ok(n) if n > 0) {}
-    };
+/// or SIGTERM; until then it carries out the control commands read there on `core`.
+async fn stop_signal(core: Arc<Narutalk>) {
+    let stdin_closed = obey_commands(core);
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -376,5 +448,38 @@ async fn stop_signal() {
         () = stdin_closed => {}
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
+    }
+}
+
+/// Reads control commands from standard input and answers each on standard output (see
+/// the module's doc) until standard input closes or fails.
+async fn obey_commands(core: Arc<Narutalk>) {
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let command = String::from_utf8_lossy(&line).trim().to_owned();
+        let pages = command
+            .strip_prefix(LIMIT_WRITER_PAGES)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|pages| pages.parse::<u32>().ok());
+        let answer = match pages {
+            Some(pages) => {
+                let core = core.clone();
+                match tokio::task::spawn_blocking(move || core.database().limit_writer_pages(pages))
+                    .await
+                {
+                    Ok(Ok(cap)) => format!("= {cap}"),
+                    Ok(Err(error)) => format!("failed: {error}"),
+                    Err(error) => format!("failed: {error}"),
+                }
+            }
+            None => format!("failed: unknown command {command:?}"),
+        };
+        println!("{LIMIT_WRITER_PAGES} {answer}");
     }
 }
