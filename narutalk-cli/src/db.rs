@@ -50,7 +50,8 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
-/// `narutalk migrate`: creates the database when missing and applies pending migrations.
+/// `narutalk migrate`: creates the database when missing and applies pending migrations,
+/// and says which of the three happened (created, migrated, or already current).
 pub fn migrate(config: &Config) -> anyhow::Result<()> {
     let existed = config.database.is_file();
     let db = Database::open(
@@ -61,17 +62,25 @@ pub fn migrate(config: &Config) -> anyhow::Result<()> {
     let applied = db
         .applied_migrations()
         .map_err(core_error)
-        .context("reading the applied migrations")?;
+        .context("Cannot read the applied migrations")?;
     let latest = applied.last().map_or_else(
         || "none".to_owned(),
         |m| format!("V{} {}", m.version, m.name),
     );
-    let verb = if existed { "migrated" } else { "created" };
-    print_lines(&format!(
-        "{verb} {}: {} migration(s) applied, latest {latest}",
-        config.database.display(),
-        applied.len()
-    ))
+    let path = config.database.display();
+    let total = applied.len();
+    let now = db.migrated_at_open();
+    print_lines(&if !existed {
+        format!("Created {path} with {total} migration(s), the latest {latest}.")
+    } else if now == 0 {
+        format!(
+            "The schema of {path} is current ({total} migration(s) applied, the latest {latest})."
+        )
+    } else {
+        format!(
+            "Migrated {path}: {now} migration(s) applied now, {total} in all, the latest {latest}."
+        )
+    })
 }
 
 /// Runs a `db` subcommand.
@@ -84,7 +93,7 @@ pub fn run(config: &Config, command: DbCommand) -> anyhow::Result<()> {
         DbCommand::Backup { file, force } => {
             let backup = db.backup_to(&file, force)?;
             print_lines(&format!(
-                "backed up {} to {} ({} bytes in {:.2} s)",
+                "Backed up {} to {} ({} bytes in {:.2} s).",
                 db.path().display(),
                 backup.path.display(),
                 grouped(backup.size_bytes),
@@ -98,7 +107,7 @@ fn status(db: &Database, json: bool) -> anyhow::Result<()> {
     let status = db
         .status()
         .map_err(core_error)
-        .context("reading the database status")?;
+        .context("Cannot read the database status")?;
     if json {
         let rows: serde_json::Map<String, serde_json::Value> = status
             .tables
@@ -142,7 +151,7 @@ fn status(db: &Database, json: bool) -> anyhow::Result<()> {
     for t in &status.tables {
         rows.add_row(vec![t.table.clone(), grouped(t.rows)]);
     }
-    print_table(&mut rows)
+    print_table(&mut rows, &[])
 }
 
 fn check(narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
@@ -151,7 +160,7 @@ fn check(narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
         .admin()
         .check()
         .map_err(core_error)
-        .with_context(|| format!("checking {}", path.display()))?;
+        .with_context(|| format!("Cannot check {}", path.display()))?;
     if json {
         print_json(&json!({
             "database": path,
@@ -179,7 +188,7 @@ fn check(narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
     }
     if !report.is_sound() {
         bail!(
-            "{} is damaged: {} problem(s) found",
+            "Database {} is damaged: {} problem(s) found",
             path.display(),
             report.problem_count()
         );

@@ -3,6 +3,10 @@
 //! how an outcome becomes an exit code: 0 success, 1 failure, 2 usage (a command line that
 //! cannot work as given, clap's errors included), with every error as one line on stderr.
 //! Each command group has its module; `output` formats, `prompt` asks.
+//!
+//! Every message is a sentence: it starts with a capital (unless its first word is a file
+//! name or an email, which keep their spelling) and ends with a period. Errors are written
+//! without the period, since context may follow; [`sentence`] finishes them, clap's too.
 
 mod db;
 mod output;
@@ -91,7 +95,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("narutalk: {}", one_line(&format!("{error:#}")));
+            eprintln!("narutalk: {}", sentence(&one_line(&format!("{error:#}"))));
             if error.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -123,7 +127,8 @@ fn open(config: &Config) -> anyhow::Result<Narutalk> {
 }
 
 /// A core error as one line, for callers that say what failed before it. Field errors read
-/// `password: This password is too common. This password is entirely numeric.`.
+/// `email: user with this email already exists. username: A user with that username
+/// already exists.`: each field's messages as the API words them, which end with periods.
 fn core_error(error: Error) -> anyhow::Error {
     match error {
         Error::Invalid(fields) => {
@@ -131,10 +136,10 @@ fn core_error(error: Error) -> anyhow::Error {
                 .iter()
                 .map(|(field, messages)| format!("{field}: {}", messages.join(" ")))
                 .collect();
-            anyhow::anyhow!(text.join("; "))
+            anyhow::anyhow!(text.join(" "))
         }
         Error::Unavailable(cause) => {
-            anyhow::anyhow!("the database is busy or unavailable, try again ({cause})")
+            anyhow::anyhow!("The database is busy or unavailable; try again ({cause})")
         }
         other => anyhow::anyhow!(other),
     }
@@ -167,7 +172,7 @@ fn clap_failure(error: &clap::Error) -> ExitCode {
                 }
                 line.push_str(part);
             }
-            eprintln!("narutalk: {line} (see --help)");
+            eprintln!("narutalk: {}", sentence(&format!("{line} (see --help)")));
             ExitCode::from(2)
         }
     }
@@ -177,4 +182,48 @@ fn clap_failure(error: &clap::Error) -> ExitCode {
 /// line.
 fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
+}
+
+/// `text` as a sentence: its first letter a capital, unless its first word is a path, a
+/// file name or an email (which keep their spelling), and a final period unless it ends
+/// with one (or with `?` or `!`).
+fn sentence(text: &str) -> String {
+    let text = text.trim();
+    let first_word = text.split(' ').next().unwrap_or_default();
+    let spelled = first_word.contains(['/', '.', '@', '\\', '`', '\'', '"']);
+    let mut out = String::with_capacity(text.len() + 1);
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) if !spelled => out.extend(first.to_uppercase()),
+        Some(first) => out.push(first),
+        None => {}
+    }
+    out.push_str(chars.as_str());
+    if !out.ends_with(['.', '?', '!']) {
+        out.push('.');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sentence;
+
+    #[test]
+    fn a_message_becomes_one_sentence_and_names_keep_their_spelling() {
+        assert_eq!(sentence("no user kim"), "No user kim.");
+        assert_eq!(
+            sentence("Cancelled; did not delete."),
+            "Cancelled; did not delete."
+        );
+        assert_eq!(
+            sentence("backups/x.sqlite3 already exists (use --force to overwrite it)"),
+            "backups/x.sqlite3 already exists (use --force to overwrite it)."
+        );
+        assert_eq!(
+            sentence("kim.jsonl is the database itself"),
+            "kim.jsonl is the database itself."
+        );
+        assert_eq!(sentence("what now?"), "What now?");
+    }
 }

@@ -24,7 +24,7 @@ pub fn new_password(from_stdin: bool, username: &str, email: &str) -> anyhow::Re
     }
     if !interactive() {
         return Err(UsageError(
-            "no terminal to ask for the password on; pipe it in with --password-stdin".into(),
+            "No terminal to ask for the password on; pipe it in with --password-stdin".into(),
         )
         .into());
     }
@@ -40,7 +40,7 @@ pub fn new_password(from_stdin: bool, username: &str, email: &str) -> anyhow::Re
             }
         })
         .interact()
-        .context("reading the password from the terminal")
+        .context("Cannot read the password from the terminal")
 }
 
 /// Goes on when `yes` was given or the administrator answers yes to `question` on a
@@ -52,7 +52,7 @@ pub fn confirm(question: &str, yes: bool, action: &str) -> anyhow::Result<()> {
     }
     if !interactive() {
         return Err(UsageError(format!(
-            "refusing to {action} without confirmation: no terminal to ask on (add --yes)"
+            "Refusing to {action} without confirmation: no terminal to ask on (add --yes)"
         ))
         .into());
     }
@@ -60,9 +60,9 @@ pub fn confirm(question: &str, yes: bool, action: &str) -> anyhow::Result<()> {
         .with_prompt(question)
         .default(false)
         .interact()
-        .context("reading the answer from the terminal")?;
+        .context("Cannot read the answer from the terminal")?;
     if !answer {
-        bail!("cancelled; did not {action}");
+        bail!("Cancelled; did not {action}");
     }
     Ok(())
 }
@@ -71,16 +71,16 @@ fn password_from_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
-        .context("reading the password from standard input")?;
+        .context("Cannot read the password from standard input")?;
     let password = match text.strip_suffix('\n') {
         Some(line) => line.strip_suffix('\r').unwrap_or(line),
         None => &text,
     };
     if password.is_empty() {
-        bail!("no password on standard input (--password-stdin reads it from there)");
+        bail!("No password on standard input (--password-stdin reads it from there)");
     }
     if password.contains(['\n', '\r']) {
-        bail!("standard input holds more than one line; --password-stdin takes the password alone");
+        bail!("Standard input holds more than one line; --password-stdin takes the password alone");
     }
     Ok(password.to_owned())
 }

@@ -10,26 +10,43 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use narutalk_core::Narutalk;
-use narutalk_core::admin::{ExportSummary, ImportError, ImportFile, SessionQuery};
+use narutalk_core::admin::{
+    CreatedOwner, ExportSummary, ImportError, ImportFile, ImportOptions, ImportReport, SessionQuery,
+};
 use narutalk_core::chat::{Category, SessionId};
 use narutalk_core::db::maintenance::PendingFile;
 use narutalk_core::error::Error;
 
-use crate::output::{minute, print_fields, print_json, print_lines, print_table, table, yes_no};
+use crate::output::{
+    Give, Limit, cut, limit, minute, note, note_more, print_fields, print_json, print_lines,
+    print_list, print_table, progress_bar, rows_shown, table, yes_no,
+};
 use crate::{core_error, prompt, users};
 
 /// `narutalk session ...`
 #[derive(Debug, Subcommand)]
 pub enum SessionCommand {
     /// Lists sessions of every user, most recently updated first.
+    ///
+    /// On a terminal the list stops after a screenful (a last line on stderr counts the
+    /// rest) and the table fits its width: ids and emails are never split, titles wrap, and
+    /// the columns that do not fit are left out (--wide shows them). In a pipe or with
+    /// --json every session is listed, one a line, unless --limit says otherwise.
     #[command(
-        after_help = "Examples:\n  narutalk session list --user kim@example.com\n  narutalk session list --category emergency --since 2026-11-01 --json"
+        after_help = "Examples:\n  narutalk session list --user kim@example.com\n  narutalk session list --category emergency --since 2026-11-01 --json\n  narutalk session list --limit 100 --wide"
     )]
     List {
         #[command(flatten)]
         filters: SessionFilters,
+        /// Show at most N sessions, or all (default: a screenful on a terminal, otherwise
+        /// all).
+        #[arg(long, value_name = "N|all", value_parser = limit)]
+        limit: Option<Limit>,
+        /// Show every column at full width, whatever the terminal's width.
+        #[arg(long)]
+        wide: bool,
         /// Print JSON instead of a table, for scripts.
         #[arg(long)]
         json: bool,
@@ -80,14 +97,23 @@ pub enum SessionCommand {
     /// Imports an export file (JSON Lines or JSON array).
     ///
     /// The whole file is checked first: a malformed or truncated file imports nothing and
-    /// the error names the line. Owners are matched by email (an unknown one is an error);
-    /// sessions and messages keep their ids, so importing a file twice adds nothing the
-    /// second time, and a session that exists receives only the messages it lacks.
-    #[command(after_help = "Example:\n  narutalk session import kim.jsonl")]
+    /// the error names the line. Owners are matched by email: owners the database lacks are
+    /// an error that names them, unless --create-owners creates them. Sessions and messages
+    /// keep their ids, so importing a file twice adds nothing the second time, and a
+    /// session that exists receives only the messages it lacks. On a terminal a progress
+    /// bar counts the messages.
+    #[command(
+        after_help = "Examples:\n  narutalk session import kim.jsonl\n  narutalk --database /srv/archive/db.sqlite3 session import kim.jsonl --create-owners"
+    )]
     Import {
         /// The export file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Create the owners the database lacks: role user, not verified, the username
+        /// from the email's local part (a number added when it is taken), and no password
+        /// anyone knows (set one with `narutalk user reset-password`).
+        #[arg(long)]
+        create_owners: bool,
     },
 }
 
@@ -120,16 +146,24 @@ pub enum ExportFormat {
 /// Runs a `session` subcommand.
 pub fn run(narutalk: &Narutalk, command: SessionCommand) -> anyhow::Result<()> {
     match command {
-        SessionCommand::List { filters, json } => {
-            let sessions = narutalk
+        SessionCommand::List {
+            filters,
+            limit,
+            wide,
+            json,
+        } => {
+            let mut sessions = narutalk
                 .admin()
                 .sessions(&filters.query(narutalk)?)
                 .map_err(core_error)?;
+            let more = cut(&mut sessions, rows_shown(limit, json));
             if json {
-                return print_json(&sessions);
+                print_json(&sessions)?;
+                note_more(more, "sessions");
+                return Ok(());
             }
             if sessions.is_empty() {
-                eprintln!("no sessions match");
+                note("No sessions match.");
                 return Ok(());
             }
             let mut rows = table([
@@ -147,7 +181,20 @@ pub fn run(narutalk: &Narutalk, command: SessionCommand) -> anyhow::Result<()> {
                     minute(&session.updated_at),
                 ]);
             }
-            print_table(&mut rows)
+            // Left out first when the terminal is narrow: the flag, the category, the
+            // time, then the count; titles wrap; the id and owner always stay whole.
+            let gives = [
+                Give::Keep,
+                Give::Keep,
+                Give::Wrap,
+                Give::Drop(3),
+                Give::Drop(4),
+                Give::Drop(1),
+                Give::Drop(2),
+            ];
+            print_list(&mut rows, &gives, wide)?;
+            note_more(more, "sessions");
+            Ok(())
         }
         SessionCommand::Show { id, json } => show(narutalk, id, json),
         SessionCommand::Delete { id, yes } => {
@@ -165,32 +212,17 @@ pub fn run(narutalk: &Narutalk, command: SessionCommand) -> anyhow::Result<()> {
                 .admin()
                 .delete_session(id)
                 .map_err(|error| not_found_as(error, id))?;
-            print_lines(&format!("deleted {what}"))
+            print_lines(&format!("Deleted {what}."))
         }
         SessionCommand::Export {
             output,
             format,
             filters,
         } => export(narutalk, &filters.query(narutalk)?, format, output),
-        SessionCommand::Import { file } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let parsed = ImportFile::parse(&bytes).map_err(|error| import_failure(&file, error))?;
-            drop(bytes);
-            let report = narutalk
-                .admin()
-                .import(&parsed)
-                .map_err(|error| import_failure(&file, error))?;
-            print_lines(&format!(
-                "imported {}: {} session(s) created, {} extended, {} unchanged; {} message(s) added, {} already present",
-                file.display(),
-                report.sessions_created,
-                report.sessions_extended,
-                report.sessions_unchanged,
-                report.messages_added,
-                report.messages_present
-            ))
-        }
+        SessionCommand::Import {
+            file,
+            create_owners,
+        } => import(narutalk, &file, create_owners),
     }
 }
 
@@ -238,7 +270,10 @@ fn show(narutalk: &Narutalk, id: SessionId, json: bool) -> anyhow::Result<()> {
             message.content.clone(),
         ]);
     }
-    print_table(&mut rows)
+    print_table(
+        &mut rows,
+        &[Give::Keep, Give::Keep, Give::Keep, Give::Keep, Give::Wrap],
+    )
 }
 
 fn find(
@@ -253,7 +288,7 @@ fn find(
 
 fn not_found_as(error: Error, id: SessionId) -> anyhow::Error {
     match error {
-        Error::NotFound => anyhow::anyhow!("no session {id}"),
+        Error::NotFound => anyhow::anyhow!("No session {id}"),
         other => core_error(other),
     }
 }
@@ -268,15 +303,7 @@ fn export(
 ) -> anyhow::Result<()> {
     let show_progress =
         std::io::stderr().is_terminal() && (output.is_some() || !std::io::stdout().is_terminal());
-    let progress = if show_progress {
-        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-    } else {
-        ProgressBar::hidden()
-    };
-    progress.set_style(
-        ProgressStyle::with_template("{wide_bar} {pos}/{len} sessions, {eta} left")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let progress = progress_bar(show_progress, "{wide_bar} {pos}/{len} sessions, {eta} left");
     match output {
         Some(path) => {
             if narutalk.database().is_own_file(&path) {
@@ -285,7 +312,7 @@ fn export(
                     path.display()
                 );
             }
-            let cannot_write = || format!("cannot write {}", path.display());
+            let cannot_write = || format!("Cannot write {}", path.display());
             let pending = PendingFile::new(&path, true).with_context(cannot_write)?;
             let file = OpenOptions::new()
                 .write(true)
@@ -300,7 +327,7 @@ fn export(
             pending.commit().with_context(cannot_write)?;
             progress.finish_and_clear();
             print_lines(&format!(
-                "exported {} session(s) with {} message(s) to {}",
+                "Exported {} session(s) with {} message(s) to {}.",
                 summary.sessions,
                 summary.messages,
                 path.display()
@@ -309,10 +336,10 @@ fn export(
         None => {
             let mut writer = BufWriter::new(std::io::stdout().lock());
             write_export(narutalk, query, format, &mut writer, &progress)
-                .context("writing the export to standard output")?;
+                .context("Cannot write the export to standard output")?;
             writer
                 .flush()
-                .context("writing the export to standard output")?;
+                .context("Cannot write the export to standard output")?;
             progress.finish_and_clear();
             Ok(())
         }
@@ -353,14 +380,75 @@ fn write_export(
     Ok(summary)
 }
 
+/// `session import`: reads and checks the whole file, then imports it with a progress bar
+/// on a terminal, and prints what it did (the owners it created included).
+fn import(narutalk: &Narutalk, file: &std::path::Path, create_owners: bool) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("Cannot read {}", file.display()))?;
+    let parsed = ImportFile::parse(&bytes).map_err(|error| import_failure(file, error))?;
+    drop(bytes);
+    let progress = progress_bar(
+        std::io::stderr().is_terminal(),
+        "{wide_bar} {pos}/{len} messages, {eta} left",
+    );
+    progress.set_length(parsed.message_count());
+    let report = narutalk
+        .admin()
+        .import_with(&parsed, ImportOptions { create_owners }, |at| {
+            progress.set_position(at.messages_done);
+        })
+        .map_err(|error| import_failure(file, error));
+    progress.finish_and_clear();
+    let report = report?;
+    print_lines(&import_summary(file, &report))
+}
+
+/// `Imported kim.jsonl: ...`, with a second line naming the owners created, if any.
+fn import_summary(file: &std::path::Path, report: &ImportReport) -> String {
+    let mut text = format!(
+        "Imported {}: {} session(s) created, {} extended, {} unchanged; {} message(s) added, {} already present.",
+        file.display(),
+        report.sessions_created,
+        report.sessions_extended,
+        report.sessions_unchanged,
+        report.messages_added,
+        report.messages_present
+    );
+    if !report.owners_created.is_empty() {
+        let owners: Vec<String> = report
+            .owners_created
+            .iter()
+            .map(
+                |CreatedOwner {
+                     id,
+                     username,
+                     email,
+                 }| format!("{id} {username} ({email})"),
+            )
+            .collect();
+        text.push_str(&format!(
+            "\nCreated {} owner(s) with the role user and no usable password (set one with `narutalk user reset-password`): {}.",
+            owners.len(),
+            owners.join(", ")
+        ));
+    }
+    text
+}
+
 fn import_failure(file: &std::path::Path, error: ImportError) -> anyhow::Error {
     match error {
-        ImportError::Invalid { .. } => {
-            anyhow::anyhow!("{}: {error}; nothing was imported", file.display())
+        ImportError::Invalid { .. } => anyhow::anyhow!(
+            "Cannot import {}: {error}; nothing was imported",
+            file.display()
+        ),
+        ImportError::MissingOwners { .. } => anyhow::anyhow!(
+            "Cannot import {}: {error}; nothing was imported (--create-owners creates them)",
+            file.display()
+        ),
+        ImportError::Stopped { .. } => {
+            anyhow::anyhow!("Cannot import all of {}: {error}", file.display())
         }
-        ImportError::Stopped { .. } => anyhow::anyhow!("{}: {error}", file.display()),
         ImportError::Storage(error) => core_error(error).context(format!(
-            "cannot import {}; nothing was imported",
+            "Cannot import {}; nothing was imported",
             file.display()
         )),
     }

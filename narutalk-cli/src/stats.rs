@@ -56,7 +56,7 @@ fn print_tables(stats: &Stats) -> anyhow::Result<()> {
         sum(|r| r.active),
         sum(|r| r.inactive),
     ]);
-    print_table(&mut users)?;
+    print_table(&mut users, &[])?;
     print_lines("")?;
 
     let mut sessions = table(["CATEGORY", "SESSIONS", "MESSAGES"]);
@@ -72,12 +72,12 @@ fn print_tables(stats: &Stats) -> anyhow::Result<()> {
         grouped(stats.sessions.total),
         grouped(stats.messages.total),
     ]);
-    print_table(&mut sessions)?;
+    print_table(&mut sessions, &[])?;
     print_lines("")?;
 
     let mut days = table(["DAY (UTC)", "MESSAGES"]);
     for day in &stats.messages.per_day {
         days.add_row(vec![day.date.to_string(), grouped(day.messages)]);
     }
-    print_table(&mut days)
+    print_table(&mut days, &[])
 }

@@ -11,7 +11,10 @@ use narutalk_core::error::Error;
 use narutalk_core::time::format_rfc3339;
 use serde::Serialize;
 
-use crate::output::{minute, print_fields, print_json, print_lines, print_table, table, yes_no};
+use crate::output::{
+    Give, Limit, cut, limit, minute, note, note_more, print_fields, print_json, print_lines,
+    print_list, rows_shown, table, yes_no,
+};
 use crate::{core_error, prompt};
 
 /// `narutalk user ...`
@@ -46,8 +49,13 @@ pub enum UserCommand {
         password_stdin: bool,
     },
     /// Lists users by id, with filters.
+    ///
+    /// On a terminal the list stops after a screenful (a last line on stderr counts the
+    /// rest) and the table fits its width: ids and emails are never split, and the columns
+    /// that do not fit are left out (--wide shows them). In a pipe or with --json every
+    /// user is listed, one a line, unless --limit says otherwise.
     #[command(
-        after_help = "Examples:\n  narutalk user list --role doctor --verified false\n  narutalk user list --search kim --json"
+        after_help = "Examples:\n  narutalk user list --role doctor --verified false\n  narutalk user list --search kim --json\n  narutalk user list --limit all --wide"
     )]
     List {
         /// Only this role.
@@ -62,6 +70,12 @@ pub enum UserCommand {
         /// Only users whose username or email contains TEXT.
         #[arg(long, value_name = "TEXT")]
         search: Option<String>,
+        /// Show at most N users, or all (default: a screenful on a terminal, otherwise all).
+        #[arg(long, value_name = "N|all", value_parser = limit)]
+        limit: Option<Limit>,
+        /// Show every column at full width, whatever the terminal's width.
+        #[arg(long)]
+        wide: bool,
         /// Print JSON instead of a table, for scripts.
         #[arg(long)]
         json: bool,
@@ -163,9 +177,9 @@ pub fn run(narutalk: &Narutalk, command: UserCommand) -> anyhow::Result<()> {
                     is_verified: true,
                 })
                 .map_err(core_error)
-                .with_context(|| format!("cannot create user {email}"))?;
+                .with_context(|| format!("Cannot create user {email}"))?;
             print_lines(&format!(
-                "created user {} ({}, {}), role {}, verified",
+                "Created user {} ({}, {}), role {}, verified.",
                 user.id, user.email, user.username, user.role
             ))
         }
@@ -174,6 +188,8 @@ pub fn run(narutalk: &Narutalk, command: UserCommand) -> anyhow::Result<()> {
             verified,
             active,
             search,
+            limit,
+            wide,
             json,
         } => {
             let filter = UserFilter {
@@ -182,8 +198,11 @@ pub fn run(narutalk: &Narutalk, command: UserCommand) -> anyhow::Result<()> {
                 is_active: active,
                 search,
             };
-            let users = accounts.list(&filter).map_err(core_error)?;
-            list(&users, json)
+            let mut users = accounts.list(&filter).map_err(core_error)?;
+            let more = cut(&mut users, rows_shown(limit, json));
+            list(&users, json, wide)?;
+            note_more(more, "users");
+            Ok(())
         }
         UserCommand::Show { user, json } => show(narutalk, &resolve(narutalk, &user)?, json),
         UserCommand::SetRole { user, role } => {
@@ -220,7 +239,7 @@ pub fn run(narutalk: &Narutalk, command: UserCommand) -> anyhow::Result<()> {
             accounts
                 .reset_password(user.id, &password)
                 .map_err(core_error)
-                .with_context(|| format!("cannot reset the password of user {}", label(&user)))?;
+                .with_context(|| format!("Cannot reset the password of user {}", label(&user)))?;
             done(&user, "has a new password; every token it held is revoked")
         }
         UserCommand::Delete { user, yes } => {
@@ -240,11 +259,11 @@ pub fn run(narutalk: &Narutalk, command: UserCommand) -> anyhow::Result<()> {
                 &format!("delete user {}", label(&user)),
             )?;
             accounts.delete(user.id).map_err(|error| match error {
-                Error::NotFound => anyhow::anyhow!("no user {} any more", label(&user)),
+                Error::NotFound => anyhow::anyhow!("No user {} any more", label(&user)),
                 other => core_error(other),
             })?;
             print_lines(&format!(
-                "deleted user {} with {} session(s) and {} message(s)",
+                "Deleted user {} with {} session(s) and {} message(s).",
                 label(&user),
                 activity.sessions,
                 activity.messages
@@ -253,13 +272,13 @@ pub fn run(narutalk: &Narutalk, command: UserCommand) -> anyhow::Result<()> {
     }
 }
 
-/// The user an id or email names, or `no user X`.
+/// The user an id or email names, or `No user X`.
 pub fn resolve(narutalk: &Narutalk, key: &str) -> anyhow::Result<User> {
     narutalk
         .accounts()
         .resolve(key)
         .map_err(|error| match error {
-            Error::NotFound => anyhow::anyhow!("no user {key}"),
+            Error::NotFound => anyhow::anyhow!("No user {key}"),
             other => core_error(other),
         })
 }
@@ -288,9 +307,9 @@ fn set_verified(narutalk: &Narutalk, key: &str, verified: bool) -> anyhow::Resul
     )
 }
 
-/// `user 3 (kim@example.com) is verified`
+/// `User 3 (kim@example.com) is verified.`
 fn done(user: &User, what: &str) -> anyhow::Result<()> {
-    print_lines(&format!("user {} {what}", label(user)))
+    print_lines(&format!("User {} {what}.", label(user)))
 }
 
 /// `3 (kim@example.com)`
@@ -298,13 +317,13 @@ fn label(user: &User) -> String {
     format!("{} ({})", user.id, user.email)
 }
 
-fn list(users: &[User], json: bool) -> anyhow::Result<()> {
+fn list(users: &[User], json: bool, wide: bool) -> anyhow::Result<()> {
     if json {
         let users: Vec<UserJson<'_>> = users.iter().map(UserJson::from).collect();
         return print_json(&users);
     }
     if users.is_empty() {
-        eprintln!("no users match");
+        note("No users match.");
         return Ok(());
     }
     let mut rows = table([
@@ -333,7 +352,20 @@ fn list(users: &[User], json: bool) -> anyhow::Result<()> {
                 .map_or_else(|| "never".into(), minute),
         ]);
     }
-    print_table(&mut rows)
+    // Left out first when the terminal is narrow: the times, the department, then the
+    // flags, the role and the username; the id and email always stay whole.
+    let gives = [
+        Give::Keep,
+        Give::Keep,
+        Give::Drop(1),
+        Give::Drop(2),
+        Give::Drop(5),
+        Give::Drop(3),
+        Give::Drop(4),
+        Give::Drop(6),
+        Give::Drop(7),
+    ];
+    print_list(&mut rows, &gives, wide)
 }
 
 fn show(narutalk: &Narutalk, user: &User, json: bool) -> anyhow::Result<()> {

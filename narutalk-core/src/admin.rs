@@ -48,7 +48,7 @@ use std::ops::Range;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{self, Role, UserId, policy};
+use crate::accounts::{self, Role, UserId, password, policy};
 use crate::chat::admin::{self as chat_admin, Order};
 use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
 use crate::config::{AiBackend, Config, ConfigError, Secret};
@@ -280,14 +280,77 @@ pub enum ImportError {
         /// What was imported before.
         report: ImportReport,
     },
+    /// Sessions of the file belong to emails that are no user of the database, and the
+    /// import was not asked to create them ([`ImportOptions::create_owners`]). Nothing was
+    /// written.
+    #[error("{}", missing_owners_text(.emails))]
+    MissingOwners {
+        /// The emails, each once, in the file's order.
+        emails: Vec<String>,
+    },
     /// The database could not be read before anything was written.
     #[error(transparent)]
     Storage(#[from] Error),
 }
 
+/// How many missing owners [`ImportError::MissingOwners`] names before it counts the rest.
+const MISSING_OWNERS_NAMED: usize = 10;
+
+fn missing_owners_text(emails: &[String]) -> String {
+    let named: Vec<&str> = emails
+        .iter()
+        .take(MISSING_OWNERS_NAMED)
+        .map(String::as_str)
+        .collect();
+    let rest = emails.len().saturating_sub(named.len());
+    let more = if rest > 0 {
+        format!(" and {rest} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "{} owner(s) of the file's sessions are not users of this database: {}{more}",
+        emails.len(),
+        named.join(", ")
+    )
+}
+
+/// How an import treats owners the database lacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Create every owner the database lacks instead of refusing the file: role `user`,
+    /// not verified, a username from the email's local part (made unique), and a password
+    /// hash of random bytes that were thrown away, so that nobody can log in as them until
+    /// an administrator resets their password.
+    pub create_owners: bool,
+}
+
+/// Where an import is, reported after each batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImportProgress {
+    /// Messages of the file handled so far (added or found present).
+    pub messages_done: u64,
+    /// Messages in the file.
+    pub messages_total: u64,
+}
+
+/// An owner an import created ([`ImportOptions::create_owners`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CreatedOwner {
+    /// The new user's id.
+    pub id: UserId,
+    /// The username chosen for them.
+    pub username: String,
+    /// Their email, from the file.
+    pub email: String,
+}
+
 /// What an import did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ImportReport {
+    /// Owners the import created, in the file's order (only with
+    /// [`ImportOptions::create_owners`]).
+    pub owners_created: Vec<CreatedOwner>,
     /// Sessions that did not exist and were created.
     pub sessions_created: u64,
     /// Sessions that existed and received messages they lacked.
@@ -486,9 +549,124 @@ impl<'a> Admin<'a> {
     /// [`IMPORT_BATCH_ROWS`] rows: a session that does not exist is created with its
     /// messages; one that exists (same owner) receives only the messages it lacks (by id),
     /// appended in the file's order. Importing the same file twice adds nothing the second
-    /// time.
+    /// time. An owner the database lacks is an error ([`ImportError::MissingOwners`], naming
+    /// every one); [`Admin::import_with`] can create them instead.
     pub fn import(&self, file: &ImportFile) -> Result<ImportReport, ImportError> {
-        let owners = self.db.read(|conn| Ok(find_owners(conn, file)))??;
+        self.import_with(file, ImportOptions::default(), |_| {})
+    }
+
+    /// [`Admin::import`] with options, calling `progress` after each batch. With
+    /// [`ImportOptions::create_owners`] the missing owners are created in one transaction
+    /// once the whole file has been checked against the database (so a conflict creates
+    /// nobody), before the first batch; the report lists them.
+    pub fn import_with(
+        &self,
+        file: &ImportFile,
+        options: ImportOptions,
+        mut progress: impl FnMut(ImportProgress),
+    ) -> Result<ImportReport, ImportError> {
+        let (found, missing) = self.db.read(|conn| Ok(find_owners(conn, file)))??;
+        let mut created = Vec::new();
+        let owners: Vec<UserId> = if missing.is_empty() {
+            found.into_iter().flatten().collect()
+        } else if !options.create_owners {
+            return Err(ImportError::MissingOwners { emails: missing });
+        } else {
+            let by_email = self.create_owners(&missing, &mut created)?;
+            file.sessions
+                .iter()
+                .zip(found)
+                .map(|((_, session), owner)| {
+                    owner
+                        .or_else(|| by_email.get(session.owner_email.as_str()).copied())
+                        .ok_or_else(|| {
+                            ImportError::Storage(Error::Internal(format!(
+                                "the owner {} was not created",
+                                session.owner_email
+                            )))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let mut report = self
+            .import_sessions(file, &owners, &mut progress)
+            .map_err(|error| match error {
+                ImportError::Stopped {
+                    at,
+                    message,
+                    mut report,
+                } => {
+                    report.owners_created.clone_from(&created);
+                    ImportError::Stopped {
+                        at,
+                        message,
+                        report,
+                    }
+                }
+                other => other,
+            })?;
+        report.owners_created = created;
+        Ok(report)
+    }
+
+    /// Creates the users `emails` names in one transaction (an email that became a user
+    /// meanwhile is used as it is), each with the hash of one random password that is
+    /// thrown away. Returns every email's user id; `created` receives the new users.
+    fn create_owners(
+        &self,
+        emails: &[String],
+        created: &mut Vec<CreatedOwner>,
+    ) -> Result<HashMap<String, UserId>, ImportError> {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret)
+            .map_err(|e| Error::Internal(format!("random password for new owners: {e}")))?;
+        let unknown: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        // Hashed outside the write lock; one hash serves every owner of this import, since
+        // nobody knows the password it hides.
+        let hash = password::hash(&unknown)?;
+        let made = self.db.write(|tx| {
+            let mut by_email = HashMap::with_capacity(emails.len());
+            let mut made = Vec::new();
+            for email in emails {
+                let id = match accounts::admin::id_by_email(tx, email)? {
+                    Some(id) => id,
+                    None => {
+                        let user = accounts::admin::create_import_owner(tx, email, &hash)?;
+                        made.push(CreatedOwner {
+                            id: user.id,
+                            username: user.username,
+                            email: user.email,
+                        });
+                        user.id
+                    }
+                };
+                by_email.insert(email.clone(), id);
+            }
+            Ok((by_email, made))
+        })?;
+        created.extend(made.1);
+        Ok(made.0)
+    }
+
+    /// Writes the sessions of `file` (whose owners are `owners`, in its order) in batches.
+    fn import_sessions(
+        &self,
+        file: &ImportFile,
+        owners: &[UserId],
+        progress_to: &mut impl FnMut(ImportProgress),
+    ) -> Result<ImportReport, ImportError> {
+        let messages_total = file.message_count();
+        let mut messages_done = 0;
+        let mut batch_done = |batch: &[Slice]| {
+            messages_done += batch
+                .iter()
+                .map(|slice| u64::try_from(slice.messages.len()).unwrap_or(u64::MAX))
+                .sum::<u64>();
+            progress_to(ImportProgress {
+                messages_done,
+                messages_total,
+            });
+        };
         let mut progress = vec![RecordProgress::default(); file.sessions.len()];
         let mut batch: Vec<Slice> = Vec::new();
         let mut rows = 0;
@@ -496,7 +674,8 @@ impl<'a> Admin<'a> {
             let mut start = 0;
             loop {
                 if rows + 1 >= IMPORT_BATCH_ROWS {
-                    self.import_batch(file, &owners, &batch, &mut progress)?;
+                    self.import_batch(file, owners, &batch, &mut progress)?;
+                    batch_done(&batch);
                     batch.clear();
                     rows = 0;
                 }
@@ -514,7 +693,8 @@ impl<'a> Admin<'a> {
             }
         }
         if !batch.is_empty() {
-            self.import_batch(file, &owners, &batch, &mut progress)?;
+            self.import_batch(file, owners, &batch, &mut progress)?;
+            batch_done(&batch);
         }
         Ok(report(&progress))
     }
@@ -572,7 +752,7 @@ impl<'a> Admin<'a> {
             for slice in batch {
                 let (at, session, messages) = slice_of(slice);
                 if let Some(conflict) =
-                    chat_admin::import_conflict(tx, owners[slice.index], session, messages)?
+                    chat_admin::import_conflict(tx, Some(owners[slice.index]), session, messages)?
                 {
                     return Ok(Err((at, conflict)));
                 }
@@ -723,23 +903,23 @@ fn exported(
     })
 }
 
-/// The owner of every session of the file, in its order, or the first conflict with the
-/// database.
-fn find_owners(conn: &rusqlite::Connection, file: &ImportFile) -> Result<Vec<UserId>, ImportError> {
-    let mut by_email: HashMap<&str, UserId> = HashMap::new();
+/// The owner of every session of a file, in its order (`None` for an email that is no
+/// user), and the emails that are no user, each once, in the file's order.
+type FoundOwners = (Vec<Option<UserId>>, Vec<String>);
+
+/// The owners of the file's sessions, or the first conflict with the database.
+fn find_owners(conn: &rusqlite::Connection, file: &ImportFile) -> Result<FoundOwners, ImportError> {
+    let mut by_email: HashMap<&str, Option<UserId>> = HashMap::new();
     let mut owners = Vec::with_capacity(file.sessions.len());
+    let mut missing = Vec::new();
     for (at, session) in &file.sessions {
-        let invalid = |message: String| ImportError::Invalid { at: *at, message };
         let owner = match by_email.get(session.owner_email.as_str()) {
             Some(owner) => *owner,
             None => {
-                let owner =
-                    accounts::admin::id_by_email(conn, &session.owner_email)?.ok_or_else(|| {
-                        invalid(format!(
-                            "no user {} (the owner of session {})",
-                            session.owner_email, session.id
-                        ))
-                    })?;
+                let owner = accounts::admin::id_by_email(conn, &session.owner_email)?;
+                if owner.is_none() {
+                    missing.push(session.owner_email.clone());
+                }
                 by_email.insert(&session.owner_email, owner);
                 owner
             }
@@ -747,11 +927,14 @@ fn find_owners(conn: &rusqlite::Connection, file: &ImportFile) -> Result<Vec<Use
         if let Some(conflict) =
             chat_admin::import_conflict(conn, owner, session, &session.messages)?
         {
-            return Err(invalid(conflict));
+            return Err(ImportError::Invalid {
+                at: *at,
+                message: conflict,
+            });
         }
         owners.push(owner);
     }
-    Ok(owners)
+    Ok((owners, missing))
 }
 
 /// Part of one session's messages, written in one batch.

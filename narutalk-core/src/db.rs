@@ -110,6 +110,7 @@ pub struct Database {
     synchronous: Synchronous,
     writer: Writer,
     readers: ReaderPool,
+    migrated_at_open: usize,
 }
 
 impl std::fmt::Debug for Database {
@@ -156,7 +157,7 @@ impl Database {
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| open_error(e.to_string()))?;
-        migrate(&mut writer).map_err(|message| OpenError::Migration {
+        let migrated_at_open = migrate(&mut writer).map_err(|message| OpenError::Migration {
             path: path.to_owned(),
             message,
         })?;
@@ -168,6 +169,7 @@ impl Database {
             synchronous,
             writer: Writer::new(writer),
             readers: ReaderPool::new(path.to_owned(), synchronous, max_readers),
+            migrated_at_open,
         })
     }
 
@@ -182,6 +184,12 @@ impl Database {
             conn.query_row("SELECT 1", [], |_| Ok(()))?;
             Ok(())
         })
+    }
+
+    /// How many migrations [`Database::open`] applied to this file: 0 when its schema was
+    /// already current.
+    pub fn migrated_at_open(&self) -> usize {
+        self.migrated_at_open
     }
 
     /// The migrations recorded as applied, oldest first.
@@ -291,9 +299,10 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
     Ok(())
 }
 
-/// Applies pending migrations. When every embedded migration is already recorded the
-/// runner is not started at all, so an up-to-date database sees no write.
-fn migrate(conn: &mut Connection) -> Result<(), String> {
+/// Applies pending migrations and says how many it applied. When every embedded migration
+/// is already recorded the runner is not started at all, so an up-to-date database sees no
+/// write.
+fn migrate(conn: &mut Connection) -> Result<usize, String> {
     let runner = embedded::migrations::runner();
     let embedded = runner.get_migrations();
     let applied = applied_migrations(conn).map_err(|e| e.to_string())?;
@@ -320,9 +329,12 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         }
     }
     if applied.len() == embedded.len() {
-        return Ok(());
+        return Ok(0);
     }
-    runner.run(conn).map(|_| ()).map_err(|e| e.to_string())
+    runner
+        .run(conn)
+        .map(|report| report.applied_migrations().len())
+        .map_err(|e| e.to_string())
 }
 
 fn applied_migrations(conn: &Connection) -> rusqlite::Result<Vec<AppliedMigration>> {

@@ -10,7 +10,8 @@ use chrono::{Days, NaiveDate, Utc};
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, User};
 use narutalk_core::admin::{
-    IMPORT_BATCH_ROWS, ImportError, ImportFile, ImportReport, Location, SessionQuery,
+    CreatedOwner, IMPORT_BATCH_ROWS, ImportError, ImportFile, ImportOptions, ImportProgress,
+    ImportReport, Location, SessionQuery,
 };
 use narutalk_core::chat::{Category, SessionId};
 use narutalk_core::config::Config;
@@ -70,6 +71,10 @@ fn asked(narutalk: &Narutalk, user: &User, title: &str, category: Category) -> S
         .send_message(user.id, session.session.id, "What helps?")
         .unwrap();
     session.session.id
+}
+
+fn user_count(narutalk: &Narutalk) -> usize {
+    narutalk.accounts().list(&Default::default()).unwrap().len()
 }
 
 fn jsonl(records: &[Value]) -> Vec<u8> {
@@ -404,7 +409,7 @@ fn rusqlite_connection(fixture: &Fixture) -> rusqlite::Connection {
 }
 
 #[test]
-fn an_unknown_owner_or_a_conflicting_id_imports_nothing() {
+fn a_conflicting_id_imports_nothing() {
     let fixture = open();
     create(&fixture.narutalk, "kim", Role::Doctor);
     create(&fixture.narutalk, "lee", Role::Doctor);
@@ -415,23 +420,16 @@ fn an_unknown_owner_or_a_conflicting_id_imports_nothing() {
     .unwrap();
     let cases = [
         (
-            jsonl(&[
-                record(S2, "lee@example.com", &[]),
-                record(
-                    "33333333-3333-4333-8333-333333333333",
-                    "ghost@example.com",
-                    &[],
-                ),
-            ]),
-            "line 2: no user ghost@example.com (the owner of session 33333333-3333-4333-8333-333333333333)",
-        ),
-        (
             jsonl(&[record(S1, "lee@example.com", &[])]),
             "line 1: session 11111111-1111-4111-8111-111111111111 exists already and belongs to user 1, not to lee@example.com",
         ),
         (
             jsonl(&[record(S2, "lee@example.com", &[(M1, 1, "user", None)])]),
             "line 1: message aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaa1 exists already in another session (11111111-1111-4111-8111-111111111111)",
+        ),
+        (
+            jsonl(&[record(S1, "ghost@example.com", &[])]),
+            "line 1: session 11111111-1111-4111-8111-111111111111 exists already and belongs to user 1, not to ghost@example.com",
         ),
     ];
     for (file, expected) in cases {
@@ -684,4 +682,166 @@ fn the_administration_handle_needs_an_existing_database_and_no_signing_secret() 
     create(&opened, "kim", Role::Admin);
     assert!(!std::path::Path::new(narutalk_core::config::SECRET_FILE).exists());
     assert_eq!(admin::STATS_DAYS, 14);
+}
+
+#[test]
+fn missing_owners_are_named_each_once_and_nothing_is_imported_or_created() {
+    let fixture = open();
+    create(&fixture.narutalk, "lee", Role::Doctor);
+    let file = jsonl(&[
+        record(S1, "ghost@example.com", &[]),
+        record(S2, "lee@example.com", &[]),
+        record(
+            "33333333-3333-4333-8333-333333333333",
+            "ghost@example.com",
+            &[],
+        ),
+        record(
+            "44444444-4444-4444-8444-444444444444",
+            "shade@example.com",
+            &[],
+        ),
+    ]);
+
+    let error = import(&fixture.narutalk, &file).unwrap_err();
+
+    assert!(
+        matches!(&error, ImportError::MissingOwners { emails } if emails == &["ghost@example.com", "shade@example.com"]),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "2 owner(s) of the file's sessions are not users of this database: ghost@example.com, shade@example.com"
+    );
+    let admin = fixture.narutalk.admin();
+    assert!(admin.sessions(&SessionQuery::default()).unwrap().is_empty());
+    assert_eq!(user_count(&fixture.narutalk), 1);
+}
+
+#[test]
+fn create_owners_makes_unique_usernames_and_accounts_no_password_opens() {
+    // Arrange: `kim` and `kim2` are taken; `o'neil` holds a character a username may not;
+    // `'`'s local part keeps none.
+    let fixture = open();
+    let narutalk = &fixture.narutalk;
+    create(narutalk, "kim", Role::Nurse);
+    create(narutalk, "kim2", Role::Nurse);
+    let file = jsonl(&[
+        record(S1, "kim@hospital.example", &[(M1, 1, "user", None)]),
+        record(S2, "o'neil@hospital.example", &[]),
+        record(
+            "33333333-3333-4333-8333-333333333333",
+            "'@hospital.example",
+            &[],
+        ),
+        record(
+            "44444444-4444-4444-8444-444444444444",
+            "kim@hospital.example",
+            &[],
+        ),
+    ]);
+    let mut seen = Vec::new();
+
+    // Act
+    let report = narutalk
+        .admin()
+        .import_with(
+            &ImportFile::parse(&file).unwrap(),
+            ImportOptions {
+                create_owners: true,
+            },
+            |at| seen.push(at),
+        )
+        .unwrap();
+
+    // Assert
+    let owner = |id: i64, username: &str, email: &str| CreatedOwner {
+        id: narutalk_core::accounts::UserId(id),
+        username: username.to_owned(),
+        email: email.to_owned(),
+    };
+    assert_eq!(
+        report.owners_created,
+        [
+            owner(3, "kim3", "kim@hospital.example"),
+            owner(4, "oneil", "o'neil@hospital.example"),
+            owner(5, "user", "'@hospital.example"),
+        ]
+    );
+    assert_eq!((report.sessions_created, report.messages_added), (4, 1));
+    assert_eq!(
+        seen,
+        [ImportProgress {
+            messages_done: 1,
+            messages_total: 1
+        }]
+    );
+    for created in &report.owners_created {
+        let user = narutalk.accounts().get(created.id).unwrap();
+        assert_eq!(
+            (
+                user.role,
+                user.is_verified,
+                user.is_active,
+                user.department.as_str()
+            ),
+            (Role::User, false, true, "")
+        );
+        for password in [
+            PASSWORD,
+            "",
+            created.username.as_str(),
+            created.email.as_str(),
+        ] {
+            assert!(matches!(
+                narutalk.accounts().login(&created.email, password),
+                Err(Error::BadCredentials)
+            ));
+        }
+    }
+    assert_eq!(
+        narutalk
+            .admin()
+            .sessions(&SessionQuery {
+                owner: Some(report.owners_created[0].id),
+                ..SessionQuery::default()
+            })
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn create_owners_creates_nobody_when_the_file_conflicts_with_the_database() {
+    let fixture = open();
+    let kim = create(&fixture.narutalk, "kim", Role::Doctor);
+    asked(&fixture.narutalk, &kim, "Mine", Category::General);
+    let taken = fixture
+        .narutalk
+        .admin()
+        .sessions(&SessionQuery::default())
+        .unwrap()[0]
+        .session
+        .id
+        .to_string();
+    let file = jsonl(&[
+        record(S1, "new@example.com", &[]),
+        record(&taken, "other@example.com", &[]),
+    ]);
+
+    let error = fixture
+        .narutalk
+        .admin()
+        .import_with(
+            &ImportFile::parse(&file).unwrap(),
+            ImportOptions {
+                create_owners: true,
+            },
+            |_| {},
+        )
+        .unwrap_err();
+
+    assert!(matches!(error, ImportError::Invalid { .. }), "{error:?}");
+    assert_eq!(user_count(&fixture.narutalk), 1);
 }

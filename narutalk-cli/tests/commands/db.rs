@@ -114,7 +114,7 @@ fn check_fails_on_broken_counters_and_rows_without_parents() {
              \x20 session {session}: message_count 3 and last_seq 2, but it has 2 message(s) and its last seq is 2\n",
         ))
         .stderr(error_line(&format!(
-            "{} is damaged: 2 problem(s) found",
+            "Database {} is damaged: 2 problem(s) found.",
             env.database.display()
         )));
     let json = env
@@ -160,7 +160,7 @@ fn check_fails_on_an_index_that_disagrees_with_its_table() {
              session counters: ok\n",
         )
         .stderr(error_line(&format!(
-            "{} is damaged: 4 problem(s) found",
+            "Database {} is damaged: 4 problem(s) found.",
             env.database.display()
         )));
 }
@@ -176,7 +176,7 @@ fn a_backup_is_refused_onto_an_existing_file_unless_forced_and_never_onto_the_da
         .code(1)
         .stdout("")
         .stderr(error_line(
-            "taken.sqlite3 already exists (use --force to overwrite it)",
+            "taken.sqlite3 already exists (use --force to overwrite it).",
         ));
     assert_eq!(
         std::fs::read_to_string(env.path("taken.sqlite3")).unwrap(),
@@ -186,18 +186,49 @@ fn a_backup_is_refused_onto_an_existing_file_unless_forced_and_never_onto_the_da
         .assert()
         .code(1)
         .stderr(error_line(
-            "./db.sqlite3 is the database itself; choose another file",
-        ));
-    env.run(&["db", "backup", "missing-folder/copy.sqlite3"])
-        .assert()
-        .code(1)
-        .stderr(error_line(
-            "cannot write missing-folder/copy.sqlite3: the folder missing-folder does not exist",
+            "./db.sqlite3 is the database itself; choose another file.",
         ));
     env.run(&["db", "backup", "."])
         .assert()
         .code(1)
-        .stderr(error_line("cannot write .: . is a folder"));
+        .stderr(error_line("Cannot write .: . is a folder."));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_backup_creates_its_missing_folders_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // Arrange: `a` exists with its own mode; `b` and `c` do not.
+    let env = Env::new();
+    env.user("kim", Role::Doctor);
+    std::fs::create_dir(env.path("a")).unwrap();
+    std::fs::set_permissions(env.path("a"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |path: &str| {
+        std::fs::metadata(env.path(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+
+    // Act
+    let stdout = stdout_of(&mut env.run(&["db", "backup", "a/b/c/copy.sqlite3"]));
+
+    // Assert
+    assert!(
+        stdout.starts_with(&format!(
+            "Backed up {} to a/b/c/copy.sqlite3 (",
+            env.database.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(mode("a"), 0o755, "a folder that existed keeps its mode");
+    assert_eq!(mode("a/b"), 0o700);
+    assert_eq!(mode("a/b/c"), 0o700);
+    assert_eq!(mode("a/b/c/copy.sqlite3"), 0o600);
+    env.run(&["--database", "a/b/c/copy.sqlite3", "db", "check"])
+        .assert()
+        .success();
 }
 
 #[test]
@@ -210,7 +241,7 @@ fn a_forced_backup_replaces_the_file_with_a_sound_copy() {
 
     assert!(
         stdout.starts_with(&format!(
-            "backed up {} to copy.sqlite3 (",
+            "Backed up {} to copy.sqlite3 (",
             env.database.display()
         )),
         "{stdout}"

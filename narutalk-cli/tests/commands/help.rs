@@ -63,7 +63,7 @@ fn an_unknown_command_is_one_usage_line_with_exit_code_2() {
         .code(2)
         .stdout("")
         .stderr(error_line(
-            "unrecognized subcommand 'frobnicate' (see --help)",
+            "Unrecognized subcommand 'frobnicate' (see --help).",
         ));
 }
 
@@ -74,7 +74,7 @@ fn a_missing_argument_is_one_usage_line_with_exit_code_2() {
         .assert()
         .code(2)
         .stderr(error_line(
-            "the following required arguments were not provided: --email <EMAIL> (see --help)",
+            "The following required arguments were not provided: --email <EMAIL> (see --help).",
         ));
 }
 
@@ -101,7 +101,7 @@ fn a_bad_role_is_a_usage_error_listing_the_roles() {
             "--role <ROLE>"
         };
         env.run(args).assert().code(2).stdout("").stderr(error_line(&format!(
-            "invalid value 'boss' for '{flag}' [possible values: admin, doctor, nurse, user] (see --help)"
+            "Invalid value 'boss' for '{flag}' [possible values: admin, doctor, nurse, user] (see --help)."
         )));
     }
 }
@@ -113,19 +113,19 @@ fn a_filter_value_that_is_not_true_or_false_or_a_day_is_a_usage_error() {
         .assert()
         .code(2)
         .stderr(error_line(
-            "invalid value 'maybe' for '--verified <true|false>' [possible values: true, false] (see --help)",
+            "Invalid value 'maybe' for '--verified <true|false>' [possible values: true, false] (see --help).",
         ));
     env.run(&["session", "list", "--since", "26/11/2026"])
         .assert()
         .code(2)
         .stderr(error_line(
-            "invalid value '26/11/2026' for '--since <YYYY-MM-DD>': expected a day as YYYY-MM-DD (see --help)",
+            "Invalid value '26/11/2026' for '--since <YYYY-MM-DD>': expected a day as YYYY-MM-DD (see --help).",
         ));
     env.run(&["session", "export", "--format", "csv"])
         .assert()
         .code(2)
         .stderr(error_line(
-            "invalid value 'csv' for '--format <FORMAT>' [possible values: jsonl, json] (see --help)",
+            "Invalid value 'csv' for '--format <FORMAT>' [possible values: jsonl, json] (see --help).",
         ));
 }
 
@@ -174,7 +174,7 @@ fn every_command_but_migrate_refuses_a_missing_database_and_creates_nothing() {
             .code(1)
             .stdout("")
             .stderr(error_line(&format!(
-                "database {} does not exist (run `narutalk migrate` to create it)",
+                "Database {} does not exist (run `narutalk migrate` to create it).",
                 missing.display()
             )));
     }

@@ -5,6 +5,7 @@
 
 mod db;
 mod help;
+mod lists;
 mod migrate;
 mod sessions;
 mod stats;

@@ -1,6 +1,7 @@
 //! Protects `narutalk migrate`: the one command that creates a database, idempotent on an
-//! up-to-date one (it says `created` the first time, `migrated` after), and stopped by a
-//! bad setting with one line naming it.
+//! up-to-date one (it says `Created` the first time, that the schema is current after, and
+//! how many migrations it applied to an older database), and stopped by a bad setting with
+//! one line naming it.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -11,40 +12,68 @@ fn narutalk() -> Command {
     command
 }
 
+fn migrate(database: &std::path::Path) -> std::process::Output {
+    narutalk()
+        .arg("migrate")
+        .arg("--database")
+        .arg(database)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: std::process::Output) -> String {
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 #[test]
-fn migrate_creates_the_database_then_migrates_it_again_as_a_no_op() {
+fn migrate_creates_the_database_then_says_its_schema_is_current() {
     // Arrange
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("nested/db.sqlite3");
 
     // Act
-    let first = narutalk()
-        .arg("migrate")
-        .arg("--database")
-        .arg(&database)
-        .output()
-        .unwrap();
-    let second = narutalk()
-        .arg("migrate")
-        .arg("--database")
-        .arg(&database)
-        .output()
-        .unwrap();
+    let first = migrate(&database);
+    let second = migrate(&database);
 
     // Assert
-    assert!(first.status.success(), "{first:?}");
     assert_eq!(
-        String::from_utf8(first.stdout).unwrap(),
+        stdout(first),
         format!(
-            "created {}: 3 migration(s) applied, latest V3 write_probe\n",
+            "Created {} with 3 migration(s), the latest V3 write_probe.\n",
             database.display()
         )
     );
-    assert!(second.status.success(), "{second:?}");
     assert_eq!(
-        String::from_utf8(second.stdout).unwrap(),
+        stdout(second),
         format!(
-            "migrated {}: 3 migration(s) applied, latest V3 write_probe\n",
+            "The schema of {} is current (3 migration(s) applied, the latest V3 write_probe).\n",
+            database.display()
+        )
+    );
+}
+
+#[test]
+fn migrate_says_how_many_migrations_it_applied_to_an_older_database() {
+    // Arrange: a database as the build before V3 left it.
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite3");
+    stdout(migrate(&database));
+    let conn = rusqlite::Connection::open(&database).unwrap();
+    conn.execute_batch(
+        "DROP TABLE write_probe; DELETE FROM refinery_schema_history WHERE version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+
+    // Act
+    let output = migrate(&database);
+
+    // Assert
+    assert_eq!(
+        stdout(output),
+        format!(
+            "Migrated {}: 1 migration(s) applied now, 3 in all, the latest V3 write_probe.\n",
             database.display()
         )
     );

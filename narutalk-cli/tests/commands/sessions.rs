@@ -1,10 +1,13 @@
 //! Protects `narutalk session ...`: listing, showing and deleting any user's sessions,
 //! the export (JSON Lines or one JSON array, to a file or stdout, with the list's filters),
-//! and the import (whole file checked first, owners by email, idempotent by ids).
+//! and the import (whole file checked first, owners by email and created on request,
+//! idempotent by ids, progress on a terminal).
 
+use narutalk_core::Narutalk;
 use narutalk_core::accounts::Role;
 use narutalk_core::admin::SessionQuery;
 use narutalk_core::chat::Category;
+use narutalk_core::db::OpenMode;
 use narutalk_core::error::Error;
 use serde_json::{Value, json};
 
@@ -107,13 +110,13 @@ fn an_unknown_or_malformed_session_id_fails_with_one_line() {
             .assert()
             .code(1)
             .stdout("")
-            .stderr(error_line(&format!("no session {MISSING}")));
+            .stderr(error_line(&format!("No session {MISSING}.")));
     }
     env.run(&["session", "show", "11111111-1111-4111-8111-11111111111A"])
         .assert()
         .code(2)
         .stderr(error_line(
-            "invalid value '11111111-1111-4111-8111-11111111111A' for '<ID>': not a session id (a lower-case hyphenated UUID) (see --help)",
+            "Invalid value '11111111-1111-4111-8111-11111111111A' for '<ID>': not a session id (a lower-case hyphenated UUID) (see --help).",
         ));
 }
 
@@ -127,13 +130,13 @@ fn delete_refuses_without_a_terminal_and_deletes_any_owners_session_with_yes() {
         .assert()
         .code(2)
         .stderr(error_line(&format!(
-            "refusing to delete session {id} without confirmation: no terminal to ask on (add --yes)"
+            "Refusing to delete session {id} without confirmation: no terminal to ask on (add --yes)."
         )));
     env.run(&["session", "delete", &id.to_string(), "--yes"])
         .assert()
         .success()
         .stdout(format!(
-            "deleted session {id} (\"Headache\" of kim@example.com, 2 message(s))\n"
+            "Deleted session {id} (\"Headache\" of kim@example.com, 2 message(s)).\n"
         ))
         .stderr("");
 
@@ -180,7 +183,7 @@ fn export_writes_json_lines_or_one_array_to_stdout_or_a_file() {
     );
     assert_eq!(
         to_file,
-        "exported 1 session(s) with 2 message(s) to out.jsonl\n"
+        "Exported 1 session(s) with 2 message(s) to out.jsonl.\n"
     );
     #[cfg(unix)]
     {
@@ -201,7 +204,7 @@ fn export_writes_json_lines_or_one_array_to_stdout_or_a_file() {
         .assert()
         .code(1)
         .stderr(error_line(
-            "db.sqlite3 is the database itself; choose another file",
+            "db.sqlite3 is the database itself; choose another file.",
         ));
     let names: Vec<String> = std::fs::read_dir(env.dir.path())
         .unwrap()
@@ -237,10 +240,10 @@ fn an_export_imported_into_another_database_twice_creates_no_duplicates() {
 
     // Act and assert
     target.run(&["session", "import", file_arg]).assert().success().stdout(format!(
-        "imported {file_arg}: 2 session(s) created, 0 extended, 0 unchanged; 4 message(s) added, 0 already present\n"
+        "Imported {file_arg}: 2 session(s) created, 0 extended, 0 unchanged; 4 message(s) added, 0 already present.\n"
     ));
     target.run(&["session", "import", file_arg]).assert().success().stdout(format!(
-        "imported {file_arg}: 0 session(s) created, 0 extended, 2 unchanged; 0 message(s) added, 4 already present\n"
+        "Imported {file_arg}: 0 session(s) created, 0 extended, 2 unchanged; 0 message(s) added, 4 already present.\n"
     ));
     let exported_again = stdout_of(&mut target.run(&["session", "export"]));
     assert_eq!(exported_again, std::fs::read_to_string(&file).unwrap());
@@ -257,19 +260,18 @@ fn an_export_imported_into_another_database_twice_creates_no_duplicates() {
 }
 
 #[test]
-fn a_malformed_or_truncated_file_or_an_unknown_owner_imports_nothing() {
-    // Arrange: a valid two-session export of kim, and a target where lee exists only.
+fn a_malformed_or_truncated_file_imports_nothing() {
+    // Arrange: a valid two-session export of kim, and a target where kim exists too.
     let source = Env::new();
     let kim = source.user("kim", Role::Doctor);
     source.session(&kim, "Headache", Category::Medical);
     source.session(&kim, "Cough", Category::General);
     let lines = stdout_of(&mut source.run(&["session", "export"]));
     let target = Env::new();
-    target.user("lee", Role::Doctor);
+    target.user("kim", Role::Doctor);
     let second_line_start = lines.find('\n').unwrap() + 1;
     let truncated = &lines[..second_line_start + 40];
     let malformed = lines.replacen("\"category\":\"medical\"", "\"category\":\"surgery\"", 1);
-    let lee_first = lines.replacen("kim@example.com", "lee@example.com", 1);
     let cases = [
         (
             "truncated.jsonl",
@@ -281,16 +283,7 @@ fn a_malformed_or_truncated_file_or_an_unknown_owner_imports_nothing() {
             malformed,
             "line 1: category \"surgery\" is not one of medical, general, emergency, consultation",
         ),
-        (
-            "owner.jsonl",
-            lee_first,
-            "line 2: no user kim@example.com (the owner of session SESSION)",
-        ),
     ];
-    let second_id = serde_json::from_str::<Value>(lines.lines().nth(1).unwrap()).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     for (name, content, message) in cases {
         std::fs::write(target.path(name), content).unwrap();
 
@@ -301,8 +294,7 @@ fn a_malformed_or_truncated_file_or_an_unknown_owner_imports_nothing() {
             .code(1)
             .stdout("")
             .stderr(error_line(&format!(
-                "{name}: {}; nothing was imported",
-                message.replace("SESSION", &second_id)
+                "Cannot import {name}: {message}; nothing was imported."
             )));
         assert!(
             target
@@ -319,6 +311,161 @@ fn a_malformed_or_truncated_file_or_an_unknown_owner_imports_nothing() {
         .assert()
         .code(1)
         .stderr(error_line(
-            "cannot read absent.jsonl: No such file or directory (os error 2)",
+            "Cannot read absent.jsonl: No such file or directory (os error 2).",
         ));
+}
+
+/// An export of two owners' sessions: `kim@example.com` (username `kim`) and
+/// `o'neil@example.com`, whose local part is no valid username.
+fn two_owners_export(source: &Env) -> String {
+    let kim = source.user("kim", Role::Doctor);
+    let oneil = source.account("o'neil@example.com", "oneil", Role::User, true);
+    source.session(&kim, "Headache", Category::Medical);
+    source.session(&oneil, "Cough", Category::General);
+    stdout_of(&mut source.run(&["session", "export"]))
+}
+
+#[test]
+fn an_import_without_the_owners_names_them_and_the_flag_that_creates_them() {
+    // Arrange
+    let source = Env::new();
+    let target = Env::new();
+    std::fs::write(target.path("all.jsonl"), two_owners_export(&source)).unwrap();
+
+    // Act and assert
+    target
+        .run(&["session", "import", "all.jsonl"])
+        .assert()
+        .code(1)
+        .stdout("")
+        .stderr(error_line(
+            "Cannot import all.jsonl: 2 owner(s) of the file's sessions are not users of this database: kim@example.com, o'neil@example.com; nothing was imported (--create-owners creates them).",
+        ));
+    assert!(
+        target
+            .core()
+            .accounts()
+            .list(&Default::default())
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn create_owners_makes_users_with_unique_usernames_whom_no_password_logs_in() {
+    // Arrange: `kim` is taken in the target by another account.
+    let source = Env::new();
+    let target = Env::new();
+    let other = target.account("kim@elsewhere.example", "kim", Role::Nurse, true);
+    std::fs::write(target.path("all.jsonl"), two_owners_export(&source)).unwrap();
+
+    // Act
+    let first = target
+        .run(&["session", "import", "all.jsonl", "--create-owners"])
+        .assert()
+        .success()
+        .stderr("")
+        .get_output()
+        .stdout
+        .clone();
+    let again = stdout_of(&mut target.run(&["session", "import", "all.jsonl"]));
+
+    // Assert
+    assert_eq!(
+        String::from_utf8(first).unwrap(),
+        "Imported all.jsonl: 2 session(s) created, 0 extended, 0 unchanged; 4 message(s) added, 0 already present.\n\
+         Created 2 owner(s) with the role user and no usable password (set one with `narutalk user reset-password`): 2 kim2 (kim@example.com), 3 oneil (o'neil@example.com).\n"
+    );
+    assert_eq!(
+        again,
+        "Imported all.jsonl: 0 session(s) created, 0 extended, 2 unchanged; 0 message(s) added, 4 already present.\n"
+    );
+    let core = Narutalk::open(&target.config(), OpenMode::MustExist).unwrap();
+    for (email, username) in [("kim@example.com", "kim2"), ("o'neil@example.com", "oneil")] {
+        let user = core.accounts().find_by_email(email).unwrap();
+        assert_eq!(
+            (
+                user.username.as_str(),
+                user.role,
+                user.is_verified,
+                user.is_active
+            ),
+            (username, Role::User, false, true)
+        );
+        for password in [crate::support::PASSWORD, "", username, email] {
+            assert!(
+                matches!(
+                    core.accounts().login(email, password),
+                    Err(Error::BadCredentials)
+                ),
+                "{email} logged in with {password:?}"
+            );
+        }
+        let sessions = core
+            .admin()
+            .sessions(&SessionQuery {
+                owner: Some(user.id),
+                ..SessionQuery::default()
+            })
+            .unwrap();
+        assert_eq!(sessions.len(), 1);
+    }
+    assert_eq!(core.accounts().get(other.id).unwrap().username, "kim");
+    target.run(&["db", "check"]).assert().success();
+}
+
+#[test]
+fn an_import_on_a_terminal_shows_its_progress_and_clears_it() {
+    // Arrange: a file of 1,200 messages, more than two batches.
+    let source = Env::new();
+    let kim = source.user("kim", Role::Doctor);
+    let core = source.core();
+    let session = core
+        .chat()
+        .create_session(kim.id, "Long", Category::General)
+        .unwrap()
+        .session
+        .id;
+    for n in 0..600 {
+        core.send_message(kim.id, session, &format!("Question {n}"))
+            .unwrap();
+    }
+    let target = Env::new();
+    target.user("kim", Role::Doctor);
+    std::fs::write(
+        target.path("kim.jsonl"),
+        stdout_of(&mut source.run(&["session", "export"])),
+    )
+    .unwrap();
+
+    // Act
+    let Some(shown) = target.on_terminal(
+        &["session", "import", "kim.jsonl"],
+        24,
+        100,
+        "an_import_on_a_terminal_shows_its_progress_and_clears_it",
+    ) else {
+        return;
+    };
+    let piped = target
+        .run(&["session", "import", "kim.jsonl"])
+        .assert()
+        .success()
+        .get_output()
+        .stderr
+        .clone();
+
+    // Assert
+    assert!(shown.contains("/1200 messages"), "{shown:?}");
+    assert!(
+        shown.ends_with(
+            "Imported kim.jsonl: 1 session(s) created, 0 extended, 0 unchanged; 1200 message(s) added, 0 already present.\n"
+        ),
+        "{shown:?}"
+    );
+    assert_eq!(
+        String::from_utf8(piped).unwrap(),
+        "",
+        "no progress in a pipe"
+    );
 }

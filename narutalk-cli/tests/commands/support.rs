@@ -59,17 +59,22 @@ impl Env {
         }
     }
 
-    /// A user `name@example.com` with [`PASSWORD`], created through the core.
+    /// A user `name@example.com` with [`PASSWORD`], not verified, created through the core.
     pub fn user(&self, name: &str, role: Role) -> User {
+        self.account(&format!("{name}@example.com"), name, role, false)
+    }
+
+    /// A user with [`PASSWORD`] and these fields, created through the core.
+    pub fn account(&self, email: &str, username: &str, role: Role, is_verified: bool) -> User {
         self.core()
             .accounts()
             .create(&NewUser {
-                email: format!("{name}@example.com"),
-                username: name.to_owned(),
+                email: email.to_owned(),
+                username: username.to_owned(),
                 password: PASSWORD.to_owned(),
                 role,
                 department: String::new(),
-                is_verified: false,
+                is_verified,
             })
             .unwrap()
     }
@@ -106,4 +111,61 @@ pub fn stdout_of(command: &mut Command) -> String {
 /// Stdout of a successful run, parsed as JSON.
 pub fn json_of(command: &mut Command) -> serde_json::Value {
     serde_json::from_str(&stdout_of(command)).unwrap()
+}
+
+impl Env {
+    /// `narutalk ARGS` on this database on a real terminal of `rows` by `columns`: a
+    /// pseudo-terminal that `script` (util-linux) opens, sized with `stty`. Returns what
+    /// the terminal showed (stdout and stderr as they interleave, `\r\n` turned into
+    /// `\n`) after checking that the command succeeded, or `None` when `script` is missing
+    /// (the test then skips with a line).
+    pub fn on_terminal(
+        &self,
+        args: &[&str],
+        rows: u16,
+        columns: u16,
+        test: &str,
+    ) -> Option<String> {
+        let script = require("script", "bsdutils", test)?;
+        let quoted: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_narutalk"))
+            .chain(args.iter().copied())
+            .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
+            .collect();
+        let output = std::process::Command::new(script)
+            .args(["--quiet", "--return", "--command"])
+            .arg(format!(
+                "stty rows {rows} cols {columns}; exec {}",
+                quoted.join(" ")
+            ))
+            .arg("/dev/null")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TERM", "xterm")
+            .env("NARUTALK_DATABASE", &self.database)
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&output.stdout).replace("\r\n", "\n");
+        assert!(output.status.success(), "{output:?}: {shown}");
+        Some(shown)
+    }
+}
+
+/// The path of `program`, or `None` after printing why the calling test skips; a panic
+/// instead under `NARUTALK_REQUIRE_ALL=1`.
+pub fn require(program: &str, package: &str, test: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file());
+    if found.is_some() {
+        return found;
+    }
+    let line = format!("{test}: skipped: `{program}` is missing (Debian package `{package}`)");
+    if std::env::var("NARUTALK_REQUIRE_ALL").is_ok_and(|value| value == "1") {
+        panic!("{line}, and NARUTALK_REQUIRE_ALL=1 forbids skipping");
+    }
+    eprintln!("{line}");
+    None
 }

@@ -40,7 +40,7 @@ fn the_first_admin_is_created_verified_with_the_password_from_standard_input() {
     // Assert
     assert_eq!(
         stdout,
-        "created user 1 (root@example.com, root), role admin, verified\n"
+        "Created user 1 (root@example.com, root), role admin, verified.\n"
     );
     let user = env.core().accounts().get(UserId(1)).unwrap();
     assert_eq!(
@@ -62,27 +62,27 @@ fn creation_applies_the_contracts_rules_with_one_line_naming_each_field() {
         (
             &["--email", "lee@example.com", "--username", "lee"],
             "12345678\n",
-            "cannot create user lee@example.com: password: This password is too common. This password is entirely numeric.",
+            "Cannot create user lee@example.com: password: This password is too common. This password is entirely numeric.",
         ),
         (
             &["--email", "lee@example.com", "--username", "lee"],
             "lee@example.com\n",
-            "cannot create user lee@example.com: password: The password is too similar to the email address.",
+            "Cannot create user lee@example.com: password: The password is too similar to the email address.",
         ),
         (
             &["--email", "not-an-email", "--username", "lee"],
             "violet-harbour-42\n",
-            "cannot create user not-an-email: email: Enter a valid email address.",
+            "Cannot create user not-an-email: email: Enter a valid email address.",
         ),
         (
             &["--email", "KIM@example.com", "--username", "kim"],
             "violet-harbour-42\n",
-            "cannot create user KIM@example.com: email: user with this email already exists.; username: A user with that username already exists.",
+            "Cannot create user KIM@example.com: email: user with this email already exists. username: A user with that username already exists.",
         ),
         (
             &["--email", "lee@example.com", "--username", "lee!"],
             "violet-harbour-42\n",
-            "cannot create user lee@example.com: username: Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.",
+            "Cannot create user lee@example.com: username: Enter a valid username. This value may contain only letters, numbers, and @/./+/-/_ characters.",
         ),
     ];
     for (flags, stdin, message) in cases {
@@ -121,7 +121,7 @@ fn the_password_never_comes_from_a_flag_and_needs_a_terminal_or_standard_input()
         .assert()
         .code(2)
         .stderr(error_line(
-            "no terminal to ask for the password on; pipe it in with --password-stdin",
+            "No terminal to ask for the password on; pipe it in with --password-stdin.",
         ));
     let mut with_flag = create.to_vec();
     with_flag.extend(["--password", PASSWORD]);
@@ -129,22 +129,22 @@ fn the_password_never_comes_from_a_flag_and_needs_a_terminal_or_standard_input()
         .assert()
         .code(2)
         .stderr(error_line(
-            "unexpected argument '--password' found; tip: a similar argument exists: '--password-stdin' (see --help)",
+            "Unexpected argument '--password' found; tip: a similar argument exists: '--password-stdin' (see --help).",
         ));
     let mut from_stdin = create.to_vec();
     from_stdin.push("--password-stdin");
     for (stdin, message) in [
         (
             "",
-            "no password on standard input (--password-stdin reads it from there)",
+            "No password on standard input (--password-stdin reads it from there).",
         ),
         (
             "\n",
-            "no password on standard input (--password-stdin reads it from there)",
+            "No password on standard input (--password-stdin reads it from there).",
         ),
         (
             "violet-harbour-42\nsecond line\n",
-            "standard input holds more than one line; --password-stdin takes the password alone",
+            "Standard input holds more than one line; --password-stdin takes the password alone.",
         ),
     ] {
         env.run(&from_stdin)
@@ -199,7 +199,7 @@ fn list_filters_by_role_verification_activity_and_search() {
         .assert()
         .success()
         .stdout("")
-        .stderr("no users match\n");
+        .stderr("No users match.\n");
 }
 
 #[test]
@@ -277,7 +277,7 @@ fn every_command_naming_an_unknown_user_fails_with_one_line() {
                 .assert()
                 .code(1)
                 .stdout("")
-                .stderr(error_line(&format!("no user {key}")));
+                .stderr(error_line(&format!("No user {key}.")));
         }
     }
 }
@@ -289,31 +289,31 @@ fn role_verification_and_activation_change_and_say_so() {
     let steps: &[(&[&str], &str)] = &[
         (
             &["user", "set-role", "kim@example.com", "doctor"],
-            "user 1 (kim@example.com) has the role doctor\n",
+            "User 1 (kim@example.com) has the role doctor.\n",
         ),
         (
             &["user", "verify", "kim@example.com"],
-            "user 1 (kim@example.com) is verified\n",
+            "User 1 (kim@example.com) is verified.\n",
         ),
         (
             &["user", "verify", "1"],
-            "user 1 (kim@example.com) is verified\n",
+            "User 1 (kim@example.com) is verified.\n",
         ),
         (
             &["user", "unverify", "1"],
-            "user 1 (kim@example.com) is not verified\n",
+            "User 1 (kim@example.com) is not verified.\n",
         ),
         (
             &["user", "deactivate", "1"],
-            "user 1 (kim@example.com) is deactivated; every token it held is revoked\n",
+            "User 1 (kim@example.com) is deactivated; every token it held is revoked.\n",
         ),
         (
             &["user", "activate", "1"],
-            "user 1 (kim@example.com) is active\n",
+            "User 1 (kim@example.com) is active.\n",
         ),
         (
             &["user", "verify", "1"],
-            "user 1 (kim@example.com) is verified\n",
+            "User 1 (kim@example.com) is verified.\n",
         ),
     ];
     for (args, stdout) in steps {
@@ -396,13 +396,13 @@ fn a_reset_password_is_checked_against_the_rules() {
         .assert()
         .code(1)
         .stderr(error_line(
-            "cannot reset the password of user 1 (kim@example.com): password: The password is too similar to the username. This password is too short. It must contain at least 8 characters. This password is too common.",
+            "Cannot reset the password of user 1 (kim@example.com): password: The password is too similar to the username. This password is too short. It must contain at least 8 characters. This password is too common.",
         ));
     env.run(&["user", "reset-password", "1"])
         .assert()
         .code(2)
         .stderr(error_line(
-            "no terminal to ask for the password on; pipe it in with --password-stdin",
+            "No terminal to ask for the password on; pipe it in with --password-stdin.",
         ));
     assert!(
         env.core()
@@ -423,14 +423,14 @@ fn delete_asks_first_refuses_without_a_terminal_and_deletes_with_yes() {
         .code(2)
         .stdout("")
         .stderr(error_line(
-            "refusing to delete user 1 (kim@example.com) without confirmation: no terminal to ask on (add --yes)",
+            "Refusing to delete user 1 (kim@example.com) without confirmation: no terminal to ask on (add --yes).",
         ));
     assert!(env.core().accounts().get(kim.id).is_ok());
 
     env.run(&["user", "delete", "kim@example.com", "--yes"])
         .assert()
         .success()
-        .stdout("deleted user 1 (kim@example.com) with 1 session(s) and 2 message(s)\n")
+        .stdout("Deleted user 1 (kim@example.com) with 1 session(s) and 2 message(s).\n")
         .stderr("");
     assert!(matches!(
         env.core().accounts().get(kim.id),

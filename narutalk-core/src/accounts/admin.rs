@@ -1,15 +1,73 @@
 //! The SQL behind [`crate::admin`] on the users table: owners looked up by email for an
-//! import, and the users counted by role, verification and activity for the statistics.
+//! import (and created when the administrator asks), and the users counted by role,
+//! verification and activity for the statistics.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 
-use super::{Role, UserId, user_with_hash_by_email};
+use super::{
+    Role, USERNAME_MAX_CHARS, User, UserId, exists, policy, user_by_id, user_with_hash_by_email,
+};
 use crate::admin::RoleCount;
 use crate::error::Error;
+use crate::time;
+
+/// The username an owner created by an import starts from when its email's local part
+/// keeps no valid character.
+const FALLBACK_USERNAME: &str = "user";
 
 /// The id of the user with this email (already lower-cased, as stored), if any.
 pub(crate) fn id_by_email(conn: &Connection, email: &str) -> Result<Option<UserId>, Error> {
     Ok(user_with_hash_by_email(conn, email)?.map(|(user, _)| user.id))
+}
+
+/// Creates the owner of imported sessions: `email` (already lower-cased, as stored), role
+/// `user`, not verified, active, department empty, with `password_hash` (a hash of a
+/// password nobody knows, so that no login can match it until an administrator resets
+/// it). The username is the email's local part with the characters a username may not
+/// hold left out (`user` when none is left), cut to fit, and made unique with the first
+/// free numeric suffix from 2 (`kim`, `kim2`, `kim3`, ...).
+pub(crate) fn create_import_owner(
+    conn: &Connection,
+    email: &str,
+    password_hash: &str,
+) -> Result<User, Error> {
+    let local = email.rsplit_once('@').map_or(email, |(local, _)| local);
+    let mut base: String = local
+        .chars()
+        .filter(|c| policy::is_valid_username(c.encode_utf8(&mut [0; 4])))
+        .take(USERNAME_MAX_CHARS - 20)
+        .collect();
+    if base.is_empty() {
+        base = FALLBACK_USERNAME.to_owned();
+    }
+    let taken = |name: &str| {
+        exists(
+            conn,
+            "SELECT 1 FROM users WHERE username = ?1 AND id != ?2",
+            name,
+            0,
+        )
+    };
+    let mut username = base.clone();
+    let mut suffix: u64 = 2;
+    while taken(&username)? {
+        username = format!("{base}{suffix}");
+        suffix += 1;
+    }
+    conn.prepare_cached(
+        "INSERT INTO users (username, email, password_hash, role, department, is_verified, date_joined) \
+         VALUES (?1, ?2, ?3, ?4, '', 0, ?5)",
+    )?
+    .execute(params![
+        username,
+        email,
+        password_hash,
+        Role::User.as_str(),
+        time::to_micros(&time::now())
+    ])?;
+    let id = UserId(conn.last_insert_rowid());
+    user_by_id(conn, id)?
+        .ok_or_else(|| Error::Internal(format!("user {id} vanished after its insert")))
 }
 
 /// One row per role, in the contract's order, zeros included.

@@ -88,20 +88,23 @@ pub(crate) fn activity(conn: &Connection, owner: UserId) -> Result<(u64, u64), E
 
 /// Why `messages` of `record` cannot be imported for `owner`, if they cannot: the owner is
 /// gone, the session belongs to someone else, or a message id is used in another session.
+/// `None` is an owner the import has yet to create, to whom no session belongs.
 pub(crate) fn import_conflict(
     conn: &Connection,
-    owner: UserId,
+    owner: Option<UserId>,
     record: &ExportedSession,
     messages: &[ExportedMessage],
 ) -> Result<Option<String>, Error> {
-    if user_by_id(conn, owner)?.is_none() {
+    if let Some(owner) = owner
+        && user_by_id(conn, owner)?.is_none()
+    {
         return Ok(Some(format!(
             "no user {} any more (deleted during the import)",
             record.owner_email
         )));
     }
     if let Some(existing) = session_by_id(conn, record.id)?
-        && existing.user_id != owner
+        && Some(existing.user_id) != owner
     {
         return Ok(Some(format!(
             "session {} exists already and belongs to user {}, not to {}",

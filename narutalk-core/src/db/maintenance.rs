@@ -271,11 +271,18 @@ impl Database {
     /// copy is written to a temporary file beside the target, checked with
     /// `PRAGMA quick_check`, synced, and only then moved to `target`, so a failed or killed
     /// backup never leaves a half file there. Without `overwrite` an existing target is
-    /// refused; the database itself never is a valid target.
+    /// refused; the database itself never is a valid target. Missing folders on the way to
+    /// `target` are created readable by their owner only (mode 0700): a backup holds every
+    /// conversation and password hash. Folders that exist keep their mode.
     pub fn backup_to(&self, target: &Path, overwrite: bool) -> Result<Backup, BackupError> {
         let started = Instant::now();
         if self.is_own_file(target) {
             return Err(BackupError::TargetIsDatabase(target.to_owned()));
+        }
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_folders(dir).map_err(|e| {
+                BackupError::Io(format!("cannot create the folder {}: {e}", dir.display()))
+            })?;
         }
         let pending = PendingFile::new(target, overwrite).map_err(|e| match e.kind() {
             io::ErrorKind::AlreadyExists => BackupError::TargetExists(target.to_owned()),
@@ -327,6 +334,22 @@ impl Database {
         configure(&conn, self.synchronous)?;
         Ok(conn)
     }
+}
+
+/// Creates `dir` and its missing parents with mode 0700 (owner only) on Unix; folders
+/// that exist already are left as they are.
+fn create_private_folders(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 fn copy_failure(error: rusqlite::Error, pending: &PendingFile) -> BackupError {
