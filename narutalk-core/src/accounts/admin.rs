@@ -12,7 +12,7 @@ pub(crate) fn id_by_email(conn: &Connection, email: &str) -> Result<Option<UserI
     Ok(user_with_hash_by_email(conn, email)?.map(|(user, _)| user.id))
 }
 
-/// One row per role, in the contract's order, zeros included.
+/// One row per role, in the API's order, zeros included.
 pub(crate) fn role_counts(conn: &Connection) -> Result<Vec<RoleCount>, Error> {
     let mut counts: Vec<RoleCount> = Role::ALL
         .into_iter()
