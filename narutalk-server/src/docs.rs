@@ -114,9 +114,45 @@ impl Modify for WebSocketDocs {
         openapi.info.description = Some(format!(
             "{intro}\n\nThe whole reference, REST and WebSocket, is served as Markdown at \
              [`/api/docs/reference`](/api/docs/reference).\n\n{}",
-            websocket_part(REFERENCE)
+            unwrap_lines(websocket_part(REFERENCE))
         ));
     }
+}
+
+/// Markdown whose paragraphs and list items each fill one line: Swagger UI renders every
+/// line break as a break (Remarkable's `breaks`), while the reference wraps its text at a
+/// fixed width. Headings, table rows, blank lines and fenced code stay as they are; a
+/// line that continues a paragraph or a list item joins the line before it.
+fn unwrap_lines(markdown: &str) -> String {
+    let mut out = String::with_capacity(markdown.len());
+    let mut in_code = false;
+    let mut joinable = false;
+    for line in markdown.lines() {
+        let fence = line.trim_start().starts_with("```");
+        let starts_block = line.is_empty()
+            || fence
+            || line.starts_with('#')
+            || line.starts_with('|')
+            || line.trim_start().starts_with("- ");
+        if !in_code && joinable && !starts_block {
+            out.push(' ');
+            out.push_str(line.trim_start());
+        } else {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(line);
+        }
+        if fence {
+            in_code = !in_code;
+        }
+        joinable = !in_code
+            && !fence
+            && !line.is_empty()
+            && !line.starts_with('#')
+            && !line.starts_with('|');
+    }
+    out
 }
 
 /// The document as a JSON value, with two things utoipa's model cannot say:
@@ -1097,7 +1133,18 @@ mod tests {
         assert!(part.contains("### Heartbeat and closing"), "{part}");
         assert!(!part.contains("\n## "), "the next chapter: {part}");
         let description = ApiDoc::openapi().info.description.unwrap_or_default();
-        assert!(description.ends_with(part), "{description}");
+        assert!(description.ends_with(&unwrap_lines(part)), "{description}");
+    }
+
+    #[test]
+    fn wrapped_paragraphs_and_list_items_become_one_line_each() {
+        let wrapped = "## Title\nA paragraph\nwrapped.\n\n- an item\n  continued\n- another\n\n\
+                       | a | b |\n|---|---|\n| c | d |\n\n```text\nkept\nas is\n```\nafter";
+        assert_eq!(
+            unwrap_lines(wrapped),
+            "## Title\nA paragraph wrapped.\n\n- an item continued\n- another\n\n\
+             | a | b |\n|---|---|\n| c | d |\n\n```text\nkept\nas is\n```\nafter"
+        );
     }
 
     #[test]
