@@ -379,7 +379,7 @@ pub struct Stats {
 pub struct UserStats {
     /// Every user.
     pub total: u64,
-    /// One row per role, in the contract's order, zeros included.
+    /// One row per role, in the API's order, zeros included.
     pub by_role: Vec<RoleCount>,
 }
 
@@ -405,7 +405,7 @@ pub struct RoleCount {
 pub struct SessionStats {
     /// Every session.
     pub total: u64,
-    /// One row per category, in the contract's order, zeros included.
+    /// One row per category, in the API's order, zeros included.
     pub by_category: Vec<CategoryCount>,
 }
 

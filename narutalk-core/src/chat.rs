@@ -1,4 +1,4 @@
-//! Chat sessions and messages, and the storage side of the AI turn (contract section 3).
+//! Chat sessions and messages, and the storage side of the AI turn (`docs/API.md`, Chat).
 //!
 //! Every operation takes the acting user and treats another user's session exactly like a
 //! missing one ([`Error::NotFound`]). Every message gets a per-session sequence number when
@@ -52,7 +52,7 @@ pub const AI_UNAVAILABLE: &str = "The assistant is unavailable right now. Please
 pub const UNKNOWN_MESSAGE_ID: &str = "Unknown message id.";
 /// `Ensure this value has at most 16384 bytes.` (under `metadata`).
 pub const METADATA_TOO_LARGE: &str = "Ensure this value has at most 16384 bytes.";
-/// The message for a malformed `Idempotency-Key` (the contract allows 1-64 visible ASCII
+/// The message for a malformed `Idempotency-Key` (the API allows 1-64 visible ASCII
 /// characters and names no message; this one says what is allowed).
 pub const IDEMPOTENCY_KEY_INVALID: &str = "Must be 1 to 64 visible ASCII characters.";
 /// The field name under which a malformed idempotency key is reported.
@@ -122,7 +122,7 @@ macro_rules! choice_enum {
         }
 
         impl $name {
-            /// Every value, in the contract's order.
+            /// Every value, in the API's order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
             /// The stored and shown name.
@@ -270,7 +270,7 @@ pub struct SessionDetail {
     pub messages: Vec<Message>,
 }
 
-/// A session as the list shows it: with its last message. It serializes as the contract's
+/// A session as the list shows it: with its last message. It serializes as the API's
 /// list item (`ChatSessionListSerializer`), which has no `is_active`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
@@ -394,7 +394,7 @@ pub struct SessionFilter {
 }
 
 impl SessionFilter {
-    /// Reads the `category` and `is_active` query parameters with the contract's messages;
+    /// Reads the `category` and `is_active` query parameters with the API's messages;
     /// an empty value means no filter.
     pub fn parse(category: Option<&str>, is_active: Option<&str>) -> Result<Self, Error> {
         let mut errors = FieldErrors::new();

@@ -1,4 +1,4 @@
-//! Narutalk's settings: every setting of contract section 8, how its layers
+//! Narutalk's settings: every setting of README's Settings, how its layers
 //! are combined, and how each value is parsed and validated.
 //!
 //! Priority, lowest to highest:
@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_AI_SYSTEM_PROMPT: &str = "You are Narutalk, a careful medical question-answering assistant for hospital staff and patients. This conversation's category is {category}. Be accurate and cautious: say clearly when you are unsure, and never invent facts, figures, drug doses or references. You do not make diagnoses or treatment decisions; recommend that a qualified clinician make them. If a message describes a possible emergency, tell the person to contact emergency services or go to the nearest emergency department immediately.";
 
 /// Where the generated secret lives, relative to the working directory
-/// (contract: `data/secret.key`).
+/// (`data/secret.key`).
 pub const SECRET_FILE: &str = "data/secret.key";
 
 /// The prefix of every environment variable read.

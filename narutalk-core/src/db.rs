@@ -37,7 +37,7 @@ mod embedded {
 /// before giving up with [`Error::Unavailable`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The bound on a write (contract section 9, "writes are bounded in time"): a write that
+/// The bound on a write (`docs/API.md`, Limits and throttling): a write that
 /// has not committed this long after it asked for the database answers
 /// [`Error::Unavailable`], and is then not applied and never will be. It covers the wait
 /// behind the other writes of this process and the wait for another process's lock; it

@@ -1,7 +1,7 @@
 //! The core's one error type and the field-error map it carries.
 //!
 //! Every public operation returns [`Error`]. Each variant says what the caller can do about
-//! it, and carries exactly what a server needs to pick the contract's status and body; the
+//! it, and carries exactly what a server needs to pick the API's status and body; the
 //! core itself knows nothing of HTTP.
 
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use serde::Serialize;
 /// What went wrong in a core operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The input broke one or more rules: field name to messages, in the contract's exact
+    /// The input broke one or more rules: field name to messages, in the API's exact
     /// words (a server answers 400 with this map as the body). Taken emails and usernames
     /// are reported here too, never as a separate conflict.
     #[error("invalid input: {0}")]
@@ -31,9 +31,9 @@ pub enum Error {
     InvalidToken(TokenProblem),
     /// The acting user is known but may not do this (403 `You do not have permission to
     /// perform this action.`). No v1 rule returns it: roles and verification are recorded
-    /// and shown but gate nothing (contract section 2). It is part of the type now so that
-    /// a rule gating on role later is not a breaking change for embedders who match on
-    /// [`Error`].
+    /// and shown but gate nothing (`docs/API.md`, Accounts). It is part of the type now so
+    /// that a rule gating on role later is not a breaking change for embedders who match
+    /// on [`Error`].
     #[error("permission denied")]
     PermissionDenied,
     /// The database is busy, locked, full or unreachable, or a write could not commit
@@ -48,7 +48,7 @@ pub enum Error {
     Internal(String),
 }
 
-/// Why a token was refused. The texts are simplejwt 5.5's, which the contract keeps for
+/// Why a token was refused. The texts are simplejwt 5.5's, which the API keeps for
 /// the refresh and logout endpoints; access tokens answer one generic text for all three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenProblem {
@@ -103,7 +103,7 @@ impl From<FieldErrors> for Error {
 }
 
 /// Field name to messages, as DRF reports validation errors. Cross-field errors live under
-/// [`FieldErrors::NON_FIELD`]. Serializes as the contract's 400 body.
+/// [`FieldErrors::NON_FIELD`]. Serializes as the API's 400 body.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct FieldErrors(BTreeMap<String, Vec<String>>);

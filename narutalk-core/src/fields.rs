@@ -1,5 +1,5 @@
 //! Reading a JSON object field by field, with DRF's checks and messages and no type
-//! coercion (contract section 1.2).
+//! coercion (`docs/API.md`, Errors).
 //!
 //! Each operation that takes a request body reads it through a `FieldReader`, which
 //! collects every field's first failing check, so one answer lists every bad field as DRF

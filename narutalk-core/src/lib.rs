@@ -1,12 +1,12 @@
-//! Narutalk's core: every business rule of the Narutalk API contract, behind a synchronous
-//! API that any Rust program can embed with no server at all.
+//! Narutalk's core: every business rule of the Narutalk API (`docs/API.md`), behind a
+//! synchronous API that any Rust program can embed with no server at all.
 //!
 //! [`Narutalk`] is the handle: it owns the SQLite database (one writer, pooled readers),
-//! the token keys and the AI responder, and hands out the three areas of the contract:
+//! the token keys and the AI responder, and hands out the three areas of the API:
 //! [`Narutalk::accounts`] (registration, login, profiles, administration),
 //! [`Narutalk::tokens`] (access-token checks, refresh rotation, logout) and
 //! [`Narutalk::chat`] (sessions, messages, the storage side of the AI turn). Operations
-//! that take a request body take it as a [`fields::JsonObject`] and answer the contract's
+//! that take a request body take it as a [`fields::JsonObject`] and answer the API's
 //! field errors, so a server only translates HTTP.
 //!
 //! Everything blocks (SQLite, argon2): call it from a thread that may block, such as
@@ -197,7 +197,7 @@ impl Narutalk {
         self.reply_wait
     }
 
-    /// The whole AI turn of contract section 3.1 in one call: stores the user message
+    /// The whole AI turn (`docs/API.md`, Chat) in one call: stores the user message
     /// (committed before the responder runs), asks the responder, stores its reply or the
     /// system error message. A repeated idempotency key answers the first exchange without
     /// asking the AI again: if that turn is still running in this process, this call waits

@@ -1,5 +1,5 @@
 //! Timestamps: stored as whole microseconds since the Unix epoch (UTC), shown as RFC 3339
-//! with microseconds and `Z`, as the contract writes them.
+//! with microseconds and `Z`, as the API writes them.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 

@@ -1,5 +1,5 @@
 //! JWT access and refresh tokens: issuing, validating, rotating with reuse detection,
-//! logging out, and per-user revocation (contract section 2).
+//! logging out, and per-user revocation (`docs/API.md`, Authentication).
 //!
 //! Tokens are HS256 JWTs, the algorithm pinned and no clock leeway, signed with the exact
 //! UTF-8 bytes of the configured secret. Claims are simplejwt 5.5's: `token_type`,
@@ -8,10 +8,10 @@
 //! `refresh_tokens`, so that it works once (rotation), a replayed one revokes its whole
 //! login's family, and logout revokes the family of the token logged out. A family is
 //! revoked once any of its rows is; an access token whose family is revoked is refused
-//! (contract section 9), and one without `fam` is judged by the other rules alone. Each
-//! user has a revocation time in whole seconds: any token whose `iat` is not after it is
-//! refused. Both are read from the database on every validation, so that a change made by
-//! another process counts at once.
+//! (`docs/API.md`, Authentication), and one without `fam` is judged by the other rules
+//! alone. Each user has a revocation time in whole seconds: any token whose `iat` is not
+//! after it is refused. Both are read from the database on every validation, so that a
+//! change made by another process counts at once.
 
 use std::collections::HashMap;
 
@@ -70,7 +70,7 @@ pub struct Claims {
     pub exp: i64,
     /// The login family (32 lower-case hex digits) of an access token issued by this
     /// version; absent from refresh tokens and from access tokens that carry only the five
-    /// claims of contract section 2.
+    /// claims of simplejwt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fam: Option<String>,
 }
@@ -180,7 +180,7 @@ impl TokenKeys {
     }
 
     /// Signs a token of `kind` for `user_id`, issued at `issued_at`, with the five claims
-    /// of contract section 2 (no family).
+    /// of simplejwt (no family).
     pub fn sign(
         &self,
         kind: TokenKind,

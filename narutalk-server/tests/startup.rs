@@ -344,3 +344,15 @@ fn the_openapi_flag_prints_the_document_without_starting() {
     assert_eq!(document["info"]["version"], "1.1.0");
     assert!(!dir.path().join("data").exists(), "nothing is created");
 }
+
+#[test]
+fn the_help_sends_its_reader_nowhere_outside_the_repository() {
+    let output = server().arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(help.contains("--openapi"), "{help}");
+    let lower = help.to_lowercase();
+    for outside in ["../", "shared/", "spec/", "api.md", "contract", "section "] {
+        assert!(!lower.contains(outside), "{outside:?} in:\n{help}");
+    }
+}

@@ -1,7 +1,9 @@
-//! The API documentation (contract section 5): the OpenAPI document, the offline docs
-//! page and its assets, a drift check that every object the server answers has exactly
-//! the properties its schema in the document lists, and the document's strictness: every
-//! status, header, length, format and choice it states, the limits probed on the server.
+//! The API documentation: the OpenAPI document, the offline docs page and its assets, a
+//! drift check that every object the server answers has exactly the properties its schema
+//! in the document lists, and the document's strictness: every status, header, length,
+//! format and choice it states, the limits probed on the server. Also the reference
+//! (`docs/API.md`) as served, its WebSocket part in the document, and that no document of
+//! the repository, served or not, sends its reader to a file outside the repository.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -910,6 +912,211 @@ async fn the_document_sends_its_readers_nowhere_outside_it() {
             assert!(!text.contains(outside), "{outside:?} in {text:?}");
         }
     }
+}
+
+/// What would send a reader to a file outside the repository, which a clone does not
+/// have (compared in lower case).
+const OUTSIDE: &[&str] = &[
+    "../shared",
+    "shared/spec",
+    "spec/api.md",
+    "../seed",
+    "contract",
+];
+
+/// The close codes of a socket with their fixed reasons, as the reference lists them.
+const CLOSE_CODES: &[(u16, &str)] = &[
+    (1000, "idle timeout"),
+    (1001, "server shutting down"),
+    (1008, "tokens revoked"),
+    (1008, "session deleted"),
+    (1009, "frame too large"),
+    (1013, "reading too slowly"),
+];
+
+#[tokio::test]
+async fn the_reference_is_served_as_the_repository_keeps_it() {
+    // Arrange
+    let app = spawn_app().await;
+    let expected = std::fs::read_to_string(repository().join("docs/API.md")).unwrap();
+
+    for path in ["/api/docs/reference", "/api/docs/reference/"] {
+        // Act
+        let response = app.get(path).await;
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/markdown; charset=utf-8",
+            "{path}"
+        );
+        assert!(
+            response.text().await.unwrap() == expected,
+            "{path} is not docs/API.md"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_served_docs_describe_the_websocket_protocol() {
+    // Arrange
+    let app = spawn_app().await;
+
+    // Act
+    let schema = body(app.get("/api/schema/").await).await;
+    let reference = app.get("/api/docs/reference").await.text().await.unwrap();
+
+    // Assert
+    let description = schema["info"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("[`/api/docs/reference`](/api/docs/reference)"),
+        "{description}"
+    );
+    for (name, doc) in [
+        ("the OpenAPI description", description),
+        ("the reference", reference.as_str()),
+    ] {
+        for needed in [
+            "ws://HOST/ws/chat/{session_id}/",
+            "?token=<access>",
+            "Authorization: Bearer <access>",
+            "after=<message id>",
+            r#"{"type": "chat_message", "message": "<content>""#,
+            r#"{"type": "ai_delta", "message_id": "<uuid>", "delta": "<text>"}"#,
+            r#"{"type": "ping"}"#,
+            r#"{"type": "pong"}"#,
+            r#"{"type": "error", "error": "<what was wrong>"}"#,
+            r#""retry_after": N"#,
+        ] {
+            assert!(doc.contains(needed), "{name} lacks {needed:?}");
+        }
+        for status in [101, 400, 401, 403, 404, 405, 426, 503] {
+            let row = format!("\n| {status} | ");
+            assert!(doc.contains(&row), "{name} lacks the handshake's {status}");
+        }
+        for (code, reason) in CLOSE_CODES {
+            let row = format!("\n| {code} | `{reason}` | ");
+            assert!(
+                doc.contains(&row),
+                "{name} lacks close code {code} {reason:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_served_doc_sends_its_reader_outside_the_repository() {
+    // Arrange
+    let app = spawn_app().await;
+
+    for path in [
+        "/api/docs/reference",
+        "/api/schema/",
+        "/api/docs/",
+        "/api/docs/swagger-initializer.js",
+    ] {
+        // Act
+        let response = app.get(path).await;
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let text = response.text().await.unwrap().to_lowercase();
+        for outside in OUTSIDE {
+            assert!(!text.contains(outside), "{outside:?} in {path}");
+        }
+    }
+}
+
+#[test]
+fn no_document_of_the_repository_sends_its_reader_outside_it() {
+    // Arrange
+    let root = repository();
+    let mut documents = vec![
+        root.join("README.md"),
+        root.join("ARCHITECTURE.md"),
+        root.join("benches/README.md"),
+        root.join("narutalk-core/data/README.md"),
+    ];
+    let mut folders = vec![root.join("docs")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|extension| extension == "md") {
+                documents.push(path);
+            }
+        }
+    }
+    assert!(
+        documents.contains(&root.join("docs/API.md")),
+        "{documents:?}"
+    );
+
+    for document in documents {
+        // Act
+        let text = std::fs::read_to_string(&document).unwrap().to_lowercase();
+
+        // Assert
+        for outside in OUTSIDE {
+            assert!(
+                !text.contains(outside),
+                "{outside:?} in {}",
+                document.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_readme_links_the_reference_the_licence_and_the_notices() {
+    // Arrange
+    let root = repository();
+
+    // Act
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+
+    // Assert
+    for target in ["docs/API.md", "LICENSE", "THIRD-PARTY-NOTICES.md"] {
+        assert!(
+            readme.contains(&format!("]({target})")),
+            "no link to {target}"
+        );
+        assert!(root.join(target).is_file(), "{target} is missing");
+    }
+}
+
+#[test]
+fn the_licence_is_the_mit_licence_the_manifests_name_and_the_notices_name_their_owners() {
+    // Arrange
+    let root = repository();
+
+    // Act
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let licence = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    let notices = std::fs::read_to_string(root.join("THIRD-PARTY-NOTICES.md")).unwrap();
+
+    // Assert
+    assert!(
+        manifest.contains("\nlicense = \"MIT\"\n"),
+        "the workspace's licence"
+    );
+    assert!(licence.starts_with("MIT License\n\nCopyright (c) 2026 The Narutalk developers\n"));
+    assert!(licence.contains("Permission is hereby granted, free of charge"));
+    for owner in [
+        "Copyright (c) Django Software Foundation and individual contributors.",
+        "Copyright 2020-2021 SmartBear Software Inc.",
+        "Apache License\n                           Version 2.0, January 2004",
+        "Community Data License Agreement - Permissive - Version 2.0",
+    ] {
+        assert!(notices.contains(owner), "the notices lack {owner:?}");
+    }
+}
+
+/// The repository's root: the folder of the package these tests belong to.
+fn repository() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The whitespace the server trims, as the inside of a regex character class (the

@@ -180,3 +180,51 @@ fn every_command_but_migrate_refuses_a_missing_database_and_creates_nothing() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Words that would send a reader of the help outside the repository (to files a clone
+/// does not have), compared in lower case.
+const OUTSIDE: &[&str] = &["../", "shared/", "spec/", "api.md", "contract", "section "];
+
+#[test]
+fn no_help_of_any_command_sends_its_reader_outside_the_repository() {
+    // Every command and subcommand, found by walking the `Commands:` lists of the help
+    // itself, so that a command added later is covered too.
+    let env = Env::new();
+    let mut pending: Vec<Vec<String>> = vec![Vec::new()];
+    let mut seen = 0;
+    while let Some(command) = pending.pop() {
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.push("--help");
+        let output = env.run(&args).assert().success().get_output().clone();
+        let help = String::from_utf8(output.stdout).unwrap();
+        seen += 1;
+        let lower = help.to_lowercase();
+        for outside in OUTSIDE {
+            assert!(
+                !lower.contains(outside),
+                "`narutalk {} --help` has {outside:?}:\n{help}",
+                command.join(" ")
+            );
+        }
+        for sub in subcommands(&help) {
+            let mut deeper = command.clone();
+            deeper.push(sub);
+            pending.push(deeper);
+        }
+    }
+    assert!(seen >= COMMANDS.len(), "only {seen} commands were found");
+}
+
+/// The names listed under `Commands:` in a help text, `help` itself left out.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| line.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        // A name sits two spaces in; deeper lines continue a wrapped description.
+        .filter(|line| !line.starts_with("   "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}

@@ -70,7 +70,7 @@ pub(crate) fn create_import_owner(
         .ok_or_else(|| Error::Internal(format!("user {id} vanished after its insert")))
 }
 
-/// One row per role, in the contract's order, zeros included.
+/// One row per role, in the API's order, zeros included.
 pub(crate) fn role_counts(conn: &Connection) -> Result<Vec<RoleCount>, Error> {
     let mut counts: Vec<RoleCount> = Role::ALL
         .into_iter()

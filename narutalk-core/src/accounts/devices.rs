@@ -1,4 +1,5 @@
-//! Device tokens (contract section 9, OWASP "device cookies"): the `device_tokens` table.
+//! Device tokens (`docs/API.md`, Device tokens; OWASP "device cookies"): the
+//! `device_tokens` table.
 //!
 //! A successful login answers a device token: 32 random bytes as 43 base64url characters,
 //! bound to the account. Only its SHA-256 is stored (a 256-bit random token needs no slow

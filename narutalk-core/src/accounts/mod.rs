@@ -1,17 +1,17 @@
 //! Accounts: registration, login, profiles, password changes, the dashboard, and the
-//! administrators' operations (contract section 2).
+//! administrators' operations (`docs/API.md`, Accounts).
 //!
-//! Every rule of the contract about users lives here: the field checks with their exact
+//! Every rule of the API about users lives here: the field checks with their exact
 //! messages, argon2id hashing, the enumeration-safe login, device tokens (`devices`), and
 //! revocation of every token on a password change, reset, deactivation or "log out
 //! everywhere". Hashing always runs outside the writer lock, so a flood of logins never
 //! holds up other writes.
 //!
-//! A login is two steps, so that a server can throttle between them (contract section
-//! 9): [`LoginInput::from_fields`] checks the body's fields, then [`Accounts::login_with`]
-//! hashes. [`Accounts::trusted_device`] says whether the body's device token may stand in
-//! for the account's failure budget. [`Accounts::login_fields`] does all three at once,
-//! with no budget, for embedders.
+//! A login is two steps, so that a server can throttle between them (`docs/API.md`,
+//! Login throttling): [`LoginInput::from_fields`] checks the body's fields, then
+//! [`Accounts::login_with`] hashes. [`Accounts::trusted_device`] says whether the body's
+//! device token may stand in for the account's failure budget. [`Accounts::login_fields`]
+//! does all three at once, with no budget, for embedders.
 
 pub(crate) mod admin;
 pub mod devices;
@@ -76,7 +76,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// Every role, in the contract's order.
+    /// Every role, in the API's order.
     pub const ALL: [Role; 4] = [Role::Admin, Role::Doctor, Role::Nurse, Role::User];
 
     /// The stored and shown name: `admin`, `doctor`, `nurse` or `user`.
@@ -125,7 +125,7 @@ impl std::str::FromStr for RegistrationRole {
     }
 }
 
-/// A stored user. It serializes as the contract's user object (`UserSerializer`): `id`,
+/// A stored user. It serializes as the API's user object (`UserSerializer`): `id`,
 /// `username`, `email`, `role`, `department` and `is_verified`; the other fields are for
 /// administrators and never leave through that form.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -243,8 +243,8 @@ impl LoginInput {
         &self.email
     }
 
-    /// The key of this email's failure budget (contract section 9): the SHA-256 of the
-    /// lower-cased email, whether or not an account has it.
+    /// The key of this email's failure budget (`docs/API.md`, Login throttling): the
+    /// SHA-256 of the lower-cased email, whether or not an account has it.
     pub fn email_key(&self) -> EmailKey {
         EmailKey(Sha256::digest(self.email.as_bytes()).into())
     }
@@ -285,7 +285,7 @@ pub struct NewUser {
     pub email: String,
     /// The username.
     pub username: String,
-    /// The password, checked against the contract's password rules.
+    /// The password, checked against the API's password rules.
     pub password: String,
     /// Any role, `admin` included.
     pub role: Role,
@@ -353,7 +353,7 @@ impl AccountFields {
 
 impl Accounts<'_> {
     /// `POST /api/auth/register/`: checks `{"username", "email", "password",
-    /// "password_confirm", "role"?, "department"?}` with every rule of the contract and
+    /// "password_confirm", "role"?, "department"?}` with every rule of the API and
     /// creates a `user`, `doctor` or `nurse` (never `admin`), unverified.
     pub fn register_fields(&self, body: &JsonObject) -> Result<User, Error> {
         let mut reader = FieldReader::new(body);

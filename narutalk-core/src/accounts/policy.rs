@@ -1,4 +1,4 @@
-//! The contract's registration rules for email, username and password, as pure
+//! The API's registration rules for email, username and password, as pure
 //! functions with no I/O.
 //!
 //! The rules are Django 5.2's and DRF's, ported by hand so that the Rust server accepts

@@ -1,4 +1,5 @@
-//! The `http` responder: the original design's AI service (contract section 7).
+//! The `http` responder: the original design's AI service (README, Answering with a
+//! language model).
 //!
 //! One POST per turn to `NARUTALK_AI_URL` with
 //! `{"session_id", "category", "message", "history": [{"sender", "content"}]}`; the
@@ -14,7 +15,7 @@ use super::{AiError, AiReply, AiRequest, Responder};
 use crate::config::Config;
 use crate::fields::JsonObject;
 
-/// The largest `metadata` object kept from the service, as compact JSON: the contract's
+/// The largest `metadata` object kept from the service, as compact JSON: the API's
 /// limit on a message's metadata.
 const MAX_METADATA_BYTES: usize = 16_384;
 

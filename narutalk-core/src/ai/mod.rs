@@ -1,4 +1,4 @@
-//! The AI responder: the trait that produces a reply (contract sections 3.1 and 7) and its
+//! The AI responder: the trait that produces a reply (`docs/API.md`, Chat) and its
 //! three implementations, chosen by `NARUTALK_AI_BACKEND`: the built-in `template`
 //! ([`TemplateResponder`]), the original design's AI service (`http`,
 //! [`http::HttpResponder`]) and any OpenAI-compatible chat completions endpoint (`openai`,

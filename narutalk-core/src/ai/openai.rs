@@ -1,5 +1,5 @@
 //! The `openai` responder: any OpenAI-compatible chat completions endpoint (Ollama, vLLM,
-//! llama.cpp server, hosted APIs), streamed (contract section 7).
+//! llama.cpp server, hosted APIs), streamed (README, Answering with a language model).
 //!
 //! One POST per turn to `{NARUTALK_AI_URL}/chat/completions` with the model, the
 //! messages (the system prompt with the session's category, the history as `user` and

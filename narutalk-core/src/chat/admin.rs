@@ -249,7 +249,7 @@ pub(crate) fn counter_problems(conn: &Connection) -> Result<Vec<String>, Error> 
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Sessions and messages per category, in the contract's order, zeros included.
+/// Sessions and messages per category, in the API's order, zeros included.
 pub(crate) fn category_counts(conn: &Connection) -> Result<Vec<CategoryCount>, Error> {
     let mut counts: Vec<CategoryCount> = Category::ALL
         .iter()
