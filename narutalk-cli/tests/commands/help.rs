@@ -180,3 +180,18 @@ fn every_command_but_migrate_refuses_a_missing_database_and_creates_nothing() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn help_names_the_default_settings_file() {
+    let output = Env::new()
+        .run(&["--help"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.contains("without either, /etc/narutalk/narutalk.toml when it exists"),
+        "{help}"
+    );
+}
