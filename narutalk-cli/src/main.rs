@@ -34,7 +34,8 @@ use narutalk_core::error::Error;
     after_help = "Examples:\n  narutalk migrate\n  narutalk user create --email root@example.com --username root --role admin\n  narutalk --database /srv/narutalk/db.sqlite3 stats"
 )]
 struct Cli {
-    /// TOML settings file (NARUTALK_CONFIG).
+    /// TOML settings file (NARUTALK_CONFIG); without either, /etc/narutalk/narutalk.toml
+    /// when it exists (an empty NARUTALK_CONFIG: no file).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// SQLite database file (NARUTALK_DATABASE).

@@ -5,8 +5,10 @@
 //!
 //! 1. the built-in defaults ([`Config::default`]);
 //! 2. a TOML file, named by the `--config FILE` flag or else by
-//!    `NARUTALK_CONFIG`, whose top-level keys are the variable names without
-//!    the `NARUTALK_` prefix, lower-cased (`bind`, `database`, ...);
+//!    `NARUTALK_CONFIG`, or else [`DEFAULT_CONFIG_FILE`] when it exists (an
+//!    empty `NARUTALK_CONFIG` means no file at all); its top-level keys are
+//!    the variable names without the `NARUTALK_` prefix, lower-cased (`bind`,
+//!    `database`, ...);
 //! 3. `NARUTALK_*` environment variables;
 //! 4. the flags `--bind`, `--database` and `--config` ([`Overrides`]).
 //!
@@ -34,6 +36,10 @@ pub const DEFAULT_AI_SYSTEM_PROMPT: &str = "You are Narutalk, a careful medical 
 /// Where the generated secret lives, relative to the working directory
 /// (`data/secret.key`).
 pub const SECRET_FILE: &str = "data/secret.key";
+
+/// The settings file read when neither `--config` nor `NARUTALK_CONFIG` names
+/// one, if it exists (the Debian package installs it).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/narutalk/narutalk.toml";
 
 /// The prefix of every environment variable read.
 const PREFIX: &str = "NARUTALK_";
@@ -231,6 +237,39 @@ pub struct Overrides {
     pub database: Option<PathBuf>,
     /// `--config`: replaces `NARUTALK_CONFIG`.
     pub config: Option<PathBuf>,
+}
+
+/// Which TOML file a load read. Displays as its path, followed by
+/// ` (default)` for the default file, or as `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingsFile {
+    /// No file: none was named and the default file does not exist, or
+    /// `NARUTALK_CONFIG` is empty.
+    None,
+    /// The file named by `--config` or `NARUTALK_CONFIG`.
+    Named(PathBuf),
+    /// The default file ([`DEFAULT_CONFIG_FILE`]), which exists.
+    Default(PathBuf),
+}
+
+impl SettingsFile {
+    /// The path of the file read, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SettingsFile::None => None,
+            SettingsFile::Named(path) | SettingsFile::Default(path) => Some(path),
+        }
+    }
+}
+
+impl fmt::Display for SettingsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingsFile::None => f.write_str("none"),
+            SettingsFile::Named(path) => write!(f, "{}", path.display()),
+            SettingsFile::Default(path) => write!(f, "{} (default)", path.display()),
+        }
+    }
 }
 
 /// A bad setting. Displays as one line:
@@ -684,6 +723,18 @@ fn apply_toml_file(cfg: &mut Config, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Whether the default settings file exists; an error (naming
+/// `NARUTALK_CONFIG`) when that cannot be told, such as a folder on the way
+/// that may not be searched.
+fn default_file_exists(path: &Path) -> Result<bool, ConfigError> {
+    path.try_exists().map_err(|e| {
+        ConfigError::new(
+            CONFIG_VAR,
+            format!("{}: cannot tell whether it exists: {e}", path.display()),
+        )
+    })
+}
+
 /// Fails, naming `setting`, unless `value >= min`.
 fn check_min(setting: Setting, value: u64, min: u64) -> Result<(), ConfigError> {
     if value >= min {
@@ -799,8 +850,15 @@ pub(crate) fn sync_dir(dir: &Path) {
 
 impl Config {
     /// Layers defaults < TOML file < `NARUTALK_*` from the process
-    /// environment < flags, then validates once.
+    /// environment < flags, then validates once. The file is the one
+    /// `--config` or `NARUTALK_CONFIG` names, or else [`DEFAULT_CONFIG_FILE`]
+    /// when it exists.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_reporting(overrides).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also telling which settings file was read.
+    pub fn load_reporting(overrides: &Overrides) -> Result<(Config, SettingsFile), ConfigError> {
         let mut env = Vec::new();
         for (name, value) in std::env::vars_os() {
             let Ok(name) = name.into_string() else {
@@ -817,29 +875,47 @@ impl Config {
                 Err(_) => {}
             }
         }
-        Self::load_from(env, overrides)
+        Self::load_from_with_default(env, overrides, Some(Path::new(DEFAULT_CONFIG_FILE)))
     }
 
     /// The same with an explicit environment (testable): only variables
     /// starting with `NARUTALK_` are read; unknown `NARUTALK_*` names are
-    /// ignored (other tools may share the prefix).
+    /// ignored (other tools may share the prefix). No default file is read:
+    /// the file is the one `overrides.config` or `NARUTALK_CONFIG` names.
     pub fn load_from<I: IntoIterator<Item = (String, String)>>(
         env: I,
         overrides: &Overrides,
     ) -> Result<Config, ConfigError> {
+        Self::load_from_with_default(env, overrides, None).map(|(config, _)| config)
+    }
+
+    /// [`Config::load_from`] with a default settings file, also telling which
+    /// file was read: `default_file` is read when it exists and neither
+    /// `overrides.config` nor `NARUTALK_CONFIG` names a file; an empty
+    /// `NARUTALK_CONFIG` means no file at all. A default file that exists but
+    /// cannot be read is an error naming `NARUTALK_CONFIG`, never skipped.
+    /// [`Config::load`] passes [`DEFAULT_CONFIG_FILE`].
+    pub fn load_from_with_default<I: IntoIterator<Item = (String, String)>>(
+        env: I,
+        overrides: &Overrides,
+        default_file: Option<&Path>,
+    ) -> Result<(Config, SettingsFile), ConfigError> {
         let vars: BTreeMap<String, String> = env
             .into_iter()
             .filter(|(name, _)| name.starts_with(PREFIX))
             .collect();
         let mut cfg = Config::default();
 
-        let file = overrides.config.clone().or_else(|| {
-            vars.get(CONFIG_VAR)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
-        if let Some(path) = &file {
+        let file = match (&overrides.config, vars.get(CONFIG_VAR).map(|v| v.trim())) {
+            (Some(path), _) => SettingsFile::Named(path.clone()),
+            (None, Some("")) => SettingsFile::None,
+            (None, Some(named)) => SettingsFile::Named(PathBuf::from(named)),
+            (None, None) => match default_file {
+                Some(path) if default_file_exists(path)? => SettingsFile::Default(path.to_owned()),
+                _ => SettingsFile::None,
+            },
+        };
+        if let Some(path) = file.path() {
             apply_toml_file(&mut cfg, path)?;
         }
 
@@ -867,7 +943,7 @@ impl Config {
         }
 
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, file))
     }
 
     /// Checks every cross-field and range rule (also used after `load`);
@@ -1228,6 +1304,218 @@ log_format = "json"
             load_env(&[("NARUTALK_CONFIG", " ")]).unwrap(),
             Config::default()
         );
+    }
+
+    /// `load_from_with_default` with `default` as the default file.
+    fn load_with_default(
+        pairs: &[(&str, &str)],
+        overrides: &Overrides,
+        default: &Path,
+    ) -> Result<(Config, SettingsFile), ConfigError> {
+        Config::load_from_with_default(env(pairs), overrides, Some(default))
+    }
+
+    #[test]
+    fn the_default_file_is_read_when_it_exists_and_nothing_names_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = write_toml(dir.path(), "access_token_minutes = 5\n");
+        let (c, file) = load_with_default(&[], &Overrides::default(), &default).unwrap();
+        assert_eq!(c.access_token_minutes, 5);
+        assert_eq!(file, SettingsFile::Default(default.clone()));
+        assert_eq!(file.to_string(), format!("{} (default)", default.display()));
+    }
+
+    #[test]
+    fn a_missing_default_file_gives_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("narutalk.toml");
+        let (c, file) = load_with_default(&[], &Overrides::default(), &default).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(file, SettingsFile::None);
+        assert_eq!(file.to_string(), "none");
+        assert!(!default.exists());
+    }
+
+    #[test]
+    fn narutalk_config_and_the_config_flag_win_over_the_default_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = write_toml(dir.path(), "access_token_minutes = 5\n");
+        let named = dir.path().join("named.toml");
+        fs::write(&named, "refresh_token_days = 3\n").unwrap();
+        let named_text = named.to_str().unwrap();
+
+        let (c, file) = load_with_default(
+            &[("NARUTALK_CONFIG", named_text)],
+            &Overrides::default(),
+            &default,
+        )
+        .unwrap();
+        assert_eq!((c.access_token_minutes, c.refresh_token_days), (60, 3));
+        assert_eq!(file, SettingsFile::Named(named.clone()));
+        assert_eq!(file.to_string(), named.display().to_string());
+
+        let overrides = Overrides {
+            config: Some(named.clone()),
+            ..Overrides::default()
+        };
+        let (c, file) = load_with_default(&[], &overrides, &default).unwrap();
+        assert_eq!((c.access_token_minutes, c.refresh_token_days), (60, 3));
+        assert_eq!(file, SettingsFile::Named(named));
+
+        // A named file that does not exist is an error, never a fall back to the default.
+        let e = load_with_default(
+            &[("NARUTALK_CONFIG", "/nonexistent/narutalk.toml")],
+            &Overrides::default(),
+            &default,
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "NARUTALK_CONFIG");
+        assert!(
+            e.message
+                .starts_with("/nonexistent/narutalk.toml: cannot read the file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_empty_narutalk_config_means_no_file_even_when_the_default_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = write_toml(dir.path(), "access_token_minutes = 5\n");
+        for empty in ["", "  "] {
+            let (c, file) = load_with_default(
+                &[("NARUTALK_CONFIG", empty)],
+                &Overrides::default(),
+                &default,
+            )
+            .unwrap();
+            assert_eq!(c, Config::default());
+            assert_eq!(file, SettingsFile::None);
+        }
+    }
+
+    #[test]
+    fn the_environment_and_flags_override_the_default_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = write_toml(dir.path(), "bind = \"0.0.0.0:9000\"\nlog = \"warn\"\n");
+        let overrides = Overrides {
+            database: Some(PathBuf::from("/srv/flag.sqlite3")),
+            ..Overrides::default()
+        };
+        let (c, _) =
+            load_with_default(&[("NARUTALK_BIND", "127.0.0.1:9001")], &overrides, &default)
+                .unwrap();
+        assert_eq!(c.bind, "127.0.0.1:9001".parse::<SocketAddr>().unwrap());
+        assert_eq!(c.log, "warn");
+        assert_eq!(c.database, PathBuf::from("/srv/flag.sqlite3"));
+    }
+
+    #[test]
+    fn a_default_file_that_cannot_be_read_is_an_error_naming_narutalk_config() {
+        // A folder where the file should be: it exists, and reading it fails (also for
+        // root, whom file modes do not stop).
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("narutalk.toml");
+        fs::create_dir(&default).unwrap();
+        let e = load_with_default(&[], &Overrides::default(), &default).unwrap_err();
+        assert_eq!(e.setting, "NARUTALK_CONFIG");
+        assert!(
+            e.message
+                .starts_with(&format!("{}: cannot read the file", default.display())),
+            "{e}"
+        );
+        // A bad value in the default file names its setting and the file.
+        let dir = tempfile::tempdir().unwrap();
+        let default = write_toml(dir.path(), "bind = \"nowhere\"\n");
+        let e = load_with_default(&[], &Overrides::default(), &default).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "invalid setting NARUTALK_BIND: {}: \"nowhere\" is not an address like 127.0.0.1:8000",
+                default.display()
+            )
+        );
+    }
+
+    #[test]
+    fn load_from_reads_no_default_file_and_load_uses_the_packaged_path() {
+        assert_eq!(DEFAULT_CONFIG_FILE, "/etc/narutalk/narutalk.toml");
+        // The Debian package installs its commented file there, as a configuration file.
+        let conffiles = include_str!("../../packaging/debian/conffiles");
+        assert_eq!(
+            conffiles.lines().collect::<Vec<_>>(),
+            vec![DEFAULT_CONFIG_FILE]
+        );
+        let (c, file) =
+            Config::load_from_with_default(Vec::new(), &Overrides::default(), None).unwrap();
+        assert_eq!((c, file), (Config::default(), SettingsFile::None));
+    }
+
+    /// The commented settings file the Debian package installs as `DEFAULT_CONFIG_FILE`.
+    const PACKAGED_FILE: &str = include_str!("../../packaging/debian/narutalk.toml");
+
+    /// The packaged file's `key = value` lines whose key is a setting, as
+    /// (key, line without the comment mark, commented out).
+    fn packaged_settings() -> Vec<(String, String, bool)> {
+        PACKAGED_FILE
+            .lines()
+            .filter_map(|line| {
+                let (commented, rest) = match line.strip_prefix("# ") {
+                    Some(rest) => (true, rest),
+                    None => (false, line),
+                };
+                let (key, _) = rest.split_once(" = ")?;
+                SETTINGS
+                    .iter()
+                    .any(|(_, toml_key, _)| *toml_key == key)
+                    .then(|| (key.to_owned(), rest.to_owned(), commented))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_packaged_file_lists_every_setting_once() {
+        let listed = packaged_settings();
+        for (_, toml_key, _) in SETTINGS {
+            let count = listed.iter().filter(|(key, _, _)| key == toml_key).count();
+            assert_eq!(
+                count, 1,
+                "{toml_key} is listed {count} times in narutalk.toml"
+            );
+        }
+        assert_eq!(listed.len(), SETTINGS.len());
+    }
+
+    #[test]
+    fn the_packaged_file_sets_only_the_database_and_comments_out_the_defaults() {
+        let listed = packaged_settings();
+        let active: Vec<&str> = listed
+            .iter()
+            .filter(|(_, _, commented)| !commented)
+            .map(|(key, _, _)| key.as_str())
+            .collect();
+        assert_eq!(active, vec!["database"]);
+
+        // As installed: the defaults, with the package's database.
+        let dir = tempfile::tempdir().unwrap();
+        let installed = write_toml(dir.path(), PACKAGED_FILE);
+        let (c, file) = load_with_default(&[], &Overrides::default(), &installed).unwrap();
+        assert_eq!(file, SettingsFile::Default(installed));
+        assert_eq!(
+            c,
+            Config {
+                database: PathBuf::from("/var/lib/narutalk/data/databases/db.sqlite3"),
+                ..Config::default()
+            }
+        );
+
+        // Every commented value, uncommented, is the built-in default.
+        let uncommented: String = listed
+            .iter()
+            .filter(|(_, _, commented)| *commented)
+            .map(|(_, line, _)| format!("{line}\n"))
+            .collect();
+        let (_dir, r) = load_toml(&uncommented);
+        assert_eq!(r.unwrap(), Config::default());
     }
 
     #[test]

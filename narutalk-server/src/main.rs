@@ -20,7 +20,8 @@ struct Flags {
     /// SQLite database file (NARUTALK_DATABASE).
     #[arg(long)]
     database: Option<PathBuf>,
-    /// TOML settings file (NARUTALK_CONFIG).
+    /// TOML settings file (NARUTALK_CONFIG); without either, /etc/narutalk/narutalk.toml
+    /// when it exists (an empty NARUTALK_CONFIG: no file).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Print the OpenAPI document (what GET /api/schema/ serves) and exit.
@@ -49,8 +50,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         database: flags.database,
         config: flags.config,
     };
-    let config = Config::load(&overrides)?;
+    let (config, settings_file) = Config::load_reporting(&overrides)?;
     init_logging(&config)?;
+    tracing::info!(target: "narutalk::start", file = %settings_file, "settings file");
     let open_config = config.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)

@@ -356,3 +356,72 @@ fn the_help_sends_its_reader_nowhere_outside_the_repository() {
         assert!(!lower.contains(outside), "{outside:?} in:\n{help}");
     }
 }
+
+/// The settings file of a start: the log's `narutalk::start` line names it, `none` when an
+/// empty `NARUTALK_CONFIG` asks for no file (whatever `/etc/narutalk/narutalk.toml` holds).
+fn settings_file_logged(settings: &std::path::Path, narutalk_config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = server()
+        .current_dir(dir.path())
+        .env("NARUTALK_CONFIG", narutalk_config)
+        .env("NARUTALK_BIND", "127.0.0.1:0")
+        .env("NARUTALK_SEARCH_URL", "")
+        .env("NARUTALK_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    stdout.read_line(&mut banner).unwrap();
+    let address = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .to_owned();
+    // Answered: the server is serving, its SIGTERM handler installed.
+    assert!(http_get(&address, "/api/health/").starts_with("HTTP/1.1 200"));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let start: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "narutalk::start")
+        .collect();
+    assert_eq!(start.len(), 1, "{stderr}");
+    assert_eq!(start[0]["fields"]["message"], "settings file", "{stderr}");
+    assert!(settings.exists());
+    start[0]["fields"]["file"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_start_logs_which_settings_file_it_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("narutalk.toml");
+    std::fs::write(&settings, "access_token_minutes = 5\n").unwrap();
+    let named = settings.to_str().unwrap();
+    assert_eq!(settings_file_logged(&settings, named), named);
+    assert_eq!(settings_file_logged(&settings, ""), "none");
+}
+
+#[test]
+fn help_names_the_default_settings_file() {
+    let output = server().arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.contains("without either, /etc/narutalk/narutalk.toml when it exists"),
+        "{help}"
+    );
+}

@@ -228,3 +228,18 @@ fn subcommands(help: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+#[test]
+fn help_names_the_default_settings_file() {
+    let output = Env::new()
+        .run(&["--help"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.contains("without either, /etc/narutalk/narutalk.toml when it exists"),
+        "{help}"
+    );
+}
