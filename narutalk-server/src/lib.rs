@@ -12,7 +12,9 @@
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
 //! - `limits`: throttles and the bounded password-hashing queue;
 //! - `ws`: the WebSocket chat: handshake, sockets, the room hub, the revocation watch;
-//! - `docs`: the OpenAPI document and the offline Swagger UI.
+//! - `docs`: the OpenAPI document and the offline Swagger UI;
+//! - `page`: the web chat page at `/` and its assets under `/app/`, embedded in the
+//!   binary.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,6 +41,7 @@ mod http;
 mod limits;
 pub mod listener;
 mod memory;
+mod page;
 mod probe;
 mod state;
 mod turns;

@@ -49,7 +49,7 @@ async fn unknown_paths_answer_the_404_json_body() {
     let app = spawn_app().await;
 
     for path in [
-        "/",
+        "/index.html",
         "/api/",
         "/api/auth/",
         "/api//auth/login/",

@@ -16,6 +16,7 @@ mod health;
 mod helpers;
 mod hostile;
 mod nginx;
+mod page;
 mod system;
 mod throttle;
 mod transport;

@@ -431,8 +431,8 @@ async fn resume_after_the_last_message_replays_nothing() {
 }
 
 /// Socket messages share the user's message throttle with REST: over the limit, the
-/// frame gets the 429 text as an `error` frame, nothing is stored, and the socket stays
-/// open.
+/// frame gets the 429 text as an `error` frame with the wait in whole seconds as
+/// `retry_after` (section 11), nothing is stored, and the socket stays open.
 #[tokio::test]
 async fn a_throttled_message_gets_an_error_frame_and_is_not_stored() {
     let app = spawn_app_with(
@@ -451,7 +451,7 @@ async fn a_throttled_message_gets_an_error_frame_and_is_not_stored() {
     let refused = next_json(&mut socket).await;
     let waits: Vec<Value> = [59, 60]
         .iter()
-        .map(|s| json!({"type": "error", "error": format!("Request was throttled. Expected available in {s} seconds.")}))
+        .map(|s| json!({"type": "error", "error": format!("Request was throttled. Expected available in {s} seconds."), "retry_after": s}))
         .collect();
     assert!(waits.contains(&refused), "{refused}");
     let rest = app

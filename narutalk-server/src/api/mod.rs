@@ -20,6 +20,7 @@ use warp::http::{HeaderValue, Method, StatusCode, header};
 use crate::docs;
 use crate::error::ApiError;
 use crate::http::{Credentials, Request, Response, json_response};
+use crate::page;
 use crate::state::State;
 use crate::ws;
 
@@ -160,8 +161,12 @@ impl Endpoint {
     }
 }
 
-/// Answers one request that is not a CORS preflight.
+/// Answers one request that is not a CORS preflight: the web chat page and its assets,
+/// or an endpoint of the API.
 pub async fn handle(state: &Arc<State>, mut request: Request) -> Response {
+    if page::owns(&request.path) {
+        return page::answer(&request);
+    }
     let Some(endpoint) = Endpoint::at(&request.path) else {
         return ApiError::NotFound.into_response();
     };

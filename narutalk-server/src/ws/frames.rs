@@ -99,15 +99,28 @@ pub fn ai_delta(message_id: MessageId, delta: &str) -> Utf8Bytes {
 
 /// An `error` frame.
 pub fn error(text: &str) -> Utf8Bytes {
+    error_frame(text, None)
+}
+
+/// The `error` frame of a throttled message: the text and `retry_after`, the whole
+/// seconds to wait (contract section 11), as the REST answer's `Retry-After` says them.
+pub fn throttled(text: &str, retry_after: u64) -> Utf8Bytes {
+    error_frame(text, Some(retry_after))
+}
+
+fn error_frame(text: &str, retry_after: Option<u64>) -> Utf8Bytes {
     #[derive(Serialize)]
     struct Error<'a> {
         #[serde(rename = "type")]
         kind: &'static str,
         error: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
     }
     to_frame(&Error {
         kind: "error",
         error: text,
+        retry_after,
     })
 }
 
@@ -184,6 +197,10 @@ mod tests {
         assert_eq!(
             error("bad \"x\"").as_str(),
             r#"{"type":"error","error":"bad \"x\""}"#
+        );
+        assert_eq!(
+            throttled("wait", 7).as_str(),
+            r#"{"type":"error","error":"wait","retry_after":7}"#
         );
     }
 }

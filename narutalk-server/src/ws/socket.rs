@@ -359,6 +359,11 @@ impl Socket {
             }
             // Only a repeated idempotency key replays, and sockets send none.
             Ok(Posted::Replayed(_)) => Ok(()),
+            Err(ApiError::Throttled(seconds)) => {
+                let text = ApiError::Throttled(seconds).text(frames::frame_field);
+                self.send(Message::Text(frames::throttled(&text, seconds)))
+                    .await
+            }
             Err(error) => self.send_error(&error.text(frames::frame_field)).await,
         }
     }
