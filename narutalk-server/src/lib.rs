@@ -12,7 +12,9 @@
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
 //! - `limits`: throttles and the bounded password-hashing queue;
 //! - `ws`: the WebSocket chat: handshake, sockets, the room hub, the revocation watch;
-//! - `docs`: the OpenAPI document and the offline Swagger UI.
+//! - `docs`: the OpenAPI document and the offline Swagger UI;
+//! - [`metrics`]: the Prometheus metrics and their own listener;
+//! - [`logging`]: the process's logger.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,7 +40,9 @@ mod error;
 mod http;
 mod limits;
 pub mod listener;
+pub mod logging;
 mod memory;
+pub mod metrics;
 mod probe;
 mod state;
 mod turns;
@@ -135,7 +139,10 @@ pub async fn serve_with(
         if !state.sockets.all_closed(SOCKET_CLOSE_GRACE).await {
             state.sockets.close_now();
             if !state.sockets.all_closed(SOCKET_CLOSE_WAIT).await {
-                tracing::warn!("stopped before every socket finished closing");
+                tracing::warn!(
+                    sockets = state.sockets.open(),
+                    "stopped before every socket finished closing: their close handshakes were still running after the grace time"
+                );
             }
         }
     };
@@ -168,7 +175,11 @@ async fn finish_turns(state: &State, limit: Duration) {
         .await
         .is_err()
     {
-        tracing::warn!("stopped before every AI turn finished");
+        tracing::warn!(
+            turns = state.tasks.len(),
+            drain_seconds = limit.as_secs(),
+            "stopped before every AI turn finished: turns were still running when the drain time ran out"
+        );
     }
 }
 
