@@ -9,11 +9,18 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+// The fake AI service is the core's own test fake, shared rather than copied.
+#[path = "../../narutalk-core/src/ai/fake_service.rs"]
+mod fake_ai;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use common::{body, http, http_get, http_post_json, json_string};
+use fake_ai::{Answer, FakeService, Gate, OPENAI_DONE, openai_delta, openai_finish};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -410,4 +417,143 @@ async fn metrics_are_served_on_their_own_port_in_prometheus_format_and_count_exa
         sample(&closed, "narutalk_db_commit_batch_writes_count") >= 1.0,
         "{closed}"
     );
+}
+
+/// Scrapes `metrics` until `done` holds for the scrape, for at most 30 s; the last scrape.
+fn scrape_until(metrics: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(metrics);
+        if done(&text) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A streaming model: the first call streams one piece, then holds until released; the
+/// second fails with HTTP 500. While the first runs, the AI gauges show it running, its
+/// first delta is timed, and the second message of the session waits in the queue; then
+/// each turn is counted under its outcome and reason, and the gauges come back to 0.
+#[test]
+fn ai_turns_are_counted_running_queued_by_outcome_and_reason_with_time_to_first_delta() {
+    // Arrange
+    let gate = Gate::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let fake = {
+        let (gate, calls) = (gate.clone(), calls.clone());
+        FakeService::start(move |_| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Answer::stream()
+                    .chunk(&openai_delta("Rest"))
+                    .wait(&gate)
+                    .chunk(&openai_delta(" and drink water."))
+                    .chunk(&openai_finish("stop"))
+                    .chunk(OPENAI_DONE)
+                    .end()
+            } else {
+                Answer::json(500, &serde_json::json!({"error": "overloaded"}))
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = fake.url("/v1");
+    let running = common::start(
+        dir.path(),
+        &[
+            ("NARUTALK_METRICS_BIND", "127.0.0.1:0"),
+            ("NARUTALK_AI_BACKEND", "openai"),
+            ("NARUTALK_AI_URL", url.as_str()),
+            ("NARUTALK_AI_MODEL", "fake-model"),
+        ],
+    );
+    let address = running.address.clone();
+    let metrics = common::url_host(&running.banner, "metrics: http://").unwrap();
+    let access = common::register_and_log_in(&address);
+    let auth = format!("Authorization: Bearer {access}\r\nContent-Type: application/json\r\n");
+    let created = http(
+        &address,
+        "POST",
+        "/api/chat/sessions/",
+        &auth,
+        r#"{"title": "t"}"#,
+    );
+    let messages = format!(
+        "/api/chat/sessions/{}/messages/",
+        json_string(&created, "id")
+    );
+    let post = |content: &'static str| {
+        let (address, auth, messages) = (address.clone(), auth.clone(), messages.clone());
+        std::thread::spawn(move || {
+            http(
+                &address,
+                "POST",
+                &messages,
+                &auth,
+                &format!(r#"{{"content": "{content}"}}"#),
+            )
+        })
+    };
+
+    // Act
+    let first = post("I have a headache.");
+    fake.wait_for_requests(1);
+    let streaming = scrape_until(&metrics, |text| {
+        sample(
+            text,
+            r#"narutalk_ai_first_delta_seconds_count{responder="openai"}"#,
+        ) == 1.0
+    });
+    let second = post("Since this morning.");
+    let queued = scrape_until(&metrics, |text| {
+        sample(text, "narutalk_ai_turns_queued") == 1.0
+    });
+    gate.open();
+    let (first, second) = (first.join().unwrap(), second.join().unwrap());
+    let done = scrape_until(&metrics, |text| {
+        sample(
+            text,
+            r#"narutalk_ai_turn_duration_seconds_count{responder="openai"}"#,
+        ) == 2.0
+    });
+    let (status, stderr) = running.stop();
+
+    // Assert
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(first.contains("Rest and drink water."), "{first}");
+    assert!(second.contains("HTTP 500 from the AI service"), "{second}");
+    assert_eq!(
+        sample(&streaming, "narutalk_ai_turns_running"),
+        1.0,
+        "{streaming}"
+    );
+    assert_eq!(sample(&queued, "narutalk_ai_turns_queued"), 1.0, "{queued}");
+    assert_eq!(
+        sample(&queued, "narutalk_ai_turns_running"),
+        1.0,
+        "{queued}"
+    );
+    check_exposition(&done);
+    for (series, value) in [
+        ("narutalk_ai_turns_running", 0.0),
+        ("narutalk_ai_turns_queued", 0.0),
+        (
+            r#"narutalk_ai_turn_duration_seconds_count{responder="openai"}"#,
+            2.0,
+        ),
+        (
+            r#"narutalk_ai_first_delta_seconds_count{responder="openai"}"#,
+            1.0,
+        ),
+        (
+            r#"narutalk_ai_turns_total{responder="openai",outcome="replied",reason=""}"#,
+            1.0,
+        ),
+        (
+            r#"narutalk_ai_turns_total{responder="openai",outcome="failed",reason="HTTP 500 from the AI service"}"#,
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&done, series), value, "{series}: {done}");
+    }
 }
