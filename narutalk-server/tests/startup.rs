@@ -468,3 +468,52 @@ fn json_start_event_comes_first_and_no_log_line_carries_a_source_path() {
         assert!(duration.parse::<f64>().is_ok(), "{duration}");
     }
 }
+
+/// The search proxy's warning says why the service is unreachable (the refused
+/// connection, beneath reqwest's own "error sending request"), and not its URL.
+#[test]
+fn the_search_proxy_warning_names_its_cause() {
+    // Arrange
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let search = format!(
+        "http://127.0.0.1:{}/api/search/",
+        free.local_addr().unwrap().port()
+    );
+    drop(free);
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(
+        dir.path(),
+        &[
+            ("NARUTALK_SEARCH_URL", search.as_str()),
+            ("NARUTALK_LOG_FORMAT", "json"),
+        ],
+    );
+    let access = common::register_and_log_in(&running.address);
+
+    // Act
+    let answer = common::http(
+        &running.address,
+        "POST",
+        "/api/proxy/search/",
+        &format!("Authorization: Bearer {access}\r\nContent-Type: application/json\r\n"),
+        r#"{"query": "migraine"}"#,
+    );
+    let (_, stderr) = running.stop();
+
+    // Assert
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let warnings: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["level"] == "WARN" && line["target"] != "narutalk::access")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let fields = &warnings[0]["fields"];
+    assert_eq!(
+        fields["message"],
+        "the search service is unreachable: the search proxy answered 503"
+    );
+    let cause = fields["cause"].as_str().unwrap();
+    assert!(cause.contains("Connection refused"), "{cause}");
+    assert!(!stderr.contains(&search), "the URL was logged: {stderr}");
+}
