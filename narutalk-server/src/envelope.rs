@@ -35,7 +35,14 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
         .clone()
         .unwrap_or_else(|| request.path.clone());
     let cors_origin = allowed_origin(&state, &request);
-    let target_without_path = request.target_without_path.is_some();
+    let endpoint = if request.target_without_path.is_some() {
+        None
+    } else {
+        api::Endpoint::at(&request.path)
+    };
+    let route = endpoint
+        .as_ref()
+        .map_or(metrics::UNMATCHED, api::Endpoint::template);
 
     let mut response = if request.target_without_path.is_some() {
         ApiError::BadRequest.into_response()
@@ -47,7 +54,7 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     {
         preflight()
     } else {
-        AssertUnwindSafe(api::handle(&state, request))
+        AssertUnwindSafe(api::handle(&state, endpoint, request))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -72,14 +79,7 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     }
 
     let status = response.status();
-    if metrics::enabled() {
-        let route = if target_without_path {
-            metrics::UNMATCHED
-        } else {
-            api::Endpoint::at(&path).map_or(metrics::UNMATCHED, |endpoint| endpoint.template())
-        };
-        metrics::request(&method, route, status, started);
-    }
+    metrics::request(&method, route, status, started);
     let duration_ms = millis(started.elapsed());
     if status.is_server_error() {
         tracing::warn!(target: "narutalk::access", %method, path, status = status.as_u16(), duration_ms, %request_id, "request");

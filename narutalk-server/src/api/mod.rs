@@ -183,9 +183,14 @@ impl Endpoint {
     }
 }
 
-/// Answers one request that is not a CORS preflight.
-pub async fn handle(state: &Arc<State>, mut request: Request) -> Response {
-    let Some(endpoint) = Endpoint::at(&request.path) else {
+/// Answers one request that is not a CORS preflight; `endpoint` is
+/// [`Endpoint::at`] its path.
+pub async fn handle(
+    state: &Arc<State>,
+    endpoint: Option<Endpoint>,
+    mut request: Request,
+) -> Response {
+    let Some(endpoint) = endpoint else {
         return ApiError::NotFound.into_response();
     };
     dispatch(state, endpoint, &mut request)
