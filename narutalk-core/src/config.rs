@@ -121,6 +121,9 @@ pub struct Config {
     pub log: String,
     /// `NARUTALK_LOG_FORMAT`, default `text`: `text` or `json`.
     pub log_format: LogFormat,
+    /// `NARUTALK_METRICS_BIND`, default none (off): where the Prometheus metrics are
+    /// served (`GET /metrics`), an address other than [`Config::bind`]'s.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -154,6 +157,7 @@ impl Default for Config {
             ws_idle_seconds: 60,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
+            metrics_bind: None,
         }
     }
 }
@@ -325,11 +329,12 @@ enum Setting {
     WsIdleSeconds,
     Log,
     LogFormat,
+    MetricsBind,
 }
 
 /// Every setting as (field, TOML key, environment variable).
 #[rustfmt::skip]
-const SETTINGS: [(Setting, &str, &str); 28] = [
+const SETTINGS: [(Setting, &str, &str); 29] = [
     (Setting::Bind,                     "bind",                        "NARUTALK_BIND"),
     (Setting::Database,                 "database",                    "NARUTALK_DATABASE"),
     (Setting::SqliteSynchronous,        "sqlite_synchronous",          "NARUTALK_SQLITE_SYNCHRONOUS"),
@@ -358,6 +363,7 @@ const SETTINGS: [(Setting, &str, &str); 28] = [
     (Setting::WsIdleSeconds,            "ws_idle_seconds",             "NARUTALK_WS_IDLE_SECONDS"),
     (Setting::Log,                      "log",                         "NARUTALK_LOG"),
     (Setting::LogFormat,                "log_format",                  "NARUTALK_LOG_FORMAT"),
+    (Setting::MetricsBind,              "metrics_bind",                "NARUTALK_METRICS_BIND"),
 ];
 
 /// The environment variable of a setting.
@@ -581,6 +587,18 @@ impl Ctx<'_> {
             Setting::LogFormat => {
                 cfg.log_format =
                     self.choice(raw, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?;
+            }
+            Setting::MetricsBind => {
+                let s = self.text(raw, true)?;
+                cfg.metrics_bind = if s.is_empty() {
+                    None
+                } else {
+                    Some(s.parse().map_err(|_| {
+                        self.err(format!(
+                            "{s:?} is not an address like 127.0.0.1:9100 (empty = off)"
+                        ))
+                    })?)
+                };
             }
         }
         Ok(())
@@ -1048,6 +1066,17 @@ impl Config {
         if self.log.trim().is_empty() {
             return err(Setting::Log, "must not be empty".to_owned());
         }
+        if let Some(metrics) = self.metrics_bind
+            && metrics.port() != 0
+            && metrics == self.bind
+        {
+            return err(
+                Setting::MetricsBind,
+                format!(
+                    "must differ from NARUTALK_BIND ({metrics}): the metrics are never served on the API's port"
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -1179,6 +1208,7 @@ mod tests {
         assert_eq!(c.ws_idle_seconds, 60);
         assert_eq!(c.log, "info");
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.metrics_bind, None);
         assert_eq!(c.validate().unwrap(), ());
     }
 
@@ -1241,6 +1271,7 @@ ws_ping_seconds = 10
 ws_idle_seconds = 25
 log = "debug,hyper=warn"
 log_format = "json"
+metrics_bind = "127.0.0.1:9100"
 "#
             ),
         );
@@ -1277,6 +1308,7 @@ log_format = "json"
             ws_idle_seconds: 25,
             log: "debug,hyper=warn".to_owned(),
             log_format: LogFormat::Json,
+            metrics_bind: Some("127.0.0.1:9100".parse().unwrap()),
         };
         assert_eq!(c, expected);
     }
@@ -1584,6 +1616,45 @@ log_format = "json"
         for bad in ["", "localhost:8000", "127.0.0.1", "127.0.0.1:70000"] {
             assert_eq!(load_err(&[("NARUTALK_BIND", bad)]).setting, "NARUTALK_BIND");
         }
+    }
+
+    #[test]
+    fn metrics_bind_is_off_when_empty_an_address_otherwise_and_never_the_api_address() {
+        assert_eq!(
+            load_env(&[("NARUTALK_METRICS_BIND", "")])
+                .unwrap()
+                .metrics_bind,
+            None
+        );
+        assert_eq!(
+            load_env(&[("NARUTALK_METRICS_BIND", " 127.0.0.1:9100 ")])
+                .unwrap()
+                .metrics_bind,
+            Some("127.0.0.1:9100".parse::<SocketAddr>().unwrap())
+        );
+        assert_eq!(
+            load_err(&[("NARUTALK_METRICS_BIND", "9100")]).to_string(),
+            "invalid setting NARUTALK_METRICS_BIND: \"9100\" is not an address like 127.0.0.1:9100 (empty = off)"
+        );
+        assert_eq!(
+            load_err(&[
+                ("NARUTALK_BIND", "127.0.0.1:8000"),
+                ("NARUTALK_METRICS_BIND", "127.0.0.1:8000")
+            ])
+            .setting,
+            "NARUTALK_METRICS_BIND"
+        );
+        let both_free = load_env(&[
+            ("NARUTALK_BIND", "127.0.0.1:0"),
+            ("NARUTALK_METRICS_BIND", "127.0.0.1:0"),
+        ])
+        .unwrap();
+        assert_eq!(both_free.metrics_bind.map(|a| a.port()), Some(0));
+        let (_dir, from_file) = load_toml("metrics_bind = \"[::1]:9100\"");
+        assert_eq!(
+            from_file.unwrap().metrics_bind,
+            Some("[::1]:9100".parse::<SocketAddr>().unwrap())
+        );
     }
 
     #[test]

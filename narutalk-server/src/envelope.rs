@@ -5,7 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -13,6 +13,7 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use crate::api;
 use crate::error::ApiError;
 use crate::http::{Request, Response, empty_response};
+use crate::metrics;
 use crate::state::State;
 
 /// The methods a preflight is told about.
@@ -34,6 +35,14 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
         .clone()
         .unwrap_or_else(|| request.path.clone());
     let cors_origin = allowed_origin(&state, &request);
+    let endpoint = if request.target_without_path.is_some() {
+        None
+    } else {
+        api::Endpoint::at(&request.path)
+    };
+    let route = endpoint
+        .as_ref()
+        .map_or(metrics::UNMATCHED, api::Endpoint::template);
 
     let mut response = if request.target_without_path.is_some() {
         ApiError::BadRequest.into_response()
@@ -45,7 +54,7 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     {
         preflight()
     } else {
-        AssertUnwindSafe(api::handle(&state, request))
+        AssertUnwindSafe(api::handle(&state, endpoint, request))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| {
@@ -70,13 +79,22 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     }
 
     let status = response.status();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    metrics::request(&method, route, status, started);
+    let duration_ms = millis(started.elapsed());
     if status.is_server_error() {
         tracing::warn!(target: "narutalk::access", %method, path, status = status.as_u16(), duration_ms, %request_id, "request");
     } else {
         tracing::info!(target: "narutalk::access", %method, path, status = status.as_u16(), duration_ms, %request_id, "request");
     }
     response
+}
+
+/// A duration in milliseconds, rounded to the microsecond (as logs show durations).
+pub fn millis(duration: Duration) -> f64 {
+    // Exact below 2^53 µs (285 years).
+    #[allow(clippy::cast_precision_loss)]
+    let micros = duration.as_micros() as f64;
+    micros / 1000.0
 }
 
 /// The client's `X-Request-Id` when it is 1-64 letters, digits, `-`, `_` or `.`;
@@ -144,6 +162,17 @@ fn add_cors(headers: &mut HeaderMap, origin: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_durations_are_milliseconds_rounded_to_the_microsecond() {
+        assert_eq!(millis(Duration::from_nanos(777_938)), 0.777);
+        assert_eq!(millis(Duration::from_nanos(1_500)), 0.001);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000.0);
+        assert_eq!(
+            serde_json::json!(millis(Duration::from_nanos(777_938))).to_string(),
+            "0.777"
+        );
+    }
 
     #[test]
     fn a_valid_request_id_is_kept_and_a_bad_one_replaced() {

@@ -15,6 +15,8 @@
 //! - `docs`: the OpenAPI document and the offline Swagger UI;
 //! - `page`: the web chat page at `/` and its assets under `/app/`, embedded in the
 //!   binary.
+//! - [`metrics`]: the Prometheus metrics and their own listener;
+//! - [`logging`]: the process's logger.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,7 +42,9 @@ mod error;
 mod http;
 mod limits;
 pub mod listener;
+pub mod logging;
 mod memory;
+pub mod metrics;
 mod page;
 mod probe;
 mod state;
@@ -138,7 +142,10 @@ pub async fn serve_with(
         if !state.sockets.all_closed(SOCKET_CLOSE_GRACE).await {
             state.sockets.close_now();
             if !state.sockets.all_closed(SOCKET_CLOSE_WAIT).await {
-                tracing::warn!("stopped before every socket finished closing");
+                tracing::warn!(
+                    sockets = state.sockets.open(),
+                    "stopped before every socket finished closing: their close handshakes were still running after the grace time"
+                );
             }
         }
     };
@@ -171,7 +178,11 @@ async fn finish_turns(state: &State, limit: Duration) {
         .await
         .is_err()
     {
-        tracing::warn!("stopped before every AI turn finished");
+        tracing::warn!(
+            turns = state.tasks.len(),
+            drain_seconds = limit.as_secs(),
+            "stopped before every AI turn finished: turns were still running when the drain time ran out"
+        );
     }
 }
 

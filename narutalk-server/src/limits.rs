@@ -23,11 +23,14 @@ use narutalk_core::config::Config;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
+use crate::metrics::{self, GaugeHold};
 
 /// One throttle: at most N requests a minute per key, as a token bucket of N that refills
 /// one token every `60 / N` seconds. `None` when the setting is 0 (off).
 pub struct Throttle<K: Hash + Eq + Clone> {
     limiter: Option<DefaultKeyedRateLimiter<K>>,
+    /// The `bucket` label of its refusals.
+    bucket: &'static str,
 }
 
 impl<K: Hash + Eq + Clone> Throttle<K> {
@@ -35,7 +38,13 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
     pub fn per_minute(per_minute: u32) -> Self {
         Throttle {
             limiter: NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            bucket: "unnamed",
         }
+    }
+
+    /// The same throttle, its refusals counted under `bucket` in the metrics.
+    pub fn named(self, bucket: &'static str) -> Self {
+        Throttle { bucket, ..self }
     }
 
     /// Counts one request for `key`; [`ApiError::Throttled`] with the whole seconds to
@@ -45,6 +54,7 @@ impl<K: Hash + Eq + Clone> Throttle<K> {
             return Ok(());
         };
         limiter.check_key(key).map_err(|not_until| {
+            metrics::throttled(self.bucket);
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::Throttled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
         })
@@ -75,6 +85,8 @@ pub const LOGIN_FAILURE_REFILL: Duration = Duration::from_secs(36);
 pub struct FailureBudget<K: Hash + Eq + Clone> {
     /// `None` when the budget is off.
     rule: Option<(u32, Duration)>,
+    /// The `bucket` label of its refusals.
+    bucket: &'static str,
     full_at: Mutex<HashMap<K, Instant>>,
 }
 
@@ -92,14 +104,21 @@ impl<K: Hash + Eq + Clone> FailureBudget<K> {
     pub fn new(capacity: u32, refill: Duration) -> Self {
         FailureBudget {
             rule: (capacity > 0 && !refill.is_zero()).then_some((capacity, refill)),
+            bucket: "unnamed",
             full_at: Mutex::default(),
         }
+    }
+
+    /// The same budget, its refusals counted under `bucket` in the metrics.
+    pub fn named(self, bucket: &'static str) -> Self {
+        FailureBudget { bucket, ..self }
     }
 
     /// A budget that never refuses.
     pub fn off() -> Self {
         FailureBudget {
             rule: None,
+            bucket: "unnamed",
             full_at: Mutex::default(),
         }
     }
@@ -108,6 +127,7 @@ impl<K: Hash + Eq + Clone> FailureBudget<K> {
     /// seconds until a token is back when none is left.
     pub fn reserve(&self, key: K) -> Result<Reservation<'_, K>, ApiError> {
         self.reserve_at(key, Instant::now()).map_err(|wait| {
+            metrics::throttled(self.bucket);
             ApiError::Throttled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
         })
     }
@@ -213,12 +233,14 @@ impl Throttles {
     pub fn new(config: &Config, login_failure_refill: Duration) -> Self {
         let auth = config.auth_throttle_per_minute;
         Throttles {
-            login_ip: Throttle::per_minute(auth),
-            login_failures: login_failure_budget(auth, login_failure_refill),
-            device_failures: login_failure_budget(auth, login_failure_refill),
-            register_ip: Throttle::per_minute(auth),
-            register_email: Throttle::per_minute(auth),
-            messages: Throttle::per_minute(config.message_throttle_per_minute),
+            login_ip: Throttle::per_minute(auth).named("login_ip"),
+            login_failures: login_failure_budget(auth, login_failure_refill)
+                .named("login_failures"),
+            device_failures: login_failure_budget(auth, login_failure_refill)
+                .named("device_failures"),
+            register_ip: Throttle::per_minute(auth).named("register_ip"),
+            register_email: Throttle::per_minute(auth).named("register_email"),
+            messages: Throttle::per_minute(config.message_throttle_per_minute).named("messages"),
         }
     }
 
@@ -283,9 +305,13 @@ impl HashGate {
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if metrics::enabled() {
+                ::metrics::counter!(metrics::HASH_GATE_REFUSED).increment(1);
+            }
             return Err(ApiError::Unavailable);
         }
         let _waiting = Waiting(&self.waiting);
+        let _counted = GaugeHold::new(metrics::HASH_GATE_WAITING);
         self.running.acquire().await.map_err(|_| ApiError::Internal)
     }
 }

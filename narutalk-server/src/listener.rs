@@ -219,7 +219,11 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("stopped before every in-flight request finished");
+        tracing::warn!(
+            connections = max_connections.saturating_sub(connections.available_permits()),
+            drain_seconds = options.drain_timeout.as_secs(),
+            "stopped before every in-flight request finished: connections were still open when the drain time ran out"
+        );
     }
 }
 

@@ -1,14 +1,15 @@
 //! `narutalk-server`: starts Narutalk on the settings of contract section 8.
 
-use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use narutalk_core::Narutalk;
-use narutalk_core::config::{Config, LogFormat, Overrides};
+use narutalk_core::config::{AiBackend, Config, Overrides};
 use narutalk_core::db::OpenMode;
+use narutalk_server::metrics::MetricsListener;
 
 /// Narutalk's API server. Settings: defaults < TOML file < NARUTALK_* variables < flags.
 #[derive(Debug, Parser)]
@@ -51,38 +52,114 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         config: flags.config,
     };
     let (config, settings_file) = Config::load_reporting(&overrides)?;
-    init_logging(&config)?;
-    tracing::info!(target: "narutalk::start", file = %settings_file, "settings file");
+    narutalk_server::logging::init(&config)?;
+    // Both ports are taken before anything is created on disk: a start that cannot listen
+    // leaves no database and no secret behind.
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    let metrics = match config.metrics_bind {
+        Some(metrics_bind) => Some(
+            MetricsListener::bind(metrics_bind)
+                .await
+                .with_context(|| format!("binding NARUTALK_METRICS_BIND {metrics_bind}"))?,
+        ),
+        None => None,
+    };
+    let metrics_url = match &metrics {
+        Some(metrics) => Some(format!(
+            "http://{}/metrics",
+            metrics
+                .local_addr()
+                .context("reading the bound metrics address")?
+        )),
+        None => None,
+    };
+    let start = StartLine::new(&config, address, metrics_url);
+    tracing::info!(
+        target: "narutalk::start",
+        listen = start.listen.as_str(),
+        page = start.page.as_str(),
+        docs = start.docs.as_str(),
+        database = start.database.as_str(),
+        ai_backend = start.ai_backend,
+        ai_model = start.ai_model.as_str(),
+        metrics = start.metrics.as_deref().unwrap_or("off"),
+        settings_file = %settings_file,
+        "Narutalk is starting"
+    );
     let open_config = config.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })
     .await
     .context("starting the core")??;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    println!("Narutalk is listening on http://{address}/ (API docs: http://{address}/api/docs/)");
-    narutalk_server::serve(Arc::new(core), &config, listener, shutdown_signal()).await;
+    println!("{start}");
+    let serving = narutalk_server::serve(Arc::new(core), &config, listener, shutdown_signal());
+    match metrics {
+        // The metrics are served until the server has stopped, its drain included.
+        Some(metrics) => metrics.serve_while(serving).await,
+        None => serving.await,
+    }
     println!("Narutalk stopped.");
     Ok(())
 }
 
-/// Sends log lines to standard error, filtered by `NARUTALK_LOG`, as text or JSON lines
-/// (`NARUTALK_LOG_FORMAT`).
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let installed = match config.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    installed.map_err(|error| anyhow::anyhow!("installing the logger: {error}"))
+/// What the start line says: where the server listens and what it runs on.
+struct StartLine {
+    listen: String,
+    page: String,
+    docs: String,
+    database: String,
+    ai_backend: &'static str,
+    ai_model: String,
+    metrics: Option<String>,
+}
+
+impl StartLine {
+    fn new(config: &Config, address: SocketAddr, metrics: Option<String>) -> StartLine {
+        let listen = format!("http://{address}/");
+        StartLine {
+            page: listen.clone(),
+            docs: format!("{listen}api/docs/"),
+            listen,
+            database: std::path::absolute(&config.database)
+                .unwrap_or_else(|_| config.database.clone())
+                .display()
+                .to_string(),
+            ai_backend: match config.ai_backend {
+                AiBackend::Template => "template",
+                AiBackend::Http => "http",
+                AiBackend::Openai => "openai",
+            },
+            ai_model: match config.ai_backend {
+                AiBackend::Openai => config.ai_model.clone(),
+                AiBackend::Template | AiBackend::Http => String::new(),
+            },
+            metrics,
+        }
+    }
+}
+
+impl std::fmt::Display for StartLine {
+    /// `Narutalk is listening on URL (chat page: URL, API docs: URL, database: PATH, AI:
+    /// BACKEND[ model MODEL], metrics: URL|off)`: the listen address is the first URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Narutalk is listening on {} (chat page: {}, API docs: {}, database: {}, AI: {}",
+            self.listen, self.page, self.docs, self.database, self.ai_backend
+        )?;
+        if !self.ai_model.is_empty() {
+            write!(f, " model {}", self.ai_model)?;
+        }
+        write!(
+            f,
+            ", metrics: {})",
+            self.metrics.as_deref().unwrap_or("off")
+        )
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

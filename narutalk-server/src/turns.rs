@@ -40,6 +40,7 @@ use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::error::ApiError;
+use crate::metrics::{self, GaugeHold};
 use crate::state::State;
 use crate::ws::frames;
 use crate::ws::hub::RoomEvent;
@@ -384,7 +385,10 @@ async fn produce(state: Arc<State>, message: Message, turn: Turn) -> Result<Answ
             }
         }
     };
-    place.ready().await;
+    if !place.ready_now() {
+        let _queued = GaugeHold::new(metrics::AI_QUEUED);
+        place.ready().await;
+    }
     let shared = state.clone();
     // The place goes with the call and is dropped when the reply is stored.
     state
@@ -455,7 +459,15 @@ fn answer_now(
     let session = message.session_id;
     let turn = core.chat().prepare_reply(message, claim)?;
     let reply_id = turn.reply_id;
+    let responder = metrics::responder_label(core.responder().name());
+    let running = GaugeHold::new(metrics::AI_RUNNING);
+    let called = Instant::now();
+    let mut streamed = false;
     let outcome = ai::run_responder(core.responder().as_ref(), &turn.request, &mut |delta| {
+        if !streamed {
+            streamed = true;
+            metrics::ai_first_delta(responder, called.elapsed());
+        }
         let frame = frames::ai_delta(reply_id, delta);
         state.hub.publish(
             session,
@@ -465,6 +477,12 @@ fn answer_now(
             },
         );
     });
+    drop(running);
+    metrics::ai_turn(
+        responder,
+        outcome.as_ref().err().map(ai::AiError::reason),
+        called.elapsed(),
+    );
     if let Err(error) = &outcome {
         log_failure(session, core.responder().name(), error);
     }

@@ -3,28 +3,13 @@
 //! on SIGTERM; a bad setting stops the start with one line naming it.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-fn server() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_narutalk-server"));
-    command.env_clear();
-    command
-}
-
-/// One HTTP/1.1 GET over a plain socket; returns the whole response as text.
-fn http_get(address: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
+use common::{http_get, http_post_json, server};
 
 #[test]
 fn first_start_in_an_empty_folder_creates_database_and_secret_then_serves_health() {
@@ -47,6 +32,11 @@ fn first_start_in_an_empty_folder_creates_database_and_secret_then_serves_health
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("no address in {banner:?}"))
         .to_owned();
+    let database = dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("data/databases/db.sqlite3");
 
     // Act
     let health = http_get(&address, "/api/health/");
@@ -58,6 +48,16 @@ fn first_start_in_an_empty_folder_creates_database_and_secret_then_serves_health
     let status = child.wait().unwrap();
 
     // Assert
+    assert_eq!(
+        banner.trim_end(),
+        format!(
+            "Narutalk is listening on http://{address}/ (chat page: http://{address}/, \
+             API docs: http://{address}/api/docs/, database: {}, AI: template, metrics: off)",
+            database.display()
+        ),
+        "the start line names the listen address first, then the page, the docs, the \
+         database and the AI"
+    );
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains(
         r#"{"services":{"ai_service":"available","database":"connected","search_service":"not_configured","server":"running"},"status":"healthy"}"#
@@ -113,20 +113,6 @@ fn a_short_secret_is_refused_without_echoing_it() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("NARUTALK_SECRET_KEY"), "{stderr}");
     assert!(!stderr.contains("too-short-to-sign"), "{stderr}");
-}
-
-/// One HTTP/1.1 POST of a JSON body over a plain socket; returns the whole response.
-fn http_post_json(address: &str, path: &str, body: &str) -> String {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[test]
@@ -357,7 +343,7 @@ fn the_help_sends_its_reader_nowhere_outside_the_repository() {
     }
 }
 
-/// The settings file of a start: the log's `narutalk::start` line names it, `none` when an
+/// The settings file of a start: the log's one `narutalk::start` event names it, `none` when an
 /// empty `NARUTALK_CONFIG` asks for no file (whatever `/etc/narutalk/narutalk.toml` holds).
 fn settings_file_logged(settings: &std::path::Path, narutalk_config: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -400,9 +386,15 @@ fn settings_file_logged(settings: &std::path::Path, narutalk_config: &str) -> St
         .filter(|line| line["target"] == "narutalk::start")
         .collect();
     assert_eq!(start.len(), 1, "{stderr}");
-    assert_eq!(start[0]["fields"]["message"], "settings file", "{stderr}");
+    assert_eq!(
+        start[0]["fields"]["message"], "Narutalk is starting",
+        "{stderr}"
+    );
     assert!(settings.exists());
-    start[0]["fields"]["file"].as_str().unwrap().to_owned()
+    start[0]["fields"]["settings_file"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[test]
@@ -424,4 +416,191 @@ fn help_names_the_default_settings_file() {
         help.contains("without either, /etc/narutalk/narutalk.toml when it exists"),
         "{help}"
     );
+}
+
+/// With the API's port taken, the start fails with one line naming NARUTALK_BIND and its
+/// cause, and nothing is created on disk: no `data/`, no database, no secret. The same
+/// for a taken metrics port.
+#[test]
+fn a_taken_port_stops_the_start_before_anything_is_created_on_disk() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_address = taken.local_addr().unwrap().to_string();
+    for (setting, extra) in [
+        (
+            "NARUTALK_BIND",
+            vec![("NARUTALK_BIND", taken_address.as_str())],
+        ),
+        (
+            "NARUTALK_METRICS_BIND",
+            vec![
+                ("NARUTALK_BIND", "127.0.0.1:0"),
+                ("NARUTALK_METRICS_BIND", taken_address.as_str()),
+            ],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = server();
+        command.current_dir(dir.path());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+
+        assert_eq!(output.status.code(), Some(1), "{setting}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(setting), "{stderr}");
+        assert!(stderr.contains("Address already in use"), "{stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "no start line for a start that failed"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing is created when {setting} is taken"
+        );
+    }
+}
+
+/// The start line names the AI backend and its model, and the metrics URL; the JSON log's
+/// first event says the same (and the page and docs URLs, and the database); refinery's
+/// migration lines keep their text but lose the build machine's source paths; access
+/// lines give durations in milliseconds rounded to the microsecond.
+#[test]
+fn json_start_event_comes_first_and_no_log_line_carries_a_source_path() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(
+        dir.path(),
+        &[
+            ("NARUTALK_LOG_FORMAT", "json"),
+            ("NARUTALK_LOG", "debug"),
+            ("NARUTALK_AI_BACKEND", "openai"),
+            ("NARUTALK_AI_URL", "http://127.0.0.1:9/v1"),
+            ("NARUTALK_AI_MODEL", "llama3.2"),
+            ("NARUTALK_METRICS_BIND", "127.0.0.1:0"),
+        ],
+    );
+    let address = running.address.clone();
+    let banner = running.banner.clone();
+    let database = dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("data/databases/db.sqlite3");
+
+    // Act
+    for _ in 0..5 {
+        http_get(&address, "/api/health/");
+    }
+    let (status, stderr) = running.stop();
+
+    // Assert
+    assert!(status.success(), "{status:?}");
+    let metrics = common::url_host(&banner, "metrics: http://").unwrap();
+    assert_eq!(
+        banner,
+        format!(
+            "Narutalk is listening on http://{address}/ (chat page: http://{address}/, \
+             API docs: http://{address}/api/docs/, database: {}, AI: openai model llama3.2, \
+             metrics: http://{metrics}/metrics)",
+            database.display()
+        )
+    );
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let first = &lines[0];
+    assert_eq!(first["target"], "narutalk::start", "{stderr}");
+    let fields = &first["fields"];
+    assert_eq!(fields["listen"], format!("http://{address}/"));
+    assert_eq!(fields["page"], format!("http://{address}/"));
+    assert_eq!(fields["docs"], format!("http://{address}/api/docs/"));
+    assert_eq!(fields["database"], database.display().to_string());
+    assert_eq!(fields["ai_backend"], "openai");
+    assert_eq!(fields["ai_model"], "llama3.2");
+    assert_eq!(fields["metrics"], format!("http://{metrics}/metrics"));
+    assert!(
+        lines.iter().any(|line| line["target"]
+            .as_str()
+            .is_some_and(|target| target.starts_with("refinery"))),
+        "refinery's lines are kept: {stderr}"
+    );
+    assert!(
+        !stderr.contains(".cargo"),
+        "a source path was logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains("log.file"),
+        "a source path was logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains("log.line"),
+        "a source line was logged: {stderr}"
+    );
+    let durations: Vec<&str> = stderr
+        .split(r#""duration_ms":"#)
+        .skip(1)
+        .map(|rest| rest.split([',', '}']).next().unwrap())
+        .collect();
+    assert_eq!(durations.len(), 5, "{stderr}");
+    for duration in durations {
+        let decimals = duration.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(
+            decimals <= 3,
+            "{duration} is not rounded to the microsecond"
+        );
+        assert!(duration.parse::<f64>().is_ok(), "{duration}");
+    }
+}
+
+/// The search proxy's warning says why the service is unreachable (the refused
+/// connection, beneath reqwest's own "error sending request"), and not its URL.
+#[test]
+fn the_search_proxy_warning_names_its_cause() {
+    // Arrange
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let search = format!(
+        "http://127.0.0.1:{}/api/search/",
+        free.local_addr().unwrap().port()
+    );
+    drop(free);
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(
+        dir.path(),
+        &[
+            ("NARUTALK_SEARCH_URL", search.as_str()),
+            ("NARUTALK_LOG_FORMAT", "json"),
+        ],
+    );
+    let access = common::register_and_log_in(&running.address);
+
+    // Act
+    let answer = common::http(
+        &running.address,
+        "POST",
+        "/api/proxy/search/",
+        &format!("Authorization: Bearer {access}\r\nContent-Type: application/json\r\n"),
+        r#"{"query": "migraine"}"#,
+    );
+    let (_, stderr) = running.stop();
+
+    // Assert
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let warnings: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["level"] == "WARN" && line["target"] != "narutalk::access")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    let fields = &warnings[0]["fields"];
+    assert_eq!(
+        fields["message"],
+        "the search service is unreachable: the search proxy answered 503"
+    );
+    let cause = fields["cause"].as_str().unwrap();
+    assert!(cause.contains("Connection refused"), "{cause}");
+    assert!(!stderr.contains(&search), "the URL was logged: {stderr}");
 }

@@ -400,24 +400,17 @@ pub fn serve_child(args: &[String]) -> ExitCode {
 async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     use std::io::Write;
     let config = Config::load(&Overrides::default())?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init()
-        .map_err(|error| anyhow::anyhow!("installing the logger: {error}"))?;
+    narutalk_server::logging::init(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
+    let address = listener.local_addr().context("reading the bound address")?;
     let open_config = config.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })
     .await
     .context("starting the core")??;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
-    let address = listener.local_addr().context("reading the bound address")?;
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(

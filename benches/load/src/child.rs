@@ -2,8 +2,9 @@
 //! read alone: both ends of that arrangement.
 //!
 //! The harness re-executes itself (`std::env::current_exe()`) with a hidden subcommand:
-//! `serve` starts Narutalk exactly as the `narutalk-server` binary does (the core opened
-//! on a blocking thread, then `narutalk_server::serve_with`), `hello` starts the bare warp
+//! `serve` starts Narutalk exactly as the `narutalk-server` binary does (the listeners
+//! bound, the core opened on a blocking thread, then `narutalk_server::serve_with`, with
+//! the metrics served beside it when the settings ask for them), `hello` starts the bare warp
 //! JSON hello server of the throughput ceiling. The child prints one line,
 //! `listening ADDR open-files N`, and stops gracefully when its standard input closes
 //! (or on SIGINT/SIGTERM), so it never outlives the harness.
@@ -18,6 +19,7 @@ use anyhow::{Context, bail};
 use narutalk_core::Narutalk;
 use narutalk_core::db::OpenMode;
 use narutalk_server::ServeOptions;
+use narutalk_server::metrics::MetricsListener;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use warp::Filter;
@@ -206,29 +208,36 @@ pub fn raise_open_files() -> u64 {
 pub async fn serve(settings: &Path, bind: &str, max_connections: usize) -> anyhow::Result<()> {
     let open_files = raise_open_files();
     let config = seed::load_settings(settings, Some(bind))?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|error| anyhow::anyhow!("installing the logger: {error}"))?;
+    narutalk_server::logging::init(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let metrics = match config.metrics_bind {
+        Some(metrics_bind) => Some(
+            MetricsListener::bind(metrics_bind)
+                .await
+                .with_context(|| format!("binding {metrics_bind}"))?,
+        ),
+        None => None,
+    };
     let open_config = config.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })
     .await
     .context("starting the core")??;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding {}", config.bind))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
     announce(addr, open_files);
     let options = ServeOptions {
         max_connections,
         ..ServeOptions::default()
     };
-    narutalk_server::serve_with(Arc::new(core), &config, listener, options, stop_signal()).await;
+    let serving =
+        narutalk_server::serve_with(Arc::new(core), &config, listener, options, stop_signal());
+    match metrics {
+        Some(metrics) => metrics.serve_while(serving).await,
+        None => serving.await,
+    }
     Ok(())
 }
 

@@ -68,6 +68,10 @@ struct Flags {
     /// harness works, not a measurement); overrides --duration and --warmup.
     #[arg(long)]
     smoke: bool,
+    /// Serve the Prometheus metrics too (NARUTALK_METRICS_BIND on a free loopback port),
+    /// to measure what recording them costs.
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// The hidden subcommands the harness runs its servers with.
@@ -230,6 +234,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     println!(
         "server: throttles OFF (auth_throttle_per_minute = 0, message_throttle_per_minute = 0): the harness measures the server, not its limiters"
     );
+    println!(
+        "server: Prometheus metrics {}",
+        if flags.metrics {
+            "ON (recorded, served on a loopback port of their own)"
+        } else {
+            "off (--metrics turns them on)"
+        }
+    );
     if let Some(note) = &idle_note {
         println!("{note}");
     }
@@ -249,7 +261,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     println!("{}", report::ceilings_table(&ceilings, connections));
 
     // Seed, then start the server on the seeded database.
-    let settings = seed::write_settings(dir.path())?;
+    let settings = seed::write_settings(dir.path(), flags.metrics)?;
     let config = seed::load_settings(&settings, None)?;
     let sizes = seed::Sizes {
         writer_sessions: connections,

@@ -27,7 +27,7 @@ const DETAIL_EXCHANGES: usize = 10;
 /// (to seed) and the server process read with `Config::load_from`, so that both use the
 /// same database and signing secret. `NARUTALK_*` variables of the environment are not
 /// read: a run measures these settings only.
-pub fn write_settings(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
     // `Config::for_tests` makes a random 32-byte signing secret for this run.
     let secret = Config::for_tests(dir)
         .secret_key
@@ -37,7 +37,7 @@ pub fn write_settings(dir: &Path) -> anyhow::Result<PathBuf> {
         .to_str()
         .context("the temporary folder's path is not UTF-8")?;
     // A JSON string is a valid TOML basic string (same escapes).
-    let settings = format!(
+    let mut settings = format!(
         "# Settings of the Narutalk load harness (see benches/README.md).\n\
          database = {database}\n\
          sqlite_synchronous = \"full\"\n\
@@ -58,6 +58,9 @@ pub fn write_settings(dir: &Path) -> anyhow::Result<PathBuf> {
         database = serde_json::to_string(database)?,
         secret = serde_json::to_string(secret.expose())?,
     );
+    if metrics {
+        settings.push_str("# Prometheus metrics recorded and served (--metrics).\nmetrics_bind = \"127.0.0.1:0\"\n");
+    }
     let path = dir.join("narutalk.toml");
     std::fs::write(&path, settings).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)

@@ -18,12 +18,13 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use crate::error::Error;
+use crate::metrics;
 
 /// OWASP's argon2id minimum: 19 MiB of memory, 2 passes, 1 lane.
 pub const MEMORY_KIB: u32 = 19_456;
@@ -177,13 +178,17 @@ impl Hashers {
             }
             let _ = answer.send(f(&mut memory[..blocks]));
         });
+        let asked = Instant::now();
         if self.threads.load(Ordering::SeqCst) == 0 {
             let _ = catch_unwind(AssertUnwindSafe(|| job(&mut Vec::new())));
         } else {
             self.lock().push_back(job);
+            metrics::gauge_add(metrics::ARGON2_QUEUED, 1.0);
             self.posted.notify_one();
         }
-        result.recv().ok()
+        let answer = result.recv().ok();
+        metrics::record_seconds(metrics::ARGON2_SECONDS, asked.elapsed());
+        answer
     }
 
     /// A hashing thread's life: lower its priority, then run jobs as they come.
@@ -195,6 +200,7 @@ impl Hashers {
                 let mut queue = self.lock();
                 loop {
                     if let Some(job) = queue.pop_front() {
+                        metrics::gauge_add(metrics::ARGON2_QUEUED, -1.0);
                         break job;
                     }
                     if memory.is_empty() {

@@ -43,6 +43,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 
 use crate::error::Error;
+use crate::metrics;
 
 /// The most writes one commit carries. A bound keeps a batch's latency bounded under a
 /// flood of writers: the writers beyond it form the next batch.
@@ -179,6 +180,21 @@ impl Writer {
     /// deadline passes first (waiting for the connection, or for another process's lock):
     /// then `f` has not run, or its changes are rolled back.
     pub fn write<T>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<Result<T, Error>, Error>,
+    ) -> Result<T, Error> {
+        let asked = Instant::now();
+        let answer = self.write_untimed(deadline, f);
+        metrics::record_seconds(metrics::DB_WRITE_SECONDS, asked.elapsed());
+        if matches!(answer, Err(Error::Unavailable(_))) {
+            metrics::count(metrics::DB_WRITES_UNAVAILABLE);
+        }
+        answer
+    }
+
+    /// [`Writer::write`] without its metrics.
+    fn write_untimed<T>(
         &self,
         deadline: Instant,
         f: impl FnOnce(&WriteTx<'_>) -> Result<Result<T, Error>, Error>,
@@ -322,7 +338,13 @@ impl Writer {
 
     /// Commits the open batch (rolling it back when the commit fails) and closes it.
     fn commit(&self, held: &mut Held) -> Result<(), StorageFailure> {
-        let changed = held.batch.take().is_some_and(|batch| batch.changed);
+        let batch = held.batch.take();
+        let changed = batch.as_ref().is_some_and(|batch| batch.changed);
+        if let Some(batch) = &batch {
+            // At most MAX_BATCH: exact as a float.
+            #[allow(clippy::cast_precision_loss)]
+            metrics::record(metrics::DB_COMMIT_BATCH_WRITES, batch.writes as f64);
+        }
         match held.conn.execute_batch("COMMIT") {
             Ok(()) => {
                 if changed {

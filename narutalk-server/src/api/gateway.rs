@@ -100,7 +100,10 @@ pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Respons
             ));
         }
         Err(error) => {
-            tracing::warn!(error = %error, "search service unreachable");
+            tracing::warn!(
+                cause = causes(&error.without_url()),
+                "the search service is unreachable: the search proxy answered 503"
+            );
             return Ok(proxy_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "search service unavailable",
@@ -147,6 +150,24 @@ pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Respons
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// An error with every error beneath it, outermost first, joined by `: ` (reqwest's own
+/// text says only that sending failed; the cause, such as `Connection refused`, is
+/// beneath it).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source's text in their own.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn proxy_error(status: StatusCode, error: &str) -> Response {

@@ -90,6 +90,29 @@ impl Endpoint {
         })
     }
 
+    /// The route template of the endpoint, the `route` label of its metrics: ids and
+    /// asset names are placeholders, so a label never holds a client's text.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Endpoint::Register => "/api/auth/register/",
+            Endpoint::Login => "/api/auth/login/",
+            Endpoint::Refresh => "/api/auth/token/refresh/",
+            Endpoint::Logout => "/api/auth/logout/",
+            Endpoint::Profile => "/api/auth/profile/",
+            Endpoint::Password => "/api/auth/password/",
+            Endpoint::Dashboard => "/api/auth/dashboard/",
+            Endpoint::Sessions => "/api/chat/sessions/",
+            Endpoint::Session(_) => "/api/chat/sessions/{id}/",
+            Endpoint::Messages(_) => "/api/chat/sessions/{id}/messages/",
+            Endpoint::Health => "/api/health/",
+            Endpoint::Search => "/api/proxy/search/",
+            Endpoint::Schema => "/api/schema/",
+            Endpoint::Docs(asset) if asset.is_empty() => "/api/docs/",
+            Endpoint::Docs(_) => "/api/docs/{asset}",
+            Endpoint::ChatSocket(_) => "/ws/chat/{id}/",
+        }
+    }
+
     /// The methods the endpoint answers, as its `Allow` header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
@@ -162,12 +185,16 @@ impl Endpoint {
 }
 
 /// Answers one request that is not a CORS preflight: the web chat page and its assets,
-/// or an endpoint of the API.
-pub async fn handle(state: &Arc<State>, mut request: Request) -> Response {
+/// or an endpoint of the API; `endpoint` is [`Endpoint::at`] its path.
+pub async fn handle(
+    state: &Arc<State>,
+    endpoint: Option<Endpoint>,
+    mut request: Request,
+) -> Response {
     if page::owns(&request.path) {
         return page::answer(&request);
     }
-    let Some(endpoint) = Endpoint::at(&request.path) else {
+    let Some(endpoint) = endpoint else {
         return ApiError::NotFound.into_response();
     };
     dispatch(state, endpoint, &mut request)
@@ -361,6 +388,33 @@ mod tests {
         assert_eq!(Endpoint::at("/api/auth/"), None);
         assert_eq!(Endpoint::at("/"), None);
         assert_eq!(Endpoint::at("api/health/"), None);
+    }
+
+    #[test]
+    fn route_templates_hold_no_id_and_unknown_paths_have_none() {
+        let id = "46921a8a-9411-4ecb-a058-63c9daa20976";
+        let cases = [
+            (
+                format!("/api/chat/sessions/{id}/"),
+                "/api/chat/sessions/{id}/",
+            ),
+            (
+                format!("/api/chat/sessions/{id}/messages"),
+                "/api/chat/sessions/{id}/messages/",
+            ),
+            (format!("/ws/chat/{id}/"), "/ws/chat/{id}/"),
+            ("/api/docs/swagger-ui.css".to_owned(), "/api/docs/{asset}"),
+            ("/api/docs".to_owned(), "/api/docs/"),
+            ("/api/health/".to_owned(), "/api/health/"),
+        ];
+        for (path, template) in cases {
+            assert_eq!(
+                Endpoint::at(&path).map(|endpoint| endpoint.template()),
+                Some(template),
+                "{path}"
+            );
+        }
+        assert_eq!(Endpoint::at(&format!("/api/{id}/")), None);
     }
 
     #[test]

@@ -32,8 +32,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
+use crate::envelope::millis;
 use crate::error::ApiError;
 use crate::listener::Upgrade;
+use crate::metrics::{self, GaugeHold};
 use crate::state::State;
 use crate::turns::{self, Posted};
 use crate::ws::frames::{self, Incoming};
@@ -120,6 +122,7 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
         .max_message_size(Some(MAX_FRAME_BYTES));
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let open = GaugeHold::new(metrics::WS_OPEN);
     let Opened {
         user,
         session,
@@ -151,13 +154,15 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
         Ending::Gone(reason) => (1006, *reason),
     };
     socket.finish(ending).await;
+    drop(open);
+    metrics::socket_closed(code);
     tracing::info!(
         target: "narutalk::ws",
         session = %session,
         user = user.0,
         code,
         reason,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = millis(started.elapsed()),
         request_id,
         "socket closed"
     );
@@ -224,7 +229,7 @@ impl Socket {
                         .reset(tokio::time::Instant::now() + rules.idle);
                     self.receive(frame).await
                 }
-                Step::Ping => self.send(Message::Ping(Bytes::new())).await,
+                Step::Ping => self.send(Message::Ping(Bytes::new()), "ping").await,
                 Step::Idle => Err(Ending::Close(CloseCode::Normal, "idle timeout")),
             };
             if let Err(ending) = done {
@@ -255,7 +260,7 @@ impl Socket {
             for message in &page {
                 self.last_seq = message.seq;
                 self.remember_sent(message.id);
-                self.send(Message::Text(frames::chat_message(message)))
+                self.send(Message::Text(frames::chat_message(message)), "chat_message")
                     .await?;
             }
             if page.len() < REPLAY_PAGE as usize {
@@ -273,7 +278,7 @@ impl Socket {
                 }
                 self.last_seq = seq;
                 self.remember_sent(id);
-                self.send(Message::Text(frame)).await
+                self.send(Message::Text(frame), "chat_message").await
             }
             // Deltas queued during a replay may belong to a reply the replay already sent:
             // a reply's deltas never follow it.
@@ -281,7 +286,7 @@ impl Socket {
                 if self.recently_sent.contains(&reply) {
                     return Ok(());
                 }
-                self.send(Message::Text(frame)).await
+                self.send(Message::Text(frame), "ai_delta").await
             }
             Some(RoomEvent::Deleted) => {
                 Err(Ending::Close(CloseCode::PolicyViolation, "session deleted"))
@@ -323,7 +328,7 @@ impl Socket {
 
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
         let body = match frames::parse(text) {
-            Ok(Incoming::Ping) => return self.send(Message::Text(frames::PONG)).await,
+            Ok(Incoming::Ping) => return self.send(Message::Text(frames::PONG), "pong").await,
             Ok(Incoming::Message(body)) => body,
             Err(problem) => return self.send_error(&problem).await,
         };
@@ -361,7 +366,7 @@ impl Socket {
             Ok(Posted::Replayed(_)) => Ok(()),
             Err(ApiError::Throttled(seconds)) => {
                 let text = ApiError::Throttled(seconds).text(frames::frame_field);
-                self.send(Message::Text(frames::throttled(&text, seconds)))
+                self.send(Message::Text(frames::throttled(&text, seconds)), "error")
                     .await
             }
             Err(error) => self.send_error(&error.text(frames::frame_field)).await,
@@ -376,17 +381,19 @@ impl Socket {
     }
 
     async fn send_error(&mut self, text: &str) -> Result<(), Ending> {
-        self.send(Message::Text(frames::error(text))).await
+        self.send(Message::Text(frames::error(text)), "error").await
     }
 
-    /// Writes one frame, within [`owed`]'s patience.
-    async fn send(&mut self, message: Message) -> Result<(), Ending> {
+    /// Writes one frame, within [`owed`]'s patience; a frame written counts under `kind`.
+    async fn send(&mut self, message: Message, kind: &'static str) -> Result<(), Ending> {
         owed(
             &self.closer,
             self.state.socket_rules.idle,
             self.ws.send(message),
         )
-        .await
+        .await?;
+        metrics::frame_sent(kind);
+        Ok(())
     }
 
     /// Writes the pong tungstenite queued for the peer's ping, within [`owed`]'s patience.
