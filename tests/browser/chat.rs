@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::browser::{Browser, ENTER, RELEASE, SHIFT};
 use crate::helpers::{body, stored, template};
 use crate::page::{
-    Site, create_session, open_logged_in, open_session, send, wait_until_page_shows_stored,
+    Site, composer, create_session, open_logged_in, open_session, send,
+    wait_until_page_shows_stored,
 };
 
 /// The new-session form creates the session with its title and category, lists it as
@@ -66,13 +67,7 @@ async fn a_session_created_in_the_page_opens_and_a_message_sent_with_enter_gets_
         ]
     );
     assert_eq!(shown[..2], first_turn[..]);
-    let composer = browser
-        .js(
-            "return document.querySelector('#composer-input').value;",
-            vec![],
-        )
-        .await;
-    assert_eq!(composer, "");
+    assert_eq!(composer(&browser).await, "");
 }
 
 /// A message posted through the REST API (another device of the user) appears live on

@@ -8,7 +8,9 @@ use serde_json::json;
 
 use crate::browser::Browser;
 use crate::helpers::{stored, template};
-use crate::page::{Site, messages, open_logged_in, open_session, wait_until_page_shows_stored};
+use crate::page::{
+    Site, composer, messages, open_logged_in, open_session, wait_until_page_shows_stored,
+};
 
 /// Composes 한글 as a Korean IME would (ㅎ, 하, 한, 한ㄱ, 한그, 한글), presses Enter to end
 /// the composition, and commits it: nothing is sent and the composer holds the text.
@@ -48,13 +50,7 @@ async fn an_enter_that_ends_a_korean_composition_does_not_send_and_the_next_ente
 
     // Key events are handled when they are dispatched: had that Enter sent, the composer
     // would be empty by now.
-    let composer = browser
-        .js(
-            "return document.querySelector('#composer-input').value;",
-            vec![],
-        )
-        .await;
-    assert_eq!(composer, "한글");
+    assert_eq!(composer(&browser).await, "한글");
     assert_eq!(messages(&browser).await, []);
 
     // A plain Enter, as the keyboard sends it (it would type a line break if not taken).

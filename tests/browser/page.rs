@@ -251,6 +251,17 @@ pub async fn send(browser: &Browser, text: &str) {
         .await;
 }
 
+/// What the composer (`#composer-input`) holds.
+pub async fn composer(browser: &Browser) -> String {
+    let value = browser
+        .js(
+            "return document.querySelector('#composer-input').value;",
+            vec![],
+        )
+        .await;
+    value.as_str().unwrap_or_default().to_owned()
+}
+
 /// The messages `#messages` shows, top to bottom.
 pub async fn messages(browser: &Browser) -> Vec<Shown> {
     let shown = browser

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use crate::browser::Browser;
+use serde_json::json;
+
+use crate::browser::{Browser, WINDOW};
 use crate::fake_ai::{FakeService, openai_stream};
 use crate::page::{Site, open_logged_in, open_session, wait_until_page_shows_stored};
 
@@ -70,6 +72,15 @@ async fn take_the_readme_screenshot() {
     for (question, _) in CONVERSATION {
         site.app.say(&kim, &session, question).await;
     }
+    // The page's viewport is the whole desktop size (a headless window's frame takes part
+    // of the window otherwise).
+    let (width, height) = WINDOW;
+    browser
+        .cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
     open_logged_in(&browser, &site, &kim).await;
     open_session(&browser, &session).await;
     wait_until_page_shows_stored(&browser, &site, &kim, &session, 2 * CONVERSATION.len()).await;
