@@ -7,6 +7,13 @@
 // as theft and ends the whole login), so refreshes run under the Web Lock
 // `narutalk-refresh`: inside it, a tab reads the stored token afresh, and when another tab
 // has rotated it meanwhile, this tab adopts the new one instead of spending the old one.
+//
+// Inside the lock the refresh token is read from IndexedDB, not localStorage: a tab's
+// localStorage is a cache that another tab's write reaches some time later, so the tab
+// that takes the lock right after another tab rotated the token could still read the old
+// one and spend it twice. An IndexedDB transaction completed before the lock is released
+// is seen by the next holder. localStorage keeps a copy: it is what other tabs' `storage`
+// events (login and logout elsewhere) come from, and what a tab checks at start.
 
 const REFRESH_KEY = "narutalk.refresh";
 const DEVICE_KEY = "narutalk.device";
@@ -54,13 +61,65 @@ export function forgetAccess() {
   lastRefresh = null;
 }
 
-function forgetLogin() {
-  localStorage.removeItem(REFRESH_KEY);
-  forgetAccess();
+const DB_NAME = "narutalk";
+const DB_STORE = "tokens";
+let databaseOpening = null;
+
+/** The page's IndexedDB database, or null where there is none (then localStorage alone). */
+function database() {
+  if (databaseOpening === null) {
+    databaseOpening = new Promise((resolve) => {
+      if (!window.indexedDB) {
+        resolve(null);
+        return;
+      }
+      const request = indexedDB.open(DB_NAME, 1);
+      request.onupgradeneeded = () => request.result.createObjectStore(DB_STORE);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => resolve(null);
+      request.onblocked = () => resolve(null);
+    });
+  }
+  return databaseOpening;
 }
 
-function loggedOut() {
-  forgetLogin();
+/** The stored refresh token (null: logged out), IndexedDB first. */
+async function storedRefresh() {
+  const db = await database();
+  const kept = db === null
+    ? undefined
+    : await new Promise((resolve) => {
+      const request = db.transaction(DB_STORE, "readonly").objectStore(DB_STORE).get(REFRESH_KEY);
+      request.onsuccess = () => resolve(request.result);
+      request.onerror = () => resolve(undefined);
+    });
+  // `undefined`: never written to IndexedDB (no database): localStorage says.
+  return kept === undefined ? localStorage.getItem(REFRESH_KEY) : kept;
+}
+
+/** Stores the refresh token (null: forgets it); resolves once other tabs will see it. */
+async function storeRefresh(token) {
+  const db = await database();
+  if (db !== null) {
+    await new Promise((resolve) => {
+      const transaction = db.transaction(DB_STORE, "readwrite");
+      transaction.objectStore(DB_STORE).put(token, REFRESH_KEY);
+      transaction.oncomplete = resolve;
+      transaction.onerror = resolve;
+      transaction.onabort = resolve;
+    });
+  }
+  if (token === null) {
+    localStorage.removeItem(REFRESH_KEY);
+  } else {
+    localStorage.setItem(REFRESH_KEY, token);
+  }
+}
+
+/** Ends this browser's login: the stored token is forgotten and the page told. */
+async function endLogin() {
+  await storeRefresh(null);
+  forgetAccess();
   loggedOutHandler();
   return new LoggedOut("logged out");
 }
@@ -122,8 +181,8 @@ function failure(answer) {
 
 /** Gets a new access token with the stored refresh token, under the lock. */
 async function refreshUnderLock() {
-  const stored = localStorage.getItem(REFRESH_KEY);
-  if (stored === null) throw loggedOut();
+  const stored = await storedRefresh();
+  if (stored === null) throw await endLogin();
   if (stored !== lastRefresh) {
     // Another tab refreshed (or logged in) since this tab last did: its token is the
     // live one; this tab still needs an access token of its own, so it refreshes with it.
@@ -131,12 +190,13 @@ async function refreshUnderLock() {
   }
   const answer = await exchange("POST", "/api/auth/token/refresh/", { body: { refresh: stored } });
   if (answer.status === 200 && answer.body && answer.body.access && answer.body.refresh) {
-    localStorage.setItem(REFRESH_KEY, answer.body.refresh);
+    // Stored before the lock is released, so the next holder reads this token.
+    await storeRefresh(answer.body.refresh);
     lastRefresh = answer.body.refresh;
     access = answer.body.access;
     return;
   }
-  if (answer.status === 401) throw loggedOut();
+  if (answer.status === 401) throw await endLogin();
   throw failure(answer);
 }
 
@@ -168,7 +228,7 @@ function expiresSoon(token) {
 /** An access token good for at least a little while (for the socket's handshake). */
 export async function freshAccess() {
   if (access === null || expiresSoon(access)) await refresh(access ?? undefined);
-  if (access === null) throw loggedOut();
+  if (access === null) throw await underLock(endLogin);
   return access;
 }
 
@@ -184,7 +244,7 @@ export async function call(method, path, body, headers) {
     await refresh(used);
     used = access;
     answer = await exchange(method, path, { body, token: used, headers });
-    if (answer.status === 401) throw loggedOut();
+    if (answer.status === 401) throw await underLock(endLogin);
   }
   if (answer.status >= 200 && answer.status < 300) return answer.body;
   throw failure(answer);
@@ -198,7 +258,7 @@ export async function login(email, password) {
   const answer = await exchange("POST", "/api/auth/login/", { body });
   if (answer.status !== 200 || !answer.body || !answer.body.refresh) throw failure(answer);
   await underLock(async () => {
-    localStorage.setItem(REFRESH_KEY, answer.body.refresh);
+    await storeRefresh(answer.body.refresh);
     if (answer.body.device) localStorage.setItem(DEVICE_KEY, answer.body.device);
   });
   lastRefresh = answer.body.refresh;
@@ -221,7 +281,7 @@ export async function register(fields) {
 export async function logout() {
   let problem = null;
   await underLock(async () => {
-    const stored = localStorage.getItem(REFRESH_KEY);
+    const stored = await storedRefresh();
     if (stored !== null) {
       try {
         const answer = await exchange("POST", "/api/auth/logout/", { body: { refresh: stored } });
@@ -231,7 +291,8 @@ export async function logout() {
         problem = error;
       }
     }
-    forgetLogin();
+    await storeRefresh(null);
+    forgetAccess();
   });
   if (problem) throw problem;
 }
