@@ -338,13 +338,22 @@ impl Browser {
         self.client.find(Locator::Css(css)).await.unwrap()
     }
 
-    /// Clicks the element `css` matches, as a person would, once it is displayed.
+    /// Clicks the element `css` matches, as a person would, once it is displayed. A click
+    /// that fails because the page replaced the element meanwhile (a list drawn again) is
+    /// tried again on the new one, until [`PATIENCE`] runs out.
     pub async fn click(&self, css: &str) {
-        self.element(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|error| panic!("cannot click {css}: {error}"));
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let error = match self.element(css).await.click().await {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cannot click {css}: {error}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Types `keys` into the element `css` matches, as a person would (WebDriver key
