@@ -1,10 +1,12 @@
 //! Sessions and messages through the page: creating a session, sending with Enter (and a
 //! new line with Shift+Enter), the reply, and a message posted elsewhere arriving live.
 
+use narutalk_core::config::AiBackend;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::browser::{Browser, ENTER, RELEASE, SHIFT};
+use crate::fake_ai::refused_url;
 use crate::helpers::{body, stored, template};
 use crate::page::{
     Site, composer, create_session, open_logged_in, open_session, send,
@@ -97,4 +99,37 @@ async fn a_message_posted_through_the_rest_api_appears_live() {
     assert_eq!(shown[2].text, "다른 기기에서 보낸 질문");
     assert_eq!(shown[3].id, posted["reply"]["id"].as_str().unwrap());
     assert_eq!(shown[3].text, template("다른 기기에서 보낸 질문"));
+}
+
+/// When the assistant cannot answer (its service refuses connections), the page shows the
+/// stored system error message as one: `data-sender="system"`, `data-message-type="error"`.
+#[tokio::test]
+async fn a_reply_the_assistant_cannot_give_is_shown_as_a_system_error() {
+    let Some(browser) =
+        Browser::start("a_reply_the_assistant_cannot_give_is_shown_as_a_system_error").await
+    else {
+        return;
+    };
+    let url = refused_url("/chat");
+    let site = Site::start_with(move |config| {
+        config.ai_backend = AiBackend::Http;
+        config.ai_url = url;
+    })
+    .await;
+    let kim = site.app.account("kim").await;
+    let session = site.app.session(&kim, "장애").await;
+    open_logged_in(&browser, &site, &kim).await;
+    open_session(&browser, &session).await;
+
+    send(&browser, "들리나요?").await;
+
+    let shown = wait_until_page_shows_stored(&browser, &site, &kim, &session, 2).await;
+    assert_eq!(
+        (shown[1].sender.as_str(), shown[1].message_type.as_str()),
+        ("system", "error")
+    );
+    assert_eq!(
+        shown[1].text,
+        "The assistant is unavailable right now. Please try again later."
+    );
 }

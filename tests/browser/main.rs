@@ -29,10 +29,12 @@ mod system;
 
 mod account;
 mod chat;
+mod elsewhere;
 mod ime;
 mod origin;
 mod reconnect;
 mod screenshot;
+mod sessions;
 mod streaming;
 mod tabs;
 mod throttle;

@@ -251,6 +251,18 @@ pub async fn send(browser: &Browser, text: &str) {
         .await;
 }
 
+/// Waits until `#notice` is shown with `data-kind` = `kind` and some text.
+pub async fn wait_for_notice(browser: &Browser, kind: &str) {
+    browser
+        .wait_for(
+            &format!("#notice to say {kind}"),
+            "const n = document.querySelector('#notice'); \
+             return !n.hidden && n.dataset.kind === arguments[0] && n.textContent.trim() !== '';",
+            vec![json!(kind)],
+        )
+        .await;
+}
+
 /// What the composer (`#composer-input`) holds.
 pub async fn composer(browser: &Browser) -> String {
     let value = browser

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::browser::{Browser, ENTER, PATIENCE};
 use crate::helpers::stored;
 use crate::page::{
-    Site, composer, open_logged_in, open_session, send, wait_for_connection,
+    Site, composer, open_logged_in, open_session, send, wait_for_connection, wait_for_notice,
     wait_until_disconnected, wait_until_page_shows_stored,
 };
 
@@ -39,13 +39,7 @@ async fn a_dropped_connection_comes_back_without_losing_or_doubling_messages() {
         "#connection-state is {state}"
     );
     send(&browser, "끊긴 동안 쓴 글").await;
-    browser
-        .wait_for(
-            "a notice that the message was not sent",
-            "return document.querySelector('#notice').dataset.kind === 'error';",
-            vec![],
-        )
-        .await;
+    wait_for_notice(&browser, "error").await;
     assert_eq!(composer(&browser).await, "끊긴 동안 쓴 글");
     // Posted elsewhere while this browser cannot hear: the server stores them and their
     // replies.
