@@ -239,7 +239,6 @@ impl Browser {
             "--disable-background-timer-throttling".to_owned(),
             "--disable-backgrounding-occluded-windows".to_owned(),
             "--disable-renderer-backgrounding".to_owned(),
-            "--lang=ko-KR".to_owned(),
         ];
         let capabilities = json!({
             "browserName": "chrome",
