@@ -460,7 +460,8 @@ fn summary(events: &[Value]) -> Vec<String> {
             match event["method"].as_str()? {
                 "Network.responseReceived" => Some(format!(
                     "{} {}",
-                    params["response"]["status"], params["response"]["url"]
+                    params["response"]["status"],
+                    params["response"]["url"].as_str().unwrap_or_default()
                 )),
                 "Network.webSocketHandshakeResponseReceived" => {
                     Some(format!("{} socket", params["response"]["status"]))
