@@ -103,19 +103,6 @@ async fn requests_received(service: &FakeService, n: usize) -> Vec<Received> {
         .unwrap()
 }
 
-/// Creates a session of `category` and answers its id.
-async fn session_in(app: &TestApp, account: &Account, title: &str, category: &str) -> String {
-    let created = app
-        .authed(Method::POST, "/api/chat/sessions/", account)
-        .json(&json!({"title": title, "category": category}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let body: Value = created.json().await.unwrap();
-    body["id"].as_str().unwrap().to_owned()
-}
-
 /// Posts `content` through REST and answers the 201 body (the message with its `reply`).
 async fn post(app: &TestApp, account: &Account, session: &str, content: &str) -> Value {
     app.say(account, session, content).await
@@ -207,7 +194,7 @@ async fn an_openai_reply_streams_to_every_socket_then_arrives_as_the_stored_mess
     ]);
     let app = openai_app(&service, |_| {}).await;
     let kim = app.account("kim").await;
-    let session = session_in(&app, &kim, "Headache", "medical").await;
+    let session = app.session_in(&kim, "Headache", "medical").await;
     post(&app, &kim, &session, "I have a headache.").await;
     let mut first = app.socket(&kim, &session).await;
     let mut second = app.socket(&kim, &session).await;
@@ -274,7 +261,7 @@ async fn every_openai_setting_shapes_the_request() {
     })
     .await;
     let kim = app.account("kim").await;
-    let session = session_in(&app, &kim, "Triage", "emergency").await;
+    let session = app.session_in(&kim, "Triage", "emergency").await;
 
     post(&app, &kim, &session, "one").await;
     let posted = post(&app, &kim, &session, "two").await;
@@ -328,7 +315,7 @@ async fn an_http_service_reply_is_stored_with_its_metadata() {
     ]);
     let app = http_app_at(&service.url("/api/answer/"), |_| {}).await;
     let kim = app.account("kim").await;
-    let session = session_in(&app, &kim, "Dizzy", "consultation").await;
+    let session = app.session_in(&kim, "Dizzy", "consultation").await;
 
     post(&app, &kim, &session, "I feel dizzy.").await;
     let posted = post(&app, &kim, &session, "It keeps coming back.").await;

@@ -112,9 +112,20 @@ impl TestApp {
 
     /// Creates a session titled `title` and answers its id.
     pub async fn session(&self, account: &Account, title: &str) -> String {
+        self.create_session(account, &json!({ "title": title }))
+            .await
+    }
+
+    /// Creates a session of `category` titled `title` and answers its id.
+    pub async fn session_in(&self, account: &Account, title: &str, category: &str) -> String {
+        self.create_session(account, &json!({ "title": title, "category": category }))
+            .await
+    }
+
+    async fn create_session(&self, account: &Account, body: &Value) -> String {
         let created = self
             .authed(Method::POST, "/api/chat/sessions/", account)
-            .json(&json!({ "title": title }))
+            .json(body)
             .send()
             .await
             .unwrap();
