@@ -41,6 +41,11 @@ const state = {
   liveIds: null,
   /** The text sent on the socket and not yet seen stored (put back if refused). */
   pendingText: null,
+  /**
+   * A pending text given back to the composer because the connection dropped before it
+   * was seen stored: if the resume replay brings it after all, it leaves the composer.
+   */
+  givenBack: null,
   /** The last message posted through REST: a retry of the same text reuses its key. */
   lastPost: null,
   noticeTimer: null,
@@ -431,6 +436,7 @@ function closeSession() {
   state.socket = null;
   state.current = null;
   state.pendingText = null;
+  state.givenBack = null;
   state.liveIds = null;
   for (const li of sessionList.querySelectorAll("[aria-current]")) li.removeAttribute("aria-current");
   messages.replaceChildren();
@@ -729,6 +735,14 @@ function onFrame(frame) {
     if (state.liveIds) state.liveIds.add(message.id);
     upsert(message);
     if (message.sender === "user" && message.content === state.pendingText) state.pendingText = null;
+    if (message.sender === "user" && message.content === state.givenBack) {
+      // Stored after all: the copy given back is not for sending again.
+      if (input.value === state.givenBack) {
+        input.value = "";
+        clearNotice();
+      }
+      state.givenBack = null;
+    }
     bumpCurrent();
   } else if (frame.type === "ai_delta") {
     onDelta(frame);
@@ -784,7 +798,9 @@ function startSocket(id) {
     },
     onFrame,
     onState(name) {
-      if (state.socket === socket) setConnection(name);
+      if (state.socket !== socket) return;
+      setConnection(name);
+      if (name !== "connected") giveBackPending();
     },
     onFatal(kind) {
       if (state.socket !== socket) return;
@@ -807,6 +823,22 @@ function randomKey() {
   if (crypto.randomUUID) return crypto.randomUUID();
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The connection dropped while a text sent on it was not yet seen stored: it may never
+ * have reached the server. The text goes back to the composer (when that is empty) with a
+ * notice, so nothing typed is lost; sending it again is the user's choice, and if the
+ * resume replay shows it stored after all, `onFrame` takes it out again (never twice).
+ */
+function giveBackPending() {
+  if (state.pendingText === null) return;
+  if (!input.value) {
+    input.value = state.pendingText;
+    state.givenBack = state.pendingText;
+    showNotice("error", t("sendInterrupted"));
+  }
+  state.pendingText = null;
 }
 
 async function sendMessage() {

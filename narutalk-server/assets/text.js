@@ -73,6 +73,7 @@ const TEXT = {
     serverError: "서버 오류가 났습니다. 잠시 후 다시 시도하세요.",
     unavailable: "서버가 잠시 바쁩니다. 잠시 후 다시 시도하세요.",
     sendFailed: "메시지를 보내지 못했습니다.",
+    sendInterrupted: "연결이 끊겨 메시지가 전달되지 않았을 수 있습니다. 입력창에 되돌려 놓았습니다.",
   },
   en: {
     title: "Narutalk chat",
@@ -144,6 +145,7 @@ const TEXT = {
     serverError: "The server had an error. Try again in a moment.",
     unavailable: "The server is busy. Try again in a moment.",
     sendFailed: "The message was not sent.",
+    sendInterrupted: "The connection dropped before the message was confirmed; it is back in the box.",
   },
 };
 
