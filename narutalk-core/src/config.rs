@@ -25,9 +25,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+
+use crate::files::{sync_dir, write_private};
 
 /// The default `openai` system prompt. `{category}` is replaced by the
 /// session's category (medical, general, emergency or consultation).
@@ -833,37 +835,6 @@ fn create_secret_file(path: &Path) -> Result<Secret, ConfigError> {
         },
         Err(e) => Err(fail("cannot create", &e)),
     }
-}
-
-/// Writes `bytes` to a new file readable only by its owner, and syncs it.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Makes a new directory entry durable, where the platform allows it.
-pub(crate) fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 impl Config {

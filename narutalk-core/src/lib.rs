@@ -53,6 +53,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod fields;
+mod files;
 pub mod metrics;
 pub mod time;
 pub mod tokens;

@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use super::{AppliedMigration, Database, applied_migrations, configure};
-use crate::config::{sync_dir, write_private};
 use crate::error::Error;
+use crate::files::{sync_dir, write_private};
 
 /// What `narutalk db status` shows: the file, its size, its migrations and its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
