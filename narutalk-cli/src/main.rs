@@ -108,7 +108,6 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
-        bind: None,
         database: cli.database,
         config: cli.config,
     };

@@ -16,17 +16,20 @@
 //! - `page`: the web chat page at `/` and its assets under `/app/`, embedded in the
 //!   binary.
 //! - [`metrics`]: the Prometheus metrics and their own listener;
-//! - [`logging`]: the process's logger.
+//! - [`logging`]: the process's logger;
+//! - [`settings`]: what the server reads, its own settings and the core's, through the
+//!   core's layered loader.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use narutalk_core::{Narutalk, config::Config, db::OpenMode};
+//! use narutalk_core::{Narutalk, db::OpenMode};
+//! use narutalk_server::settings::Settings;
 //!
-//! let config = Config::load(&Default::default())?;
-//! let core = Narutalk::open(&config, OpenMode::CreateIfMissing)?;
-//! let listener = tokio::net::TcpListener::bind(config.bind).await?;
-//! narutalk_server::serve(Arc::new(core), &config, listener, async {
+//! let (settings, _file) = Settings::load(&Default::default())?;
+//! let core = Narutalk::open(&settings.core, OpenMode::CreateIfMissing)?;
+//! let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+//! narutalk_server::serve(Arc::new(core), &settings, listener, async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await;
@@ -47,6 +50,7 @@ mod memory;
 pub mod metrics;
 mod page;
 mod probe;
+pub mod settings;
 mod state;
 mod turns;
 mod ws;
@@ -55,7 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use narutalk_core::Narutalk;
-use narutalk_core::config::{AiBackend, Config};
+use narutalk_core::config::AiBackend;
 use tokio::net::TcpListener;
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -66,6 +70,7 @@ pub use listener::ServeOptions;
 use crate::body::RequestBody;
 use crate::http::{Request, Response};
 use crate::listener::{PeerAddr, PeerLimit, Takeover, TargetWithoutPath};
+use crate::settings::Settings;
 use crate::state::State;
 
 /// How often idle throttle keys are forgotten.
@@ -83,7 +88,7 @@ const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(11);
 /// completes, then finishes in-flight requests and returns.
 pub async fn serve(
     core: Arc<Narutalk>,
-    config: &Config,
+    config: &Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -99,7 +104,7 @@ pub async fn serve(
 /// [`ServeOptions::drain_timeout`]; sockets get 5 s to close, then are closed regardless.
 pub async fn serve_with(
     core: Arc<Narutalk>,
-    config: &Config,
+    config: &Settings,
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
@@ -112,8 +117,11 @@ pub async fn serve_with(
     if let Some(search) = &state.search {
         background.push(probe::spawn(&search.url, state.search_reachable.clone()));
     }
-    if config.ai_backend != AiBackend::Template {
-        background.push(probe::spawn(&config.ai_url, state.ai_reachable.clone()));
+    if config.core.ai_backend != AiBackend::Template {
+        background.push(probe::spawn(
+            &config.core.ai_url,
+            state.ai_reachable.clone(),
+        ));
     }
     let sweeper = state.clone();
     background.push(tokio::spawn(async move {

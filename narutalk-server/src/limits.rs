@@ -19,11 +19,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use narutalk_core::accounts::EmailKey;
 use narutalk_core::accounts::devices::Device;
-use narutalk_core::config::Config;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
 use crate::metrics::{self, GaugeHold};
+use crate::settings::Settings;
 
 /// One throttle: at most N requests a minute per key, as a token bucket of N that refills
 /// one token every `60 / N` seconds. `None` when the setting is 0 (off).
@@ -230,7 +230,7 @@ impl Throttles {
     /// The throttles the settings ask for, the login failure budgets getting a token back
     /// every `login_failure_refill` ([`LOGIN_FAILURE_REFILL`] but in tests).
     /// `auth_throttle_per_minute` = 0 turns off every auth limit, the budgets included.
-    pub fn new(config: &Config, login_failure_refill: Duration) -> Self {
+    pub fn new(config: &Settings, login_failure_refill: Duration) -> Self {
         let auth = config.auth_throttle_per_minute;
         Throttles {
             login_ip: Throttle::per_minute(auth).named("login_ip"),

@@ -5,13 +5,14 @@
 
 use std::io::IsTerminal;
 
-use narutalk_core::config::{Config, LogFormat};
 use tracing::level_filters::LevelFilter;
 use tracing_log::{AsLog, LogTracer};
 
+use crate::settings::{LogFormat, Settings};
+
 /// Installs the process's logger; an error when `NARUTALK_LOG` is not a valid filter or
 /// a logger is installed already.
-pub fn init(config: &Config) -> anyhow::Result<()> {
+pub fn init(config: &Settings) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
     let builder = tracing_subscriber::fmt()

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use narutalk_core::Narutalk;
-use narutalk_core::config::{AiBackend, Config, Overrides};
+use narutalk_core::config::{self, AiBackend};
 use narutalk_core::db::OpenMode;
 use narutalk_server::metrics::MetricsListener;
+use narutalk_server::settings::{Overrides, Settings};
 
 /// Narutalk's API server. Settings: defaults < TOML file < NARUTALK_* variables < flags.
 #[derive(Debug, Parser)]
@@ -48,10 +49,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let overrides = Overrides {
         bind: flags.bind,
-        database: flags.database,
-        config: flags.config,
+        core: config::Overrides {
+            database: flags.database,
+            config: flags.config,
+        },
     };
-    let (config, settings_file) = Config::load_reporting(&overrides)?;
+    let (config, settings_file) = Settings::load(&overrides)?;
     narutalk_server::logging::init(&config)?;
     // Both ports are taken before anything is created on disk: a start that cannot listen
     // leaves no database and no secret behind.
@@ -89,7 +92,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         settings_file = %settings_file,
         "Narutalk is starting"
     );
-    let open_config = config.clone();
+    let open_config = config.core.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })
@@ -118,23 +121,23 @@ struct StartLine {
 }
 
 impl StartLine {
-    fn new(config: &Config, address: SocketAddr, metrics: Option<String>) -> StartLine {
+    fn new(config: &Settings, address: SocketAddr, metrics: Option<String>) -> StartLine {
         let listen = format!("http://{address}/");
         StartLine {
             page: listen.clone(),
             docs: format!("{listen}api/docs/"),
             listen,
-            database: std::path::absolute(&config.database)
-                .unwrap_or_else(|_| config.database.clone())
+            database: std::path::absolute(&config.core.database)
+                .unwrap_or_else(|_| config.core.database.clone())
                 .display()
                 .to_string(),
-            ai_backend: match config.ai_backend {
+            ai_backend: match config.core.ai_backend {
                 AiBackend::Template => "template",
                 AiBackend::Http => "http",
                 AiBackend::Openai => "openai",
             },
-            ai_model: match config.ai_backend {
-                AiBackend::Openai => config.ai_model.clone(),
+            ai_model: match config.core.ai_backend {
+                AiBackend::Openai => config.core.ai_model.clone(),
                 AiBackend::Template | AiBackend::Http => String::new(),
             },
             metrics,

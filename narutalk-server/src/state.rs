@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::User;
-use narutalk_core::config::{AiBackend, Config};
+use narutalk_core::config::AiBackend;
 use narutalk_core::error::Error as CoreError;
 use tokio_util::task::TaskTracker;
 
@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::http::BodyRules;
 use crate::limits::{HASH_QUEUE, HashGate, Throttles};
 use crate::listener::ServeOptions;
+use crate::settings::Settings;
 use crate::turns::SessionLines;
 use crate::ws::hub::{Hub, LocalHub};
 use crate::ws::sockets::Sockets;
@@ -118,7 +119,7 @@ impl State {
     /// The state for serving `core` on `local_addr` with `config`.
     pub fn new(
         core: Arc<Narutalk>,
-        config: &Config,
+        config: &Settings,
         options: &ServeOptions,
         local_addr: SocketAddr,
     ) -> State {
@@ -145,7 +146,9 @@ impl State {
             hashing: HashGate::new(cores, HASH_QUEUE),
             lines: SessionLines::default(),
             search,
-            ai_reachable: Arc::new(AtomicBool::new(config.ai_backend == AiBackend::Template)),
+            ai_reachable: Arc::new(AtomicBool::new(
+                config.core.ai_backend == AiBackend::Template,
+            )),
             search_reachable: Arc::new(AtomicBool::new(false)),
             hub: Arc::new(LocalHub::new(options.ws_send_queue)),
             sockets: Sockets::default(),

@@ -53,7 +53,7 @@ async fn spawn_on(database: Option<PathBuf>, responder: Option<Arc<dyn Responder
     start(
         move |config| {
             if let Some(database) = database {
-                config.database = database;
+                config.core.database = database;
             }
         },
         options,

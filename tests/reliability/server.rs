@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use narutalk_core::Narutalk;
-use narutalk_core::config::{Config, Overrides};
 use narutalk_core::db::OpenMode;
 use narutalk_server::ServeOptions;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -399,13 +398,15 @@ pub fn serve_child(args: &[String]) -> ExitCode {
 /// What `narutalk-server`'s `main` does, with `options`.
 async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     use std::io::Write;
-    let config = Config::load(&Overrides::default())?;
+    let (config, _) = narutalk_server::settings::Settings::load(
+        &narutalk_server::settings::Overrides::default(),
+    )?;
     narutalk_server::logging::init(&config)?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
-    let open_config = config.clone();
+    let open_config = config.core.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })

@@ -221,7 +221,7 @@ pub async fn serve(settings: &Path, bind: &str, max_connections: usize) -> anyho
         ),
         None => None,
     };
-    let open_config = config.clone();
+    let open_config = config.core.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })

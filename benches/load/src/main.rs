@@ -262,7 +262,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
     // Seed, then start the server on the seeded database.
     let settings = seed::write_settings(dir.path(), flags.metrics)?;
-    let config = seed::load_settings(&settings, None)?;
+    let config = seed::load_settings(&settings, None)?.core;
     let sizes = seed::Sizes {
         writer_sessions: connections,
         fanout_sessions: plan.fanout_sessions,

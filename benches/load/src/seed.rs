@@ -8,8 +8,9 @@ use anyhow::Context;
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role};
 use narutalk_core::chat::Category;
-use narutalk_core::config::{Config, Overrides};
+use narutalk_core::config::{self, Config};
 use narutalk_core::db::OpenMode;
+use narutalk_server::settings::{Overrides, Settings};
 
 /// The password of every seeded account (it passes every password rule).
 pub const PASSWORD: &str = "violet-harbour-42";
@@ -24,7 +25,7 @@ pub const DETAIL_SESSIONS: usize = 10;
 const DETAIL_EXCHANGES: usize = 10;
 
 /// The settings of the server under load, written to a TOML file that both the harness
-/// (to seed) and the server process read with `Config::load_from`, so that both use the
+/// (to seed) and the server process read with `Settings::load_from`, so that both use the
 /// same database and signing secret. `NARUTALK_*` variables of the environment are not
 /// read: a run measures these settings only.
 pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
@@ -67,13 +68,15 @@ pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// The settings of `file` (and `bind` when given), with no environment variable.
-pub fn load_settings(file: &Path, bind: Option<&str>) -> anyhow::Result<Config> {
+pub fn load_settings(file: &Path, bind: Option<&str>) -> anyhow::Result<Settings> {
     let overrides = Overrides {
         bind: bind.map(str::to_owned),
-        database: None,
-        config: Some(file.to_owned()),
+        core: config::Overrides {
+            database: None,
+            config: Some(file.to_owned()),
+        },
     };
-    Ok(Config::load_from(Vec::new(), &overrides)?)
+    Ok(Settings::load_from(Vec::new(), &overrides)?)
 }
 
 /// How much to seed.
