@@ -1,7 +1,8 @@
 //! Protects `narutalk migrate`: the one command that creates a database, idempotent on an
 //! up-to-date one (it says `Created` the first time, that the schema is current after, and
 //! how many migrations it applied to an older database), and stopped by a bad setting with
-//! one line naming it.
+//! one line naming it. The settings file it shares with the server may hold the server's
+//! settings, which it accepts without reading; a key neither reads is refused.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
@@ -105,6 +106,65 @@ fn a_bad_setting_fails_with_one_line_naming_it() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("NARUTALK_ACCESS_TOKEN_MINUTES"), "{stderr}");
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn the_servers_settings_in_a_shared_file_are_accepted_and_left_to_the_server() {
+    // Arrange: the file both binaries read, with the server's settings beside the core's,
+    // one of them a value the server would refuse.
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite3");
+    let settings = dir.path().join("narutalk.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "database = {:?}\nbind = \"0.0.0.0:9000\"\nlog_format = \"json\"\nws_idle_seconds = 1\n",
+            database.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+
+    // Act
+    let output = narutalk()
+        .arg("--config")
+        .arg(&settings)
+        .arg("migrate")
+        .env("NARUTALK_BIND", "nowhere")
+        .output()
+        .unwrap();
+
+    // Assert
+    assert!(output.status.success(), "{output:?}");
+    assert!(database.is_file());
+}
+
+#[test]
+fn a_key_neither_the_core_nor_the_server_knows_fails_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("narutalk.toml");
+    std::fs::write(
+        &settings,
+        "bind = \"127.0.0.1:8000\"\nbnd = \"127.0.0.1:8000\"\n",
+    )
+    .unwrap();
+    let output = narutalk()
+        .arg("--config")
+        .arg(&settings)
+        .arg("migrate")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "setting NARUTALK_CONFIG: {}: unknown key \"bnd\"",
+            settings.display()
+        )),
+        "{stderr}"
+    );
     assert!(!dir.path().join("data").exists());
 }
 
