@@ -107,6 +107,9 @@ pub struct Config {
     pub ai_max_tokens: u32,
     /// `NARUTALK_AI_TIMEOUT_SECONDS`, default 30: the whole AI call, at least 1.
     pub ai_timeout_seconds: u32,
+    /// `NARUTALK_AI_CONCURRENCY`, default 64: AI calls running at once (the AI pool), at
+    /// least 1; 1,024 more may wait, and a turn beyond them fails as `assistant busy`.
+    pub ai_concurrency: u32,
     /// `NARUTALK_SEARCH_URL`, default `http://localhost:8001/api/search/`:
     /// the search service; empty = not configured.
     pub search_url: String,
@@ -151,6 +154,7 @@ impl Default for Config {
             ai_temperature: 0.2,
             ai_max_tokens: 1024,
             ai_timeout_seconds: 30,
+            ai_concurrency: 64,
             search_url: "http://localhost:8001/api/search/".to_owned(),
             search_timeout_seconds: 30,
             ws_ping_seconds: 30,
@@ -323,6 +327,7 @@ enum Setting {
     AiTemperature,
     AiMaxTokens,
     AiTimeoutSeconds,
+    AiConcurrency,
     SearchUrl,
     SearchTimeoutSeconds,
     WsPingSeconds,
@@ -334,7 +339,7 @@ enum Setting {
 
 /// Every setting as (field, TOML key, environment variable).
 #[rustfmt::skip]
-const SETTINGS: [(Setting, &str, &str); 29] = [
+const SETTINGS: [(Setting, &str, &str); 30] = [
     (Setting::Bind,                     "bind",                        "NARUTALK_BIND"),
     (Setting::Database,                 "database",                    "NARUTALK_DATABASE"),
     (Setting::SqliteSynchronous,        "sqlite_synchronous",          "NARUTALK_SQLITE_SYNCHRONOUS"),
@@ -357,6 +362,7 @@ const SETTINGS: [(Setting, &str, &str); 29] = [
     (Setting::AiTemperature,            "ai_temperature",              "NARUTALK_AI_TEMPERATURE"),
     (Setting::AiMaxTokens,              "ai_max_tokens",               "NARUTALK_AI_MAX_TOKENS"),
     (Setting::AiTimeoutSeconds,         "ai_timeout_seconds",          "NARUTALK_AI_TIMEOUT_SECONDS"),
+    (Setting::AiConcurrency,            "ai_concurrency",              "NARUTALK_AI_CONCURRENCY"),
     (Setting::SearchUrl,                "search_url",                  "NARUTALK_SEARCH_URL"),
     (Setting::SearchTimeoutSeconds,     "search_timeout_seconds",      "NARUTALK_SEARCH_TIMEOUT_SECONDS"),
     (Setting::WsPingSeconds,            "ws_ping_seconds",             "NARUTALK_WS_PING_SECONDS"),
@@ -579,6 +585,7 @@ impl Ctx<'_> {
             Setting::AiTemperature => cfg.ai_temperature = self.float(raw)?,
             Setting::AiMaxTokens => cfg.ai_max_tokens = self.whole(raw, 1)?,
             Setting::AiTimeoutSeconds => cfg.ai_timeout_seconds = self.whole(raw, 1)?,
+            Setting::AiConcurrency => cfg.ai_concurrency = self.whole(raw, 1)?,
             Setting::SearchUrl => cfg.search_url = self.text(raw, true)?,
             Setting::SearchTimeoutSeconds => cfg.search_timeout_seconds = self.whole(raw, 1)?,
             Setting::WsPingSeconds => cfg.ws_ping_seconds = self.whole(raw, 1)?,
@@ -1038,6 +1045,7 @@ impl Config {
         }
         check_min(Setting::AiMaxTokens, self.ai_max_tokens.into(), 1)?;
         check_min(Setting::AiTimeoutSeconds, self.ai_timeout_seconds.into(), 1)?;
+        check_min(Setting::AiConcurrency, self.ai_concurrency.into(), 1)?;
         if !self.search_url.is_empty() && !is_http_url(&self.search_url) {
             return err(
                 Setting::SearchUrl,
@@ -1202,6 +1210,7 @@ mod tests {
         assert_eq!(c.ai_temperature, 0.2);
         assert_eq!(c.ai_max_tokens, 1024);
         assert_eq!(c.ai_timeout_seconds, 30);
+        assert_eq!(c.ai_concurrency, 64);
         assert_eq!(c.search_url, "http://localhost:8001/api/search/");
         assert_eq!(c.search_timeout_seconds, 30);
         assert_eq!(c.ws_ping_seconds, 30);
@@ -1265,6 +1274,7 @@ ai_history_messages = 0
 ai_temperature = 1
 ai_max_tokens = 256
 ai_timeout_seconds = 90
+ai_concurrency = 8
 search_url = ""
 search_timeout_seconds = 5
 ws_ping_seconds = 10
@@ -1302,6 +1312,7 @@ metrics_bind = "127.0.0.1:9100"
             ai_temperature: 1.0,
             ai_max_tokens: 256,
             ai_timeout_seconds: 90,
+            ai_concurrency: 8,
             search_url: String::new(),
             search_timeout_seconds: 5,
             ws_ping_seconds: 10,
@@ -1801,7 +1812,7 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     /// (variable, smallest accepted value)
-    const NUMBERS: [(&str, u64); 15] = [
+    const NUMBERS: [(&str, u64); 16] = [
         ("NARUTALK_ACCESS_TOKEN_MINUTES", 1),
         ("NARUTALK_REFRESH_TOKEN_DAYS", 1),
         ("NARUTALK_MAX_CONNECTIONS_PER_IP", 0),
@@ -1812,6 +1823,7 @@ metrics_bind = "127.0.0.1:9100"
         ("NARUTALK_AI_HISTORY_MESSAGES", 0),
         ("NARUTALK_AI_MAX_TOKENS", 1),
         ("NARUTALK_AI_TIMEOUT_SECONDS", 1),
+        ("NARUTALK_AI_CONCURRENCY", 1),
         ("NARUTALK_SEARCH_TIMEOUT_SECONDS", 1),
         ("NARUTALK_WS_PING_SECONDS", 1),
         ("NARUTALK_WS_IDLE_SECONDS", 1),

@@ -52,15 +52,18 @@ pub mod chat;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod fields;
 pub mod metrics;
 pub mod time;
 pub mod tokens;
+pub mod workers;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use accounts::password::PasswordHashing;
 use accounts::{Accounts, UserId};
 use ai::http::HttpResponder;
 use ai::openai::OpenAiResponder;
@@ -89,6 +92,7 @@ pub struct Narutalk {
     db: Database,
     keys: TokenKeys,
     responder: Arc<dyn Responder>,
+    hashing: PasswordHashing,
     turns: Arc<Turns>,
     content_max_chars: usize,
     history_messages: u32,
@@ -141,6 +145,8 @@ impl Narutalk {
             db,
             keys,
             responder,
+            // The one bound on password hashing: one thread per core, 64 waiting.
+            hashing: PasswordHashing::for_this_machine(),
             turns: Arc::default(),
             content_max_chars: config.content_max_chars,
             history_messages: config.ai_history_messages,
@@ -160,6 +166,7 @@ impl Narutalk {
         Accounts {
             db: &self.db,
             keys: &self.keys,
+            hashing: &self.hashing,
         }
     }
 
