@@ -26,7 +26,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -257,18 +257,12 @@ impl EventReceiver {
 
     /// The next event if one is queued.
     pub fn try_recv(&self) -> Option<Event> {
-        match self.receiver.try_recv() {
-            Ok(event) => Some(event),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.receiver.try_recv().ok()
     }
 
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
-        match self.receiver.recv_timeout(timeout) {
-            Ok(event) => Some(event),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        self.receiver.recv_timeout(timeout).ok()
     }
 
     /// Events dropped because the queue was full, since the subscription began.
@@ -312,7 +306,9 @@ mod tests {
             Arc::new(move |event: &Event| heard.lock().unwrap().push(event.clone()))
         });
         let (_channel, receiver) = bus.subscribe_channel(8);
-        let events: Vec<Event> = (1..=3).map(|seq| Event::stored(message(session, seq))).collect();
+        let events: Vec<Event> = (1..=3)
+            .map(|seq| Event::stored(message(session, seq)))
+            .collect();
         for event in &events {
             bus.publish(event);
         }
@@ -385,7 +381,11 @@ mod tests {
         bus.publish(&event);
         assert_eq!(count.load(Ordering::SeqCst), 1);
         assert_eq!(receiver.recv(), Some(event));
-        assert_eq!(receiver.recv(), None, "the channel ends with its subscription");
+        assert_eq!(
+            receiver.recv(),
+            None,
+            "the channel ends with its subscription"
+        );
     }
 
     #[test]

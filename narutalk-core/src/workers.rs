@@ -564,7 +564,9 @@ pub(crate) mod tests {
     #[test]
     fn a_panicking_job_is_lost_and_its_thread_goes_on() {
         let workers = Workers::<()>::new(shape(1, 1));
-        let lost = workers.submit(|_| -> u8 { panic!("a bug in a job") }).unwrap();
+        let lost = workers
+            .submit(|_| -> u8 { panic!("a bug in a job") })
+            .unwrap();
         assert_eq!(lost.wait(), Err(JobLost::Panicked));
         assert_eq!(workers.submit(|_| 1).unwrap().wait(), Ok(1));
         assert_eq!(workers.threads(), 1);
@@ -630,14 +632,19 @@ pub(crate) mod tests {
                 })
                 .unwrap()
         };
-        let queued: Vec<_> = (0..3).map(|n| workers.submit(move |_| n).unwrap()).collect();
+        let queued: Vec<_> = (0..3)
+            .map(|n| workers.submit(move |_| n).unwrap())
+            .collect();
         running.recv().unwrap();
         let dropping = std::thread::spawn(move || drop(workers));
         // The queued jobs are cancelled before the pool waits for the running one.
         for completion in queued {
             assert_eq!(completion.wait(), Err(JobLost::Cancelled));
         }
-        assert!(!dropping.is_finished(), "the drop waits for the running job");
+        assert!(
+            !dropping.is_finished(),
+            "the drop waits for the running job"
+        );
         latch.open();
         assert_eq!(first.wait(), Ok("finished"));
         dropping.join().unwrap();
@@ -679,12 +686,20 @@ pub(crate) mod tests {
         let next = workers.submit(|memory| memory.len()).unwrap();
         latch.open();
         assert_eq!(grown.wait(), Ok(16));
-        assert_eq!(next.wait(), Ok(16), "the next job finds the state as it was left");
+        assert_eq!(
+            next.wait(),
+            Ok(16),
+            "the next job finds the state as it was left"
+        );
         // Left idle for longer than `release_after`, the thread resets its state.
         let mut length = 16;
         while length != 0 {
             std::thread::sleep(Duration::from_millis(30));
-            length = workers.submit(|memory| memory.len()).unwrap().wait().unwrap();
+            length = workers
+                .submit(|memory| memory.len())
+                .unwrap()
+                .wait()
+                .unwrap();
         }
     }
 

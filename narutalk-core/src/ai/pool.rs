@@ -222,7 +222,10 @@ mod tests {
         let thread = Some("narutalk-ai-0".to_owned());
         assert_eq!(
             *deltas.lock().unwrap(),
-            [("re: ".to_owned(), thread.clone()), ("hi".to_owned(), thread)]
+            [
+                ("re: ".to_owned(), thread.clone()),
+                ("hi".to_owned(), thread)
+            ]
         );
     }
 
@@ -315,10 +318,7 @@ mod tests {
         // A service that answers at once, asked with a 1 s timeout by a turn that waits
         // in the queue for longer than that behind a turn holding the only thread.
         let service = FakeService::start(|_| Answer::json(200, &json!({"reply": "prompt"})));
-        let responder = Arc::new(HttpResponder::new(
-            service.url("/"),
-            Duration::from_secs(1),
-        ));
+        let responder = Arc::new(HttpResponder::new(service.url("/"), Duration::from_secs(1)));
         let pool = AiPool::new(1);
         let latch = Latch::default();
         let blocker = pool
