@@ -1096,6 +1096,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_core_is_a_rooms_store_in_the_owners_name() {
+        // Arrange: a session of kim's with two exchanges (four messages) in a real core.
+        let dir = tempfile::tempdir().unwrap();
+        let config = narutalk_core::config::Config::for_tests(dir.path());
+        let core = Arc::new(
+            Narutalk::open(&config, narutalk_core::db::OpenMode::CreateIfMissing).unwrap(),
+        );
+        let body = serde_json::json!({
+            "username": "kim", "email": "kim@example.com",
+            "password": "violet-harbour-42", "password_confirm": "violet-harbour-42",
+        });
+        let kim = core
+            .accounts()
+            .register_fields(body.as_object().unwrap())
+            .unwrap();
+        let session = core
+            .chat()
+            .create_session(kim.id, "Headache", narutalk_core::chat::Category::Medical)
+            .unwrap()
+            .session
+            .id;
+        let mut last = None;
+        for question in ["one", "two"] {
+            last = Some(core.send_message(kim.id, session, question).unwrap().reply);
+        }
+        let hub = LocalHub::new(16, core.clone());
+        let mut member = hub.subscribe(
+            session,
+            Joining {
+                owner: kim.id,
+                seen: 0,
+            },
+            Arc::default(),
+        );
+
+        // Act: only the last reply's event arrives.
+        hub.publish(session, RoomEvent::stored(&last.unwrap()));
+
+        // Assert
+        assert_eq!(next_seqs(&mut member, 4).await, [1, 2, 3, 4]);
+        assert_eq!(
+            RoomStore::messages_after(core.as_ref(), UserId(kim.id.0 + 1), session, 0, 10)
+                .unwrap_err()
+                .to_string(),
+            CoreError::NotFound.to_string(),
+            "another user's session is a missing one"
+        );
+    }
+
+    #[tokio::test]
     async fn a_room_disappears_with_its_last_member() {
         let hub = hub(4);
         let session = SessionId::new_random();
