@@ -131,6 +131,9 @@ pub struct Config {
     pub ai_max_tokens: u32,
     /// `NARUTALK_AI_TIMEOUT_SECONDS`, default 30: the whole AI call, at least 1.
     pub ai_timeout_seconds: u32,
+    /// `NARUTALK_AI_CONCURRENCY`, default 64: AI calls running at once (the AI pool), at
+    /// least 1; 1,024 more may wait, and a turn beyond them fails as `assistant busy`.
+    pub ai_concurrency: u32,
 }
 
 impl Default for Config {
@@ -151,6 +154,7 @@ impl Default for Config {
             ai_temperature: 0.2,
             ai_max_tokens: 1024,
             ai_timeout_seconds: 30,
+            ai_concurrency: 64,
         }
     }
 }
@@ -510,7 +514,7 @@ impl Value<'_> {
 }
 
 /// The core's settings, in the order their variables are applied.
-const SETTINGS: [Setting<Config>; 15] = [
+const SETTINGS: [Setting<Config>; 16] = [
     Setting::new("database", "NARUTALK_DATABASE", |config, value| {
         config.database = PathBuf::from(value.non_empty_text()?);
         Ok(())
@@ -609,6 +613,14 @@ const SETTINGS: [Setting<Config>; 15] = [
         "NARUTALK_AI_TIMEOUT_SECONDS",
         |config, value| {
             config.ai_timeout_seconds = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "ai_concurrency",
+        "NARUTALK_AI_CONCURRENCY",
+        |config, value| {
+            config.ai_concurrency = value.whole(1)?;
             Ok(())
         },
     ),
@@ -1036,6 +1048,7 @@ impl Config {
             self.ai_timeout_seconds.into(),
             1,
         )?;
+        check_min("NARUTALK_AI_CONCURRENCY", self.ai_concurrency.into(), 1)?;
         Ok(())
     }
 
@@ -1151,6 +1164,7 @@ mod tests {
         assert_eq!(c.ai_temperature, 0.2);
         assert_eq!(c.ai_max_tokens, 1024);
         assert_eq!(c.ai_timeout_seconds, 30);
+        assert_eq!(c.ai_concurrency, 64);
         assert_eq!(c.validate().unwrap(), ());
     }
 
@@ -1188,7 +1202,7 @@ mod tests {
                 key.to_uppercase()
             )));
         }
-        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 29);
+        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 30);
         assert!(!is_known_key("config"));
         assert!(!is_setting_variable("NARUTALK_CONFIG"));
         assert!(!is_setting_variable("NARUTALK_bind"));
@@ -1231,6 +1245,7 @@ ai_history_messages = 0
 ai_temperature = 1
 ai_max_tokens = 256
 ai_timeout_seconds = 90
+ai_concurrency = 8
 search_url = ""
 search_timeout_seconds = 5
 ws_ping_seconds = 10
@@ -1258,6 +1273,7 @@ metrics_bind = "127.0.0.1:9100"
             ai_temperature: 1.0,
             ai_max_tokens: 256,
             ai_timeout_seconds: 90,
+            ai_concurrency: 8,
         };
         assert_eq!(c, expected);
     }
@@ -1697,13 +1713,14 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     /// (variable, smallest accepted value)
-    const NUMBERS: [(&str, u64); 8] = [
+    const NUMBERS: [(&str, u64); 9] = [
         ("NARUTALK_ACCESS_TOKEN_MINUTES", 1),
         ("NARUTALK_REFRESH_TOKEN_DAYS", 1),
         ("NARUTALK_CONTENT_MAX_CHARS", 1),
         ("NARUTALK_AI_HISTORY_MESSAGES", 0),
         ("NARUTALK_AI_MAX_TOKENS", 1),
         ("NARUTALK_AI_TIMEOUT_SECONDS", 1),
+        ("NARUTALK_AI_CONCURRENCY", 1),
         ("NARUTALK_AI_TEMPERATURE", 0),
         ("NARUTALK_CONTENT_MAX_CHARS", 1),
     ];

@@ -52,16 +52,19 @@ pub mod chat;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod fields;
 mod files;
 pub mod metrics;
 pub mod time;
 pub mod tokens;
+pub mod workers;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use accounts::password::PasswordHashing;
 use accounts::{Accounts, UserId};
 use ai::http::HttpResponder;
 use ai::openai::OpenAiResponder;
@@ -90,6 +93,7 @@ pub struct Narutalk {
     db: Database,
     keys: TokenKeys,
     responder: Arc<dyn Responder>,
+    hashing: PasswordHashing,
     turns: Arc<Turns>,
     content_max_chars: usize,
     history_messages: u32,
@@ -142,6 +146,8 @@ impl Narutalk {
             db,
             keys,
             responder,
+            // The one bound on password hashing: one thread per core, 64 waiting.
+            hashing: PasswordHashing::for_this_machine(),
             turns: Arc::default(),
             content_max_chars: config.content_max_chars,
             history_messages: config.ai_history_messages,
@@ -161,6 +167,7 @@ impl Narutalk {
         Accounts {
             db: &self.db,
             keys: &self.keys,
+            hashing: &self.hashing,
         }
     }
 

@@ -20,9 +20,17 @@ pub const DB_WRITES_UNAVAILABLE: &str = "narutalk_db_writes_unavailable_total";
 pub const DB_COMMIT_BATCH_WRITES: &str = "narutalk_db_commit_batch_writes";
 /// Gauge: password hashes waiting for a hashing thread.
 pub const ARGON2_QUEUED: &str = "narutalk_argon2_queued_hashes";
+/// Counter: password hashes refused because 64 were already waiting (the login and
+/// registration 503s).
+pub const ARGON2_REFUSED: &str = "narutalk_argon2_refused_total";
 /// Histogram: seconds from asking for a password hash to its result (the wait for a
 /// hashing thread included).
 pub const ARGON2_SECONDS: &str = "narutalk_argon2_duration_seconds";
+
+/// Gauge: AI calls running now (on the AI pool).
+pub const AI_RUNNING: &str = "narutalk_ai_turns_running";
+/// Gauge: AI turns waiting for a place in the AI pool.
+pub const AI_POOL_QUEUED: &str = "narutalk_ai_pool_queued_turns";
 
 /// Gives every metric of the core its help text (call once a recorder is installed).
 pub fn describe() {
@@ -45,6 +53,17 @@ pub fn describe() {
         ARGON2_QUEUED,
         Unit::Count,
         "Password hashes waiting for one of the core's hashing threads."
+    );
+    describe_counter!(
+        ARGON2_REFUSED,
+        Unit::Count,
+        "Password hashes refused (logins and registrations answered 503) because 64 were already waiting for a hashing thread."
+    );
+    describe_gauge!(AI_RUNNING, Unit::Count, "AI calls running now.");
+    describe_gauge!(
+        AI_POOL_QUEUED,
+        Unit::Count,
+        "AI turns waiting for a place in the AI pool (at most 1,024)."
     );
     describe_histogram!(
         ARGON2_SECONDS,

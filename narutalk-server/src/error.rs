@@ -1,5 +1,6 @@
 //! The contract's error answers (section 1) and the one translation of core errors into them.
 
+use narutalk_core::accounts::password;
 use narutalk_core::error::{Error as CoreError, FieldErrors, TokenProblem};
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -225,6 +226,13 @@ impl From<CoreError> for ApiError {
             CoreError::BadCredentials => ApiError::BadCredentials,
             CoreError::InvalidToken(problem) => ApiError::InvalidRefreshToken(problem),
             CoreError::PermissionDenied => ApiError::PermissionDenied,
+            // A full hashing queue is a flood of logins, not a fault: the core counts it
+            // (`narutalk_argon2_refused_total`), and a warning per refusal would flood the
+            // log too.
+            CoreError::Unavailable(cause) if cause == password::HASHING_BUSY => {
+                tracing::debug!(%cause, "password hashing busy");
+                ApiError::Unavailable
+            }
             CoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "storage unavailable");
                 ApiError::Unavailable

@@ -10,7 +10,7 @@
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `turns`: the AI turn, one reply at a time per session in storage order;
-//! - `limits`: throttles and the bounded password-hashing queue;
+//! - `limits`: throttles and the login failure budgets;
 //! - `ws`: the WebSocket chat: handshake, sockets, the room hub, the revocation watch;
 //! - `docs`: the OpenAPI document and the offline Swagger UI;
 //! - `page`: the web chat page at `/` and its assets under `/app/`, embedded in the

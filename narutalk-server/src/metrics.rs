@@ -30,8 +30,8 @@ pub const WS_OPEN: &str = "narutalk_ws_sockets_open";
 pub const WS_CLOSED: &str = "narutalk_ws_sockets_closed_total";
 /// Counter: frames sent to WebSockets, by kind.
 pub const WS_FRAMES: &str = "narutalk_ws_frames_sent_total";
-/// Gauge: AI calls running.
-pub const AI_RUNNING: &str = "narutalk_ai_turns_running";
+/// Gauge: AI calls running (the core's name: its AI pool reports the same gauge).
+pub const AI_RUNNING: &str = narutalk_core::metrics::AI_RUNNING;
 /// Gauge: AI turns whose message is stored, waiting for an earlier turn of the session.
 pub const AI_QUEUED: &str = "narutalk_ai_turns_queued";
 /// Counter: AI turns finished, by responder, outcome and reason.
@@ -42,10 +42,6 @@ pub const AI_SECONDS: &str = "narutalk_ai_turn_duration_seconds";
 pub const AI_FIRST_DELTA_SECONDS: &str = "narutalk_ai_first_delta_seconds";
 /// Counter: requests and socket messages refused by a throttle (429), by bucket.
 pub const THROTTLED: &str = "narutalk_throttled_total";
-/// Gauge: logins and registrations waiting for a place to hash a password.
-pub const HASH_GATE_WAITING: &str = "narutalk_argon2_gate_waiting";
-/// Counter: logins and registrations refused (503) because the hashing queue was full.
-pub const HASH_GATE_REFUSED: &str = "narutalk_argon2_gate_refused_total";
 
 /// The route label of a path that matches no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -196,7 +192,6 @@ fn describe() {
         Unit::Count,
         "Frames sent to WebSockets, by kind (chat_message, ai_delta, error, pong, ping)."
     );
-    describe_gauge!(AI_RUNNING, Unit::Count, "AI calls running now.");
     describe_gauge!(
         AI_QUEUED,
         Unit::Count,
@@ -221,16 +216,6 @@ fn describe() {
         THROTTLED,
         Unit::Count,
         "Requests and socket messages refused with 429, by throttle bucket."
-    );
-    describe_gauge!(
-        HASH_GATE_WAITING,
-        Unit::Count,
-        "Logins and registrations waiting for a place to hash a password (at most 64)."
-    );
-    describe_counter!(
-        HASH_GATE_REFUSED,
-        Unit::Count,
-        "Logins and registrations answered 503 because 64 were already waiting to hash."
     );
 }
 

@@ -522,6 +522,7 @@ ai_history_messages = 0
 ai_temperature = 1
 ai_max_tokens = 256
 ai_timeout_seconds = 90
+ai_concurrency = 8
 search_url = ""
 search_timeout_seconds = 5
 ws_ping_seconds = 10
@@ -567,6 +568,7 @@ metrics_bind = "127.0.0.1:9100"
                 ai_temperature: 1.0,
                 ai_max_tokens: 256,
                 ai_timeout_seconds: 90,
+                ai_concurrency: 8,
             },
         };
         assert_eq!(c, expected);

@@ -1,5 +1,5 @@
 //! What every request shares: the core handle, the settings the server reads, the
-//! throttles, the hashing gate, the health caches and write probe, the AI turn lines, the
+//! throttles, the health caches and write probe, the AI turn lines, the
 //! room hub and the open sockets.
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{Caller, token_refused};
 use crate::error::ApiError;
 use crate::http::BodyRules;
-use crate::limits::{HASH_QUEUE, HashGate, Throttles};
+use crate::limits::Throttles;
 use crate::listener::ServeOptions;
 use crate::settings::Settings;
 use crate::turns::SessionLines;
@@ -40,8 +40,6 @@ pub struct State {
     pub local_addr: SocketAddr,
     /// Request throttles.
     pub throttles: Throttles,
-    /// Bounds the password hashing.
-    pub hashing: HashGate,
     /// Orders the AI turns of each session.
     pub lines: SessionLines,
     /// The search proxy, when a search URL is configured.
@@ -123,7 +121,6 @@ impl State {
         options: &ServeOptions,
         local_addr: SocketAddr,
     ) -> State {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let search = (!config.search_url.is_empty()).then(|| Search {
             url: config.search_url.clone(),
             client: reqwest::Client::builder()
@@ -134,6 +131,8 @@ impl State {
                 .build()
                 .unwrap_or_default(),
         });
+        // The rooms read the messages their events missed from the core.
+        let hub = Arc::new(LocalHub::new(options.ws_send_queue, core.clone()));
         State {
             core,
             body: BodyRules {
@@ -143,14 +142,13 @@ impl State {
             cors_origins: config.cors_origins.clone(),
             local_addr,
             throttles: Throttles::new(config, options.login_failure_refill),
-            hashing: HashGate::new(cores, HASH_QUEUE),
             lines: SessionLines::default(),
             search,
             ai_reachable: Arc::new(AtomicBool::new(
                 config.core.ai_backend == AiBackend::Template,
             )),
             search_reachable: Arc::new(AtomicBool::new(false)),
-            hub: Arc::new(LocalHub::new(options.ws_send_queue)),
+            hub,
             sockets: Sockets::default(),
             socket_rules: SocketRules {
                 ping: Duration::from_secs(u64::from(config.ws_ping_seconds)),
@@ -210,16 +208,6 @@ impl State {
             })
             .await?;
         outcome.map_err(token_refused)
-    }
-
-    /// [`State::run`] for work that hashes a password: it waits for a place in the
-    /// hashing gate first, and answers 503 when the queue is full.
-    pub async fn run_hashing<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Narutalk) -> Result<T, CoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _place = self.hashing.enter().await?;
-        self.run(work).await
     }
 
     /// Whether the database answers a real query; the answer is reused for a second, and

@@ -473,6 +473,7 @@ fn answer_now(
             session,
             RoomEvent::Delta {
                 reply: reply_id,
+                after: message.seq,
                 frame,
             },
         );
@@ -544,14 +545,9 @@ fn log_failure(session: SessionId, responder: &str, error: &ai::AiError) {
 /// Hands a stored message to its session's sockets. Callers hold the session's line, so
 /// messages are published in storage order.
 fn publish_stored(state: &State, message: &Message) {
-    state.hub.publish(
-        message.session_id,
-        RoomEvent::Stored {
-            seq: message.seq,
-            id: message.id,
-            frame: frames::chat_message(message),
-        },
-    );
+    state
+        .hub
+        .publish(message.session_id, RoomEvent::stored(message));
 }
 
 #[cfg(test)]

@@ -312,6 +312,7 @@ pub struct UserFilter {
 pub struct Accounts<'a> {
     pub(crate) db: &'a Database,
     pub(crate) keys: &'a TokenKeys,
+    pub(crate) hashing: &'a password::PasswordHashing,
 }
 
 /// A registration or account creation whose fields passed every check.
@@ -432,14 +433,14 @@ impl Accounts<'_> {
         let found = self.db.read(|conn| user_with_hash_by_email(conn, email))?;
         let (user, verified_hash) = match found {
             Some((user, stored)) => {
-                let matches = password::verify(password, &stored);
+                let matches = self.hashing.verify(password, &stored)?;
                 if !matches || !user.is_active {
                     return Err(Error::BadCredentials);
                 }
                 (user, stored)
             }
             None => {
-                password::verify_nothing(password);
+                self.hashing.verify_nothing(password)?;
                 return Err(Error::BadCredentials);
             }
         };
@@ -550,7 +551,7 @@ impl Accounts<'_> {
         let old_password = reader.text("old_password", Text::REQUIRED_VERBATIM);
         let new_password = reader.text("new_password", Text::REQUIRED_VERBATIM);
         if let Some(old_password) = &old_password
-            && !password::verify(old_password, &stored)
+            && !self.hashing.verify(old_password, &stored)?
         {
             reader.fail("old_password", OLD_PASSWORD_WRONG);
         }
@@ -715,7 +716,7 @@ impl Accounts<'_> {
         new_password: &str,
         replacing: Option<&str>,
     ) -> Result<(), Error> {
-        let hashed = password::hash(new_password)?;
+        let hashed = self.hashing.hash(new_password)?;
         let now = time::now();
         self.db.write(|tx| {
             if tx.execute(
@@ -794,7 +795,7 @@ impl Accounts<'_> {
     }
 
     fn insert(&self, account: CheckedAccount) -> Result<User, Error> {
-        let hashed = password::hash(&account.password)?;
+        let hashed = self.hashing.hash(&account.password)?;
         let joined = time::now();
         self.db.write(|tx| {
             tx.prepare_cached(

@@ -14,10 +14,13 @@
 //! body included, by `NARUTALK_AI_TIMEOUT_SECONDS`, and each failure becomes an
 //! [`AiError`] with one of these short reasons: `timed out`, `AI service unreachable`,
 //! `HTTP <status> from the AI service`, `malformed reply from the AI service`,
-//! `the AI stream was cut off`, `the AI service reported an error`.
+//! `the AI stream was cut off`, `the AI service reported an error`. Whatever the
+//! responder, [`run_responder`] adds `responder failed` and `empty reply`, and a turn the
+//! AI pool ([`pool`]) has no room for fails with [`ASSISTANT_BUSY`].
 
 pub mod http;
 pub mod openai;
+pub mod pool;
 mod sse;
 mod transport;
 
@@ -30,6 +33,10 @@ use serde::Serialize;
 
 use crate::chat::{Category, Sender, SessionId};
 use crate::fields::JsonObject;
+
+/// The stored reason of a turn refused because the AI pool was full: every responder
+/// place taken and 1,024 turns already waiting.
+pub const ASSISTANT_BUSY: &str = "assistant busy";
 
 /// What a responder gets for one turn.
 #[derive(Clone, Debug, PartialEq)]

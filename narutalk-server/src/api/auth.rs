@@ -33,7 +33,7 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     let body = request.json_object(state.body).await?;
     count_email(&state.throttles.register_email, &body)?;
     let user = state
-        .run_hashing(move |core| core.accounts().register_fields(&body))
+        .run(move |core| core.accounts().register_fields(&body))
         .await?;
     Ok(json_response(StatusCode::CREATED, &user))
 }
@@ -82,7 +82,7 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     };
     let honoured = device.as_ref().map(|reservation| *reservation.key());
     let outcome = state
-        .run_hashing(move |core| core.accounts().login_with(&input, honoured))
+        .run(move |core| core.accounts().login_with(&input, honoured))
         .await;
     if matches!(outcome, Err(ApiError::BadCredentials)) {
         if let Some(device) = device {
@@ -246,7 +246,7 @@ pub async fn password(
 ) -> Result<Response, ApiError> {
     let body = request.json_object(state.body).await?;
     state
-        .run_hashing(move |core| core.accounts().change_password_fields(user.id, &body))
+        .run(move |core| core.accounts().change_password_fields(user.id, &body))
         .await?;
     // A password change revokes every token of the user: their sockets close now rather
     // than at the watch's next tick.

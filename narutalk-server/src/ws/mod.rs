@@ -6,7 +6,8 @@
 //!   or 400 for a bad key), and answers `101 Switching Protocols`.
 //! - [`socket`] runs one open socket: the replay of `after`, then the live frames of the
 //!   session's room, the client's frames, pings, limits and the close.
-//! - [`hub`] fans stored messages and reply deltas out to the sockets of each session.
+//! - [`hub`] fans stored messages and reply deltas out to the sockets of each session,
+//!   in sequence order, reading from the core what its events missed.
 //! - [`sockets`] keeps the open sockets for the revocation watch and for shutdown.
 //! - [`frames`] holds the frame shapes.
 //!
@@ -23,7 +24,9 @@ pub mod sockets;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use narutalk_core::chat::SessionId;
+use narutalk_core::Narutalk;
+use narutalk_core::accounts::UserId;
+use narutalk_core::chat::{PageRequest, SessionId};
 use narutalk_core::error::Error as CoreError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::{HeaderValue, Method, StatusCode, header};
@@ -32,6 +35,7 @@ use crate::envelope::allowed_origin;
 use crate::error::ApiError;
 use crate::http::{Credentials, Request, Response, empty_response};
 use crate::state::State;
+use crate::ws::hub::Joining;
 
 /// Answers the handshake of a socket on session `id` (as it appears in the path).
 pub async fn handshake(
@@ -61,11 +65,11 @@ pub async fn handshake(
     let after = request.query_param("after");
     let owner = user.id;
     let start = state
-        .run(move |core| Ok(core.chat().replay_start(owner, session, after.as_deref())))
+        .run(move |core| Ok(opening(core, owner, session, after.as_deref())))
         .await?;
     // The core checks the session before `after`: a session of someone else is 404
     // whatever the origin; the origin is checked before `after`.
-    let start = match start {
+    let (start, seen) = match start {
         Err(CoreError::NotFound) => return Err(ApiError::NotFound),
         _ if request.header(header::ORIGIN).is_some()
             && allowed_origin(state, request).is_none() =>
@@ -80,17 +84,27 @@ pub async fn handshake(
         .as_ref()
         .and_then(|takeover| takeover.take())
         .ok_or(ApiError::UpgradeRequired)?;
-    let replay_from = request.query_param("after").map(|_| start);
-    // Registered and in the room before the `101` goes out: a message stored from now on
+    // Registered and in the room before the `101` goes out: a message stored after `seen`
     // reaches the socket (its replay then skips what the room already brought).
     let registration = state.sockets.register(grant, session);
-    let subscription = state.hub.subscribe(session, registration.closer().clone());
+    let joining = Joining { owner, seen };
+    let subscription = state
+        .hub
+        .subscribe(session, joining, registration.closer().clone());
+    // Without `after`, the socket gets what is stored after its handshake's read; a room
+    // that had already delivered some of that before the socket joined leaves it to the
+    // socket's own replay.
+    let replay_from = match request.query_param("after") {
+        Some(_) => Some(start),
+        None => (subscription.joined_at() > seen).then_some(seen),
+    };
     tokio::spawn(socket::run(
         state.clone(),
         upgrade,
         socket::Opened {
             user: user.id,
             session,
+            seen,
             replay_from,
             request_id: request.request_id.clone(),
             registration,
@@ -105,6 +119,21 @@ pub async fn handshake(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     Ok(response)
+}
+
+/// The handshake's read of the session: where the replay of `after` starts, and the
+/// session's last sequence number now (where the socket's live messages start).
+fn opening(
+    core: &Narutalk,
+    owner: UserId,
+    session: SessionId,
+    after: Option<&str>,
+) -> Result<(i64, i64), CoreError> {
+    let chat = core.chat();
+    let start = chat.replay_start(owner, session, after)?;
+    let last = chat.messages(owner, session, None, PageRequest::Last)?;
+    let seen = last.results.last().map_or(0, |message| message.seq);
+    Ok((start, seen))
 }
 
 /// The socket's token: the `Authorization` header when there is one, otherwise the

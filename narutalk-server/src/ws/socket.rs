@@ -1,11 +1,12 @@
 //! One open socket, from the upgrade to the close.
 //!
 //! The handshake has already joined the session's room for the socket, so nothing
-//! published since the `101` is missed. The task replays what was stored after `after`
-//! (if given) a page at a time, then serves live: the room's events, the client's
-//! frames, the heartbeat, and the reasons to close. Live events already covered
-//! by the replay are recognised by their sequence number and skipped, so the client sees
-//! every message once, in storage order, with no gap between replay and live.
+//! stored after the handshake's read of the session is missed. The task replays what was
+//! stored after `after` (if given; or after that read, when the room had already
+//! delivered past it) a page at a time, then serves live: the room's events, the client's
+//! frames, the heartbeat, and the reasons to close. Live events already covered by the
+//! replay are recognised by their sequence number and skipped, so the client sees every
+//! message once, in storage order, with no gap between replay and live.
 //!
 //! Every frame the server owes the peer is written before anything more is read from
 //! it: the room's frames, the answers to its frames, the heartbeat, and the pongs that
@@ -73,7 +74,11 @@ pub struct Opened {
     pub user: UserId,
     /// The session.
     pub session: SessionId,
-    /// With `after`: the sequence number to replay from.
+    /// The session's last sequence number when the handshake read it: live messages
+    /// start after it.
+    pub seen: i64,
+    /// Where the replay starts: the sequence number of `after`, or `seen` when the room
+    /// was ahead of it at the join; `None`: no replay.
     pub replay_from: Option<i64>,
     /// The handshake's request id, for the logs.
     pub request_id: String,
@@ -126,11 +131,11 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
     let Opened {
         user,
         session,
+        seen,
         replay_from,
         request_id,
         registration,
         subscription,
-        ..
     } = opened;
     let started = Instant::now();
     let mut socket = Socket {
@@ -138,7 +143,8 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
         state,
         ws,
         subscription,
-        last_seq: 0,
+        // The replay (if any) starts over from its own point.
+        last_seq: seen,
         recently_sent: VecDeque::with_capacity(RECENTLY_SENT),
         user,
         session,
@@ -282,7 +288,7 @@ impl Socket {
             }
             // Deltas queued during a replay may belong to a reply the replay already sent:
             // a reply's deltas never follow it.
-            Some(RoomEvent::Delta { reply, frame }) => {
+            Some(RoomEvent::Delta { reply, frame, .. }) => {
                 if self.recently_sent.contains(&reply) {
                     return Ok(());
                 }
