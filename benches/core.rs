@@ -17,8 +17,8 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::{UserId, password};
 use narutalk_core::chat::{Category, PageRequest, SessionFilter, SessionId};
 use narutalk_core::config::{Config, Synchronous};
-use narutalk_core::db::OpenMode;
 use narutalk_core::fields::JsonObject;
+use narutalk_core::store::OpenMode;
 use serde_json::json;
 use tempfile::TempDir;
 

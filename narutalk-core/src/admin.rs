@@ -13,7 +13,7 @@
 //! use narutalk_core::admin::{ImportFile, SessionQuery};
 //! use narutalk_core::chat::Category;
 //! use narutalk_core::config::Config;
-//! use narutalk_core::db::OpenMode;
+//! use narutalk_core::store::OpenMode;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -52,10 +52,10 @@ use crate::accounts::{self, Role, UserId, password, policy};
 use crate::chat::admin::{self as chat_admin, Order};
 use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
 use crate::config::{AiBackend, Config, ConfigError, Secret};
-use crate::db::maintenance::IntegrityProblems;
-use crate::db::{Database, OpenMode};
 use crate::error::Error;
 use crate::fields::JsonObject;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{IntegrityProblems, Maintenance, OpenMode};
 use crate::{Narutalk, StartError, time};
 
 /// Rows (session rows and messages) an import writes per transaction: each batch holds the
@@ -78,7 +78,7 @@ impl Narutalk {
     /// whatever `NARUTALK_AI_BACKEND` says; the setting is still validated).
     pub fn open_for_administration(config: &Config) -> Result<Narutalk, StartError> {
         config.validate()?;
-        let db = Database::open(
+        let db = SqliteStore::open(
             &config.database,
             config.sqlite_synchronous,
             OpenMode::MustExist,
@@ -98,14 +98,14 @@ impl Narutalk {
 
     /// Administration across users: sessions, export, import, statistics, checks.
     pub fn admin(&self) -> Admin<'_> {
-        Admin::new(self.database())
+        Admin::new(self.store())
     }
 }
 
 /// Administration across users on a database (returned by [`Narutalk::admin`]).
 #[derive(Debug)]
 pub struct Admin<'a> {
-    db: &'a Database,
+    db: &'a SqliteStore,
 }
 
 /// Which sessions a listing or an export covers; `None` matches everything.
@@ -462,8 +462,8 @@ impl CheckReport {
 }
 
 impl<'a> Admin<'a> {
-    /// Administration on an open database (for embedders that hold only a [`Database`]).
-    pub fn new(db: &'a Database) -> Self {
+    /// Administration on an open store (for embedders that hold only a store).
+    pub fn new(db: &'a SqliteStore) -> Self {
         Admin { db }
     }
 
@@ -532,7 +532,7 @@ impl<'a> Admin<'a> {
                 if let Err(error) = each(progress, &record) {
                     failure = Some(error);
                     // Ends the read; `failure` is what the caller gets.
-                    return Err(Error::Internal("export stopped by its writer".into()));
+                    return Err(Error::internal("export stopped by its writer"));
                 }
             }
             Ok(summary)
@@ -580,7 +580,7 @@ impl<'a> Admin<'a> {
                     owner
                         .or_else(|| by_email.get(session.owner_email.as_str()).copied())
                         .ok_or_else(|| {
-                            ImportError::Storage(Error::Internal(format!(
+                            ImportError::Storage(Error::internal(format!(
                                 "the owner {} was not created",
                                 session.owner_email
                             )))
@@ -619,7 +619,7 @@ impl<'a> Admin<'a> {
     ) -> Result<HashMap<String, UserId>, ImportError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
-            .map_err(|e| Error::Internal(format!("random password for new owners: {e}")))?;
+            .map_err(|e| Error::internal(format!("random password for new owners: {e}")))?;
         let unknown: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         // Hashed outside the write lock; one hash serves every owner of this import, since
         // nobody knows the password it hides.
@@ -795,7 +795,7 @@ impl<'a> Admin<'a> {
                 let at = batch
                     .first()
                     .map_or(Location::Line(0), |slice| slice_of(slice).0);
-                Err(stopped(at, error.to_string(), progress))
+                Err(stopped(at, error.detail(), progress))
             }
         }
     }
@@ -869,7 +869,7 @@ impl Owners {
             return Ok(email.clone());
         }
         let user = accounts::user_by_id(conn, session.user_id)?.ok_or_else(|| {
-            Error::Internal(format!(
+            Error::internal(format!(
                 "session {} belongs to user {}, who does not exist (run `narutalk db check`)",
                 session.id, session.user_id
             ))

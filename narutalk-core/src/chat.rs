@@ -33,9 +33,9 @@ use uuid::Uuid;
 
 use crate::accounts::{UnknownChoice, UserId};
 use crate::ai::{AiError, AiReply, AiRequest, HistoryTurn};
-use crate::db::{Database, WriteTx};
 use crate::error::{Error, FieldErrors, TokenProblem};
 use crate::fields::{self, FieldReader, JsonObject, Text};
+use crate::store::sqlite::{SqliteStore, WriteTx};
 use crate::time;
 
 /// Items per page of every paginated list.
@@ -706,7 +706,7 @@ impl Turns {
 
 /// Chat operations on a database (returned by [`crate::Narutalk::chat`]).
 pub struct Chat<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) db: &'a SqliteStore,
     pub(crate) turns: &'a Arc<Turns>,
     pub(crate) content_max_chars: usize,
     pub(crate) history_messages: u32,
@@ -716,7 +716,7 @@ pub struct Chat<'a> {
 impl Chat<'_> {
     /// These operations for a caller that asked at `asked_at` and has waited in a queue
     /// of its own since (a server's per-session order of stores): their writes' bound,
-    /// [`crate::db::WRITE_DEADLINE`], runs from then rather than from each call.
+    /// [`crate::store::WRITE_DEADLINE`], runs from then rather than from each call.
     pub fn asked_at(self, asked_at: Instant) -> Self {
         Chat {
             asked_at: Some(asked_at),
@@ -736,8 +736,8 @@ impl Chat<'_> {
             .choice::<Category>("category", false)
             .unwrap_or_default();
         reader.finish()?;
-        let title = title
-            .ok_or_else(|| Error::Internal("title passed its checks without a value".into()))?;
+        let title =
+            title.ok_or_else(|| Error::internal("title passed its checks without a value"))?;
         self.insert_session(owner, &title, category)
     }
 
@@ -1000,9 +1000,8 @@ impl Chat<'_> {
             {
                 return Ok(replayed);
             }
-            let content = content.ok_or_else(|| {
-                Error::Internal("content passed its checks without a value".into())
-            })?;
+            let content = content
+                .ok_or_else(|| Error::internal("content passed its checks without a value"))?;
             let message = insert_message(
                 tx,
                 &session,
@@ -1086,7 +1085,7 @@ impl Chat<'_> {
     /// [`ReplyWait::YourTurn`]); a claim for another message is [`Error::Internal`].
     pub fn prepare_reply(&self, message: &Message, claim: TurnClaim) -> Result<ReplyTurn, Error> {
         if claim.message_id != message.id {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "a turn claim for message {} cannot answer message {}",
                 claim.message_id, message.id
             )));
@@ -1327,8 +1326,8 @@ fn insert_message(
     now: &DateTime<Utc>,
 ) -> Result<Message, Error> {
     let seq = session.last_seq + 1;
-    let metadata =
-        serde_json::to_string(&new.metadata).map_err(|e| Error::Internal(e.to_string()))?;
+    let metadata = serde_json::to_string(&new.metadata)
+        .map_err(|e| Error::Internal(crate::error::InternalError::from_error(e)))?;
     tx.prepare_cached(
         "INSERT INTO chat_messages (id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -1549,7 +1548,7 @@ mod tests {
     use crate::Narutalk;
     use crate::accounts::{NewUser, Role};
     use crate::config::Config;
-    use crate::db::OpenMode;
+    use crate::store::OpenMode;
 
     /// Counts the statements SQLite runs on `conn` while `f` runs.
     fn statements_run(conn: &mut Connection, f: impl FnOnce(&Connection)) -> usize {
@@ -1614,7 +1613,7 @@ mod tests {
         let other = Connection::open(&config.database).unwrap();
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         let almost_due = Instant::now()
-            .checked_sub(crate::db::WRITE_DEADLINE - Duration::from_millis(200))
+            .checked_sub(crate::store::WRITE_DEADLINE - Duration::from_millis(200))
             .unwrap();
 
         // Act

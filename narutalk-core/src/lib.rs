@@ -15,7 +15,7 @@
 //! ```
 //! use narutalk_core::chat::{Category, Sender};
 //! use narutalk_core::config::Config;
-//! use narutalk_core::db::OpenMode;
+//! use narutalk_core::store::OpenMode;
 //! use narutalk_core::Narutalk;
 //! use serde_json::json;
 //!
@@ -50,10 +50,11 @@ pub mod admin;
 pub mod ai;
 pub mod chat;
 pub mod config;
-pub mod db;
 pub mod error;
 pub mod fields;
+pub mod files;
 pub mod metrics;
+pub mod store;
 pub mod time;
 pub mod tokens;
 
@@ -67,9 +68,10 @@ use ai::openai::OpenAiResponder;
 use ai::{Responder, TemplateResponder};
 use chat::{Chat, Exchange, PostOutcome, ReplyWait, SessionId, Turns};
 use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
-use db::{Database, OpenError, OpenMode};
 use error::Error;
 use fields::JsonObject;
+use store::sqlite::SqliteStore;
+use store::{OpenError, OpenMode};
 use tokens::{TokenKeys, Tokens};
 
 /// Why a [`Narutalk`] could not start. Each variant's text is one line naming the
@@ -86,7 +88,7 @@ pub enum StartError {
 
 /// The embedded Narutalk: database, token keys and AI responder.
 pub struct Narutalk {
-    db: Database,
+    db: SqliteStore,
     keys: TokenKeys,
     responder: Arc<dyn Responder>,
     turns: Arc<Turns>,
@@ -112,7 +114,7 @@ impl Narutalk {
     pub fn open(config: &Config, mode: OpenMode) -> Result<Narutalk, StartError> {
         config.validate()?;
         // The database first: a missing database is the error to report, not the secret.
-        let db = Database::open(&config.database, config.sqlite_synchronous, mode)?;
+        let db = SqliteStore::open(&config.database, config.sqlite_synchronous, mode)?;
         let secret =
             config.signing_secret(Path::new(SECRET_FILE), mode == OpenMode::CreateIfMissing)?;
         Narutalk::new(db, &secret, config)
@@ -120,7 +122,7 @@ impl Narutalk {
 
     /// Builds the handle from an open database and a signing secret; the responder is the
     /// one `config` names.
-    pub fn new(db: Database, secret: &Secret, config: &Config) -> Result<Narutalk, StartError> {
+    pub fn new(db: SqliteStore, secret: &Secret, config: &Config) -> Result<Narutalk, StartError> {
         let keys = TokenKeys::new(
             secret,
             config.access_token_minutes,
@@ -182,9 +184,14 @@ impl Narutalk {
         }
     }
 
-    /// The database.
-    pub fn database(&self) -> &Database {
+    /// The storage.
+    pub fn store(&self) -> &SqliteStore {
         &self.db
+    }
+
+    /// The SQLite store, when the storage is one (its hooks for tests and tools).
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        Some(&self.db)
     }
 
     /// The AI responder in use.

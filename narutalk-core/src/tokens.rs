@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::accounts::{User, UserId};
 use crate::config::Secret;
-use crate::db::{Database, WriteTx};
 use crate::error::{Error, TokenProblem};
 use crate::fields::{FieldReader, JsonObject, Text};
+use crate::store::sqlite::{SqliteStore, WriteTx};
 use crate::time;
 
 /// The shortest signing secret accepted, in bytes (RFC 7518 section 3.2: a key at least as
@@ -139,7 +139,7 @@ impl TokenKeys {
     pub fn new(secret: &Secret, access_minutes: u32, refresh_days: u32) -> Result<Self, Error> {
         let bytes = secret.expose().as_bytes();
         if bytes.len() < MIN_SECRET_BYTES {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "the signing secret must be at least {MIN_SECRET_BYTES} bytes"
             )));
         }
@@ -228,13 +228,13 @@ impl TokenKeys {
             fam: family.map(|family| family.to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("signing a token: {e}")))
+            .map_err(|e| Error::internal(format!("signing a token: {e}")))
     }
 }
 
 /// Token operations on a database (returned by [`crate::Narutalk::tokens`]).
 pub struct Tokens<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) db: &'a SqliteStore,
     pub(crate) keys: &'a TokenKeys,
 }
 
@@ -523,7 +523,7 @@ fn read_refresh_field(body: &JsonObject) -> Result<String, Error> {
     let mut reader = FieldReader::new(body);
     let refresh = reader.text("refresh", Text::REQUIRED_VERBATIM);
     reader.finish()?;
-    refresh.ok_or_else(|| Error::Internal("refresh passed its checks but has no value".into()))
+    refresh.ok_or_else(|| Error::internal("refresh passed its checks but has no value"))
 }
 
 /// A fresh token id: a random UUID v4 as 32 lower-case hex digits, as simplejwt writes it.

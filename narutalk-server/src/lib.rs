@@ -21,7 +21,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use narutalk_core::{Narutalk, config::Config, db::OpenMode};
+//! use narutalk_core::{Narutalk, config::Config, store::OpenMode};
 //!
 //! let config = Config::load(&Default::default())?;
 //! let core = Narutalk::open(&config, OpenMode::CreateIfMissing)?;

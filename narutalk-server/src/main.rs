@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use narutalk_core::Narutalk;
 use narutalk_core::config::{AiBackend, Config, Overrides};
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::metrics::MetricsListener;
 
 /// Narutalk's API server. Settings: defaults < TOML file < NARUTALK_* variables < flags.

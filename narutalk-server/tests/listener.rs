@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use narutalk_core::Narutalk;
 use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

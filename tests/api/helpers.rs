@@ -16,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 use narutalk_core::Narutalk;
 use narutalk_core::ai::Responder;
 use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};

@@ -9,7 +9,7 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role};
 use narutalk_core::chat::Category;
 use narutalk_core::config::{Config, Overrides};
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 
 /// The password of every seeded account (it passes every password rule).
 pub const PASSWORD: &str = "violet-harbour-42";

@@ -67,7 +67,7 @@ pub(crate) fn create_import_owner(
     ])?;
     let id = UserId(conn.last_insert_rowid());
     user_by_id(conn, id)?
-        .ok_or_else(|| Error::Internal(format!("user {id} vanished after its insert")))
+        .ok_or_else(|| Error::internal(format!("user {id} vanished after its insert")))
 }
 
 /// One row per role, in the API's order, zeros included.

@@ -18,8 +18,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
 use super::UserId;
-use crate::db::WriteTx;
 use crate::error::Error;
+use crate::store::sqlite::WriteTx;
 
 /// How long a device token stays valid after its last use, in days.
 pub const DEVICE_TOKEN_DAYS: i64 = 90;
@@ -62,10 +62,10 @@ impl Device {
 pub(crate) fn new_token() -> Result<(String, Device), Error> {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Internal(format!("no randomness for a device token: {e}")))?;
+        .map_err(|e| Error::internal(format!("no randomness for a device token: {e}")))?;
     let token = URL_SAFE_NO_PAD.encode(bytes);
     let device = Device::of(&token)
-        .ok_or_else(|| Error::Internal("a new device token has the wrong shape".into()))?;
+        .ok_or_else(|| Error::internal("a new device token has the wrong shape"))?;
     Ok((token, device))
 }
 

@@ -24,9 +24,9 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::db::Database;
 use crate::error::{Error, FieldErrors};
 use crate::fields::{FieldReader, JsonObject, Text};
+use crate::store::sqlite::SqliteStore;
 use crate::time;
 use crate::tokens::{self, TokenKeys, TokenPair};
 use devices::Device;
@@ -209,8 +209,8 @@ impl LoginInput {
         let password = reader.text("password", Text::REQUIRED_VERBATIM);
         reader.finish()?;
         let (Some(email), Some(password)) = (email, password) else {
-            return Err(Error::Internal(
-                "login passed its checks with a field missing".into(),
+            return Err(Error::internal(
+                "login passed its checks with a field missing",
             ));
         };
         let input = LoginInput::new(&email, &password);
@@ -310,7 +310,7 @@ pub struct UserFilter {
 
 /// Account operations on a database (returned by [`crate::Narutalk::accounts`]).
 pub struct Accounts<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) db: &'a SqliteStore,
     pub(crate) keys: &'a TokenKeys,
 }
 
@@ -344,8 +344,8 @@ impl AccountFields {
                 department: self.department,
                 is_verified,
             }),
-            _ => Err(Error::Internal(
-                "an account passed its checks with a field missing".into(),
+            _ => Err(Error::internal(
+                "an account passed its checks with a field missing",
             )),
         }
     }
@@ -564,9 +564,8 @@ impl Accounts<'_> {
             );
         }
         reader.finish()?;
-        let new_password = new_password.ok_or_else(|| {
-            Error::Internal("new_password passed its checks without a value".into())
-        })?;
+        let new_password = new_password
+            .ok_or_else(|| Error::internal("new_password passed its checks without a value"))?;
         // Only replace the hash the old password was checked against: a reset that
         // landed meanwhile must not be undone by someone who knew the old password.
         self.store_password(id, &new_password, Some(&stored))

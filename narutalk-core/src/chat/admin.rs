@@ -13,8 +13,8 @@ use super::{
 use crate::accounts::{UserId, user_by_id};
 use crate::admin::{CategoryCount, DayCount, ExportedMessage, ExportedSession, SessionQuery};
 use crate::chat::Category;
-use crate::db::WriteTx;
 use crate::error::Error;
+use crate::store::sqlite::WriteTx;
 use crate::time;
 
 /// How a list of sessions is ordered.
