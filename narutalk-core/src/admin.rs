@@ -868,12 +868,14 @@ impl Owners {
         if let Some(email) = self.emails.get(&session.user_id) {
             return Ok(email.clone());
         }
-        let user = accounts::user_by_id(conn, session.user_id)?.ok_or_else(|| {
-            Error::internal(format!(
-                "session {} belongs to user {}, who does not exist (run `narutalk db check`)",
-                session.id, session.user_id
-            ))
-        })?;
+        let user = crate::store::sqlite::accounts::user_by_id(conn, session.user_id)?.ok_or_else(
+            || {
+                Error::internal(format!(
+                    "session {} belongs to user {}, who does not exist (run `narutalk db check`)",
+                    session.id, session.user_id
+                ))
+            },
+        )?;
         self.emails.insert(user.id, user.email.clone());
         Ok(user.email)
     }

@@ -160,7 +160,7 @@ impl Narutalk {
     /// Registration, login, profiles and administration.
     pub fn accounts(&self) -> Accounts<'_> {
         Accounts {
-            db: &self.db,
+            store: &self.db,
             keys: &self.keys,
         }
     }

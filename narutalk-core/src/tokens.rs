@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -26,6 +26,7 @@ use crate::config::Secret;
 use crate::error::{Error, TokenProblem};
 use crate::fields::{FieldReader, JsonObject, Text};
 use crate::store::sqlite::{SqliteStore, WriteTx};
+use crate::store::{NewRefresh, TokenLifetimes};
 use crate::time;
 
 /// The shortest signing secret accepted, in bytes (RFC 7518 section 3.2: a key at least as
@@ -179,6 +180,39 @@ impl TokenKeys {
         }
     }
 
+    /// The lifetimes of the two kinds of token, in seconds.
+    pub fn lifetimes(&self) -> TokenLifetimes {
+        TokenLifetimes {
+            access_seconds: self.access_lifetime.num_seconds(),
+            refresh_seconds: self.refresh_lifetime.num_seconds(),
+        }
+    }
+
+    /// The first refresh token of a new login family, to store, and the family.
+    pub(crate) fn new_refresh(&self) -> (NewRefresh, Family) {
+        let family = Family::new();
+        let refresh = NewRefresh {
+            jti: new_jti(),
+            family: family.to_string(),
+        };
+        (refresh, family)
+    }
+
+    /// The token pair of a login whose refresh token `refresh` (of `family`) was stored,
+    /// issued at `issued_at`.
+    pub(crate) fn login_pair(
+        &self,
+        user_id: UserId,
+        refresh: &NewRefresh,
+        family: Family,
+        issued_at: i64,
+    ) -> Result<TokenPair, Error> {
+        Ok(TokenPair {
+            access: self.sign_access(user_id, family, issued_at)?,
+            refresh: self.sign(TokenKind::Refresh, user_id, &refresh.jti, issued_at)?,
+        })
+    }
+
     /// Signs a token of `kind` for `user_id`, issued at `issued_at`, with the five claims
     /// of simplejwt (no family).
     pub fn sign(
@@ -261,7 +295,7 @@ impl Tokens<'_> {
             }
         };
         let (user, family_revoked) = self.db.read(|conn| {
-            let user = crate::accounts::user_by_id(conn, claims.user_id)?;
+            let user = crate::store::sqlite::accounts::user_by_id(conn, claims.user_id)?;
             let family_revoked = match (&user, family) {
                 (Some(_), Some(family)) => family_is_revoked(conn, family)?,
                 _ => false,
@@ -416,54 +450,12 @@ impl Tokens<'_> {
     }
 }
 
-/// Issues a new login's token pair inside the caller's write transaction: a new family,
-/// `iat = max(now, revocation time + 1)`, and a purge of a few expired rows.
-pub(crate) fn issue_for_login(
-    tx: &WriteTx<'_>,
-    keys: &TokenKeys,
-    user_id: UserId,
-    tokens_revoked_at: i64,
-    now: &DateTime<Utc>,
-) -> Result<TokenPair, Error> {
-    let now_seconds = time::unix_seconds(now);
-    let issued_at = now_seconds.max(tokens_revoked_at + 1);
-    let jti = new_jti();
-    let family = Family::new();
-    let expires_at = issued_at.saturating_add(keys.refresh_lifetime.num_seconds());
-    insert_refresh_row(
-        tx,
-        &jti,
-        user_id,
-        &family.to_string(),
-        issued_at,
-        expires_at,
-    )?;
-    purge_expired(tx, keys, now_seconds, 100)?;
-    Ok(TokenPair {
-        access: keys.sign_access(user_id, family, issued_at)?,
-        refresh: keys.sign(TokenKind::Refresh, user_id, &jti, issued_at)?,
-    })
-}
-
-/// Refuses every token of `user_id` issued until now: sets the revocation time to now, or
-/// one second past the previous one when that is not before now (tokens issued since then
-/// carry `iat` = previous + 1, and must be refused too), marks the user's live refresh
-/// rows revoked, and deletes the user's device tokens.
-pub(crate) fn revoke_all(
-    tx: &WriteTx<'_>,
-    user_id: UserId,
-    now: &DateTime<Utc>,
-) -> Result<(), Error> {
-    let now_seconds = time::unix_seconds(now);
-    tx.execute(
-        "UPDATE users SET tokens_revoked_at = max(tokens_revoked_at + 1, ?1) WHERE id = ?2",
-        params![now_seconds, user_id.0],
-    )?;
-    tx.execute(
-        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
-        params![now_seconds, user_id.0],
-    )?;
-    crate::accounts::devices::forget_all(tx, user_id)
+/// The `iat` of tokens issued at `now_seconds` to a user whose revocation time is
+/// `tokens_revoked_at` (both whole seconds since the epoch): now, or one second after the
+/// revocation time when that is not before now, so that a token issued right after a
+/// revocation is not refused by it. Stores decide it in the transaction that issues.
+pub fn issued_at(now_seconds: i64, tokens_revoked_at: i64) -> i64 {
+    now_seconds.max(tokens_revoked_at.saturating_add(1))
 }
 
 /// The stored row of a presented refresh token and its user's stamp, when the token may

@@ -4,11 +4,10 @@
 
 use rusqlite::{Connection, params};
 
-use super::{
-    Role, USERNAME_MAX_CHARS, User, UserId, exists, policy, user_by_id, user_with_hash_by_email,
-};
+use super::{Role, USERNAME_MAX_CHARS, User, UserId, policy};
 use crate::admin::RoleCount;
 use crate::error::Error;
+use crate::store::sqlite::accounts::{credentials_by_email, exists, user_by_id};
 use crate::time;
 
 /// The username an owner created by an import starts from when its email's local part
@@ -17,7 +16,7 @@ const FALLBACK_USERNAME: &str = "user";
 
 /// The id of the user with this email (already lower-cased, as stored), if any.
 pub(crate) fn id_by_email(conn: &Connection, email: &str) -> Result<Option<UserId>, Error> {
-    Ok(user_with_hash_by_email(conn, email)?.map(|(user, _)| user.id))
+    Ok(credentials_by_email(conn, email)?.map(|credentials| credentials.user.id))
 }
 
 /// Creates the owner of imported sessions: `email` (already lower-cased, as stored), role

@@ -10,11 +10,12 @@ use super::{
     ChatSession, Message, NewMessage, SESSION_COLUMNS, SessionId, StoredSession, advance,
     all_messages, insert_message, session_by_id, session_from_row,
 };
-use crate::accounts::{UserId, user_by_id};
+use crate::accounts::UserId;
 use crate::admin::{CategoryCount, DayCount, ExportedMessage, ExportedSession, SessionQuery};
 use crate::chat::Category;
 use crate::error::Error;
 use crate::store::sqlite::WriteTx;
+use crate::store::sqlite::accounts::user_by_id;
 use crate::time;
 
 /// How a list of sessions is ordered.

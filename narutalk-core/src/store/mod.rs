@@ -24,8 +24,11 @@ pub mod sqlite;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::accounts::devices::Device;
+use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
 use crate::config::Config;
 use crate::error::Error;
 use sqlite::SqliteStore;
@@ -88,6 +91,222 @@ pub struct AppliedMigration {
     /// The migration runner's checksum of the migration's name, version and SQL, as
     /// recorded.
     pub checksum: String,
+}
+
+/// Users, their passwords and device tokens (the rules in [`crate::accounts`]).
+///
+/// A method that addresses a user by id answers [`Error::NotFound`] when there is none,
+/// unless it answers an `Option`.
+pub trait AccountStore {
+    /// The user with this id.
+    fn user(&self, id: UserId) -> Result<Option<User>, Error>;
+
+    /// The user with this email (lower-cased, as stored) and their password hash.
+    fn credentials_by_email(&self, email: &str) -> Result<Option<Credentials>, Error>;
+
+    /// The user with this id and their password hash.
+    fn credentials_by_id(&self, id: UserId) -> Result<Option<Credentials>, Error>;
+
+    /// Whether `username` and `email` belong to a user other than `except`, in one read.
+    fn names_taken(
+        &self,
+        username: Option<&str>,
+        email: Option<&str>,
+        except: Option<UserId>,
+    ) -> Result<NamesTaken, Error>;
+
+    /// Stores a new user, active, with no login yet and no revocation time; answers the
+    /// stored user, or [`Taken`] when the username or email is another user's (two
+    /// registrations at once: the check before hashing saw neither).
+    fn insert_user(&self, account: &NewAccount) -> Result<Result<User, Taken>, Error>;
+
+    /// Whether `device` is a device token of the account whose email is `email`, last used
+    /// after `valid_after`.
+    fn device_of_email(
+        &self,
+        device: Device,
+        email: &str,
+        valid_after: DateTime<Utc>,
+    ) -> Result<bool, Error>;
+
+    /// The write of a login, after its password was verified, in one transaction: it
+    /// answers `None` (and changes nothing) when the user is gone or inactive, or their
+    /// password hash is no longer the one verified (a reset or a change landed while the
+    /// password was hashed). Otherwise it sets the last login to `now`; stores the new
+    /// family's refresh token, issued at [`crate::tokens::issued_at`] of now and the user's
+    /// revocation time, with a few refresh tokens that expired
+    /// ([`TokenStore::purge_expired`]'s rule, at most 100); renews the honoured device
+    /// token when it is a valid token of this user (its last use moves to now), or else
+    /// stores `new_device`, keeps the user's
+    /// [`crate::accounts::devices::DEVICE_TOKENS_PER_ACCOUNT`] most recently used device
+    /// tokens and deletes a few expired ones of anyone.
+    fn record_login(&self, login: &LoginRecord<'_>) -> Result<Option<RecordedLogin>, Error>;
+
+    /// Changes the fields of a profile that are given (two concurrent partial updates of
+    /// different fields both take effect); [`Taken`] when the new username or email is
+    /// another user's.
+    fn update_profile(
+        &self,
+        id: UserId,
+        change: &ProfileChange,
+    ) -> Result<Result<User, Taken>, Error>;
+
+    /// Stores a new password hash and revokes every token of the user
+    /// ([`AccountStore::revoke_all`]), in one transaction. With `replacing`, only while the
+    /// stored hash is still that one: [`Error::NotFound`] otherwise.
+    fn replace_password(
+        &self,
+        id: UserId,
+        password_hash: &str,
+        replacing: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error>;
+
+    /// The user, their sessions updated at or after `recent_since`, and the messages in
+    /// all their sessions, in one snapshot.
+    fn dashboard(&self, id: UserId, recent_since: DateTime<Utc>) -> Result<Dashboard, Error>;
+
+    /// The users matching `filter` (its search is literal text, case-insensitive for
+    /// ASCII, in the username or the email), by id.
+    fn users(&self, filter: &UserFilter) -> Result<Vec<User>, Error>;
+
+    /// Changes one thing about a user and answers the user as changed; deactivating also
+    /// revokes every token ([`AccountStore::revoke_all`]), in the same transaction.
+    fn change_user(
+        &self,
+        id: UserId,
+        change: UserChange,
+        now: DateTime<Utc>,
+    ) -> Result<User, Error>;
+
+    /// Refuses every token of the user issued until now: the revocation time becomes
+    /// `now` in whole seconds, or one second past the previous one when that is not
+    /// before now (tokens issued since carry the previous time + 1, and are refused too);
+    /// the user's live refresh tokens are marked revoked and their device tokens deleted.
+    fn revoke_all(&self, id: UserId, now: DateTime<Utc>) -> Result<(), Error>;
+
+    /// Deletes a user with their sessions, messages and tokens.
+    fn delete_user(&self, id: UserId) -> Result<(), Error>;
+}
+
+/// A stored user and their password hash.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// The user.
+    pub user: User,
+    /// Their argon2id PHC string.
+    pub password_hash: String,
+}
+
+/// Which of a username and an email belong to another user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamesTaken {
+    /// The username is another user's.
+    pub username: bool,
+    /// The email is another user's.
+    pub email: bool,
+}
+
+/// The unique name a write found to be another user's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// The email.
+    Email,
+    /// The username.
+    Username,
+}
+
+/// A user to store.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    /// The checked username.
+    pub username: String,
+    /// The checked, lower-cased email.
+    pub email: String,
+    /// The argon2id PHC string of the password.
+    pub password_hash: String,
+    /// The role.
+    pub role: Role,
+    /// The department, may be empty.
+    pub department: String,
+    /// Whether the account starts verified.
+    pub is_verified: bool,
+    /// When the account is made.
+    pub date_joined: DateTime<Utc>,
+}
+
+/// The fields of a profile to change; `None` keeps the stored value.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileChange {
+    /// A new username.
+    pub username: Option<String>,
+    /// A new email, lower-cased.
+    pub email: Option<String>,
+    /// A new department.
+    pub department: Option<String>,
+}
+
+/// One thing an administrator changes about a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserChange {
+    /// Its role.
+    Role(Role),
+    /// Whether it is verified.
+    Verified(bool),
+    /// Whether it is active; deactivating revokes every token.
+    Active(bool),
+}
+
+/// What [`AccountStore::record_login`] stores.
+#[derive(Clone, Debug)]
+pub struct LoginRecord<'a> {
+    /// The user whose password was verified.
+    pub user_id: UserId,
+    /// The stored hash it was verified against.
+    pub verified_hash: &'a str,
+    /// When the login happens.
+    pub now: DateTime<Utc>,
+    /// The first refresh token of the login's new family.
+    pub refresh: &'a NewRefresh,
+    /// The lifetimes of the tokens, for the new token's expiry and the purge.
+    pub lifetimes: TokenLifetimes,
+    /// The presented device token the caller honours, to renew.
+    pub honoured_device: Option<Device>,
+    /// The device token to store when the honoured one is not renewed.
+    pub new_device: Device,
+    /// Device tokens last used at or before this time have expired.
+    pub devices_valid_after: DateTime<Utc>,
+}
+
+/// What [`AccountStore::record_login`] did.
+#[derive(Clone, Debug)]
+pub struct RecordedLogin {
+    /// The user as it is now (its last login is the login's time).
+    pub user: User,
+    /// The `iat` of the new tokens, in whole seconds since the epoch.
+    pub issued_at: i64,
+    /// True when the honoured device token was renewed; false when the new one was stored.
+    pub device_renewed: bool,
+}
+
+/// A refresh token to store: its `jti` and its login family (32 hex digits each). Its
+/// issue time is decided in the transaction that stores it.
+#[derive(Clone, Debug)]
+pub struct NewRefresh {
+    /// The token's id.
+    pub jti: String,
+    /// Its login family.
+    pub family: String,
+}
+
+/// How long tokens live, in seconds: a refresh token's row expires with the refresh
+/// lifetime, and is purged only once an access token issued with it has expired too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenLifetimes {
+    /// An access token's lifetime.
+    pub access_seconds: i64,
+    /// A refresh token's lifetime.
+    pub refresh_seconds: i64,
 }
 
 /// What the server's health and the administrators' tool ask about the storage itself,

@@ -29,7 +29,9 @@ use super::{AppliedMigration, Maintenance, OpenError, OpenMode, WRITE_DEADLINE};
 use crate::config::Synchronous;
 use crate::error::{Error, InternalError};
 
+pub(crate) mod accounts;
 mod maintenance;
+mod tokens;
 mod writer;
 
 pub(crate) use writer::WriteTx;
