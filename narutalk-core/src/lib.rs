@@ -168,7 +168,7 @@ impl Narutalk {
     /// Access-token checks, refresh rotation and logout.
     pub fn tokens(&self) -> Tokens<'_> {
         Tokens {
-            db: &self.db,
+            store: &self.db,
             keys: &self.keys,
         }
     }

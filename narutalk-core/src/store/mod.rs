@@ -21,6 +21,7 @@
 
 pub mod sqlite;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,7 +31,8 @@ use serde::Serialize;
 use crate::accounts::devices::Device;
 use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, TokenProblem};
+use crate::tokens::Family;
 use sqlite::SqliteStore;
 
 /// The bound on a write (`docs/API.md`, Limits and throttling): a write that has not
@@ -187,6 +189,116 @@ pub trait AccountStore {
 
     /// Deletes a user with their sessions, messages and tokens.
     fn delete_user(&self, id: UserId) -> Result<(), Error>;
+}
+
+/// Refresh tokens and what makes tokens refused (the rules in [`crate::tokens`]). Every
+/// refresh token is stored; access tokens are not, and are judged by their user's state
+/// and their login family's.
+pub trait TokenStore {
+    /// The user of an access token and whether its login family is revoked (false
+    /// without a family), in one snapshot; `None` when there is no such user.
+    fn token_holder(
+        &self,
+        user_id: UserId,
+        family: Option<Family>,
+    ) -> Result<Option<TokenHolder>, Error>;
+
+    /// The state of each of `users` and which of `families` are revoked, in one snapshot
+    /// (one lookup per user and per family): what holders of many long-lived connections
+    /// ask to learn which of their tokens were revoked since.
+    fn revocation_facts(
+        &self,
+        users: &[UserId],
+        families: &[Family],
+    ) -> Result<RevocationFacts, Error>;
+
+    /// Uses a refresh token once, in one transaction that commits whatever it answers.
+    /// The token is refused as [`TokenProblem::Invalid`] when it is not stored for its
+    /// user, or its user is gone; as [`TokenProblem::Blacklisted`] when it was revoked,
+    /// its user is inactive or revoked every token since it was issued, and when it was
+    /// used already: that is reuse, and revokes every refresh token of its family first.
+    /// Otherwise it is marked used and `next_jti` is stored in its family, issued at
+    /// [`crate::tokens::issued_at`] of now and the user's revocation time.
+    fn rotate_refresh(
+        &self,
+        presented: &PresentedRefresh<'_>,
+        next_jti: &str,
+        lifetimes: TokenLifetimes,
+        now_seconds: i64,
+    ) -> Result<RefreshUse, Error>;
+
+    /// Revokes the login family of a refresh token (logout), in one transaction that
+    /// commits whatever it answers: the token is judged as by
+    /// [`TokenStore::rotate_refresh`] (a used one is reuse, which revokes the family and
+    /// is refused), and when it may be used, every refresh token of its family is revoked.
+    fn end_family(
+        &self,
+        presented: &PresentedRefresh<'_>,
+        now_seconds: i64,
+    ) -> Result<Result<(), TokenProblem>, Error>;
+
+    /// Deletes at most `limit` refresh tokens that expired before `now_seconds` and whose
+    /// access token (issued with them) expired too: the row is what tells that its family
+    /// was revoked, so it stays while that access token may be presented. Answers how
+    /// many.
+    fn purge_expired(
+        &self,
+        now_seconds: i64,
+        lifetimes: TokenLifetimes,
+        limit: u32,
+    ) -> Result<usize, Error>;
+}
+
+/// The user of an access token, and whether its family is revoked.
+#[derive(Clone, Debug)]
+pub struct TokenHolder {
+    /// The user.
+    pub user: User,
+    /// True when the token's login family is revoked.
+    pub family_revoked: bool,
+}
+
+/// What refuses the tokens of a user: whether it is active, and its revocation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserStamp {
+    /// An inactive user's tokens are refused.
+    pub is_active: bool,
+    /// Tokens issued at or before this second (Unix time) are refused.
+    pub tokens_revoked_at: i64,
+}
+
+/// The answer of [`TokenStore::revocation_facts`].
+#[derive(Clone, Debug, Default)]
+pub struct RevocationFacts {
+    /// Every user asked about, with its stamp; `None` for a user that does not exist.
+    pub users: HashMap<UserId, Option<UserStamp>>,
+    /// The families asked about that are revoked.
+    pub revoked_families: HashSet<Family>,
+}
+
+/// A refresh token presented with a valid signature: who it claims to be.
+#[derive(Clone, Copy, Debug)]
+pub struct PresentedRefresh<'a> {
+    /// Its `jti`.
+    pub jti: &'a str,
+    /// Its `user_id`.
+    pub user_id: UserId,
+    /// Its `iat`, in whole seconds since the epoch.
+    pub issued_at: i64,
+}
+
+/// What [`TokenStore::rotate_refresh`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// The token was used and the next one stored.
+    Rotated {
+        /// The next token's `iat`.
+        issued_at: i64,
+        /// The login family, as stored (32 hex digits; older rows may hold other text).
+        family: String,
+    },
+    /// The token was refused (after revoking its family, when it was reuse).
+    Refused(TokenProblem),
 }
 
 /// A stored user and their password hash.

@@ -201,16 +201,6 @@ impl SqliteStore {
     ) -> Result<T, Error> {
         self.writer.write(deadline(asked_at), |tx| f(tx).map(Ok))
     }
-
-    /// Runs `f` in a write transaction whose changes are committed whatever `f` returns:
-    /// for rules that must record something even while refusing the request (reuse of a
-    /// rotated refresh token revokes its family, then answers an error).
-    pub(crate) fn write_always_commit<T>(
-        &self,
-        f: impl FnOnce(&WriteTx<'_>) -> Result<Result<T, Error>, Error>,
-    ) -> Result<T, Error> {
-        self.writer.write(deadline(Instant::now()), f)
-    }
 }
 
 impl Maintenance for SqliteStore {
