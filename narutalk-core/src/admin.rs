@@ -49,12 +49,12 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{self, Role, UserId, password, policy};
-use crate::chat::admin::{self as chat_admin, Order};
 use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
 use crate::config::{AiBackend, Config, ConfigError, Secret};
 use crate::error::Error;
 use crate::fields::JsonObject;
 use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::admin::{self as chat_admin, Order};
 use crate::store::{IntegrityProblems, Maintenance, OpenMode};
 use crate::{Narutalk, StartError, time};
 

@@ -176,7 +176,7 @@ impl Narutalk {
     /// Sessions, messages and the storage side of the AI turn.
     pub fn chat(&self) -> Chat<'_> {
         Chat {
-            db: &self.db,
+            store: &self.db,
             turns: &self.turns,
             content_max_chars: self.content_max_chars,
             history_messages: self.history_messages,

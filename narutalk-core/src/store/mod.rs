@@ -23,13 +23,18 @@ pub mod sqlite;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::accounts::devices::Device;
 use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
+use crate::ai::HistoryTurn;
+use crate::chat::{
+    Category, ChatSession, Message, MessageId, NewMessage, Page, PageRequest, SessionDetail,
+    SessionFilter, SessionId, SessionSummary,
+};
 use crate::config::Config;
 use crate::error::{Error, TokenProblem};
 use crate::tokens::Family;
@@ -99,7 +104,7 @@ pub struct AppliedMigration {
 ///
 /// A method that addresses a user by id answers [`Error::NotFound`] when there is none,
 /// unless it answers an `Option`.
-pub trait AccountStore {
+pub trait AccountStore: Send + Sync {
     /// The user with this id.
     fn user(&self, id: UserId) -> Result<Option<User>, Error>;
 
@@ -194,7 +199,7 @@ pub trait AccountStore {
 /// Refresh tokens and what makes tokens refused (the rules in [`crate::tokens`]). Every
 /// refresh token is stored; access tokens are not, and are judged by their user's state
 /// and their login family's.
-pub trait TokenStore {
+pub trait TokenStore: Send + Sync {
     /// The user of an access token and whether its login family is revoked (false
     /// without a family), in one snapshot; `None` when there is no such user.
     fn token_holder(
@@ -421,9 +426,197 @@ pub struct TokenLifetimes {
     pub refresh_seconds: i64,
 }
 
+/// Chat sessions and their messages (the rules in [`crate::chat`]).
+///
+/// A method that takes an `owner` treats another user's session exactly like a missing
+/// one: [`Error::NotFound`]. Every message gets the next sequence number of its session
+/// when it is stored, taken from the session's own row in the inserting transaction (its
+/// last sequence number and message count move with every insert), and a session's
+/// `updated_at` only moves forward ([`crate::chat::next_updated_at`]). A write takes
+/// `asked_at`, when its caller asked for storage: its bound, [`WRITE_DEADLINE`], runs
+/// from then (a server that queues the writes of a session in an order of its own counts
+/// that wait too).
+pub trait ChatStore: Send + Sync {
+    /// Stores a new session of `owner`, with no message; [`Error::NotFound`] when the
+    /// owner does not exist (any more).
+    fn create_session(
+        &self,
+        owner: UserId,
+        session: &NewSession,
+        asked_at: Instant,
+    ) -> Result<ChatSession, Error>;
+
+    /// The session with every message, in storage order, in one snapshot.
+    fn session_detail(&self, owner: UserId, id: SessionId) -> Result<SessionDetail, Error>;
+
+    /// For each `(owner, session)`, whether the session exists and is that owner's, in one
+    /// snapshot.
+    fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error>;
+
+    /// One page of the owner's sessions that match `filter`, most recently updated first
+    /// (ties: newest creation first), each with its last message: the count and the page
+    /// in one snapshot, the page picked by [`PageRequest::resolve`].
+    fn session_page(
+        &self,
+        owner: UserId,
+        filter: SessionFilter,
+        page: PageRequest,
+    ) -> Result<Page<SessionSummary>, Error>;
+
+    /// Changes the fields of `change` that are given, and moves `updated_at` forward to
+    /// `now` even when none is; answers the session with every message.
+    fn update_session(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        change: &SessionChange,
+        now: DateTime<Utc>,
+        asked_at: Instant,
+    ) -> Result<SessionDetail, Error>;
+
+    /// Deletes the session with its messages and idempotency keys.
+    fn delete_session(&self, owner: UserId, id: SessionId, asked_at: Instant) -> Result<(), Error>;
+
+    /// One page of the session's messages in storage order, only those stored after
+    /// `after` when it is given: the count and the page in one snapshot, the page picked
+    /// by [`PageRequest::resolve`]. `None` when `after` is not a message of this session.
+    fn message_page(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after: Option<MessageId>,
+        page: PageRequest,
+    ) -> Result<Option<Page<Message>>, Error>;
+
+    /// The sequence number of `message` in the session; `None` when it is not one of the
+    /// session's messages.
+    fn message_seq(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        message: MessageId,
+    ) -> Result<Option<i64>, Error>;
+
+    /// Up to `limit` messages of the session whose sequence number is above `after_seq`,
+    /// in storage order.
+    fn messages_after_seq(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, Error>;
+
+    /// Stores a user message, in one transaction: the owner's session (or
+    /// [`Error::NotFound`]); with an idempotency key that this owner used on this session
+    /// since the key's `since`, nothing is stored and the message stored the first time
+    /// comes back with its reply, if any ([`Posted::Replayed`]); otherwise the message is
+    /// inserted with the session's next sequence number, the session's count, last
+    /// sequence number and `updated_at` move, and the key (if any) is remembered for the
+    /// message, a few keys older than `since` being forgotten.
+    fn post_message(&self, post: &UserPost<'_>, asked_at: Instant) -> Result<Posted, Error>;
+
+    /// The reply stored for a user message (the first, by sequence number), if any.
+    fn reply_for(&self, message: MessageId) -> Result<Option<Message>, Error>;
+
+    /// What a responder needs to answer the message `before_seq` of a session, in one
+    /// snapshot: the session's category, and its last `history` messages stored before it
+    /// that are not system messages, oldest first. [`Error::NotFound`] when the session is
+    /// gone.
+    fn reply_context(
+        &self,
+        session: SessionId,
+        before_seq: i64,
+        history: u32,
+    ) -> Result<ReplyContext, Error>;
+
+    /// Stores a reply (its `reply_to` is the user message it answers) as the session's
+    /// next message, in one transaction; when a reply to that message is stored already
+    /// (by another process), that one is answered and nothing is stored.
+    /// [`Error::NotFound`] when the session is gone.
+    fn store_reply(
+        &self,
+        session: SessionId,
+        reply: &NewMessage,
+        now: DateTime<Utc>,
+        asked_at: Instant,
+    ) -> Result<Message, Error>;
+}
+
+/// A session to store.
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    /// Its new id.
+    pub id: SessionId,
+    /// Its checked title.
+    pub title: String,
+    /// Its category.
+    pub category: Category,
+    /// When it is made (also its `updated_at`).
+    pub created_at: DateTime<Utc>,
+}
+
+/// The fields of a session to change; `None` keeps the stored value.
+#[derive(Clone, Debug, Default)]
+pub struct SessionChange {
+    /// A new checked title.
+    pub title: Option<String>,
+    /// A new category.
+    pub category: Option<Category>,
+    /// Whether it is active.
+    pub is_active: Option<bool>,
+}
+
+/// A user message to store ([`ChatStore::post_message`]).
+#[derive(Clone, Debug)]
+pub struct UserPost<'a> {
+    /// The session's owner, who sends it.
+    pub owner: UserId,
+    /// The session.
+    pub session: SessionId,
+    /// The message (its id new, its sender the user).
+    pub message: &'a NewMessage,
+    /// The `Idempotency-Key` it was posted with, if any.
+    pub idempotency_key: Option<IdempotencyKey<'a>>,
+    /// When it is stored.
+    pub now: DateTime<Utc>,
+}
+
+/// An `Idempotency-Key` and the time before which a use of it is forgotten.
+#[derive(Clone, Copy, Debug)]
+pub struct IdempotencyKey<'a> {
+    /// The checked key.
+    pub key: &'a str,
+    /// A use of the key before this time no longer counts (and may be deleted).
+    pub since: DateTime<Utc>,
+}
+
+/// What [`ChatStore::post_message`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Posted {
+    /// The message was stored.
+    Stored(Message),
+    /// The key was used already: nothing was stored.
+    Replayed {
+        /// The message stored the first time.
+        message: Message,
+        /// Its reply, if one is stored yet.
+        reply: Option<Message>,
+    },
+}
+
+/// What [`ChatStore::reply_context`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyContext {
+    /// The session's category.
+    pub category: Category,
+    /// The messages before the one answered, oldest first, without system messages.
+    pub history: Vec<HistoryTurn>,
+}
+
 /// What the server's health and the administrators' tool ask about the storage itself,
 /// rather than about its rows.
-pub trait Maintenance {
+pub trait Maintenance: Send + Sync {
     /// A trivial read: `Ok` when the storage answers.
     fn ping(&self) -> Result<(), Error>;
 

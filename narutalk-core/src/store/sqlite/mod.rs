@@ -30,6 +30,8 @@ use crate::config::Synchronous;
 use crate::error::{Error, InternalError};
 
 pub(crate) mod accounts;
+pub(crate) mod admin;
+mod chat;
 mod maintenance;
 mod tokens;
 mod writer;

@@ -6,16 +6,16 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{
-    ChatSession, Message, NewMessage, SESSION_COLUMNS, SessionId, StoredSession, advance,
-    all_messages, insert_message, session_by_id, session_from_row,
+use super::WriteTx;
+use super::accounts::user_by_id;
+use super::chat::{
+    SESSION_COLUMNS, StoredSession, all_messages, insert_message, session_by_id, session_from_row,
 };
 use crate::accounts::UserId;
 use crate::admin::{CategoryCount, DayCount, ExportedMessage, ExportedSession, SessionQuery};
 use crate::chat::Category;
+use crate::chat::{ChatSession, Message, NewMessage, SessionId, next_updated_at};
 use crate::error::Error;
-use crate::store::sqlite::WriteTx;
-use crate::store::sqlite::accounts::user_by_id;
 use crate::time;
 
 /// How a list of sessions is ordered.
@@ -180,7 +180,7 @@ pub(crate) fn import_slice(
         let inserted = insert_message(
             tx,
             &stored,
-            NewMessage {
+            &NewMessage {
                 id: message.id,
                 sender: message.sender,
                 message_type: message.message_type,
@@ -193,7 +193,7 @@ pub(crate) fn import_slice(
         stored = StoredSession {
             last_seq: inserted.seq,
             session: ChatSession {
-                updated_at: advance(&stored.session.updated_at, &message.timestamp),
+                updated_at: next_updated_at(&stored.session.updated_at, &message.timestamp),
                 message_count: stored.session.message_count + 1,
                 ..stored.session
             },
