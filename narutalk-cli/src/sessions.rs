@@ -18,7 +18,6 @@ use narutalk_core::admin::{
 use narutalk_core::chat::{Category, SessionId};
 use narutalk_core::error::Error;
 use narutalk_core::files::PendingFile;
-use narutalk_core::store::Maintenance;
 
 use crate::output::{
     Give, Limit, cut, limit, minute, note, note_more, print_fields, print_json, print_lines,

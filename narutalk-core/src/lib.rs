@@ -71,7 +71,7 @@ use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
 use error::Error;
 use fields::JsonObject;
 use store::sqlite::SqliteStore;
-use store::{OpenError, OpenMode};
+use store::{OpenError, OpenMode, Store};
 use tokens::{TokenKeys, Tokens};
 
 /// Why a [`Narutalk`] could not start. Each variant's text is one line naming the
@@ -88,7 +88,7 @@ pub enum StartError {
 
 /// The embedded Narutalk: database, token keys and AI responder.
 pub struct Narutalk {
-    db: SqliteStore,
+    store: Arc<dyn Store>,
     keys: TokenKeys,
     responder: Arc<dyn Responder>,
     turns: Arc<Turns>,
@@ -100,7 +100,7 @@ pub struct Narutalk {
 impl std::fmt::Debug for Narutalk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Narutalk")
-            .field("db", &self.db)
+            .field("store", &self.store)
             .field("responder", &self.responder.name())
             .finish_non_exhaustive()
     }
@@ -114,15 +114,19 @@ impl Narutalk {
     pub fn open(config: &Config, mode: OpenMode) -> Result<Narutalk, StartError> {
         config.validate()?;
         // The database first: a missing database is the error to report, not the secret.
-        let db = SqliteStore::open(&config.database, config.sqlite_synchronous, mode)?;
+        let storage = store::open(config, mode)?;
         let secret =
             config.signing_secret(Path::new(SECRET_FILE), mode == OpenMode::CreateIfMissing)?;
-        Narutalk::new(db, &secret, config)
+        Narutalk::new(storage, &secret, config)
     }
 
-    /// Builds the handle from an open database and a signing secret; the responder is the
-    /// one `config` names.
-    pub fn new(db: SqliteStore, secret: &Secret, config: &Config) -> Result<Narutalk, StartError> {
+    /// Builds the handle from an open store and a signing secret; the responder is the one
+    /// `config` names.
+    pub fn new(
+        store: Arc<dyn Store>,
+        secret: &Secret,
+        config: &Config,
+    ) -> Result<Narutalk, StartError> {
         let keys = TokenKeys::new(
             secret,
             config.access_token_minutes,
@@ -140,7 +144,7 @@ impl Narutalk {
             AiBackend::Openai => Arc::new(OpenAiResponder::from_config(config)),
         };
         Ok(Narutalk {
-            db,
+            store,
             keys,
             responder,
             turns: Arc::default(),
@@ -160,7 +164,7 @@ impl Narutalk {
     /// Registration, login, profiles and administration.
     pub fn accounts(&self) -> Accounts<'_> {
         Accounts {
-            store: &self.db,
+            store: &*self.store,
             keys: &self.keys,
         }
     }
@@ -168,7 +172,7 @@ impl Narutalk {
     /// Access-token checks, refresh rotation and logout.
     pub fn tokens(&self) -> Tokens<'_> {
         Tokens {
-            store: &self.db,
+            store: &*self.store,
             keys: &self.keys,
         }
     }
@@ -176,7 +180,7 @@ impl Narutalk {
     /// Sessions, messages and the storage side of the AI turn.
     pub fn chat(&self) -> Chat<'_> {
         Chat {
-            store: &self.db,
+            store: &*self.store,
             turns: &self.turns,
             content_max_chars: self.content_max_chars,
             history_messages: self.history_messages,
@@ -184,14 +188,14 @@ impl Narutalk {
         }
     }
 
-    /// The storage.
-    pub fn store(&self) -> &SqliteStore {
-        &self.db
+    /// The store: every read and write of the rules goes through it.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
-    /// The SQLite store, when the storage is one (its hooks for tests and tools).
+    /// The SQLite store, when the store is one: its hooks for tests and tools.
     pub fn sqlite(&self) -> Option<&SqliteStore> {
-        Some(&self.db)
+        self.store.sqlite()
     }
 
     /// The AI responder in use.

@@ -11,7 +11,6 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::User;
 use narutalk_core::config::{AiBackend, Config};
 use narutalk_core::error::Error as CoreError;
-use narutalk_core::store::Maintenance;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{Caller, token_refused};

@@ -13,7 +13,6 @@
 //! device token may stand in for the account's failure budget. [`Accounts::login_fields`]
 //! does all three at once, with no budget, for embedders.
 
-pub(crate) mod admin;
 pub mod devices;
 pub mod password;
 pub mod policy;

@@ -21,15 +21,23 @@
 
 pub mod sqlite;
 
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::accounts::devices::Device;
 use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
+use crate::admin::{
+    CategoryCount, DayCount, ExportedMessage, ExportedSession, OwnedSession, RoleCount,
+    SessionQuery, UserActivity,
+};
 use crate::ai::HistoryTurn;
 use crate::chat::{
     Category, ChatSession, Message, MessageId, NewMessage, Page, PageRequest, SessionDetail,
@@ -50,8 +58,9 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Opens the store the settings name (`database`, `sqlite_synchronous`), created only with
 /// [`OpenMode::CreateIfMissing`], and applies pending migrations.
-pub fn open(config: &Config, mode: OpenMode) -> Result<SqliteStore, OpenError> {
-    SqliteStore::open(&config.database, config.sqlite_synchronous, mode)
+pub fn open(config: &Config, mode: OpenMode) -> Result<Arc<dyn Store>, OpenError> {
+    let store = SqliteStore::open(&config.database, config.sqlite_synchronous, mode)?;
+    Ok(Arc::new(store))
 }
 
 /// Whether opening may create a database that does not exist yet.
@@ -612,6 +621,191 @@ pub struct ReplyContext {
     pub category: Category,
     /// The messages before the one answered, oldest first, without system messages.
     pub history: Vec<HistoryTurn>,
+}
+
+/// Administration across users (the rules in [`crate::admin`]): every owner's sessions,
+/// export, import, statistics and Narutalk's own check of the stored counters.
+pub trait AdminStore: Send + Sync {
+    /// The sessions matching `query`, whoever owns them, with their owners, most recently
+    /// updated first (ties: newest creation first), in one snapshot.
+    fn owned_sessions(&self, query: &SessionQuery) -> Result<Vec<OwnedSession>, Error>;
+
+    /// One session, whoever owns it, in its export form (its owner's email, every
+    /// message).
+    fn exported_session(&self, id: SessionId) -> Result<ExportedSession, Error>;
+
+    /// Hands every session matching `query` to `each`, oldest first (by creation), in its
+    /// export form, with how many there are, all from one snapshot; stops when `each`
+    /// breaks.
+    fn export_sessions(
+        &self,
+        query: &SessionQuery,
+        each: &mut dyn FnMut(u64, ExportedSession) -> ControlFlow<()>,
+    ) -> Result<(), Error>;
+
+    /// Deletes a session, whoever owns it, with its messages and idempotency keys.
+    fn delete_any_session(&self, id: SessionId) -> Result<(), Error>;
+
+    /// How many sessions a user has, and the messages in them.
+    fn user_activity(&self, id: UserId) -> Result<UserActivity, Error>;
+
+    /// The owner of each session of an import file (`None` for an email that is no
+    /// user's), unless a session conflicts with what is stored ([`ImportProblem`]): the
+    /// first conflict, in the file's order. One snapshot.
+    fn import_owners(
+        &self,
+        sessions: &[&ExportedSession],
+    ) -> Result<Result<Vec<Option<UserId>>, ImportConflict>, Error>;
+
+    /// Creates the owners an import lacks, in one transaction, each with `password_hash`,
+    /// role `user`, not verified, active, department empty, joined at `joined`; the
+    /// username is the first of the owner's base, base + `2`, base + `3`, ... that no user
+    /// has. An email that became a user's meanwhile is that user's, created by nobody.
+    /// Answers every owner, in order.
+    fn create_import_owners(
+        &self,
+        owners: &[ImportOwner],
+        password_hash: &str,
+        joined: DateTime<Utc>,
+    ) -> Result<Vec<ImportedOwner>, Error>;
+
+    /// Writes one batch of an import in one transaction, after checking every slice
+    /// against what is stored in that transaction ([`AdminStore::import_owners`]'s
+    /// checks, the owners known): the first conflict writes nothing. A slice's session is
+    /// created (with its exported fields) when it does not exist; its messages that are
+    /// not stored already (by id) are appended in order, keeping their ids, timestamps and
+    /// reply links, as the session's next messages; the session's `updated_at` becomes the
+    /// later of its own and the record's.
+    fn import_batch(
+        &self,
+        slices: &[ImportSlice<'_>],
+    ) -> Result<Result<Vec<SliceOutcome>, ImportConflict>, Error>;
+
+    /// Users by role (every role, in the API's order), sessions and messages by category
+    /// (every category), and messages stored on each UTC day from `first` to `last` (both
+    /// included, zeros included), in one snapshot.
+    fn stats(&self, first: NaiveDate, last: NaiveDate) -> Result<StatsCounts, Error>;
+
+    /// The sessions whose message count or last sequence number disagrees with their
+    /// messages, by id.
+    fn counter_problems(&self) -> Result<Vec<CounterProblem>, Error>;
+}
+
+/// A session of an import file that conflicts with what is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportConflict {
+    /// Which session (the index in what was asked about).
+    pub index: usize,
+    /// What conflicts.
+    pub problem: ImportProblem,
+}
+
+/// Why a session cannot be imported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportProblem {
+    /// Its owner, found before, is no user any more.
+    OwnerGone,
+    /// The session exists and belongs to another user.
+    SessionOfAnotherUser {
+        /// The user it belongs to.
+        owner: UserId,
+    },
+    /// A message id of the session is a message of another session.
+    MessageInAnotherSession {
+        /// The message.
+        message: MessageId,
+        /// The other session's id, as stored.
+        session: String,
+    },
+}
+
+/// An owner an import creates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportOwner {
+    /// The email, lower-cased.
+    pub email: String,
+    /// The username it gets, or with the first free numeric suffix from 2.
+    pub username_base: String,
+}
+
+/// An owner of an import, after [`AdminStore::create_import_owners`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportedOwner {
+    /// The email.
+    pub email: String,
+    /// The user's id.
+    pub id: UserId,
+    /// The user when this call created it.
+    pub created: Option<User>,
+}
+
+/// Part of one session's messages, imported by [`AdminStore::import_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct ImportSlice<'a> {
+    /// The owner the session is imported for.
+    pub owner: UserId,
+    /// The session.
+    pub record: &'a ExportedSession,
+    /// The slice of its messages.
+    pub messages: &'a [ExportedMessage],
+}
+
+/// What importing one slice of a session's messages did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SliceOutcome {
+    /// The session was created by this slice.
+    pub created: bool,
+    /// Messages inserted.
+    pub added: u64,
+    /// Messages skipped because a message with their id is in the session already.
+    pub present: u64,
+}
+
+/// The counts of [`AdminStore::stats`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsCounts {
+    /// One row per role, in the API's order, zeros included.
+    pub by_role: Vec<RoleCount>,
+    /// One row per category, in the API's order, zeros included.
+    pub by_category: Vec<CategoryCount>,
+    /// One row per day, oldest first, zeros included.
+    pub per_day: Vec<DayCount>,
+}
+
+/// A session whose counters disagree with its messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterProblem {
+    /// The session's id, as stored.
+    pub session: String,
+    /// Its stored message count.
+    pub message_count: i64,
+    /// Its stored last sequence number.
+    pub last_seq: i64,
+    /// Its messages, counted.
+    pub counted: i64,
+    /// The highest sequence number among them (0 for none).
+    pub max_seq: i64,
+}
+
+/// Everything the rules ask of storage: one backend implements every area, which makes it
+/// a store. The [`crate::Narutalk`] handle owns one as an `Arc<dyn Store>`.
+pub trait Store:
+    AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Any + fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Any + fmt::Debug
+{
+}
+
+impl dyn Store {
+    /// The SQLite store, when this store is one: its hooks for tests and tools
+    /// ([`SqliteStore::limit_writer_pages`], its file).
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        let any: &dyn Any = self;
+        any.downcast_ref()
+    }
 }
 
 /// What the server's health and the administrators' tool ask about the storage itself,

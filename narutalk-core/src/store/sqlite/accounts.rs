@@ -372,7 +372,7 @@ fn taken(error: rusqlite::Error) -> Result<Taken, Error> {
     Err(error.into())
 }
 
-pub(crate) fn exists(
+pub(super) fn exists(
     conn: &Connection,
     sql: &str,
     value: &str,
@@ -417,7 +417,7 @@ fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
 }
 
 /// The user with this id, if any.
-pub(crate) fn user_by_id(conn: &Connection, id: UserId) -> Result<Option<User>, Error> {
+pub(super) fn user_by_id(conn: &Connection, id: UserId) -> Result<Option<User>, Error> {
     Ok(conn
         .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
         .query_row([id.0], user_from_row)
@@ -425,7 +425,7 @@ pub(crate) fn user_by_id(conn: &Connection, id: UserId) -> Result<Option<User>, 
 }
 
 /// The user with this email (lower-cased, as stored) and their password hash, if any.
-pub(crate) fn credentials_by_email(
+pub(super) fn credentials_by_email(
     conn: &Connection,
     email: &str,
 ) -> Result<Option<Credentials>, Error> {

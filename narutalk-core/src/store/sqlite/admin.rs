@@ -1,26 +1,214 @@
-//! The SQL behind [`crate::admin`] on the chat tables: sessions of every owner, whole
-//! sessions for an export, the import of exported sessions (through the same message insert
-//! as a posted message, so `seq`, `message_count` and `last_seq` move together), the
-//! session counters check, and the statistics.
+//! [`AdminStore`] on SQLite: sessions of every owner, whole sessions for an export, the
+//! import of exported sessions (through the same message insert as a posted message, so
+//! `seq`, `message_count` and `last_seq` move together), the owners an import creates,
+//! the session counters check, and the statistics.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::WriteTx;
-use super::accounts::user_by_id;
+use super::accounts::{credentials_by_email, exists, user_by_id};
 use super::chat::{
     SESSION_COLUMNS, StoredSession, all_messages, insert_message, session_by_id, session_from_row,
 };
-use crate::accounts::UserId;
-use crate::admin::{CategoryCount, DayCount, ExportedMessage, ExportedSession, SessionQuery};
-use crate::chat::Category;
-use crate::chat::{ChatSession, Message, NewMessage, SessionId, next_updated_at};
+use super::{SqliteStore, WriteTx};
+use crate::accounts::{Role, User, UserId};
+use crate::admin::{
+    CategoryCount, DayCount, ExportedMessage, ExportedSession, OwnedSession, RoleCount,
+    SessionQuery, UserActivity,
+};
+use crate::chat::{Category, ChatSession, NewMessage, SessionId, next_updated_at};
 use crate::error::Error;
+use crate::store::{
+    AdminStore, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
+    ImportedOwner, SliceOutcome, StatsCounts,
+};
 use crate::time;
+
+impl AdminStore for SqliteStore {
+    fn owned_sessions(&self, query: &SessionQuery) -> Result<Vec<OwnedSession>, Error> {
+        self.read(|conn| {
+            let mut owners = Owners::default();
+            sessions(conn, query, Order::RecentlyUpdatedFirst)?
+                .into_iter()
+                .map(|session| {
+                    Ok(OwnedSession {
+                        owner_id: session.user_id,
+                        owner_email: owners.email(conn, &session)?,
+                        session,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn exported_session(&self, id: SessionId) -> Result<ExportedSession, Error> {
+        self.read(|conn| {
+            let session = session_by_id(conn, id)?
+                .map(|stored| stored.session)
+                .ok_or(Error::NotFound)?;
+            exported(conn, &mut Owners::default(), session)
+        })
+    }
+
+    fn export_sessions(
+        &self,
+        query: &SessionQuery,
+        each: &mut dyn FnMut(u64, ExportedSession) -> ControlFlow<()>,
+    ) -> Result<(), Error> {
+        self.read(|conn| {
+            let sessions = sessions(conn, query, Order::OldestFirst)?;
+            let total = u64::try_from(sessions.len()).unwrap_or(u64::MAX);
+            let mut owners = Owners::default();
+            for session in sessions {
+                let record = exported(conn, &mut owners, session)?;
+                if each(total, record).is_break() {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_any_session(&self, id: SessionId) -> Result<(), Error> {
+        self.write(|tx| {
+            match tx
+                .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1")?
+                .execute([id.to_string()])?
+            {
+                0 => Err(Error::NotFound),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn user_activity(&self, id: UserId) -> Result<UserActivity, Error> {
+        self.read(|conn| {
+            let (sessions, messages): (i64, i64) = conn
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(message_count), 0) FROM chat_sessions WHERE user_id = ?1",
+                )?
+                .query_row([id.0], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(UserActivity {
+                sessions: u64::try_from(sessions).unwrap_or_default(),
+                messages: u64::try_from(messages).unwrap_or_default(),
+            })
+        })
+    }
+
+    fn import_owners(
+        &self,
+        sessions: &[&ExportedSession],
+    ) -> Result<Result<Vec<Option<UserId>>, ImportConflict>, Error> {
+        self.read(|conn| {
+            let mut by_email: HashMap<&str, Option<UserId>> = HashMap::new();
+            let mut owners = Vec::with_capacity(sessions.len());
+            for (index, session) in sessions.iter().enumerate() {
+                let owner = match by_email.get(session.owner_email.as_str()) {
+                    Some(owner) => *owner,
+                    None => {
+                        let owner = id_by_email(conn, &session.owner_email)?;
+                        by_email.insert(&session.owner_email, owner);
+                        owner
+                    }
+                };
+                if let Some(problem) = import_problem(conn, owner, session, &session.messages)? {
+                    return Ok(Err(ImportConflict { index, problem }));
+                }
+                owners.push(owner);
+            }
+            Ok(Ok(owners))
+        })
+    }
+
+    fn create_import_owners(
+        &self,
+        owners: &[ImportOwner],
+        password_hash: &str,
+        joined: DateTime<Utc>,
+    ) -> Result<Vec<ImportedOwner>, Error> {
+        self.write(|tx| {
+            owners
+                .iter()
+                .map(|owner| {
+                    Ok(match id_by_email(tx, &owner.email)? {
+                        Some(id) => ImportedOwner {
+                            email: owner.email.clone(),
+                            id,
+                            created: None,
+                        },
+                        None => {
+                            let user = create_import_owner(tx, owner, password_hash, &joined)?;
+                            ImportedOwner {
+                                email: owner.email.clone(),
+                                id: user.id,
+                                created: Some(user),
+                            }
+                        }
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn import_batch(
+        &self,
+        slices: &[ImportSlice<'_>],
+    ) -> Result<Result<Vec<SliceOutcome>, ImportConflict>, Error> {
+        self.write(|tx| {
+            for (index, slice) in slices.iter().enumerate() {
+                if let Some(problem) =
+                    import_problem(tx, Some(slice.owner), slice.record, slice.messages)?
+                {
+                    return Ok(Err(ImportConflict { index, problem }));
+                }
+            }
+            let mut outcomes = Vec::with_capacity(slices.len());
+            for slice in slices {
+                outcomes.push(import_slice(tx, slice)?);
+            }
+            Ok(Ok(outcomes))
+        })
+    }
+
+    fn stats(&self, first: NaiveDate, last: NaiveDate) -> Result<StatsCounts, Error> {
+        self.read(|conn| {
+            Ok(StatsCounts {
+                by_role: role_counts(conn)?,
+                by_category: category_counts(conn)?,
+                per_day: messages_per_day(conn, first, last)?,
+            })
+        })
+    }
+
+    fn counter_problems(&self) -> Result<Vec<CounterProblem>, Error> {
+        self.read(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT s.id, s.message_count, s.last_seq, count(m.id), coalesce(max(m.seq), 0) \
+                 FROM chat_sessions s LEFT JOIN chat_messages m ON m.session_id = s.id \
+                 GROUP BY s.id \
+                 HAVING s.message_count != count(m.id) OR s.last_seq != coalesce(max(m.seq), 0) \
+                 ORDER BY s.id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(CounterProblem {
+                    session: row.get(0)?,
+                    message_count: row.get(1)?,
+                    last_seq: row.get(2)?,
+                    counted: row.get(3)?,
+                    max_seq: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
 
 /// How a list of sessions is ordered.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Order {
+enum Order {
     /// As the API lists them: most recently updated first, ties by newest creation.
     RecentlyUpdatedFirst,
     /// As an export writes them: oldest first, so that a later export only appends.
@@ -28,7 +216,7 @@ pub(crate) enum Order {
 }
 
 /// Every session matching `query`, whoever owns it.
-pub(crate) fn sessions(
+fn sessions(
     conn: &Connection,
     query: &SessionQuery,
     order: Order,
@@ -55,62 +243,72 @@ pub(crate) fn sessions(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The session with this id, whoever owns it.
-pub(crate) fn session(conn: &Connection, id: SessionId) -> Result<Option<ChatSession>, Error> {
-    Ok(session_by_id(conn, id)?.map(|stored| stored.session))
+/// Owners' emails by id, each read once.
+#[derive(Default)]
+struct Owners {
+    emails: HashMap<UserId, String>,
 }
 
-/// Every message of a session, in storage order.
-pub(crate) fn messages(conn: &Connection, id: SessionId) -> Result<Vec<Message>, Error> {
-    all_messages(conn, id)
+impl Owners {
+    fn email(&mut self, conn: &Connection, session: &ChatSession) -> Result<String, Error> {
+        if let Some(email) = self.emails.get(&session.user_id) {
+            return Ok(email.clone());
+        }
+        let user = user_by_id(conn, session.user_id)?.ok_or_else(|| {
+            Error::internal(format!(
+                "session {} belongs to user {}, who does not exist (run `narutalk db check`)",
+                session.id, session.user_id
+            ))
+        })?;
+        self.emails.insert(user.id, user.email.clone());
+        Ok(user.email)
+    }
 }
 
-/// Deletes a session (its messages and idempotency keys go with it); false when there was
-/// none.
-pub(crate) fn delete(tx: &WriteTx<'_>, id: SessionId) -> Result<bool, Error> {
-    Ok(tx
-        .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1")?
-        .execute([id.to_string()])?
-        > 0)
-}
-
-/// A user's sessions and the messages in them.
-pub(crate) fn activity(conn: &Connection, owner: UserId) -> Result<(u64, u64), Error> {
-    let (sessions, messages): (i64, i64) = conn
-        .prepare_cached(
-            "SELECT count(*), coalesce(sum(message_count), 0) FROM chat_sessions WHERE user_id = ?1",
-        )?
-        .query_row([owner.0], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok((
-        u64::try_from(sessions).unwrap_or_default(),
-        u64::try_from(messages).unwrap_or_default(),
-    ))
+/// A session in its export form, with its owner's email and every message.
+fn exported(
+    conn: &Connection,
+    owners: &mut Owners,
+    session: ChatSession,
+) -> Result<ExportedSession, Error> {
+    let owner_email = owners.email(conn, &session)?;
+    let messages: Vec<ExportedMessage> = all_messages(conn, session.id)?
+        .into_iter()
+        .map(ExportedMessage::from)
+        .collect();
+    Ok(ExportedSession {
+        id: session.id,
+        owner_email,
+        title: session.title,
+        category: session.category,
+        is_active: session.is_active,
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+        message_count: u64::try_from(messages.len()).unwrap_or(u64::MAX),
+        messages,
+    })
 }
 
 /// Why `messages` of `record` cannot be imported for `owner`, if they cannot: the owner is
 /// gone, the session belongs to someone else, or a message id is used in another session.
 /// `None` is an owner the import has yet to create, to whom no session belongs.
-pub(crate) fn import_conflict(
+fn import_problem(
     conn: &Connection,
     owner: Option<UserId>,
     record: &ExportedSession,
     messages: &[ExportedMessage],
-) -> Result<Option<String>, Error> {
+) -> Result<Option<ImportProblem>, Error> {
     if let Some(owner) = owner
         && user_by_id(conn, owner)?.is_none()
     {
-        return Ok(Some(format!(
-            "no user {} any more (deleted during the import)",
-            record.owner_email
-        )));
+        return Ok(Some(ImportProblem::OwnerGone));
     }
     if let Some(existing) = session_by_id(conn, record.id)?
         && Some(existing.user_id) != owner
     {
-        return Ok(Some(format!(
-            "session {} exists already and belongs to user {}, not to {}",
-            record.id, existing.user_id, record.owner_email
-        )));
+        return Ok(Some(ImportProblem::SessionOfAnotherUser {
+            owner: existing.user_id,
+        }));
     }
     let mut statement =
         conn.prepare_cached("SELECT session_id FROM chat_messages WHERE id = ?1")?;
@@ -121,43 +319,26 @@ pub(crate) fn import_conflict(
         if let Some(session_id) = session_id
             && session_id != record.id.to_string()
         {
-            return Ok(Some(format!(
-                "message {} exists already in another session ({session_id})",
-                message.id
-            )));
+            return Ok(Some(ImportProblem::MessageInAnotherSession {
+                message: message.id,
+                session: session_id,
+            }));
         }
     }
     Ok(None)
 }
 
-/// What importing one slice of a session's messages did.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct SliceOutcome {
-    /// The session row was created by this slice.
-    pub created: bool,
-    /// Messages inserted.
-    pub added: u64,
-    /// Messages skipped because a message with their id is in the session already.
-    pub present: u64,
-}
-
-/// Imports `messages` (a slice of `record.messages`) into the session `record.id` of
-/// `owner`, creating the session first when it does not exist. Messages already present
-/// (by id) are skipped; the others are appended in the record's order with the session's
-/// next sequence numbers, keeping their ids, timestamps and reply links. The session's
-/// `updated_at` becomes the later of its own and the record's. Call
-/// [`import_conflict`] in the same transaction first.
-pub(crate) fn import_slice(
-    tx: &WriteTx<'_>,
-    owner: UserId,
-    record: &ExportedSession,
-    messages: &[ExportedMessage],
-) -> Result<SliceOutcome, Error> {
+/// Imports a slice of a session's messages, creating the session first when it does not
+/// exist. Messages already present (by id) are skipped; the others are appended in the
+/// record's order with the session's next sequence numbers. Call [`import_problem`] in
+/// the same transaction first.
+fn import_slice(tx: &WriteTx<'_>, slice: &ImportSlice<'_>) -> Result<SliceOutcome, Error> {
+    let record = slice.record;
     let mut outcome = SliceOutcome::default();
     let mut stored = match session_by_id(tx, record.id)? {
         Some(stored) => stored,
         None => {
-            insert_exported_session(tx, owner, record)?;
+            insert_exported_session(tx, slice.owner, record)?;
             outcome.created = true;
             session_by_id(tx, record.id)?.ok_or(Error::NotFound)?
         }
@@ -165,7 +346,7 @@ pub(crate) fn import_slice(
     let updated_at = stored.session.updated_at.max(record.updated_at);
     let mut exists =
         tx.prepare_cached("SELECT 1 FROM chat_messages WHERE id = ?1 AND session_id = ?2")?;
-    for message in messages {
+    for message in slice.messages {
         if exists
             .query_row(
                 params![message.id.to_string(), record.id.to_string()],
@@ -228,30 +409,88 @@ fn insert_exported_session(
     Ok(())
 }
 
-/// Sessions whose `message_count` or `last_seq` disagrees with their messages, one line
-/// each.
-pub(crate) fn counter_problems(conn: &Connection) -> Result<Vec<String>, Error> {
-    let mut statement = conn.prepare(
-        "SELECT s.id, s.message_count, s.last_seq, count(m.id), coalesce(max(m.seq), 0) \
-         FROM chat_sessions s LEFT JOIN chat_messages m ON m.session_id = s.id \
-         GROUP BY s.id \
-         HAVING s.message_count != count(m.id) OR s.last_seq != coalesce(max(m.seq), 0) \
-         ORDER BY s.id",
+/// The id of the user with this email (already lower-cased, as stored), if any.
+fn id_by_email(conn: &Connection, email: &str) -> Result<Option<UserId>, Error> {
+    Ok(credentials_by_email(conn, email)?.map(|credentials| credentials.user.id))
+}
+
+/// Creates the owner of imported sessions (see [`AdminStore::create_import_owners`]).
+fn create_import_owner(
+    conn: &Connection,
+    owner: &ImportOwner,
+    password_hash: &str,
+    joined: &DateTime<Utc>,
+) -> Result<User, Error> {
+    let taken = |name: &str| {
+        exists(
+            conn,
+            "SELECT 1 FROM users WHERE username = ?1 AND id != ?2",
+            name,
+            0,
+        )
+    };
+    let base = &owner.username_base;
+    let mut username = base.clone();
+    let mut suffix: u64 = 2;
+    while taken(&username)? {
+        username = format!("{base}{suffix}");
+        suffix += 1;
+    }
+    conn.prepare_cached(
+        "INSERT INTO users (username, email, password_hash, role, department, is_verified, date_joined) \
+         VALUES (?1, ?2, ?3, ?4, '', 0, ?5)",
+    )?
+    .execute(params![
+        username,
+        owner.email,
+        password_hash,
+        Role::User.as_str(),
+        time::to_micros(joined)
+    ])?;
+    let id = UserId(conn.last_insert_rowid());
+    user_by_id(conn, id)?
+        .ok_or_else(|| Error::internal(format!("user {id} vanished after its insert")))
+}
+
+/// One row per role, in the API's order, zeros included.
+fn role_counts(conn: &Connection) -> Result<Vec<RoleCount>, Error> {
+    let mut counts: Vec<RoleCount> = Role::ALL
+        .into_iter()
+        .map(|role| RoleCount {
+            role,
+            total: 0,
+            verified: 0,
+            unverified: 0,
+            active: 0,
+            inactive: 0,
+        })
+        .collect();
+    let mut statement = conn.prepare_cached(
+        "SELECT role, count(*), sum(is_verified), sum(is_active) FROM users GROUP BY role",
     )?;
-    let rows = statement.query_map([], |row| {
-        let id: String = row.get(0)?;
-        let [message_count, last_seq, counted, max_seq]: [i64; 4] =
-            [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?];
-        Ok(format!(
-            "session {id}: message_count {message_count} and last_seq {last_seq}, \
-             but it has {counted} message(s) and its last seq is {max_seq}"
-        ))
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let role: String = row.get(0)?;
+        let Some(count) = counts.iter_mut().find(|c| c.role.as_str() == role) else {
+            // The CHECK constraint keeps other roles out; a damaged row is not counted.
+            continue;
+        };
+        let [total, verified, active] = [row.get(1)?, row.get(2)?, row.get(3)?]
+            .map(|n: i64| u64::try_from(n).unwrap_or_default());
+        *count = RoleCount {
+            role: count.role,
+            total,
+            verified,
+            unverified: total - verified.min(total),
+            active,
+            inactive: total - active.min(total),
+        };
+    }
+    Ok(counts)
 }
 
 /// Sessions and messages per category, in the API's order, zeros included.
-pub(crate) fn category_counts(conn: &Connection) -> Result<Vec<CategoryCount>, Error> {
+fn category_counts(conn: &Connection) -> Result<Vec<CategoryCount>, Error> {
     let mut counts: Vec<CategoryCount> = Category::ALL
         .iter()
         .map(|&category| CategoryCount {
@@ -276,7 +515,7 @@ pub(crate) fn category_counts(conn: &Connection) -> Result<Vec<CategoryCount>, E
 
 /// Messages stored on each UTC day from `first` to `last`, both included, zeros included.
 /// Reads every message of those days (there is no index on `created_at`).
-pub(crate) fn messages_per_day(
+fn messages_per_day(
     conn: &Connection,
     first: NaiveDate,
     last: NaiveDate,

@@ -29,14 +29,14 @@ use super::{AppliedMigration, Maintenance, OpenError, OpenMode, WRITE_DEADLINE};
 use crate::config::Synchronous;
 use crate::error::{Error, InternalError};
 
-pub(crate) mod accounts;
-pub(crate) mod admin;
+mod accounts;
+mod admin;
 mod chat;
 mod maintenance;
 mod tokens;
 mod writer;
 
-pub(crate) use writer::WriteTx;
+use writer::WriteTx;
 use writer::Writer;
 
 mod embedded {
@@ -169,10 +169,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a reader connection (`query_only`: it cannot write).
-    pub(crate) fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let conn = self.readers.get()?;
         // One read transaction, so that every statement of `f` sees the same snapshot (a
         // count and the page it counts cannot disagree).
@@ -186,17 +183,14 @@ impl SqliteStore {
     /// are committed when it returns `Ok`, rolled back when it returns `Err`. It returns
     /// once they are durable: writes that arrive together share one commit. Bounded by
     /// [`WRITE_DEADLINE`] from now.
-    pub(crate) fn write<T>(
-        &self,
-        f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>) -> Result<T, Error> {
         self.write_asked_at(Instant::now(), f)
     }
 
     /// [`SqliteStore::write`] for a caller that asked for the database at `asked_at` and
     /// waited in a queue of its own since (a server's per-session order): the bound runs
     /// from then.
-    pub(crate) fn write_asked_at<T>(
+    fn write_asked_at<T>(
         &self,
         asked_at: Instant,
         f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
