@@ -1,8 +1,8 @@
 //! Narutalk's core: every business rule of the Narutalk API (`docs/API.md`), behind a
 //! synchronous API that any Rust program can embed with no server at all.
 //!
-//! [`Narutalk`] is the handle: it owns the SQLite database (one writer, pooled readers),
-//! the token keys and the AI responder, and hands out the three areas of the API:
+//! [`Narutalk`] is the handle: it owns the store (the storage port of [`store`], on SQLite
+//! today), the token keys and the AI responder, and hands out the three areas of the API:
 //! [`Narutalk::accounts`] (registration, login, profiles, administration),
 //! [`Narutalk::tokens`] (access-token checks, refresh rotation, logout) and
 //! [`Narutalk::chat`] (sessions, messages, the storage side of the AI turn). Operations
@@ -86,7 +86,7 @@ pub enum StartError {
     Open(#[from] OpenError),
 }
 
-/// The embedded Narutalk: database, token keys and AI responder.
+/// The embedded Narutalk: store, token keys and AI responder.
 pub struct Narutalk {
     store: Arc<dyn Store>,
     keys: TokenKeys,
@@ -107,7 +107,7 @@ impl std::fmt::Debug for Narutalk {
 }
 
 impl Narutalk {
-    /// Opens the database of `config` (created only with [`OpenMode::CreateIfMissing`]),
+    /// Opens the store of `config` (created only with [`OpenMode::CreateIfMissing`]),
     /// applies pending migrations, and takes the signing secret from the configuration
     /// or from `data/secret.key`, generating that file (mode 0600) when `mode` allows
     /// creating.

@@ -2,18 +2,31 @@
 //! today ([`sqlite`]).
 //!
 //! The rules (`accounts`, `tokens`, `chat`, `admin`) hold no SQL and name no database
-//! type: they call the traits of this module, one per area ([`Maintenance`] for the
-//! storage itself). A backend is one type that implements them all, which makes it a
-//! [`Store`]; the [`crate::Narutalk`] handle owns one as an `Arc<dyn Store>`.
+//! type: they call the traits of this module, one per area: [`AccountStore`],
+//! [`TokenStore`], [`ChatStore`], [`AdminStore`], and [`Maintenance`] for the storage
+//! itself. A backend is one type that implements them all, which makes it a [`Store`];
+//! the [`crate::Narutalk`] handle owns one as an `Arc<dyn Store>`.
+//!
+//! One trait per area rather than one store with every method: each rule module depends
+//! on its own area only (`Accounts` holds a `&dyn AccountStore`, `Chat` a
+//! `&dyn ChatStore`), so a test double, or a second backend, can be written and reviewed
+//! one area at a time; and each trait stays short enough to read as the contract it is.
+//! Object-safe traits rather than a generic handle keep `Narutalk` one type for embedders
+//! and the server, whatever the backend.
 //!
 //! Every method is one business operation, not one table: it runs as one transaction of
-//! the backend (a write that must check something, such as who owns a session, checks it
-//! inside that transaction), so that a backend on a database server can run each call as
-//! one transaction and retry it whole on a serialization failure. The methods are
-//! synchronous and may block; every write is bounded by [`WRITE_DEADLINE`].
+//! the backend, and a check that must see the same state as the write (who owns a
+//! session, whether a refresh token was used, whether a password hash is still the one
+//! verified) runs inside it. What happens before or after stays with the rules: field
+//! checks, hashing, the ids and tokens drawn in advance, signing, the words of an error.
+//! So a backend on a database server can run each call as one transaction and retry it
+//! whole on a serialization failure: a method's inputs are fixed before it runs, and it
+//! does nothing outside its transaction. The methods are synchronous and may block.
 //!
 //! What every backend answers alike:
 //!
+//! - [`Error::NotFound`] when an addressed user or session does not exist (or, where a
+//!   method takes an owner, is another user's), unless the method answers an `Option`.
 //! - [`Error::Unavailable`] when the storage is busy, locked, full or unreachable, or a
 //!   write could not commit within [`WRITE_DEADLINE`] of when it was asked for; such a
 //!   write was not applied and never will be.
