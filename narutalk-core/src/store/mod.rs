@@ -26,7 +26,7 @@
 //! What every backend answers alike:
 //!
 //! - [`Error::NotFound`] when an addressed user or session does not exist (or, where a
-//!   method takes an owner, is another user's), unless the method answers an `Option`.
+//!   method takes an owner, is another user's), unless the method says it answers `None`.
 //! - [`Error::Unavailable`] when the storage is busy, locked, full or unreachable, or a
 //!   write could not commit within [`WRITE_DEADLINE`] of when it was asked for; such a
 //!   write was not applied and never will be.
