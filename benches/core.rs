@@ -18,8 +18,8 @@ use narutalk_core::accounts::UserId;
 use narutalk_core::accounts::password::{self, PasswordHashing};
 use narutalk_core::chat::{Category, PageRequest, SessionFilter, SessionId};
 use narutalk_core::config::{Config, Synchronous};
-use narutalk_core::db::OpenMode;
 use narutalk_core::fields::JsonObject;
+use narutalk_core::store::OpenMode;
 use serde_json::json;
 use tempfile::TempDir;
 

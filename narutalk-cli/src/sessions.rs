@@ -16,8 +16,8 @@ use narutalk_core::admin::{
     CreatedOwner, ExportSummary, ImportError, ImportFile, ImportOptions, ImportReport, SessionQuery,
 };
 use narutalk_core::chat::{Category, SessionId};
-use narutalk_core::db::maintenance::PendingFile;
 use narutalk_core::error::Error;
+use narutalk_core::files::PendingFile;
 
 use crate::output::{
     Give, Limit, cut, limit, minute, note, note_more, print_fields, print_json, print_lines,
@@ -306,7 +306,7 @@ fn export(
     let progress = progress_bar(show_progress, "{wide_bar} {pos}/{len} sessions, {eta} left");
     match output {
         Some(path) => {
-            if narutalk.database().is_own_file(&path) {
+            if narutalk.store().is_own_file(&path) {
                 anyhow::bail!(
                     "{} is the database itself; choose another file",
                     path.display()

@@ -3,9 +3,8 @@
 //! Every operation takes the acting user and treats another user's session exactly like a
 //! missing one ([`Error::NotFound`]). Every message gets a per-session sequence number when
 //! it is stored; "oldest first", "after", replay and broadcast follow it, whatever the
-//! timestamps. Each session row carries its message count and last sequence number,
-//! updated in the same transaction as every insert, so that a page of the session list is
-//! two queries (count and page) however many sessions it shows.
+//! timestamps. The store keeps them ([`crate::store::ChatStore`]): each call is one of its
+//! transactions.
 //!
 //! The AI turn is three calls, so that a server can broadcast between them and hold no
 //! database connection while the responder works: [`Chat::post_message_fields`] stores and
@@ -18,8 +17,6 @@
 //! claimed, so that the caller can store it once writes work again. Meanwhile a repeated
 //! idempotent post of its message answers [`Error::Unavailable`] at once.
 
-pub(crate) mod admin;
-
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -27,15 +24,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::accounts::{UnknownChoice, UserId};
-use crate::ai::{AiError, AiReply, AiRequest, HistoryTurn};
-use crate::db::{Database, WriteTx};
+use crate::ai::{AiError, AiReply, AiRequest};
 use crate::error::{Error, FieldErrors, TokenProblem};
 use crate::fields::{self, FieldReader, JsonObject, Text};
+use crate::store::{ChatStore, IdempotencyKey, NewSession, Posted, SessionChange, UserPost};
 use crate::time;
 
 /// Items per page of every paginated list.
@@ -371,8 +367,10 @@ impl PageRequest {
         }
     }
 
-    /// The page number for a list of `count` items, or [`Error::InvalidPage`] past the end.
-    fn resolve(self, count: u64) -> Result<(u32, u32), Error> {
+    /// The page number and the number of pages for a list of `count` items, or
+    /// [`Error::InvalidPage`] past the end. Stores pick a page with it between counting a
+    /// list and reading the page, in one snapshot.
+    pub fn resolve(self, count: u64) -> Result<(u32, u32), Error> {
         let num_pages =
             u32::try_from(count.div_ceil(u64::from(PAGE_SIZE)).max(1)).unwrap_or(u32::MAX);
         let number = match self {
@@ -704,9 +702,9 @@ impl Turns {
     }
 }
 
-/// Chat operations on a database (returned by [`crate::Narutalk::chat`]).
+/// Chat operations on a store (returned by [`crate::Narutalk::chat`]).
 pub struct Chat<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) store: &'a dyn ChatStore,
     pub(crate) turns: &'a Arc<Turns>,
     pub(crate) content_max_chars: usize,
     pub(crate) history_messages: u32,
@@ -716,7 +714,7 @@ pub struct Chat<'a> {
 impl Chat<'_> {
     /// These operations for a caller that asked at `asked_at` and has waited in a queue
     /// of its own since (a server's per-session order of stores): their writes' bound,
-    /// [`crate::db::WRITE_DEADLINE`], runs from then rather than from each call.
+    /// [`crate::store::WRITE_DEADLINE`], runs from then rather than from each call.
     pub fn asked_at(self, asked_at: Instant) -> Self {
         Chat {
             asked_at: Some(asked_at),
@@ -736,9 +734,9 @@ impl Chat<'_> {
             .choice::<Category>("category", false)
             .unwrap_or_default();
         reader.finish()?;
-        let title = title
-            .ok_or_else(|| Error::Internal("title passed its checks without a value".into()))?;
-        self.insert_session(owner, &title, category)
+        let title =
+            title.ok_or_else(|| Error::internal("title passed its checks without a value"))?;
+        self.insert_session(owner, title, category)
     }
 
     /// Creates a session with a checked title (trimmed, 1-200 characters).
@@ -754,23 +752,18 @@ impl Chat<'_> {
 
     /// `GET /api/chat/sessions/{id}/`: the session with every message, oldest first.
     pub fn session(&self, owner: UserId, id: SessionId) -> Result<SessionDetail, Error> {
-        self.db.read(|conn| {
-            let session = owned_session(conn, owner, id)?.session;
-            let messages = all_messages(conn, id)?;
-            Ok(SessionDetail { session, messages })
-        })
+        self.store.session_detail(owner, id)
     }
 
     /// True when the session exists and belongs to `owner`: one indexed lookup, for
     /// callers that must notice a deleted session without loading its messages.
     pub fn exists(&self, owner: UserId, id: SessionId) -> Result<bool, Error> {
-        self.db.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
-                .query_row(params![id.to_string(), owner.0], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })
+        Ok(self
+            .store
+            .sessions_exist(&[(owner, id)])?
+            .first()
+            .copied()
+            .unwrap_or(false))
     }
 
     /// `GET /api/chat/sessions/`: the owner's sessions, most recently updated first (ties:
@@ -781,8 +774,7 @@ impl Chat<'_> {
         filter: SessionFilter,
         page: PageRequest,
     ) -> Result<Page<SessionSummary>, Error> {
-        self.db
-            .read(|conn| list_sessions_on(conn, owner, filter, page))
+        self.store.session_page(owner, filter, page)
     }
 
     /// `PATCH /api/chat/sessions/{id}/`: `{"title"?, "category"?, "is_active"?}`. Every
@@ -797,40 +789,19 @@ impl Chat<'_> {
         let title = reader.text("title", Text::REQUIRED.optional().max(TITLE_MAX_CHARS));
         let category = reader.choice::<Category>("category", false);
         let is_active = reader.boolean("is_active", false);
-        let checked = reader.finish();
-        let now = time::now();
-        self.write(|tx| {
-            // The addressed session answers before the fields (contract section 1.1).
-            let session = owned_session(tx, owner, id)?;
-            checked?;
-            let updated_at = advance(&session.updated_at, &now);
-            tx.prepare_cached(
-                "UPDATE chat_sessions SET title = ?1, category = ?2, is_active = ?3, updated_at = ?4 WHERE id = ?5",
-            )?
-            .execute(params![
-                title.as_deref().unwrap_or(&session.title),
-                category.unwrap_or(session.category).as_str(),
-                is_active.unwrap_or(session.is_active),
-                time::to_micros(&updated_at),
-                id.to_string()
-            ])?;
-            let session = owned_session(tx, owner, id)?.session;
-            let messages = all_messages(tx, id)?;
-            Ok(SessionDetail { session, messages })
-        })
+        self.owned_before_fields(owner, id, reader.finish())?;
+        let change = SessionChange {
+            title,
+            category,
+            is_active,
+        };
+        self.store
+            .update_session(owner, id, &change, time::now(), self.asked())
     }
 
     /// `DELETE /api/chat/sessions/{id}/`: the session and its messages are gone.
     pub fn delete_session(&self, owner: UserId, id: SessionId) -> Result<(), Error> {
-        self.write(|tx| {
-            match tx
-                .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
-                .execute(params![id.to_string(), owner.0])?
-            {
-                0 => Err(Error::NotFound),
-                _ => Ok(()),
-            }
-        })
+        self.store.delete_session(owner, id, self.asked())
     }
 
     /// `GET /api/chat/sessions/{id}/messages/`: messages oldest first, 20 a page; with
@@ -842,41 +813,13 @@ impl Chat<'_> {
         after: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<Message>, Error> {
-        self.db.read(|conn| {
-            let session = owned_session(conn, owner, id)?;
-            let after_seq = match after {
-                None => 0,
-                Some(after) => message_seq(conn, id, after)?.ok_or_else(|| {
-                    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
-                })?,
-            };
-            let count = if after_seq == 0 {
-                session.message_count
-            } else {
-                let n: i64 = conn
-                    .prepare_cached(
-                        "SELECT count(*) FROM chat_messages WHERE session_id = ?1 AND seq > ?2",
-                    )?
-                    .query_row(params![id.to_string(), after_seq], |row| row.get(0))?;
-                u64::try_from(n).unwrap_or_default()
-            };
-            let (number, num_pages) = page.resolve(count)?;
-            let offset = i64::from(number - 1) * i64::from(PAGE_SIZE);
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3 OFFSET ?4"
-            ))?;
-            let rows = statement.query_map(
-                params![id.to_string(), after_seq, PAGE_SIZE, offset],
-                |row| message_from_row(row, 0),
-            )?;
-            Ok(Page {
-                count,
-                number,
-                num_pages,
-                results: rows.collect::<Result<Vec<_>, _>>()?,
-            })
-        })
+        let after = match after {
+            None => None,
+            Some(after) => Some(self.message_id_of(owner, id, after)?),
+        };
+        self.store
+            .message_page(owner, id, after, page)?
+            .ok_or_else(unknown_after)
     }
 
     /// Every message of the session stored after `after` (all of them for `None`), in
@@ -903,15 +846,18 @@ impl Chat<'_> {
         id: SessionId,
         after: Option<&str>,
     ) -> Result<i64, Error> {
-        self.db.read(|conn| {
-            owned_session(conn, owner, id)?;
-            match after {
-                None => Ok(0),
-                Some(after) => message_seq(conn, id, after)?.ok_or_else(|| {
-                    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
-                }),
+        match after {
+            None => match self.exists(owner, id)? {
+                true => Ok(0),
+                false => Err(Error::NotFound),
+            },
+            Some(after) => {
+                let after = self.message_id_of(owner, id, after)?;
+                self.store
+                    .message_seq(owner, id, after)?
+                    .ok_or_else(unknown_after)
             }
-        })
+        }
     }
 
     /// Up to `limit` messages of the session whose sequence number is above `after_seq`,
@@ -923,36 +869,14 @@ impl Chat<'_> {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Message>, Error> {
-        self.db.read(|conn| {
-            owned_session(conn, owner, id)?;
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = statement.query_map(params![id.to_string(), after_seq, limit], |row| {
-                message_from_row(row, 0)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.store.messages_after_seq(owner, id, after_seq, limit)
     }
 
     /// For each `(owner, session)`, whether the session still exists and belongs to that
     /// owner: one read transaction for callers that watch many sessions (open sockets) and
     /// must notice deletions made anywhere, also by another process.
     pub fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
-        self.db.read(|conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?;
-            sessions
-                .iter()
-                .map(|(owner, id)| {
-                    Ok(statement
-                        .query_row(params![id.to_string(), owner.0], |_| Ok(()))
-                        .optional()?
-                        .is_some())
-                })
-                .collect()
-        })
+        self.store.sessions_exist(sessions)
     }
 
     /// `POST /api/chat/sessions/{id}/messages/`: checks `{"content", "message_type"?,
@@ -990,40 +914,36 @@ impl Chat<'_> {
         {
             reader.fail(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID);
         }
-        let checked = reader.finish();
+        self.owned_before_fields(owner, id, reader.finish())?;
+        let content =
+            content.ok_or_else(|| Error::internal("content passed its checks without a value"))?;
         let now = time::now();
-        self.write(|tx| {
-            let session = owned_session(tx, owner, id)?;
-            checked?;
-            if let Some(key) = idempotency_key
-                && let Some(replayed) = replay(tx, owner, id, key, &now)?
-            {
-                return Ok(replayed);
-            }
-            let content = content.ok_or_else(|| {
-                Error::Internal("content passed its checks without a value".into())
-            })?;
-            let message = insert_message(
-                tx,
-                &session,
-                NewMessage {
-                    id: MessageId::new_random(),
-                    sender: Sender::User,
-                    message_type,
-                    content,
-                    metadata,
-                    reply_to: None,
-                },
-                &now,
-            )?;
-            if let Some(key) = idempotency_key {
-                remember_key(tx, owner, id, key, message.id, &now)?;
-            }
-            // Claimed before the writer is released, so a repeat of this post (whose replay
-            // check also runs under the writer) always finds the turn running. A failed
-            // commit drops the claim again.
-            let claim = self.turns.claim(message.id);
-            Ok(PostOutcome::Stored(message, claim))
+        let message = NewMessage {
+            id: MessageId::new_random(),
+            sender: Sender::User,
+            message_type,
+            content,
+            metadata,
+            reply_to: None,
+        };
+        // Claimed before the write, so that a repeat of this post (whose replay check
+        // runs in a later write) always finds the turn running. The id is new: nobody
+        // else can wait for it before it is stored, and a failed or replayed write drops
+        // the claim again.
+        let claim = self.turns.claim(message.id);
+        let post = UserPost {
+            owner,
+            session: id,
+            message: &message,
+            idempotency_key: idempotency_key.map(|key| IdempotencyKey {
+                key,
+                since: now - IDEMPOTENCY_WINDOW,
+            }),
+            now,
+        };
+        Ok(match self.store.post_message(&post, self.asked())? {
+            Posted::Stored(message) => PostOutcome::Stored(message, claim),
+            Posted::Replayed { message, reply } => PostOutcome::Replayed { message, reply },
         })
     }
 
@@ -1039,12 +959,12 @@ impl Chat<'_> {
             let running = self.turns.lock().get(&message.id).cloned();
             let Some(slot) = running else {
                 // Nobody here runs the turn: take it (under the registry lock only, never
-                // across the database read below, which may wait for a reader), then see
+                // across the storage read below, which may wait for a reader), then see
                 // whether its reply is already stored.
                 let Some(claim) = self.turns.try_claim(message.id) else {
                     continue;
                 };
-                if let Some(reply) = self.db.read(|conn| reply_for(conn, message.id))? {
+                if let Some(reply) = self.store.reply_for(message.id)? {
                     self.turns.finish(message.id, &reply);
                     return Ok(ReplyWait::Ready(reply));
                 }
@@ -1086,43 +1006,24 @@ impl Chat<'_> {
     /// [`ReplyWait::YourTurn`]); a claim for another message is [`Error::Internal`].
     pub fn prepare_reply(&self, message: &Message, claim: TurnClaim) -> Result<ReplyTurn, Error> {
         if claim.message_id != message.id {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "a turn claim for message {} cannot answer message {}",
                 claim.message_id, message.id
             )));
         }
-        let limit = self.history_messages;
-        self.db.read(|conn| {
-            let category: String = conn
-                .prepare_cached("SELECT category FROM chat_sessions WHERE id = ?1")?
-                .query_row([message.session_id.to_string()], |row| row.get(0))
-                .optional()?
-                .ok_or(Error::NotFound)?;
-            let mut statement = conn.prepare_cached(
-                "SELECT sender, content FROM chat_messages \
-                 WHERE session_id = ?1 AND seq < ?2 AND sender != 'system' ORDER BY seq DESC LIMIT ?3",
-            )?;
-            let rows = statement.query_map(params![message.session_id.to_string(), message.seq, limit], |row| {
-                let sender: String = row.get(0)?;
-                Ok(HistoryTurn {
-                    sender: sender.parse().unwrap_or(Sender::User),
-                    content: row.get(1)?,
-                })
-            })?;
-            let mut history = rows.collect::<Result<Vec<_>, _>>()?;
-            history.reverse();
-            Ok(AiRequest {
-                session_id: message.session_id,
-                category: category.parse().unwrap_or_default(),
-                history,
-                message: message.content.clone(),
-            })
-        })
-        .map(|request| ReplyTurn {
+        let context =
+            self.store
+                .reply_context(message.session_id, message.seq, self.history_messages)?;
+        Ok(ReplyTurn {
             session_id: message.session_id,
             reply_to: message.id,
             reply_id: MessageId::new_random(),
-            request,
+            request: AiRequest {
+                session_id: message.session_id,
+                category: context.category,
+                history: context.history,
+                message: message.content.clone(),
+            },
             claim,
         })
     }
@@ -1156,14 +1057,9 @@ impl Chat<'_> {
             new,
             claim,
         } = pending;
-        let now = time::now();
-        let stored = self.write(|tx| {
-            let session = session_by_id(tx, session_id)?.ok_or(Error::NotFound)?;
-            if let Some(existing) = reply_for(tx, reply_to)? {
-                return Ok(existing);
-            }
-            insert_message(tx, &session, new.clone(), &now)
-        });
+        let stored = self
+            .store
+            .store_reply(session_id, &new, time::now(), self.asked());
         match stored {
             Ok(reply) => {
                 self.turns.finish(reply_to, &reply);
@@ -1191,96 +1087,68 @@ impl Chat<'_> {
         }
     }
 
-    /// Runs `f` as a write, bounded from [`Chat::asked_at`] when it was given.
-    fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>) -> Result<T, Error> {
-        match self.asked_at {
-            Some(asked_at) => self.db.write_asked_at(asked_at, f),
-            None => self.db.write(f),
+    /// When a write asks for storage: [`Chat::asked_at`], or now.
+    fn asked(&self) -> Instant {
+        self.asked_at.unwrap_or_else(Instant::now)
+    }
+
+    /// The addressed session answers before the fields (contract section 1.1): a session
+    /// that is not the owner's is [`Error::NotFound`] whatever the fields say, so fields
+    /// that failed their checks cost one lookup of the session.
+    fn owned_before_fields(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        checked: Result<(), Error>,
+    ) -> Result<(), Error> {
+        match checked {
+            Ok(()) => Ok(()),
+            Err(_) if !self.exists(owner, id)? => Err(Error::NotFound),
+            Err(fields) => Err(fields),
+        }
+    }
+
+    /// The message id an `after` parameter names; one that is not an id at all is a field
+    /// error under `after`, once the session is known to be the owner's.
+    fn message_id_of(&self, owner: UserId, id: SessionId, after: &str) -> Result<MessageId, Error> {
+        match parse_canonical_uuid(after) {
+            Some(uuid) => Ok(MessageId(uuid)),
+            None if self.exists(owner, id)? => Err(unknown_after()),
+            None => Err(Error::NotFound),
         }
     }
 
     fn insert_session(
         &self,
         owner: UserId,
-        title: &str,
+        title: String,
         category: Category,
     ) -> Result<SessionDetail, Error> {
-        let id = SessionId::new_random();
-        let now = time::to_micros(&time::now());
-        self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO chat_sessions (id, user_id, title, category, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            )?
-            .execute(params![
-                id.to_string(),
-                owner.0,
-                title,
-                category.as_str(),
-                now
-            ])
-            .map_err(|error| match error.sqlite_error_code() {
+        let new = NewSession {
+            id: SessionId::new_random(),
+            title,
+            category,
+            created_at: time::now(),
+        };
+        let session = self
+            .store
+            .create_session(owner, &new, self.asked())
+            .map_err(|error| match error {
                 // The acting user was deleted after their token was checked: their
                 // credentials are no longer valid.
-                Some(rusqlite::ErrorCode::ConstraintViolation) => {
-                    Error::InvalidToken(TokenProblem::Invalid)
-                }
-                _ => error.into(),
+                Error::NotFound => Error::InvalidToken(TokenProblem::Invalid),
+                other => other,
             })?;
-            let session = owned_session(tx, owner, id)?.session;
-            Ok(SessionDetail {
-                session,
-                messages: Vec::new(),
-            })
+        Ok(SessionDetail {
+            session,
+            messages: Vec::new(),
         })
     }
 }
 
-/// The session list's two queries (count, then the page joined to each session's last
-/// message) on one connection.
-fn list_sessions_on(
-    conn: &Connection,
-    owner: UserId,
-    filter: SessionFilter,
-    page: PageRequest,
-) -> Result<Page<SessionSummary>, Error> {
-    let category = filter.category.map(Category::as_str);
-    let count: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM chat_sessions \
-             WHERE user_id = ?1 AND (?2 IS NULL OR category = ?2) AND (?3 IS NULL OR is_active = ?3)",
-        )?
-        .query_row(params![owner.0, category, filter.is_active], |row| row.get(0))?;
-    let count = u64::try_from(count).unwrap_or_default();
-    let (number, num_pages) = page.resolve(count)?;
-    let offset = i64::from(number - 1) * i64::from(PAGE_SIZE);
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {SESSION_COLUMNS_S}, {MESSAGE_COLUMNS_M} FROM chat_sessions s \
-         LEFT JOIN chat_messages m ON m.session_id = s.id AND m.seq = s.last_seq \
-         WHERE s.user_id = ?1 AND (?2 IS NULL OR s.category = ?2) AND (?3 IS NULL OR s.is_active = ?3) \
-         ORDER BY s.updated_at DESC, s.created_at DESC, s.rowid DESC LIMIT ?4 OFFSET ?5"
-    ))?;
-    let rows = statement.query_map(
-        params![owner.0, category, filter.is_active, PAGE_SIZE, offset],
-        |row| {
-            let session = session_from_row(row, 0)?;
-            let last_message = match row.get::<_, Option<String>>(SESSION_COLUMN_COUNT)? {
-                Some(_) => Some(message_from_row(row, SESSION_COLUMN_COUNT)?),
-                None => None,
-            };
-            Ok(SessionSummary {
-                session,
-                last_message,
-            })
-        },
-    )?;
-    let results = rows.collect::<Result<Vec<_>, _>>()?;
-    Ok(Page {
-        count,
-        number,
-        num_pages,
-        results,
-    })
+/// The field error of an `after` that is not a message of the session.
+fn unknown_after() -> Error {
+    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
 }
 
 /// True for 1-64 visible ASCII characters (`!` to `~`).
@@ -1301,421 +1169,28 @@ fn compact_json_len(object: &JsonObject) -> usize {
     serde_json::to_string(object).map_or(usize::MAX, |s| s.len())
 }
 
-/// The next `updated_at`: now, but always strictly after the previous value, so that
-/// "moves forward" holds even within one microsecond or under a clock step back.
-fn advance(previous: &DateTime<Utc>, now: &DateTime<Utc>) -> DateTime<Utc> {
+/// The next `updated_at` of a session: now, but always strictly after the previous value,
+/// so that "moves forward" holds even within one microsecond or under a clock step back.
+/// Stores apply it in the transaction that changes the session.
+pub fn next_updated_at(previous: &DateTime<Utc>, now: &DateTime<Utc>) -> DateTime<Utc> {
     let floor = *previous + chrono::Duration::microseconds(1);
     if *now > floor { *now } else { floor }
 }
 
-#[derive(Clone)]
-struct NewMessage {
-    id: MessageId,
-    sender: Sender,
-    message_type: MessageType,
-    content: String,
-    metadata: JsonObject,
-    reply_to: Option<MessageId>,
-}
-
-/// Inserts a message with the session's next sequence number and moves the session's
-/// count, last sequence and `updated_at` in the same transaction.
-fn insert_message(
-    tx: &WriteTx<'_>,
-    session: &StoredSession,
-    new: NewMessage,
-    now: &DateTime<Utc>,
-) -> Result<Message, Error> {
-    let seq = session.last_seq + 1;
-    let metadata =
-        serde_json::to_string(&new.metadata).map_err(|e| Error::Internal(e.to_string()))?;
-    tx.prepare_cached(
-        "INSERT INTO chat_messages (id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        new.id.to_string(),
-        session.session.id.to_string(),
-        seq,
-        new.sender.as_str(),
-        new.message_type.as_str(),
-        new.content,
-        metadata,
-        time::to_micros(now),
-        new.reply_to.map(|id| id.to_string()),
-    ])?;
-    let updated_at = advance(&session.session.updated_at, now);
-    tx.prepare_cached(
-        "UPDATE chat_sessions SET last_seq = ?1, message_count = message_count + 1, updated_at = ?2 WHERE id = ?3",
-    )?
-    .execute(params![seq, time::to_micros(&updated_at), session.session.id.to_string()])?;
-    Ok(Message {
-        id: new.id,
-        session_id: session.session.id,
-        seq,
-        content: new.content,
-        sender: new.sender,
-        message_type: new.message_type,
-        metadata: new.metadata,
-        timestamp: *now,
-        reply_to: new.reply_to,
-    })
-}
-
-fn replay(
-    tx: &WriteTx<'_>,
-    owner: UserId,
-    id: SessionId,
-    key: &str,
-    now: &DateTime<Utc>,
-) -> Result<Option<PostOutcome>, Error> {
-    let since = time::to_micros(&(*now - IDEMPOTENCY_WINDOW));
-    let message_id: Option<String> = tx
-        .prepare_cached(
-            "SELECT message_id FROM idempotency_keys \
-             WHERE session_id = ?1 AND user_id = ?2 AND key = ?3 AND created_at >= ?4",
-        )?
-        .query_row(params![id.to_string(), owner.0, key, since], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    let Some(message_id) = message_id else {
-        return Ok(None);
-    };
-    let message = tx
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE id = ?1"
-        ))?
-        .query_row([&message_id], |row| message_from_row(row, 0))
-        .optional()?;
-    let Some(message) = message else {
-        return Ok(None);
-    };
-    let reply = reply_for(tx, message.id)?;
-    Ok(Some(PostOutcome::Replayed { message, reply }))
-}
-
-fn remember_key(
-    tx: &WriteTx<'_>,
-    owner: UserId,
-    id: SessionId,
-    key: &str,
-    message_id: MessageId,
-    now: &DateTime<Utc>,
-) -> Result<(), Error> {
-    let now_micros = time::to_micros(now);
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency_keys (session_id, user_id, key, message_id, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![id.to_string(), owner.0, key, message_id.to_string(), now_micros])?;
-    // Forget a few expired keys each time one is remembered, so the table stays small
-    // without a separate sweeper.
-    tx.prepare_cached(
-        "DELETE FROM idempotency_keys WHERE (session_id, user_id, key) IN \
-         (SELECT session_id, user_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT 100)",
-    )?
-    .execute([now_micros - IDEMPOTENCY_WINDOW.num_microseconds().unwrap_or(i64::MAX)])?;
-    Ok(())
-}
-
-fn reply_for(conn: &Connection, message_id: MessageId) -> Result<Option<Message>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE reply_to = ?1 ORDER BY seq LIMIT 1"
-        ))?
-        .query_row([message_id.to_string()], |row| message_from_row(row, 0))
-        .optional()?)
-}
-
-fn message_seq(
-    conn: &Connection,
-    session: SessionId,
-    message_id: &str,
-) -> Result<Option<i64>, Error> {
-    let Some(message_id) = parse_canonical_uuid(message_id) else {
-        return Ok(None);
-    };
-    Ok(conn
-        .prepare_cached("SELECT seq FROM chat_messages WHERE id = ?1 AND session_id = ?2")?
-        .query_row(
-            params![message_id.hyphenated().to_string(), session.to_string()],
-            |row| row.get(0),
-        )
-        .optional()?)
-}
-
-fn all_messages(conn: &Connection, id: SessionId) -> Result<Vec<Message>, Error> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 ORDER BY seq"
-    ))?;
-    let rows = statement.query_map([id.to_string()], |row| message_from_row(row, 0))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-/// A session row with the bookkeeping the API does not show.
-struct StoredSession {
-    session: ChatSession,
-    last_seq: i64,
-}
-
-impl std::ops::Deref for StoredSession {
-    type Target = ChatSession;
-
-    fn deref(&self) -> &ChatSession {
-        &self.session
-    }
-}
-
-const SESSION_COLUMNS: &str =
-    "id, user_id, title, category, is_active, created_at, updated_at, message_count, last_seq";
-const SESSION_COLUMNS_S: &str = "s.id, s.user_id, s.title, s.category, s.is_active, s.created_at, s.updated_at, s.message_count, s.last_seq";
-const SESSION_COLUMN_COUNT: usize = 9;
-const MESSAGE_COLUMNS: &str =
-    "id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to";
-const MESSAGE_COLUMNS_M: &str = "m.id, m.session_id, m.seq, m.sender, m.message_type, m.content, m.metadata, m.created_at, m.reply_to";
-
-fn owned_session(conn: &Connection, owner: UserId, id: SessionId) -> Result<StoredSession, Error> {
-    session_by_id(conn, id)?
-        .filter(|stored| stored.session.user_id == owner)
-        .ok_or(Error::NotFound)
-}
-
-fn session_by_id(conn: &Connection, id: SessionId) -> Result<Option<StoredSession>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = ?1"
-        ))?
-        .query_row([id.to_string()], |row| {
-            Ok(StoredSession {
-                session: session_from_row(row, 0)?,
-                last_seq: row.get(8)?,
-            })
-        })
-        .optional()?)
-}
-
-fn uuid_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(index)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn session_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<ChatSession> {
-    let category: String = row.get(at + 3)?;
-    let message_count: i64 = row.get(at + 7)?;
-    Ok(ChatSession {
-        id: SessionId(uuid_column(row, at)?),
-        user_id: UserId(row.get(at + 1)?),
-        title: row.get(at + 2)?,
-        category: category.parse().unwrap_or_default(),
-        is_active: row.get(at + 4)?,
-        created_at: time::from_micros(row.get(at + 5)?),
-        updated_at: time::from_micros(row.get(at + 6)?),
-        message_count: u64::try_from(message_count).unwrap_or_default(),
-    })
-}
-
-fn message_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
-    let sender: String = row.get(at + 3)?;
-    let message_type: String = row.get(at + 4)?;
-    let metadata: String = row.get(at + 6)?;
-    let reply_to: Option<String> = row.get(at + 8)?;
-    Ok(Message {
-        id: MessageId(uuid_column(row, at)?),
-        session_id: SessionId(uuid_column(row, at + 1)?),
-        seq: row.get(at + 2)?,
-        sender: sender.parse().unwrap_or(Sender::System),
-        message_type: message_type.parse().unwrap_or(MessageType::Text),
-        content: row.get(at + 5)?,
-        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
-        timestamp: time::from_micros(row.get(at + 7)?),
-        reply_to: reply_to
-            .and_then(|id| Uuid::parse_str(&id).ok())
-            .map(MessageId),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use rusqlite::trace::{TraceEvent, TraceEventCodes};
-
-    use super::*;
-    use crate::Narutalk;
-    use crate::accounts::{NewUser, Role};
-    use crate::config::Config;
-    use crate::db::OpenMode;
-
-    /// Counts the statements SQLite runs on `conn` while `f` runs.
-    fn statements_run(conn: &mut Connection, f: impl FnOnce(&Connection)) -> usize {
-        let counter = Arc::new(AtomicUsize::new(0));
-        let seen = counter.clone();
-        conn.trace_v2(
-            TraceEventCodes::SQLITE_TRACE_STMT,
-            Some(move |event: TraceEvent<'_>| {
-                if let TraceEvent::Stmt(..) = event {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-            }),
-        )
-        .unwrap();
-        f(conn);
-        conn.trace_v2(TraceEventCodes::empty(), None::<fn(TraceEvent<'_>)>)
-            .unwrap();
-        counter.load(Ordering::Relaxed)
-    }
-
-    #[test]
-    fn a_reply_the_database_refuses_stays_claimed_until_a_later_try_stores_it() {
-        // Arrange: a stored message with an idempotency key and its produced reply.
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::for_tests(dir.path());
-        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
-        let user = narutalk
-            .accounts()
-            .create(&NewUser {
-                email: "kim@example.com".into(),
-                username: "kim".into(),
-                password: "violet-harbour-42".into(),
-                role: Role::Doctor,
-                department: String::new(),
-                is_verified: false,
-            })
-            .unwrap();
-        let session = narutalk
-            .chat()
-            .create_session(user.id, "s", Category::General)
-            .unwrap()
-            .session
-            .id;
-        let body = serde_json::json!({"content": "hello"});
-        let body = body.as_object().unwrap();
-        let post = || {
-            narutalk
-                .chat()
-                .post_message_fields(user.id, session, body, Some("k1"))
-                .unwrap()
-        };
-        let PostOutcome::Stored(message, claim) = post() else {
-            panic!("the first post stores")
-        };
-        let turn = narutalk.chat().prepare_reply(&message, claim).unwrap();
-        let pending = turn.into_reply(Ok(AiReply {
-            content: "hi".into(),
-            metadata: JsonObject::new(),
-        }));
-        let reply_id = pending.reply_id();
-        // Another process holds the write lock; the store asked almost 5 s ago.
-        let other = Connection::open(&config.database).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let almost_due = Instant::now()
-            .checked_sub(crate::db::WRITE_DEADLINE - Duration::from_millis(200))
-            .unwrap();
-
-        // Act
-        let refused = narutalk
-            .chat()
-            .asked_at(almost_due)
-            .store_pending_reply(pending)
-            .unwrap_err();
-        other.execute_batch("ROLLBACK").unwrap();
-
-        // Assert: the reply is kept, and a repeat hears at once that it is not stored.
-        assert!(
-            matches!(refused.error, Error::Unavailable(_)),
-            "{refused:?}"
-        );
-        let pending = *refused.pending.unwrap();
-        let PostOutcome::Replayed { reply: None, .. } = post() else {
-            panic!("the repeat finds the message without its reply")
-        };
-        let waited = narutalk
-            .chat()
-            .wait_for_reply(&message, Duration::from_secs(600));
-        assert!(matches!(waited, Err(Error::Unavailable(_))), "{waited:?}");
-        let reply = narutalk.chat().store_pending_reply(pending).unwrap();
-        assert_eq!((reply.id, reply.content.as_str()), (reply_id, "hi"));
-        let PostOutcome::Replayed {
-            reply: Some(replayed),
-            ..
-        } = post()
-        else {
-            panic!("the repeat finds the reply")
-        };
-        assert_eq!(replayed, reply);
-        let contents: Vec<String> = narutalk
-            .chat()
-            .session(user.id, session)
-            .unwrap()
-            .messages
-            .into_iter()
-            .map(|m| m.content)
-            .collect();
-        assert_eq!(contents, ["hello", "hi"]);
-    }
-
-    #[test]
-    fn a_page_of_the_session_list_is_two_queries_however_many_sessions_it_shows() {
-        // Arrange: a user with 50 sessions, each with a message and its reply.
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::for_tests(dir.path());
-        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
-        let user = narutalk
-            .accounts()
-            .create(&NewUser {
-                email: "kim@example.com".into(),
-                username: "kim".into(),
-                password: "violet-harbour-42".into(),
-                role: Role::Doctor,
-                department: String::new(),
-                is_verified: false,
-            })
-            .unwrap();
-        for n in 0..50 {
-            let session = narutalk
-                .chat()
-                .create_session(user.id, &format!("s{n}"), Category::General)
-                .unwrap();
-            narutalk
-                .send_message(user.id, session.session.id, "hello")
-                .unwrap();
-        }
-        let mut conn = Connection::open(&config.database).unwrap();
-
-        // Act
-        let mut pages = Vec::new();
-        let first = statements_run(&mut conn, |conn| {
-            pages.push(
-                list_sessions_on(
-                    conn,
-                    user.id,
-                    SessionFilter::default(),
-                    PageRequest::Number(1),
-                )
-                .unwrap(),
-            );
-        });
-        let last = statements_run(&mut conn, |conn| {
-            pages.push(
-                list_sessions_on(conn, user.id, SessionFilter::default(), PageRequest::Last)
-                    .unwrap(),
-            );
-        });
-
-        // Assert
-        assert_eq!((first, last), (2, 2));
-        assert_eq!(pages[0].results.len(), 20);
-        assert_eq!(pages[1].results.len(), 10);
-        assert!(
-            pages
-                .iter()
-                .flat_map(|p| &p.results)
-                .all(|s| s.last_message.is_some())
-        );
-    }
+/// A message to store: the fields its author decides (the store adds its sequence number
+/// and time).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewMessage {
+    /// Its new id.
+    pub id: MessageId,
+    /// Who wrote it.
+    pub sender: Sender,
+    /// What it holds.
+    pub message_type: MessageType,
+    /// Its content, exactly as sent.
+    pub content: String,
+    /// Its metadata object.
+    pub metadata: JsonObject,
+    /// For a reply: the user message it answers.
+    pub reply_to: Option<MessageId>,
 }

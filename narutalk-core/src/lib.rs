@@ -1,8 +1,8 @@
 //! Narutalk's core: every business rule of the Narutalk API (`docs/API.md`), behind a
 //! synchronous API that any Rust program can embed with no server at all.
 //!
-//! [`Narutalk`] is the handle: it owns the SQLite database (one writer, pooled readers),
-//! the token keys and the AI responder, and hands out the three areas of the API:
+//! [`Narutalk`] is the handle: it owns the store (the storage port of [`store`], on SQLite
+//! today), the token keys and the AI responder, and hands out the three areas of the API:
 //! [`Narutalk::accounts`] (registration, login, profiles, administration),
 //! [`Narutalk::tokens`] (access-token checks, refresh rotation, logout) and
 //! [`Narutalk::chat`] (sessions, messages, the storage side of the AI turn). Operations
@@ -15,7 +15,7 @@
 //! ```
 //! use narutalk_core::chat::{Category, Sender};
 //! use narutalk_core::config::Config;
-//! use narutalk_core::db::OpenMode;
+//! use narutalk_core::store::OpenMode;
 //! use narutalk_core::Narutalk;
 //! use serde_json::json;
 //!
@@ -50,12 +50,12 @@ pub mod admin;
 pub mod ai;
 pub mod chat;
 pub mod config;
-pub mod db;
 pub mod error;
 pub mod events;
 pub mod fields;
-mod files;
+pub mod files;
 pub mod metrics;
+pub mod store;
 pub mod time;
 pub mod tokens;
 pub mod workers;
@@ -71,9 +71,10 @@ use ai::openai::OpenAiResponder;
 use ai::{Responder, TemplateResponder};
 use chat::{Chat, Exchange, PostOutcome, ReplyWait, SessionId, Turns};
 use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
-use db::{Database, OpenError, OpenMode};
 use error::Error;
 use fields::JsonObject;
+use store::sqlite::SqliteStore;
+use store::{OpenError, OpenMode, Store};
 use tokens::{TokenKeys, Tokens};
 
 /// Why a [`Narutalk`] could not start. Each variant's text is one line naming the
@@ -88,9 +89,9 @@ pub enum StartError {
     Open(#[from] OpenError),
 }
 
-/// The embedded Narutalk: database, token keys and AI responder.
+/// The embedded Narutalk: store, token keys and AI responder.
 pub struct Narutalk {
-    db: Database,
+    store: Arc<dyn Store>,
     keys: TokenKeys,
     responder: Arc<dyn Responder>,
     hashing: PasswordHashing,
@@ -103,29 +104,33 @@ pub struct Narutalk {
 impl std::fmt::Debug for Narutalk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Narutalk")
-            .field("db", &self.db)
+            .field("store", &self.store)
             .field("responder", &self.responder.name())
             .finish_non_exhaustive()
     }
 }
 
 impl Narutalk {
-    /// Opens the database of `config` (created only with [`OpenMode::CreateIfMissing`]),
+    /// Opens the store of `config` (created only with [`OpenMode::CreateIfMissing`]),
     /// applies pending migrations, and takes the signing secret from the configuration
     /// or from `data/secret.key`, generating that file (mode 0600) when `mode` allows
     /// creating.
     pub fn open(config: &Config, mode: OpenMode) -> Result<Narutalk, StartError> {
         config.validate()?;
         // The database first: a missing database is the error to report, not the secret.
-        let db = Database::open(&config.database, config.sqlite_synchronous, mode)?;
+        let storage = store::open(config, mode)?;
         let secret =
             config.signing_secret(Path::new(SECRET_FILE), mode == OpenMode::CreateIfMissing)?;
-        Narutalk::new(db, &secret, config)
+        Narutalk::new(storage, &secret, config)
     }
 
-    /// Builds the handle from an open database and a signing secret; the responder is the
-    /// one `config` names.
-    pub fn new(db: Database, secret: &Secret, config: &Config) -> Result<Narutalk, StartError> {
+    /// Builds the handle from an open store and a signing secret; the responder is the one
+    /// `config` names.
+    pub fn new(
+        store: Arc<dyn Store>,
+        secret: &Secret,
+        config: &Config,
+    ) -> Result<Narutalk, StartError> {
         let keys = TokenKeys::new(
             secret,
             config.access_token_minutes,
@@ -143,7 +148,7 @@ impl Narutalk {
             AiBackend::Openai => Arc::new(OpenAiResponder::from_config(config)),
         };
         Ok(Narutalk {
-            db,
+            store,
             keys,
             responder,
             // The one bound on password hashing: one thread per core, 64 waiting.
@@ -165,7 +170,7 @@ impl Narutalk {
     /// Registration, login, profiles and administration.
     pub fn accounts(&self) -> Accounts<'_> {
         Accounts {
-            db: &self.db,
+            store: &*self.store,
             keys: &self.keys,
             hashing: &self.hashing,
         }
@@ -174,7 +179,7 @@ impl Narutalk {
     /// Access-token checks, refresh rotation and logout.
     pub fn tokens(&self) -> Tokens<'_> {
         Tokens {
-            db: &self.db,
+            store: &*self.store,
             keys: &self.keys,
         }
     }
@@ -182,7 +187,7 @@ impl Narutalk {
     /// Sessions, messages and the storage side of the AI turn.
     pub fn chat(&self) -> Chat<'_> {
         Chat {
-            db: &self.db,
+            store: &*self.store,
             turns: &self.turns,
             content_max_chars: self.content_max_chars,
             history_messages: self.history_messages,
@@ -190,9 +195,14 @@ impl Narutalk {
         }
     }
 
-    /// The database.
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// The store: every read and write of the rules goes through it.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The SQLite store, when the store is one: its hooks for tests and tools.
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        self.store.sqlite()
     }
 
     /// The AI responder in use.

@@ -15,8 +15,8 @@ use narutalk_core::admin::{
 };
 use narutalk_core::chat::{Category, SessionId};
 use narutalk_core::config::Config;
-use narutalk_core::db::{OpenError, OpenMode};
 use narutalk_core::error::Error;
+use narutalk_core::store::{OpenError, OpenMode};
 use narutalk_core::{StartError, admin};
 use serde_json::{Value, json};
 use support::{Fixture, PASSWORD, open};
@@ -666,7 +666,7 @@ fn the_administration_handle_needs_an_existing_database_and_no_signing_secret() 
 
     let missing = Narutalk::open_for_administration(&config).unwrap_err();
     drop(
-        narutalk_core::db::Database::open(
+        narutalk_core::store::sqlite::SqliteStore::open(
             &config.database,
             config.sqlite_synchronous,
             OpenMode::CreateIfMissing,

@@ -16,9 +16,9 @@ use narutalk_core::chat::{
     ReplyWait, Sender, SessionFilter, SessionId, SessionSummary, TurnClaim,
 };
 use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
 use narutalk_core::error::Error;
 use narutalk_core::fields::JsonObject;
+use narutalk_core::store::OpenMode;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};
@@ -147,7 +147,7 @@ fn contents(messages: &[Message]) -> Vec<&str> {
 /// show that nothing is left behind where the API can no longer look.
 fn stored_rows(narutalk: &Narutalk, sql: &str, param: &str) -> i64 {
     let conn = rusqlite::Connection::open_with_flags(
-        narutalk.database().path(),
+        narutalk.sqlite().unwrap().path(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();

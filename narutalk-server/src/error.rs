@@ -238,7 +238,7 @@ impl From<CoreError> for ApiError {
                 ApiError::Unavailable
             }
             CoreError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
+                tracing::error!(cause = %format_args!("{cause:#}"), "internal error");
                 ApiError::Internal
             }
         }

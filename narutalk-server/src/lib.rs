@@ -23,7 +23,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use narutalk_core::{Narutalk, db::OpenMode};
+//! use narutalk_core::{Narutalk, store::OpenMode};
 //! use narutalk_server::settings::Settings;
 //!
 //! let (settings, _file) = Settings::load(&Default::default())?;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use narutalk_core::Narutalk;
 use narutalk_core::config::{self, AiBackend};
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::metrics::MetricsListener;
 use narutalk_server::settings::{Overrides, Settings};
 

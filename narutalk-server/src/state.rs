@@ -221,7 +221,7 @@ impl State {
         if let Some(healthy) = self.fresh_health() {
             return healthy;
         }
-        let healthy = self.run(|core| core.database().ping()).await.is_ok();
+        let healthy = self.run(|core| core.store().ping()).await.is_ok();
         health.healthy.store(healthy, Ordering::Release);
         let now = u64::try_from(health.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         health.checked_at.store(now + 1, Ordering::Release);
@@ -239,7 +239,7 @@ impl State {
         if !self.database_healthy().await {
             return DatabaseStatus::Unavailable;
         }
-        if !self.core.database().writes_failing() {
+        if !self.core.store().writes_failing() {
             let probe = &self.write_probe;
             if probe.last.load(Ordering::Relaxed) != 0 {
                 probe.last.store(0, Ordering::Relaxed);
@@ -271,7 +271,7 @@ impl State {
         let state = self.clone();
         tokio::spawn(async move {
             let core = state.core.clone();
-            let probed = tokio::task::spawn_blocking(move || core.database().probe_writes()).await;
+            let probed = tokio::task::spawn_blocking(move || core.store().probe_writes()).await;
             match probed {
                 Ok(Ok(())) => tracing::info!("the write probe succeeded: writes work again"),
                 Ok(Err(error)) => tracing::debug!(%error, "the write probe failed"),

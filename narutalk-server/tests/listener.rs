@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use narutalk_core::Narutalk;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
 use narutalk_server::settings::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

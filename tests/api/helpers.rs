@@ -15,7 +15,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use narutalk_core::Narutalk;
 use narutalk_core::ai::Responder;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
 use narutalk_server::settings::Settings;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};

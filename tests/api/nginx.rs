@@ -93,7 +93,7 @@ impl Server {
         let core = tokio::task::spawn_blocking(move || {
             narutalk_core::Narutalk::open(
                 &open_config,
-                narutalk_core::db::OpenMode::CreateIfMissing,
+                narutalk_core::store::OpenMode::CreateIfMissing,
             )
         })
         .await

@@ -12,8 +12,8 @@
 //! Until it closes, the child's standard input is also a control channel, for what a
 //! test needs done inside the running server and the HTTP API does not offer. One command
 //! exists: the line `limit-writer-pages N` makes the child call
-//! `Database::limit_writer_pages(N)` on the core it serves (through
-//! `Narutalk::database`, on a blocking thread), which caps the server's writer connection
+//! `SqliteStore::limit_writer_pages(N)` on the core it serves (through
+//! `Narutalk::sqlite`, on a blocking thread), which caps the server's writer connection
 //! at `N` pages with SQLite's `PRAGMA max_page_count` (`4294967295` lifts the cap), and
 //! print `limit-writer-pages = CAP` (the cap in effect) or `limit-writer-pages failed:
 //! WHY` on standard output; [`ServerProcess::limit_writer_pages`] is the suite's side.
@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use narutalk_core::Narutalk;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -231,7 +231,7 @@ impl ServerProcess {
     }
 
     /// Caps the server's writer connection at `pages` pages of the database file
-    /// (`Database::limit_writer_pages` in the child, through its control channel: see the
+    /// (`SqliteStore::limit_writer_pages` in the child, through its control channel: see the
     /// module's doc), so that writes needing more room fail as on a full disk; `u32::MAX`
     /// lifts the cap. SQLite never sets it below the file's current size, so `1` answers
     /// that size and leaves no room for another page. Answers the cap in effect.
@@ -464,11 +464,15 @@ async fn obey_commands(core: Arc<Narutalk>) {
         let answer = match pages {
             Some(pages) => {
                 let core = core.clone();
-                match tokio::task::spawn_blocking(move || core.database().limit_writer_pages(pages))
-                    .await
-                {
-                    Ok(Ok(cap)) => format!("= {cap}"),
-                    Ok(Err(error)) => format!("failed: {error}"),
+                let limited = tokio::task::spawn_blocking(move || {
+                    core.sqlite()
+                        .map(|store| store.limit_writer_pages(pages).map_err(|e| e.detail()))
+                })
+                .await;
+                match limited {
+                    Ok(Some(Ok(cap))) => format!("= {cap}"),
+                    Ok(Some(Err(error))) => format!("failed: {error}"),
+                    Ok(None) => "failed: the store is not SQLite".to_owned(),
                     Err(error) => format!("failed: {error}"),
                 }
             }

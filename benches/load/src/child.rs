@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use narutalk_core::Narutalk;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
 use narutalk_server::metrics::MetricsListener;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};

@@ -9,7 +9,7 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role};
 use narutalk_core::chat::Category;
 use narutalk_core::config::{self, Config};
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::settings::{Overrides, Settings};
 
 /// The password of every seeded account (it passes every password rule).

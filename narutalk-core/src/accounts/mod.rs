@@ -13,22 +13,22 @@
 //! device token may stand in for the account's failure budget. [`Accounts::login_fields`]
 //! does all three at once, with no budget, for embedders.
 
-pub(crate) mod admin;
 pub mod devices;
 pub mod password;
 pub mod policy;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::db::Database;
 use crate::error::{Error, FieldErrors};
 use crate::fields::{FieldReader, JsonObject, Text};
+use crate::store::{
+    AccountStore, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
+};
 use crate::time;
-use crate::tokens::{self, TokenKeys, TokenPair};
+use crate::tokens::{TokenKeys, TokenPair};
 use devices::Device;
 
 /// `user with this email already exists.`
@@ -209,8 +209,8 @@ impl LoginInput {
         let password = reader.text("password", Text::REQUIRED_VERBATIM);
         reader.finish()?;
         let (Some(email), Some(password)) = (email, password) else {
-            return Err(Error::Internal(
-                "login passed its checks with a field missing".into(),
+            return Err(Error::internal(
+                "login passed its checks with a field missing",
             ));
         };
         let input = LoginInput::new(&email, &password);
@@ -308,9 +308,9 @@ pub struct UserFilter {
     pub search: Option<String>,
 }
 
-/// Account operations on a database (returned by [`crate::Narutalk::accounts`]).
+/// Account operations on a store (returned by [`crate::Narutalk::accounts`]).
 pub struct Accounts<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) store: &'a dyn AccountStore,
     pub(crate) keys: &'a TokenKeys,
     pub(crate) hashing: &'a password::PasswordHashing,
 }
@@ -345,8 +345,8 @@ impl AccountFields {
                 department: self.department,
                 is_verified,
             }),
-            _ => Err(Error::Internal(
-                "an account passed its checks with a field missing".into(),
+            _ => Err(Error::internal(
+                "an account passed its checks with a field missing",
             )),
         }
     }
@@ -410,10 +410,10 @@ impl Accounts<'_> {
         let Some(device) = input.device() else {
             return Ok(None);
         };
-        let now = time::to_micros(&time::now());
+        let valid_after = devices::valid_after(time::now());
         let belongs = self
-            .db
-            .read(|conn| devices::belongs_to_email(conn, device, &input.email, now))?;
+            .store
+            .device_of_email(device, &input.email, valid_after)?;
         Ok(belongs.then_some(device))
     }
 
@@ -430,69 +430,66 @@ impl Accounts<'_> {
         let honoured = device
             .filter(|device| input.device() == Some(*device))
             .zip(input.device.as_deref());
-        let found = self.db.read(|conn| user_with_hash_by_email(conn, email))?;
+        let found = self.store.credentials_by_email(email)?;
         let (user, verified_hash) = match found {
-            Some((user, stored)) => {
-                let matches = self.hashing.verify(password, &stored)?;
+            Some(Credentials {
+                user,
+                password_hash,
+            }) => {
+                let matches = self.hashing.verify(password, &password_hash)?;
                 if !matches || !user.is_active {
                     return Err(Error::BadCredentials);
                 }
-                (user, stored)
+                (user, password_hash)
             }
             None => {
                 self.hashing.verify_nothing(password)?;
                 return Err(Error::BadCredentials);
             }
         };
+        let (refresh, family) = self.keys.new_refresh();
+        let (new_token, new_device) = devices::new_token()?;
         let now = time::now();
-        let now_micros = time::to_micros(&now);
-        self.db.write(|tx| {
-            // Re-read inside the write lock: while argon2 ran (outside it), an
-            // administrator may have deactivated the account, or a reset or change may have
-            // replaced the password just checked; either refuses this login.
-            let (user, current_hash) = user_with_hash_by_id(tx, user.id)?
-                .filter(|(u, _)| u.is_active)
-                .ok_or(Error::BadCredentials)?;
-            if current_hash != verified_hash {
-                return Err(Error::BadCredentials);
-            }
-            tx.prepare_cached("UPDATE users SET last_login = ?1 WHERE id = ?2")?
-                .execute(params![time::to_micros(&now), user.id.0])?;
-            let tokens =
-                tokens::issue_for_login(tx, self.keys, user.id, user.tokens_revoked_at, &now)?;
-            let device = match honoured {
-                Some((device, token)) if devices::touch(tx, device, user.id, now_micros)? => {
-                    token.to_owned()
-                }
-                _ => {
-                    let (token, device) = devices::new_token()?;
-                    devices::insert(tx, device, user.id, now_micros)?;
-                    token
-                }
-            };
-            Ok(Login {
-                tokens,
-                user: User {
-                    last_login: Some(now),
-                    ..user
-                },
-                device,
-            })
+        // The write re-reads the user inside the write lock: while argon2 ran (outside
+        // it), an administrator may have deactivated the account, or a reset or change may
+        // have replaced the password just checked; either refuses this login.
+        let recorded = self
+            .store
+            .record_login(&LoginRecord {
+                user_id: user.id,
+                verified_hash: &verified_hash,
+                now,
+                refresh: &refresh,
+                lifetimes: self.keys.lifetimes(),
+                honoured_device: honoured.map(|(device, _)| device),
+                new_device,
+                devices_valid_after: devices::valid_after(now),
+            })?
+            .ok_or(Error::BadCredentials)?;
+        let device = match honoured {
+            Some((_, token)) if recorded.device_renewed => token.to_owned(),
+            _ => new_token,
+        };
+        Ok(Login {
+            tokens: self
+                .keys
+                .login_pair(recorded.user.id, &refresh, family, recorded.issued_at)?,
+            user: recorded.user,
+            device,
         })
     }
 
     /// The user with this id.
     pub fn get(&self, id: UserId) -> Result<User, Error> {
-        self.db
-            .read(|conn| user_by_id(conn, id))?
-            .ok_or(Error::NotFound)
+        self.store.user(id)?.ok_or(Error::NotFound)
     }
 
     /// The user with this email (case-insensitive).
     pub fn find_by_email(&self, email: &str) -> Result<User, Error> {
         let email = email.trim().to_lowercase();
-        self.db
-            .read(|conn| Ok(user_with_hash_by_email(conn, &email)?.map(|(user, _)| user)))?
+        self.store
+            .credentials_by_email(&email)?
+            .map(|credentials| credentials.user)
             .ok_or(Error::NotFound)
     }
 
@@ -523,30 +520,23 @@ impl Accounts<'_> {
         let department = read_department(&mut reader, false);
         self.check_unique(&mut reader, username.as_deref(), email.as_deref(), Some(id))?;
         reader.finish()?;
-        self.db.write(|tx| {
-            // Only the fields sent are written, so two concurrent partial updates of
-            // different fields both take effect.
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE users SET username = coalesce(?1, username), email = coalesce(?2, email), \
-                     department = coalesce(?3, department) WHERE id = ?4",
-                )?
-                .execute(params![username, email, department, id.0])
-                .map_err(unique_violation_as_field_error)?;
-            if changed == 0 {
-                return Err(Error::NotFound);
-            }
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        let change = ProfileChange {
+            username,
+            email,
+            department,
+        };
+        self.store
+            .update_profile(id, &change)?
+            .map_err(taken_as_field_error)
     }
 
     /// `POST /api/auth/password/`: checks `{"old_password", "new_password"}`, stores the new
     /// hash and revokes every token the user holds.
     pub fn change_password_fields(&self, id: UserId, body: &JsonObject) -> Result<(), Error> {
-        let (user, stored) = self
-            .db
-            .read(|conn| user_with_hash_by_id(conn, id))?
-            .ok_or(Error::NotFound)?;
+        let Credentials {
+            user,
+            password_hash: stored,
+        } = self.store.credentials_by_id(id)?.ok_or(Error::NotFound)?;
         let mut reader = FieldReader::new(body);
         let old_password = reader.text("old_password", Text::REQUIRED_VERBATIM);
         let new_password = reader.text("new_password", Text::REQUIRED_VERBATIM);
@@ -565,9 +555,8 @@ impl Accounts<'_> {
             );
         }
         reader.finish()?;
-        let new_password = new_password.ok_or_else(|| {
-            Error::Internal("new_password passed its checks without a value".into())
-        })?;
+        let new_password = new_password
+            .ok_or_else(|| Error::internal("new_password passed its checks without a value"))?;
         // Only replace the hash the old password was checked against: a reset that
         // landed meanwhile must not be undone by someone who knew the old password.
         self.store_password(id, &new_password, Some(&stored))
@@ -593,119 +582,40 @@ impl Accounts<'_> {
 
     /// `GET /api/auth/dashboard/`: the user with real counts.
     pub fn dashboard(&self, id: UserId) -> Result<Dashboard, Error> {
-        let since = time::to_micros(&(time::now() - RECENT_CHATS_WINDOW));
-        self.db.read(|conn| {
-            let user = user_by_id(conn, id)?.ok_or(Error::NotFound)?;
-            let (recent_chats, total_messages): (i64, i64) = conn
-                .prepare_cached(
-                    "SELECT count(*) FILTER (WHERE updated_at >= ?2), coalesce(sum(message_count), 0) \
-                     FROM chat_sessions WHERE user_id = ?1",
-                )?
-                .query_row(params![id.0, since], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(Dashboard {
-                user,
-                recent_chats: u64::try_from(recent_chats).unwrap_or_default(),
-                total_messages: u64::try_from(total_messages).unwrap_or_default(),
-            })
-        })
+        self.store.dashboard(id, time::now() - RECENT_CHATS_WINDOW)
     }
 
     /// Users matching `filter`, by id.
     pub fn list(&self, filter: &UserFilter) -> Result<Vec<User>, Error> {
-        let search = filter
-            .search
-            .as_deref()
-            .map(|s| format!("%{}%", escape_like(s)));
-        self.db.read(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users \
-                 WHERE (?1 IS NULL OR role = ?1) AND (?2 IS NULL OR is_verified = ?2) \
-                 AND (?3 IS NULL OR is_active = ?3) \
-                 AND (?4 IS NULL OR username LIKE ?4 ESCAPE '\\' OR email LIKE ?4 ESCAPE '\\') \
-                 ORDER BY id"
-            ))?;
-            let rows = statement.query_map(
-                params![
-                    filter.role.map(Role::as_str),
-                    filter.is_verified,
-                    filter.is_active,
-                    search
-                ],
-                user_from_row,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.store.users(filter)
     }
 
     /// Changes a user's role.
     pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
-        self.update_one(
-            id,
-            "UPDATE users SET role = ?1 WHERE id = ?2",
-            role.as_str(),
-        )
+        self.store
+            .change_user(id, UserChange::Role(role), time::now())
     }
 
     /// Marks a user verified or not.
     pub fn set_verified(&self, id: UserId, verified: bool) -> Result<User, Error> {
-        self.update_one(
-            id,
-            "UPDATE users SET is_verified = ?1 WHERE id = ?2",
-            verified,
-        )
+        self.store
+            .change_user(id, UserChange::Verified(verified), time::now())
     }
 
     /// Activates or deactivates a user; deactivation revokes every token at once.
     pub fn set_active(&self, id: UserId, active: bool) -> Result<User, Error> {
-        let now = time::now();
-        self.db.write(|tx| {
-            let changed = tx.execute(
-                "UPDATE users SET is_active = ?1 WHERE id = ?2",
-                params![active, id.0],
-            )?;
-            if changed == 0 {
-                return Err(Error::NotFound);
-            }
-            if !active {
-                tokens::revoke_all(tx, id, &now)?;
-            }
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        self.store
+            .change_user(id, UserChange::Active(active), time::now())
     }
 
     /// "Log out everywhere": revokes every access and refresh token the user holds.
     pub fn logout_all(&self, id: UserId) -> Result<(), Error> {
-        let now = time::now();
-        self.db.write(|tx| {
-            if user_by_id(tx, id)?.is_none() {
-                return Err(Error::NotFound);
-            }
-            tokens::revoke_all(tx, id, &now)
-        })
+        self.store.revoke_all(id, time::now())
     }
 
     /// Deletes a user with their sessions, messages and tokens.
     pub fn delete(&self, id: UserId) -> Result<(), Error> {
-        self.db.write(
-            |tx| match tx.execute("DELETE FROM users WHERE id = ?1", [id.0])? {
-                0 => Err(Error::NotFound),
-                _ => Ok(()),
-            },
-        )
-    }
-
-    fn update_one(
-        &self,
-        id: UserId,
-        sql: &str,
-        value: impl rusqlite::ToSql,
-    ) -> Result<User, Error> {
-        self.db.write(|tx| {
-            if tx.execute(sql, params![value, id.0])? == 0 {
-                return Err(Error::NotFound);
-            }
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        self.store.delete_user(id)
     }
 
     /// Hashes and stores a new password and revokes every token. With `replacing`, only if
@@ -717,17 +627,8 @@ impl Accounts<'_> {
         replacing: Option<&str>,
     ) -> Result<(), Error> {
         let hashed = self.hashing.hash(new_password)?;
-        let now = time::now();
-        self.db.write(|tx| {
-            if tx.execute(
-                "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND (?3 IS NULL OR password_hash = ?3)",
-                params![hashed, id.0, replacing],
-            )? == 0
-            {
-                return Err(Error::NotFound);
-            }
-            tokens::revoke_all(tx, id, &now)
-        })
+        self.store
+            .replace_password(id, &hashed, replacing, time::now())
     }
 
     /// Reads and checks the fields every new account has: username, email, password (with
@@ -763,28 +664,8 @@ impl Accounts<'_> {
         email: Option<&str>,
         except: Option<UserId>,
     ) -> Result<(), Error> {
-        let except = except.map_or(0, |id| id.0);
-        let (username_taken, email_taken) = self.db.read(|conn| {
-            let username_taken = match username {
-                Some(username) => exists(
-                    conn,
-                    "SELECT 1 FROM users WHERE username = ?1 AND id != ?2",
-                    username,
-                    except,
-                )?,
-                None => false,
-            };
-            let email_taken = match email {
-                Some(email) => exists(
-                    conn,
-                    "SELECT 1 FROM users WHERE email = ?1 AND id != ?2",
-                    email,
-                    except,
-                )?,
-                None => false,
-            };
-            Ok((username_taken, email_taken))
-        })?;
+        let taken = self.store.names_taken(username, email, except)?;
+        let (username_taken, email_taken) = (taken.username, taken.email);
         if username_taken {
             reader.fail("username", USERNAME_TAKEN);
         }
@@ -795,26 +676,19 @@ impl Accounts<'_> {
     }
 
     fn insert(&self, account: CheckedAccount) -> Result<User, Error> {
-        let hashed = self.hashing.hash(&account.password)?;
-        let joined = time::now();
-        self.db.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO users (username, email, password_hash, role, department, is_verified, date_joined) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                account.username,
-                account.email,
-                hashed,
-                account.role.as_str(),
-                account.department,
-                account.is_verified,
-                time::to_micros(&joined)
-            ])
-            .map_err(unique_violation_as_field_error)?;
-            let id = UserId(tx.last_insert_rowid());
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        let password_hash = self.hashing.hash(&account.password)?;
+        let account = NewAccount {
+            username: account.username,
+            email: account.email,
+            password_hash,
+            role: account.role,
+            department: account.department,
+            is_verified: account.is_verified,
+            date_joined: time::now(),
+        };
+        self.store
+            .insert_user(&account)?
+            .map_err(taken_as_field_error)
     }
 }
 
@@ -857,86 +731,11 @@ fn check_password(
     }
 }
 
-/// A UNIQUE violation that slipped past the check (two registrations at once) is still a
-/// field error, never a 500.
-fn unique_violation_as_field_error(error: rusqlite::Error) -> Error {
-    if let rusqlite::Error::SqliteFailure(failure, Some(message)) = &error
-        && failure.code == rusqlite::ErrorCode::ConstraintViolation
-    {
-        if message.contains("users.email") {
-            return FieldErrors::single("email", EMAIL_TAKEN).into();
-        }
-        if message.contains("users.username") {
-            return FieldErrors::single("username", USERNAME_TAKEN).into();
-        }
+/// A username or email that a write found taken (two registrations at once, both past the
+/// check) is still a field error, never a 500.
+fn taken_as_field_error(taken: Taken) -> Error {
+    match taken {
+        Taken::Email => FieldErrors::single("email", EMAIL_TAKEN).into(),
+        Taken::Username => FieldErrors::single("username", USERNAME_TAKEN).into(),
     }
-    error.into()
-}
-
-fn exists(conn: &Connection, sql: &str, value: &str, except: i64) -> Result<bool, Error> {
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_row(params![value, except], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Escapes `%`, `_` and `\` so a search text matches itself literally.
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-const USER_COLUMNS: &str = "id, username, email, role, department, is_verified, is_active, date_joined, last_login, tokens_revoked_at";
-
-fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    let role: String = row.get(3)?;
-    Ok(User {
-        id: UserId(row.get(0)?),
-        username: row.get(1)?,
-        email: row.get(2)?,
-        // The CHECK constraint keeps other values out; fall back rather than panic.
-        role: role.parse().unwrap_or(Role::User),
-        department: row.get(4)?,
-        is_verified: row.get(5)?,
-        is_active: row.get(6)?,
-        date_joined: time::from_micros(row.get(7)?),
-        last_login: row.get::<_, Option<i64>>(8)?.map(time::from_micros),
-        tokens_revoked_at: row.get(9)?,
-    })
-}
-
-/// The user with this id, if any (used by the token checks too).
-pub(crate) fn user_by_id(conn: &Connection, id: UserId) -> Result<Option<User>, Error> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id.0], user_from_row)
-        .optional()?)
-}
-
-fn user_with_hash_by_email(
-    conn: &Connection,
-    email: &str,
-) -> Result<Option<(User, String)>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = ?1"
-        ))?
-        .query_row([email], |row| Ok((user_from_row(row)?, row.get(10)?)))
-        .optional()?)
-}
-
-fn user_with_hash_by_id(conn: &Connection, id: UserId) -> Result<Option<(User, String)>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE id = ?1"
-        ))?
-        .query_row([id.0], |row| Ok((user_from_row(row)?, row.get(10)?)))
-        .optional()?)
 }

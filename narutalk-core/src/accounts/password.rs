@@ -53,7 +53,7 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$PumYMZzOTifn2hYn3BQi9w$
 
 fn params() -> Result<Params, Error> {
     Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
-        .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))
+        .map_err(|e| Error::internal(format!("argon2 parameters: {e}")))
 }
 
 /// Hashes `password` with a fresh 16-byte random salt into a PHC string, on the calling
@@ -191,7 +191,7 @@ fn hash_on(hasher: &impl Hasher, password: &str) -> Result<String, Error> {
     let params = params()?;
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| Error::Internal(format!("random salt: {e}")))?;
+    getrandom::fill(&mut salt).map_err(|e| Error::internal(format!("random salt: {e}")))?;
     let password = password.to_owned();
     let output = hasher
         .run(params.block_count(), move |memory| {
@@ -200,16 +200,16 @@ fn hash_on(hasher: &impl Hasher, password: &str) -> Result<String, Error> {
                 .hash_password_into_with_memory(password.as_bytes(), &salt, &mut output, memory)
                 .map(|()| output)
         })?
-        .ok_or_else(|| Error::Internal("argon2: the hashing thread failed".into()))?
-        .map_err(|e| Error::Internal(format!("argon2: {e}")))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::Internal(format!("salt: {e}")))?;
+        .ok_or_else(|| Error::internal("argon2: the hashing thread failed"))?
+        .map_err(|e| Error::internal(format!("argon2: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal(format!("salt: {e}")))?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
         params: ParamsString::try_from(&params)
-            .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?,
+            .map_err(|e| Error::internal(format!("argon2 parameters: {e}")))?,
         salt: Some(salt.as_salt()),
-        hash: Some(Output::new(&output).map_err(|e| Error::Internal(format!("argon2: {e}")))?),
+        hash: Some(Output::new(&output).map_err(|e| Error::internal(format!("argon2: {e}")))?),
     };
     Ok(phc.to_string())
 }

@@ -446,7 +446,7 @@ impl Rooms {
                             .collect()
                     })
             }))
-            .unwrap_or_else(|_| Err(CoreError::Internal("a room's read panicked".into())));
+            .unwrap_or_else(|_| Err(CoreError::internal("a room's read panicked")));
             rooms.filled(read, result);
         };
         match &self.runtime {
@@ -1101,7 +1101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = narutalk_core::config::Config::for_tests(dir.path());
         let core = Arc::new(
-            Narutalk::open(&config, narutalk_core::db::OpenMode::CreateIfMissing).unwrap(),
+            Narutalk::open(&config, narutalk_core::store::OpenMode::CreateIfMissing).unwrap(),
         );
         let body = serde_json::json!({
             "username": "kim", "email": "kim@example.com",

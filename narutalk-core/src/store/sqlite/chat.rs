@@ -1,0 +1,749 @@
+//! [`ChatStore`] on SQLite: the `chat_sessions`, `chat_messages` and `idempotency_keys`
+//! tables.
+//!
+//! Each session row carries its message count and last sequence number, updated in the
+//! same transaction as every insert, so that a message's sequence number is the row's last
+//! plus one and a page of the session list is two queries (count and page) however many
+//! sessions it shows.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use super::{SqliteStore, WriteTx};
+use crate::accounts::UserId;
+use crate::ai::HistoryTurn;
+use crate::chat::{
+    Category, ChatSession, Message, MessageId, MessageType, NewMessage, PAGE_SIZE, Page,
+    PageRequest, Sender, SessionDetail, SessionFilter, SessionId, SessionSummary, next_updated_at,
+};
+use crate::error::{Error, InternalError};
+use crate::store::{ChatStore, NewSession, Posted, ReplyContext, SessionChange, UserPost};
+use crate::time;
+
+impl ChatStore for SqliteStore {
+    fn create_session(
+        &self,
+        owner: UserId,
+        session: &NewSession,
+        asked_at: Instant,
+    ) -> Result<ChatSession, Error> {
+        let created_at = time::to_micros(&session.created_at);
+        self.write_asked_at(asked_at, |tx| {
+            tx.prepare_cached(
+                "INSERT INTO chat_sessions (id, user_id, title, category, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            )?
+            .execute(params![
+                session.id.to_string(),
+                owner.0,
+                session.title,
+                session.category.as_str(),
+                created_at
+            ])
+            .map_err(|error| match error.sqlite_error_code() {
+                // The owner's row is gone: the foreign key refuses the session.
+                Some(rusqlite::ErrorCode::ConstraintViolation) => Error::NotFound,
+                _ => error.into(),
+            })?;
+            Ok(owned_session(tx, owner, session.id)?.session)
+        })
+    }
+
+    fn session_detail(&self, owner: UserId, id: SessionId) -> Result<SessionDetail, Error> {
+        self.read(|conn| {
+            let session = owned_session(conn, owner, id)?.session;
+            let messages = all_messages(conn, id)?;
+            Ok(SessionDetail { session, messages })
+        })
+    }
+
+    fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
+        self.read(|conn| {
+            let mut statement =
+                conn.prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?;
+            sessions
+                .iter()
+                .map(|(owner, id)| {
+                    Ok(statement
+                        .query_row(params![id.to_string(), owner.0], |_| Ok(()))
+                        .optional()?
+                        .is_some())
+                })
+                .collect()
+        })
+    }
+
+    fn session_page(
+        &self,
+        owner: UserId,
+        filter: SessionFilter,
+        page: PageRequest,
+    ) -> Result<Page<SessionSummary>, Error> {
+        self.read(|conn| session_page(conn, owner, filter, page))
+    }
+
+    fn update_session(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        change: &SessionChange,
+        now: DateTime<Utc>,
+        asked_at: Instant,
+    ) -> Result<SessionDetail, Error> {
+        self.write_asked_at(asked_at, |tx| {
+            let session = owned_session(tx, owner, id)?;
+            let updated_at = next_updated_at(&session.updated_at, &now);
+            tx.prepare_cached(
+                "UPDATE chat_sessions SET title = ?1, category = ?2, is_active = ?3, updated_at = ?4 WHERE id = ?5",
+            )?
+            .execute(params![
+                change.title.as_deref().unwrap_or(&session.title),
+                change.category.unwrap_or(session.category).as_str(),
+                change.is_active.unwrap_or(session.is_active),
+                time::to_micros(&updated_at),
+                id.to_string()
+            ])?;
+            let session = owned_session(tx, owner, id)?.session;
+            let messages = all_messages(tx, id)?;
+            Ok(SessionDetail { session, messages })
+        })
+    }
+
+    fn delete_session(&self, owner: UserId, id: SessionId, asked_at: Instant) -> Result<(), Error> {
+        self.write_asked_at(asked_at, |tx| {
+            match tx
+                .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
+                .execute(params![id.to_string(), owner.0])?
+            {
+                0 => Err(Error::NotFound),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn message_page(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after: Option<MessageId>,
+        page: PageRequest,
+    ) -> Result<Option<Page<Message>>, Error> {
+        self.read(|conn| {
+            let session = owned_session(conn, owner, id)?;
+            let after_seq = match after {
+                None => 0,
+                Some(after) => match message_seq(conn, id, after)? {
+                    Some(seq) => seq,
+                    None => return Ok(None),
+                },
+            };
+            let count = if after_seq == 0 {
+                session.message_count
+            } else {
+                let n: i64 = conn
+                    .prepare_cached(
+                        "SELECT count(*) FROM chat_messages WHERE session_id = ?1 AND seq > ?2",
+                    )?
+                    .query_row(params![id.to_string(), after_seq], |row| row.get(0))?;
+                u64::try_from(n).unwrap_or_default()
+            };
+            let (number, num_pages) = page.resolve(count)?;
+            let offset = i64::from(number - 1) * i64::from(PAGE_SIZE);
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3 OFFSET ?4"
+            ))?;
+            let rows = statement.query_map(
+                params![id.to_string(), after_seq, PAGE_SIZE, offset],
+                |row| message_from_row(row, 0),
+            )?;
+            Ok(Some(Page {
+                count,
+                number,
+                num_pages,
+                results: rows.collect::<Result<Vec<_>, _>>()?,
+            }))
+        })
+    }
+
+    fn message_seq(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        message: MessageId,
+    ) -> Result<Option<i64>, Error> {
+        self.read(|conn| {
+            owned_session(conn, owner, id)?;
+            message_seq(conn, id, message)
+        })
+    }
+
+    fn messages_after_seq(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, Error> {
+        self.read(|conn| {
+            owned_session(conn, owner, id)?;
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
+                 ORDER BY seq LIMIT ?3"
+            ))?;
+            let rows = statement.query_map(params![id.to_string(), after_seq, limit], |row| {
+                message_from_row(row, 0)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn post_message(&self, post: &UserPost<'_>, asked_at: Instant) -> Result<Posted, Error> {
+        self.write_asked_at(asked_at, |tx| {
+            let session = owned_session(tx, post.owner, post.session)?;
+            if let Some(key) = post.idempotency_key
+                && let Some(replayed) = replay(tx, post.owner, post.session, key.key, &key.since)?
+            {
+                return Ok(replayed);
+            }
+            let message = insert_message(tx, &session, post.message, &post.now)?;
+            if let Some(key) = post.idempotency_key {
+                remember_key(
+                    tx,
+                    post.owner,
+                    post.session,
+                    key.key,
+                    message.id,
+                    &post.now,
+                    &key.since,
+                )?;
+            }
+            Ok(Posted::Stored(message))
+        })
+    }
+
+    fn reply_for(&self, message: MessageId) -> Result<Option<Message>, Error> {
+        self.read(|conn| reply_for(conn, message))
+    }
+
+    fn reply_context(
+        &self,
+        session: SessionId,
+        before_seq: i64,
+        history: u32,
+    ) -> Result<ReplyContext, Error> {
+        self.read(|conn| {
+            let category: String = conn
+                .prepare_cached("SELECT category FROM chat_sessions WHERE id = ?1")?
+                .query_row([session.to_string()], |row| row.get(0))
+                .optional()?
+                .ok_or(Error::NotFound)?;
+            let mut statement = conn.prepare_cached(
+                "SELECT sender, content FROM chat_messages \
+                 WHERE session_id = ?1 AND seq < ?2 AND sender != 'system' ORDER BY seq DESC LIMIT ?3",
+            )?;
+            let rows = statement.query_map(
+                params![session.to_string(), before_seq, history],
+                |row| {
+                    let sender: String = row.get(0)?;
+                    Ok(HistoryTurn {
+                        sender: sender.parse().unwrap_or(Sender::User),
+                        content: row.get(1)?,
+                    })
+                },
+            )?;
+            let mut history = rows.collect::<Result<Vec<_>, _>>()?;
+            history.reverse();
+            Ok(ReplyContext {
+                category: category.parse().unwrap_or_default(),
+                history,
+            })
+        })
+    }
+
+    fn store_reply(
+        &self,
+        session: SessionId,
+        reply: &NewMessage,
+        now: DateTime<Utc>,
+        asked_at: Instant,
+    ) -> Result<Message, Error> {
+        self.write_asked_at(asked_at, |tx| {
+            let stored = session_by_id(tx, session)?.ok_or(Error::NotFound)?;
+            if let Some(reply_to) = reply.reply_to
+                && let Some(existing) = reply_for(tx, reply_to)?
+            {
+                return Ok(existing);
+            }
+            insert_message(tx, &stored, reply, &now)
+        })
+    }
+}
+
+/// The session list's two queries (count, then the page joined to each session's last
+/// message) on one connection.
+fn session_page(
+    conn: &Connection,
+    owner: UserId,
+    filter: SessionFilter,
+    page: PageRequest,
+) -> Result<Page<SessionSummary>, Error> {
+    let category = filter.category.map(Category::as_str);
+    let count: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM chat_sessions \
+             WHERE user_id = ?1 AND (?2 IS NULL OR category = ?2) AND (?3 IS NULL OR is_active = ?3)",
+        )?
+        .query_row(params![owner.0, category, filter.is_active], |row| row.get(0))?;
+    let count = u64::try_from(count).unwrap_or_default();
+    let (number, num_pages) = page.resolve(count)?;
+    let offset = i64::from(number - 1) * i64::from(PAGE_SIZE);
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS_S}, {MESSAGE_COLUMNS_M} FROM chat_sessions s \
+         LEFT JOIN chat_messages m ON m.session_id = s.id AND m.seq = s.last_seq \
+         WHERE s.user_id = ?1 AND (?2 IS NULL OR s.category = ?2) AND (?3 IS NULL OR s.is_active = ?3) \
+         ORDER BY s.updated_at DESC, s.created_at DESC, s.rowid DESC LIMIT ?4 OFFSET ?5"
+    ))?;
+    let rows = statement.query_map(
+        params![owner.0, category, filter.is_active, PAGE_SIZE, offset],
+        |row| {
+            let session = session_from_row(row, 0)?;
+            let last_message = match row.get::<_, Option<String>>(SESSION_COLUMN_COUNT)? {
+                Some(_) => Some(message_from_row(row, SESSION_COLUMN_COUNT)?),
+                None => None,
+            };
+            Ok(SessionSummary {
+                session,
+                last_message,
+            })
+        },
+    )?;
+    let results = rows.collect::<Result<Vec<_>, _>>()?;
+    Ok(Page {
+        count,
+        number,
+        num_pages,
+        results,
+    })
+}
+
+/// Inserts a message with the session's next sequence number and moves the session's
+/// count, last sequence and `updated_at` in the same transaction.
+pub(super) fn insert_message(
+    tx: &WriteTx<'_>,
+    session: &StoredSession,
+    new: &NewMessage,
+    now: &DateTime<Utc>,
+) -> Result<Message, Error> {
+    let seq = session.last_seq + 1;
+    let metadata = serde_json::to_string(&new.metadata)
+        .map_err(|e| Error::Internal(InternalError::from_error(e)))?;
+    tx.prepare_cached(
+        "INSERT INTO chat_messages (id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        new.id.to_string(),
+        session.session.id.to_string(),
+        seq,
+        new.sender.as_str(),
+        new.message_type.as_str(),
+        new.content,
+        metadata,
+        time::to_micros(now),
+        new.reply_to.map(|id| id.to_string()),
+    ])?;
+    let updated_at = next_updated_at(&session.session.updated_at, now);
+    tx.prepare_cached(
+        "UPDATE chat_sessions SET last_seq = ?1, message_count = message_count + 1, updated_at = ?2 WHERE id = ?3",
+    )?
+    .execute(params![seq, time::to_micros(&updated_at), session.session.id.to_string()])?;
+    Ok(Message {
+        id: new.id,
+        session_id: session.session.id,
+        seq,
+        content: new.content.clone(),
+        sender: new.sender,
+        message_type: new.message_type,
+        metadata: new.metadata.clone(),
+        timestamp: *now,
+        reply_to: new.reply_to,
+    })
+}
+
+/// The first result of an idempotency key used by `owner` on the session since `since`.
+fn replay(
+    tx: &WriteTx<'_>,
+    owner: UserId,
+    id: SessionId,
+    key: &str,
+    since: &DateTime<Utc>,
+) -> Result<Option<Posted>, Error> {
+    let message_id: Option<String> = tx
+        .prepare_cached(
+            "SELECT message_id FROM idempotency_keys \
+             WHERE session_id = ?1 AND user_id = ?2 AND key = ?3 AND created_at >= ?4",
+        )?
+        .query_row(
+            params![id.to_string(), owner.0, key, time::to_micros(since)],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let Some(message_id) = message_id else {
+        return Ok(None);
+    };
+    let message = tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE id = ?1"
+        ))?
+        .query_row([&message_id], |row| message_from_row(row, 0))
+        .optional()?;
+    let Some(message) = message else {
+        return Ok(None);
+    };
+    let reply = reply_for(tx, message.id)?;
+    Ok(Some(Posted::Replayed { message, reply }))
+}
+
+fn remember_key(
+    tx: &WriteTx<'_>,
+    owner: UserId,
+    id: SessionId,
+    key: &str,
+    message_id: MessageId,
+    now: &DateTime<Utc>,
+    since: &DateTime<Utc>,
+) -> Result<(), Error> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency_keys (session_id, user_id, key, message_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        id.to_string(),
+        owner.0,
+        key,
+        message_id.to_string(),
+        time::to_micros(now)
+    ])?;
+    // Forget a few expired keys each time one is remembered, so the table stays small
+    // without a separate sweeper.
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE (session_id, user_id, key) IN \
+         (SELECT session_id, user_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT 100)",
+    )?
+    .execute([time::to_micros(since)])?;
+    Ok(())
+}
+
+fn reply_for(conn: &Connection, message_id: MessageId) -> Result<Option<Message>, Error> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE reply_to = ?1 ORDER BY seq LIMIT 1"
+        ))?
+        .query_row([message_id.to_string()], |row| message_from_row(row, 0))
+        .optional()?)
+}
+
+fn message_seq(
+    conn: &Connection,
+    session: SessionId,
+    message_id: MessageId,
+) -> Result<Option<i64>, Error> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM chat_messages WHERE id = ?1 AND session_id = ?2")?
+        .query_row(
+            params![message_id.to_string(), session.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
+/// Every message of a session, in storage order.
+pub(super) fn all_messages(conn: &Connection, id: SessionId) -> Result<Vec<Message>, Error> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 ORDER BY seq"
+    ))?;
+    let rows = statement.query_map([id.to_string()], |row| message_from_row(row, 0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A session row with the bookkeeping the API does not show.
+pub(super) struct StoredSession {
+    pub(super) session: ChatSession,
+    pub(super) last_seq: i64,
+}
+
+impl std::ops::Deref for StoredSession {
+    type Target = ChatSession;
+
+    fn deref(&self) -> &ChatSession {
+        &self.session
+    }
+}
+
+pub(super) const SESSION_COLUMNS: &str =
+    "id, user_id, title, category, is_active, created_at, updated_at, message_count, last_seq";
+const SESSION_COLUMNS_S: &str = "s.id, s.user_id, s.title, s.category, s.is_active, s.created_at, s.updated_at, s.message_count, s.last_seq";
+const SESSION_COLUMN_COUNT: usize = 9;
+const MESSAGE_COLUMNS: &str =
+    "id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to";
+const MESSAGE_COLUMNS_M: &str = "m.id, m.session_id, m.seq, m.sender, m.message_type, m.content, m.metadata, m.created_at, m.reply_to";
+
+fn owned_session(conn: &Connection, owner: UserId, id: SessionId) -> Result<StoredSession, Error> {
+    session_by_id(conn, id)?
+        .filter(|stored| stored.session.user_id == owner)
+        .ok_or(Error::NotFound)
+}
+
+/// The session with this id, whoever owns it.
+pub(super) fn session_by_id(
+    conn: &Connection,
+    id: SessionId,
+) -> Result<Option<StoredSession>, Error> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = ?1"
+        ))?
+        .query_row([id.to_string()], |row| {
+            Ok(StoredSession {
+                session: session_from_row(row, 0)?,
+                last_seq: row.get(8)?,
+            })
+        })
+        .optional()?)
+}
+
+fn uuid_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Uuid> {
+    let text: String = row.get(index)?;
+    Uuid::parse_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// A session from the columns of [`SESSION_COLUMNS`] starting at `at`.
+pub(super) fn session_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<ChatSession> {
+    let category: String = row.get(at + 3)?;
+    let message_count: i64 = row.get(at + 7)?;
+    Ok(ChatSession {
+        id: SessionId(uuid_column(row, at)?),
+        user_id: UserId(row.get(at + 1)?),
+        title: row.get(at + 2)?,
+        category: category.parse().unwrap_or_default(),
+        is_active: row.get(at + 4)?,
+        created_at: time::from_micros(row.get(at + 5)?),
+        updated_at: time::from_micros(row.get(at + 6)?),
+        message_count: u64::try_from(message_count).unwrap_or_default(),
+    })
+}
+
+fn message_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    let sender: String = row.get(at + 3)?;
+    let message_type: String = row.get(at + 4)?;
+    let metadata: String = row.get(at + 6)?;
+    let reply_to: Option<String> = row.get(at + 8)?;
+    Ok(Message {
+        id: MessageId(uuid_column(row, at)?),
+        session_id: SessionId(uuid_column(row, at + 1)?),
+        seq: row.get(at + 2)?,
+        sender: sender.parse().unwrap_or(Sender::System),
+        message_type: message_type.parse().unwrap_or(MessageType::Text),
+        content: row.get(at + 5)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        timestamp: time::from_micros(row.get(at + 7)?),
+        reply_to: reply_to
+            .and_then(|id| Uuid::parse_str(&id).ok())
+            .map(MessageId),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use std::time::Duration;
+
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
+
+    use super::*;
+    use crate::Narutalk;
+    use crate::accounts::{NewUser, Role};
+    use crate::ai::AiReply;
+    use crate::chat::PostOutcome;
+    use crate::config::Config;
+    use crate::fields::JsonObject;
+    use crate::store::OpenMode;
+
+    /// Counts the statements SQLite runs on `conn` while `f` runs.
+    fn statements_run(conn: &mut Connection, f: impl FnOnce(&Connection)) -> usize {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let seen = counter.clone();
+        conn.trace_v2(
+            TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(move |event: TraceEvent<'_>| {
+                if let TraceEvent::Stmt(..) = event {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+        )
+        .unwrap();
+        f(conn);
+        conn.trace_v2(TraceEventCodes::empty(), None::<fn(TraceEvent<'_>)>)
+            .unwrap();
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// The reply's claim and the wait of a repeated post, when the database refuses the
+    /// reply (another connection holds the write lock past the write's deadline).
+    #[test]
+    fn a_reply_the_database_refuses_stays_claimed_until_a_later_try_stores_it() {
+        // Arrange: a stored message with an idempotency key and its produced reply.
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_tests(dir.path());
+        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
+        let user = narutalk
+            .accounts()
+            .create(&NewUser {
+                email: "kim@example.com".into(),
+                username: "kim".into(),
+                password: "violet-harbour-42".into(),
+                role: Role::Doctor,
+                department: String::new(),
+                is_verified: false,
+            })
+            .unwrap();
+        let session = narutalk
+            .chat()
+            .create_session(user.id, "s", Category::General)
+            .unwrap()
+            .session
+            .id;
+        let body = serde_json::json!({"content": "hello"});
+        let body = body.as_object().unwrap();
+        let post = || {
+            narutalk
+                .chat()
+                .post_message_fields(user.id, session, body, Some("k1"))
+                .unwrap()
+        };
+        let PostOutcome::Stored(message, claim) = post() else {
+            panic!("the first post stores")
+        };
+        let turn = narutalk.chat().prepare_reply(&message, claim).unwrap();
+        let pending = turn.into_reply(Ok(AiReply {
+            content: "hi".into(),
+            metadata: JsonObject::new(),
+        }));
+        let reply_id = pending.reply_id();
+        // Another process holds the write lock; the store asked almost 5 s ago.
+        let other = Connection::open(&config.database).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let almost_due = Instant::now()
+            .checked_sub(crate::store::WRITE_DEADLINE - Duration::from_millis(200))
+            .unwrap();
+
+        // Act
+        let refused = narutalk
+            .chat()
+            .asked_at(almost_due)
+            .store_pending_reply(pending)
+            .unwrap_err();
+        other.execute_batch("ROLLBACK").unwrap();
+
+        // Assert: the reply is kept, and a repeat hears at once that it is not stored.
+        assert!(
+            matches!(refused.error, Error::Unavailable(_)),
+            "{refused:?}"
+        );
+        let pending = *refused.pending.unwrap();
+        let PostOutcome::Replayed { reply: None, .. } = post() else {
+            panic!("the repeat finds the message without its reply")
+        };
+        let waited = narutalk
+            .chat()
+            .wait_for_reply(&message, Duration::from_secs(600));
+        assert!(matches!(waited, Err(Error::Unavailable(_))), "{waited:?}");
+        let reply = narutalk.chat().store_pending_reply(pending).unwrap();
+        assert_eq!((reply.id, reply.content.as_str()), (reply_id, "hi"));
+        let PostOutcome::Replayed {
+            reply: Some(replayed),
+            ..
+        } = post()
+        else {
+            panic!("the repeat finds the reply")
+        };
+        assert_eq!(replayed, reply);
+        let contents: Vec<String> = narutalk
+            .chat()
+            .session(user.id, session)
+            .unwrap()
+            .messages
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(contents, ["hello", "hi"]);
+    }
+
+    #[test]
+    fn a_page_of_the_session_list_is_two_queries_however_many_sessions_it_shows() {
+        // Arrange: a user with 50 sessions, each with a message and its reply.
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_tests(dir.path());
+        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
+        let user = narutalk
+            .accounts()
+            .create(&NewUser {
+                email: "kim@example.com".into(),
+                username: "kim".into(),
+                password: "violet-harbour-42".into(),
+                role: Role::Doctor,
+                department: String::new(),
+                is_verified: false,
+            })
+            .unwrap();
+        for n in 0..50 {
+            let session = narutalk
+                .chat()
+                .create_session(user.id, &format!("s{n}"), Category::General)
+                .unwrap();
+            narutalk
+                .send_message(user.id, session.session.id, "hello")
+                .unwrap();
+        }
+        let mut conn = Connection::open(&config.database).unwrap();
+
+        // Act
+        let mut pages = Vec::new();
+        let first = statements_run(&mut conn, |conn| {
+            pages.push(
+                session_page(
+                    conn,
+                    user.id,
+                    SessionFilter::default(),
+                    PageRequest::Number(1),
+                )
+                .unwrap(),
+            );
+        });
+        let last = statements_run(&mut conn, |conn| {
+            pages.push(
+                session_page(conn, user.id, SessionFilter::default(), PageRequest::Last).unwrap(),
+            );
+        });
+
+        // Assert
+        assert_eq!((first, last), (2, 2));
+        assert_eq!(pages[0].results.len(), 20);
+        assert_eq!(pages[1].results.len(), 10);
+        assert!(
+            pages
+                .iter()
+                .flat_map(|p| &p.results)
+                .all(|s| s.last_message.is_some())
+        );
+    }
+}
