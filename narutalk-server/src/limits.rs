@@ -312,7 +312,10 @@ impl HashGate {
         }
         let _waiting = Waiting(&self.waiting);
         let _counted = GaugeHold::new(metrics::HASH_GATE_WAITING);
-        self.running.acquire().await.map_err(|_| ApiError::Internal)
+        self.running
+            .acquire()
+            .await
+            .map_err(|closed| ApiError::internal("the hashing gate is closed", closed))
     }
 }
 

@@ -313,6 +313,10 @@ async fn sigterm_closes_open_websockets_with_1001_and_exits_0_without_logging_th
     assert_eq!(socket_lines.len(), 1, "{stderr}");
     assert_eq!(socket_lines[0]["fields"]["code"], 1001);
     assert_eq!(socket_lines[0]["fields"]["session"], session.as_str());
+    assert_eq!(
+        socket_lines[0]["span"]["request_id"], socket_lines[0]["fields"]["request_id"],
+        "the socket's line is in its handshake's span"
+    );
     assert!(!stderr.contains(&access), "a token was logged");
 }
 
