@@ -106,7 +106,7 @@ impl Launch {
     }
 
     /// Stops when the future `stop` makes of the core completes, instead of on SIGINT or
-    /// SIGTERM.
+    /// SIGTERM. `stop` is called before the announcement.
     pub fn until<F>(self, stop: impl FnOnce(Arc<Narutalk>) -> F + 'static) -> Launch
     where
         F: Future<Output = ()> + 'static,
@@ -169,8 +169,10 @@ impl Launch {
         .map_err(failed("starting the core"))?
         .map_err(LaunchError::Core)?;
         let core = Arc::new(core);
+        // Made before the announcement: a stop that listens for signals listens from now.
+        let stop = until(core.clone());
         announce(&started);
-        let serving = server::serve_with(core.clone(), &config, listener, options, until(core));
+        let serving = server::serve_with(core, &config, listener, options, stop);
         match metrics {
             Some(metrics) => metrics.serve_while(serving).await,
             None => serving.await,
@@ -179,27 +181,38 @@ impl Launch {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn signals() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM. The handlers are installed when it is called, not
+/// when it is first awaited, so a signal sent once the start line is out is never the
+/// default action's (which would end the process at once, without the drain).
+pub fn signals() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            // A handler that could not be installed does not wait (as `ctrl_c` does not).
+            let interrupt = async {
+                if let Ok(mut interrupt) = interrupt {
+                    interrupt.recv().await;
                 }
             };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+            match terminate {
+                Ok(mut terminate) => {
+                    tokio::select! {
+                        () = interrupt => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                Err(_) => interrupt.await,
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
