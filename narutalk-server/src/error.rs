@@ -1,11 +1,20 @@
-//! The contract's error answers (section 1) and the one translation of core errors into them.
+//! The contract's error answers (section 1) and the one translation of core errors into
+//! them.
+//!
+//! An internal error keeps its cause ([`Cause`]) for the log and answers only the
+//! contract's 500 body. The cause is logged once, when it is dropped: after its answer was
+//! built, or when nobody was left to hear it. Requests run inside a span that carries
+//! their id, so the line says which request failed.
+
+use std::error::Error as StdError;
+use std::fmt;
 
 use narutalk_core::accounts::password;
 use narutalk_core::error::{Error as CoreError, FieldErrors, TokenProblem};
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 
-use crate::http::{Response, json_response};
+use crate::response::{Response, json_response};
 
 /// The `WWW-Authenticate` header of every 401, as DRF and simplejwt send it.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"api\"";
@@ -58,11 +67,90 @@ pub enum ApiError {
     Throttled(u64),
     /// 503: the password-hashing queue is full or the database is unavailable.
     Unavailable,
-    /// 500; the cause has been logged and is never shown.
-    Internal,
+    /// 500; the cause is logged (once, with the request id) and never shown.
+    Internal(#[allow(dead_code, reason = "held only to be logged when dropped")] Cause),
+}
+
+/// Why a request failed inside the server: what went wrong and, when there is one, the
+/// error beneath it with its own sources. Only the log sees it: it is logged as an error
+/// when it is dropped, in the span of the request it belongs to.
+pub struct Cause {
+    what: &'static str,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl Cause {
+    /// The source and every error beneath it, outermost first, joined by `: `; empty
+    /// without a source.
+    pub fn chain(&self) -> String {
+        self.source
+            .as_deref()
+            .map(|source| chain(source as &dyn StdError))
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cause")
+            .field("what", &self.what)
+            .field("source", &self.chain())
+            .finish()
+    }
+}
+
+impl Drop for Cause {
+    fn drop(&mut self) {
+        match &self.source {
+            Some(_) => tracing::error!(cause = self.chain(), "internal error: {}", self.what),
+            None => tracing::error!("internal error: {}", self.what),
+        }
+    }
+}
+
+/// An error with every error beneath it, outermost first, joined by `: ` (an error's own
+/// text often says only what failed; the reason, such as `Connection refused`, is
+/// beneath it). A source whose text ends its parent's is not repeated.
+pub fn chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl ApiError {
+    /// 500: `what` failed because of `source` (logged, never shown).
+    pub fn internal(
+        what: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        ApiError::Internal(Cause {
+            what,
+            source: Some(source.into()),
+        })
+    }
+
+    /// 500 for a state the server never reaches unless it has a bug: `what` says which.
+    pub fn bug(what: &'static str) -> Self {
+        ApiError::Internal(Cause { what, source: None })
+    }
+
+    /// The answer to an access token the core refused: its storage errors keep their
+    /// status, every other refusal is the contract's one 401 for access tokens.
+    pub fn access_refused(error: CoreError) -> Self {
+        match error {
+            CoreError::Unavailable(_) | CoreError::Internal(_) => ApiError::from(error),
+            _ => ApiError::InvalidAccessToken,
+        }
+    }
+
     /// The HTTP status of this answer.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -84,7 +172,7 @@ impl ApiError {
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::BadHandshake => StatusCode::BAD_REQUEST,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -146,7 +234,7 @@ impl ApiError {
             ApiError::Unavailable => {
                 json!({ "detail": "Service temporarily unavailable, try again later." })
             }
-            ApiError::Internal => json!({ "detail": "A server error occurred." }),
+            ApiError::Internal(_) => json!({ "detail": "A server error occurred." }),
         }
     }
 
@@ -183,7 +271,7 @@ impl ApiError {
     /// The same answer as one line of text, for the `error` frame of a WebSocket: the
     /// `detail`, or each field's messages after its name. `rename` gives the name a
     /// field has on the socket (the REST `content` is the frame's `message`).
-    pub fn text(&self, rename: impl Fn(&str) -> &str) -> String {
+    pub fn into_text(self, rename: impl Fn(&str) -> &str) -> String {
         match self {
             ApiError::Fields(errors) => errors
                 .iter()
@@ -237,16 +325,21 @@ impl From<CoreError> for ApiError {
                 tracing::warn!(%cause, "storage unavailable");
                 ApiError::Unavailable
             }
-            CoreError::Internal(cause) => {
-                tracing::error!(cause = %format_args!("{cause:#}"), "internal error");
-                ApiError::Internal
-            }
+            error @ CoreError::Internal(_) => core_internal(error),
         }
     }
 }
 
+/// The one place that reads the core's internal error: the logged cause is the core's
+/// [`CoreError::detail`] followed by the errors beneath it.
+fn core_internal(error: CoreError) -> ApiError {
+    ApiError::internal("the core failed", error)
+}
+
 #[cfg(test)]
 mod tests {
+    use narutalk_core::error::InternalError;
+
     use super::*;
 
     #[test]
@@ -269,9 +362,9 @@ mod tests {
 
     #[test]
     fn socket_text_is_the_detail_or_each_field_after_its_name() {
-        assert_eq!(ApiError::NotFound.text(|f| f), "Not found.");
+        assert_eq!(ApiError::NotFound.into_text(|f| f), "Not found.");
         assert_eq!(
-            ApiError::Throttled(3).text(|f| f),
+            ApiError::Throttled(3).into_text(|f| f),
             "Request was throttled. Expected available in 3 seconds."
         );
         let mut errors = FieldErrors::new();
@@ -281,11 +374,129 @@ mod tests {
             "Expected a dictionary of items but got type \"list\".",
         );
         errors.add(FieldErrors::NON_FIELD, "Something else.");
-        let text = ApiError::Fields(errors).text(|f| if f == "content" { "message" } else { f });
+        let text =
+            ApiError::Fields(errors).into_text(|f| if f == "content" { "message" } else { f });
         assert_eq!(
             text,
             "message: This field may not be blank.; metadata: Expected a dictionary of items \
              but got type \"list\".; Something else."
         );
+    }
+
+    #[test]
+    fn an_internal_error_shows_only_the_contracts_body() {
+        let error = ApiError::internal("reading the thing", "disk on fire");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            error.body(),
+            json!({ "detail": "A server error occurred." })
+        );
+        assert_eq!(error.into_text(|f| f), "A server error occurred.");
+    }
+
+    #[test]
+    fn an_internal_errors_cause_is_logged_once_with_its_sources_in_the_requests_span() {
+        // Arrange
+        let logged = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(logged.clone())
+            .finish();
+
+        // Act
+        let response = tracing::subscriber::with_default(subscriber, || {
+            let _request = tracing::error_span!("request", request_id = "r-1").entered();
+            let cause = std::io::Error::other(Outer(std::io::Error::other("disk on fire")));
+            ApiError::internal("reading the thing", cause).into_response()
+        });
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = logged.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let line = &lines[0];
+        assert_eq!(line["level"], "ERROR");
+        assert_eq!(line["span"]["request_id"], "r-1");
+        assert_eq!(
+            line["fields"]["message"],
+            "internal error: reading the thing"
+        );
+        assert_eq!(line["fields"]["cause"], "the outer failure: disk on fire");
+    }
+
+    #[test]
+    fn a_core_internal_error_logs_the_cores_detail_and_the_errors_beneath_it() {
+        // Arrange
+        let logged = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(logged.clone())
+            .finish();
+        let core_error = CoreError::Internal(InternalError::from_error(Outer(
+            std::io::Error::other("disk on fire"),
+        )));
+        let detail = core_error.detail();
+
+        // Act
+        let response = tracing::subscriber::with_default(subscriber, || {
+            ApiError::from(core_error).into_response()
+        });
+
+        // Assert
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = logged.text();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["fields"]["message"], "internal error: the core failed");
+        assert_eq!(detail, "internal error: the outer failure");
+        assert_eq!(line["fields"]["cause"], format!("{detail}: disk on fire"));
+    }
+
+    /// An error with a source.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("the outer failure")
+        }
+    }
+
+    impl StdError for Outer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// What a subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
     }
 }

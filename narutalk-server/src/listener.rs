@@ -23,7 +23,7 @@ use warp::filters::BoxedFilter;
 use warp::http::HeaderValue;
 
 use crate::body::{BodyPace, RequestBody};
-use crate::http::Response;
+use crate::response::Response;
 
 /// The TCP peer of a request, put into its extensions by the accept loop.
 #[derive(Clone, Copy, Debug)]

@@ -3,18 +3,32 @@
 //! forwarded into the same lines without their source file and line: those name the
 //! machine that built the binary (its registry paths), never anything about this server.
 
+use std::fmt;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use tracing::level_filters::LevelFilter;
 use tracing_log::{AsLog, LogTracer};
 
 use crate::settings::{LogFormat, Settings};
 
+/// Why the logger could not be installed, in one line.
+#[derive(Debug)]
+pub struct LoggerError(String);
+
+impl fmt::Display for LoggerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoggerError {}
+
 /// Installs the process's logger; an error when `NARUTALK_LOG` is not a valid filter or
 /// a logger is installed already.
-pub fn init(config: &Settings) -> anyhow::Result<()> {
+pub fn init(config: &Settings) -> Result<(), LoggerError> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|error| anyhow::anyhow!("invalid setting NARUTALK_LOG: {error}"))?;
+        .map_err(|error| LoggerError(format!("invalid setting NARUTALK_LOG: {error}")))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -23,11 +37,22 @@ pub fn init(config: &Settings) -> anyhow::Result<()> {
         LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()),
         LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
     };
-    installed.map_err(|error| anyhow::anyhow!("installing the logger: {error}"))?;
-    log::set_boxed_logger(Box::new(WithoutPaths(LogTracer::new())))
-        .map_err(|error| anyhow::anyhow!("installing the logger of third-party crates: {error}"))?;
+    installed.map_err(|error| LoggerError(format!("installing the logger: {error}")))?;
+    log::set_boxed_logger(Box::new(WithoutPaths(LogTracer::new()))).map_err(|error| {
+        LoggerError(format!(
+            "installing the logger of third-party crates: {error}"
+        ))
+    })?;
     log::set_max_level(LevelFilter::current().as_log());
     Ok(())
+}
+
+/// A duration in milliseconds, rounded to the microsecond (as logs show durations).
+pub fn millis(duration: Duration) -> f64 {
+    // Exact below 2^53 µs (285 years).
+    #[allow(clippy::cast_precision_loss)]
+    let micros = duration.as_micros() as f64;
+    micros / 1000.0
 }
 
 /// Forwards `log` records to `tracing` as [`LogTracer`] does, minus their file and line.
@@ -49,4 +74,20 @@ impl log::Log for WithoutPaths {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_durations_are_milliseconds_rounded_to_the_microsecond() {
+        assert_eq!(millis(Duration::from_nanos(777_938)), 0.777);
+        assert_eq!(millis(Duration::from_nanos(1_500)), 0.001);
+        assert_eq!(millis(Duration::from_secs(30)), 30_000.0);
+        assert_eq!(
+            serde_json::json!(millis(Duration::from_nanos(777_938))).to_string(),
+            "0.777"
+        );
+    }
 }

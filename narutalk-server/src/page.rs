@@ -17,7 +17,8 @@ use sha2::{Digest, Sha256};
 use warp::http::{HeaderValue, Method, StatusCode, header};
 
 use crate::error::ApiError;
-use crate::http::{Request, Response};
+use crate::http::Request;
+use crate::response::Response;
 
 /// The `Content-Security-Policy` of the page and its assets (contract section 11).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \

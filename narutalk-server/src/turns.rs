@@ -38,18 +38,64 @@ use narutalk_core::error::Error as CoreError;
 use narutalk_core::fields::JsonObject;
 use tokio::sync::oneshot;
 use tokio::sync::oneshot::error::TryRecvError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
+use crate::calls::Calls;
 use crate::error::ApiError;
+use crate::frames;
+use crate::hub::{Hub, RoomEvent};
 use crate::metrics::{self, GaugeHold};
-use crate::state::State;
-use crate::ws::frames;
-use crate::ws::hub::RoomEvent;
 
 /// The first wait before storing a refused reply again; it doubles after each refusal.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// The longest wait between two tries to store a refused reply.
 const LAST_RETRY: Duration = Duration::from_secs(2);
+
+/// What the AI turns of the process share: the core, the rooms their messages go to, the
+/// sessions' lines, and the tasks the turns run in.
+pub struct Turns {
+    calls: Arc<Calls>,
+    hub: Arc<dyn Hub>,
+    lines: SessionLines,
+    /// The turns running in their own tasks, and the socket messages being stored; a
+    /// shutdown waits for them.
+    pub tasks: TaskTracker,
+    /// Cancelled when a shutdown begins: a reply the database refuses is given up.
+    stopping: CancellationToken,
+}
+
+impl Turns {
+    /// Turns that call the core through `calls` and publish to `hub`.
+    pub fn new(calls: Arc<Calls>, hub: Arc<dyn Hub>) -> Turns {
+        Turns {
+            calls,
+            hub,
+            lines: SessionLines::default(),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// Waits (at most `limit`) for the turns in flight to store their replies; a reply
+    /// the database refuses is given up at once. No turn starts in a task afterwards.
+    pub async fn finish(&self, limit: Duration) {
+        self.stopping.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                turns = self.tasks.len(),
+                drain_seconds = limit.as_secs(),
+                "stopped before every AI turn finished: turns were still running when the drain time ran out"
+            );
+        }
+    }
+}
 
 /// The lines of the sessions that have turns in flight.
 #[derive(Default)]
@@ -218,18 +264,19 @@ struct Unstored {
 /// When the message is stored but the database will not take its reply, the caller hears
 /// 503 at once, and the task goes on trying to store the reply (see [`answer`]).
 pub async fn exchange(
-    state: Arc<State>,
+    turns: Arc<Turns>,
     owner: UserId,
     session: SessionId,
     body: JsonObject,
     idempotency_key: Option<String>,
 ) -> Result<Exchange, ApiError> {
     let (answered, answer_of) = oneshot::channel();
-    state.tasks.spawn({
-        let state = state.clone();
+    turns.tasks.spawn({
+        let turns = turns.clone();
         async move {
-            let shared = state.clone();
-            let first = state
+            let shared = turns.clone();
+            let first = turns
+                .calls
                 .run(move |core| {
                     let (outcome, mut place) =
                         store_message(&shared, core, owner, session, &body, idempotency_key)?;
@@ -254,7 +301,7 @@ pub async fn exchange(
                     return;
                 }
                 Ok(FirstCall::Posted(Posted::Waiting { message, turn })) => {
-                    match produce(state.clone(), message.clone(), turn).await {
+                    match produce(turns.clone(), message.clone(), turn).await {
                         Ok(Answered::Stored(reply)) => {
                             let _ = answered.send(Ok(Exchange { message, reply }));
                             return;
@@ -275,29 +322,31 @@ pub async fn exchange(
             // The message is stored, its reply is not: the client hears 503 now, and the
             // reply is stored once the database takes it, whether or not anyone listens.
             let _ = answered.send(Err(ApiError::Unavailable));
-            let _ = keep_storing(state, unstored).await;
+            let _ = keep_storing(turns, unstored).await;
         }
+        .in_current_span()
     });
     match answer_of.await {
         Ok(result) => result,
-        Err(_) => {
-            tracing::error!("a chat turn failed before answering");
-            Err(ApiError::Internal)
-        }
+        Err(ended) => Err(ApiError::internal(
+            "a chat turn ended before answering",
+            ended,
+        )),
     }
 }
 
 /// Stores a user message (the core checks it) and takes its place in the session's line;
 /// a new message is broadcast to the session's sockets before anything else happens.
 pub async fn post(
-    state: &Arc<State>,
+    turns: &Arc<Turns>,
     owner: UserId,
     session: SessionId,
     body: JsonObject,
     idempotency_key: Option<String>,
 ) -> Result<Posted, ApiError> {
-    let shared = state.clone();
-    state
+    let shared = turns.clone();
+    turns
+        .calls
         .run(move |core| {
             let (outcome, place) =
                 store_message(&shared, core, owner, session, &body, idempotency_key)?;
@@ -308,7 +357,7 @@ pub async fn post(
 
 /// Stores the message and joins the line (blocking), publishing a new message.
 fn store_message(
-    state: &State,
+    turns: &Turns,
     core: &Narutalk,
     owner: UserId,
     session: SessionId,
@@ -316,7 +365,7 @@ fn store_message(
     idempotency_key: Option<String>,
 ) -> Result<(PostOutcome, Place), CoreError> {
     let asked_at = Instant::now();
-    state.lines.join(session, || {
+    turns.lines.join(session, || {
         let outcome = core.chat().asked_at(asked_at).post_message_fields(
             owner,
             session,
@@ -324,7 +373,7 @@ fn store_message(
             idempotency_key.as_deref(),
         )?;
         if let PostOutcome::Stored(message, _) = &outcome {
-            publish_stored(state, message);
+            publish_stored(turns, message);
         }
         Ok(outcome)
     })
@@ -361,22 +410,23 @@ fn posted(outcome: PostOutcome, place: Place) -> Posted {
 /// broadcast in the session's storage order. A failed AI call is logged once
 /// (`narutalk::ai`, a warning). A reply the database will not take is tried again with
 /// backoff (see [`keep_storing`]) before this returns.
-pub async fn answer(state: Arc<State>, message: Message, turn: Turn) -> Result<Message, ApiError> {
-    match produce(state.clone(), message, turn).await? {
+pub async fn answer(turns: Arc<Turns>, message: Message, turn: Turn) -> Result<Message, ApiError> {
+    match produce(turns.clone(), message, turn).await? {
         Answered::Stored(reply) => Ok(reply),
-        Answered::Unstored(unstored) => keep_storing(state, unstored).await,
+        Answered::Unstored(unstored) => keep_storing(turns, unstored).await,
     }
 }
 
 /// [`answer`] up to the first try to store the reply.
-async fn produce(state: Arc<State>, message: Message, turn: Turn) -> Result<Answered, ApiError> {
+async fn produce(turns: Arc<Turns>, message: Message, turn: Turn) -> Result<Answered, ApiError> {
     let Turn { mut place, claim } = turn;
     let claim = match claim {
         Some(claim) => claim,
         None => {
             let waited = message.clone();
-            let wait = state.core.reply_wait();
-            match state
+            let wait = turns.calls.core().reply_wait();
+            match turns
+                .calls
                 .run(move |core| core.chat().wait_for_reply(&waited, wait))
                 .await?
             {
@@ -389,9 +439,10 @@ async fn produce(state: Arc<State>, message: Message, turn: Turn) -> Result<Answ
         let _queued = GaugeHold::new(metrics::AI_QUEUED);
         place.ready().await;
     }
-    let shared = state.clone();
+    let shared = turns.clone();
     // The place goes with the call and is dropped when the reply is stored.
-    state
+    turns
+        .calls
         .run(move |core| answer_now(&shared, core, place, &message, claim))
         .await
 }
@@ -400,7 +451,7 @@ async fn produce(state: Arc<State>, message: Message, turn: Turn) -> Result<Answ
 /// 2 s) until it is stored, while holding the turn's place so that no later reply of the
 /// session is stored before it. Each try is bounded like any write. At shutdown it gives
 /// up and logs which reply stayed unstored; the user message stays without its reply.
-async fn keep_storing(state: Arc<State>, unstored: Unstored) -> Result<Message, ApiError> {
+async fn keep_storing(turns: Arc<Turns>, unstored: Unstored) -> Result<Message, ApiError> {
     let Unstored {
         pending,
         place,
@@ -418,7 +469,7 @@ async fn keep_storing(state: Arc<State>, unstored: Unstored) -> Result<Message, 
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            () = state.sockets.stopping() => {
+            () = turns.stopping.cancelled() => {
                 tracing::warn!(
                     session = %session,
                     message = %message,
@@ -428,9 +479,10 @@ async fn keep_storing(state: Arc<State>, unstored: Unstored) -> Result<Message, 
             }
         }
         wait = (wait * 2).min(LAST_RETRY);
-        let shared = state.clone();
+        let shared = turns.clone();
         let (pending, place) = kept;
-        let tried = state
+        let tried = turns
+            .calls
             .run(move |core| Ok(store_in_order(&shared, core, place, *pending)))
             .await?;
         match tried {
@@ -450,7 +502,7 @@ async fn keep_storing(state: Arc<State>, unstored: Unstored) -> Result<Message, 
 /// order. The place is dropped once the reply is stored, or handed back with a reply the
 /// database refused.
 fn answer_now(
-    state: &State,
+    turns: &Turns,
     core: &Narutalk,
     place: Place,
     message: &Message,
@@ -469,7 +521,7 @@ fn answer_now(
             metrics::ai_first_delta(responder, called.elapsed());
         }
         let frame = frames::ai_delta(reply_id, delta);
-        state.hub.publish(
+        turns.hub.publish(
             session,
             RoomEvent::Delta {
                 reply: reply_id,
@@ -487,13 +539,13 @@ fn answer_now(
     if let Err(error) = &outcome {
         log_failure(session, core.responder().name(), error);
     }
-    store_in_order(state, core, place, turn.into_reply(outcome))
+    store_in_order(turns, core, place, turn.into_reply(outcome))
 }
 
 /// Stores a produced reply under the session's line and publishes it; a reply the
 /// database refused comes back with the place.
 fn store_in_order(
-    state: &State,
+    turns: &Turns,
     core: &Narutalk,
     place: Place,
     pending: PendingReply,
@@ -502,7 +554,7 @@ fn store_in_order(
     let stored = place.in_order(|| {
         let stored = core.chat().asked_at(asked_at).store_pending_reply(pending);
         if let Ok(reply) = &stored {
-            publish_stored(state, reply);
+            publish_stored(turns, reply);
         }
         stored
     });
@@ -544,8 +596,8 @@ fn log_failure(session: SessionId, responder: &str, error: &ai::AiError) {
 
 /// Hands a stored message to its session's sockets. Callers hold the session's line, so
 /// messages are published in storage order.
-fn publish_stored(state: &State, message: &Message) {
-    state
+fn publish_stored(turns: &Turns, message: &Message) {
+    turns
         .hub
         .publish(message.session_id, RoomEvent::stored(message));
 }

@@ -1,11 +1,11 @@
 //! The server under test as a child process of the suite (a `kill -9` needs one): both
 //! ends of that arrangement.
 //!
-//! The suite re-executes its own binary with [`SERVE_FLAG`]. That child starts Narutalk as
-//! `narutalk-server`'s `main` does: settings from the `NARUTALK_*` variables (which the
-//! suite sets, after removing any it inherited), the core opened on a blocking thread,
-//! then `narutalk_server::serve_with`, and main's line `Narutalk is listening on
-//! http://ADDR/ ...` on standard output. It stops gracefully when its standard input
+//! The suite re-executes its own binary with [`SERVE_FLAG`]. That child starts Narutalk
+//! through `narutalk-server`'s own start (`narutalk_server::Launch`): settings from the
+//! `NARUTALK_*` variables (which the suite sets, after removing any it inherited), the
+//! core opened on a blocking thread, then the server, and main's line `Narutalk is
+//! listening on http://ADDR/ ...` on standard output. It stops gracefully when its standard input
 //! closes (so it never outlives the suite) or on SIGINT/SIGTERM. Its log goes to a file
 //! in the part's folder.
 //!
@@ -28,8 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use narutalk_core::Narutalk;
-use narutalk_core::store::OpenMode;
-use narutalk_server::ServeOptions;
+use narutalk_server::{Launch, ServeOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -395,33 +394,17 @@ pub fn serve_child(args: &[String]) -> ExitCode {
     }
 }
 
-/// What `narutalk-server`'s `main` does, with `options`.
+/// What `narutalk-server`'s `main` does (its own [`Launch`]), with `options` and the
+/// suite's stop and control channel.
 async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    use std::io::Write;
-    let (config, _) = narutalk_server::settings::Settings::load(
+    let (config, settings_file) = narutalk_server::settings::Settings::load(
         &narutalk_server::settings::Overrides::default(),
     )?;
-    narutalk_server::logging::init(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    let open_config = config.core.clone();
-    let core = tokio::task::spawn_blocking(move || {
-        Narutalk::open(&open_config, OpenMode::CreateIfMissing)
-    })
-    .await
-    .context("starting the core")??;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(
-            stdout,
-            "Narutalk is listening on http://{address}/ (API docs: http://{address}/api/docs/)"
-        )?;
-        stdout.flush()?;
-    }
-    let core = Arc::new(core);
-    narutalk_server::serve_with(core.clone(), &config, listener, options, stop_signal(core)).await;
+    Launch::new(config, settings_file)
+        .options(options)
+        .until(stop_signal)
+        .run()
+        .await?;
     println!("Narutalk stopped.");
     Ok(())
 }

@@ -1,17 +1,16 @@
 //! `/api/auth/`: contract section 2.
 
-use std::sync::Arc;
-
 use narutalk_core::accounts::{LoginInput, User};
 use narutalk_core::fields::JsonObject;
 use serde_json::Value;
 use warp::http::StatusCode;
 
-use crate::api::Caller;
+use crate::api::Call;
 use crate::docs;
 use crate::error::ApiError;
-use crate::http::{Request, Response, empty_response, json_response};
+use crate::http::Request;
 use crate::limits::Throttle;
+use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
 
 /// Registers an account. Throttled per client IP and per email.
@@ -29,7 +28,8 @@ use crate::state::State;
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn register(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     count_email(&state.throttles.register_email, &body)?;
     let user = state
@@ -57,7 +57,8 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn login(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     // Contract section 9: the fields first (400 spends nothing), then a failure budget,
     // then the hashing. The budget's token is reserved before the hashing and kept only
@@ -110,7 +111,8 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn refresh(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     let pair = state
         .run(move |core| core.tokens().refresh_fields(&body))
@@ -118,7 +120,7 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     if pair.is_err() {
         // A refused refresh may have been a reuse, which revoked its family: sockets
         // opened with the family's access tokens close now rather than at the next tick.
-        state.sockets.check_soon();
+        state.ws.sockets.check_soon();
     }
     Ok(json_response(StatusCode::OK, &pair?))
 }
@@ -137,13 +139,14 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn logout(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     let outcome = state
         .run(move |core| core.tokens().logout_fields(&body))
         .await;
     // A logout (or a reuse refused here) revoked a family: its sockets close now.
-    state.sockets.check_soon();
+    state.ws.sockets.check_soon();
     outcome?;
     Ok(empty_response(StatusCode::RESET_CONTENT))
 }
@@ -158,8 +161,8 @@ pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Respons
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub fn profile_get(user: User) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &user))
+pub async fn profile_get(call: Call<'_>) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &call.user()?))
 }
 
 /// Replaces the profile (username and email required).
@@ -177,12 +180,9 @@ pub fn profile_get(user: User) -> Result<Response, ApiError> {
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn profile_put(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
-    update_profile(state, request, user, false).await
+pub async fn profile_put(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    update_profile(call.state, call.request, user, false).await
 }
 
 /// Updates some of the profile's fields.
@@ -200,16 +200,13 @@ pub async fn profile_put(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn profile_patch(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
-    update_profile(state, request, user, true).await
+pub async fn profile_patch(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    update_profile(call.state, call.request, user, true).await
 }
 
 async fn update_profile(
-    state: &Arc<State>,
+    state: &State,
     request: &mut Request,
     user: User,
     partial: bool,
@@ -239,18 +236,16 @@ async fn update_profile(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn password(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
+pub async fn password(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     state
         .run(move |core| core.accounts().change_password_fields(user.id, &body))
         .await?;
     // A password change revokes every token of the user: their sockets close now rather
     // than at the watch's next tick.
-    state.sockets.check_soon();
+    state.ws.sockets.check_soon();
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
@@ -264,8 +259,10 @@ pub async fn password(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn dashboard(state: &Arc<State>, caller: Caller) -> Result<Response, ApiError> {
-    let dashboard = state
+pub async fn dashboard(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let dashboard = call
+        .state
         .run_as(caller, move |core, user| core.accounts().dashboard(user.id))
         .await?;
     Ok(json_response(StatusCode::OK, &dashboard))

@@ -2,20 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use narutalk_core::accounts::User;
 use narutalk_core::chat::{Message, Page, PageRequest, SessionFilter, SessionId};
 use serde::Serialize;
 use warp::http::StatusCode;
 
-use crate::api::Caller;
+use crate::api::Call;
 use crate::docs;
 use crate::error::ApiError;
-use crate::http::{Request, Response, empty_response, json_response, percent_encode, query_pairs};
+use crate::http::{Request, percent_encode, query_pairs};
+use crate::hub::RoomEvent;
+use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
 use crate::turns;
-use crate::ws::hub::RoomEvent;
 
 /// The user's sessions, most recently updated first.
 #[utoipa::path(
@@ -34,11 +33,9 @@ use crate::ws::hub::RoomEvent;
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn list_sessions(
-    state: &Arc<State>,
-    request: &mut Request,
-    caller: Caller,
-) -> Result<Response, ApiError> {
+pub async fn list_sessions(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let Call { state, request, .. } = call;
     // Read now, reported after the token is checked.
     let filter = SessionFilter::parse(
         request.query_param("category").as_deref(),
@@ -68,11 +65,9 @@ pub async fn list_sessions(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn create_session(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
+pub async fn create_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     let session = state
         .run(move |core| core.chat().create_session_fields(user.id, &body))
@@ -92,13 +87,11 @@ pub async fn create_session(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn get_session(
-    state: &Arc<State>,
-    caller: Caller,
-    id: &str,
-) -> Result<Response, ApiError> {
-    let id = SessionId::from_str(id);
-    let session = state
+pub async fn get_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let id = SessionId::from_str(call.param);
+    let session = call
+        .state
         .run_as(caller, move |core, user| core.chat().session(user.id, id?))
         .await?;
     Ok(json_response(StatusCode::OK, &session))
@@ -121,12 +114,14 @@ pub async fn get_session(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn update_session(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn update_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let body = request.json_object(state.body).await?;
     let id = SessionId::from_str(id)?;
     let session = state
@@ -147,11 +142,11 @@ pub async fn update_session(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn delete_session(
-    state: &Arc<State>,
-    user: User,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn delete_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call {
+        state, param: id, ..
+    } = call;
     let id = SessionId::from_str(id)?;
     state
         .run(move |core| core.chat().delete_session(user.id, id))
@@ -177,12 +172,14 @@ pub async fn delete_session(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn list_messages(
-    state: &Arc<State>,
-    request: &mut Request,
-    caller: Caller,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn list_messages(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let id = SessionId::from_str(id);
     let after = request.query_param("after").filter(|a| !a.is_empty());
     let page = request.query_param("page");
@@ -227,19 +224,21 @@ pub async fn list_messages(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn post_message(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn post_message(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let body = request.json_object(state.body).await?;
     let id = SessionId::from_str(id)?;
     let key = request
         .headers
         .get("idempotency-key")
         .map(|key| String::from_utf8_lossy(key.as_bytes()).into_owned());
-    let exchange = turns::exchange(state.clone(), user.id, id, body, key).await?;
+    let exchange = turns::exchange(state.turns.clone(), user.id, id, body, key).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &MessageWithReply {
@@ -300,8 +299,8 @@ fn page_link(state: &State, request: &Request, number: u32) -> String {
         .collect();
     let mut url = format!(
         "{}://{}{}",
-        request.scheme(&state.trusted_proxies),
-        request.host(state.local_addr),
+        request.scheme(&state.site.trusted_proxies),
+        request.host(state.site.local_addr),
         request.path
     );
     if !query.is_empty() {

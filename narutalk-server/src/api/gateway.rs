@@ -1,15 +1,15 @@
 //! `/api/health/` and `/api/proxy/search/`: contract section 4.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 
+use crate::api::Call;
 use crate::docs;
-use crate::error::ApiError;
-use crate::http::{Request, Response, bytes_response, json_response};
-use crate::state::{DatabaseStatus, State};
+use crate::error::{ApiError, chain};
+use crate::health::DatabaseStatus;
+use crate::response::{Response, bytes_response, json_response};
 
 /// The largest search answer passed through.
 pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
@@ -26,16 +26,18 @@ pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
         (status = 503, description = "`unhealthy`: the database cannot answer", body = docs::Health),
     )
 )]
-pub async fn health(state: &Arc<State>) -> Response {
-    let database = state.database_status().await;
-    let ai = if state.ai_reachable.load(Ordering::Relaxed) {
+pub async fn health(call: Call<'_>) -> Result<Response, ApiError> {
+    let state = call.state;
+    let health = &state.health;
+    let database = health.database_status().await;
+    let ai = if health.ai_reachable.load(Ordering::Relaxed) {
         "available"
     } else {
         "unavailable"
     };
     let search = match &state.search {
         None => "not_configured",
-        Some(_) if state.search_reachable.load(Ordering::Relaxed) => "available",
+        Some(_) if health.search_reachable.load(Ordering::Relaxed) => "available",
         Some(_) => "unavailable",
     };
     let (status, overall, database) = match database {
@@ -45,7 +47,7 @@ pub async fn health(state: &Arc<State>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
         }
     };
-    json_response(
+    Ok(json_response(
         status,
         &json!({
             "status": overall,
@@ -56,7 +58,7 @@ pub async fn health(state: &Arc<State>) -> Response {
                 "search_service": search,
             }
         }),
-    )
+    ))
 }
 
 /// Posts the body to the search service and passes its JSON answer through.
@@ -75,7 +77,8 @@ pub async fn health(state: &Arc<State>) -> Response {
         (status = 503, description = "The search service is not configured, cannot be reached or timed out (`error`); or the database could not check the token (`detail`, with `Retry-After: 1`)", body = docs::SearchUnavailable),
     )
 )]
-pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn search(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_value(state.body).await?;
     let Some(search) = &state.search else {
         return Ok(proxy_error(
@@ -101,7 +104,7 @@ pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Respons
         }
         Err(error) => {
             tracing::warn!(
-                cause = causes(&error.without_url()),
+                cause = chain(&error.without_url()),
                 "the search service is unreachable: the search proxy answered 503"
             );
             return Ok(proxy_error(
@@ -150,24 +153,6 @@ pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Respons
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
-}
-
-/// An error with every error beneath it, outermost first, joined by `: ` (reqwest's own
-/// text says only that sending failed; the cause, such as `Connection refused`, is
-/// beneath it).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source's text in their own.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn proxy_error(status: StatusCode, error: &str) -> Response {

@@ -32,15 +32,16 @@ use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+use tracing::Instrument;
 
-use crate::envelope::millis;
 use crate::error::ApiError;
+use crate::frames::{self, Incoming};
+use crate::hub::{CloseCode, Closer, RoomEvent, Subscription};
 use crate::listener::Upgrade;
+use crate::logging::millis;
 use crate::metrics::{self, GaugeHold};
-use crate::state::State;
 use crate::turns::{self, Posted};
-use crate::ws::frames::{self, Incoming};
-use crate::ws::hub::{CloseCode, Closer, RoomEvent, Subscription};
+use crate::ws::Shared;
 use crate::ws::sockets::Registration;
 
 /// Frames (and messages) over this many bytes close the socket with 1009.
@@ -106,7 +107,7 @@ enum Ending {
 }
 
 /// Runs one socket until it closes.
-pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
+pub async fn run(shared: Arc<Shared>, upgrade: Upgrade, opened: Opened) {
     let Upgrade { on_upgrade, place } = upgrade;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -140,7 +141,7 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
     let started = Instant::now();
     let mut socket = Socket {
         closer: registration.closer().clone(),
-        state,
+        shared,
         ws,
         subscription,
         // The replay (if any) starts over from its own point.
@@ -172,14 +173,14 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
         request_id,
         "socket closed"
     );
-    let activity = socket.state.activity.clone();
+    let activity = socket.shared.activity.clone();
     drop(socket);
     drop(place);
     activity.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Socket {
-    state: Arc<State>,
+    shared: Arc<Shared>,
     ws: Stream,
     subscription: Subscription,
     closer: Arc<Closer>,
@@ -210,7 +211,7 @@ impl Socket {
         {
             return ending;
         }
-        let rules = self.state.socket_rules;
+        let rules = self.shared.rules;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + rules.ping, rules.ping);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,7 +221,7 @@ impl Socket {
             let step = tokio::select! {
                 biased;
                 () = self.closer.closed() => Step::Closed,
-                () = self.state.sockets.closing() => Step::ShuttingDown,
+                () = self.shared.sockets.closing() => Step::ShuttingDown,
                 event = self.subscription.next() => Step::Event(event),
                 frame = self.ws.next() => Step::Frame(frame),
                 _ = ping.tick() => Step::Ping,
@@ -251,7 +252,8 @@ impl Socket {
         loop {
             let after = self.last_seq;
             let page = self
-                .state
+                .shared
+                .calls
                 .run(move |core| {
                     core.chat()
                         .messages_after_seq(owner, session, after, REPLAY_PAGE)
@@ -338,7 +340,7 @@ impl Socket {
             Ok(Incoming::Message(body)) => body,
             Err(problem) => return self.send_error(&problem).await,
         };
-        if self.state.sockets.is_stopping() {
+        if self.shared.sockets.is_stopping() {
             return self
                 .send_error(
                     "The server is shutting down: send the message again after reconnecting.",
@@ -348,34 +350,37 @@ impl Socket {
         let (owner, session) = (self.user, self.session);
         // Tracked, so that a shutdown that starts meanwhile waits for the message to be
         // stored and broadcast before it closes the sockets.
-        let posted = match self.state.throttles.messages.check(&owner.0) {
+        let posted = match self.shared.throttles.messages.check(&owner.0) {
             Ok(()) => {
-                let post = turns::post(&self.state, owner, session, body, None);
-                self.state.tasks.track_future(post).await
+                let post = turns::post(&self.shared.turns, owner, session, body, None);
+                self.shared.turns.tasks.track_future(post).await
             }
             Err(throttled) => Err(throttled),
         };
         match posted {
             Ok(Posted::Waiting { message, turn }) => {
-                let state = self.state.clone();
+                let answering = self.shared.turns.clone();
                 // The reply is the room's business from here: it reaches every socket
                 // on the session, this one included, and it is produced and stored even
                 // if this socket closes meanwhile.
-                self.state.tasks.spawn(async move {
-                    if let Err(error) = turns::answer(state, message, turn).await {
-                        tracing::debug!(?error, "a socket's turn ended without a reply");
+                self.shared.turns.tasks.spawn(
+                    async move {
+                        if let Err(error) = turns::answer(answering, message, turn).await {
+                            tracing::debug!(?error, "a socket's turn ended without a reply");
+                        }
                     }
-                });
+                    .in_current_span(),
+                );
                 Ok(())
             }
             // Only a repeated idempotency key replays, and sockets send none.
             Ok(Posted::Replayed(_)) => Ok(()),
             Err(ApiError::Throttled(seconds)) => {
-                let text = ApiError::Throttled(seconds).text(frames::frame_field);
+                let text = ApiError::Throttled(seconds).into_text(frames::frame_field);
                 self.send(Message::Text(frames::throttled(&text, seconds)), "error")
                     .await
             }
-            Err(error) => self.send_error(&error.text(frames::frame_field)).await,
+            Err(error) => self.send_error(&error.into_text(frames::frame_field)).await,
         }
     }
 
@@ -392,19 +397,14 @@ impl Socket {
 
     /// Writes one frame, within [`owed`]'s patience; a frame written counts under `kind`.
     async fn send(&mut self, message: Message, kind: &'static str) -> Result<(), Ending> {
-        owed(
-            &self.closer,
-            self.state.socket_rules.idle,
-            self.ws.send(message),
-        )
-        .await?;
+        owed(&self.closer, self.shared.rules.idle, self.ws.send(message)).await?;
         metrics::frame_sent(kind);
         Ok(())
     }
 
     /// Writes the pong tungstenite queued for the peer's ping, within [`owed`]'s patience.
     async fn flush_pong(&mut self) -> Result<(), Ending> {
-        owed(&self.closer, self.state.socket_rules.idle, self.ws.flush()).await
+        owed(&self.closer, self.shared.rules.idle, self.ws.flush()).await
     }
 
     /// At shutdown: sends what is already queued for the socket, then closes with 1001.

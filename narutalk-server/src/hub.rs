@@ -47,7 +47,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::ws::frames;
+use crate::frames;
 
 /// The most messages a room reads at once to fill a gap (fewer with small queues: at
 /// most half a queue).
