@@ -2,6 +2,13 @@
 //! whoever owns it, the export and import of whole sessions with their messages, the
 //! statistics, and the database check that adds Narutalk's own rules to SQLite's.
 //!
+//! An import writes nothing until the whole file is valid and checked against the
+//! database; then it writes in batches of at most [`IMPORT_BATCH_ROWS`] rows, and after
+//! each leaves the write lock free for as long as the batch held it (SQLite's lock is not
+//! fair), so a running server waits milliseconds, never the whole import. Sessions and
+//! messages keep their ids, so importing again adds nothing and completes an import that
+//! stopped. An import stores messages only: it creates no AI turn.
+//!
 //! Nothing here is reachable through the API, which only ever shows users their own
 //! sessions. The store reads and writes ([`crate::store::AdminStore`],
 //! [`crate::store::Maintenance`]); this module holds the rules: what an export line is,

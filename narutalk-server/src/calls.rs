@@ -3,6 +3,11 @@
 //! of the request that made it, so that whatever it logs carries the request's id.
 //! Password hashing is bounded by the core itself: a full queue is the core's
 //! `Error::Unavailable`, answered 503.
+//!
+//! A thread hop is the price of each call, so the authenticated reads (the session list,
+//! a session, its messages, the dashboard) take the caller as a [`Caller::Token`]:
+//! [`Calls::run_as`] checks the token and runs the read in one blocking call, the token
+//! first, so the order of checks is unchanged and such a read costs one hop, not two.
 
 use std::sync::Arc;
 

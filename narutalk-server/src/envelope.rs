@@ -2,6 +2,10 @@
 //! response carries, the access log line, the 400 of a target without a path, and the
 //! guarantee that a panic answers the contract's 500 body.
 //!
+//! CORS never refuses anything: a preflight is answered here, and the CORS headers are
+//! added to the answers of allowed origins only. Every answer carries `nosniff`; those
+//! under `/api/auth/` and `/api/chat/` carry `Cache-Control: no-store` too.
+//!
 //! The span (`request`, with the `request_id` field) covers everything the request does:
 //! its handler, the blocking core calls it makes (`calls`), the AI turn it starts
 //! (`turns`) and, for a WebSocket handshake, the socket's whole life. So every line logged

@@ -6,7 +6,13 @@
 //! A [`Throttle`] counts every request. A [`FailureBudget`] counts only what its caller
 //! keeps: a login reserves a token before it hashes, and the token is given back unless
 //! the answer is a 401, so parallel wrong logins can never spend more than the bucket
-//! holds.
+//! holds. The token also comes back when the request is cancelled (the reservation is
+//! dropped).
+//!
+//! Throttles are governor token buckets keyed by the client IP, the lower-cased email or
+//! the user id; the failure budgets are keyed by the email's digest or the device token
+//! ([`Throttles`] lists them all). Keys whose buckets are full again are forgotten every
+//! minute, so the maps stay as small as the set of recently active clients.
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -2,6 +2,21 @@
 //! `NARUTALK_LOG`, with the `log` records of third-party crates (refinery, ureq, ...)
 //! forwarded into the same lines without their source file and line: those name the
 //! machine that built the binary (its registry paths), never anything about this server.
+//!
+//! What the server logs, wherever it is logged from:
+//!
+//! - the first event is `narutalk::start`, with what the start line says;
+//! - every line logged on a request's behalf is inside its `request` span (`request_id`;
+//!   the span is at ERROR level so that it exists whenever anything is logged);
+//! - one `narutalk::access` line per request (method, path without the query string,
+//!   which may hold a socket's token, status, duration, request id); one `narutalk::ws`
+//!   line per closed socket (session, user, close code, reason, duration, the handshake's
+//!   request id); one `narutalk::ai` warning per failed AI turn (session, responder,
+//!   reason, detail);
+//! - durations are milliseconds rounded to the microsecond, and every warning names its
+//!   cause;
+//! - never a request body, a message's text, a header's value, a token, a password or a
+//!   secret.
 
 use std::fmt;
 use std::io::IsTerminal;

@@ -8,6 +8,12 @@
 //!
 //! Labels are bounded sets: route templates (never a raw path or an id), status codes,
 //! a few methods, fixed reasons. Histograms are in seconds, with buckets fit for each.
+//! While no exporter is installed, the helpers below do not even build labels.
+//!
+//! The recorder is installed once per process; a thread of its own folds histogram
+//! samples into their buckets every second, so they never pile up between scrapes, and a
+//! scrape renders on a blocking thread. [`MetricsListener::serve_while`] serves for as
+//! long as the server runs, its drain included.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

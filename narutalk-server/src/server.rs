@@ -2,6 +2,13 @@
 //! probes, the throttles' sweep, the memory trim, the revocation watch), serves the one
 //! warp filter that hands every request to the envelope, and stops in the contract's
 //! order.
+//!
+//! A stop ([`serve_with`] gives the order) cuts nobody off half-way: a request still
+//! sending its body is answered 503 at once; a socket answers a message it can no longer
+//! take with an `error` frame that says why; the listener's drain and the sockets' close
+//! both run to their end, so every socket gets its 1001 even when the AI turns outlast
+//! [`ServeOptions::drain_timeout`](crate::listener::ServeOptions::drain_timeout) (60 s).
+//! Every wait is bounded, and the binary then exits 0.
 
 use std::sync::Arc;
 use std::time::Duration;

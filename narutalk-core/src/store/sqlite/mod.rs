@@ -3,7 +3,8 @@
 //!
 //! One dedicated writer connection serializes every write (SQLite allows one writer at a
 //! time anyway; several pooled writers only turn contention into multi-second busy-waits),
-//! and a small pool of reader connections serves reads in parallel under WAL. Every write
+//! and a small pool of reader connections (`query_only`) serves reads in parallel under
+//! WAL, each read in one read transaction so that a count and its page agree. Every write
 //! transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock before it reads and
 //! can never fail half-way with "database is locked" because another process (the CLI)
 //! wrote in between. Writes that queue behind each other share one commit (group commit, in the private
