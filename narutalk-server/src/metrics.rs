@@ -15,9 +15,10 @@
 //! scrape renders on a blocking thread. [`MetricsListener::serve_while`] serves for as
 //! long as the server runs, its drain included.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{LazyLock, OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
@@ -235,8 +236,12 @@ pub fn enabled() -> bool {
 /// request costs a map read and two atomic updates rather than building its labels.
 type RequestHandles = HashMap<(&'static str, &'static str, u16), (Counter, Histogram)>;
 
-/// The request handles met so far (a bounded set: methods × routes × statuses).
-static REQUEST_HANDLES: LazyLock<RwLock<RequestHandles>> = LazyLock::new(RwLock::default);
+thread_local! {
+    /// The request handles this thread has met (a bounded set: methods × routes ×
+    /// statuses). Each thread keeps its own, so counting a request touches no lock or
+    /// cache line that another thread's requests touch, beyond the metric's own atomics.
+    static REQUEST_HANDLES: RefCell<RequestHandles> = RefCell::new(HashMap::new());
+}
 
 /// Counts one answered request and its latency (nothing while no exporter is installed).
 pub fn request(method: &Method, route: &'static str, status: StatusCode, started: Instant) {
@@ -245,30 +250,22 @@ pub fn request(method: &Method, route: &'static str, status: StatusCode, started
     }
     let key = (method_label(method), route, status.as_u16());
     let seconds = started.elapsed().as_secs_f64();
-    let known = REQUEST_HANDLES
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .get(&key)
-        .cloned();
-    let (requests, duration) = known.unwrap_or_else(|| {
-        let (method, route, status) = key;
-        let handles = (
-            metrics::counter!(
-                HTTP_REQUESTS,
-                "method" => method,
-                "route" => route,
-                "status" => status.to_string()
-            ),
-            metrics::histogram!(HTTP_SECONDS, "method" => method, "route" => route),
-        );
-        REQUEST_HANDLES
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(key, handles.clone());
-        handles
+    REQUEST_HANDLES.with_borrow_mut(|handles| {
+        let (requests, duration) = handles.entry(key).or_insert_with(|| {
+            let (method, route, status) = key;
+            (
+                metrics::counter!(
+                    HTTP_REQUESTS,
+                    "method" => method,
+                    "route" => route,
+                    "status" => status.to_string()
+                ),
+                metrics::histogram!(HTTP_SECONDS, "method" => method, "route" => route),
+            )
+        });
+        requests.increment(1);
+        duration.record(seconds);
     });
-    requests.increment(1);
-    duration.record(seconds);
 }
 
 /// The method as a label: the methods the API knows, `other` for any other.
