@@ -54,6 +54,8 @@ pub const IDEMPOTENCY_KEY_INVALID: &str = "Must be 1 to 64 visible ASCII charact
 /// The field name under which a malformed idempotency key is reported.
 pub const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
 
+// Ids and choices serialize as their text, the form the export file
+// ([`crate::admin::ExportedSession`]) and the CLI's JSON write them in.
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -206,12 +208,11 @@ impl FromStr for ClientMessageType {
 }
 
 /// A stored chat session (without its messages).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatSession {
     /// Its id.
     pub id: SessionId,
     /// Its owner; nobody else can see it.
-    #[serde(skip)]
     pub user_id: UserId,
     /// 1-200 characters, trimmed.
     pub title: String,
@@ -220,25 +221,21 @@ pub struct ChatSession {
     /// A label the user sets (archived or not); an inactive session still works.
     pub is_active: bool,
     /// When it was made.
-    #[serde(serialize_with = "time::serialize")]
     pub created_at: DateTime<Utc>,
     /// Moves forward with every message and every update.
-    #[serde(serialize_with = "time::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Messages stored in it, of every sender.
     pub message_count: u64,
 }
 
 /// A stored message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Its id.
     pub id: MessageId,
     /// The session it belongs to.
-    #[serde(skip)]
     pub session_id: SessionId,
     /// Its place in the session's storage order, from 1.
-    #[serde(skip)]
     pub seq: i64,
     /// Exactly as sent (whitespace kept).
     pub content: String,
@@ -249,59 +246,27 @@ pub struct Message {
     /// A JSON object.
     pub metadata: JsonObject,
     /// When it was stored.
-    #[serde(serialize_with = "time::serialize")]
     pub timestamp: DateTime<Utc>,
     /// For an AI or system reply: the user message it answers.
-    #[serde(skip)]
     pub reply_to: Option<MessageId>,
 }
 
 /// A session with every message, oldest first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionDetail {
     /// The session.
-    #[serde(flatten)]
     pub session: ChatSession,
     /// Its messages in storage order.
     pub messages: Vec<Message>,
 }
 
-/// A session as the list shows it: with its last message. It serializes as the API's
-/// list item (`ChatSessionListSerializer`), which has no `is_active`.
+/// A session as the list shows it: with its last message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
     /// The session.
     pub session: ChatSession,
     /// The message stored last, if any.
     pub last_message: Option<Message>,
-}
-
-impl Serialize for SessionSummary {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct ListItem<'a> {
-            id: SessionId,
-            title: &'a str,
-            category: Category,
-            #[serde(serialize_with = "time::serialize")]
-            created_at: DateTime<Utc>,
-            #[serde(serialize_with = "time::serialize")]
-            updated_at: DateTime<Utc>,
-            last_message: Option<&'a Message>,
-            message_count: u64,
-        }
-        let session = &self.session;
-        ListItem {
-            id: session.id,
-            title: &session.title,
-            category: session.category,
-            created_at: session.created_at,
-            updated_at: session.updated_at,
-            last_message: self.last_message.as_ref(),
-            message_count: session.message_count,
-        }
-        .serialize(serializer)
-    }
 }
 
 /// One page of a list (DRF's `PageNumberPagination`, 20 a page).

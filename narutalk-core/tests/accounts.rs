@@ -1796,34 +1796,6 @@ fn admin_operations_on_an_unknown_id_answer_not_found() {
 // The user object's wire shape, and races with administrators
 // ---------------------------------------------------------------------------------------
 
-/// A user serializes as the contract's `UserSerializer`: exactly six keys; the
-/// administrators' fields never leave through it, also inside a login or the dashboard.
-#[test]
-fn a_user_serializes_as_the_contract_user_object_only() {
-    let fixture = open();
-    let user = register(&fixture.narutalk, "kim", "kim@example.com");
-    assert_eq!(
-        serde_json::to_value(&user).unwrap(),
-        json!({
-            "id": user.id.0,
-            "username": "kim",
-            "email": "kim@example.com",
-            "role": "user",
-            "department": "",
-            "is_verified": false,
-        })
-    );
-    let login = login(&fixture.narutalk, "kim@example.com");
-    let value = serde_json::to_value(&login).unwrap();
-    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["access", "device", "refresh", "user"]);
-    assert_eq!(value["device"], login.device);
-    assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
-    let dashboard = fixture.narutalk.accounts().dashboard(user.id).unwrap();
-    let value = serde_json::to_value(&dashboard).unwrap();
-    assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
-}
-
 /// A login that checked the old password while an administrator reset it must not end
 /// with usable tokens: whichever finishes first, no token from the old password works
 /// afterwards, and the new password logs in.

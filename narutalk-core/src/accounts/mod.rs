@@ -50,7 +50,8 @@ pub const DEPARTMENT_MAX_CHARS: usize = 100;
 /// How long "recent" is for the dashboard's `recent_chats`.
 pub const RECENT_CHATS_WINDOW: chrono::Duration = chrono::Duration::days(7);
 
-/// A user's id: an integer, never reused after the user is deleted.
+/// A user's id: an integer, never reused after the user is deleted. Serializes as the
+/// integer (the CLI's JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct UserId(pub i64);
@@ -61,7 +62,8 @@ impl std::fmt::Display for UserId {
     }
 }
 
-/// What a user is. Recorded and shown; in v1 it gates nothing in the API.
+/// What a user is. Recorded and shown; in v1 it gates nothing in the API. Serializes as
+/// its name (the CLI's JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -125,9 +127,7 @@ impl std::str::FromStr for RegistrationRole {
     }
 }
 
-/// A stored user. It serializes as the API's user object (`UserSerializer`): `id`,
-/// `username`, `email`, `role`, `department` and `is_verified`; the other fields are for
-/// administrators and never leave through that form.
+/// A stored user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     /// Integer id.
@@ -152,25 +152,10 @@ pub struct User {
     pub tokens_revoked_at: i64,
 }
 
-impl Serialize for User {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut user = serializer.serialize_struct("User", 6)?;
-        user.serialize_field("id", &self.id)?;
-        user.serialize_field("username", &self.username)?;
-        user.serialize_field("email", &self.email)?;
-        user.serialize_field("role", &self.role)?;
-        user.serialize_field("department", &self.department)?;
-        user.serialize_field("is_verified", &self.is_verified)?;
-        user.end()
-    }
-}
-
-/// The result of a successful login: `{"access", "refresh", "user", "device"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The result of a successful login: a token pair, the user, and a device token.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Login {
     /// The new token pair (a new refresh-token family).
-    #[serde(flatten)]
     pub tokens: TokenPair,
     /// The user who logged in.
     pub user: User,
@@ -268,7 +253,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// The dashboard's counts, computed from stored data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dashboard {
     /// The user.
     pub user: User,

@@ -135,7 +135,57 @@ impl<'a> From<&'a CoreDashboard> for Dashboard<'a> {
 
 #[cfg(test)]
 mod tests {
+    use narutalk_core::accounts::UserId;
+    use serde_json::json;
+
     use super::*;
+
+    fn user() -> core::User {
+        core::User {
+            id: UserId(3),
+            username: "kim".to_owned(),
+            email: "kim@example.com".to_owned(),
+            role: core::Role::Doctor,
+            department: String::new(),
+            is_verified: false,
+            is_active: true,
+            date_joined: narutalk_core::time::now(),
+            last_login: None,
+            tokens_revoked_at: 12,
+        }
+    }
+
+    #[test]
+    fn a_user_is_the_contracts_six_keys_also_in_a_login_and_the_dashboard() {
+        let user = user();
+        let expected = r#"{"id":3,"username":"kim","email":"kim@example.com","role":"doctor","department":"","is_verified":false}"#;
+        assert_eq!(serde_json::to_string(&User::from(&user)).unwrap(), expected);
+        let login = Login {
+            tokens: tokens::TokenPair {
+                access: "a".to_owned(),
+                refresh: "r".to_owned(),
+            },
+            user: user.clone(),
+            device: "d".to_owned(),
+        };
+        assert_eq!(
+            serde_json::to_string(&LoginResponse::from(&login)).unwrap(),
+            format!(r#"{{"access":"a","refresh":"r","user":{expected},"device":"d"}}"#)
+        );
+        let dashboard = CoreDashboard {
+            user,
+            recent_chats: 1,
+            total_messages: 2,
+        };
+        assert_eq!(
+            serde_json::to_value(Dashboard::from(&dashboard)).unwrap(),
+            json!({
+                "user": serde_json::from_str::<serde_json::Value>(expected).unwrap(),
+                "recent_chats": 1,
+                "total_messages": 2,
+            })
+        );
+    }
 
     #[test]
     fn every_role_is_named_as_the_core_stores_it() {

@@ -298,7 +298,149 @@ pub struct Links {
 
 #[cfg(test)]
 mod tests {
+    use narutalk_core::accounts::UserId;
+    use narutalk_core::chat::{ChatSession, MessageId, SessionDetail as Detail, SessionId};
+    use narutalk_core::time;
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn session() -> ChatSession {
+        let at = time::now();
+        ChatSession {
+            id: SessionId::new_random(),
+            user_id: UserId(7),
+            title: "Shape".to_owned(),
+            category: core::Category::Medical,
+            is_active: true,
+            created_at: at,
+            updated_at: at,
+            message_count: 1,
+        }
+    }
+
+    fn message(session: &ChatSession) -> core::Message {
+        core::Message {
+            id: MessageId::new_random(),
+            session_id: session.id,
+            seq: 1,
+            content: " q ".to_owned(),
+            sender: core::Sender::Ai,
+            message_type: core::MessageType::Text,
+            metadata: JsonObject::new(),
+            timestamp: time::now(),
+            reply_to: Some(MessageId::new_random()),
+        }
+    }
+
+    /// The keys of a serialized object, in the order they were written.
+    fn keys(value: &impl Serialize) -> Vec<String> {
+        let text = serde_json::to_string(value).unwrap();
+        let Ok(Value::Object(object)) = serde_json::from_str(&text) else {
+            panic!("not an object: {text}");
+        };
+        // serde_json's map is sorted: order the keys by where each first appears.
+        let mut placed: Vec<(usize, String)> = object
+            .into_iter()
+            .map(|(key, _)| (text.find(&format!("\"{key}\":")).unwrap(), key))
+            .collect();
+        placed.sort();
+        placed.into_iter().map(|(_, key)| key).collect()
+    }
+
+    #[test]
+    fn a_message_has_exactly_the_contracts_keys_in_order() {
+        let session = session();
+        let message = message(&session);
+        let wire = Message::from(&message);
+        assert_eq!(
+            keys(&wire),
+            [
+                "id",
+                "content",
+                "sender",
+                "message_type",
+                "metadata",
+                "timestamp"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(&wire).unwrap(),
+            json!({
+                "id": message.id.to_string(),
+                "content": " q ",
+                "sender": "ai",
+                "message_type": "text",
+                "metadata": {},
+                "timestamp": time::format_rfc3339(&message.timestamp),
+            })
+        );
+        let reply = message.clone();
+        assert_eq!(
+            keys(&MessageWithReply::new(&message, &reply)),
+            [
+                "id",
+                "content",
+                "sender",
+                "message_type",
+                "metadata",
+                "timestamp",
+                "reply"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_session_and_a_list_item_have_exactly_the_contracts_keys_in_order() {
+        let session = session();
+        let message = message(&session);
+        let detail = Detail {
+            session: session.clone(),
+            messages: vec![message.clone()],
+        };
+        assert_eq!(
+            keys(&SessionDetail::from(&detail)),
+            [
+                "id",
+                "title",
+                "category",
+                "is_active",
+                "created_at",
+                "updated_at",
+                "message_count",
+                "messages"
+            ]
+        );
+        let value = serde_json::to_value(SessionDetail::from(&detail)).unwrap();
+        assert_eq!(
+            value["created_at"],
+            time::format_rfc3339(&session.created_at)
+        );
+        assert_eq!(
+            value["messages"][0],
+            serde_json::to_value(Message::from(&message)).unwrap()
+        );
+        let empty = core::SessionSummary {
+            session,
+            last_message: None,
+        };
+        assert_eq!(
+            keys(&SessionListItem::from(&empty)),
+            [
+                "id",
+                "title",
+                "category",
+                "created_at",
+                "updated_at",
+                "last_message",
+                "message_count"
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(SessionListItem::from(&empty)).unwrap()["last_message"],
+            Value::Null
+        );
+    }
 
     /// The JSON text of a wire choice, without its quotes.
     fn text(value: impl Serialize) -> String {
