@@ -26,36 +26,55 @@ pub mod health;
 use chrono::{DateTime, Utc};
 use serde::Serializer;
 
-/// Serializes a timestamp as the API writes it: `2026-11-26T10:14:03.123456Z`.
+/// Serializes a timestamp as the API writes it: `2026-11-26T10:14:03.123456Z`
+/// ([`narutalk_core::time::format_rfc3339`]).
 fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&at.format(TIMESTAMP_FORMAT))
+    serializer.serialize_str(&narutalk_core::time::format_rfc3339(at))
 }
 
-/// The API's timestamp format: RFC 3339 in UTC, always six fractional digits and `Z`
-/// (what [`narutalk_core::time::format_rfc3339`] writes, without building a string).
-const TIMESTAMP_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+/// The answer to `OPTIONS`: DRF's metadata of a view.
+#[derive(serde::Serialize)]
+pub struct ViewMetadata {
+    /// The view's name.
+    pub name: &'static str,
+    /// Always empty.
+    pub description: &'static str,
+    /// The media types it answers.
+    pub renders: [&'static str; 1],
+    /// The media types it reads.
+    pub parses: [&'static str; 1],
+}
+
+impl ViewMetadata {
+    /// The metadata of the view named `name`: JSON in, JSON out.
+    pub fn new(name: &'static str) -> Self {
+        ViewMetadata {
+            name,
+            description: "",
+            renders: ["application/json"],
+            parses: ["application/json"],
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
-    use narutalk_core::time;
-
     #[test]
-    fn timestamps_are_written_as_the_core_formats_them() {
+    fn timestamps_have_six_fractional_digits_and_z() {
         #[derive(serde::Serialize)]
         struct At(#[serde(serialize_with = "super::timestamp")] chrono::DateTime<chrono::Utc>);
-        for at in [
-            "2026-11-18T11:06:40Z",
-            "2026-11-18T11:06:40.123456Z",
-            "1999-01-02T03:04:05.000001Z",
-            "2026-12-31T23:59:59.999999Z",
-        ] {
-            let at = chrono::DateTime::parse_from_rfc3339(at)
-                .map(|at| at.to_utc())
-                .unwrap_or_default();
-            assert_eq!(
-                serde_json::to_string(&At(at)).unwrap_or_default(),
-                format!("\"{}\"", time::format_rfc3339(&at))
-            );
-        }
+        let at = chrono::DateTime::from_timestamp_micros(1_795_000_000_000_001).unwrap();
+        assert_eq!(
+            serde_json::to_string(&At(at)).unwrap(),
+            r#""2026-11-18T11:06:40.000001Z""#
+        );
+    }
+
+    #[test]
+    fn view_metadata_has_drfs_keys_in_order() {
+        assert_eq!(
+            serde_json::to_string(&super::ViewMetadata::new("Login")).unwrap(),
+            r#"{"name":"Login","description":"","renders":["application/json"],"parses":["application/json"]}"#
+        );
     }
 }
