@@ -193,16 +193,16 @@ impl ApiError {
             ApiError::NotFound => ErrorBody::detail("Not found."),
             ApiError::InvalidPage => ErrorBody::detail("Invalid page."),
             ApiError::NotAuthenticated => ErrorBody::Token(TokenError {
-                detail: "Authentication credentials were not provided.",
                 code: None,
+                detail: "Authentication credentials were not provided.",
             }),
             ApiError::InvalidAccessToken => ErrorBody::Token(TokenError {
-                detail: "Given token not valid for any token type",
                 code: Some(TokenErrorCode::TokenNotValid),
+                detail: "Given token not valid for any token type",
             }),
             ApiError::InvalidRefreshToken(problem) => ErrorBody::Token(TokenError {
-                detail: problem.detail(),
                 code: Some(TokenErrorCode::TokenNotValid),
+                detail: problem.detail(),
             }),
             ApiError::BadCredentials => {
                 ErrorBody::detail("No active account found with the given credentials")

@@ -1,5 +1,5 @@
 //! The bodies of the contract's error answers (section 1), and of the search proxy's own
-//! failures.
+//! failures. Keys are in name order, as the server has always written these bodies.
 //!
 //! Patterns name whitespace explicitly where the server trims or refuses blank strings
 //! (`docs::WHITE_SPACE`): a regex's own `\s` means something else in each engine.
@@ -24,14 +24,14 @@ pub struct Detail<'a> {
 /// A refused token.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenError<'a> {
-    /// `Given token not valid for any token type` (access), `Token is invalid`, `Token is
-    /// expired` or `Token is blacklisted` (refresh), or `Authentication credentials were
-    /// not provided.` (no token; then without `code`).
-    pub detail: &'a str,
     /// Present when a token was sent and refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub code: Option<TokenErrorCode>,
+    /// `Given token not valid for any token type` (access), `Token is invalid`, `Token is
+    /// expired` or `Token is blacklisted` (refresh), or `Authentication credentials were
+    /// not provided.` (no token; then without `code`).
+    pub detail: &'a str,
 }
 
 /// The one code of a refused token.
@@ -151,8 +151,8 @@ mod tests {
             ),
             (
                 ErrorBody::Token(TokenError {
-                    detail: "Token is invalid",
                     code: Some(TokenErrorCode::TokenNotValid),
+                    detail: "Token is invalid",
                 }),
                 json!({"detail": "Token is invalid", "code": "token_not_valid"}),
             ),
@@ -173,6 +173,8 @@ mod tests {
         ];
         for (body, expected) in bodies {
             assert_eq!(serde_json::to_value(&body).unwrap(), expected);
+            // serde_json's own maps are in name order: so must the text be.
+            assert_eq!(serde_json::to_string(&body).unwrap(), expected.to_string());
         }
     }
 }

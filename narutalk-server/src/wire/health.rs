@@ -1,4 +1,5 @@
-//! `GET /api/health/` (contract section 4).
+//! `GET /api/health/` (contract section 4). Keys are in name order, as the server has
+//! always written this body.
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -60,23 +61,23 @@ pub enum HealthStatus {
 /// The services' states.
 #[derive(Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct Services {
-    /// The server itself.
-    pub server: ServerState,
-    /// The database.
-    pub database: DatabaseState,
     /// The AI service.
     pub ai_service: AiState,
+    /// The database.
+    pub database: DatabaseState,
     /// The search service.
     pub search_service: SearchState,
+    /// The server itself.
+    pub server: ServerState,
 }
 
 /// `GET /api/health/`. AI and search reachability do not change `status`.
 #[derive(Clone, Copy, Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// The overall state.
-    pub status: HealthStatus,
     /// Each service's state.
     pub services: Services,
+    /// The overall state.
+    pub status: HealthStatus,
 }
 
 #[cfg(test)]
@@ -97,7 +98,7 @@ mod tests {
             },
         };
         assert_eq!(
-            serde_json::to_value(health).unwrap(),
+            serde_json::to_string(&health).unwrap(),
             json!({
                 "status": "degraded",
                 "services": {
@@ -107,6 +108,7 @@ mod tests {
                     "search_service": "not_configured",
                 },
             })
+            .to_string()
         );
     }
 }

@@ -32,27 +32,28 @@ fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, 
     serializer.serialize_str(&narutalk_core::time::format_rfc3339(at))
 }
 
-/// The answer to `OPTIONS`: DRF's metadata of a view.
+/// The answer to `OPTIONS`: DRF's metadata of a view, keys in name order (as the server
+/// has always written it).
 #[derive(serde::Serialize)]
 pub struct ViewMetadata {
-    /// The view's name.
-    pub name: &'static str,
     /// Always empty.
     pub description: &'static str,
-    /// The media types it answers.
-    pub renders: [&'static str; 1],
+    /// The view's name.
+    pub name: &'static str,
     /// The media types it reads.
     pub parses: [&'static str; 1],
+    /// The media types it answers.
+    pub renders: [&'static str; 1],
 }
 
 impl ViewMetadata {
     /// The metadata of the view named `name`: JSON in, JSON out.
     pub fn new(name: &'static str) -> Self {
         ViewMetadata {
-            name,
             description: "",
-            renders: ["application/json"],
+            name,
             parses: ["application/json"],
+            renders: ["application/json"],
         }
     }
 }
@@ -71,10 +72,10 @@ mod tests {
     }
 
     #[test]
-    fn view_metadata_has_drfs_keys_in_order() {
+    fn view_metadata_has_drfs_keys_in_name_order() {
         assert_eq!(
             serde_json::to_string(&super::ViewMetadata::new("Login")).unwrap(),
-            r#"{"name":"Login","description":"","renders":["application/json"],"parses":["application/json"]}"#
+            r#"{"description":"","name":"Login","parses":["application/json"],"renders":["application/json"]}"#
         );
     }
 }
