@@ -364,7 +364,6 @@ pub struct RefreshTokenRefused(TokenError<'static>);
 /// A username: 1-150 letters (of any script), digits or `@.+-_`, after leading and
 /// trailing whitespace is removed; unique. The pattern lists exactly the characters the
 /// server takes: it is built from the server's own rule.
-#[derive(serde::Serialize)]
 pub struct Username;
 
 impl PartialSchema for Username {
@@ -450,7 +449,11 @@ pub enum RegisterRole {
 }
 
 /// `POST /api/auth/register/`. Unknown fields are ignored.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct RegisterRequest {
     /// 1-150 letters, digits or `@.+-_`, after leading and trailing whitespace is removed;
     /// unique.
@@ -475,7 +478,11 @@ pub struct RegisterRequest {
 }
 
 /// `POST /api/auth/login/`. Unknown fields are ignored.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"email": "kim@example.com", "password": "violet-harbour-42"}))]
 pub struct LoginRequest {
     /// The account's email, in any letter case.
@@ -500,7 +507,11 @@ pub struct LoginRequest {
 }
 
 /// `POST /api/auth/token/refresh/` and `/api/auth/logout/`.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct RefreshRequest {
     /// A refresh token.
     #[schema(
@@ -512,7 +523,11 @@ pub struct RefreshRequest {
 
 /// `PATCH /api/auth/profile/`: the fields sent change, the others stay. `id`, `role` and
 /// `is_verified` are read-only and ignored, as are unknown fields.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct ProfileUpdate {
     /// 1-150 letters, digits or `@.+-_`, after trimming; unique.
     #[schema(nullable = false)]
@@ -527,7 +542,11 @@ pub struct ProfileUpdate {
 
 /// `PUT /api/auth/profile/`: username and email required. `id`, `role` and `is_verified`
 /// are read-only and ignored, as are unknown fields.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct ProfileReplace {
     /// 1-150 letters, digits or `@.+-_`, after trimming; unique.
     pub username: Username,
@@ -540,7 +559,11 @@ pub struct ProfileReplace {
 }
 
 /// `POST /api/auth/password/`.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct PasswordChange {
     /// The current password.
     #[schema(
@@ -650,7 +673,11 @@ pub enum ClientMessageType {
 
 /// `POST /api/chat/sessions/{id}/messages/`. A `sender` is ignored (a posted message is
 /// always the user's), as are unknown fields.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"content": "두통이 사흘째 계속돼요.", "message_type": "text", "metadata": {}}))]
 pub struct MessageCreate {
     /// 1-10,000 characters, not only whitespace, stored exactly as sent; no NUL character.
@@ -670,7 +697,11 @@ pub struct MessageCreate {
 }
 
 /// `POST /api/chat/sessions/`. Unknown fields are ignored.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"title": "Headache", "category": "medical"}))]
 pub struct SessionCreate {
     /// 1-200 characters after leading and trailing whitespace is removed (stored
@@ -688,7 +719,11 @@ pub struct SessionCreate {
 
 /// `PATCH /api/chat/sessions/{id}/`: the fields sent change, the others stay; every
 /// update, even `{}`, moves `updated_at` forward. Unknown fields are ignored.
-#[derive(serde::Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"title": "Headache, day 2", "is_active": false}))]
 pub struct SessionUpdate {
     /// 1-200 characters after trimming; no NUL character.
