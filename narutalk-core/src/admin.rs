@@ -128,10 +128,9 @@ pub struct SessionQuery {
 }
 
 /// A session with its owner, as an administrator lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedSession {
     /// The session.
-    #[serde(flatten)]
     pub session: ChatSession,
     /// Its owner's id.
     pub owner_id: UserId,
@@ -214,7 +213,7 @@ pub struct ExportProgress {
 }
 
 /// What an export covered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     /// Sessions exported.
     pub sessions: u64,
@@ -223,7 +222,7 @@ pub struct ExportSummary {
 }
 
 /// A user's sessions and the messages in them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UserActivity {
     /// Sessions the user owns.
     pub sessions: u64,
@@ -340,7 +339,7 @@ pub struct ImportProgress {
 }
 
 /// An owner an import created ([`ImportOptions::create_owners`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreatedOwner {
     /// The new user's id.
     pub id: UserId,
@@ -351,7 +350,7 @@ pub struct CreatedOwner {
 }
 
 /// What an import did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImportReport {
     /// Owners the import created, in the file's order (only with
     /// [`ImportOptions::create_owners`]).
@@ -369,7 +368,7 @@ pub struct ImportReport {
 }
 
 /// The statistics of `narutalk stats`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
     /// Users by role, verification and activity.
     pub users: UserStats,
@@ -380,7 +379,7 @@ pub struct Stats {
 }
 
 /// Users counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserStats {
     /// Every user.
     pub total: u64,
@@ -389,7 +388,7 @@ pub struct UserStats {
 }
 
 /// The users of one role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleCount {
     /// The role.
     pub role: Role,
@@ -406,7 +405,7 @@ pub struct RoleCount {
 }
 
 /// Sessions counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionStats {
     /// Every session.
     pub total: u64,
@@ -415,7 +414,7 @@ pub struct SessionStats {
 }
 
 /// The sessions of one category.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CategoryCount {
     /// The category.
     pub category: Category,
@@ -426,7 +425,7 @@ pub struct CategoryCount {
 }
 
 /// Messages counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageStats {
     /// Every message.
     pub total: u64,
@@ -436,7 +435,7 @@ pub struct MessageStats {
 }
 
 /// The messages of one UTC day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DayCount {
     /// The day (`2026-11-26`).
     pub date: NaiveDate,
@@ -445,10 +444,9 @@ pub struct DayCount {
 }
 
 /// What `narutalk db check` found; every list empty for a sound database.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
     /// SQLite's integrity and foreign-key checks.
-    #[serde(flatten)]
     pub sqlite: IntegrityProblems,
     /// Sessions whose `message_count` or `last_seq` disagrees with their messages.
     pub counters: Vec<String>,

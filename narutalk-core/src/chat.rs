@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::accounts::{UnknownChoice, UserId};
 use crate::ai::{AiError, AiReply, AiRequest};
 use crate::error::{Error, FieldErrors, TokenProblem};
-use crate::fields::{self, FieldReader, JsonObject, Text};
+use crate::fields::{self, Checked, FieldReader, JsonObject, Text};
 use crate::store::{ChatStore, IdempotencyKey, NewSession, Posted, SessionChange, UserPost};
 use crate::time;
 
@@ -54,6 +54,8 @@ pub const IDEMPOTENCY_KEY_INVALID: &str = "Must be 1 to 64 visible ASCII charact
 /// The field name under which a malformed idempotency key is reported.
 pub const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
 
+// Ids and choices serialize as their text, the form the export file
+// ([`crate::admin::ExportedSession`]) and the CLI's JSON write them in.
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -206,12 +208,11 @@ impl FromStr for ClientMessageType {
 }
 
 /// A stored chat session (without its messages).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatSession {
     /// Its id.
     pub id: SessionId,
     /// Its owner; nobody else can see it.
-    #[serde(skip)]
     pub user_id: UserId,
     /// 1-200 characters, trimmed.
     pub title: String,
@@ -220,25 +221,21 @@ pub struct ChatSession {
     /// A label the user sets (archived or not); an inactive session still works.
     pub is_active: bool,
     /// When it was made.
-    #[serde(serialize_with = "time::serialize")]
     pub created_at: DateTime<Utc>,
     /// Moves forward with every message and every update.
-    #[serde(serialize_with = "time::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Messages stored in it, of every sender.
     pub message_count: u64,
 }
 
 /// A stored message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Its id.
     pub id: MessageId,
     /// The session it belongs to.
-    #[serde(skip)]
     pub session_id: SessionId,
     /// Its place in the session's storage order, from 1.
-    #[serde(skip)]
     pub seq: i64,
     /// Exactly as sent (whitespace kept).
     pub content: String,
@@ -249,59 +246,27 @@ pub struct Message {
     /// A JSON object.
     pub metadata: JsonObject,
     /// When it was stored.
-    #[serde(serialize_with = "time::serialize")]
     pub timestamp: DateTime<Utc>,
     /// For an AI or system reply: the user message it answers.
-    #[serde(skip)]
     pub reply_to: Option<MessageId>,
 }
 
 /// A session with every message, oldest first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionDetail {
     /// The session.
-    #[serde(flatten)]
     pub session: ChatSession,
     /// Its messages in storage order.
     pub messages: Vec<Message>,
 }
 
-/// A session as the list shows it: with its last message. It serializes as the API's
-/// list item (`ChatSessionListSerializer`), which has no `is_active`.
+/// A session as the list shows it: with its last message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
     /// The session.
     pub session: ChatSession,
     /// The message stored last, if any.
     pub last_message: Option<Message>,
-}
-
-impl Serialize for SessionSummary {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct ListItem<'a> {
-            id: SessionId,
-            title: &'a str,
-            category: Category,
-            #[serde(serialize_with = "time::serialize")]
-            created_at: DateTime<Utc>,
-            #[serde(serialize_with = "time::serialize")]
-            updated_at: DateTime<Utc>,
-            last_message: Option<&'a Message>,
-            message_count: u64,
-        }
-        let session = &self.session;
-        ListItem {
-            id: session.id,
-            title: &session.title,
-            category: session.category,
-            created_at: session.created_at,
-            updated_at: session.updated_at,
-            last_message: self.last_message.as_ref(),
-            message_count: session.message_count,
-        }
-        .serialize(serializer)
-    }
 }
 
 /// One page of a list (DRF's `PageNumberPagination`, 20 a page).
@@ -428,6 +393,96 @@ impl SessionFilter {
             is_active,
         })
     }
+}
+
+/// A session title that passed its checks: trimmed, 1-200 characters, not only
+/// whitespace, no NUL character.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionTitle(String);
+
+impl SessionTitle {
+    /// The rule of a title, as the API checks it.
+    const RULE: Text = Text::REQUIRED.max(TITLE_MAX_CHARS);
+
+    /// Checks a title; a field error under `title`, with the API's message, otherwise.
+    pub fn new(title: &str) -> Result<SessionTitle, Error> {
+        fields::check_text(title, Self::RULE)
+            .map(SessionTitle)
+            .map_err(|message| FieldErrors::single("title", message).into())
+    }
+
+    /// The title.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The title, as a string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A new session whose fields passed their checks: `POST /api/chat/sessions/`'s body
+/// ([`NewSessionInput::from_fields`]), or a title checked with [`SessionTitle::new`].
+/// [`Chat::new_session`] creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSessionInput {
+    /// The title.
+    pub title: SessionTitle,
+    /// The category (`general` when the body left it out).
+    pub category: Category,
+}
+
+impl NewSessionInput {
+    /// Checks `{"title", "category"?}`.
+    pub fn from_fields(body: &JsonObject) -> Result<NewSessionInput, Error> {
+        let mut reader = FieldReader::new(body);
+        let title = reader.required_text("title", SessionTitle::RULE);
+        let category = reader
+            .optional_choice::<Category>("category")
+            .map(Option::unwrap_or_default);
+        let (title, category) = reader.finish_with(both(title, category))?;
+        Ok(NewSessionInput {
+            title: SessionTitle(title),
+            category,
+        })
+    }
+}
+
+/// A change of a session whose fields passed their checks: `PATCH
+/// /api/chat/sessions/{id}/`'s body ([`SessionUpdate::from_fields`]). `None` keeps the
+/// stored value; every update, even an empty one, moves `updated_at` forward.
+/// [`Chat::update_session`] applies it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionUpdate {
+    /// A new title.
+    pub title: Option<SessionTitle>,
+    /// A new category.
+    pub category: Option<Category>,
+    /// A new active label.
+    pub is_active: Option<bool>,
+}
+
+impl SessionUpdate {
+    /// Checks `{"title"?, "category"?, "is_active"?}`.
+    pub fn from_fields(body: &JsonObject) -> Result<SessionUpdate, Error> {
+        let mut reader = FieldReader::new(body);
+        let title = reader.optional_text("title", SessionTitle::RULE);
+        let category = reader.optional_choice::<Category>("category");
+        let is_active = reader.optional_boolean("is_active");
+        let (title, (category, is_active)) =
+            reader.finish_with(both(title, both(category, is_active)))?;
+        Ok(SessionUpdate {
+            title: title.map(SessionTitle),
+            category,
+            is_active,
+        })
+    }
+}
+
+/// Both checked values, or a failure when either failed.
+fn both<A, B>(a: Checked<A>, b: Checked<B>) -> Checked<(A, B)> {
+    Ok((a?, b?))
 }
 
 /// What storing a user message did.
@@ -722,32 +777,34 @@ impl Chat<'_> {
         }
     }
 
-    /// `POST /api/chat/sessions/`: `{"title", "category"?}`.
+    /// `POST /api/chat/sessions/`: checks `{"title", "category"?}`
+    /// ([`NewSessionInput::from_fields`]) and creates the session.
     pub fn create_session_fields(
         &self,
         owner: UserId,
         body: &JsonObject,
     ) -> Result<SessionDetail, Error> {
-        let mut reader = FieldReader::new(body);
-        let title = reader.text("title", Text::REQUIRED.max(TITLE_MAX_CHARS));
-        let category = reader
-            .choice::<Category>("category", false)
-            .unwrap_or_default();
-        reader.finish()?;
-        let title =
-            title.ok_or_else(|| Error::internal("title passed its checks without a value"))?;
-        self.insert_session(owner, title, category)
+        self.new_session(owner, NewSessionInput::from_fields(body)?)
     }
 
-    /// Creates a session with a checked title (trimmed, 1-200 characters).
+    /// Creates a session, checking its title (trimmed, 1-200 characters) as the API does.
     pub fn create_session(
         &self,
         owner: UserId,
         title: &str,
         category: Category,
     ) -> Result<SessionDetail, Error> {
-        let body = serde_json::json!({"title": title, "category": category.as_str()});
-        self.create_session_fields(owner, body.as_object().unwrap_or(&JsonObject::new()))
+        let title = SessionTitle::new(title)?;
+        self.new_session(owner, NewSessionInput { title, category })
+    }
+
+    /// Creates a checked session for `owner`, with no messages.
+    pub fn new_session(
+        &self,
+        owner: UserId,
+        input: NewSessionInput,
+    ) -> Result<SessionDetail, Error> {
+        self.insert_session(owner, input.title.into_string(), input.category)
     }
 
     /// `GET /api/chat/sessions/{id}/`: the session with every message, oldest first.
@@ -777,23 +834,31 @@ impl Chat<'_> {
         self.store.session_page(owner, filter, page)
     }
 
-    /// `PATCH /api/chat/sessions/{id}/`: `{"title"?, "category"?, "is_active"?}`. Every
-    /// update, even an empty one, moves `updated_at` forward.
+    /// `PATCH /api/chat/sessions/{id}/`: checks `{"title"?, "category"?, "is_active"?}`
+    /// ([`SessionUpdate::from_fields`]) and applies it. A session that is not the owner's
+    /// is [`Error::NotFound`] before any field error (contract section 1.1).
     pub fn update_session_fields(
         &self,
         owner: UserId,
         id: SessionId,
         body: &JsonObject,
     ) -> Result<SessionDetail, Error> {
-        let mut reader = FieldReader::new(body);
-        let title = reader.text("title", Text::REQUIRED.optional().max(TITLE_MAX_CHARS));
-        let category = reader.choice::<Category>("category", false);
-        let is_active = reader.boolean("is_active", false);
-        self.owned_before_fields(owner, id, reader.finish())?;
+        let update = self.owned_before_fields(owner, id, SessionUpdate::from_fields(body))?;
+        self.update_session(owner, id, update)
+    }
+
+    /// Applies a checked change to the owner's session. Every update, even an empty one,
+    /// moves `updated_at` forward.
+    pub fn update_session(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        update: SessionUpdate,
+    ) -> Result<SessionDetail, Error> {
         let change = SessionChange {
-            title,
-            category,
-            is_active,
+            title: update.title.map(SessionTitle::into_string),
+            category: update.category,
+            is_active: update.is_active,
         };
         self.store
             .update_session(owner, id, &change, time::now(), self.asked())
@@ -1095,14 +1160,14 @@ impl Chat<'_> {
     /// The addressed session answers before the fields (contract section 1.1): a session
     /// that is not the owner's is [`Error::NotFound`] whatever the fields say, so fields
     /// that failed their checks cost one lookup of the session.
-    fn owned_before_fields(
+    fn owned_before_fields<T>(
         &self,
         owner: UserId,
         id: SessionId,
-        checked: Result<(), Error>,
-    ) -> Result<(), Error> {
+        checked: Result<T, Error>,
+    ) -> Result<T, Error> {
         match checked {
-            Ok(()) => Ok(()),
+            Ok(checked) => Ok(checked),
             Err(_) if !self.exists(owner, id)? => Err(Error::NotFound),
             Err(fields) => Err(fields),
         }
@@ -1193,4 +1258,75 @@ pub struct NewMessage {
     pub metadata: JsonObject,
     /// For a reply: the user message it answers.
     pub reply_to: Option<MessageId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn body(value: serde_json::Value) -> JsonObject {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    fn errors<T: fmt::Debug>(result: Result<T, Error>) -> FieldErrors {
+        match result {
+            Err(Error::Invalid(errors)) => errors,
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_title_is_trimmed_and_checked_with_the_apis_messages() {
+        assert_eq!(
+            SessionTitle::new("  Headache ").unwrap().as_str(),
+            "Headache"
+        );
+        assert_eq!(errors(SessionTitle::new(" ")).get("title"), [fields::BLANK]);
+        assert_eq!(
+            errors(SessionTitle::new(&"x".repeat(TITLE_MAX_CHARS + 1))).get("title"),
+            [fields::too_long(TITLE_MAX_CHARS)]
+        );
+        assert_eq!(
+            errors(SessionTitle::new("a\u{0}")).get("title"),
+            [fields::NUL_NOT_ALLOWED]
+        );
+    }
+
+    #[test]
+    fn a_new_session_body_becomes_a_checked_input_or_every_fields_errors() {
+        let input = NewSessionInput::from_fields(&body(json!({"title": " T ", "x": 1}))).unwrap();
+        assert_eq!(
+            (input.title.as_str(), input.category),
+            ("T", Category::General)
+        );
+        let errors = errors(NewSessionInput::from_fields(&body(
+            json!({"category": "nope"}),
+        )));
+        assert_eq!(errors.get("title"), [fields::REQUIRED]);
+        assert_eq!(errors.get("category"), [fields::invalid_choice("nope")]);
+    }
+
+    #[test]
+    fn an_update_body_keeps_what_it_leaves_out_and_reports_every_bad_field() {
+        assert_eq!(
+            SessionUpdate::from_fields(&JsonObject::new()).unwrap(),
+            SessionUpdate::default()
+        );
+        let update =
+            SessionUpdate::from_fields(&body(json!({"title": " New ", "is_active": false})))
+                .unwrap();
+        assert_eq!(
+            update.title.map(SessionTitle::into_string).as_deref(),
+            Some("New")
+        );
+        assert_eq!((update.category, update.is_active), (None, Some(false)));
+        let errors = errors(SessionUpdate::from_fields(&body(
+            json!({"title": null, "category": 3, "is_active": "true"}),
+        )));
+        assert_eq!(errors.get("title"), [fields::NOT_NULL]);
+        assert_eq!(errors.get("category"), [fields::NOT_A_STRING]);
+        assert_eq!(errors.get("is_active"), [fields::NOT_A_BOOLEAN]);
+    }
 }

@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 /// What went wrong in a core operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -156,9 +154,8 @@ impl From<FieldErrors> for Error {
 }
 
 /// Field name to messages, as DRF reports validation errors. Cross-field errors live under
-/// [`FieldErrors::NON_FIELD`]. Serializes as the API's 400 body.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+/// [`FieldErrors::NON_FIELD`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldErrors(BTreeMap<String, Vec<String>>);
 
 impl FieldErrors {

@@ -37,7 +37,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// An access token and the refresh token that renews it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenPair {
     /// Sent as `Authorization: Bearer <access>`.
     pub access: String,

@@ -78,7 +78,12 @@ fn obj(value: Value) -> JsonObject {
 /// The field errors of a refused operation, as the contract's 400 body.
 fn field_errors<T: Debug>(result: Result<T, Error>) -> Value {
     match result {
-        Err(Error::Invalid(errors)) => serde_json::to_value(&errors).unwrap(),
+        Err(Error::Invalid(errors)) => Value::Object(
+            errors
+                .iter()
+                .map(|(field, messages)| (field.to_owned(), json!(messages)))
+                .collect(),
+        ),
         other => panic!("expected field errors, got {other:?}"),
     }
 }
@@ -414,112 +419,6 @@ fn a_session_shows_its_messages_oldest_first_with_their_count() {
     assert_eq!(detail.messages[1], exchange.message);
     assert_eq!(detail.messages[2], exchange.reply);
     assert_eq!(detail.messages[3], third);
-}
-
-/// A timestamp as the contract writes it: RFC 3339, UTC, six fractional digits and `Z`.
-fn assert_contract_timestamp(value: &Value) {
-    let text = value.as_str().unwrap();
-    let bytes = text.as_bytes();
-    assert_eq!(bytes.len(), 27, "{text}");
-    assert!(
-        text.ends_with('Z') && bytes[10] == b'T' && bytes[19] == b'.',
-        "{text}"
-    );
-    assert!(bytes[20..26].iter().all(u8::is_ascii_digit), "{text}");
-}
-
-fn keys(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
-/// The message object, the session detail and the list item serialize with exactly the
-/// contract's keys (no owner, sequence or reply link leaks out).
-#[test]
-fn messages_sessions_and_list_items_serialize_with_exactly_the_contract_keys() {
-    let (_dir, narutalk, alice) = fixture();
-    let session = narutalk
-        .chat()
-        .create_session(alice, "Shape", Category::Medical)
-        .unwrap()
-        .session
-        .id;
-    let exchange = narutalk.send_message(alice, session, "q").unwrap();
-
-    let message = serde_json::to_value(&exchange.reply).unwrap();
-    assert_eq!(
-        keys(&message),
-        [
-            "content",
-            "id",
-            "message_type",
-            "metadata",
-            "sender",
-            "timestamp"
-        ]
-    );
-    assert_eq!(message["id"], json!(exchange.reply.id.to_string()));
-    assert_eq!(message["sender"], json!("ai"));
-    assert_eq!(message["message_type"], json!("text"));
-    assert_contract_timestamp(&message["timestamp"]);
-    let user_message = serde_json::to_value(&exchange.message).unwrap();
-    assert_eq!(user_message["metadata"], json!({}));
-    assert_eq!(user_message["sender"], json!("user"));
-
-    let detail = serde_json::to_value(narutalk.chat().session(alice, session).unwrap()).unwrap();
-    assert_eq!(
-        keys(&detail),
-        [
-            "category",
-            "created_at",
-            "id",
-            "is_active",
-            "message_count",
-            "messages",
-            "title",
-            "updated_at"
-        ]
-    );
-    assert_eq!(detail["id"], json!(session.to_string()));
-    assert_eq!(detail["category"], json!("medical"));
-    assert_eq!(detail["is_active"], json!(true));
-    assert_eq!(detail["message_count"], json!(2));
-    assert_eq!(detail["messages"][1], message);
-    assert_contract_timestamp(&detail["created_at"]);
-    assert_contract_timestamp(&detail["updated_at"]);
-
-    let page = list(
-        &narutalk,
-        alice,
-        SessionFilter::default(),
-        PageRequest::default(),
-    );
-    let item = serde_json::to_value(&page.results[0]).unwrap();
-    assert_eq!(
-        keys(&item),
-        [
-            "category",
-            "created_at",
-            "id",
-            "last_message",
-            "message_count",
-            "title",
-            "updated_at"
-        ]
-    );
-    assert_eq!(item["id"], detail["id"]);
-    assert_eq!(item["title"], json!("Shape"));
-    assert_eq!(item["category"], json!("medical"));
-    assert_eq!(item["created_at"], detail["created_at"]);
-    assert_eq!(item["updated_at"], detail["updated_at"]);
-    assert_eq!(item["last_message"], message);
-    assert_eq!(item["message_count"], json!(2));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -976,10 +875,6 @@ fn list_items_carry_their_message_count_and_newest_message() {
     assert_eq!(summary(pending).last_message.as_ref(), Some(&two));
     assert_eq!(summary(failed).session.message_count, 2);
     assert_eq!(summary(failed).last_message.as_ref(), Some(&error_reply));
-
-    let serialized = serde_json::to_value(summary(empty)).unwrap();
-    assert_eq!(serialized["last_message"], Value::Null);
-    assert_eq!(serialized["message_count"], json!(0));
 }
 
 // ---------------------------------------------------------------------------------------

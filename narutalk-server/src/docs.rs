@@ -5,19 +5,20 @@
 //! description (OpenAPI cannot describe a socket's frames). The paths come from the route
 //! table (`api::routes`), whose rows name the handlers whose annotations document them.
 //!
-//! The schemas below describe the JSON the core serializes and reads; they exist only for
-//! the document. They are as strict as the server: every length, format and choice the
-//! server checks is a constraint here, request bodies that may be empty are optional, and
-//! every operation lists every status it can answer. What a schema cannot say (uniqueness,
-//! the password rules, the e-mail syntax in full, rules across fields) is said in words. The
-//! black-box tests compare every object the server answers with its schema here and probe
-//! the documented limits against the server, so the two cannot drift apart unnoticed.
+//! The schemas of what the server answers are those of the types it answers with
+//! (`wire`), so the document cannot describe a shape the server does not send. The
+//! schemas below are the rest: the request bodies (which the core reads field by field,
+//! with the contract's messages, rather than into a type), the query parameters, and the
+//! responses many operations share. They are as strict as the server: every length,
+//! format and choice the server checks is a constraint here, request bodies that may be
+//! empty are optional, and every operation lists every status it can answer. What a schema
+//! cannot say (uniqueness, the password rules, the e-mail syntax in full, rules across
+//! fields) is said in words. The black-box tests compare every object the server answers
+//! with its schema and probe the documented limits against the server.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
-use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{
@@ -31,6 +32,8 @@ use narutalk_core::accounts::{USERNAME_MAX_CHARS, policy};
 
 use crate::error::ApiError;
 use crate::response::Response;
+use crate::wire::chat::Category;
+use crate::wire::errors::{BadRequest, Detail, FieldErrors, ProxyError, TokenError};
 
 /// The OpenAPI document without its paths: the route table adds one operation for each
 /// documented method.
@@ -285,66 +288,12 @@ fn absolute_asset_urls(page: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Errors, and the answers many operations share
+// The answers many operations share
 //
 // Patterns name whitespace explicitly where the server trims or refuses blank strings:
 // [`WHITE_SPACE`] is what the server trims, while a regex's own `\s` means something else
 // in each engine (a unit test below keeps the two equal).
 // ---------------------------------------------------------------------------------------
-
-/// `{"detail": "..."}`: the body of most errors.
-#[derive(Serialize, ToSchema)]
-pub struct Detail {
-    /// What went wrong.
-    #[schema(example = "Not found.")]
-    pub detail: String,
-}
-
-/// A refused token.
-#[derive(Serialize, ToSchema)]
-pub struct TokenError {
-    /// `Given token not valid for any token type` (access), `Token is invalid`, `Token is
-    /// expired` or `Token is blacklisted` (refresh), or `Authentication credentials were
-    /// not provided.` (no token; then without `code`).
-    pub detail: String,
-    /// Present when a token was sent and refused.
-    #[schema(nullable = false)]
-    pub code: Option<TokenErrorCode>,
-}
-
-/// The one code of a refused token.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum TokenErrorCode {
-    /// The token is bad, expired, revoked or of the wrong type.
-    TokenNotValid,
-}
-
-/// Field name to messages; rules across fields under `non_field_errors`.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"email": ["Enter a valid email address."]}))]
-pub struct FieldErrors(pub BTreeMap<String, Vec<String>>);
-
-/// A 400 for a request body: field errors (a body that is not a JSON object is one too,
-/// under `non_field_errors`), or `{"detail": "JSON parse error - ..."}` for malformed JSON,
-/// or `{"detail": "Bad request."}` for a request that cannot be read at all.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum BadRequest {
-    /// Field name to messages.
-    Fields(FieldErrors),
-    /// Malformed JSON, or an unreadable request.
-    Detail(Detail),
-}
-
-/// A search-proxy failure.
-#[derive(Serialize, ToSchema)]
-pub struct ProxyError {
-    /// What failed (`search service is not configured`, `search service timed out`, ...).
-    pub error: String,
-}
 
 /// A whole number of seconds to wait before trying again.
 pub struct RetryAfterSeconds;
@@ -369,19 +318,19 @@ impl ToSchema for RetryAfterSeconds {
 /// answer (`{"detail": "Request body timed out."}`).
 #[derive(ToResponse)]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub struct BodyTimeout(Detail);
+pub struct BodyTimeout(Detail<'static>);
 
 /// The body is larger than the limit (1 MiB unless configured), by `Content-Length` or
 /// counted as it arrives (`{"detail": "Request body too large."}`).
 #[derive(ToResponse)]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub struct BodyTooLarge(Detail);
+pub struct BodyTooLarge(Detail<'static>);
 
 /// A non-empty body with a content type other than JSON, or with none
 /// (`{"detail": "Unsupported media type \"text/plain\" in request."}`).
 #[derive(ToResponse)]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub struct UnsupportedMediaType(Detail);
+pub struct UnsupportedMediaType(Detail<'static>);
 
 /// The password-hashing queue is full, or the database cannot take the write (or the
 /// read) within 5 s: `{"detail": "Service temporarily unavailable, try again later."}`.
@@ -390,7 +339,7 @@ pub struct UnsupportedMediaType(Detail);
 #[derive(ToResponse)]
 #[response(headers(("Retry-After" = RetryAfterSeconds, description = "Always 1")))]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub struct Unavailable(Detail);
+pub struct Unavailable(Detail<'static>);
 
 /// No access token (`Authentication credentials were not provided.`), or one that is
 /// malformed, expired, revoked, a refresh token, or of a deactivated or deleted user
@@ -398,7 +347,7 @@ pub struct Unavailable(Detail);
 #[derive(ToResponse)]
 #[response(headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"api\"`")))]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub struct AccessTokenRefused(TokenError);
+pub struct AccessTokenRefused(TokenError<'static>);
 
 /// The refresh token is malformed (`Token is invalid`), expired (`Token is expired`), or
 /// already rotated, logged out or revoked (`Token is blacklisted`). Presenting a rotated
@@ -406,7 +355,7 @@ pub struct AccessTokenRefused(TokenError);
 #[derive(ToResponse)]
 #[response(headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"api\"`")))]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub struct RefreshTokenRefused(TokenError);
+pub struct RefreshTokenRefused(TokenError<'static>);
 
 // ---------------------------------------------------------------------------------------
 // Accounts
@@ -415,7 +364,6 @@ pub struct RefreshTokenRefused(TokenError);
 /// A username: 1-150 letters (of any script), digits or `@.+-_`, after leading and
 /// trailing whitespace is removed; unique. The pattern lists exactly the characters the
 /// server takes: it is built from the server's own rule.
-#[derive(Serialize)]
 pub struct Username;
 
 impl PartialSchema for Username {
@@ -487,23 +435,8 @@ fn character_class(accepts: impl Fn(char) -> bool) -> String {
         .collect()
 }
 
-/// A role.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum Role {
-    /// Made with the administrators' command line only.
-    Admin,
-    /// A doctor.
-    Doctor,
-    /// A nurse.
-    Nurse,
-    /// The default.
-    User,
-}
-
 /// A role a registration may ask for.
-#[derive(Serialize, ToSchema)]
+#[derive(serde::Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
 pub enum RegisterRole {
@@ -516,7 +449,11 @@ pub enum RegisterRole {
 }
 
 /// `POST /api/auth/register/`. Unknown fields are ignored.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct RegisterRequest {
     /// 1-150 letters, digits or `@.+-_`, after leading and trailing whitespace is removed;
     /// unique.
@@ -541,7 +478,11 @@ pub struct RegisterRequest {
 }
 
 /// `POST /api/auth/login/`. Unknown fields are ignored.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"email": "kim@example.com", "password": "violet-harbour-42"}))]
 pub struct LoginRequest {
     /// The account's email, in any letter case.
@@ -566,7 +507,11 @@ pub struct LoginRequest {
 }
 
 /// `POST /api/auth/token/refresh/` and `/api/auth/logout/`.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct RefreshRequest {
     /// A refresh token.
     #[schema(
@@ -578,7 +523,11 @@ pub struct RefreshRequest {
 
 /// `PATCH /api/auth/profile/`: the fields sent change, the others stay. `id`, `role` and
 /// `is_verified` are read-only and ignored, as are unknown fields.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct ProfileUpdate {
     /// 1-150 letters, digits or `@.+-_`, after trimming; unique.
     #[schema(nullable = false)]
@@ -593,7 +542,11 @@ pub struct ProfileUpdate {
 
 /// `PUT /api/auth/profile/`: username and email required. `id`, `role` and `is_verified`
 /// are read-only and ignored, as are unknown fields.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct ProfileReplace {
     /// 1-150 letters, digits or `@.+-_`, after trimming; unique.
     pub username: Username,
@@ -606,7 +559,11 @@ pub struct ProfileReplace {
 }
 
 /// `POST /api/auth/password/`.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 pub struct PasswordChange {
     /// The current password.
     #[schema(
@@ -620,84 +577,9 @@ pub struct PasswordChange {
     pub new_password: String,
 }
 
-/// A user.
-#[derive(Serialize, ToSchema)]
-pub struct User {
-    /// The id, never reused.
-    #[schema(minimum = 1)]
-    pub id: i64,
-    /// The username.
-    #[schema(min_length = 1, max_length = 150)]
-    pub username: String,
-    /// The email, lower-cased.
-    #[schema(format = Email, min_length = 1, max_length = 254)]
-    pub email: String,
-    /// The role.
-    pub role: Role,
-    /// May be empty.
-    #[schema(max_length = 100)]
-    pub department: String,
-    /// Set by an administrator.
-    pub is_verified: bool,
-}
-
-/// An access token and its refresh token.
-#[derive(Serialize, ToSchema)]
-pub struct TokenPair {
-    /// Sent as `Authorization: Bearer <access>`; valid 60 minutes.
-    #[schema(min_length = 1)]
-    pub access: String,
-    /// Exchanged once for a new pair; valid 7 days.
-    #[schema(min_length = 1)]
-    pub refresh: String,
-}
-
-/// A successful login.
-#[derive(Serialize, ToSchema)]
-pub struct LoginResponse {
-    /// The access token.
-    #[schema(min_length = 1)]
-    pub access: String,
-    /// The refresh token.
-    #[schema(min_length = 1)]
-    pub refresh: String,
-    /// The user.
-    pub user: User,
-    /// The account's device token (43 base64url characters): the one sent, when it was
-    /// valid and honoured, otherwise a new one. Keep it and send it with later logins.
-    #[schema(min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
-    pub device: String,
-}
-
-/// The dashboard.
-#[derive(Serialize, ToSchema)]
-pub struct Dashboard {
-    /// The user.
-    pub user: User,
-    /// Sessions updated in the last 7 days.
-    pub recent_chats: u64,
-    /// Messages in all the user's sessions.
-    pub total_messages: u64,
-}
-
 // ---------------------------------------------------------------------------------------
 // Chat
 // ---------------------------------------------------------------------------------------
-
-/// A category.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum Category {
-    /// Medical.
-    Medical,
-    /// The default.
-    General,
-    /// Emergency.
-    Emergency,
-    /// Consultation.
-    Consultation,
-}
 
 /// The `category` filter of the session list: one category, or empty for every one.
 pub struct CategoryFilter;
@@ -776,36 +658,8 @@ impl ToSchema for PageNumber {
     }
 }
 
-/// Who wrote a message.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum Sender {
-    /// The user.
-    User,
-    /// The AI.
-    Ai,
-    /// The server (error messages).
-    System,
-}
-
-/// What a message holds (`error` is the server's own).
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum MessageType {
-    /// Text.
-    Text,
-    /// An image.
-    Image,
-    /// A file.
-    File,
-    /// The system error message.
-    Error,
-}
-
 /// A message type a client may send.
-#[derive(Serialize, ToSchema)]
+#[derive(serde::Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code, reason = "described in the OpenAPI document, never built")]
 pub enum ClientMessageType {
@@ -817,47 +671,13 @@ pub enum ClientMessageType {
     File,
 }
 
-/// A stored message.
-#[derive(Serialize, ToSchema)]
-pub struct Message {
-    /// The id.
-    pub id: uuid::Uuid,
-    /// Exactly as sent.
-    pub content: String,
-    /// Who wrote it.
-    pub sender: Sender,
-    /// What it holds.
-    pub message_type: MessageType,
-    /// A JSON object; a system error message's holds the `reason`.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// When it was stored.
-    #[schema(format = DateTime)]
-    pub timestamp: String,
-}
-
-/// The stored user message with the reply stored for it.
-#[derive(Serialize, ToSchema)]
-pub struct MessageWithReply {
-    /// The id.
-    pub id: uuid::Uuid,
-    /// Exactly as sent.
-    pub content: String,
-    /// Always `user`.
-    pub sender: Sender,
-    /// What it holds.
-    pub message_type: MessageType,
-    /// A JSON object.
-    pub metadata: serde_json::Map<String, serde_json::Value>,
-    /// When it was stored.
-    #[schema(format = DateTime)]
-    pub timestamp: String,
-    /// The AI's reply, or the system error message.
-    pub reply: Message,
-}
-
 /// `POST /api/chat/sessions/{id}/messages/`. A `sender` is ignored (a posted message is
 /// always the user's), as are unknown fields.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"content": "두통이 사흘째 계속돼요.", "message_type": "text", "metadata": {}}))]
 pub struct MessageCreate {
     /// 1-10,000 characters, not only whitespace, stored exactly as sent; no NUL character.
@@ -877,7 +697,11 @@ pub struct MessageCreate {
 }
 
 /// `POST /api/chat/sessions/`. Unknown fields are ignored.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"title": "Headache", "category": "medical"}))]
 pub struct SessionCreate {
     /// 1-200 characters after leading and trailing whitespace is removed (stored
@@ -895,7 +719,11 @@ pub struct SessionCreate {
 
 /// `PATCH /api/chat/sessions/{id}/`: the fields sent change, the others stay; every
 /// update, even `{}`, moves `updated_at` forward. Unknown fields are ignored.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "a request body's schema: the core reads the body field by field"
+)]
 #[schema(example = json!({"title": "Headache, day 2", "is_active": false}))]
 pub struct SessionUpdate {
     /// 1-200 characters after trimming; no NUL character.
@@ -912,181 +740,6 @@ pub struct SessionUpdate {
     /// Archived (`false`) or not; a label only, an archived session still works.
     #[schema(nullable = false)]
     pub is_active: Option<bool>,
-}
-
-/// A session with its messages, oldest first.
-#[derive(Serialize, ToSchema)]
-pub struct SessionDetail {
-    /// The id.
-    pub id: uuid::Uuid,
-    /// The title.
-    #[schema(min_length = 1, max_length = 200)]
-    pub title: String,
-    /// The category.
-    pub category: Category,
-    /// When it was made.
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// Moves with every message and update.
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    /// A label the user sets.
-    pub is_active: bool,
-    /// Its messages in storage order.
-    pub messages: Vec<Message>,
-    /// How many.
-    pub message_count: u64,
-}
-
-/// A session in the list.
-#[derive(Serialize, ToSchema)]
-pub struct SessionListItem {
-    /// The id.
-    pub id: uuid::Uuid,
-    /// The title.
-    #[schema(min_length = 1, max_length = 200)]
-    pub title: String,
-    /// The category.
-    pub category: Category,
-    /// When it was made.
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    /// Moves with every message and update.
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    /// The message stored last.
-    pub last_message: Option<Message>,
-    /// How many messages.
-    pub message_count: u64,
-}
-
-/// A page of sessions.
-#[derive(Serialize, ToSchema)]
-pub struct SessionPage {
-    /// Sessions in the whole list.
-    pub count: u64,
-    /// The next page's absolute URL.
-    #[schema(format = "uri")]
-    pub next: Option<String>,
-    /// The previous page's absolute URL.
-    #[schema(format = "uri")]
-    pub previous: Option<String>,
-    /// Up to 20 sessions.
-    #[schema(max_items = 20)]
-    pub results: Vec<SessionListItem>,
-}
-
-/// A page of messages.
-#[derive(Serialize, ToSchema)]
-pub struct MessagePage {
-    /// Messages in the whole list.
-    pub count: u64,
-    /// The next page's absolute URL.
-    #[schema(format = "uri")]
-    pub next: Option<String>,
-    /// The previous page's absolute URL.
-    #[schema(format = "uri")]
-    pub previous: Option<String>,
-    /// Up to 20 messages, oldest first.
-    #[schema(max_items = 20)]
-    pub results: Vec<Message>,
-}
-
-// ---------------------------------------------------------------------------------------
-// Gateway
-// ---------------------------------------------------------------------------------------
-
-/// The server's own state.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum ServerState {
-    /// Always.
-    Running,
-}
-
-/// The database's state.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum DatabaseState {
-    /// Reads and writes work.
-    Connected,
-    /// Reads work; a write failed for a database cause and none has succeeded since.
-    ReadOnly,
-    /// Reads fail too.
-    Unavailable,
-}
-
-/// The AI service's state, from the last background probe.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum AiState {
-    /// Reachable (the built-in `template` AI always is).
-    Available,
-    /// Not reachable.
-    Unavailable,
-}
-
-/// The search service's state, from the last background probe.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum SearchState {
-    /// Reachable.
-    Available,
-    /// Not reachable.
-    Unavailable,
-    /// No search service is configured.
-    NotConfigured,
-}
-
-/// The overall state.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum HealthStatus {
-    /// Everything the server needs works.
-    Healthy,
-    /// The database answers reads but not writes (200).
-    Degraded,
-    /// The database cannot answer (503).
-    Unhealthy,
-}
-
-/// The services' states.
-#[derive(Serialize, ToSchema)]
-pub struct Services {
-    /// The server itself.
-    pub server: ServerState,
-    /// The database.
-    pub database: DatabaseState,
-    /// The AI service.
-    pub ai_service: AiState,
-    /// The search service.
-    pub search_service: SearchState,
-}
-
-/// `GET /api/health/`. AI and search reachability do not change `status`.
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    /// The overall state.
-    pub status: HealthStatus,
-    /// Each service's state.
-    pub services: Services,
-}
-
-/// A 503 of the search proxy: the search service failed (`error`), or the database
-/// could not check the access token (`detail`, with `Retry-After`).
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code, reason = "described in the OpenAPI document, never built")]
-pub enum SearchUnavailable {
-    /// The search service is not configured, cannot be reached or timed out.
-    Proxy(ProxyError),
-    /// The database is unavailable.
-    Detail(Detail),
 }
 
 #[cfg(test)]

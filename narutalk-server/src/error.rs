@@ -6,15 +6,17 @@
 //! built, or when nobody was left to hear it. Requests run inside a span that carries
 //! their id, so the line says which request failed.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 
 use narutalk_core::accounts::password;
 use narutalk_core::error::{Error as CoreError, FieldErrors, TokenProblem};
-use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 
 use crate::response::{Response, json_response};
+use crate::wire;
+use crate::wire::errors::{Detail, ErrorBody, TokenError, TokenErrorCode};
 
 /// The `WWW-Authenticate` header of every 401, as DRF and simplejwt send it.
 pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"api\"";
@@ -186,55 +188,62 @@ impl ApiError {
     }
 
     /// The contract's JSON body of this answer.
-    pub fn body(&self) -> serde_json::Value {
+    pub fn body(&self) -> ErrorBody<'_> {
         match self {
-            ApiError::NotFound => json!({ "detail": "Not found." }),
-            ApiError::InvalidPage => json!({ "detail": "Invalid page." }),
-            ApiError::NotAuthenticated => {
-                json!({ "detail": "Authentication credentials were not provided." })
-            }
-            ApiError::InvalidAccessToken => json!({
-                "detail": "Given token not valid for any token type",
-                "code": "token_not_valid",
+            ApiError::NotFound => ErrorBody::detail("Not found."),
+            ApiError::InvalidPage => ErrorBody::detail("Invalid page."),
+            ApiError::NotAuthenticated => ErrorBody::Token(TokenError {
+                code: None,
+                detail: "Authentication credentials were not provided.",
             }),
-            ApiError::InvalidRefreshToken(problem) => {
-                json!({ "detail": problem.detail(), "code": "token_not_valid" })
-            }
+            ApiError::InvalidAccessToken => ErrorBody::Token(TokenError {
+                code: Some(TokenErrorCode::TokenNotValid),
+                detail: "Given token not valid for any token type",
+            }),
+            ApiError::InvalidRefreshToken(problem) => ErrorBody::Token(TokenError {
+                code: Some(TokenErrorCode::TokenNotValid),
+                detail: problem.detail(),
+            }),
             ApiError::BadCredentials => {
-                json!({ "detail": "No active account found with the given credentials" })
+                ErrorBody::detail("No active account found with the given credentials")
             }
             ApiError::PermissionDenied => {
-                json!({ "detail": "You do not have permission to perform this action." })
+                ErrorBody::detail("You do not have permission to perform this action.")
             }
             ApiError::MethodNotAllowed { method, .. } => {
-                json!({ "detail": format!("Method \"{method}\" not allowed.") })
+                ErrorBody::detail(format!("Method \"{method}\" not allowed."))
             }
-            ApiError::BodyTooLarge => json!({ "detail": "Request body too large." }),
-            ApiError::BodyTimeout => json!({ "detail": "Request body timed out." }),
-            ApiError::UnsupportedMediaType(content_type) => {
-                json!({ "detail": format!("Unsupported media type \"{content_type}\" in request.") })
-            }
+            ApiError::BodyTooLarge => ErrorBody::detail("Request body too large."),
+            ApiError::BodyTimeout => ErrorBody::detail("Request body timed out."),
+            ApiError::UnsupportedMediaType(content_type) => ErrorBody::detail(format!(
+                "Unsupported media type \"{content_type}\" in request."
+            )),
             ApiError::JsonParse(problem) => {
-                json!({ "detail": format!("JSON parse error - {problem}") })
+                ErrorBody::detail(format!("JSON parse error - {problem}"))
             }
-            ApiError::NotAnObject(type_name) => json!({
-                FieldErrors::NON_FIELD: [format!("Invalid data. Expected a dictionary, but got {type_name}.")]
-            }),
-            ApiError::Fields(errors) => json!(errors),
-            ApiError::BadRequest => json!({ "detail": "Bad request." }),
-            ApiError::UpgradeRequired => json!({
-                "detail": "This endpoint is a WebSocket: connect with a WebSocket (version 13) upgrade."
-            }),
+            ApiError::NotAnObject(type_name) => {
+                ErrorBody::Fields(wire::errors::FieldErrors(Cow::Owned(FieldErrors::single(
+                    FieldErrors::NON_FIELD,
+                    format!("Invalid data. Expected a dictionary, but got {type_name}."),
+                ))))
+            }
+            ApiError::Fields(errors) => {
+                ErrorBody::Fields(wire::errors::FieldErrors(Cow::Borrowed(errors)))
+            }
+            ApiError::BadRequest => ErrorBody::detail("Bad request."),
+            ApiError::UpgradeRequired => ErrorBody::detail(
+                "This endpoint is a WebSocket: connect with a WebSocket (version 13) upgrade.",
+            ),
             ApiError::BadHandshake => {
-                json!({ "detail": "Sec-WebSocket-Key must be 16 bytes in base64." })
+                ErrorBody::detail("Sec-WebSocket-Key must be 16 bytes in base64.")
             }
-            ApiError::Throttled(seconds) => json!({
-                "detail": format!("Request was throttled. Expected available in {seconds} seconds.")
-            }),
+            ApiError::Throttled(seconds) => ErrorBody::detail(format!(
+                "Request was throttled. Expected available in {seconds} seconds."
+            )),
             ApiError::Unavailable => {
-                json!({ "detail": "Service temporarily unavailable, try again later." })
+                ErrorBody::detail("Service temporarily unavailable, try again later.")
             }
-            ApiError::Internal(_) => json!({ "detail": "A server error occurred." }),
+            ApiError::Internal(_) => ErrorBody::detail("A server error occurred."),
         }
     }
 
@@ -286,11 +295,9 @@ impl ApiError {
                 .collect::<Vec<_>>()
                 .join("; "),
             other => match other.body() {
-                serde_json::Value::Object(body) => match body.get("detail") {
-                    Some(serde_json::Value::String(detail)) => detail.clone(),
-                    _ => serde_json::Value::Object(body).to_string(),
-                },
-                body => body.to_string(),
+                ErrorBody::Detail(Detail { detail }) => detail.into_owned(),
+                ErrorBody::Token(TokenError { detail, .. }) => detail.to_owned(),
+                ErrorBody::Fields(errors) => serde_json::to_string(&errors).unwrap_or_default(),
             },
         }
     }
@@ -339,6 +346,7 @@ fn core_internal(error: CoreError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use narutalk_core::error::InternalError;
+    use serde_json::json;
 
     use super::*;
 
@@ -388,7 +396,7 @@ mod tests {
         let error = ApiError::internal("reading the thing", "disk on fire");
         assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
-            error.body(),
+            serde_json::to_value(error.body()).unwrap(),
             json!({ "detail": "A server error occurred." })
         );
         assert_eq!(error.into_text(|f| f), "A server error occurred.");

@@ -1,12 +1,13 @@
 //! The text frames of contract section 6: what a client may send, and what the server
-//! sends back.
+//! sends back (built from the frames of `wire::frames`).
 
-use narutalk_core::chat::{Message, MessageId, MessageType, Sender};
+use narutalk_core::chat::{Message, MessageId};
 use narutalk_core::fields::{JsonObject, python_type_name};
-use narutalk_core::time;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::wire;
 
 /// The answer to `{"type": "ping"}`.
 pub const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
@@ -59,69 +60,23 @@ pub fn frame_field(field: &str) -> &str {
 
 /// The `chat_message` frame of a stored message, with the seed's keys.
 pub fn chat_message(message: &Message) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct ChatMessage<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        message: &'a str,
-        sender: Sender,
-        message_type: MessageType,
-        metadata: &'a JsonObject,
-        timestamp: String,
-        message_id: MessageId,
-    }
-    to_frame(&ChatMessage {
-        kind: "chat_message",
-        message: &message.content,
-        sender: message.sender,
-        message_type: message.message_type,
-        metadata: &message.metadata,
-        timestamp: time::format_rfc3339(&message.timestamp),
-        message_id: message.id,
-    })
+    to_frame(&wire::frames::ChatMessage::from(message))
 }
 
 /// An `ai_delta` frame: part of the reply that will be stored as `message_id`.
 pub fn ai_delta(message_id: MessageId, delta: &str) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct AiDelta<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        message_id: MessageId,
-        delta: &'a str,
-    }
-    to_frame(&AiDelta {
-        kind: "ai_delta",
-        message_id,
-        delta,
-    })
+    to_frame(&wire::frames::AiDelta::new(message_id, delta))
 }
 
 /// An `error` frame.
 pub fn error(text: &str) -> Utf8Bytes {
-    error_frame(text, None)
+    to_frame(&wire::frames::ErrorFrame::new(text, None))
 }
 
 /// The `error` frame of a throttled message: the text and `retry_after`, the whole
 /// seconds to wait (contract section 11), as the REST answer's `Retry-After` says them.
 pub fn throttled(text: &str, retry_after: u64) -> Utf8Bytes {
-    error_frame(text, Some(retry_after))
-}
-
-fn error_frame(text: &str, retry_after: Option<u64>) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct Error<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        error: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        retry_after: Option<u64>,
-    }
-    to_frame(&Error {
-        kind: "error",
-        error: text,
-        retry_after,
-    })
+    to_frame(&wire::frames::ErrorFrame::new(text, Some(retry_after)))
 }
 
 /// Serializing these frames cannot fail: their maps have string keys and their values are
@@ -184,6 +139,29 @@ mod tests {
         assert!(
             not_json.starts_with("The frame is not valid JSON: key must be a string"),
             "{not_json}"
+        );
+    }
+
+    #[test]
+    fn a_stored_message_has_the_seeds_keys_in_order() {
+        let id = MessageId::new_random();
+        let message = Message {
+            id,
+            session_id: narutalk_core::chat::SessionId::new_random(),
+            seq: 3,
+            content: "두통".to_owned(),
+            sender: narutalk_core::chat::Sender::Ai,
+            message_type: narutalk_core::chat::MessageType::Text,
+            metadata: object(json!({"model": "m"})),
+            timestamp: narutalk_core::time::now(),
+            reply_to: None,
+        };
+        let stamp = narutalk_core::time::format_rfc3339(&message.timestamp);
+        assert_eq!(
+            chat_message(&message).as_str(),
+            format!(
+                r#"{{"type":"chat_message","message":"두통","sender":"ai","message_type":"text","metadata":{{"model":"m"}},"timestamp":"{stamp}","message_id":"{id}"}}"#
+            )
         );
     }
 

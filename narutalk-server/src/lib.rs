@@ -16,6 +16,7 @@
 //! - `calls`: core calls on blocking threads; `health`: what health reports;
 //! - `limits`: throttles and the login failure budgets;
 //! - `http`, `response`, `error`: requests, responses, and the contract's errors;
+//! - `wire`: the JSON the server answers, REST and WebSocket, and its OpenAPI schemas;
 //! - `docs`: the OpenAPI document's parts and the offline Swagger UI;
 //! - `page`: the web chat page at `/` and its assets under `/app/`, embedded in the
 //!   binary;
@@ -69,6 +70,7 @@ mod server;
 pub mod settings;
 mod state;
 mod turns;
+mod wire;
 mod ws;
 
 pub use launch::Launch;

@@ -23,7 +23,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, FieldErrors};
-use crate::fields::{FieldReader, JsonObject, Text};
+use crate::fields::{Checked, FieldReader, JsonObject, Text};
 use crate::store::{
     AccountStore, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
 };
@@ -50,7 +50,8 @@ pub const DEPARTMENT_MAX_CHARS: usize = 100;
 /// How long "recent" is for the dashboard's `recent_chats`.
 pub const RECENT_CHATS_WINDOW: chrono::Duration = chrono::Duration::days(7);
 
-/// A user's id: an integer, never reused after the user is deleted.
+/// A user's id: an integer, never reused after the user is deleted. Serializes as the
+/// integer (the CLI's JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct UserId(pub i64);
@@ -61,7 +62,8 @@ impl std::fmt::Display for UserId {
     }
 }
 
-/// What a user is. Recorded and shown; in v1 it gates nothing in the API.
+/// What a user is. Recorded and shown; in v1 it gates nothing in the API. Serializes as
+/// its name (the CLI's JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -125,9 +127,7 @@ impl std::str::FromStr for RegistrationRole {
     }
 }
 
-/// A stored user. It serializes as the API's user object (`UserSerializer`): `id`,
-/// `username`, `email`, `role`, `department` and `is_verified`; the other fields are for
-/// administrators and never leave through that form.
+/// A stored user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     /// Integer id.
@@ -152,25 +152,10 @@ pub struct User {
     pub tokens_revoked_at: i64,
 }
 
-impl Serialize for User {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut user = serializer.serialize_struct("User", 6)?;
-        user.serialize_field("id", &self.id)?;
-        user.serialize_field("username", &self.username)?;
-        user.serialize_field("email", &self.email)?;
-        user.serialize_field("role", &self.role)?;
-        user.serialize_field("department", &self.department)?;
-        user.serialize_field("is_verified", &self.is_verified)?;
-        user.end()
-    }
-}
-
-/// The result of a successful login: `{"access", "refresh", "user", "device"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The result of a successful login: a token pair, the user, and a device token.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Login {
     /// The new token pair (a new refresh-token family).
-    #[serde(flatten)]
     pub tokens: TokenPair,
     /// The user who logged in.
     pub user: User,
@@ -205,14 +190,9 @@ impl LoginInput {
     /// string, or not 43 base64url characters) is ignored, never an error.
     pub fn from_fields(body: &JsonObject) -> Result<LoginInput, Error> {
         let mut reader = FieldReader::new(body);
-        let email = reader.text("email", Text::REQUIRED);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
-        reader.finish()?;
-        let (Some(email), Some(password)) = (email, password) else {
-            return Err(Error::internal(
-                "login passed its checks with a field missing",
-            ));
-        };
+        let email = reader.required_text("email", Text::REQUIRED);
+        let password = reader.required_text("password", Text::REQUIRED_VERBATIM);
+        let (email, password) = reader.finish_with(both(email, password))?;
         let input = LoginInput::new(&email, &password);
         Ok(match body.get("device") {
             Some(Value::String(device)) => input.with_device(device),
@@ -268,7 +248,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// The dashboard's counts, computed from stored data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dashboard {
     /// The user.
     pub user: User,
@@ -315,7 +295,82 @@ pub struct Accounts<'a> {
     pub(crate) hashing: &'a password::PasswordHashing,
 }
 
-/// A registration or account creation whose fields passed every check.
+/// A registration whose fields passed every check of `POST /api/auth/register/`
+/// ([`Accounts::check_registration`]): [`Accounts::register`] creates it. The username
+/// and email were free when checked; a registration that loses a race for them still
+/// answers the same field error.
+#[derive(Clone)]
+pub struct Registration {
+    account: CheckedAccount,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.account.fmt(f)
+    }
+}
+
+impl Registration {
+    /// The username, trimmed.
+    pub fn username(&self) -> &str {
+        &self.account.username
+    }
+
+    /// The email, trimmed and lower-cased.
+    pub fn email(&self) -> &str {
+        &self.account.email
+    }
+
+    /// The role asked for: `user`, `doctor` or `nurse`.
+    pub fn role(&self) -> Role {
+        self.account.role
+    }
+}
+
+/// A profile change whose fields passed every check of `PUT`/`PATCH /api/auth/profile/`
+/// for one user ([`Accounts::check_profile`]): [`Accounts::update_profile`] applies it.
+#[derive(Clone, Debug)]
+pub struct ProfileUpdate {
+    user: UserId,
+    change: ProfileChange,
+}
+
+impl ProfileUpdate {
+    /// The user it changes.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+}
+
+/// A password change whose fields passed every check of `POST /api/auth/password/` for
+/// one user, the old password included ([`Accounts::check_password_change`]):
+/// [`Accounts::change_password`] applies it, unless the password was replaced since the
+/// old one was checked.
+#[derive(Clone)]
+pub struct PasswordChange {
+    user: UserId,
+    new_password: String,
+    /// The stored hash the old password was checked against: only that one is replaced.
+    checked_hash: String,
+}
+
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChange")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordChange {
+    /// The user whose password it changes.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+}
+
+/// The fields every new account has, checked: a registration's or an administrator's.
+#[derive(Clone)]
 struct CheckedAccount {
     username: String,
     email: String,
@@ -325,66 +380,89 @@ struct CheckedAccount {
     is_verified: bool,
 }
 
-/// The fields of a new account as read; each `None` failed a check (and was reported).
+impl std::fmt::Debug for CheckedAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("role", &self.role)
+            .field("department", &self.department)
+            .finish()
+    }
+}
+
+/// The fields of a new account as read and checked.
 struct AccountFields {
-    username: Option<String>,
-    email: Option<String>,
-    password: Option<String>,
+    username: String,
+    email: String,
+    password: String,
     department: String,
 }
 
 impl AccountFields {
-    /// The account to insert, once every field passed.
-    fn checked(self, role: Role, is_verified: bool) -> Result<CheckedAccount, Error> {
-        match (self.username, self.email, self.password) {
-            (Some(username), Some(email), Some(password)) => Ok(CheckedAccount {
-                username,
-                email,
-                password,
-                role,
-                department: self.department,
-                is_verified,
-            }),
-            _ => Err(Error::internal(
-                "an account passed its checks with a field missing",
-            )),
+    /// The account with this role and verification.
+    fn into_account(self, role: Role, is_verified: bool) -> CheckedAccount {
+        CheckedAccount {
+            username: self.username,
+            email: self.email,
+            password: self.password,
+            role,
+            department: self.department,
+            is_verified,
         }
     }
 }
 
 impl Accounts<'_> {
-    /// `POST /api/auth/register/`: checks `{"username", "email", "password",
-    /// "password_confirm", "role"?, "department"?}` with every rule of the API and
-    /// creates a `user`, `doctor` or `nurse` (never `admin`), unverified.
+    /// `POST /api/auth/register/`: checks the body ([`Accounts::check_registration`]) and
+    /// creates the account ([`Accounts::register`]).
     pub fn register_fields(&self, body: &JsonObject) -> Result<User, Error> {
+        self.register(self.check_registration(body)?)
+    }
+
+    /// Checks `{"username", "email", "password", "password_confirm", "role"?,
+    /// "department"?}` with every rule of the API: a `user`, `doctor` or `nurse` (never
+    /// `admin`) whose username and email are free. Every field's problems are reported at
+    /// once; `Passwords do not match.` only when every field passed.
+    pub fn check_registration(&self, body: &JsonObject) -> Result<Registration, Error> {
         let mut reader = FieldReader::new(body);
         let fields = self.read_account_fields(&mut reader)?;
-        let password_confirm = reader.text("password_confirm", Text::REQUIRED_VERBATIM);
+        let password_confirm = reader.required_text("password_confirm", Text::REQUIRED_VERBATIM);
         let role = reader
-            .choice::<RegistrationRole>("role", false)
-            .map_or(Role::User, |r| r.0);
-        reader.finish()?;
-        let account = fields.checked(role, false)?;
-        if password_confirm.as_deref() != Some(account.password.as_str()) {
+            .optional_choice::<RegistrationRole>("role")
+            .map(|role| role.map_or(Role::User, |r| r.0));
+        let (fields, (password_confirm, role)) =
+            reader.finish_with(both(fields, both(password_confirm, role)))?;
+        if password_confirm != fields.password {
             return Err(FieldErrors::single(FieldErrors::NON_FIELD, PASSWORDS_DIFFER).into());
         }
-        self.insert(account)
+        Ok(Registration {
+            account: fields.into_account(role, false),
+        })
+    }
+
+    /// Creates a checked registration's account, unverified.
+    pub fn register(&self, registration: Registration) -> Result<User, Error> {
+        self.insert(registration.account)
     }
 
     /// Creates an account with any role, `admin` included (the administrators' tool). The
     /// same field and password rules apply; errors name the fields as registration does.
     pub fn create(&self, new: &NewUser) -> Result<User, Error> {
-        let body = serde_json::json!({
-            "username": new.username,
-            "email": new.email,
-            "password": new.password,
-            "department": new.department,
-        });
-        let body = body.as_object().cloned().unwrap_or_default();
+        let mut body = JsonObject::new();
+        for (field, value) in [
+            ("username", &new.username),
+            ("email", &new.email),
+            ("password", &new.password),
+            ("department", &new.department),
+        ] {
+            body.insert(field.to_owned(), Value::String(value.clone()));
+        }
         let mut reader = FieldReader::new(&body);
         let fields = self.read_account_fields(&mut reader)?;
-        reader.finish()?;
-        self.insert(fields.checked(new.role, new.is_verified)?)
+        let fields = reader.finish_with(fields)?;
+        self.insert(fields.into_account(new.role, new.is_verified))
     }
 
     /// `POST /api/auth/login/` with no throttle: checks the fields, honours a valid device
@@ -504,66 +582,117 @@ impl Accounts<'_> {
         }
     }
 
-    /// `PUT`/`PATCH /api/auth/profile/`: updates `username`, `email` and `department`
-    /// (`partial` false: username and email required). `id`, `role` and `is_verified` in
-    /// the body are ignored, as DRF ignores read-only fields.
+    /// `PUT`/`PATCH /api/auth/profile/`: checks the body ([`Accounts::check_profile`])
+    /// and applies it ([`Accounts::update_profile`]).
     pub fn update_profile_fields(
         &self,
         id: UserId,
         body: &JsonObject,
         partial: bool,
     ) -> Result<User, Error> {
+        self.update_profile(self.check_profile(id, body, partial)?)
+    }
+
+    /// Checks a change of `username`, `email` and `department` for user `id` (`partial`
+    /// false: username and email required), each new name free. `id`, `role` and
+    /// `is_verified` in the body are ignored, as DRF ignores read-only fields.
+    /// [`Error::NotFound`] for an unknown user, before any field.
+    pub fn check_profile(
+        &self,
+        id: UserId,
+        body: &JsonObject,
+        partial: bool,
+    ) -> Result<ProfileUpdate, Error> {
         self.get(id)?;
         let mut reader = FieldReader::new(body);
         let username = read_username(&mut reader, !partial);
         let email = read_email(&mut reader, !partial);
         let department = read_department(&mut reader, false);
-        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), Some(id))?;
-        reader.finish()?;
-        let change = ProfileChange {
-            username,
-            email,
-            department,
-        };
+        self.check_unique(
+            &mut reader,
+            username.as_ref().ok().and_then(Option::as_deref),
+            email.as_ref().ok().and_then(Option::as_deref),
+            Some(id),
+        )?;
+        let (username, (email, department)) =
+            reader.finish_with(both(username, both(email, department)))?;
+        Ok(ProfileUpdate {
+            user: id,
+            change: ProfileChange {
+                username,
+                email,
+                department,
+            },
+        })
+    }
+
+    /// Applies a checked profile change; a username or email taken meanwhile is still
+    /// the field error.
+    pub fn update_profile(&self, update: ProfileUpdate) -> Result<User, Error> {
         self.store
-            .update_profile(id, &change)?
+            .update_profile(update.user, &update.change)?
             .map_err(taken_as_field_error)
     }
 
-    /// `POST /api/auth/password/`: checks `{"old_password", "new_password"}`, stores the new
-    /// hash and revokes every token the user holds.
+    /// `POST /api/auth/password/`: checks the body ([`Accounts::check_password_change`])
+    /// and applies it ([`Accounts::change_password`]).
     pub fn change_password_fields(&self, id: UserId, body: &JsonObject) -> Result<(), Error> {
+        self.change_password(self.check_password_change(id, body)?)
+    }
+
+    /// Checks `{"old_password", "new_password"}` for user `id`: the old password against
+    /// the stored hash, the new one against the password rules. [`Error::NotFound`] for an
+    /// unknown user, before any field.
+    pub fn check_password_change(
+        &self,
+        id: UserId,
+        body: &JsonObject,
+    ) -> Result<PasswordChange, Error> {
         let Credentials {
             user,
             password_hash: stored,
         } = self.store.credentials_by_id(id)?.ok_or(Error::NotFound)?;
         let mut reader = FieldReader::new(body);
-        let old_password = reader.text("old_password", Text::REQUIRED_VERBATIM);
-        let new_password = reader.text("new_password", Text::REQUIRED_VERBATIM);
-        if let Some(old_password) = &old_password
-            && !self.hashing.verify(old_password, &stored)?
-        {
-            reader.fail("old_password", OLD_PASSWORD_WRONG);
-        }
-        if let Some(new_password) = &new_password {
+        let old_password = reader.required_text("old_password", Text::REQUIRED_VERBATIM);
+        let new_password = reader.required_text("new_password", Text::REQUIRED_VERBATIM);
+        let old_password = match old_password {
+            Ok(old_password) if !self.hashing.verify(&old_password, &stored)? => {
+                Err(reader.fail("old_password", OLD_PASSWORD_WRONG))
+            }
+            other => other.map(drop),
+        };
+        let new_password = new_password.and_then(|password| {
             check_password(
                 &mut reader,
                 "new_password",
-                new_password,
+                &password,
                 Some(&user.username),
                 Some(&user.email),
-            );
-        }
-        reader.finish()?;
-        let new_password = new_password
-            .ok_or_else(|| Error::internal("new_password passed its checks without a value"))?;
-        // Only replace the hash the old password was checked against: a reset that
-        // landed meanwhile must not be undone by someone who knew the old password.
-        self.store_password(id, &new_password, Some(&stored))
-            .map_err(|error| match error {
-                Error::NotFound => FieldErrors::single("old_password", OLD_PASSWORD_WRONG).into(),
-                other => other,
-            })
+            )
+            .map(|()| password)
+        });
+        let ((), new_password) = reader.finish_with(both(old_password, new_password))?;
+        Ok(PasswordChange {
+            user: id,
+            new_password,
+            checked_hash: stored,
+        })
+    }
+
+    /// Stores a checked password change and revokes every token the user holds. Only the
+    /// hash the old password was checked against is replaced: a reset that landed
+    /// meanwhile is not undone by someone who knew the old password (the old password is
+    /// then reported wrong).
+    pub fn change_password(&self, change: PasswordChange) -> Result<(), Error> {
+        self.store_password(
+            change.user,
+            &change.new_password,
+            Some(&change.checked_hash),
+        )
+        .map_err(|error| match error {
+            Error::NotFound => FieldErrors::single("old_password", OLD_PASSWORD_WRONG).into(),
+            other => other,
+        })
     }
 
     /// Sets a new password chosen by an administrator (checked against the password
@@ -633,27 +762,39 @@ impl Accounts<'_> {
 
     /// Reads and checks the fields every new account has: username, email, password (with
     /// the password rules) and department, and whether username and email are free.
-    fn read_account_fields(&self, reader: &mut FieldReader<'_>) -> Result<AccountFields, Error> {
-        let username = read_username(reader, true);
-        let email = read_email(reader, true);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
-        let department = read_department(reader, false).unwrap_or_default();
-        if let Some(password) = &password {
+    fn read_account_fields(
+        &self,
+        reader: &mut FieldReader<'_>,
+    ) -> Result<Checked<AccountFields>, Error> {
+        let username = read_username(reader, true).map(Option::unwrap_or_default);
+        let email = read_email(reader, true).map(Option::unwrap_or_default);
+        let password = reader.required_text("password", Text::REQUIRED_VERBATIM);
+        let department = read_department(reader, false).map(Option::unwrap_or_default);
+        let password = password.and_then(|password| {
             check_password(
                 reader,
                 "password",
+                &password,
+                username.as_deref().ok(),
+                email.as_deref().ok(),
+            )
+            .map(|()| password)
+        });
+        self.check_unique(
+            reader,
+            username.as_deref().ok(),
+            email.as_deref().ok(),
+            None,
+        )?;
+        let fields = both(both(username, email), both(password, department));
+        Ok(fields.map(
+            |((username, email), (password, department))| AccountFields {
+                username,
+                email,
                 password,
-                username.as_deref(),
-                email.as_deref(),
-            );
-        }
-        self.check_unique(reader, username.as_deref(), email.as_deref(), None)?;
-        Ok(AccountFields {
-            username,
-            email,
-            password,
-            department,
-        })
+                department,
+            },
+        ))
     }
 
     /// Records "already exists" for a username or email held by another user.
@@ -692,43 +833,63 @@ impl Accounts<'_> {
     }
 }
 
-fn read_username(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+/// A username (trimmed): required, or `Ok(None)` when left out.
+fn read_username(reader: &mut FieldReader<'_>, required: bool) -> Checked<Option<String>> {
     let rule = Text::REQUIRED.max(USERNAME_MAX_CHARS);
-    let username = reader.text("username", if required { rule } else { rule.optional() })?;
-    if policy::is_valid_username(&username) {
-        Some(username)
-    } else {
-        reader.fail("username", policy::USERNAME_INVALID);
-        None
+    let username = match required {
+        true => reader.required_text("username", rule).map(Some),
+        false => reader.optional_text("username", rule),
+    }?;
+    match username {
+        Some(username) if !policy::is_valid_username(&username) => {
+            Err(reader.fail("username", policy::USERNAME_INVALID))
+        }
+        username => Ok(username),
     }
 }
 
-fn read_email(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+/// An email (trimmed, then lower-cased): required, or `Ok(None)` when left out.
+fn read_email(reader: &mut FieldReader<'_>, required: bool) -> Checked<Option<String>> {
     let rule = Text::REQUIRED.max(EMAIL_MAX_CHARS);
-    let email = reader.text("email", if required { rule } else { rule.optional() })?;
-    if policy::is_valid_email(&email) {
-        Some(email.to_lowercase())
-    } else {
-        reader.fail("email", policy::EMAIL_INVALID);
-        None
+    let email = match required {
+        true => reader.required_text("email", rule).map(Some),
+        false => reader.optional_text("email", rule),
+    }?;
+    match email {
+        Some(email) if !policy::is_valid_email(&email) => {
+            Err(reader.fail("email", policy::EMAIL_INVALID))
+        }
+        email => Ok(email.map(|email| email.to_lowercase())),
     }
 }
 
-fn read_department(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+/// A department (trimmed, may be empty), or `Ok(None)` when left out.
+fn read_department(reader: &mut FieldReader<'_>, required: bool) -> Checked<Option<String>> {
     let rule = Text::REQUIRED.blank_allowed().max(DEPARTMENT_MAX_CHARS);
-    reader.text("department", if required { rule } else { rule.optional() })
+    match required {
+        true => reader.required_text("department", rule).map(Some),
+        false => reader.optional_text("department", rule),
+    }
 }
 
+/// Records every password rule `password` breaks under `field`.
 fn check_password(
     reader: &mut FieldReader<'_>,
     field: &str,
     password: &str,
     username: Option<&str>,
     email: Option<&str>,
-) {
+) -> Checked<()> {
+    let mut checked = Ok(());
     for message in policy::password_problems(password, username, email) {
-        reader.fail(field, message);
+        checked = Err(reader.fail(field, message));
     }
+    checked
+}
+
+/// Both checked values, or a failure when either failed.
+fn both<A, B>(a: Checked<A>, b: Checked<B>) -> Checked<(A, B)> {
+    Ok((a?, b?))
 }
 
 /// A username or email that a write found taken (two registrations at once, both past the

@@ -52,7 +52,8 @@ pub struct AiRequest {
     pub message: String,
 }
 
-/// One earlier message given to the responder as context.
+/// One earlier message given to the responder as context. Serializes as an item of the
+/// `http` AI service's `history` (`{"sender", "content"}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HistoryTurn {
     /// `user` or `ai`.

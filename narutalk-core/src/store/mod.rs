@@ -43,7 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
 
 use crate::accounts::devices::Device;
 use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
@@ -888,7 +887,7 @@ pub struct Status {
 }
 
 /// One table and how many rows it holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableRows {
     /// The table's name.
     pub table: String,
@@ -898,7 +897,7 @@ pub struct TableRows {
 
 /// What the database engine's own checks found wrong; both lists empty for a sound
 /// database.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IntegrityProblems {
     /// The problems the integrity check reports, one a line.
     pub integrity: Vec<String>,

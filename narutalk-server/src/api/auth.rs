@@ -12,18 +12,19 @@ use crate::http::Request;
 use crate::limits::Throttle;
 use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
+use crate::wire;
 
 /// Registers an account. Throttled per client IP and per email.
 #[utoipa::path(
     post, path = "/api/auth/register/", tag = "auth",
     request_body = docs::RegisterRequest,
     responses(
-        (status = 201, description = "The new account", body = docs::User),
-        (status = 400, description = "Field errors (a taken username or email, each password rule broken, `Passwords do not match.` under `non_field_errors`), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 201, description = "The new account", body = wire::accounts::User),
+        (status = 400, description = "Field errors (a taken username or email, each password rule broken, `Passwords do not match.` under `non_field_errors`), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 429, description = "Throttled: 10 registrations a minute per client IP and per email, unless configured", body = docs::Detail,
+        (status = 429, description = "Throttled: 10 registrations a minute per client IP and per email, unless configured", body = wire::errors::Detail,
             headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
         (status = 503, response = docs::Unavailable),
     )
@@ -35,7 +36,10 @@ pub async fn register(call: Call<'_>) -> Result<Response, ApiError> {
     let user = state
         .run(move |core| core.accounts().register_fields(&body))
         .await?;
-    Ok(json_response(StatusCode::CREATED, &user))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &wire::accounts::User::from(&user),
+    ))
 }
 
 /// Logs in. Throttled per client IP (every attempt) and by a budget of failed attempts per
@@ -45,14 +49,14 @@ pub async fn register(call: Call<'_>) -> Result<Response, ApiError> {
     post, path = "/api/auth/login/", tag = "auth",
     request_body = docs::LoginRequest,
     responses(
-        (status = 200, description = "A new token pair, the user and the account's device token", body = docs::LoginResponse),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
-        (status = 401, description = "`No active account found with the given credentials`: the same answer, after the same work, for an unknown email, a wrong password and an inactive account", body = docs::Detail,
+        (status = 200, description = "A new token pair, the user and the account's device token", body = wire::accounts::LoginResponse),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
+        (status = 401, description = "`No active account found with the given credentials`: the same answer, after the same work, for an unknown email, a wrong password and an inactive account", body = wire::errors::Detail,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"api\"`"))),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 429, description = "Throttled: 10 attempts a minute per client IP, and a budget of failed logins per account (or per device token)", body = docs::Detail,
+        (status = 429, description = "Throttled: 10 attempts a minute per client IP, and a budget of failed logins per account (or per device token)", body = wire::errors::Detail,
             headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
         (status = 503, response = docs::Unavailable),
     )
@@ -93,7 +97,11 @@ pub async fn login(call: Call<'_>) -> Result<Response, ApiError> {
             email.spend();
         }
     }
-    Ok(json_response(StatusCode::OK, &outcome?))
+    let login = outcome?;
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::LoginResponse::from(&login),
+    ))
 }
 
 /// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family,
@@ -102,8 +110,8 @@ pub async fn login(call: Call<'_>) -> Result<Response, ApiError> {
     post, path = "/api/auth/token/refresh/", tag = "auth",
     request_body = docs::RefreshRequest,
     responses(
-        (status = 200, description = "A new token pair", body = docs::TokenPair),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "A new token pair", body = wire::accounts::TokenPair),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::RefreshTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -122,7 +130,10 @@ pub async fn refresh(call: Call<'_>) -> Result<Response, ApiError> {
         // opened with the family's access tokens close now rather than at the next tick.
         state.ws.sockets.check_soon();
     }
-    Ok(json_response(StatusCode::OK, &pair?))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::TokenPair::from(&pair?),
+    ))
 }
 
 /// Revokes a refresh token and its login's family, access tokens included.
@@ -131,7 +142,7 @@ pub async fn refresh(call: Call<'_>) -> Result<Response, ApiError> {
     request_body = docs::RefreshRequest,
     responses(
         (status = 205, description = "Logged out; no body. Every token of that login, access tokens included, is refused from now on"),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::RefreshTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -156,13 +167,17 @@ pub async fn logout(call: Call<'_>) -> Result<Response, ApiError> {
     get, path = "/api/auth/profile/", tag = "auth",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The user", body = docs::User),
+        (status = 200, description = "The user", body = wire::accounts::User),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 503, response = docs::Unavailable),
     )
 )]
 pub async fn profile_get(call: Call<'_>) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &call.user()?))
+    let user = call.user()?;
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::User::from(&user),
+    ))
 }
 
 /// Replaces the profile (username and email required).
@@ -171,8 +186,8 @@ pub async fn profile_get(call: Call<'_>) -> Result<Response, ApiError> {
     security(("bearer" = [])),
     request_body = docs::ProfileReplace,
     responses(
-        (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "The updated user", body = wire::accounts::User),
+        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -191,8 +206,8 @@ pub async fn profile_put(call: Call<'_>) -> Result<Response, ApiError> {
     security(("bearer" = [])),
     request_body = Option<docs::ProfileUpdate>,
     responses(
-        (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "The updated user", body = wire::accounts::User),
+        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -218,7 +233,10 @@ async fn update_profile(
                 .update_profile_fields(user.id, &body, partial)
         })
         .await?;
-    Ok(json_response(StatusCode::OK, &updated))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::User::from(&updated),
+    ))
 }
 
 /// Changes the password and revokes every token the user holds.
@@ -228,7 +246,7 @@ async fn update_profile(
     request_body = docs::PasswordChange,
     responses(
         (status = 204, description = "Changed; every earlier token is revoked"),
-        (status = 400, description = "Field errors (a wrong `old_password`, each rule the new password breaks), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 400, description = "Field errors (a wrong `old_password`, each rule the new password breaks), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -254,7 +272,7 @@ pub async fn password(call: Call<'_>) -> Result<Response, ApiError> {
     get, path = "/api/auth/dashboard/", tag = "auth",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The dashboard", body = docs::Dashboard),
+        (status = 200, description = "The dashboard", body = wire::accounts::Dashboard),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 503, response = docs::Unavailable),
     )
@@ -265,7 +283,10 @@ pub async fn dashboard(call: Call<'_>) -> Result<Response, ApiError> {
         .state
         .run_as(caller, move |core, user| core.accounts().dashboard(user.id))
         .await?;
-    Ok(json_response(StatusCode::OK, &dashboard))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::Dashboard::from(&dashboard),
+    ))
 }
 
 /// Counts a registration against the per-email throttle when the body names an email.

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use narutalk_core::chat::{Message, Page, PageRequest, SessionFilter, SessionId};
-use serde::Serialize;
+use narutalk_core::chat::{Page, PageRequest, SessionFilter, SessionId};
 use warp::http::StatusCode;
 
 use crate::api::Call;
@@ -15,6 +14,8 @@ use crate::hub::RoomEvent;
 use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
 use crate::turns;
+use crate::wire;
+use crate::wire::chat::Links;
 
 /// The user's sessions, most recently updated first.
 #[utoipa::path(
@@ -26,10 +27,10 @@ use crate::turns;
         ("is_active" = Option<bool>, Query, nullable = false, description = "Only active (`true` or `1`) or archived (`false` or `0`) sessions; `true` and `false` in any letter case; empty for both"),
     ),
     responses(
-        (status = 200, description = "A page of sessions", body = docs::SessionPage),
-        (status = 400, description = "A filter that is not one of its values (under `category` or `is_active`)", body = docs::FieldErrors),
+        (status = 200, description = "A page of sessions", body = wire::chat::SessionPage),
+        (status = 400, description = "A filter that is not one of its values (under `category` or `is_active`)", body = wire::errors::FieldErrors),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Invalid page.`: a page past the end, or not a page number", body = docs::Detail),
+        (status = 404, description = "`Invalid page.`: a page past the end, or not a page number", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
@@ -47,7 +48,11 @@ pub async fn list_sessions(call: Call<'_>) -> Result<Response, ApiError> {
             core.chat().list_sessions(user.id, filter?, page?)
         })
         .await?;
-    Ok(page_response(state, request, &sessions))
+    let links = page_links(state, request, &sessions);
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::SessionPage::new(&sessions, links),
+    ))
 }
 
 /// Opens a session.
@@ -56,8 +61,8 @@ pub async fn list_sessions(call: Call<'_>) -> Result<Response, ApiError> {
     security(("bearer" = [])),
     request_body = docs::SessionCreate,
     responses(
-        (status = 201, description = "The new session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 201, description = "The new session", body = wire::chat::SessionDetail),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -72,7 +77,10 @@ pub async fn create_session(call: Call<'_>) -> Result<Response, ApiError> {
     let session = state
         .run(move |core| core.chat().create_session_fields(user.id, &body))
         .await?;
-    Ok(json_response(StatusCode::CREATED, &session))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &wire::chat::SessionDetail::from(&session),
+    ))
 }
 
 /// A session with all its messages.
@@ -81,9 +89,9 @@ pub async fn create_session(call: Call<'_>) -> Result<Response, ApiError> {
     security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     responses(
-        (status = 200, description = "The session", body = docs::SessionDetail),
+        (status = 200, description = "The session", body = wire::chat::SessionDetail),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
@@ -94,7 +102,10 @@ pub async fn get_session(call: Call<'_>) -> Result<Response, ApiError> {
         .state
         .run_as(caller, move |core, user| core.chat().session(user.id, id?))
         .await?;
-    Ok(json_response(StatusCode::OK, &session))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::SessionDetail::from(&session),
+    ))
 }
 
 /// Changes a session's title, category or active label.
@@ -104,10 +115,10 @@ pub async fn get_session(call: Call<'_>) -> Result<Response, ApiError> {
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     request_body = Option<docs::SessionUpdate>,
     responses(
-        (status = 200, description = "The session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "The session", body = wire::chat::SessionDetail),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
@@ -127,7 +138,10 @@ pub async fn update_session(call: Call<'_>) -> Result<Response, ApiError> {
     let session = state
         .run(move |core| core.chat().update_session_fields(user.id, id, &body))
         .await?;
-    Ok(json_response(StatusCode::OK, &session))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::SessionDetail::from(&session),
+    ))
 }
 
 /// Deletes a session and its messages.
@@ -138,7 +152,7 @@ pub async fn update_session(call: Call<'_>) -> Result<Response, ApiError> {
     responses(
         (status = 204, description = "Deleted, with its messages; its open sockets are closed"),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
@@ -165,10 +179,10 @@ pub async fn delete_session(call: Call<'_>) -> Result<Response, ApiError> {
         ("after" = Option<docs::AfterMessage>, Query, description = "The id of a message of this session: only the messages stored after it are listed (and paginated); empty for every message"),
     ),
     responses(
-        (status = 200, description = "A page of messages", body = docs::MessagePage),
-        (status = 400, description = "`Unknown message id.` under `after`: not a message of this session", body = docs::FieldErrors),
+        (status = 200, description = "A page of messages", body = wire::chat::MessagePage),
+        (status = 400, description = "`Unknown message id.` under `after`: not a message of this session", body = wire::errors::FieldErrors),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.` (no session of this user has this id) or `Invalid page.`", body = docs::Detail),
+        (status = 404, description = "`Not found.` (no session of this user has this id) or `Invalid page.`", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
@@ -198,7 +212,11 @@ pub async fn list_messages(call: Call<'_>) -> Result<Response, ApiError> {
             }
         })
         .await?;
-    Ok(page_response(state, request, &messages))
+    let links = page_links(state, request, &messages);
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::MessagePage::new(&messages, links),
+    ))
 }
 
 /// Posts a message and answers it with the AI's reply (or the system error message).
@@ -212,14 +230,14 @@ pub async fn list_messages(call: Call<'_>) -> Result<Response, ApiError> {
     ),
     request_body = docs::MessageCreate,
     responses(
-        (status = 201, description = "The stored message with its reply (the AI's, or the system error message when the AI failed)", body = docs::MessageWithReply),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 201, description = "The stored message with its reply (the AI's, or the system error message when the AI failed)", body = wire::chat::MessageWithReply),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 429, description = "Throttled: 30 messages a minute per user, unless configured", body = docs::Detail,
+        (status = 429, description = "Throttled: 30 messages a minute per user, unless configured", body = wire::errors::Detail,
             headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
         (status = 503, response = docs::Unavailable),
     )
@@ -241,40 +259,17 @@ pub async fn post_message(call: Call<'_>) -> Result<Response, ApiError> {
     let exchange = turns::exchange(state.turns.clone(), user.id, id, body, key).await?;
     Ok(json_response(
         StatusCode::CREATED,
-        &MessageWithReply {
-            message: &exchange.message,
-            reply: &exchange.reply,
-        },
+        &wire::chat::MessageWithReply::new(&exchange.message, &exchange.reply),
     ))
 }
 
-/// The created message: the message object with one more key, `reply`.
-#[derive(Serialize)]
-struct MessageWithReply<'a> {
-    #[serde(flatten)]
-    message: &'a Message,
-    reply: &'a Message,
-}
-
-/// A DRF page.
-#[derive(Serialize)]
-struct PageBody<'a, T> {
-    count: u64,
-    next: Option<String>,
-    previous: Option<String>,
-    results: &'a [T],
-}
-
-/// A DRF page: `count`, absolute `next` and `previous` links, `results`.
-fn page_response<T: Serialize>(state: &State, request: &Request, page: &Page<T>) -> Response {
+/// The `next` and `previous` links of a DRF page.
+fn page_links<T>(state: &State, request: &Request, page: &Page<T>) -> Links {
     let link = |number: u32| page_link(state, request, number);
-    let body = PageBody {
-        count: page.count,
+    Links {
         next: page.has_next().then(|| link(page.number + 1)),
         previous: page.has_previous().then(|| link(page.number - 1)),
-        results: &page.results,
-    };
-    json_response(StatusCode::OK, &body)
+    }
 }
 
 /// The absolute URL of page `number` of this list, as DRF builds it: the request's other

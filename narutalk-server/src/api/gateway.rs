@@ -2,7 +2,6 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 
 use crate::api::Call;
@@ -10,6 +9,11 @@ use crate::docs;
 use crate::error::{ApiError, chain};
 use crate::health::DatabaseStatus;
 use crate::response::{Response, bytes_response, json_response};
+use crate::wire;
+use crate::wire::errors::ProxyError;
+use crate::wire::health::{
+    AiState, DatabaseState, Health, HealthStatus, SearchState, ServerState, Services,
+};
 
 /// The largest search answer passed through.
 pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
@@ -22,43 +26,51 @@ pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
 #[utoipa::path(
     get, path = "/api/health/", tag = "gateway",
     responses(
-        (status = 200, description = "`healthy`, or `degraded` while the database takes no writes", body = docs::Health),
-        (status = 503, description = "`unhealthy`: the database cannot answer", body = docs::Health),
+        (status = 200, description = "`healthy`, or `degraded` while the database takes no writes", body = wire::health::Health),
+        (status = 503, description = "`unhealthy`: the database cannot answer", body = wire::health::Health),
     )
 )]
 pub async fn health(call: Call<'_>) -> Result<Response, ApiError> {
     let state = call.state;
     let health = &state.health;
     let database = health.database_status().await;
-    let ai = if health.ai_reachable.load(Ordering::Relaxed) {
-        "available"
+    let ai_service = if health.ai_reachable.load(Ordering::Relaxed) {
+        AiState::Available
     } else {
-        "unavailable"
+        AiState::Unavailable
     };
-    let search = match &state.search {
-        None => "not_configured",
-        Some(_) if health.search_reachable.load(Ordering::Relaxed) => "available",
-        Some(_) => "unavailable",
+    let search_service = match &state.search {
+        None => SearchState::NotConfigured,
+        Some(_) if health.search_reachable.load(Ordering::Relaxed) => SearchState::Available,
+        Some(_) => SearchState::Unavailable,
     };
-    let (status, overall, database) = match database {
-        DatabaseStatus::Connected => (StatusCode::OK, "healthy", "connected"),
-        DatabaseStatus::ReadOnly => (StatusCode::OK, "degraded", "read_only"),
-        DatabaseStatus::Unavailable => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
-        }
+    let (code, status, database) = match database {
+        DatabaseStatus::Connected => (
+            StatusCode::OK,
+            HealthStatus::Healthy,
+            DatabaseState::Connected,
+        ),
+        DatabaseStatus::ReadOnly => (
+            StatusCode::OK,
+            HealthStatus::Degraded,
+            DatabaseState::ReadOnly,
+        ),
+        DatabaseStatus::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HealthStatus::Unhealthy,
+            DatabaseState::Unavailable,
+        ),
     };
-    Ok(json_response(
+    let health = Health {
         status,
-        &json!({
-            "status": overall,
-            "services": {
-                "server": "running",
-                "database": database,
-                "ai_service": ai,
-                "search_service": search,
-            }
-        }),
-    ))
+        services: Services {
+            server: ServerState::Running,
+            database,
+            ai_service,
+            search_service,
+        },
+    };
+    Ok(json_response(code, &health))
 }
 
 /// Posts the body to the search service and passes its JSON answer through.
@@ -68,13 +80,13 @@ pub async fn health(call: Call<'_>) -> Result<Response, ApiError> {
     request_body(content = Option<serde_json::Value>, description = "Any JSON, passed to the search service as it is; an empty body is sent as `{}`"),
     responses(
         (status = "default", description = "The search service's JSON answer, passed through with its status", body = serde_json::Value),
-        (status = 400, description = "The body is not valid JSON (`JSON parse error - ...`)", body = docs::Detail),
+        (status = 400, description = "The body is not valid JSON (`JSON parse error - ...`)", body = wire::errors::Detail),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 502, description = "The search service answered something that is not JSON, more than 10 MiB, or a cut-off body", body = docs::ProxyError),
-        (status = 503, description = "The search service is not configured, cannot be reached or timed out (`error`); or the database could not check the token (`detail`, with `Retry-After: 1`)", body = docs::SearchUnavailable),
+        (status = 502, description = "The search service answered something that is not JSON, more than 10 MiB, or a cut-off body", body = wire::errors::ProxyError),
+        (status = 503, description = "The search service is not configured, cannot be reached or timed out (`error`); or the database could not check the token (`detail`, with `Retry-After: 1`)", body = wire::errors::SearchUnavailable),
     )
 )]
 pub async fn search(call: Call<'_>) -> Result<Response, ApiError> {
@@ -156,5 +168,5 @@ pub async fn search(call: Call<'_>) -> Result<Response, ApiError> {
 }
 
 fn proxy_error(status: StatusCode, error: &str) -> Response {
-    json_response(status, &json!({ "error": error }))
+    json_response(status, &ProxyError { error })
 }

@@ -17,7 +17,6 @@ mod routes;
 use std::sync::Arc;
 
 use narutalk_core::accounts::User;
-use serde_json::json;
 use warp::http::{HeaderValue, Method, StatusCode, header};
 
 use crate::calls::{Caller, Calls};
@@ -26,6 +25,7 @@ use crate::http::{Credentials, Request};
 use crate::page;
 use crate::response::{Response, json_response};
 use crate::state::State;
+use crate::wire::ViewMetadata;
 
 pub use routes::{Auth, Counted, Found, Route, openapi_pretty};
 
@@ -197,15 +197,7 @@ fn throttle(
 
 /// DRF's answer to `OPTIONS`: the view's metadata and the `Allow` header.
 fn options(route: &Route) -> Response {
-    let mut response = json_response(
-        StatusCode::OK,
-        &json!({
-            "name": route.name,
-            "description": "",
-            "renders": ["application/json"],
-            "parses": ["application/json"],
-        }),
-    );
+    let mut response = json_response(StatusCode::OK, &ViewMetadata::new(route.name));
     response
         .headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(route.allow));
