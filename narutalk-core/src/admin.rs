@@ -54,7 +54,9 @@ use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender
 use crate::config::{AiBackend, Config, ConfigError, Secret};
 use crate::error::Error;
 use crate::fields::JsonObject;
+use crate::events::{Actor, Event, EventBus, Origin};
 use crate::store::{
+    Audit,
     self, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
     IntegrityProblems, OpenMode, Store,
 };
@@ -96,7 +98,11 @@ impl Narutalk {
 
     /// Administration across users: sessions, export, import, statistics, checks.
     pub fn admin(&self) -> Admin<'_> {
-        Admin::new(self.store())
+        Admin {
+            store: self.store(),
+            events: self.events(),
+            origin: self.origin().clone(),
+        }
     }
 }
 
@@ -104,6 +110,8 @@ impl Narutalk {
 #[derive(Debug)]
 pub struct Admin<'a> {
     store: &'a dyn Store,
+    events: &'a EventBus,
+    origin: Origin,
 }
 
 /// Which sessions a listing or an export covers; `None` matches everything.
@@ -460,9 +468,14 @@ impl CheckReport {
 }
 
 impl<'a> Admin<'a> {
-    /// Administration on an open store (for embedders that hold only a store).
-    pub fn new(store: &'a dyn Store) -> Self {
-        Admin { store }
+    /// Administration on an open store (for embedders that hold only a store), publishing
+    /// its changes on `events`.
+    pub fn new(store: &'a dyn Store, events: &'a EventBus) -> Self {
+        Admin {
+            store,
+            events,
+            origin: Origin::default(),
+        }
     }
 
     /// The sessions matching `query`, whoever owns them, most recently updated first (ties:
@@ -476,9 +489,22 @@ impl<'a> Admin<'a> {
         self.store.exported_session(id)
     }
 
-    /// Deletes a session, whoever owns it, with its messages.
+    /// Deletes a session, whoever owns it, with its messages (and its pending turns).
     pub fn delete_session(&self, id: SessionId) -> Result<(), Error> {
-        self.store.delete_any_session(id)
+        let owner = self
+            .store
+            .delete_any_session(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.events.publish(&Event::SessionDeleted {
+            session: id,
+            owner,
+        });
+        Ok(())
+    }
+
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
     }
 
     /// How many sessions and messages a user has.

@@ -1,0 +1,754 @@
+//! The turn engine: it answers every posted user message, one turn at a time per session,
+//! in the session's order, for REST, WebSocket, the CLI and embedders alike.
+//!
+//! **Pending turns are stored.** Posting stores the user message and its pending turn in
+//! one transaction ([`crate::store::ChatStore::post_message`]); storing the reply deletes
+//! it. So a turn that a crash interrupts is still pending at the next start, and answered
+//! then (contract section 9), while a migration or `narutalk session import` creates no
+//! turn at all.
+//!
+//! **One driver per session.** The engine answers a session's turns one at a time, oldest
+//! first: a *driver* claims the session's oldest pending turn (a lease written to its row:
+//! this process's random id and an expiry, so that a backend shared by several processes
+//! can tell whose it is), reads the history, runs the responder, stores the reply or the
+//! system error message (claiming the session's next pending turn in the same
+//! transaction), publishes it, and goes on with the next turn of the session until there
+//! is none. Sessions are driven in parallel; a process has at most one driver per session
+//! (the engine's map of sessions, under one lock that is never held across storage or a
+//! responder). A post that finds its session's driver at work hands its turn over (or
+//! marks the session to be looked at again) instead of starting another.
+//!
+//! **Where drivers run.** With the engine started ([`crate::Narutalk::start_turns`]: the
+//! server, and embedders that opt in), each driver is one job of the handle's AI pool
+//! ([`crate::ai::pool::AiPool`]): at most `NARUTALK_AI_CONCURRENCY` run at once and
+//! [`crate::ai::pool::QUEUE`] more wait; a driver the pool refuses answers its turns at
+//! once, on the posting thread, with the system error message whose reason is
+//! [`crate::ai::ASSISTANT_BUSY`]. Without it (the CLI, [`crate::Narutalk::open_for_administration`],
+//! embedders that did not opt in), the posting thread drives the session itself, through
+//! the same code, before the post returns.
+//!
+//! **Waiting holds no thread.** Every post gets a [`ReplyCompletion`], registered on its
+//! message id (also for an idempotent repeat whose reply is not stored yet; ready at once
+//! when it is): a runtime-agnostic future an async server awaits, which a blocking caller
+//! [`ReplyCompletion::wait`]s for. The driver that stores the reply completes them all.
+//!
+//! **A reply the database refuses is kept.** When storing a reply answers
+//! [`Error::Unavailable`], the driver keeps it and stores it again with backoff (0.1 s,
+//! doubling up to 2 s) before any later turn of the session, so replies stay in order; the
+//! waiters hear [`Error::Unavailable`] at the first refusal, and so does a repeat while the
+//! reply is kept. A stop ([`crate::Narutalk::stop_turns`]) gives a kept reply up (its turn
+//! stays pending, answered after the next start) and lets running turns finish; waiting
+//! for the drivers to end is [`crate::Narutalk::turns_drained`].
+//!
+//! **Starting voids leases.** On SQLite one process owns the file, so the leases a start
+//! finds are its dead predecessor's: [`crate::Narutalk::start_turns`] frees them all and
+//! drives every session with pending turns, in the order of their oldest turn.
+//!
+//! Metrics (`narutalk_ai_turns_total`, `narutalk_ai_turn_duration_seconds`,
+//! `narutalk_ai_first_delta_seconds`, `narutalk_ai_turns_queued`, and the pool's
+//! `narutalk_ai_turns_running`) and the failure's log line (target `narutalk::ai`, fields
+//! `session`, `responder`, `reason` and `detail`) are the engine's.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::ai::pool::AiPool;
+use crate::ai::{AiError, AiReply, AiRequest, Responder, run_responder};
+use crate::chat::{
+    AI_UNAVAILABLE, Message, MessageId, MessageType, NewMessage, Sender, SessionId,
+};
+use crate::error::Error;
+use crate::events::{Actor, Event, EventBus, Origin};
+use crate::fields::JsonObject;
+use crate::metrics;
+use crate::store::{Audit, ClaimedTurn, Lease, Store};
+use crate::workers::{Busy, Completer, Completion, JobLost, completion};
+
+/// The first wait before storing a refused reply again; it doubles after each refusal.
+pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// The longest wait between two tries to store a refused reply.
+pub const LAST_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a lease outlives the AI call it covers.
+const LEASE_MARGIN_SECONDS: i64 = 60;
+
+/// A reply that is not stored yet: await it, or [`ReplyCompletion::wait`] for it.
+///
+/// It completes with the stored reply (the AI's, or the system error message), with
+/// [`Error::Unavailable`] when the database refused the reply (it is kept and stored
+/// later) or the engine stopped, and with [`Error::NotFound`] when the session was
+/// deleted first. A repeat's completion has a patience ([`ReplyCompletion::patience`]):
+/// how long a caller should wait before answering [`Error::Unavailable`].
+#[must_use = "a completion does nothing unless awaited or waited for"]
+pub struct ReplyCompletion {
+    completion: Completion<Result<Message, Error>>,
+    patience: Option<Duration>,
+}
+
+impl ReplyCompletion {
+    /// How long to wait at most, if the wait is bounded: a repeated post waits one whole
+    /// AI call plus the time to store it ([`crate::Narutalk::reply_wait`]); a first post
+    /// waits for its turn however long it takes.
+    pub fn patience(&self) -> Option<Duration> {
+        self.patience
+    }
+
+    /// Blocks until the reply is stored (or will not be), within the patience.
+    pub fn wait(mut self) -> Result<Message, Error> {
+        match self.patience {
+            Some(patience) => match self.completion.wait_timeout(patience) {
+                Some(outcome) => flatten(outcome),
+                None => Err(Error::Unavailable(
+                    "the reply is still being produced".into(),
+                )),
+            },
+            None => flatten(self.completion.wait()),
+        }
+    }
+
+    /// Whether the outcome is known already.
+    pub fn is_ready(&self) -> bool {
+        self.completion.is_finished()
+    }
+
+    /// A completion that is ready with `outcome`.
+    fn ready(outcome: Result<Message, Error>) -> ReplyCompletion {
+        let (completer, completion) = completion();
+        completer.finish(Ok(outcome));
+        ReplyCompletion {
+            completion,
+            patience: None,
+        }
+    }
+}
+
+impl Future for ReplyCompletion {
+    type Output = Result<Message, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.completion).poll(context).map(flatten)
+    }
+}
+
+impl std::fmt::Debug for ReplyCompletion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyCompletion")
+            .field("ready", &self.is_ready())
+            .field("patience", &self.patience)
+            .finish()
+    }
+}
+
+fn flatten(outcome: Result<Result<Message, Error>, JobLost>) -> Result<Message, Error> {
+    outcome.unwrap_or_else(|_| Err(Error::Unavailable("the turn engine stopped".into())))
+}
+
+/// Waits until every driver has ended: see [`crate::Narutalk::turns_drained`].
+#[must_use = "a completion does nothing unless awaited or waited for"]
+#[derive(Debug)]
+pub struct Drained(Completion<()>);
+
+impl Drained {
+    /// Blocks until every driver has ended, at most `limit`; true if they have.
+    pub fn wait_timeout(mut self, limit: Duration) -> bool {
+        self.0.wait_timeout(limit).is_some()
+    }
+}
+
+impl Future for Drained {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(context).map(|_| ())
+    }
+}
+
+/// What the engine needs: built once per handle.
+pub(crate) struct Parts {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) responder: Arc<dyn Responder>,
+    pub(crate) events: Arc<EventBus>,
+    pub(crate) pool: AiPool,
+    pub(crate) history_messages: u32,
+    pub(crate) ai_timeout: Duration,
+    pub(crate) reply_wait: Duration,
+}
+
+/// The turn engine of one handle.
+pub(crate) struct Engine {
+    store: Arc<dyn Store>,
+    responder: Arc<dyn Responder>,
+    events: Arc<EventBus>,
+    pool: AiPool,
+    history_messages: u32,
+    lease_for: chrono::Duration,
+    reply_wait: Duration,
+    /// This process's lease holder: a random id.
+    holder: Arc<str>,
+    /// Drivers run on the pool (the engine is started); otherwise on the posting thread.
+    started: AtomicBool,
+    /// A stop was asked for: kept replies are given up.
+    stopping: AtomicBool,
+    state: Mutex<State>,
+    /// Signalled when a stop is asked for, to end a backoff's sleep early.
+    stopped: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// The sessions with a driver at work.
+    drivers: HashMap<SessionId, Driver>,
+    /// Who waits for the reply to each message.
+    waiters: HashMap<MessageId, Vec<Completer<Result<Message, Error>>>>,
+    /// Messages whose reply is produced but refused by the database, and kept.
+    unstored: HashSet<MessageId>,
+    /// Who waits for every driver to end.
+    drained: Vec<Completer<()>>,
+}
+
+/// What a session's driver must look at once its current turn is done.
+#[derive(Default)]
+struct Driver {
+    /// A turn a post claimed and handed over.
+    handoff: Option<ClaimedTurn>,
+    /// A post stored a turn that it did not claim: look for it.
+    dirty: bool,
+    /// Posts that found the driver at work: their turns wait behind an earlier one
+    /// (counted in [`metrics::AI_QUEUED`]).
+    waiting: u32,
+}
+
+/// Where a driver goes next.
+enum Next {
+    /// Answer this turn.
+    Turn(ClaimedTurn),
+    /// Claim the session's oldest pending turn.
+    Claim,
+    /// Look at what posts left meanwhile, or end.
+    Settle,
+    /// End now (a stop gave a reply up, or storage failed).
+    End,
+}
+
+impl Engine {
+    pub(crate) fn new(parts: Parts) -> Engine {
+        let lease_for = chrono::Duration::from_std(parts.ai_timeout)
+            .unwrap_or(chrono::Duration::MAX)
+            .checked_add(&chrono::Duration::seconds(LEASE_MARGIN_SECONDS))
+            .unwrap_or(chrono::Duration::MAX);
+        Engine {
+            store: parts.store,
+            responder: parts.responder,
+            events: parts.events,
+            pool: parts.pool,
+            history_messages: parts.history_messages,
+            lease_for,
+            reply_wait: parts.reply_wait,
+            holder: random_holder().into(),
+            started: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+            stopped: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The AI pool the drivers run on.
+    pub(crate) fn pool(&self) -> &AiPool {
+        &self.pool
+    }
+
+    /// The responder in use.
+    pub(crate) fn responder(&self) -> &Arc<dyn Responder> {
+        &self.responder
+    }
+
+    /// Whether drivers run on the pool.
+    pub(crate) fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// A lease of this process, from now.
+    pub(crate) fn lease(&self) -> Lease {
+        let now = crate::time::now();
+        Lease {
+            holder: self.holder.clone(),
+            now,
+            until: now.checked_add_signed(self.lease_for).unwrap_or(now),
+        }
+    }
+
+    /// Starts the engine: frees every lease, then drives each session with pending turns.
+    pub(crate) fn start(self: &Arc<Self>) -> Result<(), Error> {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.stopping.store(false, Ordering::Release);
+        let voided = self.store.void_leases()?;
+        let sessions = self.store.pending_sessions()?;
+        if !sessions.is_empty() || voided > 0 {
+            tracing::info!(
+                target: "narutalk::ai",
+                sessions = sessions.len(),
+                leases_voided = voided,
+                "answering the turns left pending"
+            );
+        }
+        for session in sessions {
+            self.kick(session, None);
+        }
+        Ok(())
+    }
+
+    /// Asks for a stop: kept replies are given up, and no driver starts on the pool any
+    /// more (later posts are driven on their own thread).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.started.store(false, Ordering::Release);
+        let _state = self.lock();
+        self.stopped.notify_all();
+    }
+
+    /// Completes once no driver is at work.
+    pub(crate) fn drained(&self) -> Drained {
+        let (completer, completion) = completion();
+        let mut state = self.lock();
+        if state.drivers.is_empty() {
+            drop(state);
+            completer.finish(Ok(()));
+        } else {
+            state.drained.push(completer);
+        }
+        Drained(completion)
+    }
+
+    /// Registers a wait for the reply to `message` (before anyone can store it).
+    pub(crate) fn register(&self, message: MessageId) -> ReplyCompletion {
+        let (completer, completion) = completion();
+        let mut state = self.lock();
+        let waiting = state.waiters.entry(message).or_default();
+        waiting.retain(|waiter| !waiter.abandoned());
+        waiting.push(completer);
+        ReplyCompletion {
+            completion,
+            patience: None,
+        }
+    }
+
+    /// The wait of a repeated post whose reply was not stored when it looked: ready at
+    /// once when the reply is stored by now or is kept unstored, bounded by the reply wait.
+    pub(crate) fn register_repeat(&self, message: MessageId) -> Result<ReplyCompletion, Error> {
+        if self.lock().unstored.contains(&message) {
+            return Ok(ReplyCompletion::ready(Err(unstored_error())));
+        }
+        let mut waiting = self.register(message);
+        // The reply may have been stored between the post's read and the registration.
+        if let Some(reply) = self.store.reply_for(message)? {
+            self.forget_abandoned(message);
+            return Ok(ReplyCompletion::ready(Ok(reply)));
+        }
+        waiting.patience = Some(self.reply_wait);
+        Ok(waiting)
+    }
+
+    /// A stored reply, ready: for a repeat whose reply was found stored.
+    pub(crate) fn ready(reply: Message) -> ReplyCompletion {
+        ReplyCompletion::ready(Ok(reply))
+    }
+
+    fn forget_abandoned(&self, message: MessageId) {
+        let mut state = self.lock();
+        if let Some(waiting) = state.waiters.get_mut(&message) {
+            waiting.retain(|waiter| !waiter.abandoned());
+            if waiting.is_empty() {
+                state.waiters.remove(&message);
+            }
+        }
+    }
+
+    /// Makes sure `session`'s pending turns are answered: hands `claimed` (a turn the
+    /// post claimed) to the session's driver, or starts one: on the pool when the engine
+    /// is started (answering `assistant busy` at once when the pool is full), or else on
+    /// this thread.
+    pub(crate) fn kick(self: &Arc<Self>, session: SessionId, claimed: Option<ClaimedTurn>) {
+        {
+            let mut state = self.lock();
+            if let Some(driver) = state.drivers.get_mut(&session) {
+                match claimed {
+                    Some(turn) => driver.handoff = Some(turn),
+                    None => driver.dirty = true,
+                }
+                driver.waiting += 1;
+                metrics::gauge_add(metrics::AI_QUEUED, 1.0);
+                return;
+            }
+            state.drivers.insert(
+                session,
+                Driver {
+                    handoff: claimed,
+                    ..Driver::default()
+                },
+            );
+        }
+        if !self.is_started() {
+            self.drive(session, false);
+            return;
+        }
+        let engine = self.clone();
+        let submitted = self.pool.submit(move || engine.drive(session, false));
+        match submitted {
+            // The driver tells its waiters itself; nobody waits for the job.
+            Ok(job) => drop(job),
+            Err(Busy) => self.drive(session, true),
+        }
+    }
+
+    /// A session's driver: answers its pending turns one at a time until none is left.
+    /// `busy`: the pool had no room, so each turn is answered `assistant busy`.
+    fn drive(&self, session: SessionId, busy: bool) {
+        let mut next = match self.take_handoff(session) {
+            Some(turn) => Next::Turn(turn),
+            None => Next::Claim,
+        };
+        let mut answered = false;
+        loop {
+            next = match next {
+                Next::Turn(turn) => {
+                    if answered {
+                        self.dequeue_one(session);
+                    }
+                    answered = true;
+                    self.answer(turn, busy)
+                }
+                Next::Claim => match self.store.claim_turn(session, &self.lease()) {
+                    Ok(Some(turn)) => Next::Turn(turn),
+                    Ok(None) => Next::Settle,
+                    Err(error) => {
+                        // The turns stay pending: the session's next post (or the next
+                        // start) drives them again.
+                        tracing::warn!(
+                            target: "narutalk::ai",
+                            session = %session,
+                            %error,
+                            "could not claim a pending turn"
+                        );
+                        Next::End
+                    }
+                },
+                Next::Settle => match self.settle(session) {
+                    Some(next) => next,
+                    None => return,
+                },
+                Next::End => {
+                    self.end(session);
+                    return;
+                }
+            };
+        }
+    }
+
+    /// The handed-over turn of a session, if a post left one.
+    fn take_handoff(&self, session: SessionId) -> Option<ClaimedTurn> {
+        self.lock()
+            .drivers
+            .get_mut(&session)
+            .and_then(|driver| driver.handoff.take())
+    }
+
+    /// What a driver with nothing in hand does: the turn a post handed over, a look for a
+    /// turn a post stored meanwhile, or (`None`) the end of the driver.
+    fn settle(&self, session: SessionId) -> Option<Next> {
+        let mut state = self.lock();
+        if let Some(driver) = state.drivers.get_mut(&session) {
+            if let Some(turn) = driver.handoff.take() {
+                return Some(Next::Turn(turn));
+            }
+            if driver.dirty {
+                driver.dirty = false;
+                return Some(Next::Claim);
+            }
+        }
+        drop(state);
+        self.end(session);
+        None
+    }
+
+    /// One turn that waited behind an earlier one of the session is being answered.
+    fn dequeue_one(&self, session: SessionId) {
+        if let Some(driver) = self.lock().drivers.get_mut(&session)
+            && driver.waiting > 0
+        {
+            driver.waiting -= 1;
+            metrics::gauge_add(metrics::AI_QUEUED, -1.0);
+        }
+    }
+
+    /// Removes the session's driver; the last one to go completes the drain waits.
+    fn end(&self, session: SessionId) {
+        let drained = {
+            let mut state = self.lock();
+            if let Some(driver) = state.drivers.remove(&session) {
+                metrics::gauge_add(metrics::AI_QUEUED, -f64::from(driver.waiting));
+            }
+            if state.drivers.is_empty() {
+                std::mem::take(&mut state.drained)
+            } else {
+                Vec::new()
+            }
+        };
+        for waiter in drained {
+            waiter.finish(Ok(()));
+        }
+    }
+
+    /// Answers one claimed turn: the responder's reply (or the system error message) is
+    /// stored, published and handed to the waiters. Answers where the driver goes next.
+    fn answer(&self, turn: ClaimedTurn, busy: bool) -> Next {
+        let message = turn.message;
+        let session = message.session_id;
+        let reply_id = MessageId::new_random();
+        let responder = metrics::responder_label(self.responder.name());
+        let outcome = if busy {
+            metrics::ai_turn(responder, Some(crate::ai::ASSISTANT_BUSY), Duration::ZERO);
+            Err(AiError::from(Busy))
+        } else {
+            let context = match self.store.reply_context(
+                session,
+                message.seq,
+                self.history_messages,
+            ) {
+                Ok(context) => context,
+                Err(error) => {
+                    // Gone with its session, or unreadable: the waiters hear why; an
+                    // unreadable turn stays pending for the session's next driver.
+                    let gone = matches!(error, Error::NotFound);
+                    self.complete(message.id, |_| Err(copy_error(&error)));
+                    return if gone { Next::Settle } else { Next::End };
+                }
+            };
+            let request = AiRequest {
+                session_id: session,
+                category: context.category,
+                history: context.history,
+                message: message.content.clone(),
+            };
+            self.respond(&message, reply_id, &request)
+        };
+        if let Err(error) = &outcome {
+            log_failure(session, self.responder.name(), error);
+        }
+        let new = reply_message(reply_id, message.id, outcome);
+        self.store_in_order(&message, &new)
+    }
+
+    /// Runs the responder on this thread, publishing its deltas and timing it.
+    fn respond(
+        &self,
+        message: &Message,
+        reply_id: MessageId,
+        request: &AiRequest,
+    ) -> Result<AiReply, AiError> {
+        let responder = metrics::responder_label(self.responder.name());
+        let called = Instant::now();
+        let mut streamed = false;
+        let outcome = run_responder(self.responder.as_ref(), request, &mut |delta| {
+            if !streamed {
+                streamed = true;
+                metrics::ai_first_delta(responder, called.elapsed());
+            }
+            self.events.publish(&Event::ReplyDelta {
+                session: message.session_id,
+                reply: reply_id,
+                answers: message.id,
+                answers_seq: message.seq,
+                text: delta.to_owned(),
+            });
+        });
+        metrics::ai_turn(
+            responder,
+            outcome.as_ref().err().map(AiError::reason),
+            called.elapsed(),
+        );
+        outcome
+    }
+
+    /// Stores a produced reply, trying again with backoff while the database refuses it,
+    /// so that no later reply of the session is stored before it; claims the session's
+    /// next pending turn in the same transaction.
+    fn store_in_order(&self, message: &Message, new: &NewMessage) -> Next {
+        let session = message.session_id;
+        let audit = Audit::now(&Origin::default(), Actor::Engine);
+        let mut wait = FIRST_RETRY;
+        let mut refused = false;
+        loop {
+            let lease = self.lease();
+            match self
+                .store
+                .store_reply(session, new, &audit, Some(&lease), Instant::now())
+            {
+                Ok(stored) => {
+                    if refused {
+                        self.lock().unstored.remove(&message.id);
+                        tracing::info!(session = %session, message = %message.id, "the refused reply is stored");
+                    }
+                    if stored.stored_now {
+                        self.events.publish(&Event::stored(stored.reply.clone()));
+                    }
+                    let reply = stored.reply;
+                    self.complete(message.id, |_| Ok(reply.clone()));
+                    return match stored.next {
+                        Some(turn) => Next::Turn(turn),
+                        None => Next::Settle,
+                    };
+                }
+                Err(Error::Unavailable(cause)) => {
+                    if !refused {
+                        refused = true;
+                        tracing::warn!(
+                            session = %session,
+                            message = %message.id,
+                            %cause,
+                            "the database refused a reply: it is kept and stored once writes work again"
+                        );
+                        self.lock().unstored.insert(message.id);
+                        self.complete(message.id, |_| Err(unstored_error()));
+                    }
+                    if self.sleep_unless_stopping(wait) {
+                        self.lock().unstored.remove(&message.id);
+                        tracing::warn!(
+                            session = %session,
+                            message = %message.id,
+                            "shutting down with a reply the database refused: it is not stored"
+                        );
+                        return Next::End;
+                    }
+                    wait = (wait * 2).min(LAST_RETRY);
+                }
+                Err(error) => {
+                    if refused {
+                        self.lock().unstored.remove(&message.id);
+                    }
+                    let gone = matches!(error, Error::NotFound);
+                    if !gone {
+                        tracing::error!(session = %session, message = %message.id, %error, "a reply could not be stored");
+                    }
+                    self.complete(message.id, |_| Err(copy_error(&error)));
+                    return if gone { Next::Settle } else { Next::End };
+                }
+            }
+        }
+    }
+
+    /// Sleeps `wait`, or less when a stop is asked for; true when stopping.
+    fn sleep_unless_stopping(&self, wait: Duration) -> bool {
+        let state = self.lock();
+        if self.stopping.load(Ordering::Acquire) {
+            return true;
+        }
+        let _ = self
+            .stopped
+            .wait_timeout_while(state, wait, |_| !self.stopping.load(Ordering::Acquire))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Hands every waiter of `message` its outcome (made once per waiter).
+    fn complete(&self, message: MessageId, outcome: impl Fn(()) -> Result<Message, Error>) {
+        let waiting = self.lock().waiters.remove(&message).unwrap_or_default();
+        for waiter in waiting {
+            waiter.finish(Ok(outcome(())));
+        }
+    }
+}
+
+/// The stored answer to a turn: the AI's reply, or the system error message with
+/// `{"reason": ...}`.
+fn reply_message(
+    id: MessageId,
+    reply_to: MessageId,
+    outcome: Result<AiReply, AiError>,
+) -> NewMessage {
+    match outcome {
+        Ok(reply) => NewMessage {
+            id,
+            sender: Sender::Ai,
+            message_type: MessageType::Text,
+            content: reply.content,
+            metadata: reply.metadata,
+            reply_to: Some(reply_to),
+        },
+        Err(error) => {
+            let mut metadata = JsonObject::new();
+            metadata.insert(
+                "reason".into(),
+                serde_json::Value::String(error.reason().to_owned()),
+            );
+            NewMessage {
+                id,
+                sender: Sender::System,
+                message_type: MessageType::Error,
+                content: AI_UNAVAILABLE.to_owned(),
+                metadata,
+                reply_to: Some(reply_to),
+            }
+        }
+    }
+}
+
+/// What a waiter hears while the reply is kept unstored.
+fn unstored_error() -> Error {
+    Error::Unavailable("the reply is waiting for the database".into())
+}
+
+/// An error for one more waiter: the same kind, the same words.
+fn copy_error(error: &Error) -> Error {
+    match error {
+        Error::NotFound => Error::NotFound,
+        Error::Unavailable(cause) => Error::Unavailable(cause.clone()),
+        other => Error::internal(format!("{other:#}")),
+    }
+}
+
+/// The one log line of a failed AI turn: the session, the responder and why (the stored
+/// reason, and the detail the responder gave for the log). Never the messages or a key.
+fn log_failure(session: SessionId, responder: &str, error: &AiError) {
+    match error.detail() {
+        Some(detail) => tracing::warn!(
+            target: "narutalk::ai",
+            session = %session,
+            responder,
+            reason = error.reason(),
+            detail,
+            "the AI turn failed"
+        ),
+        None => tracing::warn!(
+            target: "narutalk::ai",
+            session = %session,
+            responder,
+            reason = error.reason(),
+            "the AI turn failed"
+        ),
+    }
+}
+
+/// A random lease holder id: 32 hex digits.
+fn random_holder() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Never on a working system; an id that is unique within the process suffices
+        // for SQLite, where a start voids every lease anyway.
+        return format!("pid-{}", std::process::id());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
