@@ -154,3 +154,21 @@ pub(crate) fn ai_turn(responder: &'static str, failure: Option<&str>, elapsed: D
     .increment(1);
     metrics::histogram!(AI_SECONDS, "responder" => responder).record(elapsed.as_secs_f64());
 }
+
+/// Holds one unit of a gauge while it lives: added when made, taken away when dropped
+/// (also when the code holding it panics).
+pub(crate) struct GaugeHold(&'static str);
+
+impl GaugeHold {
+    /// Adds one to the gauge `name` until the hold is dropped.
+    pub(crate) fn new(name: &'static str) -> GaugeHold {
+        gauge_add(name, 1.0);
+        GaugeHold(name)
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        gauge_add(self.0, -1.0);
+    }
+}

@@ -560,6 +560,7 @@ impl Engine {
         request: &AiRequest,
     ) -> Result<AiReply, AiError> {
         let responder = metrics::responder_label(self.responder.name());
+        let running = metrics::GaugeHold::new(metrics::AI_RUNNING);
         let called = Instant::now();
         let mut streamed = false;
         let outcome = run_responder(self.responder.as_ref(), request, &mut |delta| {
@@ -575,6 +576,7 @@ impl Engine {
                 text: delta.to_owned(),
             });
         });
+        drop(running);
         metrics::ai_turn(
             responder,
             outcome.as_ref().err().map(AiError::reason),
