@@ -53,11 +53,10 @@ use crate::accounts::{Role, USERNAME_MAX_CHARS, UserId, password, policy};
 use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
 use crate::config::{AiBackend, Config, ConfigError, Secret};
 use crate::error::Error;
-use crate::fields::JsonObject;
 use crate::events::{Actor, Event, EventBus, Origin};
+use crate::fields::JsonObject;
 use crate::store::{
-    Audit,
-    self, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
+    self, Audit, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
     IntegrityProblems, OpenMode, Store,
 };
 use crate::{Narutalk, StartError, time};
@@ -494,10 +493,8 @@ impl<'a> Admin<'a> {
         let owner = self
             .store
             .delete_any_session(id, &Audit::now(&self.origin, Actor::Administrator))?;
-        self.events.publish(&Event::SessionDeleted {
-            session: id,
-            owner,
-        });
+        self.events
+            .publish(&Event::SessionDeleted { session: id, owner });
         Ok(())
     }
 

@@ -562,7 +562,6 @@ pub struct Posting {
     pub reply: ReplyCompletion,
 }
 
-
 /// Chat operations on a store (returned by [`crate::Narutalk::chat`]).
 pub struct Chat<'a> {
     pub(crate) store: &'a dyn ChatStore,
@@ -677,7 +676,8 @@ impl Chat<'_> {
     pub fn delete_session(&self, owner: UserId, id: SessionId) -> Result<(), Error> {
         let audit = Audit::now(&self.origin, Actor::User(owner));
         self.store.delete_session(owner, id, &audit, self.asked())?;
-        self.events.publish(&Event::SessionDeleted { session: id, owner });
+        self.events
+            .publish(&Event::SessionDeleted { session: id, owner });
         Ok(())
     }
 
@@ -820,7 +820,10 @@ impl Chat<'_> {
                     reply,
                 })
             }
-            Posted::Replayed { message, reply: stored } => {
+            Posted::Replayed {
+                message,
+                reply: stored,
+            } => {
                 drop(reply);
                 let reply = match stored {
                     Some(stored) => Engine::ready(stored),

@@ -26,8 +26,7 @@ use crate::error::{Error, TokenProblem};
 use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::{FieldReader, JsonObject, Text};
 use crate::store::{
-    Audit,
-    NewRefresh, PresentedRefresh, RefreshUse, TokenHolder, TokenLifetimes, TokenStore,
+    Audit, NewRefresh, PresentedRefresh, RefreshUse, TokenHolder, TokenLifetimes, TokenStore,
 };
 use crate::time;
 
@@ -377,22 +376,19 @@ impl Tokens<'_> {
             user_id: claims.user_id,
             issued_at: claims.iat,
         };
-        let (issued_at, family) =
-            match self
-                .store
-                .rotate_refresh(
-                    &presented,
-                    &jti,
-                    self.keys.lifetimes(),
-                    now,
-                    &Audit::now(&self.origin, Actor::User(claims.user_id)),
-                )? {
-                RefreshUse::Rotated { issued_at, family } => (issued_at, family),
-                RefreshUse::Refused { problem, ended } => {
-                    self.ended(claims.user_id, ended.as_deref());
-                    return Err(Error::InvalidToken(problem));
-                }
-            };
+        let (issued_at, family) = match self.store.rotate_refresh(
+            &presented,
+            &jti,
+            self.keys.lifetimes(),
+            now,
+            &Audit::now(&self.origin, Actor::User(claims.user_id)),
+        )? {
+            RefreshUse::Rotated { issued_at, family } => (issued_at, family),
+            RefreshUse::Refused { problem, ended } => {
+                self.ended(claims.user_id, ended.as_deref());
+                return Err(Error::InvalidToken(problem));
+            }
+        };
         let user_id = claims.user_id;
         // Rows written before families were parsed hold the same 32 hex digits; one that
         // does not parse gets an access token without `fam`, judged by the older rules.

@@ -59,9 +59,7 @@ use std::time::{Duration, Instant};
 
 use crate::ai::pool::AiPool;
 use crate::ai::{AiError, AiReply, AiRequest, Responder, run_responder};
-use crate::chat::{
-    AI_UNAVAILABLE, Message, MessageId, MessageType, NewMessage, Sender, SessionId,
-};
+use crate::chat::{AI_UNAVAILABLE, Message, MessageId, MessageType, NewMessage, Sender, SessionId};
 use crate::error::Error;
 use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::JsonObject;
@@ -75,8 +73,9 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest wait between two tries to store a refused reply.
 pub const LAST_RETRY: Duration = Duration::from_secs(2);
 
-/// How long a lease outlives the AI call it covers.
-const LEASE_MARGIN_SECONDS: i64 = 60;
+/// How long a lease outlives the AI call it covers (contract section 9: another server
+/// takes a turn over within `NARUTALK_AI_TIMEOUT_SECONDS` + 30 s).
+const LEASE_MARGIN_SECONDS: i64 = 30;
 
 /// A reply that is not stored yet: await it, or [`ReplyCompletion::wait`] for it.
 ///
@@ -523,20 +522,20 @@ impl Engine {
             metrics::ai_turn(responder, Some(crate::ai::ASSISTANT_BUSY), Duration::ZERO);
             Err(AiError::from(Busy))
         } else {
-            let context = match self.store.reply_context(
-                session,
-                message.seq,
-                self.history_messages,
-            ) {
-                Ok(context) => context,
-                Err(error) => {
-                    // Gone with its session, or unreadable: the waiters hear why; an
-                    // unreadable turn stays pending for the session's next driver.
-                    let gone = matches!(error, Error::NotFound);
-                    self.complete(message.id, |_| Err(copy_error(&error)));
-                    return if gone { Next::Settle } else { Next::End };
-                }
-            };
+            let context =
+                match self
+                    .store
+                    .reply_context(session, message.seq, self.history_messages)
+                {
+                    Ok(context) => context,
+                    Err(error) => {
+                        // Gone with its session, or unreadable: the waiters hear why; an
+                        // unreadable turn stays pending for the session's next driver.
+                        let gone = matches!(error, Error::NotFound);
+                        self.complete(message.id, |_| Err(copy_error(&error)));
+                        return if gone { Next::Settle } else { Next::End };
+                    }
+                };
             let request = AiRequest {
                 session_id: session,
                 category: context.category,
@@ -753,4 +752,430 @@ fn random_holder() -> String {
         return format!("pid-{}", std::process::id());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::Narutalk;
+    use crate::accounts::{NewUser, Role, UserId};
+    use crate::chat::{Category, Chat, PostInput};
+    use crate::config::Config;
+    use crate::store::{IdempotencyKey, OpenMode, Posted, UserPost};
+    use crate::workers::tests::{Latch, block_on};
+
+    /// How long anything that must happen may take (an upper bound, never a speed).
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    /// A responder that records each message it is asked about and how many calls run at
+    /// once, after waiting for its latch; it answers `re: <message>`.
+    #[derive(Default)]
+    struct Recording {
+        latch: Option<Latch>,
+        asked: Mutex<Vec<String>>,
+        running: AtomicUsize,
+        most_at_once: AtomicUsize,
+    }
+
+    impl Recording {
+        fn held(latch: &Latch) -> Recording {
+            Recording {
+                latch: Some(latch.clone()),
+                ..Recording::default()
+            }
+        }
+
+        fn asked(&self) -> Vec<String> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    impl Responder for Recording {
+        fn name(&self) -> &str {
+            "recording"
+        }
+
+        fn respond(
+            &self,
+            request: &AiRequest,
+            on_delta: &mut dyn FnMut(&str),
+        ) -> Result<AiReply, AiError> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_at_once.fetch_max(now, Ordering::SeqCst);
+            self.asked.lock().unwrap().push(request.message.clone());
+            if let Some(latch) = &self.latch {
+                latch.wait();
+            }
+            on_delta("re: ");
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(AiReply {
+                content: format!("re: {}", request.message),
+                ..AiReply::default()
+            })
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        config: Config,
+        narutalk: Narutalk,
+        user: UserId,
+    }
+
+    fn fixture(responder: Arc<dyn Responder>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_tests(dir.path());
+        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing)
+            .unwrap()
+            .with_responder(responder);
+        let user = narutalk
+            .accounts()
+            .create(&NewUser {
+                email: "kim@example.com".into(),
+                username: "kim".into(),
+                password: "violet-harbour-42".into(),
+                role: Role::Doctor,
+                department: String::new(),
+                is_verified: true,
+            })
+            .unwrap()
+            .id;
+        Fixture {
+            _dir: dir,
+            config,
+            narutalk,
+            user,
+        }
+    }
+
+    impl Fixture {
+        fn session(&self) -> SessionId {
+            self.narutalk
+                .chat()
+                .create_session(self.user, "s", Category::General)
+                .unwrap()
+                .session
+                .id
+        }
+
+        fn post(&self, session: SessionId, content: &str) -> crate::chat::Posting {
+            self.post_keyed(session, content, None)
+        }
+
+        fn post_keyed(
+            &self,
+            session: SessionId,
+            content: &str,
+            key: Option<&str>,
+        ) -> crate::chat::Posting {
+            let mut input = PostInput::text(content, 10_000).unwrap();
+            if let Some(key) = key {
+                input = input.with_idempotency_key(key).unwrap();
+            }
+            self.narutalk
+                .chat()
+                .post(self.user, session, Ok(input))
+                .unwrap()
+        }
+
+        /// Stores a user message with its pending turn and no answer (as a crash leaves
+        /// it), leased by `lease` if given.
+        fn left_pending(&self, session: SessionId, content: &str, lease: Option<&Lease>) {
+            let message = NewMessage {
+                id: MessageId::new_random(),
+                sender: Sender::User,
+                message_type: MessageType::Text,
+                content: content.into(),
+                metadata: JsonObject::new(),
+                reply_to: None,
+            };
+            let audit = Audit::now(&Origin::default(), Actor::User(self.user));
+            let posted = self
+                .narutalk
+                .store()
+                .post_message(
+                    &UserPost {
+                        owner: self.user,
+                        session,
+                        message: &message,
+                        idempotency_key: None::<IdempotencyKey<'_>>,
+                        now: crate::time::now(),
+                        audit: &audit,
+                        lease,
+                    },
+                    Instant::now(),
+                )
+                .unwrap();
+            assert!(matches!(posted, Posted::Stored { .. }));
+        }
+
+        /// The session's messages as `sender: content`.
+        fn stored(&self, session: SessionId) -> Vec<String> {
+            self.narutalk
+                .chat()
+                .session(self.user, session)
+                .unwrap()
+                .messages
+                .iter()
+                .map(|m| format!("{}: {}", m.sender.as_str(), m.content))
+                .collect()
+        }
+
+        fn drained(&self) {
+            assert!(self.narutalk.turns_drained().wait_timeout(DEADLINE));
+        }
+    }
+
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what} did not happen in time");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_sessions_turns_are_answered_one_at_a_time_in_storage_order() {
+        // Arrange: the first turn is held at the AI while two more are posted.
+        let latch = Latch::default();
+        let responder = Arc::new(Recording::held(&latch));
+        let f = fixture(responder.clone());
+        f.narutalk.start_turns().unwrap();
+        let session = f.session();
+
+        // Act
+        let first = f.post(session, "one");
+        wait_until("the first turn at the AI", || responder.asked().len() == 1);
+        let second = f.post(session, "two");
+        let third = f.post(session, "three");
+        assert!(!first.reply.is_ready() && !second.reply.is_ready());
+        latch.open();
+        let replies: Vec<Message> = [first, second, third]
+            .into_iter()
+            .map(|posting| posting.reply.wait().unwrap())
+            .collect();
+
+        // Assert
+        assert_eq!(responder.asked(), ["one", "two", "three"]);
+        assert_eq!(responder.most_at_once.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            f.stored(session),
+            [
+                "user: one",
+                "user: two",
+                "user: three",
+                "ai: re: one",
+                "ai: re: two",
+                "ai: re: three"
+            ]
+        );
+        let seqs: Vec<i64> = replies.iter().map(|reply| reply.seq).collect();
+        assert_eq!(seqs, [4, 5, 6]);
+        f.drained();
+    }
+
+    #[test]
+    fn sessions_are_answered_in_parallel_on_the_pool() {
+        let latch = Latch::default();
+        let responder = Arc::new(Recording::held(&latch));
+        let f = fixture(responder.clone());
+        f.narutalk.start_turns().unwrap();
+        let (a, b) = (f.session(), f.session());
+        let first = f.post(a, "in a");
+        let second = f.post(b, "in b");
+        // Both turns reach the AI while neither is answered.
+        wait_until("both turns at the AI", || {
+            responder.running.load(Ordering::SeqCst) == 2
+        });
+        latch.open();
+        assert_eq!(first.reply.wait().unwrap().content, "re: in a");
+        assert_eq!(block_on(second.reply).unwrap().content, "re: in b");
+        assert_eq!(responder.most_at_once.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_start_voids_old_leases_and_answers_the_pending_turns_in_each_sessions_order() {
+        // Arrange: turns left by a process that died holding a lease, and one unleased.
+        let responder = Arc::new(Recording::default());
+        let f = fixture(responder.clone());
+        let (a, b) = (f.session(), f.session());
+        let dead = Lease {
+            holder: "a-dead-process".into(),
+            now: crate::time::now(),
+            until: crate::time::now() + chrono::Duration::hours(1),
+        };
+        f.left_pending(a, "a1", Some(&dead));
+        f.left_pending(a, "a2", None);
+        f.left_pending(b, "b1", None);
+        assert_eq!(f.narutalk.store().pending_sessions().unwrap(), [a, b]);
+        // Without the engine, nothing answers them; another holder finds the dead lease
+        // still live.
+        let other = Lease {
+            holder: "another-process".into(),
+            ..dead.clone()
+        };
+        assert_eq!(f.narutalk.store().claim_turn(a, &other).unwrap(), None);
+
+        // Act
+        f.narutalk.start_turns().unwrap();
+        f.drained();
+
+        // Assert
+        assert_eq!(
+            f.stored(a),
+            ["user: a1", "user: a2", "ai: re: a1", "ai: re: a2"]
+        );
+        assert_eq!(f.stored(b), ["user: b1", "ai: re: b1"]);
+        assert!(f.narutalk.store().pending_sessions().unwrap().is_empty());
+        assert_eq!(responder.asked().len(), 3);
+    }
+
+    #[test]
+    fn beyond_the_pool_and_its_queue_a_turn_is_answered_assistant_busy_at_once() {
+        // Arrange: a pool of one thread and no queue, its thread held.
+        let latch = Latch::default();
+        let responder = Arc::new(Recording::held(&latch));
+        let f = fixture(responder.clone());
+        let narutalk = &f.narutalk;
+        let engine = Arc::new(Engine::new(Parts {
+            store: narutalk.store.clone(),
+            responder: responder.clone(),
+            events: narutalk.events.clone(),
+            pool: AiPool::with_queue(1, 0),
+            history_messages: 20,
+            ai_timeout: Duration::from_secs(30),
+            reply_wait: Duration::from_secs(35),
+        }));
+        engine.start().unwrap();
+        let chat = Chat {
+            store: &*narutalk.store,
+            turns: &engine,
+            events: &narutalk.events,
+            origin: Origin::default(),
+            content_max_chars: 100,
+            asked_at: None,
+        };
+        let (a, b) = (f.session(), f.session());
+        let post = |session, content| {
+            chat.post(f.user, session, PostInput::text(content, 100))
+                .unwrap()
+        };
+        let held = post(a, "held");
+        wait_until("the first turn at the AI", || responder.asked().len() == 1);
+
+        // Act
+        let busy = post(b, "one too many");
+
+        // Assert: answered before the held turn, without asking the AI.
+        assert!(busy.reply.is_ready());
+        let busy = busy.reply.wait().unwrap();
+        assert_eq!(busy.sender, Sender::System);
+        assert_eq!(busy.metadata["reason"], "assistant busy");
+        assert_eq!(responder.asked(), ["held"]);
+        latch.open();
+        assert_eq!(held.reply.wait().unwrap().content, "re: held");
+    }
+
+    #[test]
+    fn every_waiter_of_a_turn_is_woken_with_its_one_reply() {
+        // Arrange: a turn held at the AI, with repeats of its post waiting.
+        let latch = Latch::default();
+        let responder = Arc::new(Recording::held(&latch));
+        let f = fixture(responder.clone());
+        f.narutalk.start_turns().unwrap();
+        let session = f.session();
+        let first = f.post_keyed(session, "once", Some("k"));
+        wait_until("the turn at the AI", || responder.asked().len() == 1);
+        let repeats: Vec<_> = (0..5)
+            .map(|_| f.post_keyed(session, "once", Some("k")))
+            .collect();
+        assert!(repeats.iter().all(|repeat| repeat.repeated));
+        assert!(
+            repeats
+                .iter()
+                .all(|repeat| repeat.reply.patience() == Some(f.narutalk.reply_wait()))
+        );
+
+        // Act
+        latch.open();
+
+        // Assert
+        let reply = first.reply.wait().unwrap();
+        for repeat in repeats {
+            assert_eq!(repeat.message.id, first.message.id);
+            assert_eq!(block_on(repeat.reply).unwrap(), reply);
+        }
+        assert_eq!(responder.asked(), ["once"]);
+        // A repeat after the reply is stored finds it at once.
+        let later = f.post_keyed(session, "once", Some("k"));
+        assert!(later.reply.is_ready());
+        assert_eq!(later.reply.wait().unwrap(), reply);
+    }
+
+    #[test]
+    fn without_the_engine_a_post_answers_its_sessions_turns_on_the_posting_thread() {
+        // Arrange: a turn a crash left pending, and a handle for administration.
+        let responder = Arc::new(Recording::default());
+        let f = fixture(responder.clone());
+        let session = f.session();
+        f.left_pending(session, "left over", None);
+        let admin = Narutalk::open_for_administration(&f.config).unwrap();
+
+        // Assert: opening answers nothing; neither handle runs the engine.
+        assert!(!admin.turns.is_started() && !f.narutalk.turns.is_started());
+        assert_eq!(admin.store().pending_sessions().unwrap(), [session]);
+
+        // Act: a post through the other handle answers the older turn first, then its own,
+        // before it returns.
+        let posting = f.post(session, "new");
+
+        // Assert
+        assert!(posting.reply.is_ready());
+        assert_eq!(posting.reply.wait().unwrap().content, "re: new");
+        assert_eq!(responder.asked(), ["left over", "new"]);
+        assert_eq!(
+            f.stored(session),
+            [
+                "user: left over",
+                "user: new",
+                "ai: re: left over",
+                "ai: re: new"
+            ]
+        );
+        assert_eq!(admin.ai_pool().threads(), 0);
+        assert_eq!(f.narutalk.ai_pool().threads(), 0);
+    }
+
+    #[test]
+    fn a_reply_and_its_deltas_are_published_and_a_deleted_session_ends_its_turn() {
+        let responder = Arc::new(Recording::default());
+        let f = fixture(responder);
+        let (_subscription, events) = f.narutalk.events().subscribe_channel(64);
+        let session = f.session();
+        let posting = f.post(session, "hello");
+        let reply = posting.reply.wait().unwrap();
+        let heard: Vec<Event> = std::iter::from_fn(|| events.try_recv()).collect();
+        assert!(
+            matches!(
+                &heard[..],
+                [
+                    Event::MessageStored { seq: 1, .. },
+                    Event::ReplyDelta { text, answers_seq: 1, .. },
+                    Event::MessageStored { seq: 2, id, .. },
+                ] if text == "re: " && *id == reply.id
+            ),
+            "{heard:?}"
+        );
+        f.narutalk.chat().delete_session(f.user, session).unwrap();
+        assert_eq!(
+            events.try_recv(),
+            Some(Event::SessionDeleted {
+                session,
+                owner: f.user
+            })
+        );
+    }
 }

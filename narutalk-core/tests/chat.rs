@@ -1892,14 +1892,20 @@ fn one_idempotency_key_used_concurrently_stores_exactly_one_message() {
                     let posting =
                         post_fields(&narutalk.chat(), alice, session, &body, Some("same-key"))
                             .unwrap();
-                    (posting.message, posting.repeated, posting.reply.wait().unwrap())
+                    (
+                        posting.message,
+                        posting.repeated,
+                        posting.reply.wait().unwrap(),
+                    )
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let stored: Vec<&(Message, bool, Message)> =
-        outcomes.iter().filter(|(_, repeated, _)| !repeated).collect();
+    let stored: Vec<&(Message, bool, Message)> = outcomes
+        .iter()
+        .filter(|(_, repeated, _)| !repeated)
+        .collect();
     assert_eq!(stored.len(), 1);
     let (first, _, first_reply) = stored[0];
     for (message, _, reply) in &outcomes {
@@ -2097,10 +2103,7 @@ fn messages_after_replays_every_later_message_in_storage_order() {
     let later = chat
         .messages_after(alice, session, Some(&all[22].id.to_string()))
         .unwrap();
-    assert_eq!(
-        contents(&later),
-        ["m24", "m25", "m26"]
-    );
+    assert_eq!(contents(&later), ["m24", "m25", "m26"]);
     assert!(
         chat.messages_after(alice, session, Some(&all[25].id.to_string()))
             .unwrap()
@@ -2415,8 +2418,7 @@ fn send_message_fields_with_a_repeated_key_answers_the_first_exchange_without_a_
 
     // A post stored with a key but never answered (the process stopped mid-turn) gets its
     // reply on the repeat, once.
-    let (orphan, stored) =
-        store_pending(&narutalk, alice, session, &body, Some("turn-2")).unwrap();
+    let (orphan, stored) = store_pending(&narutalk, alice, session, &body, Some("turn-2")).unwrap();
     assert!(stored);
     let completed = narutalk
         .send_message_fields(alice, session, &body, Some("turn-2"))
@@ -2751,7 +2753,6 @@ fn a_turn_stores_exactly_one_reply() {
         0
     );
 }
-
 
 /// The reply metadata the responder gives is stored with the AI message.
 #[test]

@@ -163,7 +163,9 @@ mod tests {
         assert_eq!(parse(r#"{"type": "ping"}"#), Ok(Incoming::Ping));
         assert_eq!(
             parse(r#"{"type": "ping", "message": "hi"}"#),
-            Ok(Incoming::Message(object(json!({"type": "ping", "message": "hi"})))),
+            Ok(Incoming::Message(object(
+                json!({"type": "ping", "message": "hi"})
+            ))),
             "a message is never dropped for its type"
         );
         assert_eq!(

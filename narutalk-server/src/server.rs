@@ -70,7 +70,9 @@ pub async fn serve_with(
     let starting = core.clone();
     match tokio::task::spawn_blocking(move || starting.start_turns()).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::error!(%error, "the turn engine could not start: posts are answered on their own threads"),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "the turn engine could not start: posts are answered on their own threads")
+        }
         Err(error) => tracing::error!(%error, "the turn engine's start failed"),
     }
     let mut background = Vec::new();

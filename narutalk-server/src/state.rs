@@ -145,29 +145,30 @@ impl State {
 /// makes the revocation watch look at once. The callback runs on the core's publishing
 /// thread and only hands events on (the hub never waits).
 fn listen(core: &Narutalk, hub: Arc<dyn Hub>, ws: Arc<ws::Shared>) -> EventSubscription {
-    core.events().subscribe(Arc::new(move |event: &Event| match event {
-        Event::MessageStored {
-            message: Some(message),
-            ..
-        } => hub.publish(message.session_id, RoomEvent::stored(message)),
-        Event::ReplyDelta {
-            session,
-            reply,
-            answers_seq,
-            text,
-            ..
-        } => hub.publish(
-            *session,
-            RoomEvent::Delta {
-                reply: *reply,
-                after: *answers_seq,
-                frame: frames::ai_delta(*reply, text),
-            },
-        ),
-        Event::SessionDeleted { session, .. } => hub.publish(*session, RoomEvent::Deleted),
-        Event::UserRevoked { .. } | Event::LoginEnded { .. } => ws.sockets.check_soon(),
-        // A stored message without its body (rebuilt from a record) reaches the room's
-        // sockets through the next message's gap fill.
-        _ => {}
-    }))
+    core.events()
+        .subscribe(Arc::new(move |event: &Event| match event {
+            Event::MessageStored {
+                message: Some(message),
+                ..
+            } => hub.publish(message.session_id, RoomEvent::stored(message)),
+            Event::ReplyDelta {
+                session,
+                reply,
+                answers_seq,
+                text,
+                ..
+            } => hub.publish(
+                *session,
+                RoomEvent::Delta {
+                    reply: *reply,
+                    after: *answers_seq,
+                    frame: frames::ai_delta(*reply, text),
+                },
+            ),
+            Event::SessionDeleted { session, .. } => hub.publish(*session, RoomEvent::Deleted),
+            Event::UserRevoked { .. } | Event::LoginEnded { .. } => ws.sockets.check_soon(),
+            // A stored message without its body (rebuilt from a record) reaches the room's
+            // sockets through the next message's gap fill.
+            _ => {}
+        }))
 }

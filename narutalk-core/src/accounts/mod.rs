@@ -26,8 +26,7 @@ use crate::error::{Error, FieldErrors};
 use crate::events::{Actor, Event, EventBus, Origin, Revocation};
 use crate::fields::{FieldReader, JsonObject, Text};
 use crate::store::{
-    Audit,
-    AccountStore, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
+    AccountStore, Audit, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
 };
 use crate::time;
 use crate::tokens::{TokenKeys, TokenPair};

@@ -274,8 +274,7 @@ pub trait AccountStore: Send + Sync {
     /// Changes one thing about a user and answers the user as changed; deactivating also
     /// revokes every token ([`AccountStore::revoke_all`]), in the same transaction, and
     /// records it in the outbox.
-    fn change_user(&self, id: UserId, change: UserChange, audit: &Audit)
-    -> Result<User, Error>;
+    fn change_user(&self, id: UserId, change: UserChange, audit: &Audit) -> Result<User, Error>;
 
     /// Refuses every token of the user issued until now: the revocation time becomes
     /// `now` in whole seconds, or one second past the previous one when that is not

@@ -146,11 +146,7 @@ pub async fn logout(call: Call<'_>) -> Result<Response, ApiError> {
     let request_id = request.request_id.clone();
     // The core publishes the family's end (its sockets close) once it is committed.
     state
-        .run(move |core| {
-            core.tokens()
-                .with_request(&request_id)
-                .logout_fields(&body)
-        })
+        .run(move |core| core.tokens().with_request(&request_id).logout_fields(&body))
         .await?;
     Ok(empty_response(StatusCode::RESET_CONTENT))
 }

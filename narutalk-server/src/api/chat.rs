@@ -246,14 +246,8 @@ pub async fn post_message(call: Call<'_>) -> Result<Response, ApiError> {
         .get("idempotency-key")
         .map(|key| String::from_utf8_lossy(key.as_bytes()).into_owned());
     let input = PostInput::from_fields(&body, key.as_deref(), state.calls.content_max_chars());
-    let exchange = turns::exchange(
-        &state.calls,
-        user.id,
-        id,
-        input,
-        request.request_id.clone(),
-    )
-    .await?;
+    let exchange =
+        turns::exchange(&state.calls, user.id, id, input, request.request_id.clone()).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &MessageWithReply {

@@ -356,8 +356,7 @@ impl Socket {
         // produces and stores the reply even if this socket closes meanwhile.
         let posted = match self.shared.throttles.messages.check(&owner.0) {
             Ok(()) => {
-                let input =
-                    PostInput::from_frame(&frame, self.shared.calls.content_max_chars());
+                let input = PostInput::from_frame(&frame, self.shared.calls.content_max_chars());
                 turns::post(
                     &self.shared.calls,
                     owner,

@@ -11,8 +11,8 @@ use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
 use crate::error::Error;
 use crate::events::Revocation;
 use crate::store::{
-    AccountStore, Audit, Credentials, LoginRecord, NamesTaken, NewAccount, ProfileChange, RecordedLogin,
-    Taken, UserChange,
+    AccountStore, Audit, Credentials, LoginRecord, NamesTaken, NewAccount, ProfileChange,
+    RecordedLogin, Taken, UserChange,
 };
 use crate::time;
 

@@ -394,7 +394,9 @@ fn insert_turn(tx: &WriteTx<'_>, message: &Message, lease: Option<&Lease>) -> Re
     let lease = match lease {
         Some(lease) => {
             let earlier: bool = tx
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM pending_turns WHERE session_id = ?1)")?
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM pending_turns WHERE session_id = ?1)",
+                )?
                 .query_row([&session], |row| row.get(0))?;
             (!earlier).then_some(lease)
         }
@@ -740,15 +742,118 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
+    use std::time::Duration;
 
     use rusqlite::trace::{TraceEvent, TraceEventCodes};
 
     use super::*;
     use crate::Narutalk;
     use crate::accounts::{NewUser, Role};
+    use crate::ai::{AiError, AiReply, AiRequest, Responder};
+    use crate::chat::PostInput;
     use crate::config::Config;
     use crate::store::OpenMode;
+    use crate::workers::tests::Latch;
+
+    /// Answers after its latch opens: `first` with a reply too large for the pages the
+    /// database has, anything else with `re: <message>`.
+    struct Large(Latch);
+
+    impl Responder for Large {
+        fn name(&self) -> &str {
+            "large"
+        }
+
+        fn respond(
+            &self,
+            request: &AiRequest,
+            _: &mut dyn FnMut(&str),
+        ) -> Result<AiReply, AiError> {
+            self.0.wait();
+            let content = match request.message.as_str() {
+                "first" => "x".repeat(200_000),
+                other => format!("re: {other}"),
+            };
+            Ok(AiReply {
+                content,
+                ..AiReply::default()
+            })
+        }
+    }
+
+    /// The turn engine keeps a reply the database refuses (here: full) and stores it
+    /// again with backoff, before the session's next reply; meanwhile its waiters and a
+    /// repeat of its post hear `Unavailable`, and once it is stored a repeat gets it.
+    #[test]
+    fn a_reply_the_database_refuses_is_kept_and_stored_before_the_next_one() {
+        // Arrange: the first turn held at the AI.
+        let dir = tempfile::tempdir().unwrap();
+        let latch = Latch::default();
+        let narutalk = Narutalk::open(&Config::for_tests(dir.path()), OpenMode::CreateIfMissing)
+            .unwrap()
+            .with_responder(Arc::new(Large(latch.clone())));
+        let user = narutalk
+            .accounts()
+            .create(&NewUser {
+                email: "kim@example.com".into(),
+                username: "kim".into(),
+                password: "violet-harbour-42".into(),
+                role: Role::Doctor,
+                department: String::new(),
+                is_verified: false,
+            })
+            .unwrap();
+        let session = narutalk
+            .chat()
+            .create_session(user.id, "s", Category::General)
+            .unwrap()
+            .session
+            .id;
+        narutalk.start_turns().unwrap();
+        let post = |content: &str, key: Option<&str>| {
+            let mut input = PostInput::text(content, 10_000).unwrap();
+            if let Some(key) = key {
+                input = input.with_idempotency_key(key).unwrap();
+            }
+            narutalk.chat().post(user.id, session, Ok(input)).unwrap()
+        };
+        let first = post("first", Some("k1"));
+        let sqlite = narutalk.sqlite().unwrap();
+
+        // Act: the database is full when the reply comes.
+        sqlite.limit_writer_pages(1).unwrap();
+        latch.open();
+        let refused = first.reply.wait();
+        let repeat = post("first", Some("k1"));
+        let repeat_reply = repeat.reply.wait();
+        sqlite.limit_writer_pages(u32::MAX).unwrap();
+        let second = post("second", None);
+        let second_reply = second.reply.wait().unwrap();
+
+        // Assert
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        assert!(repeat.repeated);
+        assert!(
+            matches!(repeat_reply, Err(Error::Unavailable(_))),
+            "{repeat_reply:?}"
+        );
+        let messages = narutalk.chat().session(user.id, session).unwrap().messages;
+        let kept = &messages[2];
+        assert_eq!(
+            (kept.reply_to, kept.content.len()),
+            (Some(first.message.id), 200_000),
+            "the kept reply is stored before the next one"
+        );
+        assert_eq!(messages[3], second_reply);
+        assert_eq!(messages.len(), 4);
+        let again = post("first", Some("k1"));
+        assert_eq!(again.reply.wait().unwrap(), *kept);
+        assert!(
+            narutalk
+                .turns_drained()
+                .wait_timeout(Duration::from_secs(60))
+        );
+    }
 
     /// Counts the statements SQLite runs on `conn` while `f` runs.
     fn statements_run(conn: &mut Connection, f: impl FnOnce(&Connection)) -> usize {

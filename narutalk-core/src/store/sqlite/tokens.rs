@@ -9,8 +9,8 @@ use super::{SqliteStore, WriteTx, accounts};
 use crate::accounts::UserId;
 use crate::error::{Error, TokenProblem};
 use crate::store::{
-    Audit, FamilyEnd, NewRefresh, PresentedRefresh, RefreshUse, RevocationFacts, TokenHolder, TokenLifetimes,
-    TokenStore, UserStamp,
+    Audit, FamilyEnd, NewRefresh, PresentedRefresh, RefreshUse, RevocationFacts, TokenHolder,
+    TokenLifetimes, TokenStore, UserStamp,
 };
 use crate::tokens::Family;
 
