@@ -792,7 +792,7 @@ impl Chat<'_> {
         };
         // Registered before the write: once the message is stored, a driver at work on
         // the session may answer it before this call goes on.
-        let reply = self.turns.register(message.id);
+        let reply = self.turns.register(id, message.id);
         let lease = self.turns.lease();
         let audit = Audit::now(&self.origin, Actor::User(owner));
         let post = UserPost {
@@ -807,7 +807,11 @@ impl Chat<'_> {
             audit: &audit,
             lease: Some(&lease),
         };
-        match self.store.post_message(&post, self.asked())? {
+        let posted = self.store.post_message(&post, self.asked());
+        if !matches!(posted, Ok(Posted::Stored { .. })) {
+            self.turns.forget(message.id);
+        }
+        match posted? {
             Posted::Stored { message, claimed } => {
                 self.events.publish(&Event::stored(message.clone()));
                 let claimed = claimed.then(|| ClaimedTurn {
@@ -828,7 +832,7 @@ impl Chat<'_> {
                 let reply = match stored {
                     Some(stored) => Engine::ready(stored),
                     None => {
-                        let waiting = self.turns.register_repeat(message.id)?;
+                        let waiting = self.turns.register_repeat(&message)?;
                         // Without a running engine, nobody else may be answering it.
                         if !waiting.is_ready() && !self.turns.is_started() {
                             self.turns.kick(message.session_id, None);

@@ -204,11 +204,32 @@ struct State {
     /// The sessions with a driver at work.
     drivers: HashMap<SessionId, Driver>,
     /// Who waits for the reply to each message.
-    waiters: HashMap<MessageId, Vec<Completer<Result<Message, Error>>>>,
+    waiters: HashMap<MessageId, Waiting>,
     /// Messages whose reply is produced but refused by the database, and kept.
     unstored: HashSet<MessageId>,
     /// Who waits for every driver to end.
     drained: Vec<Completer<()>>,
+}
+
+impl State {
+    /// Removes the session's driver; answers the drain waits to complete when it was the
+    /// last one.
+    fn remove_driver(&mut self, session: SessionId) -> Vec<Completer<()>> {
+        if let Some(driver) = self.drivers.remove(&session) {
+            metrics::gauge_add(metrics::AI_QUEUED, -f64::from(driver.waiting));
+        }
+        if self.drivers.is_empty() {
+            std::mem::take(&mut self.drained)
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// Who waits for the reply to one message of a session.
+struct Waiting {
+    session: SessionId,
+    completers: Vec<Completer<Result<Message, Error>>>,
 }
 
 /// What a session's driver must look at once its current turn is done.
@@ -332,29 +353,40 @@ impl Engine {
         Drained(completion)
     }
 
-    /// Registers a wait for the reply to `message` (before anyone can store it).
-    pub(crate) fn register(&self, message: MessageId) -> ReplyCompletion {
+    /// Registers a wait for the reply to `message` of `session` (before anyone can store
+    /// it).
+    pub(crate) fn register(&self, session: SessionId, message: MessageId) -> ReplyCompletion {
         let (completer, completion) = completion();
         let mut state = self.lock();
-        let waiting = state.waiters.entry(message).or_default();
-        waiting.retain(|waiter| !waiter.abandoned());
-        waiting.push(completer);
+        let waiting = state.waiters.entry(message).or_insert_with(|| Waiting {
+            session,
+            completers: Vec::new(),
+        });
+        waiting.completers.retain(|waiter| !waiter.abandoned());
+        waiting.completers.push(completer);
         ReplyCompletion {
             completion,
             patience: None,
         }
     }
 
+    /// Forgets the waits registered for `message` (a post that stored nothing).
+    pub(crate) fn forget(&self, message: MessageId) {
+        let removed = self.lock().waiters.remove(&message);
+        // Dropped outside the lock: each waiter hears that its wait ended.
+        drop(removed);
+    }
+
     /// The wait of a repeated post whose reply was not stored when it looked: ready at
     /// once when the reply is stored by now or is kept unstored, bounded by the reply wait.
-    pub(crate) fn register_repeat(&self, message: MessageId) -> Result<ReplyCompletion, Error> {
-        if self.lock().unstored.contains(&message) {
+    pub(crate) fn register_repeat(&self, message: &Message) -> Result<ReplyCompletion, Error> {
+        if self.lock().unstored.contains(&message.id) {
             return Ok(ReplyCompletion::ready(Err(unstored_error())));
         }
-        let mut waiting = self.register(message);
+        let mut waiting = self.register(message.session_id, message.id);
         // The reply may have been stored between the post's read and the registration.
-        if let Some(reply) = self.store.reply_for(message)? {
-            self.forget_abandoned(message);
+        if let Some(reply) = self.store.reply_for(message.id)? {
+            self.forget_abandoned(message.id);
             return Ok(ReplyCompletion::ready(Ok(reply)));
         }
         waiting.patience = Some(self.reply_wait);
@@ -369,8 +401,8 @@ impl Engine {
     fn forget_abandoned(&self, message: MessageId) {
         let mut state = self.lock();
         if let Some(waiting) = state.waiters.get_mut(&message) {
-            waiting.retain(|waiter| !waiter.abandoned());
-            if waiting.is_empty() {
+            waiting.completers.retain(|waiter| !waiter.abandoned());
+            if waiting.completers.is_empty() {
                 state.waiters.remove(&message);
             }
         }
@@ -450,7 +482,7 @@ impl Engine {
                     None => return,
                 },
                 Next::End => {
-                    self.end(session);
+                    self.abandon_session(session);
                     return;
                 }
             };
@@ -495,17 +527,7 @@ impl Engine {
 
     /// Removes the session's driver; the last one to go completes the drain waits.
     fn end(&self, session: SessionId) {
-        let drained = {
-            let mut state = self.lock();
-            if let Some(driver) = state.drivers.remove(&session) {
-                metrics::gauge_add(metrics::AI_QUEUED, -f64::from(driver.waiting));
-            }
-            if state.drivers.is_empty() {
-                std::mem::take(&mut state.drained)
-            } else {
-                Vec::new()
-            }
-        };
+        let drained = self.lock().remove_driver(session);
         for waiter in drained {
             waiter.finish(Ok(()));
         }
@@ -666,9 +688,40 @@ impl Engine {
 
     /// Hands every waiter of `message` its outcome (made once per waiter).
     fn complete(&self, message: MessageId, outcome: impl Fn(()) -> Result<Message, Error>) {
-        let waiting = self.lock().waiters.remove(&message).unwrap_or_default();
-        for waiter in waiting {
+        let waiting = self.lock().waiters.remove(&message);
+        for waiter in waiting.into_iter().flat_map(|waiting| waiting.completers) {
             waiter.finish(Ok(outcome(())));
+        }
+    }
+
+    /// Tells every waiter of a turn of `session` that its reply will not come from this
+    /// driver: the driver ends with turns still pending (storage failed, or a stop), which
+    /// the session's next post or the next start answers.
+    /// Ends the session's driver too, in the same step, so that a later post starts a new
+    /// one.
+    fn abandon_session(&self, session: SessionId) {
+        let (abandoned, drained): (Vec<Waiting>, Vec<Completer<()>>) = {
+            let mut state = self.lock();
+            let drained = state.remove_driver(session);
+            let messages: Vec<MessageId> = state
+                .waiters
+                .iter()
+                .filter(|(_, waiting)| waiting.session == session)
+                .map(|(message, _)| *message)
+                .collect();
+            let abandoned = messages
+                .iter()
+                .filter_map(|message| state.waiters.remove(message))
+                .collect();
+            (abandoned, drained)
+        };
+        for waiter in drained {
+            waiter.finish(Ok(()));
+        }
+        for waiter in abandoned.into_iter().flat_map(|waiting| waiting.completers) {
+            waiter.finish(Ok(Err(Error::Unavailable(
+                "the turn could not be answered now; it stays pending".into(),
+            ))));
         }
     }
 }
