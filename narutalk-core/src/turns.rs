@@ -229,6 +229,9 @@ impl State {
 /// Who waits for the reply to one message of a session.
 struct Waiting {
     session: SessionId,
+    /// The tracing span the message was posted in (a server's request span): the turn's
+    /// work and log lines run in it, so they carry the request's id.
+    span: tracing::Span,
     completers: Vec<Completer<Result<Message, Error>>>,
 }
 
@@ -360,6 +363,7 @@ impl Engine {
         let mut state = self.lock();
         let waiting = state.waiters.entry(message).or_insert_with(|| Waiting {
             session,
+            span: tracing::Span::current(),
             completers: Vec::new(),
         });
         waiting.completers.retain(|waiter| !waiter.abandoned());
@@ -536,6 +540,16 @@ impl Engine {
     /// Answers one claimed turn: the responder's reply (or the system error message) is
     /// stored, published and handed to the waiters. Answers where the driver goes next.
     fn answer(&self, turn: ClaimedTurn, busy: bool) -> Next {
+        let span = self
+            .lock()
+            .waiters
+            .get(&turn.message.id)
+            .map_or_else(tracing::Span::none, |waiting| waiting.span.clone());
+        span.in_scope(|| self.answer_in_span(turn, busy))
+    }
+
+    /// [`Engine::answer`], in the span of the post that asked for the turn, if known.
+    fn answer_in_span(&self, turn: ClaimedTurn, busy: bool) -> Next {
         let message = turn.message;
         let session = message.session_id;
         let reply_id = MessageId::new_random();
