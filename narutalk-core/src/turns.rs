@@ -313,6 +313,8 @@ impl Engine {
     }
 
     /// Starts the engine: frees every lease, then drives each session with pending turns.
+    /// When storage fails on the way, the engine is started all the same; the turns left
+    /// pending are then answered with their session's next post.
     pub(crate) fn start(self: &Arc<Self>) -> Result<(), Error> {
         if self.started.swap(true, Ordering::AcqRel) {
             return Ok(());

@@ -2582,7 +2582,7 @@ fn the_responder_gets_the_category_and_the_last_n_non_system_messages_oldest_fir
 }
 
 /// With the default N (20) and fewer messages, the whole earlier conversation is sent; the
-/// responder sees exactly what `prepare_reply` builds.
+/// responder sees the session's category and every earlier message.
 #[test]
 fn the_responder_receives_the_whole_short_history_and_the_category() {
     let (_dir, narutalk, alice) = fixture();

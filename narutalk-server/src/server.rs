@@ -71,7 +71,7 @@ pub async fn serve_with(
     match tokio::task::spawn_blocking(move || starting.start_turns()).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            tracing::error!(%error, "the turn engine could not start: posts are answered on their own threads")
+            tracing::error!(%error, "the turn engine could not look for the turns left pending: each is answered with its session's next message")
         }
         Err(error) => tracing::error!(%error, "the turn engine's start failed"),
     }
