@@ -459,6 +459,11 @@ impl Engine {
             None => Next::Claim,
         };
         let mut answered = false;
+        // Whether more turns of the session may be pending than the posts of this process
+        // told the driver about (it began by looking, as at a start): each reply then
+        // claims the next turn in its transaction. A driver handed a fresh post's turn
+        // knows of every later one through the posts' marks.
+        let mut backlog = matches!(next, Next::Claim);
         loop {
             next = match next {
                 Next::Turn(turn) => {
@@ -466,10 +471,13 @@ impl Engine {
                         self.dequeue_one(session);
                     }
                     answered = true;
-                    self.answer(turn, busy)
+                    self.answer(turn, busy, backlog)
                 }
                 Next::Claim => match self.store.claim_turn(session, &self.lease()) {
-                    Ok(Some(turn)) => Next::Turn(turn),
+                    Ok(Some(turn)) => {
+                        backlog = true;
+                        Next::Turn(turn)
+                    }
                     Ok(None) => Next::Settle,
                     Err(error) => {
                         // The turns stay pending: the session's next post (or the next
@@ -521,6 +529,15 @@ impl Engine {
         None
     }
 
+    /// Whether a post stored a turn of `session` that this driver has not looked for yet
+    /// (the mark stays: [`Engine::settle`] clears it).
+    fn posted_meanwhile(&self, session: SessionId) -> bool {
+        self.lock()
+            .drivers
+            .get(&session)
+            .is_some_and(|driver| driver.dirty)
+    }
+
     /// One turn that waited behind an earlier one of the session is being answered.
     fn dequeue_one(&self, session: SessionId) {
         if let Some(driver) = self.lock().drivers.get_mut(&session)
@@ -541,17 +558,17 @@ impl Engine {
 
     /// Answers one claimed turn: the responder's reply (or the system error message) is
     /// stored, published and handed to the waiters. Answers where the driver goes next.
-    fn answer(&self, turn: ClaimedTurn, busy: bool) -> Next {
+    fn answer(&self, turn: ClaimedTurn, busy: bool, backlog: bool) -> Next {
         let span = self
             .lock()
             .waiters
             .get(&turn.message.id)
             .map_or_else(tracing::Span::none, |waiting| waiting.span.clone());
-        span.in_scope(|| self.answer_in_span(turn, busy))
+        span.in_scope(|| self.answer_in_span(turn, busy, backlog))
     }
 
     /// [`Engine::answer`], in the span of the post that asked for the turn, if known.
-    fn answer_in_span(&self, turn: ClaimedTurn, busy: bool) -> Next {
+    fn answer_in_span(&self, turn: ClaimedTurn, busy: bool, backlog: bool) -> Next {
         let message = turn.message;
         let session = message.session_id;
         let reply_id = MessageId::new_random();
@@ -586,7 +603,7 @@ impl Engine {
             log_failure(session, self.responder.name(), error);
         }
         let new = reply_message(reply_id, message.id, outcome);
-        self.store_in_order(&message, &new)
+        self.store_in_order(&message, &new, backlog)
     }
 
     /// Runs the responder on this thread, publishing its deltas and timing it.
@@ -625,16 +642,20 @@ impl Engine {
     /// Stores a produced reply, trying again with backoff while the database refuses it,
     /// so that no later reply of the session is stored before it; claims the session's
     /// next pending turn in the same transaction.
-    fn store_in_order(&self, message: &Message, new: &NewMessage) -> Next {
+    fn store_in_order(&self, message: &Message, new: &NewMessage, backlog: bool) -> Next {
         let session = message.session_id;
         let audit = Audit::now(&Origin::default(), Actor::Engine);
         let mut wait = FIRST_RETRY;
         let mut refused = false;
         loop {
+            // The session's next turn is claimed with the reply when there may be one: a
+            // backlog, or a post that stored one meanwhile (a post that comes later marks
+            // the driver, which then looks). An idle session's reply looks for nothing.
             let lease = self.lease();
+            let next = (backlog || self.posted_meanwhile(session)).then_some(&lease);
             match self
                 .store
-                .store_reply(session, new, &audit, Some(&lease), Instant::now())
+                .store_reply(session, new, &audit, next, Instant::now())
             {
                 Ok(stored) => {
                     if refused {

@@ -288,8 +288,10 @@ impl ChatStore for SqliteStore {
             let stored = session_by_id(tx, session)?.ok_or(Error::NotFound)?;
             let existing = match reply.reply_to {
                 Some(reply_to) => {
-                    tx.prepare_cached("DELETE FROM pending_turns WHERE message_id = ?1")?
-                        .execute([reply_to.to_string()])?;
+                    tx.prepare_cached(
+                        "DELETE FROM pending_turns WHERE session_id = ?1 AND message_id = ?2",
+                    )?
+                    .execute([session.to_string(), reply_to.to_string()])?;
                     reply_for(tx, reply_to)?
                 }
                 None => None,
@@ -390,31 +392,26 @@ impl SqliteStore {
 /// Stores the pending turn of a user message just inserted; with `lease`, claims it when
 /// no earlier turn of the session is pending. Answers whether it claimed it.
 fn insert_turn(tx: &WriteTx<'_>, message: &Message, lease: Option<&Lease>) -> Result<bool, Error> {
-    let session = message.session_id.to_string();
-    let lease = match lease {
-        Some(lease) => {
-            let earlier: bool = tx
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM pending_turns WHERE session_id = ?1)",
-                )?
-                .query_row([&session], |row| row.get(0))?;
-            (!earlier).then_some(lease)
-        }
-        None => None,
-    };
-    tx.prepare_cached(
-        "INSERT INTO pending_turns (message_id, session_id, seq, created_at, lease_holder, lease_expires) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        message.id.to_string(),
-        session,
-        message.seq,
-        time::to_micros(&message.timestamp),
-        lease.map(|lease| lease.holder.as_ref()),
-        lease.map(|lease| time::to_micros(&lease.until)),
-    ])?;
-    Ok(lease.is_some())
+    // One statement: the lease is written only when no earlier turn of the session is
+    // pending, and the new row says whether it was.
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO pending_turns (message_id, session_id, seq, created_at, lease_holder, lease_expires) \
+             SELECT ?1, ?2, ?3, ?4, CASE WHEN e.earlier THEN NULL ELSE ?5 END, CASE WHEN e.earlier THEN NULL ELSE ?6 END \
+             FROM (SELECT EXISTS (SELECT 1 FROM pending_turns WHERE session_id = ?2) AS earlier) AS e \
+             RETURNING lease_holder IS NOT NULL",
+        )?
+        .query_row(
+            params![
+                message.id.to_string(),
+                message.session_id.to_string(),
+                message.seq,
+                time::to_micros(&message.timestamp),
+                lease.map(|lease| lease.holder.as_ref()),
+                lease.map(|lease| time::to_micros(&lease.until)),
+            ],
+            |row| row.get(0),
+        )?)
 }
 
 /// Claims the session's oldest pending turn when its lease is free, expired or the
@@ -424,16 +421,17 @@ fn claim_turn(
     session: SessionId,
     lease: &Lease,
 ) -> Result<Option<ClaimedTurn>, Error> {
-    let oldest: Option<(String, Option<String>, Option<i64>)> = tx
-        .prepare_cached(
-            "SELECT message_id, lease_holder, lease_expires FROM pending_turns \
-             WHERE session_id = ?1 ORDER BY seq LIMIT 1",
-        )?
+    let oldest: Option<(Option<String>, Option<i64>, Message)> = tx
+        .prepare_cached(&format!(
+            "SELECT p.lease_holder, p.lease_expires, {MESSAGE_COLUMNS_M} FROM pending_turns p \
+             JOIN chat_messages m ON m.id = p.message_id \
+             WHERE p.session_id = ?1 ORDER BY p.seq LIMIT 1"
+        ))?
         .query_row([session.to_string()], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            Ok((row.get(0)?, row.get(1)?, message_from_row(row, 2)?))
         })
         .optional()?;
-    let Some((message_id, holder, expires)) = oldest else {
+    let Some((holder, expires, message)) = oldest else {
         return Ok(None);
     };
     let free = match (holder, expires) {
@@ -445,20 +443,15 @@ fn claim_turn(
         return Ok(None);
     }
     tx.prepare_cached(
-        "UPDATE pending_turns SET lease_holder = ?1, lease_expires = ?2 WHERE message_id = ?3",
+        "UPDATE pending_turns SET lease_holder = ?1, lease_expires = ?2 WHERE session_id = ?3 AND seq = ?4",
     )?
     .execute(params![
         lease.holder.as_ref(),
         time::to_micros(&lease.until),
-        message_id
+        session.to_string(),
+        message.seq
     ])?;
-    let message = tx
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE id = ?1"
-        ))?
-        .query_row([&message_id], |row| message_from_row(row, 0))
-        .optional()?;
-    Ok(message.map(|message| ClaimedTurn { message }))
+    Ok(Some(ClaimedTurn { message }))
 }
 
 /// The session list's two queries (count, then the page joined to each session's last

@@ -1,9 +1,10 @@
 //! The `outbox` table: the record of every change the outside must hear about, written
 //! by the transaction that makes the change (see the port's module doc).
 //!
-//! Each insert also forgets a few rows older than the retention (at most
-//! [`PRUNED_PER_INSERT`], oldest first, by the `created_at` index), so the table stays
-//! within its retention with no sweeper of its own and no commit of its own.
+//! Every [`PRUNE_EVERY`]th insert (by row id) also forgets the rows older than the
+//! retention among the [`PRUNED_AT_ONCE`] lowest ids (ids grow with time, so those are
+//! the oldest): the table stays within its retention with no sweeper, no index and no
+//! commit of its own, and most inserts pay for no delete.
 
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -16,9 +17,12 @@ use crate::error::{Error, InternalError};
 use crate::store::Audit;
 use crate::time;
 
-/// Rows older than the retention that one insert deletes at most: more than one, so that
-/// the table shrinks back after a burst.
-const PRUNED_PER_INSERT: u32 = 4;
+/// How often an insert prunes: every this many rows.
+const PRUNE_EVERY: i64 = 16;
+
+/// Rows older than the retention that one prune deletes at most: more than
+/// [`PRUNE_EVERY`], so that the table shrinks back after a burst.
+const PRUNED_AT_ONCE: i64 = 4 * PRUNE_EVERY;
 
 /// What a row is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,11 +80,13 @@ pub(super) fn record(
         row.audit.request_id.as_deref(),
         payload,
     ])?;
-    tx.prepare_cached(
-        "DELETE FROM outbox WHERE id IN \
-         (SELECT id FROM outbox WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
-    )?
-    .execute(params![time::to_micros(keep_since), PRUNED_PER_INSERT])?;
+    if tx.last_insert_rowid() % PRUNE_EVERY == 0 {
+        tx.prepare_cached(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM \
+             (SELECT id, created_at FROM outbox ORDER BY id LIMIT ?2) WHERE created_at < ?1)",
+        )?
+        .execute(params![time::to_micros(keep_since), PRUNED_AT_ONCE])?;
+    }
     Ok(())
 }
 
@@ -257,7 +263,8 @@ mod tests {
         .with_outbox_retention(1);
         let old = crate::time::to_micros(&(crate::time::now() - chrono::Duration::days(3)));
         let conn = Connection::open(&config.database).unwrap();
-        for _ in 0..3 {
+        // The next row is the PRUNE_EVERY-th: it prunes.
+        for _ in 1..super::PRUNE_EVERY {
             conn.execute(
                 "INSERT INTO outbox (kind, actor, created_at) VALUES ('user_revoked', 'cli', ?1)",
                 [old],
