@@ -156,7 +156,7 @@ fn check_fails_on_an_index_that_disagrees_with_its_table() {
         .code(1)
         .stdout(
             "integrity_check: 4 problem(s)\n\
-             \x20 2nd reference to page 35\n\
+             \x20 2nd reference to page 33\n\
              \x20 Page 6: never used\n\
              \x20 wrong # of entries in index sqlite_autoindex_users_2\n\
              \x20 row 1 missing from index sqlite_autoindex_users_2\n\
