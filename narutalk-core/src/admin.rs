@@ -60,9 +60,10 @@ use crate::accounts::{Role, USERNAME_MAX_CHARS, UserId, password, policy};
 use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
 use crate::config::{AiBackend, Config, ConfigError, Secret};
 use crate::error::Error;
+use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::JsonObject;
 use crate::store::{
-    self, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
+    self, Audit, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
     IntegrityProblems, OpenMode, Store,
 };
 use crate::{Narutalk, StartError, time};
@@ -103,7 +104,11 @@ impl Narutalk {
 
     /// Administration across users: sessions, export, import, statistics, checks.
     pub fn admin(&self) -> Admin<'_> {
-        Admin::new(self.store())
+        Admin {
+            store: self.store(),
+            events: self.events(),
+            origin: self.origin().clone(),
+        }
     }
 }
 
@@ -111,6 +116,8 @@ impl Narutalk {
 #[derive(Debug)]
 pub struct Admin<'a> {
     store: &'a dyn Store,
+    events: &'a EventBus,
+    origin: Origin,
 }
 
 /// Which sessions a listing or an export covers; `None` matches everything.
@@ -465,9 +472,14 @@ impl CheckReport {
 }
 
 impl<'a> Admin<'a> {
-    /// Administration on an open store (for embedders that hold only a store).
-    pub fn new(store: &'a dyn Store) -> Self {
-        Admin { store }
+    /// Administration on an open store (for embedders that hold only a store), publishing
+    /// its changes on `events`.
+    pub fn new(store: &'a dyn Store, events: &'a EventBus) -> Self {
+        Admin {
+            store,
+            events,
+            origin: Origin::default(),
+        }
     }
 
     /// The sessions matching `query`, whoever owns them, most recently updated first (ties:
@@ -481,9 +493,20 @@ impl<'a> Admin<'a> {
         self.store.exported_session(id)
     }
 
-    /// Deletes a session, whoever owns it, with its messages.
+    /// Deletes a session, whoever owns it, with its messages (and its pending turns).
     pub fn delete_session(&self, id: SessionId) -> Result<(), Error> {
-        self.store.delete_any_session(id)
+        let owner = self
+            .store
+            .delete_any_session(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.events
+            .publish(&Event::SessionDeleted { session: id, owner });
+        Ok(())
+    }
+
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
     }
 
     /// How many sessions and messages a user has.

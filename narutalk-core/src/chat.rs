@@ -6,33 +6,30 @@
 //! timestamps. The store keeps them ([`crate::store::ChatStore`]): each call is one of its
 //! transactions.
 //!
-//! The AI turn is three calls, so that a server can broadcast between them and hold no
-//! database connection while the responder works: [`Chat::post_message_fields`] stores and
-//! commits the user message, [`Chat::prepare_reply`] builds the responder's request, and
-//! [`Chat::store_reply`] stores the reply or the system error message.
-//! [`crate::Narutalk::send_message_fields`] runs the whole turn for embedders and the CLI.
-//!
-//! A reply that the database will not take (it answers [`Error::Unavailable`]) need not be
-//! lost: [`ReplyTurn::into_reply`] and [`Chat::store_pending_reply`] give it back, still
-//! claimed, so that the caller can store it once writes work again. Meanwhile a repeated
-//! idempotent post of its message answers [`Error::Unavailable`] at once.
+//! Posting ([`Chat::post`]) stores the user message and its pending turn in one
+//! transaction and hands the turn to the turn engine ([`crate::turns`]), which answers the
+//! session's turns in order and stores each reply; the post answers the message with a
+//! [`crate::turns::ReplyCompletion`] of its reply. Every stored change is published on the
+//! handle's event bus after its commit ([`crate::events`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::accounts::{UnknownChoice, UserId};
-use crate::ai::{AiError, AiReply, AiRequest};
 use crate::error::{Error, FieldErrors, TokenProblem};
+use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::{self, Checked, FieldReader, JsonObject, Text};
-use crate::store::{ChatStore, IdempotencyKey, NewSession, Posted, SessionChange, UserPost};
+use crate::store::{
+    Audit, ChatStore, ClaimedTurn, IdempotencyKey, NewSession, Posted, SessionChange, UserPost,
+};
 use crate::time;
+use crate::turns::{Engine, ReplyCompletion};
 
 /// Items per page of every paginated list.
 pub const PAGE_SIZE: u32 = 20;
@@ -485,23 +482,6 @@ fn both<A, B>(a: Checked<A>, b: Checked<B>) -> Checked<(A, B)> {
     Ok((a?, b?))
 }
 
-/// What storing a user message did.
-#[derive(Debug, PartialEq)]
-pub enum PostOutcome {
-    /// A new message was stored and committed; its reply is still to be produced, by the
-    /// holder of the [`TurnClaim`].
-    Stored(Message, TurnClaim),
-    /// The `Idempotency-Key` was used on this session in the last 24 hours: nothing was
-    /// stored; this is the first result. Its reply is `None` while it is still being
-    /// produced: [`Chat::wait_for_reply`] waits for it rather than asking the AI again.
-    Replayed {
-        /// The message stored the first time.
-        message: Message,
-        /// Its stored reply, if any yet.
-        reply: Option<Message>,
-    },
-}
-
 /// A user message and the reply stored for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Exchange {
@@ -511,262 +491,145 @@ pub struct Exchange {
     pub reply: Message,
 }
 
-/// Everything needed to produce and store one reply: built by [`Chat::prepare_reply`]
-/// from the turn's [`TurnClaim`], which it holds until [`Chat::store_reply`] consumes it,
-/// so the claim cannot be let go while the AI works.
-#[derive(Debug)]
-pub struct ReplyTurn {
-    /// The session.
-    pub session_id: SessionId,
-    /// The user message being answered.
-    pub reply_to: MessageId,
-    /// The id the reply will be stored under (streamed deltas can name it in advance).
-    pub reply_id: MessageId,
-    /// What the responder gets.
-    pub request: AiRequest,
-    claim: TurnClaim,
+/// A user message to post, checked: its content, type and metadata, and the
+/// `Idempotency-Key` it comes with. Built only by its checks ([`PostInput::from_fields`]
+/// for a REST body, [`PostInput::from_frame`] for a WebSocket `chat_message` frame,
+/// [`PostInput::text`] for plain text), which answer the API's field errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostInput {
+    content: String,
+    message_type: MessageType,
+    metadata: JsonObject,
+    idempotency_key: Option<String>,
 }
 
-impl ReplyTurn {
-    /// The message to store for the responder's `outcome`: its reply (`sender: "ai"`), or
-    /// for a failure the system error message with `{"reason": ...}` metadata, under
-    /// [`ReplyTurn::reply_id`], with the turn's claim.
-    pub fn into_reply(self, outcome: Result<AiReply, AiError>) -> PendingReply {
-        let ReplyTurn {
-            session_id,
-            reply_to,
-            reply_id,
-            claim,
-            ..
-        } = self;
-        let new = match outcome {
-            Ok(reply) => NewMessage {
-                id: reply_id,
-                sender: Sender::Ai,
-                message_type: MessageType::Text,
-                content: reply.content,
-                metadata: reply.metadata,
-                reply_to: Some(reply_to),
-            },
-            Err(error) => NewMessage {
-                id: reply_id,
-                sender: Sender::System,
-                message_type: MessageType::Error,
-                content: AI_UNAVAILABLE.to_owned(),
-                metadata: error_metadata(&error),
-                reply_to: Some(reply_to),
-            },
-        };
-        PendingReply {
-            session_id,
-            reply_to,
-            new,
-            claim,
+impl PostInput {
+    /// Checks a REST body `{"content", "message_type"?, "metadata"?}` (a `sender` is
+    /// ignored: it is always `user`) and an `Idempotency-Key` (1-64 visible ASCII
+    /// characters, reported under [`IDEMPOTENCY_KEY_FIELD`]): content non-blank and at
+    /// most `content_max_chars` characters, `message_type` one the client may send,
+    /// `metadata` an object of at most [`METADATA_MAX_BYTES`] with no NUL character.
+    pub fn from_fields(
+        body: &JsonObject,
+        idempotency_key: Option<&str>,
+        content_max_chars: usize,
+    ) -> Result<PostInput, Error> {
+        PostInput::read(body, "content", idempotency_key, content_max_chars)
+    }
+
+    /// Checks a WebSocket frame `{"message", "message_type"?, "metadata"?}` (its other
+    /// keys, such as `type`, ignored) with the same rules as [`PostInput::from_fields`];
+    /// the content's errors are reported under `message`.
+    pub fn from_frame(frame: &JsonObject, content_max_chars: usize) -> Result<PostInput, Error> {
+        PostInput::read(frame, "message", None, content_max_chars)
+    }
+
+    /// A plain text message, checked like the REST body's `content`.
+    pub fn text(content: &str, content_max_chars: usize) -> Result<PostInput, Error> {
+        let mut body = JsonObject::new();
+        body.insert("content".into(), serde_json::Value::String(content.into()));
+        PostInput::from_fields(&body, None, content_max_chars)
+    }
+
+    /// The same message with an `Idempotency-Key` (checked).
+    pub fn with_idempotency_key(mut self, key: &str) -> Result<PostInput, Error> {
+        if !is_valid_idempotency_key(key) {
+            return Err(FieldErrors::single(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID).into());
         }
-    }
-}
-
-/// A turn's reply (or system error message), produced but not stored yet, with the turn's
-/// claim: [`Chat::store_pending_reply`] stores it.
-pub struct PendingReply {
-    session_id: SessionId,
-    reply_to: MessageId,
-    new: NewMessage,
-    claim: TurnClaim,
-}
-
-impl fmt::Debug for PendingReply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the content: it may be logged.
-        f.debug_struct("PendingReply")
-            .field("session_id", &self.session_id)
-            .field("reply_to", &self.reply_to)
-            .field("reply_id", &self.new.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PendingReply {
-    /// The session.
-    pub fn session_id(&self) -> SessionId {
-        self.session_id
+        self.idempotency_key = Some(key.to_owned());
+        Ok(self)
     }
 
-    /// The user message it answers.
-    pub fn reply_to(&self) -> MessageId {
-        self.reply_to
+    /// The content, exactly as sent.
+    pub fn content(&self) -> &str {
+        &self.content
     }
 
-    /// The id it will be stored under.
-    pub fn reply_id(&self) -> MessageId {
-        self.new.id
-    }
-}
-
-/// Why [`Chat::store_pending_reply`] stored nothing.
-#[derive(Debug)]
-pub struct ReplyNotStored {
-    /// What went wrong.
-    pub error: Error,
-    /// For [`Error::Unavailable`], the reply, still claimed, to store later; `None` for
-    /// any other error, which ended the turn's claim.
-    pub pending: Option<Box<PendingReply>>,
-}
-
-/// What [`Chat::wait_for_reply`] found.
-#[derive(Debug)]
-pub enum ReplyWait {
-    /// The stored reply.
-    Ready(Message),
-    /// Nobody is producing the reply: the caller now holds the turn and must produce it.
-    YourTurn(TurnClaim),
-}
-
-/// Proof that this caller is producing the reply to one user message in this process.
-/// While it is held, a repeated idempotent post of that message waits for the reply
-/// instead of asking the AI a second time. [`Chat::store_reply`] completes the turn;
-/// dropping the claim without a stored reply hands the turn to a waiter.
-pub struct TurnClaim {
-    turns: Arc<Turns>,
-    message_id: MessageId,
-    slot: Arc<TurnSlot>,
-}
-
-impl fmt::Debug for TurnClaim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TurnClaim")
-            .field("message_id", &self.message_id)
-            .finish()
-    }
-}
-
-/// Two claims are equal when they are for the same message.
-impl PartialEq for TurnClaim {
-    fn eq(&self, other: &Self) -> bool {
-        self.message_id == other.message_id
-    }
-}
-
-impl TurnClaim {
-    /// The user message whose reply this claim is for.
-    pub fn message_id(&self) -> MessageId {
-        self.message_id
+    /// The message type.
+    pub fn message_type(&self) -> MessageType {
+        self.message_type
     }
 
-    /// Tells waiters that the reply is produced but the database would not take it.
-    fn set_unstored(&self) {
-        let mut state = self.slot.lock();
-        if matches!(*state, TurnState::Running) {
-            *state = TurnState::Unstored;
+    /// The metadata object.
+    pub fn metadata(&self) -> &JsonObject {
+        &self.metadata
+    }
+
+    /// The `Idempotency-Key`, if any.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    fn read(
+        fields: &JsonObject,
+        content_field: &str,
+        idempotency_key: Option<&str>,
+        content_max_chars: usize,
+    ) -> Result<PostInput, Error> {
+        let mut reader = FieldReader::new(fields);
+        let content = reader.required_text(
+            content_field,
+            Text::REQUIRED_VERBATIM.max(content_max_chars),
+        );
+        let message_type = reader
+            .choice::<ClientMessageType>("message_type", false)
+            .map_or(MessageType::Text, |t| t.0);
+        let metadata = reader.object("metadata", false).unwrap_or_default();
+        if !reader.failed("metadata") && compact_json_len(&metadata) > METADATA_MAX_BYTES {
+            reader.fail("metadata", METADATA_TOO_LARGE);
         }
-        drop(state);
-        self.slot.changed.notify_all();
-    }
-}
-
-impl Drop for TurnClaim {
-    fn drop(&mut self) {
-        let mut running = self.turns.lock();
-        if running
-            .get(&self.message_id)
-            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        reader.refuse_nul_within("metadata", &metadata);
+        if let Some(key) = idempotency_key
+            && !is_valid_idempotency_key(key)
         {
-            running.remove(&self.message_id);
+            reader.fail(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID);
         }
-        drop(running);
-        let mut state = self.slot.lock();
-        if matches!(*state, TurnState::Running | TurnState::Unstored) {
-            *state = TurnState::Abandoned;
-        }
-        drop(state);
-        self.slot.changed.notify_all();
-    }
-}
-
-/// The replies being produced in this process, by the user message they answer. It lives
-/// in the [`crate::Narutalk`] handle; another process (the CLI) has its own.
-#[derive(Default)]
-pub(crate) struct Turns {
-    running: Mutex<HashMap<MessageId, Arc<TurnSlot>>>,
-}
-
-#[derive(Default)]
-struct TurnSlot {
-    state: Mutex<TurnState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-enum TurnState {
-    #[default]
-    Running,
-    /// Produced, but the database would not take it yet: its producer keeps trying.
-    Unstored,
-    Replied(Message),
-    Abandoned,
-}
-
-impl TurnSlot {
-    fn lock(&self) -> MutexGuard<'_, TurnState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Turns {
-    fn lock(&self) -> MutexGuard<'_, HashMap<MessageId, Arc<TurnSlot>>> {
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Registers a turn for a message just stored (its id is new, so nobody else runs it).
-    fn claim(self: &Arc<Self>, message_id: MessageId) -> TurnClaim {
-        let slot = Arc::new(TurnSlot::default());
-        self.lock().insert(message_id, slot.clone());
-        TurnClaim {
-            turns: self.clone(),
-            message_id,
-            slot,
-        }
-    }
-
-    /// Registers a turn for `message_id` unless one is already running.
-    fn try_claim(self: &Arc<Self>, message_id: MessageId) -> Option<TurnClaim> {
-        let mut running = self.lock();
-        if running.contains_key(&message_id) {
-            return None;
-        }
-        let slot = Arc::new(TurnSlot::default());
-        running.insert(message_id, slot.clone());
-        Some(TurnClaim {
-            turns: self.clone(),
-            message_id,
-            slot,
+        let content = reader.finish_with(content)?;
+        Ok(PostInput {
+            content,
+            message_type,
+            metadata,
+            idempotency_key: idempotency_key.map(str::to_owned),
         })
     }
+}
 
-    /// Publishes a stored reply to everyone waiting for it.
-    fn finish(&self, message_id: MessageId, reply: &Message) {
-        let slot = self.lock().remove(&message_id);
-        if let Some(slot) = slot {
-            *slot.lock() = TurnState::Replied(reply.clone());
-            slot.changed.notify_all();
-        }
-    }
+/// A posted user message and its reply to come.
+#[derive(Debug)]
+pub struct Posting {
+    /// The user message (the first one, for a repeated `Idempotency-Key`).
+    pub message: Message,
+    /// True when the `Idempotency-Key` was used on this session in the last 24 hours:
+    /// nothing was stored, and the reply is the first one's.
+    pub repeated: bool,
+    /// The reply: await it, or [`ReplyCompletion::wait`] for it. Ready at once when it is
+    /// stored already, or when no turn engine runs (the post answered the turn itself).
+    pub reply: ReplyCompletion,
 }
 
 /// Chat operations on a store (returned by [`crate::Narutalk::chat`]).
 pub struct Chat<'a> {
     pub(crate) store: &'a dyn ChatStore,
-    pub(crate) turns: &'a Arc<Turns>,
+    pub(crate) turns: &'a Arc<Engine>,
+    pub(crate) events: &'a EventBus,
+    pub(crate) origin: Origin,
     pub(crate) content_max_chars: usize,
-    pub(crate) history_messages: u32,
     pub(crate) asked_at: Option<Instant>,
 }
 
 impl Chat<'_> {
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
+    }
+
+    /// The longest content a message may have, in characters (`NARUTALK_CONTENT_MAX_CHARS`):
+    /// what [`PostInput`]'s checks take.
+    pub fn content_max_chars(&self) -> usize {
+        self.content_max_chars
+    }
+
     /// These operations for a caller that asked at `asked_at` and has waited in a queue
     /// of its own since (a server's per-session order of stores): their writes' bound,
     /// [`crate::store::WRITE_DEADLINE`], runs from then rather than from each call.
@@ -866,7 +729,11 @@ impl Chat<'_> {
 
     /// `DELETE /api/chat/sessions/{id}/`: the session and its messages are gone.
     pub fn delete_session(&self, owner: UserId, id: SessionId) -> Result<(), Error> {
-        self.store.delete_session(owner, id, self.asked())
+        let audit = Audit::now(&self.origin, Actor::User(owner));
+        self.store.delete_session(owner, id, &audit, self.asked())?;
+        self.events
+            .publish(&Event::SessionDeleted { session: id, owner });
+        Ok(())
     }
 
     /// `GET /api/chat/sessions/{id}/messages/`: messages oldest first, 20 a page; with
@@ -944,211 +811,96 @@ impl Chat<'_> {
         self.store.sessions_exist(sessions)
     }
 
-    /// `POST /api/chat/sessions/{id}/messages/`: checks `{"content", "message_type"?,
-    /// "metadata"?}` (a `sender` in the body is ignored: it is always `user`) and stores the
-    /// message, committed, moving the session's `updated_at` forward. With an
-    /// `idempotency_key` used by this user on this session in the last 24 hours, stores
-    /// nothing and answers the first result.
-    pub fn post_message_fields(
+    /// `POST /api/chat/sessions/{id}/messages/`: stores a user message with its pending
+    /// turn (committed, moving the session's `updated_at` forward) and answers it with
+    /// the reply to come. `input` is the message as its check answered ([`PostInput`]):
+    /// field errors are reported only once the session is known to be the owner's
+    /// (contract section 1.1), and a session that is not is [`Error::NotFound`] whatever
+    /// the fields say.
+    ///
+    /// The turn is the engine's ([`crate::turns`]): with the engine started, the reply is
+    /// produced on the AI pool and the returned [`Posting::reply`] completes when it is
+    /// stored; without it, this call answers the session's pending turns itself, on this
+    /// thread, before it returns. With an `Idempotency-Key` used by this user on this
+    /// session in the last 24 hours, nothing is stored and the first result comes back: its
+    /// reply at once when stored, or else a completion that waits for it at most
+    /// [`crate::Narutalk::reply_wait`].
+    pub fn post(
         &self,
         owner: UserId,
         id: SessionId,
-        body: &JsonObject,
-        idempotency_key: Option<&str>,
-    ) -> Result<PostOutcome, Error> {
-        let mut reader = FieldReader::new(body);
-        let content = reader.text(
-            "content",
-            Text {
-                required: true,
-                trim: false,
-                allow_blank: false,
-                max_chars: Some(self.content_max_chars),
-            },
-        );
-        let message_type = reader
-            .choice::<ClientMessageType>("message_type", false)
-            .map_or(MessageType::Text, |t| t.0);
-        let metadata = reader.object("metadata", false).unwrap_or_default();
-        if !reader.failed("metadata") && compact_json_len(&metadata) > METADATA_MAX_BYTES {
-            reader.fail("metadata", METADATA_TOO_LARGE);
-        }
-        reader.refuse_nul_within("metadata", &metadata);
-        if let Some(key) = idempotency_key
-            && !is_valid_idempotency_key(key)
-        {
-            reader.fail(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID);
-        }
-        self.owned_before_fields(owner, id, reader.finish())?;
-        let content =
-            content.ok_or_else(|| Error::internal("content passed its checks without a value"))?;
+        input: Result<PostInput, Error>,
+    ) -> Result<Posting, Error> {
+        let input = match input {
+            Ok(input) => input,
+            Err(error) if self.exists(owner, id)? => return Err(error),
+            Err(_) => return Err(Error::NotFound),
+        };
         let now = time::now();
         let message = NewMessage {
             id: MessageId::new_random(),
             sender: Sender::User,
-            message_type,
-            content,
-            metadata,
+            message_type: input.message_type,
+            content: input.content,
+            metadata: input.metadata,
             reply_to: None,
         };
-        // Claimed before the write, so that a repeat of this post (whose replay check
-        // runs in a later write) always finds the turn running. The id is new: nobody
-        // else can wait for it before it is stored, and a failed or replayed write drops
-        // the claim again.
-        let claim = self.turns.claim(message.id);
+        // Registered before the write: once the message is stored, a driver at work on
+        // the session may answer it before this call goes on.
+        let reply = self.turns.register(id, message.id);
+        let lease = self.turns.lease();
+        let audit = Audit::now(&self.origin, Actor::User(owner));
         let post = UserPost {
             owner,
             session: id,
             message: &message,
-            idempotency_key: idempotency_key.map(|key| IdempotencyKey {
+            idempotency_key: input.idempotency_key.as_deref().map(|key| IdempotencyKey {
                 key,
                 since: now - IDEMPOTENCY_WINDOW,
             }),
             now,
+            audit: &audit,
+            lease: Some(&lease),
         };
-        Ok(match self.store.post_message(&post, self.asked())? {
-            Posted::Stored(message) => PostOutcome::Stored(message, claim),
-            Posted::Replayed { message, reply } => PostOutcome::Replayed { message, reply },
-        })
-    }
-
-    /// For a [`PostOutcome::Replayed`] message without a reply: waits until the turn that
-    /// is producing it in this process stores it, and answers [`ReplyWait::Ready`]. When no
-    /// turn is running for it (its producer gave up, or the process stopped mid-turn) and
-    /// no reply is stored, the caller gets the [`TurnClaim`] and produces the reply itself.
-    /// [`Error::Unavailable`] when `timeout` passes first, and at once while the reply is
-    /// produced but waiting for the database ([`Chat::store_pending_reply`]).
-    pub fn wait_for_reply(&self, message: &Message, timeout: Duration) -> Result<ReplyWait, Error> {
-        let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let running = self.turns.lock().get(&message.id).cloned();
-            let Some(slot) = running else {
-                // Nobody here runs the turn: take it (under the registry lock only, never
-                // across the storage read below, which may wait for a reader), then see
-                // whether its reply is already stored.
-                let Some(claim) = self.turns.try_claim(message.id) else {
-                    continue;
-                };
-                if let Some(reply) = self.store.reply_for(message.id)? {
-                    self.turns.finish(message.id, &reply);
-                    return Ok(ReplyWait::Ready(reply));
-                }
-                return Ok(ReplyWait::YourTurn(claim));
-            };
-            let mut state = slot.lock();
-            loop {
-                match &*state {
-                    TurnState::Replied(reply) => return Ok(ReplyWait::Ready(reply.clone())),
-                    TurnState::Abandoned => break,
-                    TurnState::Unstored => {
-                        return Err(Error::Unavailable(
-                            "the reply is waiting for the database".into(),
-                        ));
-                    }
-                    TurnState::Running => {
-                        let remaining = deadline.map_or(Duration::MAX, |d| {
-                            d.saturating_duration_since(Instant::now())
-                        });
-                        if remaining.is_zero() {
-                            return Err(Error::Unavailable(
-                                "the reply is still being produced".into(),
-                            ));
-                        }
-                        state = slot
-                            .changed
-                            .wait_timeout(state, remaining)
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .0;
-                    }
-                }
-            }
+        let posted = self.store.post_message(&post, self.asked());
+        if !matches!(posted, Ok(Posted::Stored { .. })) {
+            self.turns.forget(message.id);
         }
-    }
-
-    /// Builds the responder's request for a stored user message: the session's category,
-    /// the last N messages stored before it (system messages left out), and the message.
-    /// Takes the message's [`TurnClaim`] (from [`PostOutcome::Stored`] or
-    /// [`ReplyWait::YourTurn`]); a claim for another message is [`Error::Internal`].
-    pub fn prepare_reply(&self, message: &Message, claim: TurnClaim) -> Result<ReplyTurn, Error> {
-        if claim.message_id != message.id {
-            return Err(Error::internal(format!(
-                "a turn claim for message {} cannot answer message {}",
-                claim.message_id, message.id
-            )));
-        }
-        let context =
-            self.store
-                .reply_context(message.session_id, message.seq, self.history_messages)?;
-        Ok(ReplyTurn {
-            session_id: message.session_id,
-            reply_to: message.id,
-            reply_id: MessageId::new_random(),
-            request: AiRequest {
-                session_id: message.session_id,
-                category: context.category,
-                history: context.history,
-                message: message.content.clone(),
-            },
-            claim,
-        })
-    }
-
-    /// Stores the outcome of a turn: the AI reply (`sender: "ai"`), or for a failure the
-    /// system error message with `{"reason": ...}` metadata, and hands it to everyone
-    /// waiting for it; the turn's claim ends here, stored or not (a failure hands the turn
-    /// to a waiter). A reply already stored for the same user message (by another
-    /// process) is returned instead of storing a second one. [`Error::NotFound`] when the
-    /// session was deleted meanwhile. [`Chat::store_pending_reply`] keeps a reply that the
-    /// database would not take.
-    pub fn store_reply(
-        &self,
-        turn: ReplyTurn,
-        outcome: Result<AiReply, AiError>,
-    ) -> Result<Message, Error> {
-        self.store_pending_reply(turn.into_reply(outcome))
-            .map_err(|not_stored| not_stored.error)
-    }
-
-    /// Stores a produced reply ([`ReplyTurn::into_reply`]) as [`Chat::store_reply`] does.
-    /// When the database does not take it ([`Error::Unavailable`]: locked, busy, full,
-    /// failing), the reply comes back in [`ReplyNotStored::pending`], its claim still held,
-    /// to be stored by a later call once writes work again; until then a repeated
-    /// idempotent post of its message ([`Chat::wait_for_reply`]) answers
-    /// [`Error::Unavailable`] instead of waiting. Any other failure ends the claim.
-    pub fn store_pending_reply(&self, pending: PendingReply) -> Result<Message, ReplyNotStored> {
-        let PendingReply {
-            session_id,
-            reply_to,
-            new,
-            claim,
-        } = pending;
-        let stored = self
-            .store
-            .store_reply(session_id, &new, time::now(), self.asked());
-        match stored {
-            Ok(reply) => {
-                self.turns.finish(reply_to, &reply);
-                // Published: the claim ends here.
-                drop(claim);
-                Ok(reply)
-            }
-            Err(error @ Error::Unavailable(_)) => {
-                claim.set_unstored();
-                Err(ReplyNotStored {
-                    error,
-                    pending: Some(Box::new(PendingReply {
-                        session_id,
-                        reply_to,
-                        new,
-                        claim,
-                    })),
+        match posted? {
+            Posted::Stored { message, claimed } => {
+                self.events.publish(&Event::stored(message.clone()));
+                let claimed = claimed.then(|| ClaimedTurn {
+                    message: message.clone(),
+                });
+                self.turns.kick(message.session_id, claimed);
+                Ok(Posting {
+                    message,
+                    repeated: false,
+                    reply,
                 })
             }
-            // Any other failure ends the claim: it hands the turn on to a waiter.
-            Err(error) => Err(ReplyNotStored {
-                error,
-                pending: None,
-            }),
+            Posted::Replayed {
+                message,
+                reply: stored,
+            } => {
+                drop(reply);
+                let reply = match stored {
+                    Some(stored) => Engine::ready(stored),
+                    None => {
+                        let waiting = self.turns.register_repeat(&message)?;
+                        // Without a running engine, nobody else may be answering it.
+                        if !waiting.is_ready() && !self.turns.is_started() {
+                            self.turns.kick(message.session_id, None);
+                        }
+                        waiting
+                    }
+                };
+                Ok(Posting {
+                    message,
+                    repeated: true,
+                    reply,
+                })
+            }
         }
     }
 
@@ -1219,15 +971,6 @@ fn unknown_after() -> Error {
 /// True for 1-64 visible ASCII characters (`!` to `~`).
 pub fn is_valid_idempotency_key(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn error_metadata(error: &AiError) -> JsonObject {
-    let mut metadata = JsonObject::new();
-    metadata.insert(
-        "reason".into(),
-        serde_json::Value::String(error.reason().to_owned()),
-    );
-    metadata
 }
 
 fn compact_json_len(object: &JsonObject) -> usize {

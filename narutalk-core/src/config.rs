@@ -134,7 +134,13 @@ pub struct Config {
     /// `NARUTALK_AI_CONCURRENCY`, default 64: AI calls running at once (the AI pool), at
     /// least 1; 1,024 more may wait, and a turn beyond them fails as `assistant busy`.
     pub ai_concurrency: u32,
+    /// `NARUTALK_OUTBOX_RETENTION_DAYS`, default [`DEFAULT_OUTBOX_RETENTION_DAYS`] (7): how
+    /// long the outbox keeps its record of each change, at least 1.
+    pub outbox_retention_days: u32,
 }
+
+/// Days the outbox keeps its rows by default (`NARUTALK_OUTBOX_RETENTION_DAYS`).
+pub const DEFAULT_OUTBOX_RETENTION_DAYS: u32 = 7;
 
 impl Default for Config {
     fn default() -> Self {
@@ -155,6 +161,7 @@ impl Default for Config {
             ai_max_tokens: 1024,
             ai_timeout_seconds: 30,
             ai_concurrency: 64,
+            outbox_retention_days: DEFAULT_OUTBOX_RETENTION_DAYS,
         }
     }
 }
@@ -514,7 +521,7 @@ impl Value<'_> {
 }
 
 /// The core's settings, in the order their variables are applied.
-const SETTINGS: [Setting<Config>; 16] = [
+const SETTINGS: [Setting<Config>; 17] = [
     Setting::new("database", "NARUTALK_DATABASE", |config, value| {
         config.database = PathBuf::from(value.non_empty_text()?);
         Ok(())
@@ -621,6 +628,14 @@ const SETTINGS: [Setting<Config>; 16] = [
         "NARUTALK_AI_CONCURRENCY",
         |config, value| {
             config.ai_concurrency = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "outbox_retention_days",
+        "NARUTALK_OUTBOX_RETENTION_DAYS",
+        |config, value| {
+            config.outbox_retention_days = value.whole(1)?;
             Ok(())
         },
     ),
@@ -1049,6 +1064,11 @@ impl Config {
             1,
         )?;
         check_min("NARUTALK_AI_CONCURRENCY", self.ai_concurrency.into(), 1)?;
+        check_min(
+            "NARUTALK_OUTBOX_RETENTION_DAYS",
+            self.outbox_retention_days.into(),
+            1,
+        )?;
         Ok(())
     }
 
@@ -1202,7 +1222,7 @@ mod tests {
                 key.to_uppercase()
             )));
         }
-        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 30);
+        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 31);
         assert!(!is_known_key("config"));
         assert!(!is_setting_variable("NARUTALK_CONFIG"));
         assert!(!is_setting_variable("NARUTALK_bind"));
@@ -1246,6 +1266,7 @@ ai_temperature = 1
 ai_max_tokens = 256
 ai_timeout_seconds = 90
 ai_concurrency = 8
+outbox_retention_days = 30
 search_url = ""
 search_timeout_seconds = 5
 ws_ping_seconds = 10
@@ -1274,6 +1295,7 @@ metrics_bind = "127.0.0.1:9100"
             ai_max_tokens: 256,
             ai_timeout_seconds: 90,
             ai_concurrency: 8,
+            outbox_retention_days: 30,
         };
         assert_eq!(c, expected);
     }
@@ -1713,7 +1735,7 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     /// (variable, smallest accepted value)
-    const NUMBERS: [(&str, u64); 9] = [
+    const NUMBERS: [(&str, u64); 10] = [
         ("NARUTALK_ACCESS_TOKEN_MINUTES", 1),
         ("NARUTALK_REFRESH_TOKEN_DAYS", 1),
         ("NARUTALK_CONTENT_MAX_CHARS", 1),
@@ -1721,6 +1743,7 @@ metrics_bind = "127.0.0.1:9100"
         ("NARUTALK_AI_MAX_TOKENS", 1),
         ("NARUTALK_AI_TIMEOUT_SECONDS", 1),
         ("NARUTALK_AI_CONCURRENCY", 1),
+        ("NARUTALK_OUTBOX_RETENTION_DAYS", 1),
         ("NARUTALK_AI_TEMPERATURE", 0),
         ("NARUTALK_CONTENT_MAX_CHARS", 1),
     ];

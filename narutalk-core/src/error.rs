@@ -37,8 +37,8 @@ pub enum Error {
     /// Storage is busy, locked, full or unreachable, or a write could not commit
     /// within [`crate::store::WRITE_DEADLINE`]; the request may succeed later (503 with
     /// `Retry-After`). A write that answers it was not applied and never will be; the one
-    /// exception is a reply that [`crate::chat::Chat::store_pending_reply`] hands back to
-    /// be stored later.
+    /// exception is a reply the turn engine keeps to store again later ([`crate::turns`]),
+    /// whose waiters hear this meanwhile.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     /// A bug or a damaged database (500). Its text is only `internal error`; the cause

@@ -126,6 +126,59 @@ impl Event {
     }
 }
 
+/// Who made a stored change, as its outbox row records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Actor {
+    /// A user acting on their own account or sessions (through the API, or an embedder
+    /// calling on their behalf).
+    User(UserId),
+    /// An administrator's operation with no user named: the core's administration calls
+    /// made by an embedder.
+    Administrator,
+    /// The command-line tool (`narutalk`).
+    Cli,
+    /// The turn engine: an AI reply or the system error message of a failed turn.
+    Engine,
+}
+
+impl Actor {
+    /// The actor as the outbox stores it: `user:<id>`, `administrator`, `cli` or `engine`.
+    pub fn as_text(&self) -> String {
+        match self {
+            Actor::User(id) => format!("user:{}", id.0),
+            Actor::Administrator => "administrator".to_owned(),
+            Actor::Cli => "cli".to_owned(),
+            Actor::Engine => "engine".to_owned(),
+        }
+    }
+}
+
+/// Where the calls of an area handle come from, recorded with every change they make (the
+/// outbox's actor and request id).
+///
+/// By default a change is recorded as made by whoever it acts for (the user who posts,
+/// logs out or changes their password; [`Actor::Engine`] for a reply; [`Actor::Administrator`]
+/// for administration) with no request id. A server gives each call its request's id
+/// (`narutalk.chat().with_request(id)`, and the same on `accounts()`, `tokens()` and
+/// `admin()`); a tool that makes every change itself fixes the actor for the whole handle
+/// ([`crate::Narutalk::acting_as`]: the CLI records [`Actor::Cli`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The actor recorded for every change, whoever the change acts for; `None`: the
+    /// acting user (or the engine, or an administrator).
+    pub actor: Option<Actor>,
+    /// The id of the request that made the call, if any.
+    pub request_id: Option<Arc<str>>,
+}
+
+impl Origin {
+    /// The actor recorded for a change that acts for `acting`.
+    pub fn actor_for(&self, acting: Actor) -> Actor {
+        self.actor.unwrap_or(acting)
+    }
+}
+
 /// A subscriber's callback: it runs on the publishing thread, so it must not block.
 pub type Callback = Arc<dyn Fn(&Event) + Send + Sync>;
 

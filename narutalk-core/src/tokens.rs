@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::accounts::{User, UserId};
 use crate::config::Secret;
 use crate::error::{Error, TokenProblem};
+use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::{FieldReader, JsonObject, Text};
 use crate::store::{
-    NewRefresh, PresentedRefresh, RefreshUse, TokenHolder, TokenLifetimes, TokenStore,
+    Audit, NewRefresh, PresentedRefresh, RefreshUse, TokenHolder, TokenLifetimes, TokenStore,
 };
 use crate::time;
 
@@ -270,9 +271,24 @@ impl TokenKeys {
 pub struct Tokens<'a> {
     pub(crate) store: &'a dyn TokenStore,
     pub(crate) keys: &'a TokenKeys,
+    pub(crate) events: &'a EventBus,
+    pub(crate) origin: Origin,
 }
 
 impl Tokens<'_> {
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Publishes that `family` (as stored) of `user` ended, after the commit that ended it.
+    fn ended(&self, user: UserId, family: Option<&str>) {
+        if let Some(family) = family.and_then(Family::parse) {
+            self.events.publish(&Event::LoginEnded { user, family });
+        }
+    }
+
     /// Validates an access token completely: signature, expiry, type, the user's
     /// revocation time, that the user still exists and is active, and that the token's
     /// login family (when it names one) is not revoked. Returns the user.
@@ -360,14 +376,19 @@ impl Tokens<'_> {
             user_id: claims.user_id,
             issued_at: claims.iat,
         };
-        let (issued_at, family) =
-            match self
-                .store
-                .rotate_refresh(&presented, &jti, self.keys.lifetimes(), now)?
-            {
-                RefreshUse::Rotated { issued_at, family } => (issued_at, family),
-                RefreshUse::Refused(problem) => return Err(Error::InvalidToken(problem)),
-            };
+        let (issued_at, family) = match self.store.rotate_refresh(
+            &presented,
+            &jti,
+            self.keys.lifetimes(),
+            now,
+            &Audit::now(&self.origin, Actor::User(claims.user_id)),
+        )? {
+            RefreshUse::Rotated { issued_at, family } => (issued_at, family),
+            RefreshUse::Refused { problem, ended } => {
+                self.ended(claims.user_id, ended.as_deref());
+                return Err(Error::InvalidToken(problem));
+            }
+        };
         let user_id = claims.user_id;
         // Rows written before families were parsed hold the same 32 hex digits; one that
         // does not parse gets an access token without `fam`, judged by the older rules.
@@ -403,9 +424,16 @@ impl Tokens<'_> {
             user_id: claims.user_id,
             issued_at: claims.iat,
         };
-        self.store
-            .end_family(&presented, now)?
-            .map_err(Error::InvalidToken)
+        let end = self.store.end_family(
+            &presented,
+            now,
+            &Audit::now(&self.origin, Actor::User(claims.user_id)),
+        )?;
+        self.ended(claims.user_id, end.ended.as_deref());
+        match end.refused {
+            Some(problem) => Err(Error::InvalidToken(problem)),
+            None => Ok(()),
+        }
     }
 
     /// Deletes refresh-token rows that expired, at most `limit` of them; returns how many.

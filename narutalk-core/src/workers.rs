@@ -110,17 +110,26 @@ impl<T> std::fmt::Debug for Completion<T> {
     }
 }
 
-/// The pool's end of a [`Completion`]: it gives the outcome once; dropped without giving
-/// one (a queued job dropped unrun), it gives [`JobLost::Cancelled`].
-struct Completer<T> {
+/// The producing end of a [`Completion`]: it gives the outcome once; dropped without
+/// giving one (a queued job dropped unrun, a waiter nobody answers), it gives
+/// [`JobLost::Cancelled`].
+pub(crate) struct Completer<T> {
     slot: Option<Arc<Slot<T>>>,
 }
 
 impl<T> Completer<T> {
-    fn finish(mut self, outcome: Result<T, JobLost>) {
+    /// Gives the outcome to the completion.
+    pub(crate) fn finish(mut self, outcome: Result<T, JobLost>) {
         if let Some(slot) = self.slot.take() {
             slot.fill(outcome);
         }
+    }
+
+    /// True when the completion was dropped: nobody waits for the outcome any more.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_none_or(|slot| Arc::strong_count(slot) == 1)
     }
 }
 
@@ -166,7 +175,7 @@ impl<T> Slot<T> {
 }
 
 /// A new completion and the completer that fills it.
-fn completion<T>() -> (Completer<T>, Completion<T>) {
+pub(crate) fn completion<T>() -> (Completer<T>, Completion<T>) {
     let slot = Arc::new(Slot {
         state: Mutex::new(SlotState {
             outcome: None,

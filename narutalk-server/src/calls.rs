@@ -53,6 +53,11 @@ impl Calls {
         &self.core
     }
 
+    /// The longest message content the core accepts, for checking a post's input.
+    pub fn content_max_chars(&self) -> usize {
+        self.core.chat().content_max_chars()
+    }
+
     /// Runs blocking core work on tokio's blocking threads, in the current span. A panic
     /// in it answers 500, never a dropped connection.
     pub async fn run<T: Send + 'static>(

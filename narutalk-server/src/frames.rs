@@ -17,8 +17,8 @@ pub const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
 pub enum Incoming {
     /// `{"type": "ping"}`.
     Ping,
-    /// `{"message", "message_type"?, "metadata"?}`, as the REST body of a posted message
-    /// (`content`, `message_type`, `metadata`), for the core's usual checks.
+    /// `{"message", "message_type"?, "metadata"?}` (other keys ignored): the frame itself,
+    /// which the core's `PostInput::from_frame` checks as it checks a REST post.
     Message(JsonObject),
 }
 
@@ -26,7 +26,7 @@ pub enum Incoming {
 pub fn parse(text: &str) -> Result<Incoming, String> {
     let value: Value = serde_json::from_str(text)
         .map_err(|error| format!("The frame is not valid JSON: {error}."))?;
-    let Value::Object(mut frame) = value else {
+    let Value::Object(frame) = value else {
         return Err(format!(
             "The frame must be a JSON object, not {}.",
             python_type_name(&value)
@@ -34,20 +34,13 @@ pub fn parse(text: &str) -> Result<Incoming, String> {
     };
     // A frame with a `message` is a message whatever its `type` says: nothing sent is
     // dropped.
-    let Some(message) = frame.remove("message") else {
-        if frame.get("type").and_then(Value::as_str) == Some("ping") {
-            return Ok(Incoming::Ping);
-        }
-        return Err("The frame has no \"message\".".to_owned());
-    };
-    let mut body = JsonObject::new();
-    body.insert("content".to_owned(), message);
-    for field in ["message_type", "metadata"] {
-        if let Some(value) = frame.remove(field) {
-            body.insert(field.to_owned(), value);
-        }
+    if frame.contains_key("message") {
+        return Ok(Incoming::Message(frame));
     }
-    Ok(Incoming::Message(body))
+    if frame.get("type").and_then(Value::as_str) == Some("ping") {
+        return Ok(Incoming::Ping);
+    }
+    Err("The frame has no \"message\".".to_owned())
 }
 
 /// The name a field of the REST body has in a frame.
@@ -102,20 +95,21 @@ mod tests {
     }
 
     #[test]
-    fn a_message_frame_becomes_the_rest_body_and_sender_is_dropped() {
+    fn a_message_frame_is_kept_whole_for_the_cores_checks() {
         assert_eq!(
             parse(
                 r#"{"message": "hi", "sender": "ai", "metadata": {"a": 1}, "message_type": "image"}"#
             ),
             Ok(Incoming::Message(object(json!({
-                "content": "hi",
+                "message": "hi",
+                "sender": "ai",
                 "metadata": {"a": 1},
                 "message_type": "image",
             }))))
         );
         assert_eq!(
             parse(r#"{"message": 7}"#),
-            Ok(Incoming::Message(object(json!({"content": 7}))))
+            Ok(Incoming::Message(object(json!({"message": 7}))))
         );
     }
 
@@ -124,7 +118,9 @@ mod tests {
         assert_eq!(parse(r#"{"type": "ping"}"#), Ok(Incoming::Ping));
         assert_eq!(
             parse(r#"{"type": "ping", "message": "hi"}"#),
-            Ok(Incoming::Message(object(json!({"content": "hi"})))),
+            Ok(Incoming::Message(object(
+                json!({"type": "ping", "message": "hi"})
+            ))),
             "a message is never dropped for its type"
         );
         assert_eq!(

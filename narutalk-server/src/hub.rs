@@ -13,10 +13,12 @@
 //! session's last sequence number when its handshake read it, so a message stored between
 //! that read and the join is filled in by the room's first read, not lost.
 //!
-//! So an event bus or a broker may lose, repeat or reorder stored-message events: that
-//! costs a read, never a message. Several server processes would share rooms by feeding
-//! each process's [`LocalHub`] from a broker channel per session; what changes then is
-//! only who publishes (a task receiving from the broker instead of the turn's code).
+//! The rooms hear the core's event bus (the server's state subscribes them: a stored
+//! message, a reply's delta, a deleted session), never a handler. So the bus, or a broker
+//! between processes, may lose, repeat or reorder stored-message events: that costs a
+//! read, never a message. Several server processes would share rooms by feeding each
+//! process's [`LocalHub`] from a broker channel per session; what changes then is only
+//! where the events come from.
 //!
 //! Invariants of [`LocalHub`]:
 //! - every member of a room sees the room's stored messages in sequence order, each once,

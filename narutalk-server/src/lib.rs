@@ -11,7 +11,7 @@
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
 //! - `state`: what every request shares, assembled from the parts below;
 //! - `ws`: the WebSocket chat: handshake, sockets, the revocation watch;
-//! - `turns`: the AI turn, one reply at a time per session in storage order;
+//! - `turns`: posting to the core's turn engine and awaiting the reply, and its drain;
 //! - `hub` and `frames`: the rooms of sessions and the frames they carry;
 //! - `calls`: core calls on blocking threads; `health`: what health reports;
 //! - `limits`: throttles and the login failure budgets;

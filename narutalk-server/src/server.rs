@@ -29,6 +29,7 @@ use crate::probe;
 use crate::response::Response;
 use crate::settings::Settings;
 use crate::state::State;
+use crate::turns;
 use crate::ws;
 
 /// How often idle throttle keys are forgotten.
@@ -70,7 +71,17 @@ pub async fn serve_with(
     let local_addr = listener
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let state = Arc::new(State::new(core, config, &options, local_addr));
+    let state = Arc::new(State::new(core.clone(), config, &options, local_addr));
+    // After the rooms subscribed to the core's events: the turns a crash left pending are
+    // answered from here on, and their replies reach the sockets that resume.
+    let starting = core.clone();
+    match tokio::task::spawn_blocking(move || starting.start_turns()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "the turn engine could not look for the turns left pending: each is answered with its session's next message")
+        }
+        Err(error) => tracing::error!(%error, "the turn engine's start failed"),
+    }
     let mut background = Vec::new();
     if let Some(search) = &state.search {
         background.push(probe::spawn(
@@ -104,7 +115,7 @@ pub async fn serve_with(
         stop_accepting.cancel();
         let sockets = &state.ws.sockets;
         sockets.stop_taking_messages();
-        state.turns.finish(options.drain_timeout).await;
+        turns::drain(&core, options.drain_timeout).await;
         tracing::info!(sockets = sockets.open(), "closing the open sockets");
         sockets.close_all();
         // Sockets stuck writing to peers that do not read get a little longer, then go;
@@ -135,7 +146,7 @@ pub async fn serve_with(
     tokio::join!(serving, stop);
     // Every connection is closed, but a turn whose socket went away may still be running:
     // its reply is stored before the server returns.
-    state.turns.finish(options.drain_timeout).await;
+    turns::drain(&core, options.drain_timeout).await;
     for task in background {
         task.abort();
     }

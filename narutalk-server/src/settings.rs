@@ -523,6 +523,7 @@ ai_temperature = 1
 ai_max_tokens = 256
 ai_timeout_seconds = 90
 ai_concurrency = 8
+outbox_retention_days = 30
 search_url = ""
 search_timeout_seconds = 5
 ws_ping_seconds = 10
@@ -569,6 +570,7 @@ metrics_bind = "127.0.0.1:9100"
                 ai_max_tokens: 256,
                 ai_timeout_seconds: 90,
                 ai_concurrency: 8,
+                outbox_retention_days: 30,
             },
         };
         assert_eq!(c, expected);

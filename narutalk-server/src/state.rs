@@ -1,6 +1,7 @@
 //! What every request shares, assembled from the parts each module owns: the core calls,
-//! how requests are read, the throttles, health, the search proxy, the rooms, the AI
-//! turns and the sockets.
+//! how requests are read, the throttles, health, the search proxy, the rooms and the
+//! sockets; and the one subscription to the core's event bus, which feeds the rooms and
+//! the revocation watch (no handler publishes anything).
 //!
 //! Only the top of the server (the endpoints, the envelope and the server's start and
 //! stop) sees the whole; the modules below take the part they need, so none of them
@@ -19,11 +20,13 @@ use crate::calls::{Caller, Calls};
 use crate::error::ApiError;
 use crate::health::Health;
 use crate::http::{BodyRules, Site};
-use crate::hub::{Hub, LocalHub};
+use narutalk_core::events::{Event, EventSubscription};
+
+use crate::frames;
+use crate::hub::{Hub, LocalHub, RoomEvent};
 use crate::limits::Throttles;
 use crate::listener::ServeOptions;
 use crate::settings::Settings;
-use crate::turns::Turns;
 use crate::ws::sockets::Sockets;
 use crate::ws::{self, SocketRules};
 
@@ -41,10 +44,10 @@ pub struct State {
     pub health: Arc<Health>,
     /// The search proxy, when a search URL is configured.
     pub search: Option<Search>,
-    /// Fans stored messages and reply deltas out to the sockets of each session.
-    pub hub: Arc<dyn Hub>,
-    /// The AI turns.
-    pub turns: Arc<Turns>,
+    /// The rooms' and the revocation watch's subscription to the core's events (the
+    /// rooms fan stored messages and reply deltas out to the sockets of each session);
+    /// dropping the state ends it.
+    _events: EventSubscription,
     /// What the WebSocket chat shares: the open sockets among it.
     pub ws: Arc<ws::Shared>,
     /// Work done: requests answered and sockets ended (it only grows); the memory trim
@@ -83,11 +86,9 @@ impl State {
         // The rooms read the messages their events missed from the core.
         let hub: Arc<dyn Hub> =
             Arc::new(LocalHub::new(options.ws_send_queue, calls.core().clone()));
-        let turns = Arc::new(Turns::new(calls.clone(), hub.clone()));
         let activity = Arc::new(AtomicU64::new(0));
         let ws = Arc::new(ws::Shared {
             calls: calls.clone(),
-            turns: turns.clone(),
             hub: hub.clone(),
             sockets: Sockets::default(),
             rules: SocketRules {
@@ -97,7 +98,9 @@ impl State {
             throttles: throttles.clone(),
             activity: activity.clone(),
         });
+        let events = listen(calls.core(), hub.clone(), ws.clone());
         State {
+            _events: events,
             health: Arc::new(Health::new(
                 calls.clone(),
                 config.core.ai_backend == AiBackend::Template,
@@ -114,8 +117,6 @@ impl State {
             },
             throttles,
             search,
-            hub,
-            turns,
             ws,
             activity,
         }
@@ -137,4 +138,37 @@ impl State {
     ) -> Result<T, ApiError> {
         self.calls.run_as(caller, work).await
     }
+}
+
+/// Subscribes the rooms and the sockets to the core's events: stored messages and reply
+/// deltas go to their session's room, a deleted session's room closes, and a revocation
+/// makes the revocation watch look at once. The callback runs on the core's publishing
+/// thread and only hands events on (the hub never waits).
+fn listen(core: &Narutalk, hub: Arc<dyn Hub>, ws: Arc<ws::Shared>) -> EventSubscription {
+    core.events()
+        .subscribe(Arc::new(move |event: &Event| match event {
+            Event::MessageStored {
+                message: Some(message),
+                ..
+            } => hub.publish(message.session_id, RoomEvent::stored(message)),
+            Event::ReplyDelta {
+                session,
+                reply,
+                answers_seq,
+                text,
+                ..
+            } => hub.publish(
+                *session,
+                RoomEvent::Delta {
+                    reply: *reply,
+                    after: *answers_seq,
+                    frame: frames::ai_delta(*reply, text),
+                },
+            ),
+            Event::SessionDeleted { session, .. } => hub.publish(*session, RoomEvent::Deleted),
+            Event::UserRevoked { .. } | Event::LoginEnded { .. } => ws.sockets.check_soon(),
+            // A stored message without its body (rebuilt from a record) reaches the room's
+            // sockets through the next message's gap fill.
+            _ => {}
+        }))
 }

@@ -41,14 +41,14 @@ fn migrate_creates_the_database_then_says_its_schema_is_current() {
     assert_eq!(
         stdout(first),
         format!(
-            "Created {} with 3 migration(s), the latest V3 write_probe.\n",
+            "Created {} with 4 migration(s), the latest V4 pending_turns_and_outbox.\n",
             database.display()
         )
     );
     assert_eq!(
         stdout(second),
         format!(
-            "The schema of {} is current (3 migration(s) applied, the latest V3 write_probe).\n",
+            "The schema of {} is current (4 migration(s) applied, the latest V4 pending_turns_and_outbox).\n",
             database.display()
         )
     );
@@ -56,13 +56,13 @@ fn migrate_creates_the_database_then_says_its_schema_is_current() {
 
 #[test]
 fn migrate_says_how_many_migrations_it_applied_to_an_older_database() {
-    // Arrange: a database as the build before V3 left it.
+    // Arrange: a database as the build before V4 left it.
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("db.sqlite3");
     stdout(migrate(&database));
     let conn = rusqlite::Connection::open(&database).unwrap();
     conn.execute_batch(
-        "DROP TABLE write_probe; DELETE FROM refinery_schema_history WHERE version = 3;",
+        "DROP TABLE pending_turns; DROP TABLE outbox; DELETE FROM refinery_schema_history WHERE version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -74,7 +74,7 @@ fn migrate_says_how_many_migrations_it_applied_to_an_older_database() {
     assert_eq!(
         stdout(output),
         format!(
-            "Migrated {}: 1 migration(s) applied now, 3 in all, the latest V3 write_probe.\n",
+            "Migrated {}: 1 migration(s) applied now, 4 in all, the latest V4 pending_turns_and_outbox.\n",
             database.display()
         )
     );

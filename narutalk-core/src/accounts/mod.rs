@@ -23,9 +23,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, FieldErrors};
+use crate::events::{Actor, Event, EventBus, Origin, Revocation};
 use crate::fields::{Checked, FieldReader, JsonObject, Text};
 use crate::store::{
-    AccountStore, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
+    AccountStore, Audit, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
 };
 use crate::time;
 use crate::tokens::{TokenKeys, TokenPair};
@@ -293,6 +294,8 @@ pub struct Accounts<'a> {
     pub(crate) store: &'a dyn AccountStore,
     pub(crate) keys: &'a TokenKeys,
     pub(crate) hashing: &'a password::PasswordHashing,
+    pub(crate) events: &'a EventBus,
+    pub(crate) origin: Origin,
 }
 
 /// A registration whose fields passed every check of `POST /api/auth/register/`
@@ -415,6 +418,17 @@ impl AccountFields {
 }
 
 impl Accounts<'_> {
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Publishes that every token of `user` was revoked (after the commit that did it).
+    fn revoked(&self, user: UserId, cause: Revocation) {
+        self.events.publish(&Event::UserRevoked { user, cause });
+    }
+
     /// `POST /api/auth/register/`: checks the body ([`Accounts::check_registration`]) and
     /// creates the account ([`Accounts::register`]).
     pub fn register_fields(&self, body: &JsonObject) -> Result<User, Error> {
@@ -721,30 +735,49 @@ impl Accounts<'_> {
 
     /// Changes a user's role.
     pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
-        self.store
-            .change_user(id, UserChange::Role(role), time::now())
+        self.store.change_user(
+            id,
+            UserChange::Role(role),
+            &Audit::now(&self.origin, Actor::Administrator),
+        )
     }
 
     /// Marks a user verified or not.
     pub fn set_verified(&self, id: UserId, verified: bool) -> Result<User, Error> {
-        self.store
-            .change_user(id, UserChange::Verified(verified), time::now())
+        self.store.change_user(
+            id,
+            UserChange::Verified(verified),
+            &Audit::now(&self.origin, Actor::Administrator),
+        )
     }
 
     /// Activates or deactivates a user; deactivation revokes every token at once.
     pub fn set_active(&self, id: UserId, active: bool) -> Result<User, Error> {
-        self.store
-            .change_user(id, UserChange::Active(active), time::now())
+        let user = self.store.change_user(
+            id,
+            UserChange::Active(active),
+            &Audit::now(&self.origin, Actor::Administrator),
+        )?;
+        if !active {
+            self.revoked(id, Revocation::Deactivated);
+        }
+        Ok(user)
     }
 
     /// "Log out everywhere": revokes every access and refresh token the user holds.
     pub fn logout_all(&self, id: UserId) -> Result<(), Error> {
-        self.store.revoke_all(id, time::now())
+        self.store
+            .revoke_all(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.revoked(id, Revocation::TokensRevoked);
+        Ok(())
     }
 
     /// Deletes a user with their sessions, messages and tokens.
     pub fn delete(&self, id: UserId) -> Result<(), Error> {
-        self.store.delete_user(id)
+        self.store
+            .delete_user(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.revoked(id, Revocation::Deleted);
+        Ok(())
     }
 
     /// Hashes and stores a new password and revokes every token. With `replacing`, only if
@@ -756,8 +789,15 @@ impl Accounts<'_> {
         replacing: Option<&str>,
     ) -> Result<(), Error> {
         let hashed = self.hashing.hash(new_password)?;
+        // The user's own change, or an administrator's reset.
+        let actor = match replacing {
+            Some(_) => Actor::User(id),
+            None => Actor::Administrator,
+        };
         self.store
-            .replace_password(id, &hashed, replacing, time::now())
+            .replace_password(id, &hashed, replacing, &Audit::now(&self.origin, actor))?;
+        self.revoked(id, Revocation::TokensRevoked);
+        Ok(())
     }
 
     /// Reads and checks the fields every new account has: username, email, password (with

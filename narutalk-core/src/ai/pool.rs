@@ -16,8 +16,9 @@
 //!   [`Completion::wait`].
 //! - `NARUTALK_AI_TIMEOUT_SECONDS` covers the responder's call, not the wait in the
 //!   queue: each responder bounds its own call from the moment a pool thread makes it.
-//! - The gauges [`crate::metrics::AI_RUNNING`] and [`crate::metrics::AI_POOL_QUEUED`]
-//!   follow the running and the queued turns.
+//! - The gauge [`crate::metrics::AI_POOL_QUEUED`] follows the queued jobs, and
+//!   [`crate::metrics::AI_RUNNING`] the responders running ([`AiPool::respond`]'s, and the
+//!   turn engine's, which counts its own around each responder call).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -73,7 +74,9 @@ impl AiPool {
                 release_after: None,
                 on_start: || {},
                 queued_gauge: Some(metrics::AI_POOL_QUEUED),
-                running_gauge: Some(metrics::AI_RUNNING),
+                // Counted around the responder calls themselves: a job of the turn engine
+                // also stores its reply.
+                running_gauge: None,
             }),
         }
     }
@@ -93,7 +96,10 @@ impl AiPool {
         request: AiRequest,
         mut on_delta: impl FnMut(&str) + Send + 'static,
     ) -> Result<Completion<Result<AiReply, AiError>>, Busy> {
-        self.submit(move || run_responder(responder.as_ref(), &request, &mut on_delta))
+        self.submit(move || {
+            let _running = metrics::GaugeHold::new(metrics::AI_RUNNING);
+            run_responder(responder.as_ref(), &request, &mut on_delta)
+        })
     }
 
     /// Queues any blocking job that belongs with the AI calls; [`Busy`] at once when the

@@ -31,6 +31,22 @@
 //!   write could not commit within [`WRITE_DEADLINE`] of when it was asked for; such a
 //!   write was not applied and never will be.
 //! - [`Error::Internal`] (with its cause) for anything else that fails.
+//!
+//! **The outbox.** Every write that the outside must hear about (a message stored, a
+//! session deleted, a user's tokens revoked or the user deactivated or deleted, a login
+//! family ended) records it in the same transaction, as a row of the outbox with the
+//! [`Audit`] the rules pass in (the actor, the time, the request id where there is one).
+//! The rules publish the matching [`crate::events::Event`] once the method has returned,
+//! that is after the commit. A backend keeps outbox rows for its retention
+//! (`outbox_retention_days`) and forgets a few older ones in the writes that add rows.
+//!
+//! **Pending turns.** Storing a user message stores its pending turn in the same
+//! transaction; storing its reply deletes it. A turn is answered under a lease (a holder
+//! and an expiry written to its row, [`Lease`]): [`ChatStore::claim_turn`] takes the
+//! oldest pending turn of a session when its lease is free, expired or the holder's own;
+//! [`ChatStore::void_leases`] frees every lease when a process that owns the database alone
+//! starts (SQLite). A backend shared by several processes keeps the leases, and a process
+//! that dies leaves its turns to be claimed once their leases expire.
 
 pub mod sqlite;
 
@@ -57,6 +73,7 @@ use crate::chat::{
 };
 use crate::config::Config;
 use crate::error::{Error, TokenProblem};
+use crate::events::{Actor, Origin};
 use crate::tokens::Family;
 use sqlite::SqliteStore;
 
@@ -71,7 +88,8 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Opens the store the settings name (`database`, `sqlite_synchronous`), created only with
 /// [`OpenMode::CreateIfMissing`], and applies pending migrations.
 pub fn open(config: &Config, mode: OpenMode) -> Result<Arc<dyn Store>, OpenError> {
-    let store = SqliteStore::open(&config.database, config.sqlite_synchronous, mode)?;
+    let store = SqliteStore::open(&config.database, config.sqlite_synchronous, mode)?
+        .with_outbox_retention(config.outbox_retention_days);
     Ok(Arc::new(store))
 }
 
@@ -107,6 +125,60 @@ pub enum OpenError {
         /// What the migration runner said.
         message: String,
     },
+}
+
+/// What a write records in the outbox beside its change: who made it, when, and the
+/// request that asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audit {
+    /// Who made the change.
+    pub actor: Actor,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The id of the request that asked for it, if any.
+    pub request_id: Option<Arc<str>>,
+}
+
+impl Audit {
+    /// A change made now by `actor`, for the request of `origin` (whose own actor, if it
+    /// fixes one, wins).
+    pub fn now(origin: &Origin, actor: Actor) -> Audit {
+        Audit {
+            actor: origin.actor_for(actor),
+            at: crate::time::now(),
+            request_id: origin.request_id.clone(),
+        }
+    }
+}
+
+/// A lease on a pending turn: who answers it, until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder: the answering process's random id.
+    pub holder: Arc<str>,
+    /// The time the claim is made.
+    pub now: DateTime<Utc>,
+    /// When the lease expires (another holder may claim the turn after it).
+    pub until: DateTime<Utc>,
+}
+
+/// A pending turn, claimed: the user message to answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClaimedTurn {
+    /// The user message.
+    pub message: Message,
+}
+
+/// What [`ChatStore::store_reply`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredReply {
+    /// The reply as stored (or the one stored before, by another process).
+    pub reply: Message,
+    /// True when this call stored it (false: it was stored already).
+    pub stored_now: bool,
+    /// The session's next pending turn, claimed in the same transaction when a lease was
+    /// asked for and the turn was free.
+    pub next: Option<ClaimedTurn>,
 }
 
 /// A migration recorded as applied in the database.
@@ -187,7 +259,7 @@ pub trait AccountStore: Send + Sync {
         id: UserId,
         password_hash: &str,
         replacing: Option<&str>,
-        now: DateTime<Utc>,
+        audit: &Audit,
     ) -> Result<(), Error>;
 
     /// The user, their sessions updated at or after `recent_since`, and the messages in
@@ -199,22 +271,19 @@ pub trait AccountStore: Send + Sync {
     fn users(&self, filter: &UserFilter) -> Result<Vec<User>, Error>;
 
     /// Changes one thing about a user and answers the user as changed; deactivating also
-    /// revokes every token ([`AccountStore::revoke_all`]), in the same transaction.
-    fn change_user(
-        &self,
-        id: UserId,
-        change: UserChange,
-        now: DateTime<Utc>,
-    ) -> Result<User, Error>;
+    /// revokes every token ([`AccountStore::revoke_all`]), in the same transaction, and
+    /// records it in the outbox.
+    fn change_user(&self, id: UserId, change: UserChange, audit: &Audit) -> Result<User, Error>;
 
     /// Refuses every token of the user issued until now: the revocation time becomes
     /// `now` in whole seconds, or one second past the previous one when that is not
     /// before now (tokens issued since carry the previous time + 1, and are refused too);
     /// the user's live refresh tokens are marked revoked and their device tokens deleted.
-    fn revoke_all(&self, id: UserId, now: DateTime<Utc>) -> Result<(), Error>;
+    /// Recorded in the outbox. (`audit.at` is the time.)
+    fn revoke_all(&self, id: UserId, audit: &Audit) -> Result<(), Error>;
 
-    /// Deletes a user with their sessions, messages and tokens.
-    fn delete_user(&self, id: UserId) -> Result<(), Error>;
+    /// Deletes a user with their sessions, messages and tokens; recorded in the outbox.
+    fn delete_user(&self, id: UserId, audit: &Audit) -> Result<(), Error>;
 }
 
 /// Refresh tokens and what makes tokens refused (the rules in [`crate::tokens`]). Every
@@ -244,24 +313,28 @@ pub trait TokenStore: Send + Sync {
     /// its user is inactive or revoked every token since it was issued, and when it was
     /// used already: that is reuse, and revokes every refresh token of its family first.
     /// Otherwise it is marked used and `next_jti` is stored in its family, issued at
-    /// [`crate::tokens::issued_at`] of now and the user's revocation time.
+    /// [`crate::tokens::issued_at`] of now and the user's revocation time. A family ended
+    /// by reuse is recorded in the outbox with `audit`.
     fn rotate_refresh(
         &self,
         presented: &PresentedRefresh<'_>,
         next_jti: &str,
         lifetimes: TokenLifetimes,
         now_seconds: i64,
+        audit: &Audit,
     ) -> Result<RefreshUse, Error>;
 
     /// Revokes the login family of a refresh token (logout), in one transaction that
     /// commits whatever it answers: the token is judged as by
     /// [`TokenStore::rotate_refresh`] (a used one is reuse, which revokes the family and
     /// is refused), and when it may be used, every refresh token of its family is revoked.
+    /// The family ended (either way) is recorded in the outbox with `audit`.
     fn end_family(
         &self,
         presented: &PresentedRefresh<'_>,
         now_seconds: i64,
-    ) -> Result<Result<(), TokenProblem>, Error>;
+        audit: &Audit,
+    ) -> Result<FamilyEnd, Error>;
 
     /// Deletes at most `limit` refresh tokens that expired before `now_seconds` and whose
     /// access token (issued with them) expired too: the row is what tells that its family
@@ -324,7 +397,21 @@ pub enum RefreshUse {
         family: String,
     },
     /// The token was refused (after revoking its family, when it was reuse).
-    Refused(TokenProblem),
+    Refused {
+        /// Why.
+        problem: TokenProblem,
+        /// The family (as stored) that the refusal ended: the token was reused.
+        ended: Option<String>,
+    },
+}
+
+/// What [`TokenStore::end_family`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyEnd {
+    /// Why the token was refused, if it was (after ending its family, for reuse).
+    pub refused: Option<TokenProblem>,
+    /// The family (as stored) that this call ended, if it ended one.
+    pub ended: Option<String>,
 }
 
 /// A stored user and their password hash.
@@ -495,8 +582,15 @@ pub trait ChatStore: Send + Sync {
         asked_at: Instant,
     ) -> Result<SessionDetail, Error>;
 
-    /// Deletes the session with its messages and idempotency keys.
-    fn delete_session(&self, owner: UserId, id: SessionId, asked_at: Instant) -> Result<(), Error>;
+    /// Deletes the session with its messages, idempotency keys and pending turns; recorded
+    /// in the outbox.
+    fn delete_session(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        audit: &Audit,
+        asked_at: Instant,
+    ) -> Result<(), Error>;
 
     /// One page of the session's messages in storage order, only those stored after
     /// `after` when it is given: the count and the page in one snapshot, the page picked
@@ -533,8 +627,10 @@ pub trait ChatStore: Send + Sync {
     /// since the key's `since`, nothing is stored and the message stored the first time
     /// comes back with its reply, if any ([`Posted::Replayed`]); otherwise the message is
     /// inserted with the session's next sequence number, the session's count, last
-    /// sequence number and `updated_at` move, and the key (if any) is remembered for the
-    /// message, a few keys older than `since` being forgotten.
+    /// sequence number and `updated_at` move, the key (if any) is remembered for the
+    /// message, a few keys older than `since` being forgotten, its pending turn is stored
+    /// (claimed with the post's lease when it is the session's oldest pending turn) and the
+    /// message is recorded in the outbox.
     fn post_message(&self, post: &UserPost<'_>, asked_at: Instant) -> Result<Posted, Error>;
 
     /// The reply stored for a user message (the first, by sequence number), if any.
@@ -552,16 +648,31 @@ pub trait ChatStore: Send + Sync {
     ) -> Result<ReplyContext, Error>;
 
     /// Stores a reply (its `reply_to` is the user message it answers) as the session's
-    /// next message, in one transaction; when a reply to that message is stored already
-    /// (by another process), that one is answered and nothing is stored.
-    /// [`Error::NotFound`] when the session is gone.
+    /// next message, deletes the pending turn it answers and records the reply in the
+    /// outbox, in one transaction; when a reply to that message is stored already (by
+    /// another process), that one is answered and nothing is stored. With `next`, the
+    /// session's next pending turn is claimed in the same transaction
+    /// ([`ChatStore::claim_turn`]'s rule). [`Error::NotFound`] when the session is gone.
     fn store_reply(
         &self,
         session: SessionId,
         reply: &NewMessage,
-        now: DateTime<Utc>,
+        audit: &Audit,
+        next: Option<&Lease>,
         asked_at: Instant,
-    ) -> Result<Message, Error>;
+    ) -> Result<StoredReply, Error>;
+
+    /// Claims the session's oldest pending turn (by sequence number) when its lease is
+    /// free, expired or already `lease`'s holder's, writing `lease` to it; `None` when the
+    /// session has no pending turn or its oldest is another holder's.
+    fn claim_turn(&self, session: SessionId, lease: &Lease) -> Result<Option<ClaimedTurn>, Error>;
+
+    /// Frees every lease on a pending turn (a process that owns the database alone, at
+    /// its start: the leases are its dead predecessor's). Answers how many it freed.
+    fn void_leases(&self) -> Result<usize, Error>;
+
+    /// The sessions with pending turns, the one whose oldest pending turn is oldest first.
+    fn pending_sessions(&self) -> Result<Vec<SessionId>, Error>;
 }
 
 /// A session to store.
@@ -601,6 +712,11 @@ pub struct UserPost<'a> {
     pub idempotency_key: Option<IdempotencyKey<'a>>,
     /// When it is stored.
     pub now: DateTime<Utc>,
+    /// The outbox's record of it.
+    pub audit: &'a Audit,
+    /// Claims the message's pending turn with this lease when no earlier turn of the
+    /// session is pending.
+    pub lease: Option<&'a Lease>,
 }
 
 /// An `Idempotency-Key` and the time before which a use of it is forgotten.
@@ -616,7 +732,12 @@ pub struct IdempotencyKey<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Posted {
     /// The message was stored.
-    Stored(Message),
+    Stored {
+        /// The message.
+        message: Message,
+        /// Its pending turn was claimed with the post's lease.
+        claimed: bool,
+    },
     /// The key was used already: nothing was stored.
     Replayed {
         /// The message stored the first time.
@@ -655,8 +776,9 @@ pub trait AdminStore: Send + Sync {
         each: &mut dyn FnMut(u64, ExportedSession) -> ControlFlow<()>,
     ) -> Result<(), Error>;
 
-    /// Deletes a session, whoever owns it, with its messages and idempotency keys.
-    fn delete_any_session(&self, id: SessionId) -> Result<(), Error>;
+    /// Deletes a session, whoever owns it, with its messages, idempotency keys and pending
+    /// turns, recorded in the outbox; answers its owner.
+    fn delete_any_session(&self, id: SessionId, audit: &Audit) -> Result<UserId, Error>;
 
     /// How many sessions a user has, and the messages in them.
     fn user_activity(&self, id: UserId) -> Result<UserActivity, Error>;

@@ -122,17 +122,18 @@ pub async fn login(call: Call<'_>) -> Result<Response, ApiError> {
 pub async fn refresh(call: Call<'_>) -> Result<Response, ApiError> {
     let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
+    let request_id = request.request_id.clone();
+    // A refused reuse ends its family: the core publishes it, and its sockets close.
     let pair = state
-        .run(move |core| core.tokens().refresh_fields(&body))
-        .await;
-    if pair.is_err() {
-        // A refused refresh may have been a reuse, which revoked its family: sockets
-        // opened with the family's access tokens close now rather than at the next tick.
-        state.ws.sockets.check_soon();
-    }
+        .run(move |core| {
+            core.tokens()
+                .with_request(&request_id)
+                .refresh_fields(&body)
+        })
+        .await?;
     Ok(json_response(
         StatusCode::OK,
-        &wire::accounts::TokenPair::from(&pair?),
+        &wire::accounts::TokenPair::from(&pair),
     ))
 }
 
@@ -153,12 +154,11 @@ pub async fn refresh(call: Call<'_>) -> Result<Response, ApiError> {
 pub async fn logout(call: Call<'_>) -> Result<Response, ApiError> {
     let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
-    let outcome = state
-        .run(move |core| core.tokens().logout_fields(&body))
-        .await;
-    // A logout (or a reuse refused here) revoked a family: its sockets close now.
-    state.ws.sockets.check_soon();
-    outcome?;
+    let request_id = request.request_id.clone();
+    // The core publishes the family's end (its sockets close) once it is committed.
+    state
+        .run(move |core| core.tokens().with_request(&request_id).logout_fields(&body))
+        .await?;
     Ok(empty_response(StatusCode::RESET_CONTENT))
 }
 
@@ -258,12 +258,15 @@ pub async fn password(call: Call<'_>) -> Result<Response, ApiError> {
     let user = call.user()?;
     let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
+    let request_id = request.request_id.clone();
+    // The core publishes the revocation (the user's sockets close) once it is committed.
     state
-        .run(move |core| core.accounts().change_password_fields(user.id, &body))
+        .run(move |core| {
+            core.accounts()
+                .with_request(&request_id)
+                .change_password_fields(user.id, &body)
+        })
         .await?;
-    // A password change revokes every token of the user: their sockets close now rather
-    // than at the watch's next tick.
-    state.ws.sockets.check_soon();
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 

@@ -3,14 +3,13 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use narutalk_core::chat::{Page, PageRequest, SessionFilter, SessionId};
+use narutalk_core::chat::{Page, PageRequest, PostInput, SessionFilter, SessionId};
 use warp::http::StatusCode;
 
 use crate::api::Call;
 use crate::docs;
 use crate::error::ApiError;
 use crate::http::{Request, percent_encode, query_pairs};
-use crate::hub::RoomEvent;
 use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
 use crate::turns;
@@ -159,13 +158,21 @@ pub async fn update_session(call: Call<'_>) -> Result<Response, ApiError> {
 pub async fn delete_session(call: Call<'_>) -> Result<Response, ApiError> {
     let user = call.user()?;
     let Call {
-        state, param: id, ..
+        state,
+        request,
+        param: id,
+        ..
     } = call;
     let id = SessionId::from_str(id)?;
+    let request_id = request.request_id.clone();
+    // The core publishes the deletion (its sockets close) once it is committed.
     state
-        .run(move |core| core.chat().delete_session(user.id, id))
+        .run(move |core| {
+            core.chat()
+                .with_request(&request_id)
+                .delete_session(user.id, id)
+        })
         .await?;
-    state.hub.publish(id, RoomEvent::Deleted);
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
@@ -256,7 +263,9 @@ pub async fn post_message(call: Call<'_>) -> Result<Response, ApiError> {
         .headers
         .get("idempotency-key")
         .map(|key| String::from_utf8_lossy(key.as_bytes()).into_owned());
-    let exchange = turns::exchange(state.turns.clone(), user.id, id, body, key).await?;
+    let input = PostInput::from_fields(&body, key.as_deref(), state.calls.content_max_chars());
+    let exchange =
+        turns::exchange(&state.calls, user.id, id, input, request.request_id.clone()).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &wire::chat::MessageWithReply::new(&exchange.message, &exchange.reply),

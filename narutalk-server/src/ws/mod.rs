@@ -10,7 +10,8 @@
 //!
 //! The rooms the sockets join are the hub's (`crate::hub`: it delivers in sequence
 //! order, reading from the core what its events missed), the frames they send are
-//! `crate::frames`'s, and a message a socket receives becomes a turn (`crate::turns`).
+//! `crate::frames`'s, and a message a socket receives is posted to the core's turn engine
+//! (`crate::turns`).
 //!
 //! The upgrade is done from hyper's upgrade future (taken from the request by the accept
 //! loop, with the connection's place under the connection cap) rather than by warp's
@@ -39,15 +40,12 @@ use crate::http::{Credentials, Request, Site};
 use crate::hub::{Hub, Joining};
 use crate::limits::Throttles;
 use crate::response::{Response, empty_response};
-use crate::turns::Turns;
 use crate::ws::sockets::Sockets;
 
 /// What every socket of the process shares.
 pub struct Shared {
     /// The core.
     pub calls: Arc<Calls>,
-    /// The AI turns a socket's messages start.
-    pub turns: Arc<Turns>,
     /// The rooms sockets join.
     pub hub: Arc<dyn Hub>,
     /// The open sockets, for the revocation watch and shutdown.

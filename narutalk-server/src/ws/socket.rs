@@ -25,14 +25,13 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use narutalk_core::accounts::UserId;
-use narutalk_core::chat::{MessageId, SessionId};
+use narutalk_core::chat::{MessageId, PostInput, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
-use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::frames::{self, Incoming};
@@ -40,7 +39,7 @@ use crate::hub::{CloseCode, Closer, RoomEvent, Subscription};
 use crate::listener::Upgrade;
 use crate::logging::millis;
 use crate::metrics::{self, GaugeHold};
-use crate::turns::{self, Posted};
+use crate::turns;
 use crate::ws::Shared;
 use crate::ws::sockets::Registration;
 
@@ -150,6 +149,7 @@ pub async fn run(shared: Arc<Shared>, upgrade: Upgrade, opened: Opened) {
         user,
         session,
         replay_from,
+        request_id: request_id.clone(),
         _registration: registration,
     };
     let ending = socket.serve().await;
@@ -191,6 +191,8 @@ struct Socket {
     user: UserId,
     session: SessionId,
     replay_from: Option<i64>,
+    /// The handshake's request id, recorded with the messages the socket posts.
+    request_id: String,
     _registration: Registration,
 }
 
@@ -335,9 +337,9 @@ impl Socket {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
-        let body = match frames::parse(text) {
+        let frame = match frames::parse(text) {
             Ok(Incoming::Ping) => return self.send(Message::Text(frames::PONG), "pong").await,
-            Ok(Incoming::Message(body)) => body,
+            Ok(Incoming::Message(frame)) => frame,
             Err(problem) => return self.send_error(&problem).await,
         };
         if self.shared.sockets.is_stopping() {
@@ -348,33 +350,27 @@ impl Socket {
                 .await;
         }
         let (owner, session) = (self.user, self.session);
-        // Tracked, so that a shutdown that starts meanwhile waits for the message to be
-        // stored and broadcast before it closes the sockets.
+        // The socket's loop waits for the message to be stored (a shutdown that starts
+        // meanwhile closes the socket only after): the message and then its reply reach
+        // every socket of the session, this one included, through the room, and the engine
+        // produces and stores the reply even if this socket closes meanwhile.
         let posted = match self.shared.throttles.messages.check(&owner.0) {
             Ok(()) => {
-                let post = turns::post(&self.shared.turns, owner, session, body, None);
-                self.shared.turns.tasks.track_future(post).await
+                let input = PostInput::from_frame(&frame, self.shared.calls.content_max_chars());
+                turns::post(
+                    &self.shared.calls,
+                    owner,
+                    session,
+                    input,
+                    self.request_id.clone(),
+                )
+                .await
             }
             Err(throttled) => Err(throttled),
         };
         match posted {
-            Ok(Posted::Waiting { message, turn }) => {
-                let answering = self.shared.turns.clone();
-                // The reply is the room's business from here: it reaches every socket
-                // on the session, this one included, and it is produced and stored even
-                // if this socket closes meanwhile.
-                self.shared.turns.tasks.spawn(
-                    async move {
-                        if let Err(error) = turns::answer(answering, message, turn).await {
-                            tracing::debug!(?error, "a socket's turn ended without a reply");
-                        }
-                    }
-                    .in_current_span(),
-                );
-                Ok(())
-            }
-            // Only a repeated idempotency key replays, and sockets send none.
-            Ok(Posted::Replayed(_)) => Ok(()),
+            // Nobody waits for the completion: the room delivers the reply.
+            Ok(_) => Ok(()),
             Err(ApiError::Throttled(seconds)) => {
                 let text = ApiError::Throttled(seconds).into_text(frames::frame_field);
                 self.send(Message::Text(frames::throttled(&text, seconds)), "error")

@@ -4,13 +4,15 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::outbox::{self, Kind};
 use super::{SqliteStore, WriteTx, tokens};
 use crate::accounts::devices::{DEVICE_TOKENS_PER_ACCOUNT, Device};
 use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
 use crate::error::Error;
+use crate::events::Revocation;
 use crate::store::{
-    AccountStore, Credentials, LoginRecord, NamesTaken, NewAccount, ProfileChange, RecordedLogin,
-    Taken, UserChange,
+    AccountStore, Audit, Credentials, LoginRecord, NamesTaken, NewAccount, ProfileChange,
+    RecordedLogin, Taken, UserChange,
 };
 use crate::time;
 
@@ -184,7 +186,7 @@ impl AccountStore for SqliteStore {
         id: UserId,
         password_hash: &str,
         replacing: Option<&str>,
-        now: DateTime<Utc>,
+        audit: &Audit,
     ) -> Result<(), Error> {
         self.write(|tx| {
             if tx.execute(
@@ -194,7 +196,8 @@ impl AccountStore for SqliteStore {
             {
                 return Err(Error::NotFound);
             }
-            revoke_all(tx, id, &now)
+            revoke_all(tx, id, &audit.at)?;
+            self.record_revocation(tx, id, Revocation::TokensRevoked, audit)
         })
     }
 
@@ -242,12 +245,7 @@ impl AccountStore for SqliteStore {
         })
     }
 
-    fn change_user(
-        &self,
-        id: UserId,
-        change: UserChange,
-        now: DateTime<Utc>,
-    ) -> Result<User, Error> {
+    fn change_user(&self, id: UserId, change: UserChange, audit: &Audit) -> Result<User, Error> {
         self.write(|tx| {
             let changed = match change {
                 UserChange::Role(role) => tx.execute(
@@ -267,26 +265,56 @@ impl AccountStore for SqliteStore {
                 return Err(Error::NotFound);
             }
             if change == UserChange::Active(false) {
-                revoke_all(tx, id, &now)?;
+                revoke_all(tx, id, &audit.at)?;
+                self.record_revocation(tx, id, Revocation::Deactivated, audit)?;
             }
             user_by_id(tx, id)?.ok_or(Error::NotFound)
         })
     }
 
-    fn revoke_all(&self, id: UserId, now: DateTime<Utc>) -> Result<(), Error> {
+    fn revoke_all(&self, id: UserId, audit: &Audit) -> Result<(), Error> {
         self.write(|tx| {
             if user_by_id(tx, id)?.is_none() {
                 return Err(Error::NotFound);
             }
-            revoke_all(tx, id, &now)
+            revoke_all(tx, id, &audit.at)?;
+            self.record_revocation(tx, id, Revocation::TokensRevoked, audit)
         })
     }
 
-    fn delete_user(&self, id: UserId) -> Result<(), Error> {
+    fn delete_user(&self, id: UserId, audit: &Audit) -> Result<(), Error> {
         self.write(
             |tx| match tx.execute("DELETE FROM users WHERE id = ?1", [id.0])? {
                 0 => Err(Error::NotFound),
-                _ => Ok(()),
+                _ => self.record_revocation(tx, id, Revocation::Deleted, audit),
+            },
+        )
+    }
+}
+
+impl SqliteStore {
+    /// The outbox row of a user whose every token was revoked, and why.
+    fn record_revocation(
+        &self,
+        tx: &WriteTx<'_>,
+        user: UserId,
+        cause: Revocation,
+        audit: &Audit,
+    ) -> Result<(), Error> {
+        let cause = match cause {
+            Revocation::Deactivated => "deactivated",
+            Revocation::Deleted => "deleted",
+            _ => "tokens_revoked",
+        };
+        self.record(
+            tx,
+            &outbox::Row {
+                kind: Kind::UserRevoked,
+                session: None,
+                seq: None,
+                user: Some(user),
+                payload: serde_json::json!({ "cause": cause }),
+                audit,
             },
         )
     }

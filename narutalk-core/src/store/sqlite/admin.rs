@@ -22,7 +22,7 @@ use crate::admin::{
 use crate::chat::{Category, ChatSession, NewMessage, SessionId, next_updated_at};
 use crate::error::Error;
 use crate::store::{
-    AdminStore, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
+    AdminStore, Audit, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
     ImportedOwner, SliceOutcome, StatsCounts,
 };
 use crate::time;
@@ -72,15 +72,16 @@ impl AdminStore for SqliteStore {
         })
     }
 
-    fn delete_any_session(&self, id: SessionId) -> Result<(), Error> {
+    fn delete_any_session(&self, id: SessionId, audit: &Audit) -> Result<UserId, Error> {
         self.write(|tx| {
-            match tx
-                .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1")?
-                .execute([id.to_string()])?
-            {
-                0 => Err(Error::NotFound),
-                _ => Ok(()),
-            }
+            let owner = session_by_id(tx, id)?
+                .ok_or(Error::NotFound)?
+                .session
+                .user_id;
+            tx.prepare_cached("DELETE FROM chat_sessions WHERE id = ?1")?
+                .execute([id.to_string()])?;
+            self.record_deletion(tx, id, owner, audit)?;
+            Ok(owner)
         })
     }
 

@@ -1,5 +1,5 @@
-//! [`ChatStore`] on SQLite: the `chat_sessions`, `chat_messages` and `idempotency_keys`
-//! tables.
+//! [`ChatStore`] on SQLite: the `chat_sessions`, `chat_messages`, `idempotency_keys` and
+//! `pending_turns` tables (and the `outbox` rows of their changes).
 //!
 //! Each session row carries its message count and last sequence number, updated in the
 //! same transaction as every insert, so that a message's sequence number is the row's last
@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
+use super::outbox::{self, Kind};
 use super::{SqliteStore, WriteTx};
 use crate::accounts::UserId;
 use crate::ai::HistoryTurn;
@@ -20,7 +21,10 @@ use crate::chat::{
     PageRequest, Sender, SessionDetail, SessionFilter, SessionId, SessionSummary, next_updated_at,
 };
 use crate::error::{Error, InternalError};
-use crate::store::{ChatStore, NewSession, Posted, ReplyContext, SessionChange, UserPost};
+use crate::store::{
+    Audit, ChatStore, ClaimedTurn, Lease, NewSession, Posted, ReplyContext, SessionChange,
+    StoredReply, UserPost,
+};
 use crate::time;
 
 impl ChatStore for SqliteStore {
@@ -112,14 +116,20 @@ impl ChatStore for SqliteStore {
         })
     }
 
-    fn delete_session(&self, owner: UserId, id: SessionId, asked_at: Instant) -> Result<(), Error> {
+    fn delete_session(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        audit: &Audit,
+        asked_at: Instant,
+    ) -> Result<(), Error> {
         self.write_asked_at(asked_at, |tx| {
             match tx
                 .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
                 .execute(params![id.to_string(), owner.0])?
             {
                 0 => Err(Error::NotFound),
-                _ => Ok(()),
+                _ => self.record_deletion(tx, id, owner, audit),
             }
         })
     }
@@ -210,6 +220,8 @@ impl ChatStore for SqliteStore {
                 return Ok(replayed);
             }
             let message = insert_message(tx, &session, post.message, &post.now)?;
+            let claimed = insert_turn(tx, &message, post.lease)?;
+            self.record_message(tx, &message, post.owner, post.audit)?;
             if let Some(key) = post.idempotency_key {
                 remember_key(
                     tx,
@@ -221,7 +233,7 @@ impl ChatStore for SqliteStore {
                     &key.since,
                 )?;
             }
-            Ok(Posted::Stored(message))
+            Ok(Posted::Stored { message, claimed })
         })
     }
 
@@ -268,19 +280,178 @@ impl ChatStore for SqliteStore {
         &self,
         session: SessionId,
         reply: &NewMessage,
-        now: DateTime<Utc>,
+        audit: &Audit,
+        next: Option<&Lease>,
         asked_at: Instant,
-    ) -> Result<Message, Error> {
+    ) -> Result<StoredReply, Error> {
         self.write_asked_at(asked_at, |tx| {
             let stored = session_by_id(tx, session)?.ok_or(Error::NotFound)?;
-            if let Some(reply_to) = reply.reply_to
-                && let Some(existing) = reply_for(tx, reply_to)?
-            {
-                return Ok(existing);
-            }
-            insert_message(tx, &stored, reply, &now)
+            let existing = match reply.reply_to {
+                Some(reply_to) => {
+                    tx.prepare_cached(
+                        "DELETE FROM pending_turns WHERE session_id = ?1 AND message_id = ?2",
+                    )?
+                    .execute([session.to_string(), reply_to.to_string()])?;
+                    reply_for(tx, reply_to)?
+                }
+                None => None,
+            };
+            let (reply, stored_now) = match existing {
+                Some(existing) => (existing, false),
+                None => {
+                    let message = insert_message(tx, &stored, reply, &audit.at)?;
+                    self.record_message(tx, &message, stored.session.user_id, audit)?;
+                    (message, true)
+                }
+            };
+            let next = match next {
+                Some(lease) => claim_turn(tx, session, lease)?,
+                None => None,
+            };
+            Ok(StoredReply {
+                reply,
+                stored_now,
+                next,
+            })
         })
     }
+
+    fn claim_turn(&self, session: SessionId, lease: &Lease) -> Result<Option<ClaimedTurn>, Error> {
+        self.write(|tx| claim_turn(tx, session, lease))
+    }
+
+    fn void_leases(&self) -> Result<usize, Error> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE pending_turns SET lease_holder = NULL, lease_expires = NULL \
+                     WHERE lease_holder IS NOT NULL",
+                )?
+                .execute([])?)
+        })
+    }
+
+    fn pending_sessions(&self) -> Result<Vec<SessionId>, Error> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT session_id FROM pending_turns GROUP BY session_id ORDER BY min(created_at), min(seq)",
+            )?;
+            let rows = statement.query_map([], |row| Ok(SessionId(uuid_column(row, 0)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+impl SqliteStore {
+    /// The outbox row of a stored message.
+    fn record_message(
+        &self,
+        tx: &WriteTx<'_>,
+        message: &Message,
+        owner: UserId,
+        audit: &Audit,
+    ) -> Result<(), Error> {
+        self.record(
+            tx,
+            &outbox::Row {
+                kind: Kind::MessageStored,
+                session: Some(message.session_id),
+                seq: Some(message.seq),
+                user: Some(owner),
+                payload: serde_json::json!({
+                    "message": message.id.to_string(),
+                    "sender": message.sender.as_str(),
+                }),
+                audit,
+            },
+        )
+    }
+
+    /// The outbox row of a deleted session.
+    pub(super) fn record_deletion(
+        &self,
+        tx: &WriteTx<'_>,
+        session: SessionId,
+        owner: UserId,
+        audit: &Audit,
+    ) -> Result<(), Error> {
+        self.record(
+            tx,
+            &outbox::Row {
+                kind: Kind::SessionDeleted,
+                session: Some(session),
+                seq: None,
+                user: Some(owner),
+                payload: serde_json::json!({}),
+                audit,
+            },
+        )
+    }
+}
+
+/// Stores the pending turn of a user message just inserted; with `lease`, claims it when
+/// no earlier turn of the session is pending. Answers whether it claimed it.
+fn insert_turn(tx: &WriteTx<'_>, message: &Message, lease: Option<&Lease>) -> Result<bool, Error> {
+    // One statement: the lease is written only when no earlier turn of the session is
+    // pending, and the new row says whether it was.
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO pending_turns (message_id, session_id, seq, created_at, lease_holder, lease_expires) \
+             SELECT ?1, ?2, ?3, ?4, CASE WHEN e.earlier THEN NULL ELSE ?5 END, CASE WHEN e.earlier THEN NULL ELSE ?6 END \
+             FROM (SELECT EXISTS (SELECT 1 FROM pending_turns WHERE session_id = ?2) AS earlier) AS e \
+             RETURNING lease_holder IS NOT NULL",
+        )?
+        .query_row(
+            params![
+                message.id.to_string(),
+                message.session_id.to_string(),
+                message.seq,
+                time::to_micros(&message.timestamp),
+                lease.map(|lease| lease.holder.as_ref()),
+                lease.map(|lease| time::to_micros(&lease.until)),
+            ],
+            |row| row.get(0),
+        )?)
+}
+
+/// Claims the session's oldest pending turn when its lease is free, expired or the
+/// holder's own.
+fn claim_turn(
+    tx: &WriteTx<'_>,
+    session: SessionId,
+    lease: &Lease,
+) -> Result<Option<ClaimedTurn>, Error> {
+    let oldest: Option<(Option<String>, Option<i64>, Message)> = tx
+        .prepare_cached(&format!(
+            "SELECT p.lease_holder, p.lease_expires, {MESSAGE_COLUMNS_M} FROM pending_turns p \
+             JOIN chat_messages m ON m.id = p.message_id \
+             WHERE p.session_id = ?1 ORDER BY p.seq LIMIT 1"
+        ))?
+        .query_row([session.to_string()], |row| {
+            Ok((row.get(0)?, row.get(1)?, message_from_row(row, 2)?))
+        })
+        .optional()?;
+    let Some((holder, expires, message)) = oldest else {
+        return Ok(None);
+    };
+    let free = match (holder, expires) {
+        (None, _) => true,
+        (Some(holder), _) if *holder == *lease.holder => true,
+        (Some(_), expires) => expires.is_none_or(|at| at < time::to_micros(&lease.now)),
+    };
+    if !free {
+        return Ok(None);
+    }
+    tx.prepare_cached(
+        "UPDATE pending_turns SET lease_holder = ?1, lease_expires = ?2 WHERE session_id = ?3 AND seq = ?4",
+    )?
+    .execute(params![
+        lease.holder.as_ref(),
+        time::to_micros(&lease.until),
+        session.to_string(),
+        message.seq
+    ])?;
+    Ok(Some(ClaimedTurn { message }))
 }
 
 /// The session list's two queries (count, then the page joined to each session's last
@@ -564,7 +735,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
     use std::time::Duration;
 
     use rusqlite::trace::{TraceEvent, TraceEventCodes};
@@ -572,11 +742,111 @@ mod tests {
     use super::*;
     use crate::Narutalk;
     use crate::accounts::{NewUser, Role};
-    use crate::ai::AiReply;
-    use crate::chat::PostOutcome;
+    use crate::ai::{AiError, AiReply, AiRequest, Responder};
+    use crate::chat::PostInput;
     use crate::config::Config;
-    use crate::fields::JsonObject;
     use crate::store::OpenMode;
+    use crate::workers::tests::Latch;
+
+    /// Answers after its latch opens: `first` with a reply too large for the pages the
+    /// database has, anything else with `re: <message>`.
+    struct Large(Latch);
+
+    impl Responder for Large {
+        fn name(&self) -> &str {
+            "large"
+        }
+
+        fn respond(
+            &self,
+            request: &AiRequest,
+            _: &mut dyn FnMut(&str),
+        ) -> Result<AiReply, AiError> {
+            self.0.wait();
+            let content = match request.message.as_str() {
+                "first" => "x".repeat(200_000),
+                other => format!("re: {other}"),
+            };
+            Ok(AiReply {
+                content,
+                ..AiReply::default()
+            })
+        }
+    }
+
+    /// The turn engine keeps a reply the database refuses (here: full) and stores it
+    /// again with backoff, before the session's next reply; meanwhile its waiters and a
+    /// repeat of its post hear `Unavailable`, and once it is stored a repeat gets it.
+    #[test]
+    fn a_reply_the_database_refuses_is_kept_and_stored_before_the_next_one() {
+        // Arrange: the first turn held at the AI.
+        let dir = tempfile::tempdir().unwrap();
+        let latch = Latch::default();
+        let narutalk = Narutalk::open(&Config::for_tests(dir.path()), OpenMode::CreateIfMissing)
+            .unwrap()
+            .with_responder(Arc::new(Large(latch.clone())));
+        let user = narutalk
+            .accounts()
+            .create(&NewUser {
+                email: "kim@example.com".into(),
+                username: "kim".into(),
+                password: "violet-harbour-42".into(),
+                role: Role::Doctor,
+                department: String::new(),
+                is_verified: false,
+            })
+            .unwrap();
+        let session = narutalk
+            .chat()
+            .create_session(user.id, "s", Category::General)
+            .unwrap()
+            .session
+            .id;
+        narutalk.start_turns().unwrap();
+        let post = |content: &str, key: Option<&str>| {
+            let mut input = PostInput::text(content, 10_000).unwrap();
+            if let Some(key) = key {
+                input = input.with_idempotency_key(key).unwrap();
+            }
+            narutalk.chat().post(user.id, session, Ok(input)).unwrap()
+        };
+        let first = post("first", Some("k1"));
+        let sqlite = narutalk.sqlite().unwrap();
+
+        // Act: the database is full when the reply comes.
+        sqlite.limit_writer_pages(1).unwrap();
+        latch.open();
+        let refused = first.reply.wait();
+        let repeat = post("first", Some("k1"));
+        let repeat_reply = repeat.reply.wait();
+        sqlite.limit_writer_pages(u32::MAX).unwrap();
+        let second = post("second", None);
+        let second_reply = second.reply.wait().unwrap();
+
+        // Assert
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        assert!(repeat.repeated);
+        assert!(
+            matches!(repeat_reply, Err(Error::Unavailable(_))),
+            "{repeat_reply:?}"
+        );
+        let messages = narutalk.chat().session(user.id, session).unwrap().messages;
+        let kept = &messages[2];
+        assert_eq!(
+            (kept.reply_to, kept.content.len()),
+            (Some(first.message.id), 200_000),
+            "the kept reply is stored before the next one"
+        );
+        assert_eq!(messages[3], second_reply);
+        assert_eq!(messages.len(), 4);
+        let again = post("first", Some("k1"));
+        assert_eq!(again.reply.wait().unwrap(), *kept);
+        assert!(
+            narutalk
+                .turns_drained()
+                .wait_timeout(Duration::from_secs(60))
+        );
+    }
 
     /// Counts the statements SQLite runs on `conn` while `f` runs.
     fn statements_run(conn: &mut Connection, f: impl FnOnce(&Connection)) -> usize {
@@ -595,97 +865,6 @@ mod tests {
         conn.trace_v2(TraceEventCodes::empty(), None::<fn(TraceEvent<'_>)>)
             .unwrap();
         counter.load(Ordering::Relaxed)
-    }
-
-    /// The reply's claim and the wait of a repeated post, when the database refuses the
-    /// reply (another connection holds the write lock past the write's deadline).
-    #[test]
-    fn a_reply_the_database_refuses_stays_claimed_until_a_later_try_stores_it() {
-        // Arrange: a stored message with an idempotency key and its produced reply.
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::for_tests(dir.path());
-        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
-        let user = narutalk
-            .accounts()
-            .create(&NewUser {
-                email: "kim@example.com".into(),
-                username: "kim".into(),
-                password: "violet-harbour-42".into(),
-                role: Role::Doctor,
-                department: String::new(),
-                is_verified: false,
-            })
-            .unwrap();
-        let session = narutalk
-            .chat()
-            .create_session(user.id, "s", Category::General)
-            .unwrap()
-            .session
-            .id;
-        let body = serde_json::json!({"content": "hello"});
-        let body = body.as_object().unwrap();
-        let post = || {
-            narutalk
-                .chat()
-                .post_message_fields(user.id, session, body, Some("k1"))
-                .unwrap()
-        };
-        let PostOutcome::Stored(message, claim) = post() else {
-            panic!("the first post stores")
-        };
-        let turn = narutalk.chat().prepare_reply(&message, claim).unwrap();
-        let pending = turn.into_reply(Ok(AiReply {
-            content: "hi".into(),
-            metadata: JsonObject::new(),
-        }));
-        let reply_id = pending.reply_id();
-        // Another process holds the write lock; the store asked almost 5 s ago.
-        let other = Connection::open(&config.database).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let almost_due = Instant::now()
-            .checked_sub(crate::store::WRITE_DEADLINE - Duration::from_millis(200))
-            .unwrap();
-
-        // Act
-        let refused = narutalk
-            .chat()
-            .asked_at(almost_due)
-            .store_pending_reply(pending)
-            .unwrap_err();
-        other.execute_batch("ROLLBACK").unwrap();
-
-        // Assert: the reply is kept, and a repeat hears at once that it is not stored.
-        assert!(
-            matches!(refused.error, Error::Unavailable(_)),
-            "{refused:?}"
-        );
-        let pending = *refused.pending.unwrap();
-        let PostOutcome::Replayed { reply: None, .. } = post() else {
-            panic!("the repeat finds the message without its reply")
-        };
-        let waited = narutalk
-            .chat()
-            .wait_for_reply(&message, Duration::from_secs(600));
-        assert!(matches!(waited, Err(Error::Unavailable(_))), "{waited:?}");
-        let reply = narutalk.chat().store_pending_reply(pending).unwrap();
-        assert_eq!((reply.id, reply.content.as_str()), (reply_id, "hi"));
-        let PostOutcome::Replayed {
-            reply: Some(replayed),
-            ..
-        } = post()
-        else {
-            panic!("the repeat finds the reply")
-        };
-        assert_eq!(replayed, reply);
-        let contents: Vec<String> = narutalk
-            .chat()
-            .session(user.id, session)
-            .unwrap()
-            .messages
-            .into_iter()
-            .map(|m| m.content)
-            .collect();
-        assert_eq!(contents, ["hello", "hi"]);
     }
 
     #[test]

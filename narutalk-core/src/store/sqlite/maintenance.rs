@@ -281,7 +281,7 @@ mod tests {
 
         assert_eq!(status.path, dir.path().join("db.sqlite3"));
         assert!(status.size_bytes > 0);
-        assert_eq!(status.migrations.len(), 3);
+        assert_eq!(status.migrations.len(), 4);
         let tables: Vec<(&str, u64)> = status
             .tables
             .iter()
@@ -294,7 +294,9 @@ mod tests {
                 ("chat_sessions", 0),
                 ("device_tokens", 0),
                 ("idempotency_keys", 0),
-                ("refinery_schema_history", 3),
+                ("outbox", 0),
+                ("pending_turns", 0),
+                ("refinery_schema_history", 4),
                 ("refresh_tokens", 0),
                 ("users", 2),
                 ("write_probe", 0)

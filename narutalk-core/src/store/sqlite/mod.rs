@@ -34,6 +34,7 @@ mod accounts;
 mod admin;
 mod chat;
 mod maintenance;
+mod outbox;
 mod tokens;
 mod writer;
 
@@ -68,6 +69,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: ReaderPool,
     migrated_at_open: usize,
+    /// How long outbox rows are kept.
+    outbox_retention: chrono::Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -146,7 +149,18 @@ impl SqliteStore {
             writer: Writer::new(writer),
             readers: ReaderPool::new(path.to_owned(), synchronous, max_readers),
             migrated_at_open,
+            outbox_retention: chrono::Duration::days(i64::from(
+                crate::config::DEFAULT_OUTBOX_RETENTION_DAYS,
+            )),
         })
+    }
+
+    /// Keeps outbox rows `days` days (`outbox_retention_days`; the default is
+    /// [`crate::config::DEFAULT_OUTBOX_RETENTION_DAYS`]): the writes that add rows forget a
+    /// few older ones.
+    pub fn with_outbox_retention(mut self, days: u32) -> SqliteStore {
+        self.outbox_retention = chrono::Duration::days(i64::from(days));
+        self
     }
 
     /// The database file.
@@ -167,6 +181,12 @@ impl SqliteStore {
                 tx.pragma_update_and_check(None, "max_page_count", pages, |row| row.get(0))?;
             Ok(u64::try_from(cap).unwrap_or_default())
         })
+    }
+
+    /// Writes an outbox row in the write transaction `tx`, forgetting a few rows past the
+    /// retention.
+    fn record(&self, tx: &WriteTx<'_>, row: &outbox::Row<'_>) -> Result<(), Error> {
+        outbox::record(tx, row, &(row.audit.at - self.outbox_retention))
     }
 
     /// Runs `f` on a reader connection (`query_only`: it cannot write).
@@ -460,7 +480,8 @@ mod tests {
             [
                 (1, "initial_schema"),
                 (2, "device_tokens"),
-                (3, "write_probe")
+                (3, "write_probe"),
+                (4, "pending_turns_and_outbox")
             ]
         );
         let tables: Vec<String> = db
@@ -477,6 +498,8 @@ mod tests {
                 "chat_sessions",
                 "device_tokens",
                 "idempotency_keys",
+                "outbox",
+                "pending_turns",
                 "refinery_schema_history",
                 "refresh_tokens",
                 "users",
@@ -492,7 +515,7 @@ mod tests {
         drop(SqliteStore::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
         let version_before = data_version_of(&path);
         let db = SqliteStore::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap();
-        assert_eq!(db.applied_migrations().unwrap().len(), 3);
+        assert_eq!(db.applied_migrations().unwrap().len(), 4);
         drop(db);
         assert_eq!(data_version_of(&path), version_before);
     }

@@ -4,12 +4,13 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::outbox::{self, Kind};
 use super::{SqliteStore, WriteTx, accounts};
 use crate::accounts::UserId;
 use crate::error::{Error, TokenProblem};
 use crate::store::{
-    NewRefresh, PresentedRefresh, RefreshUse, RevocationFacts, TokenHolder, TokenLifetimes,
-    TokenStore, UserStamp,
+    Audit, FamilyEnd, NewRefresh, PresentedRefresh, RefreshUse, RevocationFacts, TokenHolder,
+    TokenLifetimes, TokenStore, UserStamp,
 };
 use crate::tokens::Family;
 
@@ -73,12 +74,13 @@ impl TokenStore for SqliteStore {
         next_jti: &str,
         lifetimes: TokenLifetimes,
         now_seconds: i64,
+        audit: &Audit,
     ) -> Result<RefreshUse, Error> {
         // A refusal commits too: reuse has revoked the family.
         self.write(|tx| {
-            let (row, stamp) = match live_refresh_row(tx, presented, now_seconds)? {
+            let (row, stamp) = match self.live_refresh_row(tx, presented, now_seconds, audit)? {
                 Ok(live) => live,
-                Err(problem) => return Ok(RefreshUse::Refused(problem)),
+                Err((problem, ended)) => return Ok(RefreshUse::Refused { problem, ended }),
             };
             tx.execute(
                 "UPDATE refresh_tokens SET used_at = ?1 WHERE jti = ?2",
@@ -107,15 +109,24 @@ impl TokenStore for SqliteStore {
         &self,
         presented: &PresentedRefresh<'_>,
         now_seconds: i64,
-    ) -> Result<Result<(), TokenProblem>, Error> {
+        audit: &Audit,
+    ) -> Result<FamilyEnd, Error> {
         // A refusal commits too: reuse has revoked the family.
         self.write(|tx| {
-            let (row, _) = match live_refresh_row(tx, presented, now_seconds)? {
+            let (row, _) = match self.live_refresh_row(tx, presented, now_seconds, audit)? {
                 Ok(live) => live,
-                Err(problem) => return Ok(Err(problem)),
+                Err((problem, ended)) => {
+                    return Ok(FamilyEnd {
+                        refused: Some(problem),
+                        ended,
+                    });
+                }
             };
-            revoke_family(tx, &row.family, now_seconds)?;
-            Ok(Ok(()))
+            self.end_family_row(tx, presented.user_id, &row.family, now_seconds, audit)?;
+            Ok(FamilyEnd {
+                refused: None,
+                ended: Some(row.family),
+            })
         })
     }
 
@@ -129,33 +140,63 @@ impl TokenStore for SqliteStore {
     }
 }
 
-/// The stored row of a presented refresh token and its user's stamp, when the token may
-/// still be used; otherwise why it is refused, after recording what the refusal records:
-/// a token presented again after rotation is reuse, and revokes every token of its login's
-/// family.
-fn live_refresh_row(
-    tx: &WriteTx<'_>,
-    presented: &PresentedRefresh<'_>,
-    now_seconds: i64,
-) -> Result<Result<(RefreshRow, UserStamp), TokenProblem>, Error> {
-    let row = match refresh_row(tx, presented.jti)? {
-        Some(row) if row.user_id == presented.user_id => row,
-        _ => return Ok(Err(TokenProblem::Invalid)),
-    };
-    if row.used_at.is_some() {
-        revoke_family(tx, &row.family, now_seconds)?;
-        return Ok(Err(TokenProblem::Blacklisted));
+/// Why a presented refresh token is refused, and the family the refusal ended (reuse).
+type Refusal = (TokenProblem, Option<String>);
+
+impl SqliteStore {
+    /// The stored row of a presented refresh token and its user's stamp, when the token may
+    /// still be used; otherwise why it is refused, after recording what the refusal
+    /// records: a token presented again after rotation is reuse, and revokes every token of
+    /// its login's family (recorded in the outbox with `audit`).
+    fn live_refresh_row(
+        &self,
+        tx: &WriteTx<'_>,
+        presented: &PresentedRefresh<'_>,
+        now_seconds: i64,
+        audit: &Audit,
+    ) -> Result<Result<(RefreshRow, UserStamp), Refusal>, Error> {
+        let row = match refresh_row(tx, presented.jti)? {
+            Some(row) if row.user_id == presented.user_id => row,
+            _ => return Ok(Err((TokenProblem::Invalid, None))),
+        };
+        if row.used_at.is_some() {
+            self.end_family_row(tx, row.user_id, &row.family, now_seconds, audit)?;
+            return Ok(Err((TokenProblem::Blacklisted, Some(row.family))));
+        }
+        if row.revoked_at.is_some() {
+            return Ok(Err((TokenProblem::Blacklisted, None)));
+        }
+        let Some(stamp) = user_stamp(tx, presented.user_id)? else {
+            return Ok(Err((TokenProblem::Invalid, None)));
+        };
+        if !stamp.is_active || presented.issued_at <= stamp.tokens_revoked_at {
+            return Ok(Err((TokenProblem::Blacklisted, None)));
+        }
+        Ok(Ok((row, stamp)))
     }
-    if row.revoked_at.is_some() {
-        return Ok(Err(TokenProblem::Blacklisted));
+
+    /// Revokes a login family ([`revoke_family`]) and records it in the outbox.
+    fn end_family_row(
+        &self,
+        tx: &WriteTx<'_>,
+        user: UserId,
+        family: &str,
+        now_seconds: i64,
+        audit: &Audit,
+    ) -> Result<(), Error> {
+        revoke_family(tx, family, now_seconds)?;
+        self.record(
+            tx,
+            &outbox::Row {
+                kind: Kind::LoginEnded,
+                session: None,
+                seq: None,
+                user: Some(user),
+                payload: serde_json::json!({ "family": family }),
+                audit,
+            },
+        )
     }
-    let Some(stamp) = user_stamp(tx, presented.user_id)? else {
-        return Ok(Err(TokenProblem::Invalid));
-    };
-    if !stamp.is_active || presented.issued_at <= stamp.tokens_revoked_at {
-        return Ok(Err(TokenProblem::Blacklisted));
-    }
-    Ok(Ok((row, stamp)))
 }
 
 /// Revokes every refresh token of a login family, and with them the family's access tokens
