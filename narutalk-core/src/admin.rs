@@ -887,6 +887,11 @@ impl ImportFile {
             ImportProblem::MessageInAnotherSession { message, session } => {
                 format!("message {message} exists already in another session ({session})")
             }
+            ImportProblem::TurnsPending { count } => format!(
+                "session {} has {count} posted message(s) waiting for the assistant's reply: \
+                 import into it once they are answered",
+                record.id
+            ),
         };
         (*at, message)
     }

@@ -594,6 +594,16 @@ impl PostInput {
     }
 }
 
+/// Where a socket opening on a session starts ([`Chat::socket_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketStart {
+    /// The sequence number the replay starts after: the message named by `after`, or 0
+    /// (the whole session) when none was.
+    pub replay_from: i64,
+    /// The session's last sequence number when it was read.
+    pub last_seq: i64,
+}
+
 /// A posted user message and its reply to come.
 #[derive(Debug)]
 pub struct Posting {
@@ -778,18 +788,32 @@ impl Chat<'_> {
         id: SessionId,
         after: Option<&str>,
     ) -> Result<i64, Error> {
-        match after {
-            None => match self.exists(owner, id)? {
-                true => Ok(0),
-                false => Err(Error::NotFound),
-            },
-            Some(after) => {
-                let after = self.message_id_of(owner, id, after)?;
-                self.store
-                    .message_seq(owner, id, after)?
-                    .ok_or_else(unknown_after)
-            }
-        }
+        Ok(self.socket_start(owner, id, after)?.replay_from)
+    }
+
+    /// Where a socket opening on the session now starts, in one read: the replay start of
+    /// [`Chat::replay_start`] (with its errors), and the session's last sequence number,
+    /// after which the socket's live messages begin.
+    pub fn socket_start(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after: Option<&str>,
+    ) -> Result<SocketStart, Error> {
+        let after = match after {
+            None => None,
+            Some(after) => Some(self.message_id_of(owner, id, after)?),
+        };
+        let bounds = self.store.replay_bounds(owner, id, after)?;
+        let replay_from = match (after, bounds.after_seq) {
+            (None, _) => 0,
+            (Some(_), Some(seq)) => seq,
+            (Some(_), None) => return Err(unknown_after()),
+        };
+        Ok(SocketStart {
+            replay_from,
+            last_seq: bounds.last_seq,
+        })
     }
 
     /// Up to `limit` messages of the session whose sequence number is above `after_seq`,

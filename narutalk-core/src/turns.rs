@@ -23,7 +23,9 @@
 //! ([`crate::ai::pool::AiPool`]): at most `NARUTALK_AI_CONCURRENCY` run at once and
 //! [`crate::ai::pool::QUEUE`] more wait; a driver the pool refuses answers its turns at
 //! once, on the posting thread, with the system error message whose reason is
-//! [`crate::ai::ASSISTANT_BUSY`]. Without it (the CLI, [`crate::Narutalk::open_for_administration`],
+//! [`crate::ai::ASSISTANT_BUSY`]. A responder that answers from memory
+//! ([`Responder::answers_at_once`], such as the template) is not worth a thread hop: a
+//! post's own turn is then driven on the posting thread, started engine or not. Without it (the CLI, [`crate::Narutalk::open_for_administration`],
 //! embedders that did not opt in), the posting thread drives the session itself, through
 //! the same code, before the post returns.
 //!
@@ -257,6 +259,22 @@ enum Next {
     Settle,
     /// End now (a stop gave a reply up, or storage failed).
     End,
+    /// Store a produced reply that the database refused.
+    Store(Box<Kept>),
+}
+
+/// A produced reply the database refused, kept to be stored again before any later turn
+/// of its session.
+struct Kept {
+    /// The user message it answers.
+    message: Message,
+    reply: NewMessage,
+    /// Whether the driver began with a backlog (see [`Engine::drive`]).
+    backlog: bool,
+    /// Whether a refusal was told already (logged, and the waiters answered).
+    refused: bool,
+    /// The wait before the next try.
+    wait: Duration,
 }
 
 impl Engine {
@@ -419,6 +437,7 @@ impl Engine {
     /// is started (answering `assistant busy` at once when the pool is full), or else on
     /// this thread.
     pub(crate) fn kick(self: &Arc<Self>, session: SessionId, claimed: Option<ClaimedTurn>) {
+        let claimed_here = claimed.is_some();
         {
             let mut state = self.lock();
             if let Some(driver) = state.drivers.get_mut(&session) {
@@ -438,32 +457,55 @@ impl Engine {
                 },
             );
         }
+        // A responder that waits on nothing is run where the post was made: a fresh post's
+        // turn (claimed by the post itself) then costs no thread hop.
         if !self.is_started() {
-            self.drive(session, false);
+            self.drive(session, false, false);
+            return;
+        }
+        if claimed_here && self.responder.answers_at_once() {
+            self.drive(session, false, true);
             return;
         }
         let engine = self.clone();
-        let submitted = self.pool.submit(move || engine.drive(session, false));
+        let submitted = self
+            .pool
+            .submit(move || engine.drive(session, false, false));
         match submitted {
             // The driver tells its waiters itself; nobody waits for the job.
             Ok(job) => drop(job),
-            Err(Busy) => self.drive(session, true),
+            Err(Busy) => self.drive(session, true, false),
         }
     }
 
     /// A session's driver: answers its pending turns one at a time until none is left.
     /// `busy`: the pool had no room, so each turn is answered `assistant busy`.
-    fn drive(&self, session: SessionId, busy: bool) {
-        let mut next = match self.take_handoff(session) {
+    /// `inline`: on a posting thread of a started engine, which must not wait out a
+    /// database that refuses a reply: the pool takes the rest of the driver over then.
+    fn drive(self: &Arc<Self>, session: SessionId, busy: bool, inline: bool) {
+        let next = match self.take_handoff(session) {
             Some(turn) => Next::Turn(turn),
             None => Next::Claim,
         };
-        let mut answered = false;
-        // Whether more turns of the session may be pending than the posts of this process
-        // told the driver about (it began by looking, as at a start): each reply then
-        // claims the next turn in its transaction. A driver handed a fresh post's turn
-        // knows of every later one through the posts' marks.
-        let mut backlog = matches!(next, Next::Claim);
+        let backlog = matches!(next, Next::Claim);
+        self.run(session, next, busy, inline, backlog, false);
+    }
+
+    /// [`Engine::drive`]'s loop, from `next`; `answered`: a turn of this driver was
+    /// answered already.
+    fn run(
+        self: &Arc<Self>,
+        session: SessionId,
+        mut next: Next,
+        busy: bool,
+        inline: bool,
+        mut backlog: bool,
+        mut answered: bool,
+    ) {
+        // `backlog`: whether more turns of the session may be pending than the posts of
+        // this process told the driver about (it began by looking, as at a start): each
+        // reply then claims the next turn in its transaction. A driver handed a fresh
+        // post's turn knows of every later one through the posts' marks.
         loop {
             next = match next {
                 Next::Turn(turn) => {
@@ -471,8 +513,15 @@ impl Engine {
                         self.dequeue_one(session);
                     }
                     answered = true;
-                    self.answer(turn, busy, backlog)
+                    self.answer(turn, busy, backlog, inline)
                 }
+                Next::Store(kept) if inline => {
+                    match self.hand_over(session, kept, busy, answered) {
+                        None => return,
+                        Some(kept) => self.store_in_order(kept, false),
+                    }
+                }
+                Next::Store(kept) => self.store_in_order(kept, false),
                 Next::Claim => match self.store.claim_turn(session, &self.lease()) {
                     Ok(Some(turn)) => {
                         backlog = true;
@@ -500,6 +549,42 @@ impl Engine {
                     return;
                 }
             };
+        }
+    }
+
+    /// Moves the rest of a driver to the pool: a posting thread that met a refused reply
+    /// returns (its waiters have heard why) while the pool stores the reply again with
+    /// backoff. `None` once the pool has it; the reply back when the pool is full (the
+    /// posting thread keeps trying then).
+    fn hand_over(
+        self: &Arc<Self>,
+        session: SessionId,
+        kept: Box<Kept>,
+        busy: bool,
+        answered: bool,
+    ) -> Option<Box<Kept>> {
+        let slot = Arc::new(Mutex::new(Some(kept)));
+        let engine = self.clone();
+        let taken = slot.clone();
+        let submitted = self.pool.submit(move || {
+            let kept = taken
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take();
+            if let Some(kept) = kept {
+                let backlog = kept.backlog;
+                engine.run(session, Next::Store(kept), busy, false, backlog, answered);
+            }
+        });
+        match submitted {
+            Ok(job) => {
+                drop(job);
+                None
+            }
+            Err(Busy) => slot
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
         }
     }
 
@@ -558,17 +643,17 @@ impl Engine {
 
     /// Answers one claimed turn: the responder's reply (or the system error message) is
     /// stored, published and handed to the waiters. Answers where the driver goes next.
-    fn answer(&self, turn: ClaimedTurn, busy: bool, backlog: bool) -> Next {
+    fn answer(&self, turn: ClaimedTurn, busy: bool, backlog: bool, inline: bool) -> Next {
         let span = self
             .lock()
             .waiters
             .get(&turn.message.id)
             .map_or_else(tracing::Span::none, |waiting| waiting.span.clone());
-        span.in_scope(|| self.answer_in_span(turn, busy, backlog))
+        span.in_scope(|| self.answer_in_span(turn, busy, backlog, inline))
     }
 
     /// [`Engine::answer`], in the span of the post that asked for the turn, if known.
-    fn answer_in_span(&self, turn: ClaimedTurn, busy: bool, backlog: bool) -> Next {
+    fn answer_in_span(&self, turn: ClaimedTurn, busy: bool, backlog: bool, inline: bool) -> Next {
         let message = turn.message;
         let session = message.session_id;
         let reply_id = MessageId::new_random();
@@ -602,8 +687,15 @@ impl Engine {
         if let Err(error) = &outcome {
             log_failure(session, self.responder.name(), error);
         }
-        let new = reply_message(reply_id, message.id, outcome);
-        self.store_in_order(&message, &new, backlog)
+        let reply = reply_message(reply_id, message.id, outcome);
+        let kept = Kept {
+            message,
+            reply,
+            backlog,
+            refused: false,
+            wait: FIRST_RETRY,
+        };
+        self.store_in_order(Box::new(kept), inline)
     }
 
     /// Runs the responder on this thread, publishing its deltas and timing it.
@@ -642,11 +734,18 @@ impl Engine {
     /// Stores a produced reply, trying again with backoff while the database refuses it,
     /// so that no later reply of the session is stored before it; claims the session's
     /// next pending turn in the same transaction.
-    fn store_in_order(&self, message: &Message, new: &NewMessage, backlog: bool) -> Next {
+    /// `inline`: at a refusal, answer [`Next::Store`] rather than wait here.
+    fn store_in_order(&self, kept: Box<Kept>, inline: bool) -> Next {
+        let Kept {
+            message,
+            reply: new,
+            backlog,
+            mut refused,
+            mut wait,
+        } = *kept;
+        let (message, new) = (&message, &new);
         let session = message.session_id;
         let audit = Audit::now(&Origin::default(), Actor::Engine);
-        let mut wait = FIRST_RETRY;
-        let mut refused = false;
         loop {
             // The session's next turn is claimed with the reply when there may be one: a
             // backlog, or a post that stored one meanwhile (a post that comes later marks
@@ -655,7 +754,7 @@ impl Engine {
             let next = (backlog || self.posted_meanwhile(session)).then_some(&lease);
             match self
                 .store
-                .store_reply(session, new, &audit, next, Instant::now())
+                .store_reply(session, message.seq, new, &audit, next, Instant::now())
             {
                 Ok(stored) => {
                     if refused {
@@ -683,6 +782,15 @@ impl Engine {
                         );
                         self.lock().unstored.insert(message.id);
                         self.complete(message.id, |_| Err(unstored_error()));
+                    }
+                    if inline {
+                        return Next::Store(Box::new(Kept {
+                            message: message.clone(),
+                            reply: new.clone(),
+                            backlog,
+                            refused,
+                            wait,
+                        }));
                     }
                     if self.sleep_unless_stopping(wait) {
                         self.lock().unstored.remove(&message.id);

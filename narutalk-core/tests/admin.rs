@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::time::Instant;
+
 use chrono::{Days, NaiveDate, Utc};
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, User};
@@ -13,10 +15,11 @@ use narutalk_core::admin::{
     CreatedOwner, IMPORT_BATCH_ROWS, ImportError, ImportFile, ImportOptions, ImportProgress,
     ImportReport, Location, RoleCount, SessionQuery, UserActivity,
 };
-use narutalk_core::chat::{Category, SessionId};
+use narutalk_core::chat::{Category, MessageId, MessageType, NewMessage, Sender, SessionId};
 use narutalk_core::config::Config;
 use narutalk_core::error::Error;
-use narutalk_core::store::{OpenError, OpenMode};
+use narutalk_core::events::{Actor, Origin};
+use narutalk_core::store::{Audit, OpenError, OpenMode, Posted, UserPost};
 use narutalk_core::{StartError, admin};
 use serde_json::{Value, json};
 use support::{Fixture, PASSWORD, open};
@@ -317,6 +320,82 @@ fn an_import_appends_only_the_messages_a_session_lacks() {
     assert_eq!(seqs, [(M1.into(), 1), (M2.into(), 2), (M3.into(), 3)]);
     assert_eq!(session.message_count, 3);
     assert!(fixture.narutalk.admin().check().unwrap().is_sound());
+}
+
+/// A session's pending turns are its user messages after the last one answered: an
+/// import that appended messages behind one would have them taken for turns.
+#[test]
+fn an_import_adds_nothing_to_a_session_whose_posted_message_waits_for_its_reply() {
+    // Arrange: S1 holds a user message whose turn is pending (posted, never answered).
+    let fixture = open();
+    let kim = create(&fixture.narutalk, "kim", Role::Doctor);
+    let owner = "kim@example.com";
+    import(
+        &fixture.narutalk,
+        &jsonl(&[record(S1, owner, &[(M1, 1, "user", None)])]),
+    )
+    .unwrap();
+    let session: SessionId = S1.parse().unwrap();
+    let pending = NewMessage {
+        id: MessageId::new_random(),
+        sender: Sender::User,
+        message_type: MessageType::Text,
+        content: "left pending".into(),
+        metadata: Default::default(),
+        reply_to: None,
+    };
+    let audit = Audit::now(&Origin::default(), Actor::Cli);
+    let posted = fixture
+        .narutalk
+        .store()
+        .post_message(
+            &UserPost {
+                owner: kim.id,
+                session,
+                message: &pending,
+                idempotency_key: None,
+                now: Utc::now(),
+                audit: &audit,
+                lease: None,
+            },
+            Instant::now(),
+        )
+        .unwrap();
+    assert!(matches!(posted, Posted::Stored { .. }));
+
+    // Act: a file that adds a message to S1.
+    let error = import(
+        &fixture.narutalk,
+        &jsonl(&[record(
+            S1,
+            owner,
+            &[(M1, 1, "user", None), (M2, 2, "user", None)],
+        )]),
+    )
+    .unwrap_err();
+
+    // Assert: refused, naming the session and why; nothing added.
+    assert!(matches!(error, ImportError::Invalid { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "line 1: session 11111111-1111-4111-8111-111111111111 has 1 posted message(s) waiting for the assistant's reply: import into it once they are answered"
+    );
+    assert_eq!(
+        fixture
+            .narutalk
+            .admin()
+            .session(session)
+            .unwrap()
+            .message_count,
+        2
+    );
+    // A file that adds nothing to S1 is no problem.
+    let report = import(
+        &fixture.narutalk,
+        &jsonl(&[record(S1, owner, &[(M1, 1, "user", None)])]),
+    )
+    .unwrap();
+    assert_eq!(report.messages_present, 1);
 }
 
 #[test]

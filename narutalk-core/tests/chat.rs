@@ -2590,7 +2590,7 @@ fn storing_a_reply_for_a_session_deleted_meanwhile_is_not_found_and_stores_nothi
     assert_eq!(
         stored_rows(
             &narutalk,
-            "SELECT count(*) FROM pending_turns WHERE session_id = ?1",
+            "SELECT count(*) FROM chat_sessions WHERE id = ?1 AND turns_pending > 0",
             &session.to_string()
         ),
         0
@@ -2618,7 +2618,14 @@ fn a_turn_stores_exactly_one_reply() {
     let first = answer("first");
     let stored = narutalk
         .store()
-        .store_reply(session, &first, &audit, None, std::time::Instant::now())
+        .store_reply(
+            session,
+            message.seq,
+            &first,
+            &audit,
+            None,
+            std::time::Instant::now(),
+        )
         .unwrap();
     assert!(stored.stored_now);
     assert_eq!(stored.reply.id, first.id);
@@ -2628,6 +2635,7 @@ fn a_turn_stores_exactly_one_reply() {
         .store()
         .store_reply(
             session,
+            message.seq,
             &answer("second"),
             &audit,
             None,
@@ -2642,7 +2650,7 @@ fn a_turn_stores_exactly_one_reply() {
     assert_eq!(
         stored_rows(
             &narutalk,
-            "SELECT count(*) FROM pending_turns WHERE session_id = ?1",
+            "SELECT count(*) FROM chat_sessions WHERE id = ?1 AND turns_pending > 0",
             &session.to_string()
         ),
         0

@@ -42,7 +42,7 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
     assert_eq!(
         json["rows"],
         json!({"chat_messages": 0, "chat_sessions": 0, "device_tokens": 0, "idempotency_keys": 0,
-               "outbox": 0, "pending_turns": 0,
+               "outbox": 0,
                "refinery_schema_history": 4, "refresh_tokens": 0, "users": 1,
                "write_probe": 0})
     );
@@ -64,7 +64,6 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
              device_tokens            0\n\
              idempotency_keys         0\n\
              outbox                   0\n\
-             pending_turns            0\n\
              refinery_schema_history  4\n\
              refresh_tokens           0\n\
              users                    1\n\
@@ -156,7 +155,7 @@ fn check_fails_on_an_index_that_disagrees_with_its_table() {
         .code(1)
         .stdout(
             "integrity_check: 4 problem(s)\n\
-             \x20 2nd reference to page 33\n\
+             \x20 2nd reference to page 32\n\
              \x20 Page 6: never used\n\
              \x20 wrong # of entries in index sqlite_autoindex_users_2\n\
              \x20 row 1 missing from index sqlite_autoindex_users_2\n\

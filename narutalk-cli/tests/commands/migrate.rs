@@ -62,7 +62,11 @@ fn migrate_says_how_many_migrations_it_applied_to_an_older_database() {
     stdout(migrate(&database));
     let conn = rusqlite::Connection::open(&database).unwrap();
     conn.execute_batch(
-        "DROP TABLE pending_turns; DROP TABLE outbox; DELETE FROM refinery_schema_history WHERE version = 4;",
+        "ALTER TABLE chat_sessions DROP COLUMN turns_pending; \
+         ALTER TABLE chat_sessions DROP COLUMN answered_seq; \
+         ALTER TABLE chat_sessions DROP COLUMN turn_holder; \
+         ALTER TABLE chat_sessions DROP COLUMN turn_expires; \
+         DROP TABLE outbox; DELETE FROM refinery_schema_history WHERE version = 4;",
     )
     .unwrap();
     drop(conn);

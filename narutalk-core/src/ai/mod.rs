@@ -122,6 +122,15 @@ pub trait Responder: Send + Sync {
         request: &AiRequest,
         on_delta: &mut dyn FnMut(&str),
     ) -> Result<AiReply, AiError>;
+
+    /// Whether this responder answers from memory at once, waiting on nothing (no network,
+    /// no disk, no sleep). The turn engine then answers a fresh post's turn on the posting
+    /// thread instead of handing it to the AI pool: the pool bounds responders that wait,
+    /// and a thread hop would only add latency to one that does not. The default, `false`,
+    /// is right for any responder that calls a model.
+    fn answers_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// Runs a responder and turns everything that is not a usable reply into an [`AiError`]:
@@ -168,6 +177,11 @@ impl Responder for TemplateResponder {
             content: Self::reply_for(&request.message),
             metadata,
         })
+    }
+
+    /// A string template: nothing to wait for.
+    fn answers_at_once(&self) -> bool {
+        true
     }
 }
 

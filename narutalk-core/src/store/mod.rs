@@ -41,7 +41,8 @@
 //! (`outbox_retention_days`) and forgets a few older ones in the writes that add rows.
 //!
 //! **Pending turns.** Storing a user message stores its pending turn in the same
-//! transaction; storing its reply deletes it. A turn is answered under a lease (a holder
+//! transaction; storing its reply marks it answered (how is the backend's: SQLite keeps
+//! them on the session row). A turn is answered under a lease (a holder
 //! and an expiry written to its row, [`Lease`]): [`ChatStore::claim_turn`] takes the
 //! oldest pending turn of a session when its lease is free, expired or the holder's own;
 //! [`ChatStore::void_leases`] frees every lease when a process that owns the database alone
@@ -160,6 +161,16 @@ pub struct Lease {
     pub now: DateTime<Utc>,
     /// When the lease expires (another holder may claim the turn after it).
     pub until: DateTime<Utc>,
+}
+
+/// A session's replay bounds ([`ChatStore::replay_bounds`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayBounds {
+    /// The sequence number of the message the replay starts after; `None` when none was
+    /// named or it is not one of the session's messages.
+    pub after_seq: Option<i64>,
+    /// The sequence number of the session's last message (0 for none).
+    pub last_seq: i64,
 }
 
 /// A pending turn, claimed: the user message to answer.
@@ -603,14 +614,15 @@ pub trait ChatStore: Send + Sync {
         page: PageRequest,
     ) -> Result<Option<Page<Message>>, Error>;
 
-    /// The sequence number of `message` in the session; `None` when it is not one of the
-    /// session's messages.
-    fn message_seq(
+    /// Where a replay of the session can start, in one snapshot: the session's last
+    /// sequence number, and the sequence number of `after` when it is given and is one of
+    /// the session's messages.
+    fn replay_bounds(
         &self,
         owner: UserId,
         id: SessionId,
-        message: MessageId,
-    ) -> Result<Option<i64>, Error>;
+        after: Option<MessageId>,
+    ) -> Result<ReplayBounds, Error>;
 
     /// Up to `limit` messages of the session whose sequence number is above `after_seq`,
     /// in storage order.
@@ -647,15 +659,17 @@ pub trait ChatStore: Send + Sync {
         history: u32,
     ) -> Result<ReplyContext, Error>;
 
-    /// Stores a reply (its `reply_to` is the user message it answers) as the session's
-    /// next message, deletes the pending turn it answers and records the reply in the
-    /// outbox, in one transaction; when a reply to that message is stored already (by
-    /// another process), that one is answered and nothing is stored. With `next`, the
-    /// session's next pending turn is claimed in the same transaction
-    /// ([`ChatStore::claim_turn`]'s rule). [`Error::NotFound`] when the session is gone.
+    /// Stores a reply (its `reply_to` is the user message it answers, whose sequence number
+    /// is `answers_seq`) as the session's next message, marks the pending turn it answers
+    /// answered and records the reply in the outbox, in one transaction; when that turn is
+    /// answered already (by another process), the reply stored then is answered and
+    /// nothing is stored. With `next`, the session's next pending turn is claimed in the
+    /// same transaction ([`ChatStore::claim_turn`]'s rule). [`Error::NotFound`] when the
+    /// session is gone.
     fn store_reply(
         &self,
         session: SessionId,
+        answers_seq: i64,
         reply: &NewMessage,
         audit: &Audit,
         next: Option<&Lease>,
@@ -850,6 +864,12 @@ pub enum ImportProblem {
         message: MessageId,
         /// The other session's id, as stored.
         session: String,
+    },
+    /// Messages would be added to the session while posted messages of it still wait
+    /// for their replies.
+    TurnsPending {
+        /// How many wait.
+        count: u64,
     },
 }
 

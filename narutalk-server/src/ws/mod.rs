@@ -28,10 +28,9 @@ use std::time::Duration;
 
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::UserId;
-use narutalk_core::chat::{PageRequest, SessionId};
+use narutalk_core::chat::SessionId;
 use narutalk_core::error::Error as CoreError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::Instrument;
 use warp::http::{HeaderValue, Method, StatusCode, header};
 
 use crate::calls::Calls;
@@ -127,23 +126,21 @@ pub async fn handshake(
         Some(_) => Some(start),
         None => (subscription.joined_at() > seen).then_some(seen),
     };
-    // In the handshake's span: the socket's lines carry the request id of its handshake.
-    tokio::spawn(
-        socket::run(
-            shared.clone(),
-            upgrade,
-            socket::Opened {
-                user: user.id,
-                session,
-                seen,
-                replay_from,
-                request_id: request.request_id.clone(),
-                registration,
-                subscription,
-            },
-        )
-        .in_current_span(),
-    );
+    // Not in the handshake's span: the socket makes one for each piece of work it does,
+    // and names the handshake's request id in its own lines.
+    tokio::spawn(socket::run(
+        shared.clone(),
+        upgrade,
+        socket::Opened {
+            user: user.id,
+            session,
+            seen,
+            replay_from,
+            request_id: request.request_id.clone(),
+            registration,
+            subscription,
+        },
+    ));
     let mut response = empty_response(StatusCode::SWITCHING_PROTOCOLS);
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -162,11 +159,8 @@ fn opening(
     session: SessionId,
     after: Option<&str>,
 ) -> Result<(i64, i64), CoreError> {
-    let chat = core.chat();
-    let start = chat.replay_start(owner, session, after)?;
-    let last = chat.messages(owner, session, None, PageRequest::Last)?;
-    let seen = last.results.last().map_or(0, |message| message.seq);
-    Ok((start, seen))
+    let start = core.chat().socket_start(owner, session, after)?;
+    Ok((start.replay_from, start.last_seq))
 }
 
 /// The socket's token: the `Authorization` header when there is one, otherwise the

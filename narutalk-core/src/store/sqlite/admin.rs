@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::accounts::{credentials_by_email, exists, user_by_id};
 use super::chat::{
-    SESSION_COLUMNS, StoredSession, all_messages, insert_message, session_by_id, session_from_row,
+    SESSION_COLUMNS, StoredSession, TurnWrite, all_messages, insert_message, session_by_id,
+    session_from_row,
 };
 use super::{SqliteStore, WriteTx};
 use crate::accounts::{Role, User, UserId};
@@ -291,7 +292,8 @@ fn exported(
 }
 
 /// Why `messages` of `record` cannot be imported for `owner`, if they cannot: the owner is
-/// gone, the session belongs to someone else, or a message id is used in another session.
+/// gone, the session belongs to someone else, a message id is used in another session, or
+/// messages would be added to a session whose posted messages still wait for replies.
 /// `None` is an owner the import has yet to create, to whom no session belongs.
 fn import_problem(
     conn: &Connection,
@@ -313,16 +315,32 @@ fn import_problem(
     }
     let mut statement =
         conn.prepare_cached("SELECT session_id FROM chat_messages WHERE id = ?1")?;
+    let mut adds = false;
     for message in messages {
         let session_id: Option<String> = statement
             .query_row([message.id.to_string()], |row| row.get(0))
             .optional()?;
-        if let Some(session_id) = session_id
-            && session_id != record.id.to_string()
-        {
-            return Ok(Some(ImportProblem::MessageInAnotherSession {
-                message: message.id,
-                session: session_id,
+        match session_id {
+            Some(session_id) if session_id != record.id.to_string() => {
+                return Ok(Some(ImportProblem::MessageInAnotherSession {
+                    message: message.id,
+                    session: session_id,
+                }));
+            }
+            Some(_) => {}
+            None => adds = true,
+        }
+    }
+    // The session's pending turns are its user messages after the last one answered: a
+    // message appended behind them would be taken for one.
+    if adds {
+        let pending: Option<i64> = conn
+            .prepare_cached("SELECT turns_pending FROM chat_sessions WHERE id = ?1")?
+            .query_row([record.id.to_string()], |row| row.get(0))
+            .optional()?;
+        if let Some(pending) = pending.filter(|pending| *pending > 0) {
+            return Ok(Some(ImportProblem::TurnsPending {
+                count: u64::try_from(pending).unwrap_or_default(),
             }));
         }
     }
@@ -371,9 +389,12 @@ fn import_slice(tx: &WriteTx<'_>, slice: &ImportSlice<'_>) -> Result<SliceOutcom
                 reply_to: message.reply_to,
             },
             &message.timestamp,
+            TurnWrite::None,
         )?;
         stored = StoredSession {
             last_seq: inserted.seq,
+            turns_pending: stored.turns_pending,
+            answered_seq: stored.answered_seq,
             session: ChatSession {
                 updated_at: next_updated_at(&stored.session.updated_at, &message.timestamp),
                 message_count: stored.session.message_count + 1,

@@ -1,10 +1,17 @@
-//! [`ChatStore`] on SQLite: the `chat_sessions`, `chat_messages`, `idempotency_keys` and
-//! `pending_turns` tables (and the `outbox` rows of their changes).
+//! [`ChatStore`] on SQLite: the `chat_sessions`, `chat_messages` and `idempotency_keys`
+//! tables (and the `outbox` rows of their changes).
 //!
 //! Each session row carries its message count and last sequence number, updated in the
 //! same transaction as every insert, so that a message's sequence number is the row's last
 //! plus one and a page of the session list is two queries (count and page) however many
 //! sessions it shows.
+//!
+//! The session row also carries its pending turns (migration V4 says how): their count,
+//! the sequence number after which its user messages are the pending ones, and the lease.
+//! Every post and every reply rewrites that row anyway, so a turn costs neither a row nor
+//! a page of its own. Measured with `cargo load`'s `post-message`, a `pending_turns` table
+//! (a row inserted with each post and deleted with its reply) cost about 13% of the posts
+//! per second.
 
 use std::time::Instant;
 
@@ -22,8 +29,8 @@ use crate::chat::{
 };
 use crate::error::{Error, InternalError};
 use crate::store::{
-    Audit, ChatStore, ClaimedTurn, Lease, NewSession, Posted, ReplyContext, SessionChange,
-    StoredReply, UserPost,
+    Audit, ChatStore, ClaimedTurn, Lease, NewSession, Posted, ReplayBounds, ReplyContext,
+    SessionChange, StoredReply, UserPost,
 };
 use crate::time;
 
@@ -179,15 +186,22 @@ impl ChatStore for SqliteStore {
         })
     }
 
-    fn message_seq(
+    fn replay_bounds(
         &self,
         owner: UserId,
         id: SessionId,
-        message: MessageId,
-    ) -> Result<Option<i64>, Error> {
+        after: Option<MessageId>,
+    ) -> Result<ReplayBounds, Error> {
         self.read(|conn| {
-            owned_session(conn, owner, id)?;
-            message_seq(conn, id, message)
+            let session = owned_session(conn, owner, id)?;
+            let after_seq = match after {
+                Some(after) => message_seq(conn, id, after)?,
+                None => None,
+            };
+            Ok(ReplayBounds {
+                after_seq,
+                last_seq: session.last_seq,
+            })
         })
     }
 
@@ -219,8 +233,13 @@ impl ChatStore for SqliteStore {
             {
                 return Ok(replayed);
             }
-            let message = insert_message(tx, &session, post.message, &post.now)?;
-            let claimed = insert_turn(tx, &message, post.lease)?;
+            // A session with no turn pending starts its pending messages at this one, and
+            // the post's lease claims it.
+            let (turns, claimed) = match (session.turns_pending, post.lease) {
+                (0, lease) => (TurnWrite::First { lease }, lease.is_some()),
+                _ => (TurnWrite::Queued, false),
+            };
+            let message = insert_message(tx, &session, post.message, &post.now, turns)?;
             self.record_message(tx, &message, post.owner, post.audit)?;
             if let Some(key) = post.idempotency_key {
                 remember_key(
@@ -279,6 +298,7 @@ impl ChatStore for SqliteStore {
     fn store_reply(
         &self,
         session: SessionId,
+        answers_seq: i64,
         reply: &NewMessage,
         audit: &Audit,
         next: Option<&Lease>,
@@ -286,20 +306,21 @@ impl ChatStore for SqliteStore {
     ) -> Result<StoredReply, Error> {
         self.write_asked_at(asked_at, |tx| {
             let stored = session_by_id(tx, session)?.ok_or(Error::NotFound)?;
+            // A turn is answered once: one answered already has its reply stored.
+            let answered = reply.reply_to.is_some() && answers_seq <= stored.answered_seq;
             let existing = match reply.reply_to {
-                Some(reply_to) => {
-                    tx.prepare_cached(
-                        "DELETE FROM pending_turns WHERE session_id = ?1 AND message_id = ?2",
-                    )?
-                    .execute([session.to_string(), reply_to.to_string()])?;
-                    reply_for(tx, reply_to)?
-                }
-                None => None,
+                Some(reply_to) if answered => reply_for(tx, reply_to)?,
+                _ => None,
             };
             let (reply, stored_now) = match existing {
                 Some(existing) => (existing, false),
                 None => {
-                    let message = insert_message(tx, &stored, reply, &audit.at)?;
+                    let turns = if answered || reply.reply_to.is_none() {
+                        TurnWrite::None
+                    } else {
+                        TurnWrite::Answer { seq: answers_seq }
+                    };
+                    let message = insert_message(tx, &stored, reply, &audit.at, turns)?;
                     self.record_message(tx, &message, stored.session.user_id, audit)?;
                     (message, true)
                 }
@@ -324,17 +345,22 @@ impl ChatStore for SqliteStore {
         self.write(|tx| {
             Ok(tx
                 .prepare_cached(
-                    "UPDATE pending_turns SET lease_holder = NULL, lease_expires = NULL \
-                     WHERE lease_holder IS NOT NULL",
+                    "UPDATE chat_sessions SET turn_holder = NULL, turn_expires = NULL \
+                     WHERE turn_holder IS NOT NULL",
                 )?
                 .execute([])?)
         })
     }
 
     fn pending_sessions(&self) -> Result<Vec<SessionId>, Error> {
+        // A scan of the sessions (at a start only): an index on `turns_pending` would be
+        // written by every post and every reply.
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT session_id FROM pending_turns GROUP BY session_id ORDER BY min(created_at), min(seq)",
+                "SELECT s.id FROM chat_sessions s WHERE s.turns_pending > 0 \
+                 ORDER BY (SELECT m.created_at FROM chat_messages m \
+                           WHERE m.session_id = s.id AND m.seq > s.answered_seq AND m.sender = 'user' \
+                           ORDER BY m.seq LIMIT 1), s.id",
             )?;
             let rows = statement.query_map([], |row| Ok(SessionId(uuid_column(row, 0)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -389,31 +415,6 @@ impl SqliteStore {
     }
 }
 
-/// Stores the pending turn of a user message just inserted; with `lease`, claims it when
-/// no earlier turn of the session is pending. Answers whether it claimed it.
-fn insert_turn(tx: &WriteTx<'_>, message: &Message, lease: Option<&Lease>) -> Result<bool, Error> {
-    // One statement: the lease is written only when no earlier turn of the session is
-    // pending, and the new row says whether it was.
-    Ok(tx
-        .prepare_cached(
-            "INSERT INTO pending_turns (message_id, session_id, seq, created_at, lease_holder, lease_expires) \
-             SELECT ?1, ?2, ?3, ?4, CASE WHEN e.earlier THEN NULL ELSE ?5 END, CASE WHEN e.earlier THEN NULL ELSE ?6 END \
-             FROM (SELECT EXISTS (SELECT 1 FROM pending_turns WHERE session_id = ?2) AS earlier) AS e \
-             RETURNING lease_holder IS NOT NULL",
-        )?
-        .query_row(
-            params![
-                message.id.to_string(),
-                message.session_id.to_string(),
-                message.seq,
-                time::to_micros(&message.timestamp),
-                lease.map(|lease| lease.holder.as_ref()),
-                lease.map(|lease| time::to_micros(&lease.until)),
-            ],
-            |row| row.get(0),
-        )?)
-}
-
 /// Claims the session's oldest pending turn when its lease is free, expired or the
 /// holder's own.
 fn claim_turn(
@@ -423,9 +424,9 @@ fn claim_turn(
 ) -> Result<Option<ClaimedTurn>, Error> {
     let oldest: Option<(Option<String>, Option<i64>, Message)> = tx
         .prepare_cached(&format!(
-            "SELECT p.lease_holder, p.lease_expires, {MESSAGE_COLUMNS_M} FROM pending_turns p \
-             JOIN chat_messages m ON m.id = p.message_id \
-             WHERE p.session_id = ?1 ORDER BY p.seq LIMIT 1"
+            "SELECT s.turn_holder, s.turn_expires, {MESSAGE_COLUMNS_M} FROM chat_sessions s \
+             JOIN chat_messages m ON m.session_id = s.id AND m.seq > s.answered_seq AND m.sender = 'user' \
+             WHERE s.id = ?1 AND s.turns_pending > 0 ORDER BY m.seq LIMIT 1"
         ))?
         .query_row([session.to_string()], |row| {
             Ok((row.get(0)?, row.get(1)?, message_from_row(row, 2)?))
@@ -443,13 +444,12 @@ fn claim_turn(
         return Ok(None);
     }
     tx.prepare_cached(
-        "UPDATE pending_turns SET lease_holder = ?1, lease_expires = ?2 WHERE session_id = ?3 AND seq = ?4",
+        "UPDATE chat_sessions SET turn_holder = ?1, turn_expires = ?2 WHERE id = ?3",
     )?
     .execute(params![
         lease.holder.as_ref(),
         time::to_micros(&lease.until),
         session.to_string(),
-        message.seq
     ])?;
     Ok(Some(ClaimedTurn { message }))
 }
@@ -501,13 +501,28 @@ fn session_page(
     })
 }
 
+/// What the insert of a message does to the turn columns of its session row.
+pub(super) enum TurnWrite<'a> {
+    /// Nothing: an import, or a reply to no pending turn.
+    None,
+    /// A posted message, the first pending turn of its session: the pending messages
+    /// start at it, and `lease` (if any) claims it.
+    First { lease: Option<&'a Lease> },
+    /// A posted message behind pending turns.
+    Queued,
+    /// The reply to the pending turn `seq`: answered, and the lease freed.
+    Answer { seq: i64 },
+}
+
 /// Inserts a message with the session's next sequence number and moves the session's
-/// count, last sequence and `updated_at` in the same transaction.
+/// count, last sequence, `updated_at` and (per `turns`) pending turns, in the same
+/// transaction: one statement for the row, which every post and reply rewrites anyway.
 pub(super) fn insert_message(
     tx: &WriteTx<'_>,
     session: &StoredSession,
     new: &NewMessage,
     now: &DateTime<Utc>,
+    turns: TurnWrite<'_>,
 ) -> Result<Message, Error> {
     let seq = session.last_seq + 1;
     let metadata = serde_json::to_string(&new.metadata)
@@ -527,11 +542,37 @@ pub(super) fn insert_message(
         time::to_micros(now),
         new.reply_to.map(|id| id.to_string()),
     ])?;
-    let updated_at = next_updated_at(&session.session.updated_at, now);
-    tx.prepare_cached(
-        "UPDATE chat_sessions SET last_seq = ?1, message_count = message_count + 1, updated_at = ?2 WHERE id = ?3",
-    )?
-    .execute(params![seq, time::to_micros(&updated_at), session.session.id.to_string()])?;
+    let updated_at = time::to_micros(&next_updated_at(&session.session.updated_at, now));
+    let id = session.session.id.to_string();
+    const MOVE: &str = "UPDATE chat_sessions SET last_seq = ?1, message_count = message_count + 1, updated_at = ?2";
+    match turns {
+        TurnWrite::None => tx
+            .prepare_cached(&format!("{MOVE} WHERE id = ?3"))?
+            .execute(params![seq, updated_at, id])?,
+        TurnWrite::First { lease } => tx
+            .prepare_cached(&format!(
+                "{MOVE}, turns_pending = 1, answered_seq = ?4, turn_holder = ?5, turn_expires = ?6 WHERE id = ?3"
+            ))?
+            .execute(params![
+                seq,
+                updated_at,
+                id,
+                seq - 1,
+                lease.map(|lease| lease.holder.as_ref()),
+                lease.map(|lease| time::to_micros(&lease.until)),
+            ])?,
+        TurnWrite::Queued => tx
+            .prepare_cached(&format!(
+                "{MOVE}, turns_pending = turns_pending + 1 WHERE id = ?3"
+            ))?
+            .execute(params![seq, updated_at, id])?,
+        TurnWrite::Answer { seq: answered } => tx
+            .prepare_cached(&format!(
+                "{MOVE}, turns_pending = max(turns_pending - 1, 0), answered_seq = ?4, \
+                 turn_holder = NULL, turn_expires = NULL WHERE id = ?3"
+            ))?
+            .execute(params![seq, updated_at, id, answered])?,
+    };
     Ok(Message {
         id: new.id,
         session_id: session.session.id,
@@ -645,6 +686,10 @@ pub(super) fn all_messages(conn: &Connection, id: SessionId) -> Result<Vec<Messa
 pub(super) struct StoredSession {
     pub(super) session: ChatSession,
     pub(super) last_seq: i64,
+    /// Posted user messages whose reply is not stored yet.
+    pub(super) turns_pending: i64,
+    /// The pending turns are the user messages after this sequence number.
+    pub(super) answered_seq: i64,
 }
 
 impl std::ops::Deref for StoredSession {
@@ -676,12 +721,14 @@ pub(super) fn session_by_id(
 ) -> Result<Option<StoredSession>, Error> {
     Ok(conn
         .prepare_cached(&format!(
-            "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = ?1"
+            "SELECT {SESSION_COLUMNS}, turns_pending, answered_seq FROM chat_sessions WHERE id = ?1"
         ))?
         .query_row([id.to_string()], |row| {
             Ok(StoredSession {
                 session: session_from_row(row, 0)?,
                 last_seq: row.get(8)?,
+                turns_pending: row.get(9)?,
+                answered_seq: row.get(10)?,
             })
         })
         .optional()?)

@@ -295,7 +295,6 @@ mod tests {
                 ("device_tokens", 0),
                 ("idempotency_keys", 0),
                 ("outbox", 0),
-                ("pending_turns", 0),
                 ("refinery_schema_history", 4),
                 ("refresh_tokens", 0),
                 ("users", 2),

@@ -62,6 +62,13 @@ const PROBE_BYTES: i64 = 8_000;
 /// delays the commits' fsync of the WAL on the same disk.)
 pub const WAL_CHECKPOINT_PAGES: u32 = 2_000;
 
+/// Prepared statements each connection keeps: more than the store has (its
+/// `prepare_cached` calls), so that none is ever parsed twice on one connection. At
+/// rusqlite's default of 16, a post and its reply (with their pending turn, outbox rows
+/// and token checks) went through more statements than that, and SQLite parsed some of
+/// them again on every call.
+const STATEMENT_CACHE: usize = 128;
+
 /// The Narutalk database in one SQLite file: one writer connection and a pool of readers.
 pub struct SqliteStore {
     path: PathBuf,
@@ -280,6 +287,7 @@ fn deadline(asked_at: Instant) -> Instant {
 /// Per-connection settings (WAL is per file and set once in [`SqliteStore::open`]).
 fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
@@ -466,6 +474,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_statement_of_the_store_fits_a_connections_statement_cache() {
+        let sources = [
+            include_str!("accounts.rs"),
+            include_str!("admin.rs"),
+            include_str!("chat.rs"),
+            include_str!("maintenance.rs"),
+            include_str!("mod.rs"),
+            include_str!("outbox.rs"),
+            include_str!("tokens.rs"),
+            include_str!("writer.rs"),
+        ];
+        let call = concat!("prepare", "_cached(");
+        let statements: usize = sources
+            .iter()
+            .map(|source| source.matches(call).count())
+            .sum();
+        assert!(statements > 16, "{statements}");
+        assert!(statements < STATEMENT_CACHE, "{statements}");
+    }
+
+    #[test]
     fn opening_a_fresh_file_creates_every_table_and_records_the_migration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/db.sqlite3");
@@ -499,7 +528,6 @@ mod tests {
                 "device_tokens",
                 "idempotency_keys",
                 "outbox",
-                "pending_turns",
                 "refinery_schema_history",
                 "refresh_tokens",
                 "users",

@@ -1,19 +1,16 @@
--- The turn engine's pending turns: one row per user message whose reply is not stored
--- yet, written in the transaction that stores the message and deleted in the one that
--- stores its reply. A turn is answered under a lease (holder, expiry; both NULL when
--- free). Migrations and imports create no row: only a posted message asks for a reply.
--- Keyed by the session's order, so that the oldest turn of a session is the first row of
--- its prefix and a row costs one b-tree; messages are only ever deleted with their
--- session, which takes its pending turns along.
-CREATE TABLE pending_turns (
-    session_id    TEXT    NOT NULL REFERENCES chat_sessions (id) ON DELETE CASCADE,
-    seq           INTEGER NOT NULL,
-    message_id    TEXT    NOT NULL,
-    created_at    INTEGER NOT NULL,
-    lease_holder  TEXT,
-    lease_expires INTEGER,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+-- The turn engine's pending turns, kept on the session row that every post and every
+-- reply rewrites anyway (so a turn costs no row, index or page of its own):
+-- - `turns_pending`: user messages posted whose reply is not stored yet;
+-- - `answered_seq`: they are the session's user messages after this sequence number (a
+--   post that finds none pending moves it to just before itself; a reply moves it to the
+--   message it answers);
+-- - `turn_holder`, `turn_expires`: the lease of the process answering the session's
+--   oldest pending turn, both NULL when free.
+-- Migrations and imports create no pending turn: only a posted message asks for a reply.
+ALTER TABLE chat_sessions ADD COLUMN turns_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chat_sessions ADD COLUMN answered_seq  INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE chat_sessions ADD COLUMN turn_holder   TEXT;
+ALTER TABLE chat_sessions ADD COLUMN turn_expires  INTEGER;
 
 -- The outbox: every change the outside must hear about, recorded in the transaction that
 -- makes it (the in-process event bus publishes after the commit; an audit log reads it
