@@ -24,6 +24,8 @@ use std::time::Duration;
 
 use tracing::level_filters::LevelFilter;
 use tracing_log::{AsLog, LogTracer};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::settings::{LogFormat, Settings};
 
@@ -42,15 +44,20 @@ impl std::error::Error for LoggerError {}
 /// Installs the process's logger; an error when `NARUTALK_LOG` is not a valid filter or
 /// a logger is installed already.
 pub fn init(config: &Settings) -> Result<(), LoggerError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+    // A static filter by target and level: every request's span is entered and left at
+    // each poll, and `EnvFilter` takes a shared read lock on both (for span-scoped
+    // directives, which the server has no use for); `Targets` decides once per call site.
+    let filter: Targets = config
+        .log
+        .parse()
         .map_err(|error| LoggerError(format!("invalid setting NARUTALK_LOG: {error}")))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry().with(filter);
     let installed = match config.log_format {
-        LogFormat::Json => tracing::subscriber::set_global_default(builder.json().finish()),
-        LogFormat::Text => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(registry.with(lines.json())),
+        LogFormat::Text => tracing::subscriber::set_global_default(registry.with(lines)),
     };
     installed.map_err(|error| LoggerError(format!("installing the logger: {error}")))?;
     log::set_boxed_logger(Box::new(WithoutPaths(LogTracer::new()))).map_err(|error| {

@@ -339,37 +339,63 @@ impl Route {
     pub fn action(&self, method: &Method) -> Option<&'static Action> {
         self.actions.iter().find(|action| action.method == method)
     }
-
-    /// The parameter `path` (without its leading and trailing slash) holds in this row's
-    /// template, or `None` when it does not match.
-    fn matches(&self, path: &str) -> Option<String> {
-        let mut template = self.template.trim_matches('/').split('/');
-        let mut segments = path.split('/');
-        let mut param = String::new();
-        loop {
-            match (template.next(), segments.next()) {
-                (None, None) => return Some(param),
-                (Some(expected), Some(segment)) if expected.starts_with('{') => {
-                    segment.clone_into(&mut param);
-                }
-                (Some(expected), Some(segment)) if expected == segment => {}
-                _ => return None,
-            }
-        }
-    }
 }
 
+/// The longest template, in segments: a path with more matches no row.
+const MOST_SEGMENTS: usize = 8;
+
+/// Each row's template split into its segments, once.
+static TEMPLATES: LazyLock<Vec<Vec<&'static str>>> = LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .map(|route| route.template.trim_matches('/').split('/').collect())
+        .collect()
+});
+
 /// The row `path` matches, with or without its trailing slash; a path with an empty
-/// segment matches none.
+/// segment matches none. The path is split once, and each row compared segment by
+/// segment (every request asks, so no row is split again and nothing is allocated before
+/// a row matches).
 pub fn find(path: &str) -> Option<Found> {
     let path = path.strip_prefix('/')?;
     let path = path.strip_suffix('/').unwrap_or(path);
-    if path.split('/').any(str::is_empty) {
-        return None;
+    let mut segments = [""; MOST_SEGMENTS];
+    let mut count = 0;
+    for segment in path.split('/') {
+        if segment.is_empty() || count == MOST_SEGMENTS {
+            return None;
+        }
+        segments[count] = segment;
+        count += 1;
     }
+    let segments = &segments[..count];
     ROUTES
         .iter()
-        .find_map(|route| route.matches(path).map(|param| Found { route, param }))
+        .zip(TEMPLATES.iter())
+        .find_map(|(route, template)| {
+            let param = matches(template, segments)?;
+            Some(Found {
+                route,
+                param: param.to_owned(),
+            })
+        })
+}
+
+/// The parameter `segments` hold in `template`'s place for it (empty when it has none),
+/// or `None` when they do not match.
+fn matches<'a>(template: &[&str], segments: &[&'a str]) -> Option<&'a str> {
+    if template.len() != segments.len() {
+        return None;
+    }
+    let mut param = "";
+    for (expected, segment) in template.iter().zip(segments) {
+        if expected.starts_with('{') {
+            param = segment;
+        } else if expected != segment {
+            return None;
+        }
+    }
+    Some(param)
 }
 
 /// The OpenAPI document: the document's own parts (`docs::ApiDoc`) and the operation of
@@ -448,8 +474,16 @@ mod tests {
             "/api/auth/",
             "/",
             "api/health/",
+            "/api/chat/sessions/a/messages/b/c/d/e/f/g",
         ] {
             assert!(find(path).is_none(), "{path}");
+        }
+    }
+
+    #[test]
+    fn every_template_fits_the_matchers_segment_count() {
+        for template in TEMPLATES.iter() {
+            assert!(template.len() < MOST_SEGMENTS, "{template:?}");
         }
     }
 

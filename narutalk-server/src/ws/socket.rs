@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -163,16 +164,19 @@ pub async fn run(shared: Arc<Shared>, upgrade: Upgrade, opened: Opened) {
     socket.finish(ending).await;
     drop(open);
     metrics::socket_closed(code);
-    tracing::info!(
-        target: "narutalk::ws",
-        session = %session,
-        user = user.0,
-        code,
-        reason,
-        duration_ms = millis(started.elapsed()),
-        request_id,
-        "socket closed"
-    );
+    // In a span of its own with the handshake's request id, as a request's lines are.
+    socket.span().in_scope(|| {
+        tracing::info!(
+            target: "narutalk::ws",
+            session = %session,
+            user = user.0,
+            code,
+            reason,
+            duration_ms = millis(started.elapsed()),
+            request_id,
+            "socket closed"
+        );
+    });
     let activity = socket.shared.activity.clone();
     drop(socket);
     drop(place);
@@ -260,6 +264,7 @@ impl Socket {
                     core.chat()
                         .messages_after_seq(owner, session, after, REPLAY_PAGE)
                 })
+                .instrument(self.span())
                 .await
                 .map_err(|error| match error {
                     ApiError::NotFound => {
@@ -364,6 +369,7 @@ impl Socket {
                     input,
                     self.request_id.clone(),
                 )
+                .instrument(self.span())
                 .await
             }
             Err(throttled) => Err(throttled),
@@ -378,6 +384,15 @@ impl Socket {
             }
             Err(error) => self.send_error(&error.into_text(frames::frame_field)).await,
         }
+    }
+
+    /// The span of work done on the socket's behalf (a posted frame, a page of replay):
+    /// the handshake's request id, as a request's span carries it. Made for each piece of
+    /// work, never held for the socket's life: the logger keeps the memory of as many
+    /// spans as were ever open at once, so 10,000 idle sockets holding one each would
+    /// leave it behind once they close.
+    fn span(&self) -> tracing::Span {
+        tracing::error_span!("request", request_id = %self.request_id)
     }
 
     fn remember_sent(&mut self, id: MessageId) {
