@@ -13,9 +13,13 @@
 //! - Each thread keeps its working memory for the next hash instead of allocating and
 //!   zeroing 19 MiB per call, and lets it go after a second without work, so an idle
 //!   server does not hold 19 MiB per core.
-//! - On Linux the threads run at a lower CPU priority (nice 5): when a login flood and the
+//! - On Linux the threads run at a lower CPU priority (nice 6): when a login flood and the
 //!   rest of the API both want the cores, the rest of the API gets most of them and keeps
-//!   its latency.
+//!   its latency. With every core busy, a nice-6 thread weighs 272 against a normal
+//!   thread's 1,024, so two hashing threads get about a fifth of the CPU. (At nice 5, a
+//!   quarter: once the queued hashes waited here rather than at a server's gate, the
+//!   hashing threads never idled between hashes, and `cargo load`'s `login-flood` cost
+//!   `health` a fifth of its rate. At nice 7, logins during the flood fell by a fifth.)
 //!
 //! The free functions [`hash`], [`verify`] and [`verify_nothing`] compute on the calling
 //! thread, unbounded, with fresh memory each time: for tools and benches that hash once
@@ -260,7 +264,7 @@ const MAPPED_BLOCKS: usize = 32 * 1024;
 
 /// The nice value of the hashing threads on Linux, where each thread has its own.
 #[cfg(target_os = "linux")]
-const HASHING_NICE: i32 = 5;
+const HASHING_NICE: i32 = 6;
 
 /// Makes the calling thread yield the CPU to the rest of the process when both want it.
 /// Raising a thread's nice value needs no privilege; if it fails, hashing runs at normal
