@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use narutalk_core::config::Config;
-use narutalk_core::db::{Database, OpenMode};
+use narutalk_core::store::{self, Maintenance, OpenMode};
 use serde_json::json;
 
 use crate::output::{grouped, print_fields, print_json, print_lines, print_table, table};
@@ -54,11 +54,7 @@ pub struct JsonFlag {
 /// and says which of the three happened (created, migrated, or already current).
 pub fn migrate(config: &Config) -> anyhow::Result<()> {
     let existed = config.database.is_file();
-    let db = Database::open(
-        &config.database,
-        config.sqlite_synchronous,
-        OpenMode::CreateIfMissing,
-    )?;
+    let db = store::open(config, OpenMode::CreateIfMissing)?;
     let applied = db
         .applied_migrations()
         .map_err(core_error)
@@ -86,15 +82,15 @@ pub fn migrate(config: &Config) -> anyhow::Result<()> {
 /// Runs a `db` subcommand.
 pub fn run(config: &Config, command: DbCommand) -> anyhow::Result<()> {
     let narutalk = open(config)?;
-    let db = narutalk.database();
+    let db = narutalk.store();
     match command {
         DbCommand::Status(flag) => status(db, flag.json),
-        DbCommand::Check(flag) => check(&narutalk, flag.json),
+        DbCommand::Check(flag) => check(config, &narutalk, flag.json),
         DbCommand::Backup { file, force } => {
             let backup = db.backup_to(&file, force)?;
             print_lines(&format!(
                 "Backed up {} to {} ({} bytes in {:.2} s).",
-                db.path().display(),
+                config.database.display(),
                 backup.path.display(),
                 grouped(backup.size_bytes),
                 backup.elapsed.as_secs_f64()
@@ -103,7 +99,7 @@ pub fn run(config: &Config, command: DbCommand) -> anyhow::Result<()> {
     }
 }
 
-fn status(db: &Database, json: bool) -> anyhow::Result<()> {
+fn status(db: &dyn Maintenance, json: bool) -> anyhow::Result<()> {
     let status = db
         .status()
         .map_err(core_error)
@@ -154,8 +150,8 @@ fn status(db: &Database, json: bool) -> anyhow::Result<()> {
     print_table(&mut rows, &[])
 }
 
-fn check(narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
-    let path = narutalk.database().path();
+fn check(config: &Config, narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
+    let path = &config.database;
     let report = narutalk
         .admin()
         .check()

@@ -108,7 +108,6 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
-        bind: None,
         database: cli.database,
         config: cli.config,
     };
@@ -124,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The core on an existing database, for administration: no signing secret needed.
 fn open(config: &Config) -> anyhow::Result<Narutalk> {
-    Ok(Narutalk::open_for_administration(config)?)
+    Ok(Narutalk::open_for_administration(config)?.acting_as(narutalk_core::events::Actor::Cli))
 }
 
 /// A core error as one line, for callers that say what failed before it. Field errors read

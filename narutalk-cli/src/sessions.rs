@@ -12,12 +12,16 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::ProgressBar;
 use narutalk_core::Narutalk;
+use narutalk_core::accounts::UserId;
 use narutalk_core::admin::{
-    CreatedOwner, ExportSummary, ImportError, ImportFile, ImportOptions, ImportReport, SessionQuery,
+    CreatedOwner, ExportSummary, ImportError, ImportFile, ImportOptions, ImportReport,
+    OwnedSession, SessionQuery,
 };
 use narutalk_core::chat::{Category, SessionId};
-use narutalk_core::db::maintenance::PendingFile;
 use narutalk_core::error::Error;
+use narutalk_core::files::PendingFile;
+use narutalk_core::time::format_rfc3339;
+use serde::Serialize;
 
 use crate::output::{
     Give, Limit, cut, limit, minute, note, note_more, print_fields, print_json, print_lines,
@@ -158,6 +162,8 @@ pub fn run(narutalk: &Narutalk, command: SessionCommand) -> anyhow::Result<()> {
                 .map_err(core_error)?;
             let more = cut(&mut sessions, rows_shown(limit, json));
             if json {
+                let sessions: Vec<SessionJson<'_>> =
+                    sessions.iter().map(SessionJson::from).collect();
                 print_json(&sessions)?;
                 note_more(more, "sessions");
                 return Ok(());
@@ -306,7 +312,7 @@ fn export(
     let progress = progress_bar(show_progress, "{wide_bar} {pos}/{len} sessions, {eta} left");
     match output {
         Some(path) => {
-            if narutalk.database().is_own_file(&path) {
+            if narutalk.store().is_own_file(&path) {
                 anyhow::bail!(
                     "{} is the database itself; choose another file",
                     path.display()
@@ -474,4 +480,36 @@ fn day_start(text: &str) -> Result<DateTime<Utc>, String> {
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map(|day| day.and_time(chrono::NaiveTime::MIN).and_utc())
         .map_err(|_| "expected a day as YYYY-MM-DD".to_owned())
+}
+
+/// A session as `session list --json` shows it: the session's fields, timestamps in RFC
+/// 3339 with microseconds, and its owner.
+#[derive(Serialize)]
+struct SessionJson<'a> {
+    id: SessionId,
+    title: &'a str,
+    category: Category,
+    is_active: bool,
+    created_at: String,
+    updated_at: String,
+    message_count: u64,
+    owner_id: UserId,
+    owner_email: &'a str,
+}
+
+impl<'a> From<&'a OwnedSession> for SessionJson<'a> {
+    fn from(owned: &'a OwnedSession) -> Self {
+        let session = &owned.session;
+        SessionJson {
+            id: session.id,
+            title: &session.title,
+            category: session.category,
+            is_active: session.is_active,
+            created_at: format_rfc3339(&session.created_at),
+            updated_at: format_rfc3339(&session.updated_at),
+            message_count: session.message_count,
+            owner_id: owned.owner_id,
+            owner_email: &owned.owner_email,
+        }
+    }
 }

@@ -6,7 +6,6 @@ use clap::Subcommand;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, User, UserFilter, UserId};
-use narutalk_core::admin::UserActivity;
 use narutalk_core::error::Error;
 use narutalk_core::time::format_rfc3339;
 use serde::Serialize;
@@ -375,7 +374,8 @@ fn show(narutalk: &Narutalk, user: &User, json: bool) -> anyhow::Result<()> {
         .map_err(core_error)?;
     if json {
         return print_json(&UserJson {
-            activity: Some(activity),
+            sessions: Some(activity.sessions),
+            messages: Some(activity.messages),
             ..UserJson::from(user)
         });
     }
@@ -417,8 +417,10 @@ struct UserJson<'a> {
     date_joined: String,
     last_login: Option<String>,
     tokens_revoked_at: Option<String>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    activity: Option<UserActivity>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<u64>,
 }
 
 impl<'a> From<&'a User> for UserJson<'a> {
@@ -434,7 +436,8 @@ impl<'a> From<&'a User> for UserJson<'a> {
             date_joined: format_rfc3339(&user.date_joined),
             last_login: user.last_login.as_ref().map(format_rfc3339),
             tokens_revoked_at: revoked_at(user).as_ref().map(format_rfc3339),
-            activity: None,
+            sessions: None,
+            messages: None,
         }
     }
 }

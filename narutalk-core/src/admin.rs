@@ -2,10 +2,18 @@
 //! whoever owns it, the export and import of whole sessions with their messages, the
 //! statistics, and the database check that adds Narutalk's own rules to SQLite's.
 //!
+//! An import writes nothing until the whole file is valid and checked against the
+//! database; then it writes in batches of at most [`IMPORT_BATCH_ROWS`] rows, and after
+//! each leaves the write lock free for as long as the batch held it (SQLite's lock is not
+//! fair), so a running server waits milliseconds, never the whole import. Sessions and
+//! messages keep their ids, so importing again adds nothing and completes an import that
+//! stopped. An import stores messages only: it creates no AI turn.
+//!
 //! Nothing here is reachable through the API, which only ever shows users their own
-//! sessions. The SQL lives with the tables' owners (`chat::admin`, `accounts::admin`,
-//! `db::maintenance`); this module holds the rules: what an export line is, what makes an
-//! import file valid, how an import is batched, and how the statistics are shaped.
+//! sessions. The store reads and writes ([`crate::store::AdminStore`],
+//! [`crate::store::Maintenance`]); this module holds the rules: what an export line is,
+//! what makes an import file valid, how an import is batched, what an owner it creates is
+//! called, and how the statistics are shaped.
 //!
 //! ```
 //! use narutalk_core::Narutalk;
@@ -13,7 +21,7 @@
 //! use narutalk_core::admin::{ImportFile, SessionQuery};
 //! use narutalk_core::chat::Category;
 //! use narutalk_core::config::Config;
-//! use narutalk_core::db::OpenMode;
+//! use narutalk_core::store::OpenMode;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -43,19 +51,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{self, Role, UserId, password, policy};
-use crate::chat::admin::{self as chat_admin, Order};
+use crate::accounts::{Role, USERNAME_MAX_CHARS, UserId, password, policy};
 use crate::chat::{Category, ChatSession, Message, MessageId, MessageType, Sender, SessionId};
 use crate::config::{AiBackend, Config, ConfigError, Secret};
-use crate::db::maintenance::IntegrityProblems;
-use crate::db::{Database, OpenMode};
 use crate::error::Error;
+use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::JsonObject;
+use crate::store::{
+    self, Audit, CounterProblem, ImportConflict, ImportOwner, ImportProblem, ImportSlice,
+    IntegrityProblems, OpenMode, Store,
+};
 use crate::{Narutalk, StartError, time};
 
 /// Rows (session rows and messages) an import writes per transaction: each batch holds the
@@ -78,11 +88,7 @@ impl Narutalk {
     /// whatever `NARUTALK_AI_BACKEND` says; the setting is still validated).
     pub fn open_for_administration(config: &Config) -> Result<Narutalk, StartError> {
         config.validate()?;
-        let db = Database::open(
-            &config.database,
-            config.sqlite_synchronous,
-            OpenMode::MustExist,
-        )?;
+        let store = store::open(config, OpenMode::MustExist)?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| ConfigError {
             setting: "NARUTALK_SECRET_KEY".into(),
@@ -93,19 +99,25 @@ impl Narutalk {
             ai_backend: AiBackend::Template,
             ..config.clone()
         };
-        Narutalk::new(db, &secret, &without_ai)
+        Narutalk::new(store, &secret, &without_ai)
     }
 
     /// Administration across users: sessions, export, import, statistics, checks.
     pub fn admin(&self) -> Admin<'_> {
-        Admin::new(self.database())
+        Admin {
+            store: self.store(),
+            events: self.events(),
+            origin: self.origin().clone(),
+        }
     }
 }
 
-/// Administration across users on a database (returned by [`Narutalk::admin`]).
+/// Administration across users on a store (returned by [`Narutalk::admin`]).
 #[derive(Debug)]
 pub struct Admin<'a> {
-    db: &'a Database,
+    store: &'a dyn Store,
+    events: &'a EventBus,
+    origin: Origin,
 }
 
 /// Which sessions a listing or an export covers; `None` matches everything.
@@ -123,10 +135,9 @@ pub struct SessionQuery {
 }
 
 /// A session with its owner, as an administrator lists it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedSession {
     /// The session.
-    #[serde(flatten)]
     pub session: ChatSession,
     /// Its owner's id.
     pub owner_id: UserId,
@@ -209,7 +220,7 @@ pub struct ExportProgress {
 }
 
 /// What an export covered.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportSummary {
     /// Sessions exported.
     pub sessions: u64,
@@ -218,7 +229,7 @@ pub struct ExportSummary {
 }
 
 /// A user's sessions and the messages in them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UserActivity {
     /// Sessions the user owns.
     pub sessions: u64,
@@ -335,7 +346,7 @@ pub struct ImportProgress {
 }
 
 /// An owner an import created ([`ImportOptions::create_owners`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreatedOwner {
     /// The new user's id.
     pub id: UserId,
@@ -346,7 +357,7 @@ pub struct CreatedOwner {
 }
 
 /// What an import did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImportReport {
     /// Owners the import created, in the file's order (only with
     /// [`ImportOptions::create_owners`]).
@@ -364,7 +375,7 @@ pub struct ImportReport {
 }
 
 /// The statistics of `narutalk stats`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
     /// Users by role, verification and activity.
     pub users: UserStats,
@@ -375,7 +386,7 @@ pub struct Stats {
 }
 
 /// Users counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserStats {
     /// Every user.
     pub total: u64,
@@ -384,7 +395,7 @@ pub struct UserStats {
 }
 
 /// The users of one role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoleCount {
     /// The role.
     pub role: Role,
@@ -401,7 +412,7 @@ pub struct RoleCount {
 }
 
 /// Sessions counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionStats {
     /// Every session.
     pub total: u64,
@@ -410,7 +421,7 @@ pub struct SessionStats {
 }
 
 /// The sessions of one category.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CategoryCount {
     /// The category.
     pub category: Category,
@@ -421,7 +432,7 @@ pub struct CategoryCount {
 }
 
 /// Messages counted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageStats {
     /// Every message.
     pub total: u64,
@@ -431,7 +442,7 @@ pub struct MessageStats {
 }
 
 /// The messages of one UTC day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DayCount {
     /// The day (`2026-11-26`).
     pub date: NaiveDate,
@@ -440,10 +451,9 @@ pub struct DayCount {
 }
 
 /// What `narutalk db check` found; every list empty for a sound database.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckReport {
     /// SQLite's integrity and foreign-key checks.
-    #[serde(flatten)]
     pub sqlite: IntegrityProblems,
     /// Sessions whose `message_count` or `last_seq` disagrees with their messages.
     pub counters: Vec<String>,
@@ -462,49 +472,46 @@ impl CheckReport {
 }
 
 impl<'a> Admin<'a> {
-    /// Administration on an open database (for embedders that hold only a [`Database`]).
-    pub fn new(db: &'a Database) -> Self {
-        Admin { db }
+    /// Administration on an open store (for embedders that hold only a store), publishing
+    /// its changes on `events`.
+    pub fn new(store: &'a dyn Store, events: &'a EventBus) -> Self {
+        Admin {
+            store,
+            events,
+            origin: Origin::default(),
+        }
     }
 
     /// The sessions matching `query`, whoever owns them, most recently updated first (ties:
     /// newest creation first), read in one snapshot.
     pub fn sessions(&self, query: &SessionQuery) -> Result<Vec<OwnedSession>, Error> {
-        self.db.read(|conn| {
-            let mut owners = Owners::default();
-            chat_admin::sessions(conn, query, Order::RecentlyUpdatedFirst)?
-                .into_iter()
-                .map(|session| {
-                    Ok(OwnedSession {
-                        owner_id: session.user_id,
-                        owner_email: owners.email(conn, &session)?,
-                        session,
-                    })
-                })
-                .collect()
-        })
+        self.store.owned_sessions(query)
     }
 
     /// One session, whoever owns it, in its export form (owner's email, every message).
     pub fn session(&self, id: SessionId) -> Result<ExportedSession, Error> {
-        self.db.read(|conn| {
-            let session = chat_admin::session(conn, id)?.ok_or(Error::NotFound)?;
-            exported(conn, &mut Owners::default(), session)
-        })
+        self.store.exported_session(id)
     }
 
-    /// Deletes a session, whoever owns it, with its messages.
+    /// Deletes a session, whoever owns it, with its messages (and its pending turns).
     pub fn delete_session(&self, id: SessionId) -> Result<(), Error> {
-        self.db.write(|tx| match chat_admin::delete(tx, id)? {
-            true => Ok(()),
-            false => Err(Error::NotFound),
-        })
+        let owner = self
+            .store
+            .delete_any_session(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.events
+            .publish(&Event::SessionDeleted { session: id, owner });
+        Ok(())
+    }
+
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
     }
 
     /// How many sessions and messages a user has.
     pub fn user_activity(&self, id: UserId) -> Result<UserActivity, Error> {
-        let (sessions, messages) = self.db.read(|conn| chat_admin::activity(conn, id))?;
-        Ok(UserActivity { sessions, messages })
+        self.store.user_activity(id)
     }
 
     /// Hands every session matching `query` to `each`, oldest first, as
@@ -516,30 +523,25 @@ impl<'a> Admin<'a> {
         mut each: impl FnMut(ExportProgress, &ExportedSession) -> Result<(), E>,
     ) -> Result<ExportSummary, E> {
         let mut failure = None;
-        let result = self.db.read(|conn| {
-            let sessions = chat_admin::sessions(conn, query, Order::OldestFirst)?;
-            let total = u64::try_from(sessions.len()).unwrap_or(u64::MAX);
-            let mut owners = Owners::default();
-            let mut summary = ExportSummary::default();
-            for session in sessions {
-                let record = exported(conn, &mut owners, session)?;
-                summary.sessions += 1;
-                summary.messages += record.message_count;
-                let progress = ExportProgress {
-                    done: summary.sessions,
-                    total,
-                };
-                if let Err(error) = each(progress, &record) {
+        let mut summary = ExportSummary::default();
+        let result = self.store.export_sessions(query, &mut |total, record| {
+            summary.sessions += 1;
+            summary.messages += record.message_count;
+            let progress = ExportProgress {
+                done: summary.sessions,
+                total,
+            };
+            match each(progress, &record) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(error) => {
                     failure = Some(error);
-                    // Ends the read; `failure` is what the caller gets.
-                    return Err(Error::Internal("export stopped by its writer".into()));
+                    ControlFlow::Break(())
                 }
             }
-            Ok(summary)
         });
         match failure {
             Some(error) => Err(error),
-            None => result.map_err(E::from),
+            None => result.map(|()| summary).map_err(E::from),
         }
     }
 
@@ -565,7 +567,7 @@ impl<'a> Admin<'a> {
         options: ImportOptions,
         mut progress: impl FnMut(ImportProgress),
     ) -> Result<ImportReport, ImportError> {
-        let (found, missing) = self.db.read(|conn| Ok(find_owners(conn, file)))??;
+        let (found, missing) = self.find_owners(file)?;
         let mut created = Vec::new();
         let owners: Vec<UserId> = if missing.is_empty() {
             found.into_iter().flatten().collect()
@@ -580,7 +582,7 @@ impl<'a> Admin<'a> {
                     owner
                         .or_else(|| by_email.get(session.owner_email.as_str()).copied())
                         .ok_or_else(|| {
-                            ImportError::Storage(Error::Internal(format!(
+                            ImportError::Storage(Error::internal(format!(
                                 "the owner {} was not created",
                                 session.owner_email
                             )))
@@ -609,6 +611,27 @@ impl<'a> Admin<'a> {
         Ok(report)
     }
 
+    /// The owner of every session of a file, in its order (`None` for an email that is no
+    /// user), and the emails that are no user, each once, in the file's order; or the
+    /// first conflict with the database.
+    fn find_owners(&self, file: &ImportFile) -> Result<FoundOwners, ImportError> {
+        let sessions: Vec<&ExportedSession> = file.sessions().collect();
+        let owners =
+            self.store
+                .import_owners(&sessions)?
+                .map_err(|ImportConflict { index, problem }| {
+                    let (at, message) = file.conflict(index, &problem);
+                    ImportError::Invalid { at, message }
+                })?;
+        let mut missing: Vec<String> = Vec::new();
+        for (session, owner) in sessions.iter().zip(&owners) {
+            if owner.is_none() && !missing.contains(&session.owner_email) {
+                missing.push(session.owner_email.clone());
+            }
+        }
+        Ok((owners, missing))
+    }
+
     /// Creates the users `emails` names in one transaction (an email that became a user
     /// meanwhile is used as it is), each with the hash of one random password that is
     /// thrown away. Returns every email's user id; `created` receives the new users.
@@ -619,33 +642,33 @@ impl<'a> Admin<'a> {
     ) -> Result<HashMap<String, UserId>, ImportError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)
-            .map_err(|e| Error::Internal(format!("random password for new owners: {e}")))?;
+            .map_err(|e| Error::internal(format!("random password for new owners: {e}")))?;
         let unknown: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         // Hashed outside the write lock; one hash serves every owner of this import, since
         // nobody knows the password it hides.
         let hash = password::hash(&unknown)?;
-        let made = self.db.write(|tx| {
-            let mut by_email = HashMap::with_capacity(emails.len());
-            let mut made = Vec::new();
-            for email in emails {
-                let id = match accounts::admin::id_by_email(tx, email)? {
-                    Some(id) => id,
-                    None => {
-                        let user = accounts::admin::create_import_owner(tx, email, &hash)?;
-                        made.push(CreatedOwner {
-                            id: user.id,
-                            username: user.username,
-                            email: user.email,
-                        });
-                        user.id
-                    }
-                };
-                by_email.insert(email.clone(), id);
+        let owners: Vec<ImportOwner> = emails
+            .iter()
+            .map(|email| ImportOwner {
+                email: email.clone(),
+                username_base: import_username_base(email),
+            })
+            .collect();
+        let made = self
+            .store
+            .create_import_owners(&owners, &hash, time::now())?;
+        let mut by_email = HashMap::with_capacity(made.len());
+        for owner in made {
+            if let Some(user) = owner.created {
+                created.push(CreatedOwner {
+                    id: user.id,
+                    username: user.username,
+                    email: user.email,
+                });
             }
-            Ok((by_email, made))
-        })?;
-        created.extend(made.1);
-        Ok(made.0)
+            by_email.insert(owner.email, owner.id);
+        }
+        Ok(by_email)
     }
 
     /// Writes the sessions of `file` (whose owners are `owners`, in its order) in batches.
@@ -705,32 +728,34 @@ impl<'a> Admin<'a> {
         let first = today
             .checked_sub_days(Days::new(STATS_DAYS - 1))
             .unwrap_or(NaiveDate::MIN);
-        self.db.read(|conn| {
-            let by_role = accounts::admin::role_counts(conn)?;
-            let by_category = chat_admin::category_counts(conn)?;
-            let per_day = chat_admin::messages_per_day(conn, first, today)?;
-            Ok(Stats {
-                users: UserStats {
-                    total: by_role.iter().map(|r| r.total).sum(),
-                    by_role,
-                },
-                messages: MessageStats {
-                    total: by_category.iter().map(|c| c.messages).sum(),
-                    per_day,
-                },
-                sessions: SessionStats {
-                    total: by_category.iter().map(|c| c.sessions).sum(),
-                    by_category,
-                },
-            })
+        let counts = self.store.stats(first, today)?;
+        let (by_role, by_category) = (counts.by_role, counts.by_category);
+        Ok(Stats {
+            users: UserStats {
+                total: by_role.iter().map(|r| r.total).sum(),
+                by_role,
+            },
+            messages: MessageStats {
+                total: by_category.iter().map(|c| c.messages).sum(),
+                per_day: counts.per_day,
+            },
+            sessions: SessionStats {
+                total: by_category.iter().map(|c| c.sessions).sum(),
+                by_category,
+            },
         })
     }
 
     /// SQLite's integrity and foreign-key checks, then Narutalk's own: every session's
     /// `message_count` and `last_seq` agree with its messages.
     pub fn check(&self) -> Result<CheckReport, Error> {
-        let sqlite = self.db.integrity_problems()?;
-        let counters = self.db.read(chat_admin::counter_problems)?;
+        let sqlite = self.store.integrity_problems()?;
+        let counters = self
+            .store
+            .counter_problems()?
+            .iter()
+            .map(counter_text)
+            .collect();
         Ok(CheckReport { sqlite, counters })
     }
 
@@ -748,27 +773,18 @@ impl<'a> Admin<'a> {
             (*at, session, &session.messages[slice.messages.clone()])
         };
         let started = std::time::Instant::now();
-        let written = self.db.write(|tx| {
-            for slice in batch {
-                let (at, session, messages) = slice_of(slice);
-                if let Some(conflict) =
-                    chat_admin::import_conflict(tx, Some(owners[slice.index]), session, messages)?
-                {
-                    return Ok(Err((at, conflict)));
-                }
-            }
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for slice in batch {
-                let (_, session, messages) = slice_of(slice);
-                outcomes.push(chat_admin::import_slice(
-                    tx,
-                    owners[slice.index],
-                    session,
+        let slices: Vec<ImportSlice<'_>> = batch
+            .iter()
+            .map(|slice| {
+                let (_, record, messages) = slice_of(slice);
+                ImportSlice {
+                    owner: owners[slice.index],
+                    record,
                     messages,
-                )?);
-            }
-            Ok(Ok(outcomes))
-        });
+                }
+            })
+            .collect();
+        let written = self.store.import_batch(&slices);
         let stopped =
             |at: Location, message: String, progress: &[RecordProgress]| ImportError::Stopped {
                 at,
@@ -790,12 +806,15 @@ impl<'a> Admin<'a> {
                 std::thread::sleep(started.elapsed().min(IMPORT_PAUSE_MAX));
                 Ok(())
             }
-            Ok(Err((at, message))) => Err(stopped(at, message, progress)),
+            Ok(Err(ImportConflict { index, problem })) => {
+                let (at, message) = file.conflict(batch[index].index, &problem);
+                Err(stopped(at, message, progress))
+            }
             Err(error) => {
                 let at = batch
                     .first()
                     .map_or(Location::Line(0), |slice| slice_of(slice).0);
-                Err(stopped(at, error.to_string(), progress))
+                Err(stopped(at, error.detail(), progress))
             }
         }
     }
@@ -851,90 +870,72 @@ impl ImportFile {
     pub fn message_count(&self) -> u64 {
         self.sessions().map(|s| s.message_count).sum()
     }
-}
 
-/// Owners' emails by id, each read once.
-#[derive(Default)]
-struct Owners {
-    emails: HashMap<UserId, String>,
-}
-
-impl Owners {
-    fn email(
-        &mut self,
-        conn: &rusqlite::Connection,
-        session: &ChatSession,
-    ) -> Result<String, Error> {
-        if let Some(email) = self.emails.get(&session.user_id) {
-            return Ok(email.clone());
-        }
-        let user = accounts::user_by_id(conn, session.user_id)?.ok_or_else(|| {
-            Error::Internal(format!(
-                "session {} belongs to user {}, who does not exist (run `narutalk db check`)",
-                session.id, session.user_id
-            ))
-        })?;
-        self.emails.insert(user.id, user.email.clone());
-        Ok(user.email)
+    /// Where the session at `index` is in the file, and what its conflict with the
+    /// database is, in one line.
+    fn conflict(&self, index: usize, problem: &ImportProblem) -> (Location, String) {
+        let (at, record) = &self.sessions[index];
+        let message = match problem {
+            ImportProblem::OwnerGone => format!(
+                "no user {} any more (deleted during the import)",
+                record.owner_email
+            ),
+            ImportProblem::SessionOfAnotherUser { owner } => format!(
+                "session {} exists already and belongs to user {owner}, not to {}",
+                record.id, record.owner_email
+            ),
+            ImportProblem::MessageInAnotherSession { message, session } => {
+                format!("message {message} exists already in another session ({session})")
+            }
+            ImportProblem::TurnsPending { count } => format!(
+                "session {} has {count} posted message(s) waiting for the assistant's reply: \
+                 import into it once they are answered",
+                record.id
+            ),
+        };
+        (*at, message)
     }
-}
-
-/// A session in its export form, with its owner's email and every message.
-fn exported(
-    conn: &rusqlite::Connection,
-    owners: &mut Owners,
-    session: ChatSession,
-) -> Result<ExportedSession, Error> {
-    let owner_email = owners.email(conn, &session)?;
-    let messages: Vec<ExportedMessage> = chat_admin::messages(conn, session.id)?
-        .into_iter()
-        .map(ExportedMessage::from)
-        .collect();
-    Ok(ExportedSession {
-        id: session.id,
-        owner_email,
-        title: session.title,
-        category: session.category,
-        is_active: session.is_active,
-        created_at: session.created_at,
-        updated_at: session.updated_at,
-        message_count: u64::try_from(messages.len()).unwrap_or(u64::MAX),
-        messages,
-    })
 }
 
 /// The owner of every session of a file, in its order (`None` for an email that is no
 /// user), and the emails that are no user, each once, in the file's order.
 type FoundOwners = (Vec<Option<UserId>>, Vec<String>);
 
-/// The owners of the file's sessions, or the first conflict with the database.
-fn find_owners(conn: &rusqlite::Connection, file: &ImportFile) -> Result<FoundOwners, ImportError> {
-    let mut by_email: HashMap<&str, Option<UserId>> = HashMap::new();
-    let mut owners = Vec::with_capacity(file.sessions.len());
-    let mut missing = Vec::new();
-    for (at, session) in &file.sessions {
-        let owner = match by_email.get(session.owner_email.as_str()) {
-            Some(owner) => *owner,
-            None => {
-                let owner = accounts::admin::id_by_email(conn, &session.owner_email)?;
-                if owner.is_none() {
-                    missing.push(session.owner_email.clone());
-                }
-                by_email.insert(&session.owner_email, owner);
-                owner
-            }
-        };
-        if let Some(conflict) =
-            chat_admin::import_conflict(conn, owner, session, &session.messages)?
-        {
-            return Err(ImportError::Invalid {
-                at: *at,
-                message: conflict,
-            });
-        }
-        owners.push(owner);
+/// The username an owner created by an import starts from when its email's local part
+/// keeps no valid character.
+const FALLBACK_USERNAME: &str = "user";
+
+/// The username an owner created by an import is given, before a numeric suffix makes it
+/// unique: the email's local part with the characters a username may not hold left out
+/// (`user` when none is left), cut to leave room for the suffix.
+fn import_username_base(email: &str) -> String {
+    let local = email.rsplit_once('@').map_or(email, |(local, _)| local);
+    let base: String = local
+        .chars()
+        .filter(|c| policy::is_valid_username(c.encode_utf8(&mut [0; 4])))
+        .take(USERNAME_MAX_CHARS - 20)
+        .collect();
+    if base.is_empty() {
+        FALLBACK_USERNAME.to_owned()
+    } else {
+        base
     }
-    Ok((owners, missing))
+}
+
+/// The line `narutalk db check` shows for a session whose counters disagree with its
+/// messages.
+fn counter_text(problem: &CounterProblem) -> String {
+    let CounterProblem {
+        session,
+        message_count,
+        last_seq,
+        counted,
+        max_seq,
+    } = problem;
+    format!(
+        "session {session}: message_count {message_count} and last_seq {last_seq}, \
+         but it has {counted} message(s) and its last seq is {max_seq}"
+    )
 }
 
 /// Part of one session's messages, written in one batch.

@@ -3,40 +3,33 @@
 //! Every operation takes the acting user and treats another user's session exactly like a
 //! missing one ([`Error::NotFound`]). Every message gets a per-session sequence number when
 //! it is stored; "oldest first", "after", replay and broadcast follow it, whatever the
-//! timestamps. Each session row carries its message count and last sequence number,
-//! updated in the same transaction as every insert, so that a page of the session list is
-//! two queries (count and page) however many sessions it shows.
+//! timestamps. The store keeps them ([`crate::store::ChatStore`]): each call is one of its
+//! transactions.
 //!
-//! The AI turn is three calls, so that a server can broadcast between them and hold no
-//! database connection while the responder works: [`Chat::post_message_fields`] stores and
-//! commits the user message, [`Chat::prepare_reply`] builds the responder's request, and
-//! [`Chat::store_reply`] stores the reply or the system error message.
-//! [`crate::Narutalk::send_message_fields`] runs the whole turn for embedders and the CLI.
-//!
-//! A reply that the database will not take (it answers [`Error::Unavailable`]) need not be
-//! lost: [`ReplyTurn::into_reply`] and [`Chat::store_pending_reply`] give it back, still
-//! claimed, so that the caller can store it once writes work again. Meanwhile a repeated
-//! idempotent post of its message answers [`Error::Unavailable`] at once.
+//! Posting ([`Chat::post`]) stores the user message and its pending turn in one
+//! transaction and hands the turn to the turn engine ([`crate::turns`]), which answers the
+//! session's turns in order and stores each reply; the post answers the message with a
+//! [`crate::turns::ReplyCompletion`] of its reply. Every stored change is published on the
+//! handle's event bus after its commit ([`crate::events`]).
 
-pub(crate) mod admin;
-
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::accounts::{UnknownChoice, UserId};
-use crate::ai::{AiError, AiReply, AiRequest, HistoryTurn};
-use crate::db::{Database, WriteTx};
 use crate::error::{Error, FieldErrors, TokenProblem};
-use crate::fields::{self, FieldReader, JsonObject, Text};
+use crate::events::{Actor, Event, EventBus, Origin};
+use crate::fields::{self, Checked, FieldReader, JsonObject, Text};
+use crate::store::{
+    Audit, ChatStore, ClaimedTurn, IdempotencyKey, NewSession, Posted, SessionChange, UserPost,
+};
 use crate::time;
+use crate::turns::{Engine, ReplyCompletion};
 
 /// Items per page of every paginated list.
 pub const PAGE_SIZE: u32 = 20;
@@ -58,6 +51,8 @@ pub const IDEMPOTENCY_KEY_INVALID: &str = "Must be 1 to 64 visible ASCII charact
 /// The field name under which a malformed idempotency key is reported.
 pub const IDEMPOTENCY_KEY_FIELD: &str = "Idempotency-Key";
 
+// Ids and choices serialize as their text, the form the export file
+// ([`crate::admin::ExportedSession`]) and the CLI's JSON write them in.
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -210,12 +205,11 @@ impl FromStr for ClientMessageType {
 }
 
 /// A stored chat session (without its messages).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatSession {
     /// Its id.
     pub id: SessionId,
     /// Its owner; nobody else can see it.
-    #[serde(skip)]
     pub user_id: UserId,
     /// 1-200 characters, trimmed.
     pub title: String,
@@ -224,25 +218,21 @@ pub struct ChatSession {
     /// A label the user sets (archived or not); an inactive session still works.
     pub is_active: bool,
     /// When it was made.
-    #[serde(serialize_with = "time::serialize")]
     pub created_at: DateTime<Utc>,
     /// Moves forward with every message and every update.
-    #[serde(serialize_with = "time::serialize")]
     pub updated_at: DateTime<Utc>,
     /// Messages stored in it, of every sender.
     pub message_count: u64,
 }
 
 /// A stored message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Its id.
     pub id: MessageId,
     /// The session it belongs to.
-    #[serde(skip)]
     pub session_id: SessionId,
     /// Its place in the session's storage order, from 1.
-    #[serde(skip)]
     pub seq: i64,
     /// Exactly as sent (whitespace kept).
     pub content: String,
@@ -253,59 +243,27 @@ pub struct Message {
     /// A JSON object.
     pub metadata: JsonObject,
     /// When it was stored.
-    #[serde(serialize_with = "time::serialize")]
     pub timestamp: DateTime<Utc>,
     /// For an AI or system reply: the user message it answers.
-    #[serde(skip)]
     pub reply_to: Option<MessageId>,
 }
 
 /// A session with every message, oldest first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionDetail {
     /// The session.
-    #[serde(flatten)]
     pub session: ChatSession,
     /// Its messages in storage order.
     pub messages: Vec<Message>,
 }
 
-/// A session as the list shows it: with its last message. It serializes as the API's
-/// list item (`ChatSessionListSerializer`), which has no `is_active`.
+/// A session as the list shows it: with its last message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionSummary {
     /// The session.
     pub session: ChatSession,
     /// The message stored last, if any.
     pub last_message: Option<Message>,
-}
-
-impl Serialize for SessionSummary {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct ListItem<'a> {
-            id: SessionId,
-            title: &'a str,
-            category: Category,
-            #[serde(serialize_with = "time::serialize")]
-            created_at: DateTime<Utc>,
-            #[serde(serialize_with = "time::serialize")]
-            updated_at: DateTime<Utc>,
-            last_message: Option<&'a Message>,
-            message_count: u64,
-        }
-        let session = &self.session;
-        ListItem {
-            id: session.id,
-            title: &session.title,
-            category: session.category,
-            created_at: session.created_at,
-            updated_at: session.updated_at,
-            last_message: self.last_message.as_ref(),
-            message_count: session.message_count,
-        }
-        .serialize(serializer)
-    }
 }
 
 /// One page of a list (DRF's `PageNumberPagination`, 20 a page).
@@ -371,8 +329,10 @@ impl PageRequest {
         }
     }
 
-    /// The page number for a list of `count` items, or [`Error::InvalidPage`] past the end.
-    fn resolve(self, count: u64) -> Result<(u32, u32), Error> {
+    /// The page number and the number of pages for a list of `count` items, or
+    /// [`Error::InvalidPage`] past the end. Stores pick a page with it between counting a
+    /// list and reading the page, in one snapshot.
+    pub fn resolve(self, count: u64) -> Result<(u32, u32), Error> {
         let num_pages =
             u32::try_from(count.div_ceil(u64::from(PAGE_SIZE)).max(1)).unwrap_or(u32::MAX);
         let number = match self {
@@ -432,21 +392,94 @@ impl SessionFilter {
     }
 }
 
-/// What storing a user message did.
-#[derive(Debug, PartialEq)]
-pub enum PostOutcome {
-    /// A new message was stored and committed; its reply is still to be produced, by the
-    /// holder of the [`TurnClaim`].
-    Stored(Message, TurnClaim),
-    /// The `Idempotency-Key` was used on this session in the last 24 hours: nothing was
-    /// stored; this is the first result. Its reply is `None` while it is still being
-    /// produced: [`Chat::wait_for_reply`] waits for it rather than asking the AI again.
-    Replayed {
-        /// The message stored the first time.
-        message: Message,
-        /// Its stored reply, if any yet.
-        reply: Option<Message>,
-    },
+/// A session title that passed its checks: trimmed, 1-200 characters, not only
+/// whitespace, no NUL character.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionTitle(String);
+
+impl SessionTitle {
+    /// The rule of a title, as the API checks it.
+    const RULE: Text = Text::REQUIRED.max(TITLE_MAX_CHARS);
+
+    /// Checks a title; a field error under `title`, with the API's message, otherwise.
+    pub fn new(title: &str) -> Result<SessionTitle, Error> {
+        fields::check_text(title, Self::RULE)
+            .map(SessionTitle)
+            .map_err(|message| FieldErrors::single("title", message).into())
+    }
+
+    /// The title.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The title, as a string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A new session whose fields passed their checks: `POST /api/chat/sessions/`'s body
+/// ([`NewSessionInput::from_fields`]), or a title checked with [`SessionTitle::new`].
+/// [`Chat::new_session`] creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewSessionInput {
+    /// The title.
+    pub title: SessionTitle,
+    /// The category (`general` when the body left it out).
+    pub category: Category,
+}
+
+impl NewSessionInput {
+    /// Checks `{"title", "category"?}`.
+    pub fn from_fields(body: &JsonObject) -> Result<NewSessionInput, Error> {
+        let mut reader = FieldReader::new(body);
+        let title = reader.required_text("title", SessionTitle::RULE);
+        let category = reader
+            .optional_choice::<Category>("category")
+            .map(Option::unwrap_or_default);
+        let (title, category) = reader.finish_with(both(title, category))?;
+        Ok(NewSessionInput {
+            title: SessionTitle(title),
+            category,
+        })
+    }
+}
+
+/// A change of a session whose fields passed their checks: `PATCH
+/// /api/chat/sessions/{id}/`'s body ([`SessionUpdate::from_fields`]). `None` keeps the
+/// stored value; every update, even an empty one, moves `updated_at` forward.
+/// [`Chat::update_session`] applies it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionUpdate {
+    /// A new title.
+    pub title: Option<SessionTitle>,
+    /// A new category.
+    pub category: Option<Category>,
+    /// A new active label.
+    pub is_active: Option<bool>,
+}
+
+impl SessionUpdate {
+    /// Checks `{"title"?, "category"?, "is_active"?}`.
+    pub fn from_fields(body: &JsonObject) -> Result<SessionUpdate, Error> {
+        let mut reader = FieldReader::new(body);
+        let title = reader.optional_text("title", SessionTitle::RULE);
+        let category = reader.optional_choice::<Category>("category");
+        let is_active = reader.optional_boolean("is_active");
+        let (title, (category, is_active)) =
+            reader.finish_with(both(title, both(category, is_active)))?;
+        Ok(SessionUpdate {
+            title: title.map(SessionTitle),
+            category,
+            is_active,
+        })
+    }
+}
+
+/// Both checked values, or a failure when either failed.
+fn both<A, B>(a: Checked<A>, b: Checked<B>) -> Checked<(A, B)> {
+    Ok((a?, b?))
 }
 
 /// A user message and the reply stored for it.
@@ -458,265 +491,158 @@ pub struct Exchange {
     pub reply: Message,
 }
 
-/// Everything needed to produce and store one reply: built by [`Chat::prepare_reply`]
-/// from the turn's [`TurnClaim`], which it holds until [`Chat::store_reply`] consumes it,
-/// so the claim cannot be let go while the AI works.
-#[derive(Debug)]
-pub struct ReplyTurn {
-    /// The session.
-    pub session_id: SessionId,
-    /// The user message being answered.
-    pub reply_to: MessageId,
-    /// The id the reply will be stored under (streamed deltas can name it in advance).
-    pub reply_id: MessageId,
-    /// What the responder gets.
-    pub request: AiRequest,
-    claim: TurnClaim,
+/// A user message to post, checked: its content, type and metadata, and the
+/// `Idempotency-Key` it comes with. Built only by its checks ([`PostInput::from_fields`]
+/// for a REST body, [`PostInput::from_frame`] for a WebSocket `chat_message` frame,
+/// [`PostInput::text`] for plain text), which answer the API's field errors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostInput {
+    content: String,
+    message_type: MessageType,
+    metadata: JsonObject,
+    idempotency_key: Option<String>,
 }
 
-impl ReplyTurn {
-    /// The message to store for the responder's `outcome`: its reply (`sender: "ai"`), or
-    /// for a failure the system error message with `{"reason": ...}` metadata, under
-    /// [`ReplyTurn::reply_id`], with the turn's claim.
-    pub fn into_reply(self, outcome: Result<AiReply, AiError>) -> PendingReply {
-        let ReplyTurn {
-            session_id,
-            reply_to,
-            reply_id,
-            claim,
-            ..
-        } = self;
-        let new = match outcome {
-            Ok(reply) => NewMessage {
-                id: reply_id,
-                sender: Sender::Ai,
-                message_type: MessageType::Text,
-                content: reply.content,
-                metadata: reply.metadata,
-                reply_to: Some(reply_to),
-            },
-            Err(error) => NewMessage {
-                id: reply_id,
-                sender: Sender::System,
-                message_type: MessageType::Error,
-                content: AI_UNAVAILABLE.to_owned(),
-                metadata: error_metadata(&error),
-                reply_to: Some(reply_to),
-            },
-        };
-        PendingReply {
-            session_id,
-            reply_to,
-            new,
-            claim,
+impl PostInput {
+    /// Checks a REST body `{"content", "message_type"?, "metadata"?}` (a `sender` is
+    /// ignored: it is always `user`) and an `Idempotency-Key` (1-64 visible ASCII
+    /// characters, reported under [`IDEMPOTENCY_KEY_FIELD`]): content non-blank and at
+    /// most `content_max_chars` characters, `message_type` one the client may send,
+    /// `metadata` an object of at most [`METADATA_MAX_BYTES`] with no NUL character.
+    pub fn from_fields(
+        body: &JsonObject,
+        idempotency_key: Option<&str>,
+        content_max_chars: usize,
+    ) -> Result<PostInput, Error> {
+        PostInput::read(body, "content", idempotency_key, content_max_chars)
+    }
+
+    /// Checks a WebSocket frame `{"message", "message_type"?, "metadata"?}` (its other
+    /// keys, such as `type`, ignored) with the same rules as [`PostInput::from_fields`];
+    /// the content's errors are reported under `message`.
+    pub fn from_frame(frame: &JsonObject, content_max_chars: usize) -> Result<PostInput, Error> {
+        PostInput::read(frame, "message", None, content_max_chars)
+    }
+
+    /// A plain text message, checked like the REST body's `content`.
+    pub fn text(content: &str, content_max_chars: usize) -> Result<PostInput, Error> {
+        let mut body = JsonObject::new();
+        body.insert("content".into(), serde_json::Value::String(content.into()));
+        PostInput::from_fields(&body, None, content_max_chars)
+    }
+
+    /// The same message with an `Idempotency-Key` (checked).
+    pub fn with_idempotency_key(mut self, key: &str) -> Result<PostInput, Error> {
+        if !is_valid_idempotency_key(key) {
+            return Err(FieldErrors::single(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID).into());
         }
-    }
-}
-
-/// A turn's reply (or system error message), produced but not stored yet, with the turn's
-/// claim: [`Chat::store_pending_reply`] stores it.
-pub struct PendingReply {
-    session_id: SessionId,
-    reply_to: MessageId,
-    new: NewMessage,
-    claim: TurnClaim,
-}
-
-impl fmt::Debug for PendingReply {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the content: it may be logged.
-        f.debug_struct("PendingReply")
-            .field("session_id", &self.session_id)
-            .field("reply_to", &self.reply_to)
-            .field("reply_id", &self.new.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PendingReply {
-    /// The session.
-    pub fn session_id(&self) -> SessionId {
-        self.session_id
+        self.idempotency_key = Some(key.to_owned());
+        Ok(self)
     }
 
-    /// The user message it answers.
-    pub fn reply_to(&self) -> MessageId {
-        self.reply_to
+    /// The content, exactly as sent.
+    pub fn content(&self) -> &str {
+        &self.content
     }
 
-    /// The id it will be stored under.
-    pub fn reply_id(&self) -> MessageId {
-        self.new.id
-    }
-}
-
-/// Why [`Chat::store_pending_reply`] stored nothing.
-#[derive(Debug)]
-pub struct ReplyNotStored {
-    /// What went wrong.
-    pub error: Error,
-    /// For [`Error::Unavailable`], the reply, still claimed, to store later; `None` for
-    /// any other error, which ended the turn's claim.
-    pub pending: Option<Box<PendingReply>>,
-}
-
-/// What [`Chat::wait_for_reply`] found.
-#[derive(Debug)]
-pub enum ReplyWait {
-    /// The stored reply.
-    Ready(Message),
-    /// Nobody is producing the reply: the caller now holds the turn and must produce it.
-    YourTurn(TurnClaim),
-}
-
-/// Proof that this caller is producing the reply to one user message in this process.
-/// While it is held, a repeated idempotent post of that message waits for the reply
-/// instead of asking the AI a second time. [`Chat::store_reply`] completes the turn;
-/// dropping the claim without a stored reply hands the turn to a waiter.
-pub struct TurnClaim {
-    turns: Arc<Turns>,
-    message_id: MessageId,
-    slot: Arc<TurnSlot>,
-}
-
-impl fmt::Debug for TurnClaim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TurnClaim")
-            .field("message_id", &self.message_id)
-            .finish()
-    }
-}
-
-/// Two claims are equal when they are for the same message.
-impl PartialEq for TurnClaim {
-    fn eq(&self, other: &Self) -> bool {
-        self.message_id == other.message_id
-    }
-}
-
-impl TurnClaim {
-    /// The user message whose reply this claim is for.
-    pub fn message_id(&self) -> MessageId {
-        self.message_id
+    /// The message type.
+    pub fn message_type(&self) -> MessageType {
+        self.message_type
     }
 
-    /// Tells waiters that the reply is produced but the database would not take it.
-    fn set_unstored(&self) {
-        let mut state = self.slot.lock();
-        if matches!(*state, TurnState::Running) {
-            *state = TurnState::Unstored;
+    /// The metadata object.
+    pub fn metadata(&self) -> &JsonObject {
+        &self.metadata
+    }
+
+    /// The `Idempotency-Key`, if any.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    fn read(
+        fields: &JsonObject,
+        content_field: &str,
+        idempotency_key: Option<&str>,
+        content_max_chars: usize,
+    ) -> Result<PostInput, Error> {
+        let mut reader = FieldReader::new(fields);
+        let content = reader.required_text(
+            content_field,
+            Text::REQUIRED_VERBATIM.max(content_max_chars),
+        );
+        let message_type = reader
+            .choice::<ClientMessageType>("message_type", false)
+            .map_or(MessageType::Text, |t| t.0);
+        let metadata = reader.object("metadata", false).unwrap_or_default();
+        if !reader.failed("metadata") && compact_json_len(&metadata) > METADATA_MAX_BYTES {
+            reader.fail("metadata", METADATA_TOO_LARGE);
         }
-        drop(state);
-        self.slot.changed.notify_all();
-    }
-}
-
-impl Drop for TurnClaim {
-    fn drop(&mut self) {
-        let mut running = self.turns.lock();
-        if running
-            .get(&self.message_id)
-            .is_some_and(|slot| Arc::ptr_eq(slot, &self.slot))
+        reader.refuse_nul_within("metadata", &metadata);
+        if let Some(key) = idempotency_key
+            && !is_valid_idempotency_key(key)
         {
-            running.remove(&self.message_id);
+            reader.fail(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID);
         }
-        drop(running);
-        let mut state = self.slot.lock();
-        if matches!(*state, TurnState::Running | TurnState::Unstored) {
-            *state = TurnState::Abandoned;
-        }
-        drop(state);
-        self.slot.changed.notify_all();
-    }
-}
-
-/// The replies being produced in this process, by the user message they answer. It lives
-/// in the [`crate::Narutalk`] handle; another process (the CLI) has its own.
-#[derive(Default)]
-pub(crate) struct Turns {
-    running: Mutex<HashMap<MessageId, Arc<TurnSlot>>>,
-}
-
-#[derive(Default)]
-struct TurnSlot {
-    state: Mutex<TurnState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-enum TurnState {
-    #[default]
-    Running,
-    /// Produced, but the database would not take it yet: its producer keeps trying.
-    Unstored,
-    Replied(Message),
-    Abandoned,
-}
-
-impl TurnSlot {
-    fn lock(&self) -> MutexGuard<'_, TurnState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Turns {
-    fn lock(&self) -> MutexGuard<'_, HashMap<MessageId, Arc<TurnSlot>>> {
-        self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Registers a turn for a message just stored (its id is new, so nobody else runs it).
-    fn claim(self: &Arc<Self>, message_id: MessageId) -> TurnClaim {
-        let slot = Arc::new(TurnSlot::default());
-        self.lock().insert(message_id, slot.clone());
-        TurnClaim {
-            turns: self.clone(),
-            message_id,
-            slot,
-        }
-    }
-
-    /// Registers a turn for `message_id` unless one is already running.
-    fn try_claim(self: &Arc<Self>, message_id: MessageId) -> Option<TurnClaim> {
-        let mut running = self.lock();
-        if running.contains_key(&message_id) {
-            return None;
-        }
-        let slot = Arc::new(TurnSlot::default());
-        running.insert(message_id, slot.clone());
-        Some(TurnClaim {
-            turns: self.clone(),
-            message_id,
-            slot,
+        let content = reader.finish_with(content)?;
+        Ok(PostInput {
+            content,
+            message_type,
+            metadata,
+            idempotency_key: idempotency_key.map(str::to_owned),
         })
     }
-
-    /// Publishes a stored reply to everyone waiting for it.
-    fn finish(&self, message_id: MessageId, reply: &Message) {
-        let slot = self.lock().remove(&message_id);
-        if let Some(slot) = slot {
-            *slot.lock() = TurnState::Replied(reply.clone());
-            slot.changed.notify_all();
-        }
-    }
 }
 
-/// Chat operations on a database (returned by [`crate::Narutalk::chat`]).
+/// Where a socket opening on a session starts ([`Chat::socket_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketStart {
+    /// The sequence number the replay starts after: the message named by `after`, or 0
+    /// (the whole session) when none was.
+    pub replay_from: i64,
+    /// The session's last sequence number when it was read.
+    pub last_seq: i64,
+}
+
+/// A posted user message and its reply to come.
+#[derive(Debug)]
+pub struct Posting {
+    /// The user message (the first one, for a repeated `Idempotency-Key`).
+    pub message: Message,
+    /// True when the `Idempotency-Key` was used on this session in the last 24 hours:
+    /// nothing was stored, and the reply is the first one's.
+    pub repeated: bool,
+    /// The reply: await it, or [`ReplyCompletion::wait`] for it. Ready at once when it is
+    /// stored already, or when no turn engine runs (the post answered the turn itself).
+    pub reply: ReplyCompletion,
+}
+
+/// Chat operations on a store (returned by [`crate::Narutalk::chat`]).
 pub struct Chat<'a> {
-    pub(crate) db: &'a Database,
-    pub(crate) turns: &'a Arc<Turns>,
+    pub(crate) store: &'a dyn ChatStore,
+    pub(crate) turns: &'a Arc<Engine>,
+    pub(crate) events: &'a EventBus,
+    pub(crate) origin: Origin,
     pub(crate) content_max_chars: usize,
-    pub(crate) history_messages: u32,
     pub(crate) asked_at: Option<Instant>,
 }
 
 impl Chat<'_> {
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
+    }
+
+    /// The longest content a message may have, in characters (`NARUTALK_CONTENT_MAX_CHARS`):
+    /// what [`PostInput`]'s checks take.
+    pub fn content_max_chars(&self) -> usize {
+        self.content_max_chars
+    }
+
     /// These operations for a caller that asked at `asked_at` and has waited in a queue
     /// of its own since (a server's per-session order of stores): their writes' bound,
-    /// [`crate::db::WRITE_DEADLINE`], runs from then rather than from each call.
+    /// [`crate::store::WRITE_DEADLINE`], runs from then rather than from each call.
     pub fn asked_at(self, asked_at: Instant) -> Self {
         Chat {
             asked_at: Some(asked_at),
@@ -724,53 +650,50 @@ impl Chat<'_> {
         }
     }
 
-    /// `POST /api/chat/sessions/`: `{"title", "category"?}`.
+    /// `POST /api/chat/sessions/`: checks `{"title", "category"?}`
+    /// ([`NewSessionInput::from_fields`]) and creates the session.
     pub fn create_session_fields(
         &self,
         owner: UserId,
         body: &JsonObject,
     ) -> Result<SessionDetail, Error> {
-        let mut reader = FieldReader::new(body);
-        let title = reader.text("title", Text::REQUIRED.max(TITLE_MAX_CHARS));
-        let category = reader
-            .choice::<Category>("category", false)
-            .unwrap_or_default();
-        reader.finish()?;
-        let title = title
-            .ok_or_else(|| Error::Internal("title passed its checks without a value".into()))?;
-        self.insert_session(owner, &title, category)
+        self.new_session(owner, NewSessionInput::from_fields(body)?)
     }
 
-    /// Creates a session with a checked title (trimmed, 1-200 characters).
+    /// Creates a session, checking its title (trimmed, 1-200 characters) as the API does.
     pub fn create_session(
         &self,
         owner: UserId,
         title: &str,
         category: Category,
     ) -> Result<SessionDetail, Error> {
-        let body = serde_json::json!({"title": title, "category": category.as_str()});
-        self.create_session_fields(owner, body.as_object().unwrap_or(&JsonObject::new()))
+        let title = SessionTitle::new(title)?;
+        self.new_session(owner, NewSessionInput { title, category })
+    }
+
+    /// Creates a checked session for `owner`, with no messages.
+    pub fn new_session(
+        &self,
+        owner: UserId,
+        input: NewSessionInput,
+    ) -> Result<SessionDetail, Error> {
+        self.insert_session(owner, input.title.into_string(), input.category)
     }
 
     /// `GET /api/chat/sessions/{id}/`: the session with every message, oldest first.
     pub fn session(&self, owner: UserId, id: SessionId) -> Result<SessionDetail, Error> {
-        self.db.read(|conn| {
-            let session = owned_session(conn, owner, id)?.session;
-            let messages = all_messages(conn, id)?;
-            Ok(SessionDetail { session, messages })
-        })
+        self.store.session_detail(owner, id)
     }
 
     /// True when the session exists and belongs to `owner`: one indexed lookup, for
     /// callers that must notice a deleted session without loading its messages.
     pub fn exists(&self, owner: UserId, id: SessionId) -> Result<bool, Error> {
-        self.db.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
-                .query_row(params![id.to_string(), owner.0], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })
+        Ok(self
+            .store
+            .sessions_exist(&[(owner, id)])?
+            .first()
+            .copied()
+            .unwrap_or(false))
     }
 
     /// `GET /api/chat/sessions/`: the owner's sessions, most recently updated first (ties:
@@ -781,56 +704,46 @@ impl Chat<'_> {
         filter: SessionFilter,
         page: PageRequest,
     ) -> Result<Page<SessionSummary>, Error> {
-        self.db
-            .read(|conn| list_sessions_on(conn, owner, filter, page))
+        self.store.session_page(owner, filter, page)
     }
 
-    /// `PATCH /api/chat/sessions/{id}/`: `{"title"?, "category"?, "is_active"?}`. Every
-    /// update, even an empty one, moves `updated_at` forward.
+    /// `PATCH /api/chat/sessions/{id}/`: checks `{"title"?, "category"?, "is_active"?}`
+    /// ([`SessionUpdate::from_fields`]) and applies it. A session that is not the owner's
+    /// is [`Error::NotFound`] before any field error (contract section 1.1).
     pub fn update_session_fields(
         &self,
         owner: UserId,
         id: SessionId,
         body: &JsonObject,
     ) -> Result<SessionDetail, Error> {
-        let mut reader = FieldReader::new(body);
-        let title = reader.text("title", Text::REQUIRED.optional().max(TITLE_MAX_CHARS));
-        let category = reader.choice::<Category>("category", false);
-        let is_active = reader.boolean("is_active", false);
-        let checked = reader.finish();
-        let now = time::now();
-        self.write(|tx| {
-            // The addressed session answers before the fields (contract section 1.1).
-            let session = owned_session(tx, owner, id)?;
-            checked?;
-            let updated_at = advance(&session.updated_at, &now);
-            tx.prepare_cached(
-                "UPDATE chat_sessions SET title = ?1, category = ?2, is_active = ?3, updated_at = ?4 WHERE id = ?5",
-            )?
-            .execute(params![
-                title.as_deref().unwrap_or(&session.title),
-                category.unwrap_or(session.category).as_str(),
-                is_active.unwrap_or(session.is_active),
-                time::to_micros(&updated_at),
-                id.to_string()
-            ])?;
-            let session = owned_session(tx, owner, id)?.session;
-            let messages = all_messages(tx, id)?;
-            Ok(SessionDetail { session, messages })
-        })
+        let update = self.owned_before_fields(owner, id, SessionUpdate::from_fields(body))?;
+        self.update_session(owner, id, update)
+    }
+
+    /// Applies a checked change to the owner's session. Every update, even an empty one,
+    /// moves `updated_at` forward.
+    pub fn update_session(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        update: SessionUpdate,
+    ) -> Result<SessionDetail, Error> {
+        let change = SessionChange {
+            title: update.title.map(SessionTitle::into_string),
+            category: update.category,
+            is_active: update.is_active,
+        };
+        self.store
+            .update_session(owner, id, &change, time::now(), self.asked())
     }
 
     /// `DELETE /api/chat/sessions/{id}/`: the session and its messages are gone.
     pub fn delete_session(&self, owner: UserId, id: SessionId) -> Result<(), Error> {
-        self.write(|tx| {
-            match tx
-                .prepare_cached("DELETE FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?
-                .execute(params![id.to_string(), owner.0])?
-            {
-                0 => Err(Error::NotFound),
-                _ => Ok(()),
-            }
-        })
+        let audit = Audit::now(&self.origin, Actor::User(owner));
+        self.store.delete_session(owner, id, &audit, self.asked())?;
+        self.events
+            .publish(&Event::SessionDeleted { session: id, owner });
+        Ok(())
     }
 
     /// `GET /api/chat/sessions/{id}/messages/`: messages oldest first, 20 a page; with
@@ -842,41 +755,13 @@ impl Chat<'_> {
         after: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<Message>, Error> {
-        self.db.read(|conn| {
-            let session = owned_session(conn, owner, id)?;
-            let after_seq = match after {
-                None => 0,
-                Some(after) => message_seq(conn, id, after)?.ok_or_else(|| {
-                    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
-                })?,
-            };
-            let count = if after_seq == 0 {
-                session.message_count
-            } else {
-                let n: i64 = conn
-                    .prepare_cached(
-                        "SELECT count(*) FROM chat_messages WHERE session_id = ?1 AND seq > ?2",
-                    )?
-                    .query_row(params![id.to_string(), after_seq], |row| row.get(0))?;
-                u64::try_from(n).unwrap_or_default()
-            };
-            let (number, num_pages) = page.resolve(count)?;
-            let offset = i64::from(number - 1) * i64::from(PAGE_SIZE);
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3 OFFSET ?4"
-            ))?;
-            let rows = statement.query_map(
-                params![id.to_string(), after_seq, PAGE_SIZE, offset],
-                |row| message_from_row(row, 0),
-            )?;
-            Ok(Page {
-                count,
-                number,
-                num_pages,
-                results: rows.collect::<Result<Vec<_>, _>>()?,
-            })
-        })
+        let after = match after {
+            None => None,
+            Some(after) => Some(self.message_id_of(owner, id, after)?),
+        };
+        self.store
+            .message_page(owner, id, after, page)?
+            .ok_or_else(unknown_after)
     }
 
     /// Every message of the session stored after `after` (all of them for `None`), in
@@ -903,14 +788,31 @@ impl Chat<'_> {
         id: SessionId,
         after: Option<&str>,
     ) -> Result<i64, Error> {
-        self.db.read(|conn| {
-            owned_session(conn, owner, id)?;
-            match after {
-                None => Ok(0),
-                Some(after) => message_seq(conn, id, after)?.ok_or_else(|| {
-                    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
-                }),
-            }
+        Ok(self.socket_start(owner, id, after)?.replay_from)
+    }
+
+    /// Where a socket opening on the session now starts, in one read: the replay start of
+    /// [`Chat::replay_start`] (with its errors), and the session's last sequence number,
+    /// after which the socket's live messages begin.
+    pub fn socket_start(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        after: Option<&str>,
+    ) -> Result<SocketStart, Error> {
+        let after = match after {
+            None => None,
+            Some(after) => Some(self.message_id_of(owner, id, after)?),
+        };
+        let bounds = self.store.replay_bounds(owner, id, after)?;
+        let replay_from = match (after, bounds.after_seq) {
+            (None, _) => 0,
+            (Some(_), Some(seq)) => seq,
+            (Some(_), None) => return Err(unknown_after()),
+        };
+        Ok(SocketStart {
+            replay_from,
+            last_seq: bounds.last_seq,
         })
     }
 
@@ -923,364 +825,171 @@ impl Chat<'_> {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Message>, Error> {
-        self.db.read(|conn| {
-            owned_session(conn, owner, id)?;
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND seq > ?2 \
-                 ORDER BY seq LIMIT ?3"
-            ))?;
-            let rows = statement.query_map(params![id.to_string(), after_seq, limit], |row| {
-                message_from_row(row, 0)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.store.messages_after_seq(owner, id, after_seq, limit)
     }
 
     /// For each `(owner, session)`, whether the session still exists and belongs to that
     /// owner: one read transaction for callers that watch many sessions (open sockets) and
     /// must notice deletions made anywhere, also by another process.
     pub fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
-        self.db.read(|conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?;
-            sessions
-                .iter()
-                .map(|(owner, id)| {
-                    Ok(statement
-                        .query_row(params![id.to_string(), owner.0], |_| Ok(()))
-                        .optional()?
-                        .is_some())
-                })
-                .collect()
-        })
+        self.store.sessions_exist(sessions)
     }
 
-    /// `POST /api/chat/sessions/{id}/messages/`: checks `{"content", "message_type"?,
-    /// "metadata"?}` (a `sender` in the body is ignored: it is always `user`) and stores the
-    /// message, committed, moving the session's `updated_at` forward. With an
-    /// `idempotency_key` used by this user on this session in the last 24 hours, stores
-    /// nothing and answers the first result.
-    pub fn post_message_fields(
+    /// `POST /api/chat/sessions/{id}/messages/`: stores a user message with its pending
+    /// turn (committed, moving the session's `updated_at` forward) and answers it with
+    /// the reply to come. `input` is the message as its check answered ([`PostInput`]):
+    /// field errors are reported only once the session is known to be the owner's
+    /// (contract section 1.1), and a session that is not is [`Error::NotFound`] whatever
+    /// the fields say.
+    ///
+    /// The turn is the engine's ([`crate::turns`]): with the engine started, the reply is
+    /// produced on the AI pool and the returned [`Posting::reply`] completes when it is
+    /// stored; without it, this call answers the session's pending turns itself, on this
+    /// thread, before it returns. With an `Idempotency-Key` used by this user on this
+    /// session in the last 24 hours, nothing is stored and the first result comes back: its
+    /// reply at once when stored, or else a completion that waits for it at most
+    /// [`crate::Narutalk::reply_wait`].
+    pub fn post(
         &self,
         owner: UserId,
         id: SessionId,
-        body: &JsonObject,
-        idempotency_key: Option<&str>,
-    ) -> Result<PostOutcome, Error> {
-        let mut reader = FieldReader::new(body);
-        let content = reader.text(
-            "content",
-            Text {
-                required: true,
-                trim: false,
-                allow_blank: false,
-                max_chars: Some(self.content_max_chars),
-            },
-        );
-        let message_type = reader
-            .choice::<ClientMessageType>("message_type", false)
-            .map_or(MessageType::Text, |t| t.0);
-        let metadata = reader.object("metadata", false).unwrap_or_default();
-        if !reader.failed("metadata") && compact_json_len(&metadata) > METADATA_MAX_BYTES {
-            reader.fail("metadata", METADATA_TOO_LARGE);
-        }
-        reader.refuse_nul_within("metadata", &metadata);
-        if let Some(key) = idempotency_key
-            && !is_valid_idempotency_key(key)
-        {
-            reader.fail(IDEMPOTENCY_KEY_FIELD, IDEMPOTENCY_KEY_INVALID);
-        }
-        let checked = reader.finish();
+        input: Result<PostInput, Error>,
+    ) -> Result<Posting, Error> {
+        let input = match input {
+            Ok(input) => input,
+            Err(error) if self.exists(owner, id)? => return Err(error),
+            Err(_) => return Err(Error::NotFound),
+        };
         let now = time::now();
-        self.write(|tx| {
-            let session = owned_session(tx, owner, id)?;
-            checked?;
-            if let Some(key) = idempotency_key
-                && let Some(replayed) = replay(tx, owner, id, key, &now)?
-            {
-                return Ok(replayed);
-            }
-            let content = content.ok_or_else(|| {
-                Error::Internal("content passed its checks without a value".into())
-            })?;
-            let message = insert_message(
-                tx,
-                &session,
-                NewMessage {
-                    id: MessageId::new_random(),
-                    sender: Sender::User,
-                    message_type,
-                    content,
-                    metadata,
-                    reply_to: None,
-                },
-                &now,
-            )?;
-            if let Some(key) = idempotency_key {
-                remember_key(tx, owner, id, key, message.id, &now)?;
-            }
-            // Claimed before the writer is released, so a repeat of this post (whose replay
-            // check also runs under the writer) always finds the turn running. A failed
-            // commit drops the claim again.
-            let claim = self.turns.claim(message.id);
-            Ok(PostOutcome::Stored(message, claim))
-        })
-    }
-
-    /// For a [`PostOutcome::Replayed`] message without a reply: waits until the turn that
-    /// is producing it in this process stores it, and answers [`ReplyWait::Ready`]. When no
-    /// turn is running for it (its producer gave up, or the process stopped mid-turn) and
-    /// no reply is stored, the caller gets the [`TurnClaim`] and produces the reply itself.
-    /// [`Error::Unavailable`] when `timeout` passes first, and at once while the reply is
-    /// produced but waiting for the database ([`Chat::store_pending_reply`]).
-    pub fn wait_for_reply(&self, message: &Message, timeout: Duration) -> Result<ReplyWait, Error> {
-        let deadline = Instant::now().checked_add(timeout);
-        loop {
-            let running = self.turns.lock().get(&message.id).cloned();
-            let Some(slot) = running else {
-                // Nobody here runs the turn: take it (under the registry lock only, never
-                // across the database read below, which may wait for a reader), then see
-                // whether its reply is already stored.
-                let Some(claim) = self.turns.try_claim(message.id) else {
-                    continue;
-                };
-                if let Some(reply) = self.db.read(|conn| reply_for(conn, message.id))? {
-                    self.turns.finish(message.id, &reply);
-                    return Ok(ReplyWait::Ready(reply));
-                }
-                return Ok(ReplyWait::YourTurn(claim));
-            };
-            let mut state = slot.lock();
-            loop {
-                match &*state {
-                    TurnState::Replied(reply) => return Ok(ReplyWait::Ready(reply.clone())),
-                    TurnState::Abandoned => break,
-                    TurnState::Unstored => {
-                        return Err(Error::Unavailable(
-                            "the reply is waiting for the database".into(),
-                        ));
-                    }
-                    TurnState::Running => {
-                        let remaining = deadline.map_or(Duration::MAX, |d| {
-                            d.saturating_duration_since(Instant::now())
-                        });
-                        if remaining.is_zero() {
-                            return Err(Error::Unavailable(
-                                "the reply is still being produced".into(),
-                            ));
-                        }
-                        state = slot
-                            .changed
-                            .wait_timeout(state, remaining)
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .0;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Builds the responder's request for a stored user message: the session's category,
-    /// the last N messages stored before it (system messages left out), and the message.
-    /// Takes the message's [`TurnClaim`] (from [`PostOutcome::Stored`] or
-    /// [`ReplyWait::YourTurn`]); a claim for another message is [`Error::Internal`].
-    pub fn prepare_reply(&self, message: &Message, claim: TurnClaim) -> Result<ReplyTurn, Error> {
-        if claim.message_id != message.id {
-            return Err(Error::Internal(format!(
-                "a turn claim for message {} cannot answer message {}",
-                claim.message_id, message.id
-            )));
-        }
-        let limit = self.history_messages;
-        self.db.read(|conn| {
-            let category: String = conn
-                .prepare_cached("SELECT category FROM chat_sessions WHERE id = ?1")?
-                .query_row([message.session_id.to_string()], |row| row.get(0))
-                .optional()?
-                .ok_or(Error::NotFound)?;
-            let mut statement = conn.prepare_cached(
-                "SELECT sender, content FROM chat_messages \
-                 WHERE session_id = ?1 AND seq < ?2 AND sender != 'system' ORDER BY seq DESC LIMIT ?3",
-            )?;
-            let rows = statement.query_map(params![message.session_id.to_string(), message.seq, limit], |row| {
-                let sender: String = row.get(0)?;
-                Ok(HistoryTurn {
-                    sender: sender.parse().unwrap_or(Sender::User),
-                    content: row.get(1)?,
-                })
-            })?;
-            let mut history = rows.collect::<Result<Vec<_>, _>>()?;
-            history.reverse();
-            Ok(AiRequest {
-                session_id: message.session_id,
-                category: category.parse().unwrap_or_default(),
-                history,
-                message: message.content.clone(),
-            })
-        })
-        .map(|request| ReplyTurn {
-            session_id: message.session_id,
-            reply_to: message.id,
-            reply_id: MessageId::new_random(),
-            request,
-            claim,
-        })
-    }
-
-    /// Stores the outcome of a turn: the AI reply (`sender: "ai"`), or for a failure the
-    /// system error message with `{"reason": ...}` metadata, and hands it to everyone
-    /// waiting for it; the turn's claim ends here, stored or not (a failure hands the turn
-    /// to a waiter). A reply already stored for the same user message (by another
-    /// process) is returned instead of storing a second one. [`Error::NotFound`] when the
-    /// session was deleted meanwhile. [`Chat::store_pending_reply`] keeps a reply that the
-    /// database would not take.
-    pub fn store_reply(
-        &self,
-        turn: ReplyTurn,
-        outcome: Result<AiReply, AiError>,
-    ) -> Result<Message, Error> {
-        self.store_pending_reply(turn.into_reply(outcome))
-            .map_err(|not_stored| not_stored.error)
-    }
-
-    /// Stores a produced reply ([`ReplyTurn::into_reply`]) as [`Chat::store_reply`] does.
-    /// When the database does not take it ([`Error::Unavailable`]: locked, busy, full,
-    /// failing), the reply comes back in [`ReplyNotStored::pending`], its claim still held,
-    /// to be stored by a later call once writes work again; until then a repeated
-    /// idempotent post of its message ([`Chat::wait_for_reply`]) answers
-    /// [`Error::Unavailable`] instead of waiting. Any other failure ends the claim.
-    pub fn store_pending_reply(&self, pending: PendingReply) -> Result<Message, ReplyNotStored> {
-        let PendingReply {
-            session_id,
-            reply_to,
-            new,
-            claim,
-        } = pending;
-        let now = time::now();
-        let stored = self.write(|tx| {
-            let session = session_by_id(tx, session_id)?.ok_or(Error::NotFound)?;
-            if let Some(existing) = reply_for(tx, reply_to)? {
-                return Ok(existing);
-            }
-            insert_message(tx, &session, new.clone(), &now)
-        });
-        match stored {
-            Ok(reply) => {
-                self.turns.finish(reply_to, &reply);
-                // Published: the claim ends here.
-                drop(claim);
-                Ok(reply)
-            }
-            Err(error @ Error::Unavailable(_)) => {
-                claim.set_unstored();
-                Err(ReplyNotStored {
-                    error,
-                    pending: Some(Box::new(PendingReply {
-                        session_id,
-                        reply_to,
-                        new,
-                        claim,
-                    })),
-                })
-            }
-            // Any other failure ends the claim: it hands the turn on to a waiter.
-            Err(error) => Err(ReplyNotStored {
-                error,
-                pending: None,
+        let message = NewMessage {
+            id: MessageId::new_random(),
+            sender: Sender::User,
+            message_type: input.message_type,
+            content: input.content,
+            metadata: input.metadata,
+            reply_to: None,
+        };
+        // Registered before the write: once the message is stored, a driver at work on
+        // the session may answer it before this call goes on.
+        let reply = self.turns.register(id, message.id);
+        let lease = self.turns.lease();
+        let audit = Audit::now(&self.origin, Actor::User(owner));
+        let post = UserPost {
+            owner,
+            session: id,
+            message: &message,
+            idempotency_key: input.idempotency_key.as_deref().map(|key| IdempotencyKey {
+                key,
+                since: now - IDEMPOTENCY_WINDOW,
             }),
+            now,
+            audit: &audit,
+            lease: Some(&lease),
+        };
+        let posted = self.store.post_message(&post, self.asked());
+        if !matches!(posted, Ok(Posted::Stored { .. })) {
+            self.turns.forget(message.id);
+        }
+        match posted? {
+            Posted::Stored { message, claimed } => {
+                self.events.publish(&Event::stored(message.clone()));
+                let claimed = claimed.then(|| ClaimedTurn {
+                    message: message.clone(),
+                });
+                self.turns.kick(message.session_id, claimed);
+                Ok(Posting {
+                    message,
+                    repeated: false,
+                    reply,
+                })
+            }
+            Posted::Replayed {
+                message,
+                reply: stored,
+            } => {
+                drop(reply);
+                let reply = match stored {
+                    Some(stored) => Engine::ready(stored),
+                    None => {
+                        let waiting = self.turns.register_repeat(&message)?;
+                        // Without a running engine, nobody else may be answering it.
+                        if !waiting.is_ready() && !self.turns.is_started() {
+                            self.turns.kick(message.session_id, None);
+                        }
+                        waiting
+                    }
+                };
+                Ok(Posting {
+                    message,
+                    repeated: true,
+                    reply,
+                })
+            }
         }
     }
 
-    /// Runs `f` as a write, bounded from [`Chat::asked_at`] when it was given.
-    fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>) -> Result<T, Error> {
-        match self.asked_at {
-            Some(asked_at) => self.db.write_asked_at(asked_at, f),
-            None => self.db.write(f),
+    /// When a write asks for storage: [`Chat::asked_at`], or now.
+    fn asked(&self) -> Instant {
+        self.asked_at.unwrap_or_else(Instant::now)
+    }
+
+    /// The addressed session answers before the fields (contract section 1.1): a session
+    /// that is not the owner's is [`Error::NotFound`] whatever the fields say, so fields
+    /// that failed their checks cost one lookup of the session.
+    fn owned_before_fields<T>(
+        &self,
+        owner: UserId,
+        id: SessionId,
+        checked: Result<T, Error>,
+    ) -> Result<T, Error> {
+        match checked {
+            Ok(checked) => Ok(checked),
+            Err(_) if !self.exists(owner, id)? => Err(Error::NotFound),
+            Err(fields) => Err(fields),
+        }
+    }
+
+    /// The message id an `after` parameter names; one that is not an id at all is a field
+    /// error under `after`, once the session is known to be the owner's.
+    fn message_id_of(&self, owner: UserId, id: SessionId, after: &str) -> Result<MessageId, Error> {
+        match parse_canonical_uuid(after) {
+            Some(uuid) => Ok(MessageId(uuid)),
+            None if self.exists(owner, id)? => Err(unknown_after()),
+            None => Err(Error::NotFound),
         }
     }
 
     fn insert_session(
         &self,
         owner: UserId,
-        title: &str,
+        title: String,
         category: Category,
     ) -> Result<SessionDetail, Error> {
-        let id = SessionId::new_random();
-        let now = time::to_micros(&time::now());
-        self.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO chat_sessions (id, user_id, title, category, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            )?
-            .execute(params![
-                id.to_string(),
-                owner.0,
-                title,
-                category.as_str(),
-                now
-            ])
-            .map_err(|error| match error.sqlite_error_code() {
+        let new = NewSession {
+            id: SessionId::new_random(),
+            title,
+            category,
+            created_at: time::now(),
+        };
+        let session = self
+            .store
+            .create_session(owner, &new, self.asked())
+            .map_err(|error| match error {
                 // The acting user was deleted after their token was checked: their
                 // credentials are no longer valid.
-                Some(rusqlite::ErrorCode::ConstraintViolation) => {
-                    Error::InvalidToken(TokenProblem::Invalid)
-                }
-                _ => error.into(),
+                Error::NotFound => Error::InvalidToken(TokenProblem::Invalid),
+                other => other,
             })?;
-            let session = owned_session(tx, owner, id)?.session;
-            Ok(SessionDetail {
-                session,
-                messages: Vec::new(),
-            })
+        Ok(SessionDetail {
+            session,
+            messages: Vec::new(),
         })
     }
 }
 
-/// The session list's two queries (count, then the page joined to each session's last
-/// message) on one connection.
-fn list_sessions_on(
-    conn: &Connection,
-    owner: UserId,
-    filter: SessionFilter,
-    page: PageRequest,
-) -> Result<Page<SessionSummary>, Error> {
-    let category = filter.category.map(Category::as_str);
-    let count: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM chat_sessions \
-             WHERE user_id = ?1 AND (?2 IS NULL OR category = ?2) AND (?3 IS NULL OR is_active = ?3)",
-        )?
-        .query_row(params![owner.0, category, filter.is_active], |row| row.get(0))?;
-    let count = u64::try_from(count).unwrap_or_default();
-    let (number, num_pages) = page.resolve(count)?;
-    let offset = i64::from(number - 1) * i64::from(PAGE_SIZE);
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {SESSION_COLUMNS_S}, {MESSAGE_COLUMNS_M} FROM chat_sessions s \
-         LEFT JOIN chat_messages m ON m.session_id = s.id AND m.seq = s.last_seq \
-         WHERE s.user_id = ?1 AND (?2 IS NULL OR s.category = ?2) AND (?3 IS NULL OR s.is_active = ?3) \
-         ORDER BY s.updated_at DESC, s.created_at DESC, s.rowid DESC LIMIT ?4 OFFSET ?5"
-    ))?;
-    let rows = statement.query_map(
-        params![owner.0, category, filter.is_active, PAGE_SIZE, offset],
-        |row| {
-            let session = session_from_row(row, 0)?;
-            let last_message = match row.get::<_, Option<String>>(SESSION_COLUMN_COUNT)? {
-                Some(_) => Some(message_from_row(row, SESSION_COLUMN_COUNT)?),
-                None => None,
-            };
-            Ok(SessionSummary {
-                session,
-                last_message,
-            })
-        },
-    )?;
-    let results = rows.collect::<Result<Vec<_>, _>>()?;
-    Ok(Page {
-        count,
-        number,
-        num_pages,
-        results,
-    })
+/// The field error of an `after` that is not a message of the session.
+fn unknown_after() -> Error {
+    Error::Invalid(FieldErrors::single("after", UNKNOWN_MESSAGE_ID))
 }
 
 /// True for 1-64 visible ASCII characters (`!` to `~`).
@@ -1288,434 +997,103 @@ pub fn is_valid_idempotency_key(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn error_metadata(error: &AiError) -> JsonObject {
-    let mut metadata = JsonObject::new();
-    metadata.insert(
-        "reason".into(),
-        serde_json::Value::String(error.reason().to_owned()),
-    );
-    metadata
-}
-
 fn compact_json_len(object: &JsonObject) -> usize {
     serde_json::to_string(object).map_or(usize::MAX, |s| s.len())
 }
 
-/// The next `updated_at`: now, but always strictly after the previous value, so that
-/// "moves forward" holds even within one microsecond or under a clock step back.
-fn advance(previous: &DateTime<Utc>, now: &DateTime<Utc>) -> DateTime<Utc> {
+/// The next `updated_at` of a session: now, but always strictly after the previous value,
+/// so that "moves forward" holds even within one microsecond or under a clock step back.
+/// Stores apply it in the transaction that changes the session.
+pub fn next_updated_at(previous: &DateTime<Utc>, now: &DateTime<Utc>) -> DateTime<Utc> {
     let floor = *previous + chrono::Duration::microseconds(1);
     if *now > floor { *now } else { floor }
 }
 
-#[derive(Clone)]
-struct NewMessage {
-    id: MessageId,
-    sender: Sender,
-    message_type: MessageType,
-    content: String,
-    metadata: JsonObject,
-    reply_to: Option<MessageId>,
-}
-
-/// Inserts a message with the session's next sequence number and moves the session's
-/// count, last sequence and `updated_at` in the same transaction.
-fn insert_message(
-    tx: &WriteTx<'_>,
-    session: &StoredSession,
-    new: NewMessage,
-    now: &DateTime<Utc>,
-) -> Result<Message, Error> {
-    let seq = session.last_seq + 1;
-    let metadata =
-        serde_json::to_string(&new.metadata).map_err(|e| Error::Internal(e.to_string()))?;
-    tx.prepare_cached(
-        "INSERT INTO chat_messages (id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        new.id.to_string(),
-        session.session.id.to_string(),
-        seq,
-        new.sender.as_str(),
-        new.message_type.as_str(),
-        new.content,
-        metadata,
-        time::to_micros(now),
-        new.reply_to.map(|id| id.to_string()),
-    ])?;
-    let updated_at = advance(&session.session.updated_at, now);
-    tx.prepare_cached(
-        "UPDATE chat_sessions SET last_seq = ?1, message_count = message_count + 1, updated_at = ?2 WHERE id = ?3",
-    )?
-    .execute(params![seq, time::to_micros(&updated_at), session.session.id.to_string()])?;
-    Ok(Message {
-        id: new.id,
-        session_id: session.session.id,
-        seq,
-        content: new.content,
-        sender: new.sender,
-        message_type: new.message_type,
-        metadata: new.metadata,
-        timestamp: *now,
-        reply_to: new.reply_to,
-    })
-}
-
-fn replay(
-    tx: &WriteTx<'_>,
-    owner: UserId,
-    id: SessionId,
-    key: &str,
-    now: &DateTime<Utc>,
-) -> Result<Option<PostOutcome>, Error> {
-    let since = time::to_micros(&(*now - IDEMPOTENCY_WINDOW));
-    let message_id: Option<String> = tx
-        .prepare_cached(
-            "SELECT message_id FROM idempotency_keys \
-             WHERE session_id = ?1 AND user_id = ?2 AND key = ?3 AND created_at >= ?4",
-        )?
-        .query_row(params![id.to_string(), owner.0, key, since], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    let Some(message_id) = message_id else {
-        return Ok(None);
-    };
-    let message = tx
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE id = ?1"
-        ))?
-        .query_row([&message_id], |row| message_from_row(row, 0))
-        .optional()?;
-    let Some(message) = message else {
-        return Ok(None);
-    };
-    let reply = reply_for(tx, message.id)?;
-    Ok(Some(PostOutcome::Replayed { message, reply }))
-}
-
-fn remember_key(
-    tx: &WriteTx<'_>,
-    owner: UserId,
-    id: SessionId,
-    key: &str,
-    message_id: MessageId,
-    now: &DateTime<Utc>,
-) -> Result<(), Error> {
-    let now_micros = time::to_micros(now);
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency_keys (session_id, user_id, key, message_id, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![id.to_string(), owner.0, key, message_id.to_string(), now_micros])?;
-    // Forget a few expired keys each time one is remembered, so the table stays small
-    // without a separate sweeper.
-    tx.prepare_cached(
-        "DELETE FROM idempotency_keys WHERE (session_id, user_id, key) IN \
-         (SELECT session_id, user_id, key FROM idempotency_keys WHERE created_at < ?1 LIMIT 100)",
-    )?
-    .execute([now_micros - IDEMPOTENCY_WINDOW.num_microseconds().unwrap_or(i64::MAX)])?;
-    Ok(())
-}
-
-fn reply_for(conn: &Connection, message_id: MessageId) -> Result<Option<Message>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE reply_to = ?1 ORDER BY seq LIMIT 1"
-        ))?
-        .query_row([message_id.to_string()], |row| message_from_row(row, 0))
-        .optional()?)
-}
-
-fn message_seq(
-    conn: &Connection,
-    session: SessionId,
-    message_id: &str,
-) -> Result<Option<i64>, Error> {
-    let Some(message_id) = parse_canonical_uuid(message_id) else {
-        return Ok(None);
-    };
-    Ok(conn
-        .prepare_cached("SELECT seq FROM chat_messages WHERE id = ?1 AND session_id = ?2")?
-        .query_row(
-            params![message_id.hyphenated().to_string(), session.to_string()],
-            |row| row.get(0),
-        )
-        .optional()?)
-}
-
-fn all_messages(conn: &Connection, id: SessionId) -> Result<Vec<Message>, Error> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 ORDER BY seq"
-    ))?;
-    let rows = statement.query_map([id.to_string()], |row| message_from_row(row, 0))?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-/// A session row with the bookkeeping the API does not show.
-struct StoredSession {
-    session: ChatSession,
-    last_seq: i64,
-}
-
-impl std::ops::Deref for StoredSession {
-    type Target = ChatSession;
-
-    fn deref(&self) -> &ChatSession {
-        &self.session
-    }
-}
-
-const SESSION_COLUMNS: &str =
-    "id, user_id, title, category, is_active, created_at, updated_at, message_count, last_seq";
-const SESSION_COLUMNS_S: &str = "s.id, s.user_id, s.title, s.category, s.is_active, s.created_at, s.updated_at, s.message_count, s.last_seq";
-const SESSION_COLUMN_COUNT: usize = 9;
-const MESSAGE_COLUMNS: &str =
-    "id, session_id, seq, sender, message_type, content, metadata, created_at, reply_to";
-const MESSAGE_COLUMNS_M: &str = "m.id, m.session_id, m.seq, m.sender, m.message_type, m.content, m.metadata, m.created_at, m.reply_to";
-
-fn owned_session(conn: &Connection, owner: UserId, id: SessionId) -> Result<StoredSession, Error> {
-    session_by_id(conn, id)?
-        .filter(|stored| stored.session.user_id == owner)
-        .ok_or(Error::NotFound)
-}
-
-fn session_by_id(conn: &Connection, id: SessionId) -> Result<Option<StoredSession>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE id = ?1"
-        ))?
-        .query_row([id.to_string()], |row| {
-            Ok(StoredSession {
-                session: session_from_row(row, 0)?,
-                last_seq: row.get(8)?,
-            })
-        })
-        .optional()?)
-}
-
-fn uuid_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Uuid> {
-    let text: String = row.get(index)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn session_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<ChatSession> {
-    let category: String = row.get(at + 3)?;
-    let message_count: i64 = row.get(at + 7)?;
-    Ok(ChatSession {
-        id: SessionId(uuid_column(row, at)?),
-        user_id: UserId(row.get(at + 1)?),
-        title: row.get(at + 2)?,
-        category: category.parse().unwrap_or_default(),
-        is_active: row.get(at + 4)?,
-        created_at: time::from_micros(row.get(at + 5)?),
-        updated_at: time::from_micros(row.get(at + 6)?),
-        message_count: u64::try_from(message_count).unwrap_or_default(),
-    })
-}
-
-fn message_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<Message> {
-    let sender: String = row.get(at + 3)?;
-    let message_type: String = row.get(at + 4)?;
-    let metadata: String = row.get(at + 6)?;
-    let reply_to: Option<String> = row.get(at + 8)?;
-    Ok(Message {
-        id: MessageId(uuid_column(row, at)?),
-        session_id: SessionId(uuid_column(row, at + 1)?),
-        seq: row.get(at + 2)?,
-        sender: sender.parse().unwrap_or(Sender::System),
-        message_type: message_type.parse().unwrap_or(MessageType::Text),
-        content: row.get(at + 5)?,
-        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
-        timestamp: time::from_micros(row.get(at + 7)?),
-        reply_to: reply_to
-            .and_then(|id| Uuid::parse_str(&id).ok())
-            .map(MessageId),
-    })
+/// A message to store: the fields its author decides (the store adds its sequence number
+/// and time).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewMessage {
+    /// Its new id.
+    pub id: MessageId,
+    /// Who wrote it.
+    pub sender: Sender,
+    /// What it holds.
+    pub message_type: MessageType,
+    /// Its content, exactly as sent.
+    pub content: String,
+    /// Its metadata object.
+    pub metadata: JsonObject,
+    /// For a reply: the user message it answers.
+    pub reply_to: Option<MessageId>,
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use rusqlite::trace::{TraceEvent, TraceEventCodes};
+    use serde_json::json;
 
     use super::*;
-    use crate::Narutalk;
-    use crate::accounts::{NewUser, Role};
-    use crate::config::Config;
-    use crate::db::OpenMode;
 
-    /// Counts the statements SQLite runs on `conn` while `f` runs.
-    fn statements_run(conn: &mut Connection, f: impl FnOnce(&Connection)) -> usize {
-        let counter = Arc::new(AtomicUsize::new(0));
-        let seen = counter.clone();
-        conn.trace_v2(
-            TraceEventCodes::SQLITE_TRACE_STMT,
-            Some(move |event: TraceEvent<'_>| {
-                if let TraceEvent::Stmt(..) = event {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                }
-            }),
-        )
-        .unwrap();
-        f(conn);
-        conn.trace_v2(TraceEventCodes::empty(), None::<fn(TraceEvent<'_>)>)
-            .unwrap();
-        counter.load(Ordering::Relaxed)
+    fn body(value: serde_json::Value) -> JsonObject {
+        value.as_object().cloned().unwrap_or_default()
     }
 
-    #[test]
-    fn a_reply_the_database_refuses_stays_claimed_until_a_later_try_stores_it() {
-        // Arrange: a stored message with an idempotency key and its produced reply.
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::for_tests(dir.path());
-        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
-        let user = narutalk
-            .accounts()
-            .create(&NewUser {
-                email: "kim@example.com".into(),
-                username: "kim".into(),
-                password: "violet-harbour-42".into(),
-                role: Role::Doctor,
-                department: String::new(),
-                is_verified: false,
-            })
-            .unwrap();
-        let session = narutalk
-            .chat()
-            .create_session(user.id, "s", Category::General)
-            .unwrap()
-            .session
-            .id;
-        let body = serde_json::json!({"content": "hello"});
-        let body = body.as_object().unwrap();
-        let post = || {
-            narutalk
-                .chat()
-                .post_message_fields(user.id, session, body, Some("k1"))
-                .unwrap()
-        };
-        let PostOutcome::Stored(message, claim) = post() else {
-            panic!("the first post stores")
-        };
-        let turn = narutalk.chat().prepare_reply(&message, claim).unwrap();
-        let pending = turn.into_reply(Ok(AiReply {
-            content: "hi".into(),
-            metadata: JsonObject::new(),
-        }));
-        let reply_id = pending.reply_id();
-        // Another process holds the write lock; the store asked almost 5 s ago.
-        let other = Connection::open(&config.database).unwrap();
-        other.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let almost_due = Instant::now()
-            .checked_sub(crate::db::WRITE_DEADLINE - Duration::from_millis(200))
-            .unwrap();
-
-        // Act
-        let refused = narutalk
-            .chat()
-            .asked_at(almost_due)
-            .store_pending_reply(pending)
-            .unwrap_err();
-        other.execute_batch("ROLLBACK").unwrap();
-
-        // Assert: the reply is kept, and a repeat hears at once that it is not stored.
-        assert!(
-            matches!(refused.error, Error::Unavailable(_)),
-            "{refused:?}"
-        );
-        let pending = *refused.pending.unwrap();
-        let PostOutcome::Replayed { reply: None, .. } = post() else {
-            panic!("the repeat finds the message without its reply")
-        };
-        let waited = narutalk
-            .chat()
-            .wait_for_reply(&message, Duration::from_secs(600));
-        assert!(matches!(waited, Err(Error::Unavailable(_))), "{waited:?}");
-        let reply = narutalk.chat().store_pending_reply(pending).unwrap();
-        assert_eq!((reply.id, reply.content.as_str()), (reply_id, "hi"));
-        let PostOutcome::Replayed {
-            reply: Some(replayed),
-            ..
-        } = post()
-        else {
-            panic!("the repeat finds the reply")
-        };
-        assert_eq!(replayed, reply);
-        let contents: Vec<String> = narutalk
-            .chat()
-            .session(user.id, session)
-            .unwrap()
-            .messages
-            .into_iter()
-            .map(|m| m.content)
-            .collect();
-        assert_eq!(contents, ["hello", "hi"]);
-    }
-
-    #[test]
-    fn a_page_of_the_session_list_is_two_queries_however_many_sessions_it_shows() {
-        // Arrange: a user with 50 sessions, each with a message and its reply.
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::for_tests(dir.path());
-        let narutalk = Narutalk::open(&config, OpenMode::CreateIfMissing).unwrap();
-        let user = narutalk
-            .accounts()
-            .create(&NewUser {
-                email: "kim@example.com".into(),
-                username: "kim".into(),
-                password: "violet-harbour-42".into(),
-                role: Role::Doctor,
-                department: String::new(),
-                is_verified: false,
-            })
-            .unwrap();
-        for n in 0..50 {
-            let session = narutalk
-                .chat()
-                .create_session(user.id, &format!("s{n}"), Category::General)
-                .unwrap();
-            narutalk
-                .send_message(user.id, session.session.id, "hello")
-                .unwrap();
+    fn errors<T: fmt::Debug>(result: Result<T, Error>) -> FieldErrors {
+        match result {
+            Err(Error::Invalid(errors)) => errors,
+            other => panic!("expected field errors, got {other:?}"),
         }
-        let mut conn = Connection::open(&config.database).unwrap();
+    }
 
-        // Act
-        let mut pages = Vec::new();
-        let first = statements_run(&mut conn, |conn| {
-            pages.push(
-                list_sessions_on(
-                    conn,
-                    user.id,
-                    SessionFilter::default(),
-                    PageRequest::Number(1),
-                )
-                .unwrap(),
-            );
-        });
-        let last = statements_run(&mut conn, |conn| {
-            pages.push(
-                list_sessions_on(conn, user.id, SessionFilter::default(), PageRequest::Last)
-                    .unwrap(),
-            );
-        });
-
-        // Assert
-        assert_eq!((first, last), (2, 2));
-        assert_eq!(pages[0].results.len(), 20);
-        assert_eq!(pages[1].results.len(), 10);
-        assert!(
-            pages
-                .iter()
-                .flat_map(|p| &p.results)
-                .all(|s| s.last_message.is_some())
+    #[test]
+    fn a_title_is_trimmed_and_checked_with_the_apis_messages() {
+        assert_eq!(
+            SessionTitle::new("  Headache ").unwrap().as_str(),
+            "Headache"
         );
+        assert_eq!(errors(SessionTitle::new(" ")).get("title"), [fields::BLANK]);
+        assert_eq!(
+            errors(SessionTitle::new(&"x".repeat(TITLE_MAX_CHARS + 1))).get("title"),
+            [fields::too_long(TITLE_MAX_CHARS)]
+        );
+        assert_eq!(
+            errors(SessionTitle::new("a\u{0}")).get("title"),
+            [fields::NUL_NOT_ALLOWED]
+        );
+    }
+
+    #[test]
+    fn a_new_session_body_becomes_a_checked_input_or_every_fields_errors() {
+        let input = NewSessionInput::from_fields(&body(json!({"title": " T ", "x": 1}))).unwrap();
+        assert_eq!(
+            (input.title.as_str(), input.category),
+            ("T", Category::General)
+        );
+        let errors = errors(NewSessionInput::from_fields(&body(
+            json!({"category": "nope"}),
+        )));
+        assert_eq!(errors.get("title"), [fields::REQUIRED]);
+        assert_eq!(errors.get("category"), [fields::invalid_choice("nope")]);
+    }
+
+    #[test]
+    fn an_update_body_keeps_what_it_leaves_out_and_reports_every_bad_field() {
+        assert_eq!(
+            SessionUpdate::from_fields(&JsonObject::new()).unwrap(),
+            SessionUpdate::default()
+        );
+        let update =
+            SessionUpdate::from_fields(&body(json!({"title": " New ", "is_active": false})))
+                .unwrap();
+        assert_eq!(
+            update.title.map(SessionTitle::into_string).as_deref(),
+            Some("New")
+        );
+        assert_eq!((update.category, update.is_active), (None, Some(false)));
+        let errors = errors(SessionUpdate::from_fields(&body(
+            json!({"title": null, "category": 3, "is_active": "true"}),
+        )));
+        assert_eq!(errors.get("title"), [fields::NOT_NULL]);
+        assert_eq!(errors.get("category"), [fields::NOT_A_STRING]);
+        assert_eq!(errors.get("is_active"), [fields::NOT_A_BOOLEAN]);
     }
 }

@@ -1,5 +1,5 @@
-//! Narutalk's settings: every setting of README's Settings, how its layers
-//! are combined, and how each value is parsed and validated.
+//! Narutalk's settings: the layered loader every binary shares, and the core's own
+//! settings ([`Config`]: storage, tokens, the AI, content limits).
 //!
 //! Priority, lowest to highest:
 //!
@@ -7,16 +7,37 @@
 //! 2. a TOML file, named by the `--config FILE` flag or else by
 //!    `NARUTALK_CONFIG`, or else [`DEFAULT_CONFIG_FILE`] when it exists (an
 //!    empty `NARUTALK_CONFIG` means no file at all); its top-level keys are
-//!    the variable names without the `NARUTALK_` prefix, lower-cased (`bind`,
-//!    `database`, ...);
+//!    the variable names without the `NARUTALK_` prefix, lower-cased
+//!    (`database`, `ai_backend`, ...);
 //! 3. `NARUTALK_*` environment variables;
-//! 4. the flags `--bind`, `--database` and `--config` ([`Overrides`]).
+//! 4. the flags `--database` and `--config` ([`Overrides`]), and the front
+//!    end's own (the server's `--bind`).
 //!
 //! Each layer's values are parsed as they are applied, and the result is
 //! validated once ([`Config::validate`]). A bad setting becomes a
 //! [`ConfigError`] whose one-line message names the environment variable of
 //! the setting (also when the value came from the file or a flag). The values
 //! of `NARUTALK_SECRET_KEY` and `NARUTALK_AI_API_KEY` are never echoed.
+//!
+//! # Settings by owner
+//!
+//! Each setting belongs to the crate that reads it. The core's are the rows of
+//! a table of [`Setting`]s over [`Config`]; `narutalk-server` declares its own
+//! (listen address, CORS, proxies, throttles, body limit, search, sockets,
+//! logging, connection caps, metrics) the same way over its own settings type,
+//! which holds a [`Config`] too. Both read one [`Layers`]: the settings file
+//! and the environment, read and checked once, then applied to each owner's
+//! table in the same order (the file's values, then the environment's, then
+//! the flags), with the same value readers ([`Value`]), so the precedence and
+//! every message are one code whoever owns the setting.
+//!
+//! One settings file serves both binaries, so an unknown key is judged against
+//! both: a key is known when the core reads it or when it is one of
+//! [`SERVER_KEYS`], the names (only the names) of the server's settings. The
+//! core keeps that list, rather than taking the server's table as a
+//! parameter, because the command line and embedders load the shared file
+//! without depending on the server: they accept the server's keys and never
+//! read them. The server's unit tests keep the list equal to the keys it reads.
 //!
 //! The signing secret is the configured `NARUTALK_SECRET_KEY` or, without
 //! one, 64 random bytes, hex-encoded, kept in [`SECRET_FILE`]
@@ -25,9 +46,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::files::{sync_dir, write_private};
 
 /// The default `openai` system prompt. `{category}` is replaced by the
 /// session's category (medical, general, emergency or consultation).
@@ -41,6 +63,26 @@ pub const SECRET_FILE: &str = "data/secret.key";
 /// one, if it exists (the Debian package installs it).
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/narutalk/narutalk.toml";
 
+/// The TOML keys of the settings only `narutalk-server` reads. The shared
+/// settings file may hold them; [`Config::load`] accepts them there without
+/// reading them (see the module's documentation).
+pub const SERVER_KEYS: [&str; 14] = [
+    "bind",
+    "cors_origins",
+    "trusted_proxies",
+    "max_connections_per_ip",
+    "auth_throttle_per_minute",
+    "message_throttle_per_minute",
+    "body_limit_bytes",
+    "search_url",
+    "search_timeout_seconds",
+    "ws_ping_seconds",
+    "ws_idle_seconds",
+    "log",
+    "log_format",
+    "metrics_bind",
+];
+
 /// The prefix of every environment variable read.
 const PREFIX: &str = "NARUTALK_";
 /// The variable naming the TOML file.
@@ -52,11 +94,10 @@ const MIN_SECRET_BYTES: usize = 32;
 /// How many random bytes a generated secret has (hex-encoded to twice that).
 const GENERATED_SECRET_BYTES: usize = 64;
 
-/// Every setting. `Default` gives the built-in defaults.
+/// The core's settings: storage, tokens, the AI and content limits. `Default`
+/// gives the built-in defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// `NARUTALK_BIND`, default `127.0.0.1:8000`: the listen address.
-    pub bind: SocketAddr,
     /// `NARUTALK_DATABASE`, default `data/databases/db.sqlite3`: the SQLite file.
     pub database: PathBuf,
     /// `NARUTALK_SQLITE_SYNCHRONOUS`, default `full`: SQLite's `PRAGMA synchronous`.
@@ -68,23 +109,6 @@ pub struct Config {
     pub access_token_minutes: u32,
     /// `NARUTALK_REFRESH_TOKEN_DAYS`, default 7: refresh token lifetime, at least 1.
     pub refresh_token_days: u32,
-    /// `NARUTALK_CORS_ORIGINS`, default `http://localhost:3000`: allowed
-    /// origins, each `http(s)://host[:port]` without a path.
-    pub cors_origins: Vec<String>,
-    /// `NARUTALK_TRUSTED_PROXIES`, default empty: peers whose
-    /// `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpAddr>,
-    /// `NARUTALK_MAX_CONNECTIONS_PER_IP`, default 1000: connections one peer IP
-    /// may hold at once (trusted proxies exempt); 0 = no limit.
-    pub max_connections_per_ip: u32,
-    /// `NARUTALK_AUTH_THROTTLE_PER_MINUTE`, default 10: login/register
-    /// attempts per minute; 0 = off.
-    pub auth_throttle_per_minute: u32,
-    /// `NARUTALK_MESSAGE_THROTTLE_PER_MINUTE`, default 30: messages per user
-    /// per minute; 0 = off.
-    pub message_throttle_per_minute: u32,
-    /// `NARUTALK_BODY_LIMIT_BYTES`, default 1048576: request body limit, at least 1.
-    pub body_limit_bytes: u64,
     /// `NARUTALK_CONTENT_MAX_CHARS`, default 10000: message content limit, at least 1.
     pub content_max_chars: usize,
     /// `NARUTALK_AI_BACKEND`, default `template`: the responder.
@@ -107,40 +131,25 @@ pub struct Config {
     pub ai_max_tokens: u32,
     /// `NARUTALK_AI_TIMEOUT_SECONDS`, default 30: the whole AI call, at least 1.
     pub ai_timeout_seconds: u32,
-    /// `NARUTALK_SEARCH_URL`, default `http://localhost:8001/api/search/`:
-    /// the search service; empty = not configured.
-    pub search_url: String,
-    /// `NARUTALK_SEARCH_TIMEOUT_SECONDS`, default 30: the search proxy, at least 1.
-    pub search_timeout_seconds: u32,
-    /// `NARUTALK_WS_PING_SECONDS`, default 30: socket ping interval, at least 1.
-    pub ws_ping_seconds: u32,
-    /// `NARUTALK_WS_IDLE_SECONDS`, default 60: socket idle limit, greater
-    /// than the ping interval.
-    pub ws_idle_seconds: u32,
-    /// `NARUTALK_LOG`, default `info`: the tracing filter, non-empty.
-    pub log: String,
-    /// `NARUTALK_LOG_FORMAT`, default `text`: `text` or `json`.
-    pub log_format: LogFormat,
-    /// `NARUTALK_METRICS_BIND`, default none (off): where the Prometheus metrics are
-    /// served (`GET /metrics`), an address other than [`Config::bind`]'s.
-    pub metrics_bind: Option<SocketAddr>,
+    /// `NARUTALK_AI_CONCURRENCY`, default 64: AI calls running at once (the AI pool), at
+    /// least 1; 1,024 more may wait, and a turn beyond them fails as `assistant busy`.
+    pub ai_concurrency: u32,
+    /// `NARUTALK_OUTBOX_RETENTION_DAYS`, default [`DEFAULT_OUTBOX_RETENTION_DAYS`] (7): how
+    /// long the outbox keeps its record of each change, at least 1.
+    pub outbox_retention_days: u32,
 }
+
+/// Days the outbox keeps its rows by default (`NARUTALK_OUTBOX_RETENTION_DAYS`).
+pub const DEFAULT_OUTBOX_RETENTION_DAYS: u32 = 7;
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8000)),
             database: PathBuf::from("data/databases/db.sqlite3"),
             sqlite_synchronous: Synchronous::Full,
             secret_key: None,
             access_token_minutes: 60,
             refresh_token_days: 7,
-            cors_origins: vec!["http://localhost:3000".to_owned()],
-            trusted_proxies: Vec::new(),
-            max_connections_per_ip: 1000,
-            auth_throttle_per_minute: 10,
-            message_throttle_per_minute: 30,
-            body_limit_bytes: 1_048_576,
             content_max_chars: 10_000,
             ai_backend: AiBackend::Template,
             ai_url: String::new(),
@@ -151,13 +160,8 @@ impl Default for Config {
             ai_temperature: 0.2,
             ai_max_tokens: 1024,
             ai_timeout_seconds: 30,
-            search_url: "http://localhost:8001/api/search/".to_owned(),
-            search_timeout_seconds: 30,
-            ws_ping_seconds: 30,
-            ws_idle_seconds: 60,
-            log: "info".to_owned(),
-            log_format: LogFormat::Text,
-            metrics_bind: None,
+            ai_concurrency: 64,
+            outbox_retention_days: DEFAULT_OUTBOX_RETENTION_DAYS,
         }
     }
 }
@@ -194,16 +198,6 @@ pub enum AiBackend {
     Openai,
 }
 
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// `text`: human-readable lines (the default).
-    #[default]
-    Text,
-    /// `json`: one JSON object per line.
-    Json,
-}
-
 /// A secret whose Debug and Display print `***`, never the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -232,11 +226,10 @@ impl fmt::Display for Secret {
     }
 }
 
-/// The command-line flags that override everything else; all optional.
+/// The command-line flags of the core's settings that override everything
+/// else; all optional. A front end adds its own (the server's `--bind`).
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    /// `--bind`: replaces `NARUTALK_BIND`.
-    pub bind: Option<String>,
     /// `--database`: replaces `NARUTALK_DATABASE`.
     pub database: Option<PathBuf>,
     /// `--config`: replaces `NARUTALK_CONFIG`.
@@ -289,7 +282,9 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(setting: &str, message: impl Into<String>) -> Self {
+    /// An error about `setting` (its environment variable's name); line breaks
+    /// in `message` become spaces, so that the error stays one line.
+    pub fn new(setting: &str, message: impl Into<String>) -> Self {
         let message: String = message.into();
         ConfigError {
             setting: setting.to_owned(),
@@ -298,80 +293,53 @@ impl ConfigError {
     }
 }
 
-/// One setting: its field, its TOML key and its environment variable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Setting {
-    Bind,
-    Database,
-    SqliteSynchronous,
-    SecretKey,
-    AccessTokenMinutes,
-    RefreshTokenDays,
-    CorsOrigins,
-    TrustedProxies,
-    MaxConnectionsPerIp,
-    AuthThrottlePerMinute,
-    MessageThrottlePerMinute,
-    BodyLimitBytes,
-    ContentMaxChars,
-    AiBackend,
-    AiUrl,
-    AiModel,
-    AiApiKey,
-    AiSystemPrompt,
-    AiHistoryMessages,
-    AiTemperature,
-    AiMaxTokens,
-    AiTimeoutSeconds,
-    SearchUrl,
-    SearchTimeoutSeconds,
-    WsPingSeconds,
-    WsIdleSeconds,
-    Log,
-    LogFormat,
-    MetricsBind,
+/// One setting of the settings `T` that own it: its TOML key, its
+/// environment variable, and how a value is read into `T`. Each owner keeps
+/// a table of them (the core's over [`Config`]) and hands it to
+/// [`Layers::apply`].
+pub struct Setting<T> {
+    /// The TOML key: the variable's name without `NARUTALK_`, lower-cased.
+    pub key: &'static str,
+    /// The environment variable, which every error about the setting names.
+    pub env: &'static str,
+    /// Reads `value` and stores it in its field of `T`; an error names the
+    /// setting (the [`Value`] readers word it).
+    pub apply: fn(&mut T, Value<'_>) -> Result<(), ConfigError>,
 }
 
-/// Every setting as (field, TOML key, environment variable).
-#[rustfmt::skip]
-const SETTINGS: [(Setting, &str, &str); 29] = [
-    (Setting::Bind,                     "bind",                        "NARUTALK_BIND"),
-    (Setting::Database,                 "database",                    "NARUTALK_DATABASE"),
-    (Setting::SqliteSynchronous,        "sqlite_synchronous",          "NARUTALK_SQLITE_SYNCHRONOUS"),
-    (Setting::SecretKey,                "secret_key",                  "NARUTALK_SECRET_KEY"),
-    (Setting::AccessTokenMinutes,       "access_token_minutes",        "NARUTALK_ACCESS_TOKEN_MINUTES"),
-    (Setting::RefreshTokenDays,         "refresh_token_days",          "NARUTALK_REFRESH_TOKEN_DAYS"),
-    (Setting::CorsOrigins,              "cors_origins",                "NARUTALK_CORS_ORIGINS"),
-    (Setting::TrustedProxies,           "trusted_proxies",             "NARUTALK_TRUSTED_PROXIES"),
-    (Setting::MaxConnectionsPerIp,      "max_connections_per_ip",      "NARUTALK_MAX_CONNECTIONS_PER_IP"),
-    (Setting::AuthThrottlePerMinute,    "auth_throttle_per_minute",    "NARUTALK_AUTH_THROTTLE_PER_MINUTE"),
-    (Setting::MessageThrottlePerMinute, "message_throttle_per_minute", "NARUTALK_MESSAGE_THROTTLE_PER_MINUTE"),
-    (Setting::BodyLimitBytes,           "body_limit_bytes",            "NARUTALK_BODY_LIMIT_BYTES"),
-    (Setting::ContentMaxChars,          "content_max_chars",           "NARUTALK_CONTENT_MAX_CHARS"),
-    (Setting::AiBackend,                "ai_backend",                  "NARUTALK_AI_BACKEND"),
-    (Setting::AiUrl,                    "ai_url",                      "NARUTALK_AI_URL"),
-    (Setting::AiModel,                  "ai_model",                    "NARUTALK_AI_MODEL"),
-    (Setting::AiApiKey,                 "ai_api_key",                  "NARUTALK_AI_API_KEY"),
-    (Setting::AiSystemPrompt,           "ai_system_prompt",            "NARUTALK_AI_SYSTEM_PROMPT"),
-    (Setting::AiHistoryMessages,        "ai_history_messages",         "NARUTALK_AI_HISTORY_MESSAGES"),
-    (Setting::AiTemperature,            "ai_temperature",              "NARUTALK_AI_TEMPERATURE"),
-    (Setting::AiMaxTokens,              "ai_max_tokens",               "NARUTALK_AI_MAX_TOKENS"),
-    (Setting::AiTimeoutSeconds,         "ai_timeout_seconds",          "NARUTALK_AI_TIMEOUT_SECONDS"),
-    (Setting::SearchUrl,                "search_url",                  "NARUTALK_SEARCH_URL"),
-    (Setting::SearchTimeoutSeconds,     "search_timeout_seconds",      "NARUTALK_SEARCH_TIMEOUT_SECONDS"),
-    (Setting::WsPingSeconds,            "ws_ping_seconds",             "NARUTALK_WS_PING_SECONDS"),
-    (Setting::WsIdleSeconds,            "ws_idle_seconds",             "NARUTALK_WS_IDLE_SECONDS"),
-    (Setting::Log,                      "log",                         "NARUTALK_LOG"),
-    (Setting::LogFormat,                "log_format",                  "NARUTALK_LOG_FORMAT"),
-    (Setting::MetricsBind,              "metrics_bind",                "NARUTALK_METRICS_BIND"),
-];
+impl<T> fmt::Debug for Setting<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Setting")
+            .field("key", &self.key)
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
 
-/// The environment variable of a setting.
-fn env_name(key: Setting) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|(k, _, _)| *k == key)
-        .map_or("NARUTALK_?", |(_, _, env)| env)
+impl<T> Setting<T> {
+    /// A row of a settings table.
+    pub const fn new(
+        key: &'static str,
+        env: &'static str,
+        apply: fn(&mut T, Value<'_>) -> Result<(), ConfigError>,
+    ) -> Self {
+        Setting { key, env, apply }
+    }
+
+    /// Applies a command-line flag's value, such as `--bind`'s, to `target`;
+    /// an error names the setting and the flag.
+    pub fn apply_flag(&self, target: &mut T, flag: &str, text: &str) -> Result<(), ConfigError> {
+        (self.apply)(target, self.value(Origin::Flag(flag), Raw::Text(text)))
+    }
+
+    fn value<'a>(&self, origin: Origin<'a>, raw: Raw<'a>) -> Value<'a> {
+        Value {
+            key: self.key,
+            env: self.env,
+            origin,
+            raw,
+        }
+    }
 }
 
 /// Where a value came from, for the error message.
@@ -389,15 +357,31 @@ enum Raw<'a> {
     Toml(&'a toml::Value),
 }
 
-/// The setting being applied and where its value came from.
-struct Ctx<'a> {
-    toml_key: &'static str,
+/// One setting's value as one layer gave it (a file's TOML value, or the
+/// text of a variable or a flag). Its readers parse it with the rules every
+/// setting shares and word the error: it names the setting's variable and,
+/// for a value from the file or a flag, the file or the flag. Its `Debug`
+/// names the setting only, never the value.
+#[derive(Clone, Copy)]
+pub struct Value<'a> {
+    key: &'static str,
     env: &'static str,
     origin: Origin<'a>,
+    raw: Raw<'a>,
 }
 
-impl Ctx<'_> {
-    fn err(&self, message: impl fmt::Display) -> ConfigError {
+impl fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Value")
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Value<'_> {
+    /// An error about this value: `message`, after the file's path or the
+    /// flag it came from.
+    pub fn error(&self, message: impl fmt::Display) -> ConfigError {
         let message = match self.origin {
             Origin::Env => message.to_string(),
             Origin::Toml(path) => format!("{}: {message}", path.display()),
@@ -406,69 +390,37 @@ impl Ctx<'_> {
         ConfigError::new(self.env, message)
     }
 
-    fn wrong_type(&self, expected: &str, got: &toml::Value) -> ConfigError {
-        self.err(format!(
-            "key {:?} must be {expected}, got {}",
-            self.toml_key,
-            toml_type(got)
-        ))
+    /// A string, trimmed. The file must give a TOML string.
+    pub fn text(&self) -> Result<String, ConfigError> {
+        self.string(true)
     }
 
-    /// A string value, trimmed or as given.
-    fn text(&self, raw: Raw<'_>, trim: bool) -> Result<String, ConfigError> {
-        let s = match raw {
-            Raw::Text(s) => s,
-            Raw::Toml(toml::Value::String(s)) => s.as_str(),
-            Raw::Toml(other) => return Err(self.wrong_type("a string", other)),
-        };
-        Ok(if trim { s.trim() } else { s }.to_owned())
-    }
-
-    /// A secret: as given, empty = none; never echoed.
-    fn secret(&self, raw: Raw<'_>) -> Result<Option<Secret>, ConfigError> {
-        let s = self.text(raw, false)?;
-        Ok(if s.is_empty() { None } else { Some(Secret(s)) })
-    }
-
-    /// A whole number; `min` only shapes the message (validation enforces it).
-    fn whole<T: TryFrom<u64>>(&self, raw: Raw<'_>, min: u64) -> Result<T, ConfigError> {
+    /// A whole number: digits only (trimmed) in text, a TOML integer in the
+    /// file, and one that fits in `T`. `min` only shapes the message: the
+    /// owner's validation enforces it ([`check_min`]), whatever layer gave
+    /// the value.
+    pub fn whole<T: TryFrom<u64>>(&self, min: u64) -> Result<T, ConfigError> {
         let rule = whole_rule(min);
-        let value: u64 = match raw {
+        let value: u64 = match self.raw {
             Raw::Text(s) => {
                 let s = s.trim();
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(self.err(format!("must be {rule}, got {s:?}")));
+                    return Err(self.error(format!("must be {rule}, got {s:?}")));
                 }
                 s.parse()
-                    .map_err(|_| self.err(format!("{s:?} is too large")))?
+                    .map_err(|_| self.error(format!("{s:?} is too large")))?
             }
             Raw::Toml(toml::Value::Integer(i)) => {
-                u64::try_from(*i).map_err(|_| self.err(format!("must be {rule}, got {i}")))?
+                u64::try_from(*i).map_err(|_| self.error(format!("must be {rule}, got {i}")))?
             }
             Raw::Toml(other) => return Err(self.wrong_type("an integer", other)),
         };
-        T::try_from(value).map_err(|_| self.err(format!("{value} is too large")))
+        T::try_from(value).map_err(|_| self.error(format!("{value} is too large")))
     }
 
-    /// A floating-point number (range checked by validation).
-    fn float(&self, raw: Raw<'_>) -> Result<f64, ConfigError> {
-        match raw {
-            Raw::Text(s) => {
-                let s = s.trim();
-                s.parse::<f64>()
-                    .map_err(|_| self.err(format!("must be a number from 0.0 to 2.0, got {s:?}")))
-            }
-            Raw::Toml(toml::Value::Float(f)) => Ok(*f),
-            // Integers this small convert exactly; larger ones fail validation anyway.
-            #[allow(clippy::cast_precision_loss)]
-            Raw::Toml(toml::Value::Integer(i)) => Ok(*i as f64),
-            Raw::Toml(other) => Err(self.wrong_type("a number", other)),
-        }
-    }
-
-    /// One of `choices`, case-insensitive.
-    fn choice<T: Copy>(&self, raw: Raw<'_>, choices: &[(&str, T)]) -> Result<T, ConfigError> {
-        let s = self.text(raw, true)?;
+    /// One of `choices` (name, value), its name matched case-insensitively.
+    pub fn choice<T: Copy>(&self, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let s = self.text()?;
         if let Some((_, value)) = choices
             .iter()
             .find(|(name, _)| name.eq_ignore_ascii_case(&s))
@@ -480,19 +432,19 @@ impl Ctx<'_> {
             Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
             _ => names.join(""),
         };
-        Err(self.err(format!("must be {expected}, got {s:?}")))
+        Err(self.error(format!("must be {expected}, got {s:?}")))
     }
 
     /// A list: a comma-separated string or a TOML array of strings; items
     /// trimmed, empty items dropped.
-    fn list(&self, raw: Raw<'_>) -> Result<Vec<String>, ConfigError> {
+    pub fn list(&self) -> Result<Vec<String>, ConfigError> {
         fn split(s: &str) -> impl Iterator<Item = String> + '_ {
             s.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
         }
-        match raw {
+        match self.raw {
             Raw::Text(s) => Ok(split(s).collect()),
             Raw::Toml(toml::Value::String(s)) => Ok(split(s).collect()),
             Raw::Toml(toml::Value::Array(items)) => {
@@ -502,9 +454,9 @@ impl Ctx<'_> {
                         toml::Value::String(s) if s.trim().is_empty() => {}
                         toml::Value::String(s) => out.push(s.trim().to_owned()),
                         other => {
-                            return Err(self.err(format!(
+                            return Err(self.error(format!(
                                 "key {:?} must be an array of strings, got an array holding {}",
-                                self.toml_key,
+                                self.key,
                                 toml_type(other)
                             )));
                         }
@@ -518,91 +470,324 @@ impl Ctx<'_> {
         }
     }
 
-    /// Sets the field of this setting from `raw`.
-    fn apply(&self, cfg: &mut Config, key: Setting, raw: Raw<'_>) -> Result<(), ConfigError> {
-        match key {
-            Setting::Bind => {
-                let s = self.text(raw, true)?;
-                cfg.bind = s.parse().map_err(|_| {
-                    self.err(format!("{s:?} is not an address like 127.0.0.1:8000"))
-                })?;
+    fn wrong_type(&self, expected: &str, got: &toml::Value) -> ConfigError {
+        self.error(format!(
+            "key {:?} must be {expected}, got {}",
+            self.key,
+            toml_type(got)
+        ))
+    }
+
+    /// A string, trimmed or as given.
+    fn string(&self, trim: bool) -> Result<String, ConfigError> {
+        let s = match self.raw {
+            Raw::Text(s) => s,
+            Raw::Toml(toml::Value::String(s)) => s.as_str(),
+            Raw::Toml(other) => return Err(self.wrong_type("a string", other)),
+        };
+        Ok(if trim { s.trim() } else { s }.to_owned())
+    }
+
+    /// A string that must not be empty once trimmed.
+    fn non_empty_text(&self) -> Result<String, ConfigError> {
+        let s = self.text()?;
+        if s.is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        Ok(s)
+    }
+
+    /// A secret: as given, empty = none; never echoed.
+    fn secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let s = self.string(false)?;
+        Ok(if s.is_empty() { None } else { Some(Secret(s)) })
+    }
+
+    /// A floating-point number (range checked by validation).
+    fn float(&self) -> Result<f64, ConfigError> {
+        match self.raw {
+            Raw::Text(s) => {
+                let s = s.trim();
+                s.parse::<f64>()
+                    .map_err(|_| self.error(format!("must be a number from 0.0 to 2.0, got {s:?}")))
             }
-            Setting::Database => {
-                let s = self.text(raw, true)?;
-                if s.is_empty() {
-                    return Err(self.err("must not be empty"));
+            Raw::Toml(toml::Value::Float(f)) => Ok(*f),
+            // Integers this small convert exactly; larger ones fail validation anyway.
+            #[allow(clippy::cast_precision_loss)]
+            Raw::Toml(toml::Value::Integer(i)) => Ok(*i as f64),
+            Raw::Toml(other) => Err(self.wrong_type("a number", other)),
+        }
+    }
+}
+
+/// The core's settings, in the order their variables are applied.
+const SETTINGS: [Setting<Config>; 17] = [
+    Setting::new("database", "NARUTALK_DATABASE", |config, value| {
+        config.database = PathBuf::from(value.non_empty_text()?);
+        Ok(())
+    }),
+    Setting::new(
+        "sqlite_synchronous",
+        "NARUTALK_SQLITE_SYNCHRONOUS",
+        |config, value| {
+            config.sqlite_synchronous =
+                value.choice(&[("full", Synchronous::Full), ("normal", Synchronous::Normal)])?;
+            Ok(())
+        },
+    ),
+    Setting::new("secret_key", SECRET_VAR, |config, value| {
+        config.secret_key = value.secret()?;
+        Ok(())
+    }),
+    Setting::new(
+        "access_token_minutes",
+        "NARUTALK_ACCESS_TOKEN_MINUTES",
+        |config, value| {
+            config.access_token_minutes = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "refresh_token_days",
+        "NARUTALK_REFRESH_TOKEN_DAYS",
+        |config, value| {
+            config.refresh_token_days = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "content_max_chars",
+        "NARUTALK_CONTENT_MAX_CHARS",
+        |config, value| {
+            config.content_max_chars = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new("ai_backend", "NARUTALK_AI_BACKEND", |config, value| {
+        config.ai_backend = value.choice(&[
+            ("template", AiBackend::Template),
+            ("http", AiBackend::Http),
+            ("openai", AiBackend::Openai),
+        ])?;
+        Ok(())
+    }),
+    Setting::new("ai_url", "NARUTALK_AI_URL", |config, value| {
+        config.ai_url = value.text()?;
+        Ok(())
+    }),
+    Setting::new("ai_model", "NARUTALK_AI_MODEL", |config, value| {
+        config.ai_model = value.text()?;
+        Ok(())
+    }),
+    Setting::new("ai_api_key", "NARUTALK_AI_API_KEY", |config, value| {
+        config.ai_api_key = value.secret()?;
+        Ok(())
+    }),
+    Setting::new(
+        "ai_system_prompt",
+        "NARUTALK_AI_SYSTEM_PROMPT",
+        |config, value| {
+            config.ai_system_prompt = value.text()?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "ai_history_messages",
+        "NARUTALK_AI_HISTORY_MESSAGES",
+        |config, value| {
+            config.ai_history_messages = value.whole(0)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "ai_temperature",
+        "NARUTALK_AI_TEMPERATURE",
+        |config, value| {
+            config.ai_temperature = value.float()?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "ai_max_tokens",
+        "NARUTALK_AI_MAX_TOKENS",
+        |config, value| {
+            config.ai_max_tokens = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "ai_timeout_seconds",
+        "NARUTALK_AI_TIMEOUT_SECONDS",
+        |config, value| {
+            config.ai_timeout_seconds = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "ai_concurrency",
+        "NARUTALK_AI_CONCURRENCY",
+        |config, value| {
+            config.ai_concurrency = value.whole(1)?;
+            Ok(())
+        },
+    ),
+    Setting::new(
+        "outbox_retention_days",
+        "NARUTALK_OUTBOX_RETENTION_DAYS",
+        |config, value| {
+            config.outbox_retention_days = value.whole(1)?;
+            Ok(())
+        },
+    ),
+];
+
+/// The layers a load reads, read once and shared by every owner of settings:
+/// the TOML file's top-level table (each key checked to be a known setting)
+/// and the `NARUTALK_*` environment variables. [`Config::from_layers`] reads
+/// the core's settings from it, `narutalk-server` its own. Its `Debug` shows
+/// the file and the names it holds, never a value (secrets are among them).
+#[derive(Clone)]
+pub struct Layers {
+    file: SettingsFile,
+    table: toml::Table,
+    env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Layers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layers")
+            .field("file", &self.file)
+            .field("keys", &self.table.keys().collect::<Vec<_>>())
+            .field("variables", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Layers {
+    /// Reads the process environment and the settings file: the one
+    /// `overrides.config` or `NARUTALK_CONFIG` names, or else
+    /// [`DEFAULT_CONFIG_FILE`] when it exists. A setting's variable (or
+    /// `NARUTALK_CONFIG`) that is not valid UTF-8 is an error.
+    pub fn read(overrides: &Overrides) -> Result<Layers, ConfigError> {
+        let mut env = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            if !name.starts_with(PREFIX) {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => env.push((name, value)),
+                Err(_) if name == CONFIG_VAR || is_setting_variable(&name) => {
+                    return Err(ConfigError::new(&name, "is not valid UTF-8"));
                 }
-                cfg.database = PathBuf::from(s);
+                Err(_) => {}
             }
-            Setting::SqliteSynchronous => {
-                cfg.sqlite_synchronous = self.choice(
-                    raw,
-                    &[("full", Synchronous::Full), ("normal", Synchronous::Normal)],
-                )?;
-            }
-            Setting::SecretKey => cfg.secret_key = self.secret(raw)?,
-            Setting::AccessTokenMinutes => cfg.access_token_minutes = self.whole(raw, 1)?,
-            Setting::RefreshTokenDays => cfg.refresh_token_days = self.whole(raw, 1)?,
-            Setting::CorsOrigins => cfg.cors_origins = self.list(raw)?,
-            Setting::TrustedProxies => {
-                let mut proxies = Vec::new();
-                for item in self.list(raw)? {
-                    let ip = item.parse().map_err(|_| {
-                        self.err(format!("{item:?} is not an IP address like 10.0.0.1"))
-                    })?;
-                    proxies.push(ip);
+        }
+        Self::read_from(env, overrides, Some(Path::new(DEFAULT_CONFIG_FILE)))
+    }
+
+    /// The same with an explicit environment (testable): only variables
+    /// starting with `NARUTALK_` are kept; unknown `NARUTALK_*` names are
+    /// ignored (other tools may share the prefix). `default_file` is read
+    /// when it exists and neither `overrides.config` nor `NARUTALK_CONFIG`
+    /// names a file; an empty `NARUTALK_CONFIG` means no file at all. A
+    /// default file that exists but cannot be read is an error naming
+    /// `NARUTALK_CONFIG`, never skipped; so is a key of the file that neither
+    /// the core nor the server knows.
+    pub fn read_from<I: IntoIterator<Item = (String, String)>>(
+        env: I,
+        overrides: &Overrides,
+        default_file: Option<&Path>,
+    ) -> Result<Layers, ConfigError> {
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(PREFIX))
+            .collect();
+        let file = match (&overrides.config, env.get(CONFIG_VAR).map(|v| v.trim())) {
+            (Some(path), _) => SettingsFile::Named(path.clone()),
+            (None, Some("")) => SettingsFile::None,
+            (None, Some(named)) => SettingsFile::Named(PathBuf::from(named)),
+            (None, None) => match default_file {
+                Some(path) if default_file_exists(path)? => SettingsFile::Default(path.to_owned()),
+                _ => SettingsFile::None,
+            },
+        };
+        let table = match file.path() {
+            Some(path) => read_toml_file(path)?,
+            None => toml::Table::new(),
+        };
+        Ok(Layers { file, table, env })
+    }
+
+    /// The settings file these layers read.
+    pub fn file(&self) -> &SettingsFile {
+        &self.file
+    }
+
+    /// Applies to `target` the values these layers hold for `settings`: the
+    /// file's first (in the file's order), then the environment's (in the
+    /// order of `settings`), so that a variable overrides the file. The
+    /// first bad value is the error. Flags come after, from their owner
+    /// ([`Setting::apply_flag`]), and validation after them.
+    pub fn apply<T>(&self, target: &mut T, settings: &[Setting<T>]) -> Result<(), ConfigError> {
+        if let Some(path) = self.file.path() {
+            for (name, value) in &self.table {
+                if let Some(setting) = settings.iter().find(|setting| setting.key == name) {
+                    (setting.apply)(target, setting.value(Origin::Toml(path), Raw::Toml(value)))?;
                 }
-                cfg.trusted_proxies = proxies;
             }
-            Setting::MaxConnectionsPerIp => cfg.max_connections_per_ip = self.whole(raw, 0)?,
-            Setting::AuthThrottlePerMinute => cfg.auth_throttle_per_minute = self.whole(raw, 0)?,
-            Setting::MessageThrottlePerMinute => {
-                cfg.message_throttle_per_minute = self.whole(raw, 0)?;
-            }
-            Setting::BodyLimitBytes => cfg.body_limit_bytes = self.whole(raw, 1)?,
-            Setting::ContentMaxChars => cfg.content_max_chars = self.whole(raw, 1)?,
-            Setting::AiBackend => {
-                cfg.ai_backend = self.choice(
-                    raw,
-                    &[
-                        ("template", AiBackend::Template),
-                        ("http", AiBackend::Http),
-                        ("openai", AiBackend::Openai),
-                    ],
-                )?;
-            }
-            Setting::AiUrl => cfg.ai_url = self.text(raw, true)?,
-            Setting::AiModel => cfg.ai_model = self.text(raw, true)?,
-            Setting::AiApiKey => cfg.ai_api_key = self.secret(raw)?,
-            Setting::AiSystemPrompt => cfg.ai_system_prompt = self.text(raw, true)?,
-            Setting::AiHistoryMessages => cfg.ai_history_messages = self.whole(raw, 0)?,
-            Setting::AiTemperature => cfg.ai_temperature = self.float(raw)?,
-            Setting::AiMaxTokens => cfg.ai_max_tokens = self.whole(raw, 1)?,
-            Setting::AiTimeoutSeconds => cfg.ai_timeout_seconds = self.whole(raw, 1)?,
-            Setting::SearchUrl => cfg.search_url = self.text(raw, true)?,
-            Setting::SearchTimeoutSeconds => cfg.search_timeout_seconds = self.whole(raw, 1)?,
-            Setting::WsPingSeconds => cfg.ws_ping_seconds = self.whole(raw, 1)?,
-            Setting::WsIdleSeconds => cfg.ws_idle_seconds = self.whole(raw, 1)?,
-            Setting::Log => cfg.log = self.text(raw, true)?,
-            Setting::LogFormat => {
-                cfg.log_format =
-                    self.choice(raw, &[("text", LogFormat::Text), ("json", LogFormat::Json)])?;
-            }
-            Setting::MetricsBind => {
-                let s = self.text(raw, true)?;
-                cfg.metrics_bind = if s.is_empty() {
-                    None
-                } else {
-                    Some(s.parse().map_err(|_| {
-                        self.err(format!(
-                            "{s:?} is not an address like 127.0.0.1:9100 (empty = off)"
-                        ))
-                    })?)
-                };
+        }
+        for setting in settings {
+            if let Some(text) = self.env.get(setting.env) {
+                (setting.apply)(target, setting.value(Origin::Env, Raw::Text(text)))?;
             }
         }
         Ok(())
     }
+}
+
+/// Fails, naming `setting` (its variable), unless `value >= min`, with the
+/// words of [`Value::whole`]: `must be a whole number of at least 1, got "0"`.
+pub fn check_min(setting: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value >= min {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!("must be {}, got \"{value}\"", whole_rule(min)),
+        ))
+    }
+}
+
+/// Whether `s` is `http://` or `https://` (in any case) followed by a host
+/// and no whitespace or control character: the rule of the URLs of the AI
+/// and search services.
+pub fn is_http_url(s: &str) -> bool {
+    let rest = if let Some(rest) = strip_prefix_ignore_case(s, "http://") {
+        rest
+    } else if let Some(rest) = strip_prefix_ignore_case(s, "https://") {
+        rest
+    } else {
+        return false;
+    };
+    !rest.is_empty()
+        && !rest.starts_with('/')
+        && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Whether `name` is the variable of a setting the core or the server reads.
+fn is_setting_variable(name: &str) -> bool {
+    SETTINGS.iter().any(|setting| setting.env == name)
+        || SERVER_KEYS
+            .iter()
+            .any(|key| name == format!("{PREFIX}{}", key.to_ascii_uppercase()))
+}
+
+/// Whether `name` is a key the settings file may hold.
+fn is_known_key(name: &str) -> bool {
+    SETTINGS.iter().any(|setting| setting.key == name) || SERVER_KEYS.contains(&name)
 }
 
 /// "a whole number of at least 1" / "a whole number (0 or more)".
@@ -627,68 +812,11 @@ fn toml_type(value: &toml::Value) -> &'static str {
     }
 }
 
-/// Whether `s` is `http://` or `https://` followed by something without
-/// whitespace or control characters.
-fn is_http_url(s: &str) -> bool {
-    let rest = if let Some(rest) = strip_prefix_ignore_case(s, "http://") {
-        rest
-    } else if let Some(rest) = strip_prefix_ignore_case(s, "https://") {
-        rest
-    } else {
-        return false;
-    };
-    !rest.is_empty()
-        && !rest.starts_with('/')
-        && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| s.get(prefix.len()..))
         .flatten()
-}
-
-/// Whether `s` is an origin as browsers send it: `http` or `https`, `://`, a
-/// lower-case host name, IPv4 address or bracketed IPv6 address, an optional
-/// port, and nothing else (no path, not even a trailing slash).
-fn is_origin(s: &str) -> bool {
-    let Some(rest) = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-    else {
-        return false;
-    };
-    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
-        let Some((v6, after)) = inner.split_once(']') else {
-            return false;
-        };
-        if v6.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
-        }
-        match after {
-            "" => ("v6", None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => ("v6", Some(port)),
-                None => return false,
-            },
-        }
-    } else {
-        match rest.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (rest, None),
-        }
-    };
-    let host_ok = !host.is_empty()
-        && !host.starts_with(['.', '-'])
-        && !host.ends_with('-')
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
-    });
-    host_ok && port_ok
 }
 
 /// `n` random bytes from the operating system.
@@ -708,8 +836,8 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Reads the TOML file and applies its keys to `cfg`.
-fn apply_toml_file(cfg: &mut Config, path: &Path) -> Result<(), ConfigError> {
+/// Reads the TOML file's top-level table; every key must be a known setting.
+fn read_toml_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let file_err =
         |message: String| ConfigError::new(CONFIG_VAR, format!("{}: {message}", path.display()));
     let content =
@@ -723,22 +851,10 @@ fn apply_toml_file(cfg: &mut Config, path: &Path) -> Result<(), ConfigError> {
         });
         file_err(format!("TOML syntax error{place}: {}", e.message()))
     })?;
-    let mut known = Vec::with_capacity(table.len());
-    for (name, value) in &table {
-        match SETTINGS.iter().find(|(_, toml_key, _)| toml_key == name) {
-            Some(&(key, toml_key, env)) => known.push((key, toml_key, env, value)),
-            None => return Err(file_err(format!("unknown key {name:?}"))),
-        }
+    if let Some(unknown) = table.keys().find(|name| !is_known_key(name)) {
+        return Err(file_err(format!("unknown key {unknown:?}")));
     }
-    for (key, toml_key, env, value) in known {
-        let ctx = Ctx {
-            toml_key,
-            env,
-            origin: Origin::Toml(path),
-        };
-        ctx.apply(cfg, key, Raw::Toml(value))?;
-    }
-    Ok(())
+    Ok(table)
 }
 
 /// Whether the default settings file exists; an error (naming
@@ -751,18 +867,6 @@ fn default_file_exists(path: &Path) -> Result<bool, ConfigError> {
             format!("{}: cannot tell whether it exists: {e}", path.display()),
         )
     })
-}
-
-/// Fails, naming `setting`, unless `value >= min`.
-fn check_min(setting: Setting, value: u64, min: u64) -> Result<(), ConfigError> {
-    if value >= min {
-        Ok(())
-    } else {
-        Err(ConfigError::new(
-            env_name(setting),
-            format!("must be {}, got \"{value}\"", whole_rule(min)),
-        ))
-    }
 }
 
 fn check_secret_len(secret: &Secret, source: &str) -> Result<(), ConfigError> {
@@ -835,65 +939,21 @@ fn create_secret_file(path: &Path) -> Result<Secret, ConfigError> {
     }
 }
 
-/// Writes `bytes` to a new file readable only by its owner, and syncs it.
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Makes a new directory entry durable, where the platform allows it.
-pub(crate) fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-}
-
 impl Config {
     /// Layers defaults < TOML file < `NARUTALK_*` from the process
     /// environment < flags, then validates once. The file is the one
     /// `--config` or `NARUTALK_CONFIG` names, or else [`DEFAULT_CONFIG_FILE`]
-    /// when it exists.
+    /// when it exists; it may hold the server's settings too
+    /// ([`SERVER_KEYS`]), which are accepted and not read.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         Self::load_reporting(overrides).map(|(config, _)| config)
     }
 
     /// [`Config::load`], also telling which settings file was read.
     pub fn load_reporting(overrides: &Overrides) -> Result<(Config, SettingsFile), ConfigError> {
-        let mut env = Vec::new();
-        for (name, value) in std::env::vars_os() {
-            let Ok(name) = name.into_string() else {
-                continue;
-            };
-            if !name.starts_with(PREFIX) {
-                continue;
-            }
-            match value.into_string() {
-                Ok(value) => env.push((name, value)),
-                Err(_) if name == CONFIG_VAR || SETTINGS.iter().any(|(_, _, e)| *e == name) => {
-                    return Err(ConfigError::new(&name, "is not valid UTF-8"));
-                }
-                Err(_) => {}
-            }
-        }
-        Self::load_from_with_default(env, overrides, Some(Path::new(DEFAULT_CONFIG_FILE)))
+        let layers = Layers::read(overrides)?;
+        let config = Config::from_layers(&layers, overrides)?;
+        Ok((config, layers.file))
     }
 
     /// The same with an explicit environment (testable): only variables
@@ -908,93 +968,54 @@ impl Config {
     }
 
     /// [`Config::load_from`] with a default settings file, also telling which
-    /// file was read: `default_file` is read when it exists and neither
-    /// `overrides.config` nor `NARUTALK_CONFIG` names a file; an empty
-    /// `NARUTALK_CONFIG` means no file at all. A default file that exists but
-    /// cannot be read is an error naming `NARUTALK_CONFIG`, never skipped.
-    /// [`Config::load`] passes [`DEFAULT_CONFIG_FILE`].
+    /// file was read (see [`Layers::read_from`]). [`Config::load`] passes
+    /// [`DEFAULT_CONFIG_FILE`].
     pub fn load_from_with_default<I: IntoIterator<Item = (String, String)>>(
         env: I,
         overrides: &Overrides,
         default_file: Option<&Path>,
     ) -> Result<(Config, SettingsFile), ConfigError> {
-        let vars: BTreeMap<String, String> = env
-            .into_iter()
-            .filter(|(name, _)| name.starts_with(PREFIX))
-            .collect();
-        let mut cfg = Config::default();
+        let layers = Layers::read_from(env, overrides, default_file)?;
+        let config = Config::from_layers(&layers, overrides)?;
+        Ok((config, layers.file))
+    }
 
-        let file = match (&overrides.config, vars.get(CONFIG_VAR).map(|v| v.trim())) {
-            (Some(path), _) => SettingsFile::Named(path.clone()),
-            (None, Some("")) => SettingsFile::None,
-            (None, Some(named)) => SettingsFile::Named(PathBuf::from(named)),
-            (None, None) => match default_file {
-                Some(path) if default_file_exists(path)? => SettingsFile::Default(path.to_owned()),
-                _ => SettingsFile::None,
-            },
-        };
-        if let Some(path) = file.path() {
-            apply_toml_file(&mut cfg, path)?;
-        }
-
-        for &(key, toml_key, env) in &SETTINGS {
-            if let Some(value) = vars.get(env) {
-                let ctx = Ctx {
-                    toml_key,
-                    env,
-                    origin: Origin::Env,
-                };
-                ctx.apply(&mut cfg, key, Raw::Text(value))?;
-            }
-        }
-
-        if let Some(bind) = &overrides.bind {
-            let ctx = Ctx {
-                toml_key: "bind",
-                env: env_name(Setting::Bind),
-                origin: Origin::Flag("--bind"),
-            };
-            ctx.apply(&mut cfg, Setting::Bind, Raw::Text(bind))?;
-        }
+    /// The core's settings from `layers`: the defaults, the file's values and
+    /// the environment's, then `overrides.database`, validated once. (The
+    /// layers have already taken `overrides.config`.)
+    pub fn from_layers(layers: &Layers, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        layers.apply(&mut config, &SETTINGS)?;
         if let Some(database) = &overrides.database {
-            cfg.database = database.clone();
+            config.database = database.clone();
         }
-
-        cfg.validate()?;
-        Ok((cfg, file))
+        config.validate()?;
+        Ok(config)
     }
 
     /// Checks every cross-field and range rule (also used after `load`);
     /// the error names the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |key: Setting, message: String| Err(ConfigError::new(env_name(key), message));
+        let err = |setting: &str, message: String| Err(ConfigError::new(setting, message));
 
         if self.database.as_os_str().is_empty() {
-            return err(Setting::Database, "must not be empty".to_owned());
+            return err("NARUTALK_DATABASE", "must not be empty".to_owned());
         }
         if let Some(secret) = &self.secret_key {
             check_secret_len(secret, "")?;
         }
         check_min(
-            Setting::AccessTokenMinutes,
+            "NARUTALK_ACCESS_TOKEN_MINUTES",
             self.access_token_minutes.into(),
             1,
         )?;
-        check_min(Setting::RefreshTokenDays, self.refresh_token_days.into(), 1)?;
-        for origin in &self.cors_origins {
-            if !is_origin(origin) {
-                return err(
-                    Setting::CorsOrigins,
-                    format!(
-                        "{origin:?} is not an origin like http://localhost:3000 \
-                         (http or https, lower-case host, optional port, no path or trailing slash)"
-                    ),
-                );
-            }
-        }
-        check_min(Setting::BodyLimitBytes, self.body_limit_bytes, 1)?;
         check_min(
-            Setting::ContentMaxChars,
+            "NARUTALK_REFRESH_TOKEN_DAYS",
+            self.refresh_token_days.into(),
+            1,
+        )?;
+        check_min(
+            "NARUTALK_CONTENT_MAX_CHARS",
             u64::try_from(self.content_max_chars).unwrap_or(u64::MAX),
             1,
         )?;
@@ -1007,90 +1028,57 @@ impl Config {
         if let Some(backend) = backend {
             if self.ai_url.is_empty() {
                 return err(
-                    Setting::AiUrl,
+                    "NARUTALK_AI_URL",
                     format!("required when NARUTALK_AI_BACKEND is {backend}"),
                 );
             }
             if !is_http_url(&self.ai_url) {
                 return err(
-                    Setting::AiUrl,
+                    "NARUTALK_AI_URL",
                     format!("must start with http:// or https://, got {:?}", self.ai_url),
                 );
             }
         }
         if self.ai_backend == AiBackend::Openai && self.ai_model.trim().is_empty() {
             return err(
-                Setting::AiModel,
+                "NARUTALK_AI_MODEL",
                 "required when NARUTALK_AI_BACKEND is openai".to_owned(),
             );
         }
         if self.ai_system_prompt.trim().is_empty() {
-            return err(Setting::AiSystemPrompt, "must not be empty".to_owned());
+            return err("NARUTALK_AI_SYSTEM_PROMPT", "must not be empty".to_owned());
         }
         if !(self.ai_temperature.is_finite() && (0.0..=2.0).contains(&self.ai_temperature)) {
             return err(
-                Setting::AiTemperature,
+                "NARUTALK_AI_TEMPERATURE",
                 format!(
                     "must be a number from 0.0 to 2.0, got \"{}\"",
                     self.ai_temperature
                 ),
             );
         }
-        check_min(Setting::AiMaxTokens, self.ai_max_tokens.into(), 1)?;
-        check_min(Setting::AiTimeoutSeconds, self.ai_timeout_seconds.into(), 1)?;
-        if !self.search_url.is_empty() && !is_http_url(&self.search_url) {
-            return err(
-                Setting::SearchUrl,
-                format!(
-                    "must be empty or start with http:// or https://, got {:?}",
-                    self.search_url
-                ),
-            );
-        }
+        check_min("NARUTALK_AI_MAX_TOKENS", self.ai_max_tokens.into(), 1)?;
         check_min(
-            Setting::SearchTimeoutSeconds,
-            self.search_timeout_seconds.into(),
+            "NARUTALK_AI_TIMEOUT_SECONDS",
+            self.ai_timeout_seconds.into(),
             1,
         )?;
-        check_min(Setting::WsPingSeconds, self.ws_ping_seconds.into(), 1)?;
-        check_min(Setting::WsIdleSeconds, self.ws_idle_seconds.into(), 1)?;
-        if self.ws_idle_seconds <= self.ws_ping_seconds {
-            return err(
-                Setting::WsIdleSeconds,
-                format!(
-                    "must be greater than NARUTALK_WS_PING_SECONDS ({}), got \"{}\"",
-                    self.ws_ping_seconds, self.ws_idle_seconds
-                ),
-            );
-        }
-        if self.log.trim().is_empty() {
-            return err(Setting::Log, "must not be empty".to_owned());
-        }
-        if let Some(metrics) = self.metrics_bind
-            && metrics.port() != 0
-            && metrics == self.bind
-        {
-            return err(
-                Setting::MetricsBind,
-                format!(
-                    "must differ from NARUTALK_BIND ({metrics}): the metrics are never served on the API's port"
-                ),
-            );
-        }
+        check_min("NARUTALK_AI_CONCURRENCY", self.ai_concurrency.into(), 1)?;
+        check_min(
+            "NARUTALK_OUTBOX_RETENTION_DAYS",
+            self.outbox_retention_days.into(),
+            1,
+        )?;
         Ok(())
     }
 
     /// A config for tests and benches: database `dir/db.sqlite3`, a random
-    /// 64-hex-char secret, both throttles 0 (off), search_url empty,
-    /// everything else default.
+    /// 64-hex-char secret, everything else default.
     pub fn for_tests(dir: &Path) -> Config {
         let secret = random_bytes(32).map_or_else(|_| fallback_random_hex(), |b| hex(&b));
         Config {
             database: dir.join("db.sqlite3"),
             secret_key: Some(Secret(secret)),
-            auth_throttle_per_minute: 0,
-            message_throttle_per_minute: 0,
-            search_url: String::new(),
             ..Config::default()
         }
     }
@@ -1175,23 +1163,17 @@ mod tests {
     }
 
     const SECRET_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-secret-A";
+
     const SECRET_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-secret-B";
 
     #[test]
     fn defaults_equal_the_table_of_contract_section_8() {
         let c = Config::default();
-        assert_eq!(c.bind, "127.0.0.1:8000".parse::<SocketAddr>().unwrap());
         assert_eq!(c.database, PathBuf::from("data/databases/db.sqlite3"));
         assert_eq!(c.sqlite_synchronous, Synchronous::Full);
         assert_eq!(c.secret_key, None);
         assert_eq!(c.access_token_minutes, 60);
         assert_eq!(c.refresh_token_days, 7);
-        assert_eq!(c.cors_origins, vec!["http://localhost:3000".to_owned()]);
-        assert!(c.trusted_proxies.is_empty());
-        assert_eq!(c.max_connections_per_ip, 1000);
-        assert_eq!(c.auth_throttle_per_minute, 10);
-        assert_eq!(c.message_throttle_per_minute, 30);
-        assert_eq!(c.body_limit_bytes, 1_048_576);
         assert_eq!(c.content_max_chars, 10_000);
         assert_eq!(c.ai_backend, AiBackend::Template);
         assert_eq!(c.ai_url, "");
@@ -1202,13 +1184,7 @@ mod tests {
         assert_eq!(c.ai_temperature, 0.2);
         assert_eq!(c.ai_max_tokens, 1024);
         assert_eq!(c.ai_timeout_seconds, 30);
-        assert_eq!(c.search_url, "http://localhost:8001/api/search/");
-        assert_eq!(c.search_timeout_seconds, 30);
-        assert_eq!(c.ws_ping_seconds, 30);
-        assert_eq!(c.ws_idle_seconds, 60);
-        assert_eq!(c.log, "info");
-        assert_eq!(c.log_format, LogFormat::Text);
-        assert_eq!(c.metrics_bind, None);
+        assert_eq!(c.ai_concurrency, 64);
         assert_eq!(c.validate().unwrap(), ());
     }
 
@@ -1225,9 +1201,31 @@ mod tests {
 
     #[test]
     fn every_toml_key_is_its_variable_name_lower_cased_without_the_prefix() {
-        for (_, toml_key, env) in SETTINGS {
-            assert_eq!(format!("NARUTALK_{}", toml_key.to_uppercase()), env);
+        for setting in &SETTINGS {
+            assert_eq!(
+                format!("NARUTALK_{}", setting.key.to_uppercase()),
+                setting.env
+            );
         }
+    }
+
+    #[test]
+    fn the_core_and_the_server_never_claim_the_same_key() {
+        for key in SERVER_KEYS {
+            assert!(
+                SETTINGS.iter().all(|setting| setting.key != key),
+                "{key} is the core's"
+            );
+            assert!(is_known_key(key));
+            assert!(is_setting_variable(&format!(
+                "NARUTALK_{}",
+                key.to_uppercase()
+            )));
+        }
+        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 31);
+        assert!(!is_known_key("config"));
+        assert!(!is_setting_variable("NARUTALK_CONFIG"));
+        assert!(!is_setting_variable("NARUTALK_bind"));
     }
 
     #[test]
@@ -1238,6 +1236,8 @@ mod tests {
 
     #[test]
     fn a_toml_file_named_by_narutalk_config_overrides_every_default() {
+        // The shared file as the server reads it: the core takes its own keys and
+        // accepts the server's without reading them.
         let dir = tempfile::tempdir().unwrap();
         let path = write_toml(
             dir.path(),
@@ -1265,6 +1265,8 @@ ai_history_messages = 0
 ai_temperature = 1
 ai_max_tokens = 256
 ai_timeout_seconds = 90
+ai_concurrency = 8
+outbox_retention_days = 30
 search_url = ""
 search_timeout_seconds = 5
 ws_ping_seconds = 10
@@ -1277,21 +1279,11 @@ metrics_bind = "127.0.0.1:9100"
         );
         let c = load_env(&[("NARUTALK_CONFIG", path.to_str().unwrap())]).unwrap();
         let expected = Config {
-            bind: "0.0.0.0:9000".parse().unwrap(),
             database: PathBuf::from("/var/lib/narutalk/db.sqlite3"),
             sqlite_synchronous: Synchronous::Normal,
             secret_key: Some(Secret::new(SECRET_A)),
             access_token_minutes: 15,
             refresh_token_days: 30,
-            cors_origins: vec![
-                "https://a.example".to_owned(),
-                "http://b.example:8080".to_owned(),
-            ],
-            trusted_proxies: vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()],
-            max_connections_per_ip: 0,
-            auth_throttle_per_minute: 0,
-            message_throttle_per_minute: 5,
-            body_limit_bytes: 2048,
             content_max_chars: 500,
             ai_backend: AiBackend::Openai,
             ai_url: "http://127.0.0.1:11434/v1".to_owned(),
@@ -1302,15 +1294,24 @@ metrics_bind = "127.0.0.1:9100"
             ai_temperature: 1.0,
             ai_max_tokens: 256,
             ai_timeout_seconds: 90,
-            search_url: String::new(),
-            search_timeout_seconds: 5,
-            ws_ping_seconds: 10,
-            ws_idle_seconds: 25,
-            log: "debug,hyper=warn".to_owned(),
-            log_format: LogFormat::Json,
-            metrics_bind: Some("127.0.0.1:9100".parse().unwrap()),
+            ai_concurrency: 8,
+            outbox_retention_days: 30,
         };
         assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn the_server_settings_are_accepted_and_never_read_nor_checked() {
+        // The command line shares the server's file and environment: a server value,
+        // even one the server refuses, is none of its business.
+        let (_dir, r) = load_toml("bind = \"nowhere\"\nlog_format = 3\ncors_origins = \"*\"\n");
+        assert_eq!(r.unwrap(), Config::default());
+        let c = load_env(&[
+            ("NARUTALK_BIND", "nowhere"),
+            ("NARUTALK_WS_IDLE_SECONDS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c, Config::default());
     }
 
     #[test]
@@ -1428,16 +1429,25 @@ metrics_bind = "127.0.0.1:9100"
     #[test]
     fn the_environment_and_flags_override_the_default_file() {
         let dir = tempfile::tempdir().unwrap();
-        let default = write_toml(dir.path(), "bind = \"0.0.0.0:9000\"\nlog = \"warn\"\n");
+        let default = write_toml(
+            dir.path(),
+            "access_token_minutes = 5\nrefresh_token_days = 3\ndatabase = \"/srv/file.sqlite3\"\n",
+        );
         let overrides = Overrides {
             database: Some(PathBuf::from("/srv/flag.sqlite3")),
             ..Overrides::default()
         };
-        let (c, _) =
-            load_with_default(&[("NARUTALK_BIND", "127.0.0.1:9001")], &overrides, &default)
-                .unwrap();
-        assert_eq!(c.bind, "127.0.0.1:9001".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.log, "warn");
+        let (c, _) = load_with_default(
+            &[
+                ("NARUTALK_ACCESS_TOKEN_MINUTES", "9"),
+                ("NARUTALK_DATABASE", "/srv/env.sqlite3"),
+            ],
+            &overrides,
+            &default,
+        )
+        .unwrap();
+        assert_eq!(c.access_token_minutes, 9);
+        assert_eq!(c.refresh_token_days, 3);
         assert_eq!(c.database, PathBuf::from("/srv/flag.sqlite3"));
     }
 
@@ -1457,12 +1467,12 @@ metrics_bind = "127.0.0.1:9100"
         );
         // A bad value in the default file names its setting and the file.
         let dir = tempfile::tempdir().unwrap();
-        let default = write_toml(dir.path(), "bind = \"nowhere\"\n");
+        let default = write_toml(dir.path(), "sqlite_synchronous = \"sometimes\"\n");
         let e = load_with_default(&[], &Overrides::default(), &default).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
-                "invalid setting NARUTALK_BIND: {}: \"nowhere\" is not an address like 127.0.0.1:8000",
+                "invalid setting NARUTALK_SQLITE_SYNCHRONOUS: {}: must be \"full\" or \"normal\", got \"sometimes\"",
                 default.display()
             )
         );
@@ -1485,8 +1495,8 @@ metrics_bind = "127.0.0.1:9100"
     /// The commented settings file the Debian package installs as `DEFAULT_CONFIG_FILE`.
     const PACKAGED_FILE: &str = include_str!("../../packaging/debian/narutalk.toml");
 
-    /// The packaged file's `key = value` lines whose key is a setting, as
-    /// (key, line without the comment mark, commented out).
+    /// The packaged file's `key = value` lines whose key is a setting of the core or the
+    /// server, as (key, line without the comment mark, commented out).
     fn packaged_settings() -> Vec<(String, String, bool)> {
         PACKAGED_FILE
             .lines()
@@ -1496,10 +1506,7 @@ metrics_bind = "127.0.0.1:9100"
                     None => (false, line),
                 };
                 let (key, _) = rest.split_once(" = ")?;
-                SETTINGS
-                    .iter()
-                    .any(|(_, toml_key, _)| *toml_key == key)
-                    .then(|| (key.to_owned(), rest.to_owned(), commented))
+                is_known_key(key).then(|| (key.to_owned(), rest.to_owned(), commented))
             })
             .collect()
     }
@@ -1507,14 +1514,15 @@ metrics_bind = "127.0.0.1:9100"
     #[test]
     fn the_packaged_file_lists_every_setting_once() {
         let listed = packaged_settings();
-        for (_, toml_key, _) in SETTINGS {
-            let count = listed.iter().filter(|(key, _, _)| key == toml_key).count();
-            assert_eq!(
-                count, 1,
-                "{toml_key} is listed {count} times in narutalk.toml"
-            );
+        let keys = SETTINGS
+            .iter()
+            .map(|setting| setting.key)
+            .chain(SERVER_KEYS);
+        for key in keys {
+            let count = listed.iter().filter(|(listed, _, _)| listed == key).count();
+            assert_eq!(count, 1, "{key} is listed {count} times in narutalk.toml");
         }
-        assert_eq!(listed.len(), SETTINGS.len());
+        assert_eq!(listed.len(), SETTINGS.len() + SERVER_KEYS.len());
     }
 
     #[test]
@@ -1540,7 +1548,8 @@ metrics_bind = "127.0.0.1:9100"
             }
         );
 
-        // Every commented value, uncommented, is the built-in default.
+        // Every commented value, uncommented, is the built-in default (the server's
+        // settings test checks its own the same way).
         let uncommented: String = listed
             .iter()
             .filter(|(_, _, commented)| *commented)
@@ -1553,108 +1562,48 @@ metrics_bind = "127.0.0.1:9100"
     #[test]
     fn the_environment_overrides_the_toml_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_toml(dir.path(), "bind = \"0.0.0.0:9000\"\nlog = \"warn\"\n");
+        let path = write_toml(
+            dir.path(),
+            "access_token_minutes = 5\nai_model = \"from-file\"\n",
+        );
         let c = load_env(&[
             ("NARUTALK_CONFIG", path.to_str().unwrap()),
-            ("NARUTALK_BIND", "127.0.0.1:9001"),
+            ("NARUTALK_ACCESS_TOKEN_MINUTES", "9"),
         ])
         .unwrap();
-        assert_eq!(c.bind, "127.0.0.1:9001".parse::<SocketAddr>().unwrap());
-        assert_eq!(c.log, "warn");
+        assert_eq!(c.access_token_minutes, 9);
+        assert_eq!(c.ai_model, "from-file");
     }
 
     #[test]
-    fn flags_override_the_environment() {
+    fn the_database_flag_overrides_the_environment() {
         let overrides = Overrides {
-            bind: Some(" [::1]:8080 ".to_owned()),
             database: Some(PathBuf::from("/srv/narutalk/flag.sqlite3")),
             config: None,
         };
         let c = Config::load_from(
-            env(&[
-                ("NARUTALK_BIND", "127.0.0.1:9001"),
-                ("NARUTALK_DATABASE", "/srv/narutalk/env.sqlite3"),
-            ]),
+            env(&[("NARUTALK_DATABASE", "/srv/narutalk/env.sqlite3")]),
             &overrides,
         )
         .unwrap();
-        assert_eq!(c.bind, "[::1]:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(c.database, PathBuf::from("/srv/narutalk/flag.sqlite3"));
     }
 
     #[test]
-    fn a_bad_bind_flag_names_narutalk_bind() {
-        let overrides = Overrides {
-            bind: Some("nowhere".to_owned()),
-            ..Overrides::default()
-        };
-        let e = Config::load_from(Vec::new(), &overrides).unwrap_err();
-        assert_eq!(e.setting, "NARUTALK_BIND");
+    fn a_value_read_from_a_flag_names_the_flag() {
+        let setting = &SETTINGS[1];
+        let mut c = Config::default();
         assert_eq!(
-            e.to_string(),
-            "invalid setting NARUTALK_BIND: --bind: \"nowhere\" is not an address like 127.0.0.1:8000"
+            setting
+                .apply_flag(&mut c, "--synchronous", "sometimes")
+                .unwrap_err()
+                .to_string(),
+            "invalid setting NARUTALK_SQLITE_SYNCHRONOUS: --synchronous: must be \"full\" or \"normal\", got \"sometimes\""
         );
-    }
-
-    #[test]
-    fn bind_accepts_ipv4_ipv6_and_port_zero_and_rejects_garbage() {
-        assert_eq!(
-            load_env(&[("NARUTALK_BIND", "[::1]:8000")]).unwrap().bind,
-            "[::1]:8000".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(
-            load_env(&[("NARUTALK_BIND", "0.0.0.0:0")])
-                .unwrap()
-                .bind
-                .port(),
-            0
-        );
-        assert_eq!(
-            load_err(&[("NARUTALK_BIND", "x")]).to_string(),
-            "invalid setting NARUTALK_BIND: \"x\" is not an address like 127.0.0.1:8000"
-        );
-        for bad in ["", "localhost:8000", "127.0.0.1", "127.0.0.1:70000"] {
-            assert_eq!(load_err(&[("NARUTALK_BIND", bad)]).setting, "NARUTALK_BIND");
-        }
-    }
-
-    #[test]
-    fn metrics_bind_is_off_when_empty_an_address_otherwise_and_never_the_api_address() {
-        assert_eq!(
-            load_env(&[("NARUTALK_METRICS_BIND", "")])
-                .unwrap()
-                .metrics_bind,
-            None
-        );
-        assert_eq!(
-            load_env(&[("NARUTALK_METRICS_BIND", " 127.0.0.1:9100 ")])
-                .unwrap()
-                .metrics_bind,
-            Some("127.0.0.1:9100".parse::<SocketAddr>().unwrap())
-        );
-        assert_eq!(
-            load_err(&[("NARUTALK_METRICS_BIND", "9100")]).to_string(),
-            "invalid setting NARUTALK_METRICS_BIND: \"9100\" is not an address like 127.0.0.1:9100 (empty = off)"
-        );
-        assert_eq!(
-            load_err(&[
-                ("NARUTALK_BIND", "127.0.0.1:8000"),
-                ("NARUTALK_METRICS_BIND", "127.0.0.1:8000")
-            ])
-            .setting,
-            "NARUTALK_METRICS_BIND"
-        );
-        let both_free = load_env(&[
-            ("NARUTALK_BIND", "127.0.0.1:0"),
-            ("NARUTALK_METRICS_BIND", "127.0.0.1:0"),
-        ])
-        .unwrap();
-        assert_eq!(both_free.metrics_bind.map(|a| a.port()), Some(0));
-        let (_dir, from_file) = load_toml("metrics_bind = \"[::1]:9100\"");
-        assert_eq!(
-            from_file.unwrap().metrics_bind,
-            Some("[::1]:9100".parse::<SocketAddr>().unwrap())
-        );
+        setting
+            .apply_flag(&mut c, "--synchronous", "normal")
+            .unwrap();
+        assert_eq!(c.sqlite_synchronous, Synchronous::Normal);
     }
 
     #[test]
@@ -1722,18 +1671,13 @@ metrics_bind = "127.0.0.1:9100"
     fn toml_values_of_the_wrong_type_are_rejected_naming_the_setting() {
         let cases = [
             (
-                "bind = 8000",
-                "NARUTALK_BIND",
-                "must be a string, got an integer",
-            ),
-            (
                 "access_token_minutes = \"60\"",
                 "NARUTALK_ACCESS_TOKEN_MINUTES",
                 "must be an integer, got a string",
             ),
             (
-                "body_limit_bytes = 1.5",
-                "NARUTALK_BODY_LIMIT_BYTES",
+                "content_max_chars = 1.5",
+                "NARUTALK_CONTENT_MAX_CHARS",
                 "must be an integer, got a float",
             ),
             (
@@ -1742,18 +1686,8 @@ metrics_bind = "127.0.0.1:9100"
                 "must be a number, got a string",
             ),
             (
-                "cors_origins = 3",
-                "NARUTALK_CORS_ORIGINS",
-                "must be an array of strings or a comma-separated string, got an integer",
-            ),
-            (
-                "trusted_proxies = [1, 2]",
-                "NARUTALK_TRUSTED_PROXIES",
-                "must be an array of strings, got an array holding an integer",
-            ),
-            (
-                "log_format = true",
-                "NARUTALK_LOG_FORMAT",
+                "ai_backend = true",
+                "NARUTALK_AI_BACKEND",
                 "must be a string, got a boolean",
             ),
             (
@@ -1784,9 +1718,9 @@ metrics_bind = "127.0.0.1:9100"
 
     #[test]
     fn toml_numbers_out_of_range_are_rejected() {
-        let (_dir, r) = load_toml("ws_ping_seconds = -5");
+        let (_dir, r) = load_toml("ai_timeout_seconds = -5");
         let e = r.unwrap_err();
-        assert_eq!(e.setting, "NARUTALK_WS_PING_SECONDS");
+        assert_eq!(e.setting, "NARUTALK_AI_TIMEOUT_SECONDS");
         assert!(
             e.message
                 .ends_with("must be a whole number of at least 1, got -5")
@@ -1801,22 +1735,17 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     /// (variable, smallest accepted value)
-    const NUMBERS: [(&str, u64); 15] = [
+    const NUMBERS: [(&str, u64); 10] = [
         ("NARUTALK_ACCESS_TOKEN_MINUTES", 1),
         ("NARUTALK_REFRESH_TOKEN_DAYS", 1),
-        ("NARUTALK_MAX_CONNECTIONS_PER_IP", 0),
-        ("NARUTALK_AUTH_THROTTLE_PER_MINUTE", 0),
-        ("NARUTALK_MESSAGE_THROTTLE_PER_MINUTE", 0),
-        ("NARUTALK_BODY_LIMIT_BYTES", 1),
         ("NARUTALK_CONTENT_MAX_CHARS", 1),
         ("NARUTALK_AI_HISTORY_MESSAGES", 0),
         ("NARUTALK_AI_MAX_TOKENS", 1),
         ("NARUTALK_AI_TIMEOUT_SECONDS", 1),
-        ("NARUTALK_SEARCH_TIMEOUT_SECONDS", 1),
-        ("NARUTALK_WS_PING_SECONDS", 1),
-        ("NARUTALK_WS_IDLE_SECONDS", 1),
+        ("NARUTALK_AI_CONCURRENCY", 1),
+        ("NARUTALK_OUTBOX_RETENTION_DAYS", 1),
         ("NARUTALK_AI_TEMPERATURE", 0),
-        ("NARUTALK_BODY_LIMIT_BYTES", 1),
+        ("NARUTALK_CONTENT_MAX_CHARS", 1),
     ];
 
     #[test]
@@ -1839,7 +1768,10 @@ metrics_bind = "127.0.0.1:9100"
                 assert_eq!(e.setting, var, "{var}={bad:?}");
             }
         }
-        for var in ["NARUTALK_BODY_LIMIT_BYTES", "NARUTALK_ACCESS_TOKEN_MINUTES"] {
+        for var in [
+            "NARUTALK_CONTENT_MAX_CHARS",
+            "NARUTALK_ACCESS_TOKEN_MINUTES",
+        ] {
             assert_eq!(load_err(&[(var, "99999999999999999999999")]).setting, var);
         }
         assert_eq!(
@@ -1866,36 +1798,14 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     #[test]
-    fn max_connections_per_ip_is_a_whole_number_and_zero_means_no_limit() {
-        let read = |value| {
-            load_env(&[("NARUTALK_MAX_CONNECTIONS_PER_IP", value)])
-                .map(|c| c.max_connections_per_ip)
-        };
-        assert_eq!(read(" 25 ").unwrap(), 25);
-        assert_eq!(read("0").unwrap(), 0);
-        assert_eq!(
-            read("-1").unwrap_err().to_string(),
-            "invalid setting NARUTALK_MAX_CONNECTIONS_PER_IP: must be a whole number (0 or more), got \"-1\""
-        );
-        assert_eq!(
-            read("4294967296").unwrap_err().to_string(),
-            "invalid setting NARUTALK_MAX_CONNECTIONS_PER_IP: 4294967296 is too large"
-        );
-        let (_dir, r) = load_toml("max_connections_per_ip = 64");
-        assert_eq!(r.unwrap().max_connections_per_ip, 64);
-    }
-
-    #[test]
     fn numbers_are_trimmed_and_parsed_fully() {
         let c = load_env(&[
             ("NARUTALK_ACCESS_TOKEN_MINUTES", " 15 "),
-            ("NARUTALK_BODY_LIMIT_BYTES", "10485760"),
             ("NARUTALK_CONTENT_MAX_CHARS", "20000"),
             ("NARUTALK_AI_TEMPERATURE", "0.7"),
         ])
         .unwrap();
         assert_eq!(c.access_token_minutes, 15);
-        assert_eq!(c.body_limit_bytes, 10_485_760);
         assert_eq!(c.content_max_chars, 20_000);
         assert_eq!(c.ai_temperature, 0.7);
     }
@@ -1925,17 +1835,14 @@ metrics_bind = "127.0.0.1:9100"
             ("NARUTALK_SQLITE_SYNCHRONOUS", "Normal"),
             ("NARUTALK_AI_BACKEND", " HTTP "),
             ("NARUTALK_AI_URL", "http://127.0.0.1:5000/answer"),
-            ("NARUTALK_LOG_FORMAT", "JSON"),
         ])
         .unwrap();
         assert_eq!(c.sqlite_synchronous, Synchronous::Normal);
         assert_eq!(c.ai_backend, AiBackend::Http);
-        assert_eq!(c.log_format, LogFormat::Json);
         let c = load_env(&[("NARUTALK_SQLITE_SYNCHRONOUS", "FULL")]).unwrap();
         assert_eq!(c.sqlite_synchronous, Synchronous::Full);
-        let (_dir, r) = load_toml("log_format = \"Text\"\nai_backend = \"TEMPLATE\"");
+        let (_dir, r) = load_toml("ai_backend = \"TEMPLATE\"");
         let c = r.unwrap();
-        assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.ai_backend, AiBackend::Template);
     }
 
@@ -1949,99 +1856,8 @@ metrics_bind = "127.0.0.1:9100"
             load_err(&[("NARUTALK_AI_BACKEND", "claude")]).to_string(),
             "invalid setting NARUTALK_AI_BACKEND: must be \"template\", \"http\" or \"openai\", got \"claude\""
         );
-        for var in [
-            "NARUTALK_SQLITE_SYNCHRONOUS",
-            "NARUTALK_AI_BACKEND",
-            "NARUTALK_LOG_FORMAT",
-        ] {
+        for var in ["NARUTALK_SQLITE_SYNCHRONOUS", "NARUTALK_AI_BACKEND"] {
             assert_eq!(load_err(&[(var, "")]).setting, var);
-        }
-    }
-
-    #[test]
-    fn lists_are_split_on_commas_and_trimmed() {
-        let c = load_env(&[
-            (
-                "NARUTALK_CORS_ORIGINS",
-                " http://localhost:3000 ,, https://chat.example.org ,",
-            ),
-            ("NARUTALK_TRUSTED_PROXIES", "10.0.0.1, ::1 ,"),
-        ])
-        .unwrap();
-        assert_eq!(
-            c.cors_origins,
-            vec![
-                "http://localhost:3000".to_owned(),
-                "https://chat.example.org".to_owned()
-            ]
-        );
-        assert_eq!(
-            c.trusted_proxies,
-            vec![
-                "10.0.0.1".parse::<IpAddr>().unwrap(),
-                "::1".parse::<IpAddr>().unwrap()
-            ]
-        );
-        let c = load_env(&[
-            ("NARUTALK_CORS_ORIGINS", ""),
-            ("NARUTALK_TRUSTED_PROXIES", " "),
-        ])
-        .unwrap();
-        assert!(c.cors_origins.is_empty());
-        assert!(c.trusted_proxies.is_empty());
-        let (_dir, r) = load_toml("cors_origins = \"http://a.example, http://b.example\"");
-        assert_eq!(
-            r.unwrap().cors_origins,
-            vec!["http://a.example".to_owned(), "http://b.example".to_owned()]
-        );
-    }
-
-    #[test]
-    fn trusted_proxy_garbage_is_rejected() {
-        assert_eq!(
-            load_err(&[("NARUTALK_TRUSTED_PROXIES", "10.0.0.1, proxy.local")]).to_string(),
-            "invalid setting NARUTALK_TRUSTED_PROXIES: \"proxy.local\" is not an IP address like 10.0.0.1"
-        );
-        for bad in ["10.0.0.0/8", "10.0.0.1:80", "[::1]", "256.0.0.1"] {
-            assert_eq!(
-                load_err(&[("NARUTALK_TRUSTED_PROXIES", bad)]).setting,
-                "NARUTALK_TRUSTED_PROXIES"
-            );
-        }
-    }
-
-    #[test]
-    fn cors_origins_must_be_scheme_host_and_optional_port_only() {
-        for ok in [
-            "http://localhost:3000",
-            "https://chat.example.org",
-            "http://127.0.0.1:8080",
-            "http://[::1]:3000",
-            "https://[2001:db8::1]",
-        ] {
-            assert!(load_env(&[("NARUTALK_CORS_ORIGINS", ok)]).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://localhost:3000/",
-            "https://chat.example.org/app",
-            "ftp://example.org",
-            "localhost:3000",
-            "*",
-            "http://",
-            "http://host:",
-            "http://host:99999",
-            "HTTP://localhost",
-            "http://Example.org",
-            "http://user@host",
-            "http://host?x=1",
-            "http://[::1",
-        ] {
-            let e = load_err(&[("NARUTALK_CORS_ORIGINS", bad)]);
-            assert_eq!(e.setting, "NARUTALK_CORS_ORIGINS", "{bad}");
-            assert!(
-                e.message.starts_with(&format!("{bad:?} is not an origin")),
-                "{e}"
-            );
         }
     }
 
@@ -2096,41 +1912,29 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     #[test]
-    fn the_idle_limit_must_exceed_the_ping_interval() {
-        assert_eq!(
-            load_err(&[("NARUTALK_WS_IDLE_SECONDS", "30")]).to_string(),
-            "invalid setting NARUTALK_WS_IDLE_SECONDS: must be greater than NARUTALK_WS_PING_SECONDS (30), got \"30\""
-        );
-        assert_eq!(
-            load_err(&[
-                ("NARUTALK_WS_PING_SECONDS", "90"),
-                ("NARUTALK_WS_IDLE_SECONDS", "60")
-            ])
-            .setting,
-            "NARUTALK_WS_IDLE_SECONDS"
-        );
-        assert!(load_env(&[("NARUTALK_WS_IDLE_SECONDS", "31")]).is_ok());
-    }
-
-    #[test]
-    fn an_empty_search_url_means_not_configured_and_a_bad_one_is_rejected() {
-        assert_eq!(
-            load_env(&[("NARUTALK_SEARCH_URL", " ")])
-                .unwrap()
-                .search_url,
-            ""
-        );
-        let e = load_err(&[("NARUTALK_SEARCH_URL", "localhost:8001/api/search/")]);
-        assert_eq!(e.setting, "NARUTALK_SEARCH_URL");
+    fn ai_url_must_be_an_http_url() {
+        for ok in [
+            "http://127.0.0.1:5000/answer",
+            "HTTPS://api.example.com/v1",
+            "http://[::1]:11434/v1",
+        ] {
+            assert!(is_http_url(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "http://",
+            "https:///v1",
+            "ftp://x",
+            "http://a b",
+            "127.0.0.1:5000",
+        ] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
     }
 
     #[test]
     fn empty_strings_that_must_not_be_empty_are_rejected() {
-        for var in [
-            "NARUTALK_DATABASE",
-            "NARUTALK_LOG",
-            "NARUTALK_AI_SYSTEM_PROMPT",
-        ] {
+        for var in ["NARUTALK_DATABASE", "NARUTALK_AI_SYSTEM_PROMPT"] {
             let e = load_err(&[(var, "  ")]);
             assert_eq!(e.setting, var);
             assert_eq!(e.message, "must not be empty");
@@ -2172,6 +1976,21 @@ metrics_bind = "127.0.0.1:9100"
     fn the_process_environment_loads_without_panicking() {
         // The test runner sets no NARUTALK_ variables; whatever it sets, no panic.
         let _ = Config::load(&Overrides::default());
+    }
+
+    #[test]
+    fn debug_of_the_layers_shows_no_value() {
+        let layers = Layers::read_from(
+            env(&[("NARUTALK_SECRET_KEY", SECRET_A)]),
+            &Overrides::default(),
+            None,
+        )
+        .unwrap();
+        let debug = format!("{layers:?}");
+        assert!(debug.contains("NARUTALK_SECRET_KEY"), "{debug}");
+        assert!(!debug.contains(SECRET_A), "{debug}");
+        let value = SETTINGS[2].value(Origin::Env, Raw::Text(SECRET_A));
+        assert!(!format!("{value:?} {:?}", SETTINGS[2]).contains(SECRET_A));
     }
 
     #[test]
@@ -2217,10 +2036,12 @@ metrics_bind = "127.0.0.1:9100"
 
     #[test]
     fn every_error_is_one_line() {
-        let e = load_err(&[("NARUTALK_LOG_FORMAT", "a\nb")]);
+        let e = load_err(&[("NARUTALK_AI_BACKEND", "a\nb")]);
         assert!(!e.to_string().contains('\n'));
-        let e = load_err(&[("NARUTALK_BIND", "a\r\nb")]);
+        let e = load_err(&[("NARUTALK_SQLITE_SYNCHRONOUS", "a\r\nb")]);
         assert!(!e.to_string().contains(['\n', '\r']));
+        let e = ConfigError::new("NARUTALK_X", "one\ntwo\r");
+        assert_eq!(e.to_string(), "invalid setting NARUTALK_X: one two ");
     }
 
     #[test]
@@ -2233,11 +2054,6 @@ metrics_bind = "127.0.0.1:9100"
         };
         assert_eq!(bad(c), "NARUTALK_CONTENT_MAX_CHARS");
         let c = Config {
-            cors_origins: vec![" http://localhost:3000".to_owned()],
-            ..d()
-        };
-        assert_eq!(bad(c), "NARUTALK_CORS_ORIGINS");
-        let c = Config {
             ai_temperature: f64::INFINITY,
             ..d()
         };
@@ -2248,19 +2064,21 @@ metrics_bind = "127.0.0.1:9100"
         };
         assert_eq!(bad(c), "NARUTALK_SECRET_KEY");
         let c = Config {
-            ws_ping_seconds: 0,
+            ai_timeout_seconds: 0,
             ..d()
         };
-        assert_eq!(bad(c), "NARUTALK_WS_PING_SECONDS");
+        assert_eq!(bad(c), "NARUTALK_AI_TIMEOUT_SECONDS");
+        assert_eq!(
+            check_min("NARUTALK_X", 0, 1).unwrap_err().to_string(),
+            "invalid setting NARUTALK_X: must be a whole number of at least 1, got \"0\""
+        );
+        assert!(check_min("NARUTALK_X", 0, 0).is_ok());
     }
 
     #[test]
-    fn for_tests_gives_throttles_zero_and_a_random_secret() {
+    fn for_tests_gives_a_random_secret_and_a_database_in_the_folder() {
         let dir = tempfile::tempdir().unwrap();
         let c = Config::for_tests(dir.path());
-        assert_eq!(c.auth_throttle_per_minute, 0);
-        assert_eq!(c.message_throttle_per_minute, 0);
-        assert_eq!(c.search_url, "");
         assert_eq!(c.database, dir.path().join("db.sqlite3"));
         let secret = c.secret_key.clone().unwrap();
         assert_eq!(secret.expose().len(), 64);
@@ -2270,9 +2088,6 @@ metrics_bind = "127.0.0.1:9100"
             Config {
                 database: Config::default().database,
                 secret_key: None,
-                auth_throttle_per_minute: 10,
-                message_throttle_per_minute: 30,
-                search_url: Config::default().search_url,
                 ..c.clone()
             },
             Config::default()

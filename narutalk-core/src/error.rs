@@ -6,8 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 /// What went wrong in a core operation.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -36,16 +34,88 @@ pub enum Error {
     /// on [`Error`].
     #[error("permission denied")]
     PermissionDenied,
-    /// The database is busy, locked, full or unreachable, or a write could not commit
-    /// within [`crate::db::WRITE_DEADLINE`]; the request may succeed later (503 with
+    /// Storage is busy, locked, full or unreachable, or a write could not commit
+    /// within [`crate::store::WRITE_DEADLINE`]; the request may succeed later (503 with
     /// `Retry-After`). A write that answers it was not applied and never will be; the one
-    /// exception is a reply that [`crate::chat::Chat::store_pending_reply`] hands back to
-    /// be stored later.
+    /// exception is a reply the turn engine keeps to store again later ([`crate::turns`]),
+    /// whose waiters hear this meanwhile.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
-    /// A bug or a damaged database; the text is for the log, never for a client (500).
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A bug or a damaged database (500). Its text is only `internal error`; the cause
+    /// it carries is for the log, never for a client.
+    #[error("internal error")]
+    Internal(#[source] InternalError),
+}
+
+impl Error {
+    /// An [`Error::Internal`] whose cause is `message` (for the log only).
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error::Internal(InternalError::new(message))
+    }
+
+    /// The error with its cause, for a log line or an administrator (never for a
+    /// client): the text of [`Error::Internal`] followed by what caused it, every other
+    /// variant as its text.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Internal(cause) => format!("{self}: {cause}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What caused an [`Error::Internal`]: a message, and the error behind it when there is
+/// one, kept for the log and never shown to a client. Its text is the message; the
+/// alternate form (`{:#}`) adds every cause behind it, `message: cause: cause`.
+#[derive(Debug)]
+pub struct InternalError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl InternalError {
+    /// A cause told by its message alone.
+    pub fn new(message: impl Into<String>) -> InternalError {
+        InternalError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A cause that is another error: its text is that error's text, and the errors
+    /// behind that error are its sources.
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> InternalError {
+        InternalError {
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        }
+    }
+
+    /// What went wrong, in one line.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for InternalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if f.alternate() {
+            let mut cause = std::error::Error::source(self);
+            while let Some(error) = cause {
+                write!(f, ": {error}")?;
+                cause = error.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InternalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // A wrapped error's own text is this cause's message: its sources come next.
+        self.source.as_deref().and_then(|error| error.source())
+    }
 }
 
 /// Why a token was refused. The texts are simplejwt 5.5's, which the API keeps for
@@ -77,25 +147,6 @@ impl std::fmt::Display for TokenProblem {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    /// Busy, locked, full and I/O failures are worth retrying; everything else is a bug.
-    fn from(error: rusqlite::Error) -> Self {
-        use rusqlite::ErrorCode;
-        match error.sqlite_error_code() {
-            Some(
-                ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::CannotOpen
-                | ErrorCode::ReadOnly
-                | ErrorCode::OutOfMemory,
-            ) => Error::Unavailable(error.to_string()),
-            _ => Error::Internal(error.to_string()),
-        }
-    }
-}
-
 impl From<FieldErrors> for Error {
     fn from(errors: FieldErrors) -> Self {
         Error::Invalid(errors)
@@ -103,9 +154,8 @@ impl From<FieldErrors> for Error {
 }
 
 /// Field name to messages, as DRF reports validation errors. Cross-field errors live under
-/// [`FieldErrors::NON_FIELD`]. Serializes as the API's 400 body.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+/// [`FieldErrors::NON_FIELD`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldErrors(BTreeMap<String, Vec<String>>);
 
 impl FieldErrors {

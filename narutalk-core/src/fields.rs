@@ -101,14 +101,6 @@ impl Text {
         }
     }
 
-    /// The same check for a field that may be left out.
-    pub const fn optional(self) -> Text {
-        Text {
-            required: false,
-            ..self
-        }
-    }
-
     /// The same check accepting an empty value.
     pub const fn blank_allowed(self) -> Text {
         Text {
@@ -116,6 +108,35 @@ impl Text {
             ..self
         }
     }
+}
+
+/// Proof that a field failed a check: only a [`FieldReader`] makes one, and only as it
+/// records the field's message. A [`Checked`] value is therefore either the field's value
+/// or a failure already reported, and [`FieldReader::finish_with`] turns a typed input
+/// whose every field passed into that input, with no "passed its checks without a value"
+/// case left to handle.
+#[derive(Debug)]
+pub(crate) struct Failed(());
+
+/// A field's checked value, or [`Failed`].
+pub(crate) type Checked<T> = Result<T, Failed>;
+
+/// Checks one string against `rule` (all but `required`), in DRF's order: trimming, blank,
+/// length, then the NUL character. The error is the field's message.
+pub(crate) fn check_text(raw: &str, rule: Text) -> Result<String, String> {
+    let value = if rule.trim { raw.trim() } else { raw };
+    if !rule.allow_blank && value.trim().is_empty() {
+        return Err(BLANK.to_owned());
+    }
+    if let Some(max_chars) = rule.max_chars
+        && value.chars().count() > max_chars
+    {
+        return Err(too_long(max_chars));
+    }
+    if value.contains('\0') {
+        return Err(NUL_NOT_ALLOWED.to_owned());
+    }
+    Ok(value.to_owned())
 }
 
 /// Reads fields out of a [`JsonObject`], recording the first failing check of each field.
@@ -133,83 +154,92 @@ impl<'a> FieldReader<'a> {
         }
     }
 
-    /// The value of a present, non-null field; records `required`/`null` otherwise.
-    fn present(&mut self, name: &str, required: bool) -> Option<&'a Value> {
+    /// The value of a present, non-null field (`None` when absent and not `required`);
+    /// records `required`/`null` otherwise.
+    fn present(&mut self, name: &str, required: bool) -> Checked<Option<&'a Value>> {
         match self.body.get(name) {
-            None => {
-                if required {
-                    self.errors.add(name, REQUIRED);
-                }
-                None
-            }
-            Some(Value::Null) => {
-                self.errors.add(name, NOT_NULL);
-                None
-            }
-            Some(value) => Some(value),
+            None if required => Err(self.fail(name, REQUIRED)),
+            None => Ok(None),
+            Some(Value::Null) => Err(self.fail(name, NOT_NULL)),
+            Some(value) => Ok(Some(value)),
+        }
+    }
+
+    /// A required string field ([`Text::required`] is not consulted).
+    pub fn required_text(&mut self, name: &str, rule: Text) -> Checked<String> {
+        match self.present(name, true)? {
+            Some(value) => self.text_value(name, value, rule),
+            None => Err(self.fail(name, REQUIRED)),
+        }
+    }
+
+    /// A string field that may be left out (`Ok(None)`; [`Text::required`] is not
+    /// consulted).
+    pub fn optional_text(&mut self, name: &str, rule: Text) -> Checked<Option<String>> {
+        match self.present(name, false)? {
+            Some(value) => self.text_value(name, value, rule).map(Some),
+            None => Ok(None),
         }
     }
 
     /// A string field; `None` when absent (and not required) or when it failed a check.
     pub fn text(&mut self, name: &str, rule: Text) -> Option<String> {
-        let value = self.present(name, rule.required)?;
+        if rule.required {
+            self.required_text(name, rule).ok()
+        } else {
+            self.optional_text(name, rule).ok().flatten()
+        }
+    }
+
+    fn text_value(&mut self, name: &str, value: &Value, rule: Text) -> Checked<String> {
         let Value::String(raw) = value else {
-            self.errors.add(name, NOT_A_STRING);
-            return None;
+            return Err(self.fail(name, NOT_A_STRING));
         };
-        let value = if rule.trim { raw.trim() } else { raw.as_str() };
-        if !rule.allow_blank && value.trim().is_empty() {
-            self.errors.add(name, BLANK);
-            return None;
+        check_text(raw, rule).map_err(|message| self.fail(name, message))
+    }
+
+    /// A choice among string values parsed by `T::from_str`, `Ok(None)` when absent.
+    pub fn optional_choice<T: std::str::FromStr>(&mut self, name: &str) -> Checked<Option<T>> {
+        match self.present(name, false)? {
+            Some(value) => self.choice_value(name, value).map(Some),
+            None => Ok(None),
         }
-        if let Some(max_chars) = rule.max_chars
-            && value.chars().count() > max_chars
-        {
-            self.errors.add(name, too_long(max_chars));
-            return None;
-        }
-        if value.contains('\0') {
-            self.errors.add(name, NUL_NOT_ALLOWED);
-            return None;
-        }
-        Some(value.to_owned())
     }
 
     /// A choice among string values parsed by `T::from_str`; `None` when absent or invalid.
     pub fn choice<T: std::str::FromStr>(&mut self, name: &str, required: bool) -> Option<T> {
-        let value = self.present(name, required)?;
-        let Value::String(raw) = value else {
-            self.errors.add(name, NOT_A_STRING);
-            return None;
-        };
-        match raw.parse() {
-            Ok(choice) => Some(choice),
-            Err(_) => {
-                self.errors.add(name, invalid_choice(raw));
-                None
-            }
+        match self.present(name, required) {
+            Ok(Some(value)) => self.choice_value(name, value).ok(),
+            Ok(None) | Err(Failed(())) => None,
         }
     }
 
-    /// A boolean field; only JSON `true`/`false` are booleans.
-    pub fn boolean(&mut self, name: &str, required: bool) -> Option<bool> {
-        match self.present(name, required)? {
-            Value::Bool(b) => Some(*b),
-            _ => {
-                self.errors.add(name, NOT_A_BOOLEAN);
-                None
-            }
+    fn choice_value<T: std::str::FromStr>(&mut self, name: &str, value: &Value) -> Checked<T> {
+        let Value::String(raw) = value else {
+            return Err(self.fail(name, NOT_A_STRING));
+        };
+        raw.parse()
+            .map_err(|_| self.fail(name, invalid_choice(raw)))
+    }
+
+    /// A boolean field, `Ok(None)` when absent; only JSON `true`/`false` are booleans.
+    pub fn optional_boolean(&mut self, name: &str) -> Checked<Option<bool>> {
+        match self.present(name, false)? {
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.fail(name, NOT_A_BOOLEAN)),
+            None => Ok(None),
         }
     }
 
     /// An object field (`metadata`).
     pub fn object(&mut self, name: &str, required: bool) -> Option<JsonObject> {
-        match self.present(name, required)? {
-            Value::Object(map) => Some(map.clone()),
-            other => {
-                self.errors.add(name, not_a_dictionary(other));
+        match self.present(name, required) {
+            Ok(Some(Value::Object(map))) => Some(map.clone()),
+            Ok(Some(other)) => {
+                self.fail(name, not_a_dictionary(other));
                 None
             }
+            Ok(None) | Err(Failed(())) => None,
         }
     }
 
@@ -222,9 +252,11 @@ impl<'a> FieldReader<'a> {
         }
     }
 
-    /// Records a rule that failed after the type checks (uniqueness, syntax, policy).
-    pub fn fail(&mut self, name: &str, message: impl Into<String>) {
+    /// Records a rule that failed after the type checks (uniqueness, syntax, policy), and
+    /// answers the proof that it did.
+    pub fn fail(&mut self, name: &str, message: impl Into<String>) -> Failed {
         self.errors.add(name, message);
+        Failed(())
     }
 
     /// True when `name` already has an error, so later checks of it are skipped.
@@ -235,6 +267,16 @@ impl<'a> FieldReader<'a> {
     /// `Ok(())` when every field passed, otherwise the collected errors.
     pub fn finish(self) -> Result<(), Error> {
         self.errors.into_result()
+    }
+
+    /// The typed input `checked` when every field passed, otherwise the collected errors.
+    /// A [`Failed`] field has always recorded its message, so the errors are never empty
+    /// when `checked` failed.
+    pub fn finish_with<T>(self, checked: Checked<T>) -> Result<T, Error> {
+        match checked {
+            Ok(value) if self.errors.is_empty() => Ok(value),
+            Ok(_) | Err(Failed(())) => Err(Error::Invalid(self.errors)),
+        }
     }
 }
 
@@ -290,7 +332,10 @@ mod tests {
         let body = object(json!({}));
         let mut reader = FieldReader::new(&body);
         assert_eq!(reader.text("a", Text::REQUIRED), None);
-        assert_eq!(reader.text("b", Text::REQUIRED.optional()), None);
+        assert!(matches!(
+            reader.optional_text("b", Text::REQUIRED),
+            Ok(None)
+        ));
         let errors = errors_of(reader);
         assert_eq!(errors.get("a"), [REQUIRED]);
         assert!(!errors.contains("b"));
@@ -306,7 +351,7 @@ mod tests {
         reader.text("b", Text::REQUIRED);
         reader.text("l", Text::REQUIRED.max(2));
         reader.object("o", false);
-        reader.boolean("f", false);
+        assert!(reader.optional_boolean("f").is_err());
         let errors = errors_of(reader);
         assert_eq!(errors.get("n"), [NOT_NULL]);
         assert_eq!(errors.get("t"), [NOT_A_STRING]);
@@ -401,6 +446,48 @@ mod tests {
         assert_eq!(errors.get("metadata"), [NUL_NOT_ALLOWED]);
         assert_eq!(errors.get("other"), ["first problem"]);
         assert!(!errors.contains("clean"));
+    }
+
+    #[test]
+    fn finish_with_gives_the_typed_value_only_when_every_field_passed() {
+        let body = object(json!({"a": " x ", "b": "yes", "c": 5}));
+        let mut reader = FieldReader::new(&body);
+        let a = reader.required_text("a", Text::REQUIRED);
+        let b = reader.optional_boolean("missing");
+        assert_eq!(
+            reader.finish_with(a.and_then(|a| b.map(|b| (a, b)))).ok(),
+            Some(("x".to_owned(), None))
+        );
+
+        // A field that failed reports its message; so does a value that passed its own
+        // checks when a later rule failed another field.
+        let mut reader = FieldReader::new(&body);
+        let c = reader.required_text("c", Text::REQUIRED);
+        assert!(c.is_err());
+        match reader.finish_with(c) {
+            Err(Error::Invalid(errors)) => assert_eq!(errors.get("c"), [NOT_A_STRING]),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+        let mut reader = FieldReader::new(&body);
+        let a = reader.required_text("a", Text::REQUIRED);
+        let _ = reader.fail("b", "taken");
+        match reader.finish_with(a) {
+            Err(Error::Invalid(errors)) => assert_eq!(errors.get("b"), ["taken"]),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn check_text_gives_the_messages_the_reader_records() {
+        let rule = Text::REQUIRED.max(3);
+        assert_eq!(check_text("  abc ", rule), Ok("abc".to_owned()));
+        assert_eq!(check_text(" ", rule), Err(BLANK.to_owned()));
+        assert_eq!(check_text("abcd", rule), Err(too_long(3)));
+        assert_eq!(check_text("a\u{0}", rule), Err(NUL_NOT_ALLOWED.to_owned()));
+        assert_eq!(
+            check_text(" a ", Text::REQUIRED_VERBATIM),
+            Ok(" a ".to_owned())
+        );
     }
 
     #[test]

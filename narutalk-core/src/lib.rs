@@ -1,21 +1,26 @@
 //! Narutalk's core: every business rule of the Narutalk API (`docs/API.md`), behind a
 //! synchronous API that any Rust program can embed with no server at all.
 //!
-//! [`Narutalk`] is the handle: it owns the SQLite database (one writer, pooled readers),
-//! the token keys and the AI responder, and hands out the three areas of the API:
+//! [`Narutalk`] is the handle: it owns the store (the storage port of [`store`], on SQLite
+//! today), the token keys and the AI responder, and hands out the three areas of the API:
 //! [`Narutalk::accounts`] (registration, login, profiles, administration),
 //! [`Narutalk::tokens`] (access-token checks, refresh rotation, logout) and
-//! [`Narutalk::chat`] (sessions, messages, the storage side of the AI turn). Operations
-//! that take a request body take it as a [`fields::JsonObject`] and answer the API's
-//! field errors, so a server only translates HTTP.
+//! [`Narutalk::chat`] (sessions, messages, posting). Operations that take a request body
+//! take it as a [`fields::JsonObject`] (or a typed input such as [`chat::PostInput`]) and
+//! answer the API's field errors, so a server only translates HTTP.
 //!
-//! Everything blocks (SQLite, argon2): call it from a thread that may block, such as
-//! `tokio::task::spawn_blocking`.
+//! The handle also owns the AI pool, the event bus ([`Narutalk::events`]: every stored
+//! change is published there after its commit) and the turn engine ([`turns`]), which a
+//! server starts with [`Narutalk::start_turns`]; without it, a post answers its turn on the
+//! calling thread.
+//!
+//! Everything blocks (SQLite, argon2) except awaiting a reply: call it from a thread that
+//! may block, such as `tokio::task::spawn_blocking`.
 //!
 //! ```
 //! use narutalk_core::chat::{Category, Sender};
 //! use narutalk_core::config::Config;
-//! use narutalk_core::db::OpenMode;
+//! use narutalk_core::store::OpenMode;
 //! use narutalk_core::Narutalk;
 //! use serde_json::json;
 //!
@@ -50,27 +55,36 @@ pub mod admin;
 pub mod ai;
 pub mod chat;
 pub mod config;
-pub mod db;
 pub mod error;
+pub mod events;
 pub mod fields;
+pub mod files;
 pub mod metrics;
+pub mod store;
 pub mod time;
 pub mod tokens;
+pub mod turns;
+pub mod workers;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use accounts::password::PasswordHashing;
 use accounts::{Accounts, UserId};
 use ai::http::HttpResponder;
 use ai::openai::OpenAiResponder;
+use ai::pool::AiPool;
 use ai::{Responder, TemplateResponder};
-use chat::{Chat, Exchange, PostOutcome, ReplyWait, SessionId, Turns};
+use chat::{Chat, Exchange, PostInput, SessionId};
 use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
-use db::{Database, OpenError, OpenMode};
 use error::Error;
+use events::{Actor, EventBus, Origin};
 use fields::JsonObject;
+use store::sqlite::SqliteStore;
+use store::{OpenError, OpenMode, Store};
 use tokens::{TokenKeys, Tokens};
+use turns::{Drained, Engine, Parts};
 
 /// Why a [`Narutalk`] could not start. Each variant's text is one line naming the
 /// setting or the file at fault.
@@ -84,43 +98,53 @@ pub enum StartError {
     Open(#[from] OpenError),
 }
 
-/// The embedded Narutalk: database, token keys and AI responder.
+/// The embedded Narutalk: store, token keys, AI responder and pool, event bus and turn
+/// engine.
 pub struct Narutalk {
-    db: Database,
+    store: Arc<dyn Store>,
     keys: TokenKeys,
-    responder: Arc<dyn Responder>,
-    turns: Arc<Turns>,
+    hashing: PasswordHashing,
+    events: Arc<EventBus>,
+    turns: Arc<Engine>,
+    origin: Origin,
     content_max_chars: usize,
     history_messages: u32,
+    ai_timeout: Duration,
     reply_wait: Duration,
+    ai_concurrency: usize,
 }
 
 impl std::fmt::Debug for Narutalk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Narutalk")
-            .field("db", &self.db)
-            .field("responder", &self.responder.name())
+            .field("store", &self.store)
+            .field("responder", &self.responder().name())
+            .field("turns_started", &self.turns.is_started())
             .finish_non_exhaustive()
     }
 }
 
 impl Narutalk {
-    /// Opens the database of `config` (created only with [`OpenMode::CreateIfMissing`]),
+    /// Opens the store of `config` (created only with [`OpenMode::CreateIfMissing`]),
     /// applies pending migrations, and takes the signing secret from the configuration
     /// or from `data/secret.key`, generating that file (mode 0600) when `mode` allows
     /// creating.
     pub fn open(config: &Config, mode: OpenMode) -> Result<Narutalk, StartError> {
         config.validate()?;
         // The database first: a missing database is the error to report, not the secret.
-        let db = Database::open(&config.database, config.sqlite_synchronous, mode)?;
+        let storage = store::open(config, mode)?;
         let secret =
             config.signing_secret(Path::new(SECRET_FILE), mode == OpenMode::CreateIfMissing)?;
-        Narutalk::new(db, &secret, config)
+        Narutalk::new(storage, &secret, config)
     }
 
-    /// Builds the handle from an open database and a signing secret; the responder is the
-    /// one `config` names.
-    pub fn new(db: Database, secret: &Secret, config: &Config) -> Result<Narutalk, StartError> {
+    /// Builds the handle from an open store and a signing secret; the responder is the one
+    /// `config` names. The turn engine is not started ([`Narutalk::start_turns`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        secret: &Secret,
+        config: &Config,
+    ) -> Result<Narutalk, StartError> {
         let keys = TokenKeys::new(
             secret,
             config.access_token_minutes,
@@ -137,59 +161,144 @@ impl Narutalk {
             AiBackend::Http => Arc::new(HttpResponder::from_config(config)),
             AiBackend::Openai => Arc::new(OpenAiResponder::from_config(config)),
         };
-        Ok(Narutalk {
-            db,
-            keys,
+        let events = Arc::new(EventBus::new());
+        let ai_timeout = Duration::from_secs(u64::from(config.ai_timeout_seconds));
+        // A repeated post waits at most one whole AI call, plus the time to store it.
+        let reply_wait = ai_timeout + Duration::from_secs(5);
+        let ai_concurrency = usize::try_from(config.ai_concurrency).unwrap_or(usize::MAX);
+        let turns = Arc::new(Engine::new(Parts {
+            store: store.clone(),
             responder,
-            turns: Arc::default(),
+            events: events.clone(),
+            pool: AiPool::new(ai_concurrency),
+            history_messages: config.ai_history_messages,
+            ai_timeout,
+            reply_wait,
+        }));
+        Ok(Narutalk {
+            store,
+            keys,
+            // The one bound on password hashing: one thread per core, 64 waiting.
+            hashing: PasswordHashing::for_this_machine(),
+            events,
+            turns,
+            origin: Origin::default(),
             content_max_chars: config.content_max_chars,
             history_messages: config.ai_history_messages,
-            // A repeated post waits at most one whole AI call, plus the time to store it.
-            reply_wait: Duration::from_secs(u64::from(config.ai_timeout_seconds) + 5),
+            ai_timeout,
+            reply_wait,
+            ai_concurrency,
         })
     }
 
-    /// Replaces the AI responder (an embedder's own, or a test double).
+    /// Replaces the AI responder (an embedder's own, or a test double). Call it before
+    /// [`Narutalk::start_turns`] and before any post: the turn engine is built anew.
     pub fn with_responder(mut self, responder: Arc<dyn Responder>) -> Self {
-        self.responder = responder;
+        self.turns = Arc::new(Engine::new(Parts {
+            store: self.store.clone(),
+            responder,
+            events: self.events.clone(),
+            pool: AiPool::new(self.ai_concurrency),
+            history_messages: self.history_messages,
+            ai_timeout: self.ai_timeout,
+            reply_wait: self.reply_wait,
+        }));
         self
+    }
+
+    /// Records `actor` as the author of every change this handle makes, whoever the
+    /// change acts for (the outbox's actor): the CLI records [`Actor::Cli`].
+    pub fn acting_as(mut self, actor: Actor) -> Self {
+        self.origin.actor = Some(actor);
+        self
+    }
+
+    /// Starts the turn engine ([`turns`]): from now on each session's turns are answered
+    /// on the AI pool, and a post returns as soon as its message is stored. It first frees
+    /// every lease on a pending turn (on SQLite this process owns the database, so they
+    /// are its dead predecessor's) and answers the turns left pending, each session's in
+    /// order. The server starts it; [`Narutalk::open_for_administration`] and the CLI never
+    /// do. Starting a started engine does nothing.
+    pub fn start_turns(&self) -> Result<(), Error> {
+        self.turns.start()
+    }
+
+    /// Stops the turn engine: a reply the database refuses is given up (its turn stays
+    /// pending, answered after the next start), and turns posted from now on are answered
+    /// on their posting thread. Turns in progress go on; [`Narutalk::turns_drained`]
+    /// completes when they are done.
+    pub fn stop_turns(&self) {
+        self.turns.stop();
+    }
+
+    /// Completes (await it, or [`Drained::wait_timeout`]) once no session's turns are
+    /// being answered.
+    pub fn turns_drained(&self) -> Drained {
+        self.turns.drained()
+    }
+
+    /// The event bus: every stored change is published on it after its commit, and each
+    /// reply's deltas as the responder produces them.
+    pub fn events(&self) -> &Arc<EventBus> {
+        &self.events
+    }
+
+    /// The AI pool the turn engine runs responders on.
+    pub fn ai_pool(&self) -> &AiPool {
+        self.turns.pool()
+    }
+
+    /// Where this handle's calls come from ([`Narutalk::acting_as`]).
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// Registration, login, profiles and administration.
     pub fn accounts(&self) -> Accounts<'_> {
         Accounts {
-            db: &self.db,
+            store: &*self.store,
             keys: &self.keys,
+            hashing: &self.hashing,
+            events: &self.events,
+            origin: self.origin.clone(),
         }
     }
 
     /// Access-token checks, refresh rotation and logout.
     pub fn tokens(&self) -> Tokens<'_> {
         Tokens {
-            db: &self.db,
+            store: &*self.store,
             keys: &self.keys,
+            events: &self.events,
+            origin: self.origin.clone(),
         }
     }
 
-    /// Sessions, messages and the storage side of the AI turn.
+    /// Sessions, messages and posting.
     pub fn chat(&self) -> Chat<'_> {
         Chat {
-            db: &self.db,
+            store: &*self.store,
             turns: &self.turns,
+            events: &self.events,
+            origin: self.origin.clone(),
             content_max_chars: self.content_max_chars,
-            history_messages: self.history_messages,
             asked_at: None,
         }
     }
 
-    /// The database.
-    pub fn database(&self) -> &Database {
-        &self.db
+    /// The store: every read and write of the rules goes through it.
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The SQLite store, when the store is one: its hooks for tests and tools.
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        self.store.sqlite()
     }
 
     /// The AI responder in use.
     pub fn responder(&self) -> &Arc<dyn Responder> {
-        &self.responder
+        self.turns.responder()
     }
 
     /// How long a repeated idempotent post waits for the reply of the turn it repeats:
@@ -198,12 +307,10 @@ impl Narutalk {
         self.reply_wait
     }
 
-    /// The whole AI turn (`docs/API.md`, Chat) in one call: stores the user message
-    /// (committed before the responder runs), asks the responder, stores its reply or the
-    /// system error message. A repeated idempotency key answers the first exchange without
-    /// asking the AI again: if that turn is still running in this process, this call waits
-    /// for its reply; if it stopped without one, this call produces it. Turns of one
-    /// session must not run concurrently; the server orders them itself.
+    /// The whole AI turn (`docs/API.md`, Chat) in one blocking call: posts the checked
+    /// REST body `{"content", "message_type"?, "metadata"?}` ([`Chat::post`]) and waits for
+    /// its reply. A repeated idempotency key answers the first exchange without asking the
+    /// AI again (waiting for its reply at most [`Narutalk::reply_wait`]).
     pub fn send_message_fields(
         &self,
         owner: UserId,
@@ -211,26 +318,8 @@ impl Narutalk {
         body: &JsonObject,
         idempotency_key: Option<&str>,
     ) -> Result<Exchange, Error> {
-        let chat = self.chat();
-        let (message, claim) =
-            match chat.post_message_fields(owner, session, body, idempotency_key)? {
-                PostOutcome::Stored(message, claim) => (message, claim),
-                PostOutcome::Replayed {
-                    message,
-                    reply: Some(reply),
-                } => return Ok(Exchange { message, reply }),
-                PostOutcome::Replayed {
-                    message,
-                    reply: None,
-                } => match chat.wait_for_reply(&message, self.reply_wait)? {
-                    ReplyWait::Ready(reply) => return Ok(Exchange { message, reply }),
-                    ReplyWait::YourTurn(claim) => (message, claim),
-                },
-            };
-        let turn = chat.prepare_reply(&message, claim)?;
-        let outcome = ai::run_responder(self.responder.as_ref(), &turn.request, &mut |_| {});
-        let reply = chat.store_reply(turn, outcome)?;
-        Ok(Exchange { message, reply })
+        let input = PostInput::from_fields(body, idempotency_key, self.content_max_chars);
+        self.send(owner, session, input)
     }
 
     /// [`Narutalk::send_message_fields`] for a plain text message.
@@ -240,12 +329,24 @@ impl Narutalk {
         session: SessionId,
         content: &str,
     ) -> Result<Exchange, Error> {
-        let body = serde_json::json!({ "content": content });
-        self.send_message_fields(
+        self.send(
             owner,
             session,
-            body.as_object().unwrap_or(&JsonObject::new()),
-            None,
+            PostInput::text(content, self.content_max_chars),
         )
+    }
+
+    fn send(
+        &self,
+        owner: UserId,
+        session: SessionId,
+        input: Result<PostInput, Error>,
+    ) -> Result<Exchange, Error> {
+        let posting = self.chat().post(owner, session, input)?;
+        let reply = posting.reply.wait()?;
+        Ok(Exchange {
+            message: posting.message,
+            reply,
+        })
     }
 }

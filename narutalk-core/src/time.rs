@@ -13,7 +13,8 @@ pub fn format_rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Serde helper: serializes a timestamp with [`format_rfc3339`].
+/// Serde helper: serializes a timestamp with [`format_rfc3339`] (the export file's
+/// timestamps).
 pub fn serialize<S: serde::Serializer>(
     at: &DateTime<Utc>,
     serializer: S,

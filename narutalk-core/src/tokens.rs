@@ -13,19 +13,21 @@
 //! after it is refused. Both are read from the database on every validation, so that a
 //! change made by another process counts at once.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{User, UserId};
 use crate::config::Secret;
-use crate::db::{Database, WriteTx};
 use crate::error::{Error, TokenProblem};
+use crate::events::{Actor, Event, EventBus, Origin};
 use crate::fields::{FieldReader, JsonObject, Text};
+use crate::store::{
+    Audit, NewRefresh, PresentedRefresh, RefreshUse, TokenHolder, TokenLifetimes, TokenStore,
+};
 use crate::time;
 
 /// The shortest signing secret accepted, in bytes (RFC 7518 section 3.2: a key at least as
@@ -36,7 +38,7 @@ pub const MIN_SECRET_BYTES: usize = 32;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// An access token and the refresh token that renews it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenPair {
     /// Sent as `Authorization: Bearer <access>`.
     pub access: String,
@@ -139,7 +141,7 @@ impl TokenKeys {
     pub fn new(secret: &Secret, access_minutes: u32, refresh_days: u32) -> Result<Self, Error> {
         let bytes = secret.expose().as_bytes();
         if bytes.len() < MIN_SECRET_BYTES {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "the signing secret must be at least {MIN_SECRET_BYTES} bytes"
             )));
         }
@@ -177,6 +179,39 @@ impl TokenKeys {
             }
             Err(_) => Err(TokenProblem::Invalid),
         }
+    }
+
+    /// The lifetimes of the two kinds of token, in seconds.
+    pub fn lifetimes(&self) -> TokenLifetimes {
+        TokenLifetimes {
+            access_seconds: self.access_lifetime.num_seconds(),
+            refresh_seconds: self.refresh_lifetime.num_seconds(),
+        }
+    }
+
+    /// The first refresh token of a new login family, to store, and the family.
+    pub(crate) fn new_refresh(&self) -> (NewRefresh, Family) {
+        let family = Family::new();
+        let refresh = NewRefresh {
+            jti: new_jti(),
+            family: family.to_string(),
+        };
+        (refresh, family)
+    }
+
+    /// The token pair of a login whose refresh token `refresh` (of `family`) was stored,
+    /// issued at `issued_at`.
+    pub(crate) fn login_pair(
+        &self,
+        user_id: UserId,
+        refresh: &NewRefresh,
+        family: Family,
+        issued_at: i64,
+    ) -> Result<TokenPair, Error> {
+        Ok(TokenPair {
+            access: self.sign_access(user_id, family, issued_at)?,
+            refresh: self.sign(TokenKind::Refresh, user_id, &refresh.jti, issued_at)?,
+        })
     }
 
     /// Signs a token of `kind` for `user_id`, issued at `issued_at`, with the five claims
@@ -228,17 +263,32 @@ impl TokenKeys {
             fam: family.map(|family| family.to_string()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("signing a token: {e}")))
+            .map_err(|e| Error::internal(format!("signing a token: {e}")))
     }
 }
 
-/// Token operations on a database (returned by [`crate::Narutalk::tokens`]).
+/// Token operations on a store (returned by [`crate::Narutalk::tokens`]).
 pub struct Tokens<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) store: &'a dyn TokenStore,
     pub(crate) keys: &'a TokenKeys,
+    pub(crate) events: &'a EventBus,
+    pub(crate) origin: Origin,
 }
 
 impl Tokens<'_> {
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Publishes that `family` (as stored) of `user` ended, after the commit that ended it.
+    fn ended(&self, user: UserId, family: Option<&str>) {
+        if let Some(family) = family.and_then(Family::parse) {
+            self.events.publish(&Event::LoginEnded { user, family });
+        }
+    }
+
     /// Validates an access token completely: signature, expiry, type, the user's
     /// revocation time, that the user still exists and is active, and that the token's
     /// login family (when it names one) is not revoked. Returns the user.
@@ -260,15 +310,13 @@ impl Tokens<'_> {
                 Some(Family::parse(fam).ok_or(Error::InvalidToken(TokenProblem::Invalid))?)
             }
         };
-        let (user, family_revoked) = self.db.read(|conn| {
-            let user = crate::accounts::user_by_id(conn, claims.user_id)?;
-            let family_revoked = match (&user, family) {
-                (Some(_), Some(family)) => family_is_revoked(conn, family)?,
-                _ => false,
-            };
-            Ok((user, family_revoked))
-        })?;
-        let user = user.ok_or(Error::InvalidToken(TokenProblem::Invalid))?;
+        let TokenHolder {
+            user,
+            family_revoked,
+        } = self
+            .store
+            .token_holder(claims.user_id, family)?
+            .ok_or(Error::InvalidToken(TokenProblem::Invalid))?;
         if !user.is_active {
             return Err(Error::InvalidToken(TokenProblem::Invalid));
         }
@@ -290,42 +338,24 @@ impl Tokens<'_> {
     /// one indexed lookup per distinct user and per distinct family. Expiry is not looked
     /// at.
     pub fn revoked(&self, grants: &[Grant]) -> Result<Vec<bool>, Error> {
-        self.db.read(|conn| {
-            let mut statement = conn
-                .prepare_cached("SELECT is_active, tokens_revoked_at FROM users WHERE id = ?1")?;
-            let mut users: HashMap<UserId, Option<(bool, i64)>> = HashMap::new();
-            let mut families: HashMap<Family, bool> = HashMap::new();
-            let mut revoked = Vec::with_capacity(grants.len());
-            for grant in grants {
-                let stamp = match users.get(&grant.user_id) {
-                    Some(stamp) => *stamp,
-                    None => {
-                        let stamp = statement
-                            .query_row([grant.user_id.0], |row| Ok((row.get(0)?, row.get(1)?)))
-                            .optional()?;
-                        users.insert(grant.user_id, stamp);
-                        stamp
-                    }
-                };
-                let by_user = match stamp {
-                    Some((is_active, revoked_at)) => !is_active || grant.issued_at <= revoked_at,
+        let users: HashSet<UserId> = grants.iter().map(|grant| grant.user_id).collect();
+        let families: HashSet<Family> = grants.iter().filter_map(|grant| grant.family).collect();
+        let users: Vec<UserId> = users.into_iter().collect();
+        let families: Vec<Family> = families.into_iter().collect();
+        let facts = self.store.revocation_facts(&users, &families)?;
+        Ok(grants
+            .iter()
+            .map(|grant| {
+                let by_user = match facts.users.get(&grant.user_id).copied().flatten() {
+                    Some(stamp) => !stamp.is_active || grant.issued_at <= stamp.tokens_revoked_at,
                     None => true,
                 };
-                let by_family = match grant.family {
-                    Some(family) if !by_user => match families.get(&family) {
-                        Some(revoked) => *revoked,
-                        None => {
-                            let revoked = family_is_revoked(conn, family)?;
-                            families.insert(family, revoked);
-                            revoked
-                        }
-                    },
-                    _ => false,
-                };
-                revoked.push(by_user || by_family);
-            }
-            Ok(revoked)
-        })
+                let by_family = grant
+                    .family
+                    .is_some_and(|family| facts.revoked_families.contains(&family));
+                by_user || by_family
+            })
+            .collect())
     }
 
     /// `POST /api/auth/token/refresh/`: reads `{"refresh"}` and rotates it.
@@ -340,21 +370,26 @@ impl Tokens<'_> {
     pub fn refresh(&self, refresh: &str) -> Result<TokenPair, Error> {
         let claims = self.decode_refresh(refresh)?;
         let now = time::unix_seconds(&time::now());
-        let (user_id, issued_at, jti, family) = self.db.write_always_commit(|tx| {
-            let (row, stamp) = match live_refresh_row(tx, &claims, now)? {
-                Ok(live) => live,
-                Err(refused) => return Ok(Err(refused)),
-            };
-            tx.execute(
-                "UPDATE refresh_tokens SET used_at = ?1 WHERE jti = ?2",
-                params![now, claims.jti],
-            )?;
-            let issued_at = now.max(stamp.tokens_revoked_at + 1);
-            let jti = new_jti();
-            let expires_at = self.refresh_expiry(issued_at);
-            insert_refresh_row(tx, &jti, claims.user_id, &row.family, issued_at, expires_at)?;
-            Ok(Ok((claims.user_id, issued_at, jti, row.family)))
-        })?;
+        let jti = new_jti();
+        let presented = PresentedRefresh {
+            jti: &claims.jti,
+            user_id: claims.user_id,
+            issued_at: claims.iat,
+        };
+        let (issued_at, family) = match self.store.rotate_refresh(
+            &presented,
+            &jti,
+            self.keys.lifetimes(),
+            now,
+            &Audit::now(&self.origin, Actor::User(claims.user_id)),
+        )? {
+            RefreshUse::Rotated { issued_at, family } => (issued_at, family),
+            RefreshUse::Refused { problem, ended } => {
+                self.ended(claims.user_id, ended.as_deref());
+                return Err(Error::InvalidToken(problem));
+            }
+        };
+        let user_id = claims.user_id;
         // Rows written before families were parsed hold the same 32 hex digits; one that
         // does not parse gets an access token without `fam`, judged by the older rules.
         let access = match Family::parse(&family) {
@@ -384,14 +419,21 @@ impl Tokens<'_> {
     pub fn logout(&self, refresh: &str) -> Result<(), Error> {
         let claims = self.decode_refresh(refresh)?;
         let now = time::unix_seconds(&time::now());
-        self.db.write_always_commit(|tx| {
-            let (row, _) = match live_refresh_row(tx, &claims, now)? {
-                Ok(live) => live,
-                Err(refused) => return Ok(Err(refused)),
-            };
-            revoke_family(tx, &row.family, now)?;
-            Ok(Ok(()))
-        })
+        let presented = PresentedRefresh {
+            jti: &claims.jti,
+            user_id: claims.user_id,
+            issued_at: claims.iat,
+        };
+        let end = self.store.end_family(
+            &presented,
+            now,
+            &Audit::now(&self.origin, Actor::User(claims.user_id)),
+        )?;
+        self.ended(claims.user_id, end.ended.as_deref());
+        match end.refused {
+            Some(problem) => Err(Error::InvalidToken(problem)),
+            None => Ok(()),
+        }
     }
 
     /// Deletes refresh-token rows that expired, at most `limit` of them; returns how many.
@@ -400,7 +442,7 @@ impl Tokens<'_> {
     /// its family was ended, so it stays until that access token has expired too.
     pub fn purge_expired(&self, limit: u32) -> Result<usize, Error> {
         let now = time::unix_seconds(&time::now());
-        self.db.write(|tx| purge_expired(tx, self.keys, now, limit))
+        self.store.purge_expired(now, self.keys.lifetimes(), limit)
     }
 
     fn decode_refresh(&self, refresh: &str) -> Result<Claims, Error> {
@@ -410,202 +452,26 @@ impl Tokens<'_> {
         }
         Ok(claims)
     }
-
-    fn refresh_expiry(&self, issued_at: i64) -> i64 {
-        issued_at.saturating_add(self.keys.refresh_lifetime.num_seconds())
-    }
 }
 
-/// Issues a new login's token pair inside the caller's write transaction: a new family,
-/// `iat = max(now, revocation time + 1)`, and a purge of a few expired rows.
-pub(crate) fn issue_for_login(
-    tx: &WriteTx<'_>,
-    keys: &TokenKeys,
-    user_id: UserId,
-    tokens_revoked_at: i64,
-    now: &DateTime<Utc>,
-) -> Result<TokenPair, Error> {
-    let now_seconds = time::unix_seconds(now);
-    let issued_at = now_seconds.max(tokens_revoked_at + 1);
-    let jti = new_jti();
-    let family = Family::new();
-    let expires_at = issued_at.saturating_add(keys.refresh_lifetime.num_seconds());
-    insert_refresh_row(
-        tx,
-        &jti,
-        user_id,
-        &family.to_string(),
-        issued_at,
-        expires_at,
-    )?;
-    purge_expired(tx, keys, now_seconds, 100)?;
-    Ok(TokenPair {
-        access: keys.sign_access(user_id, family, issued_at)?,
-        refresh: keys.sign(TokenKind::Refresh, user_id, &jti, issued_at)?,
-    })
-}
-
-/// Refuses every token of `user_id` issued until now: sets the revocation time to now, or
-/// one second past the previous one when that is not before now (tokens issued since then
-/// carry `iat` = previous + 1, and must be refused too), marks the user's live refresh
-/// rows revoked, and deletes the user's device tokens.
-pub(crate) fn revoke_all(
-    tx: &WriteTx<'_>,
-    user_id: UserId,
-    now: &DateTime<Utc>,
-) -> Result<(), Error> {
-    let now_seconds = time::unix_seconds(now);
-    tx.execute(
-        "UPDATE users SET tokens_revoked_at = max(tokens_revoked_at + 1, ?1) WHERE id = ?2",
-        params![now_seconds, user_id.0],
-    )?;
-    tx.execute(
-        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL",
-        params![now_seconds, user_id.0],
-    )?;
-    crate::accounts::devices::forget_all(tx, user_id)
-}
-
-/// The stored row of a presented refresh token and its user's stamp, when the token may
-/// still be used. The outer error is a storage failure; the inner one is the refusal to
-/// answer, committed with what it recorded: a token presented again after rotation is
-/// reuse, and revokes every token of its login's family.
-fn live_refresh_row(
-    tx: &WriteTx<'_>,
-    claims: &Claims,
-    now: i64,
-) -> Result<Result<(RefreshRow, UserStamp), Error>, Error> {
-    let refused = |problem| Ok(Err(Error::InvalidToken(problem)));
-    let row = match refresh_row(tx, &claims.jti)? {
-        Some(row) if row.user_id == claims.user_id => row,
-        _ => return refused(TokenProblem::Invalid),
-    };
-    if row.used_at.is_some() {
-        revoke_family(tx, &row.family, now)?;
-        return refused(TokenProblem::Blacklisted);
-    }
-    if row.revoked_at.is_some() {
-        return refused(TokenProblem::Blacklisted);
-    }
-    let Some(stamp) = user_stamp(tx, claims.user_id)? else {
-        return refused(TokenProblem::Invalid);
-    };
-    if !stamp.is_active || claims.iat <= stamp.tokens_revoked_at {
-        return refused(TokenProblem::Blacklisted);
-    }
-    Ok(Ok((row, stamp)))
-}
-
-/// Revokes every refresh token of a login family, and with them the family's access tokens
-/// (see [`family_is_revoked`]).
-fn revoke_family(tx: &WriteTx<'_>, family: &str, now: i64) -> Result<(), Error> {
-    tx.prepare_cached(
-        "UPDATE refresh_tokens SET revoked_at = ?1 WHERE family = ?2 AND revoked_at IS NULL",
-    )?
-    .execute(params![now, family])?;
-    Ok(())
-}
-
-/// Whether a login family is revoked: a refresh token of it was reused or logged out (or
-/// every token of its user was revoked). A family whose rows were all purged (expired)
-/// counts as not revoked: its access tokens have expired too (see [`purge_expired`]).
-fn family_is_revoked(conn: &Connection, family: Family) -> Result<bool, Error> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM refresh_tokens WHERE family = ?1 AND revoked_at IS NOT NULL LIMIT 1",
-        )?
-        .query_row([family.to_string()], |_| Ok(()))
-        .optional()?
-        .is_some())
+/// The `iat` of tokens issued at `now_seconds` to a user whose revocation time is
+/// `tokens_revoked_at` (both whole seconds since the epoch): now, or one second after the
+/// revocation time when that is not before now, so that a token issued right after a
+/// revocation is not refused by it. Stores decide it in the transaction that issues.
+pub fn issued_at(now_seconds: i64, tokens_revoked_at: i64) -> i64 {
+    now_seconds.max(tokens_revoked_at.saturating_add(1))
 }
 
 fn read_refresh_field(body: &JsonObject) -> Result<String, Error> {
     let mut reader = FieldReader::new(body);
     let refresh = reader.text("refresh", Text::REQUIRED_VERBATIM);
     reader.finish()?;
-    refresh.ok_or_else(|| Error::Internal("refresh passed its checks but has no value".into()))
+    refresh.ok_or_else(|| Error::internal("refresh passed its checks but has no value"))
 }
 
 /// A fresh token id: a random UUID v4 as 32 lower-case hex digits, as simplejwt writes it.
 fn new_jti() -> String {
     uuid::Uuid::new_v4().simple().to_string()
-}
-
-struct RefreshRow {
-    user_id: UserId,
-    family: String,
-    used_at: Option<i64>,
-    revoked_at: Option<i64>,
-}
-
-fn refresh_row(tx: &WriteTx<'_>, jti: &str) -> Result<Option<RefreshRow>, Error> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT user_id, family, used_at, revoked_at FROM refresh_tokens WHERE jti = ?1",
-        )?
-        .query_row([jti], |row| {
-            Ok(RefreshRow {
-                user_id: UserId(row.get(0)?),
-                family: row.get(1)?,
-                used_at: row.get(2)?,
-                revoked_at: row.get(3)?,
-            })
-        })
-        .optional()?)
-}
-
-struct UserStamp {
-    is_active: bool,
-    tokens_revoked_at: i64,
-}
-
-fn user_stamp(tx: &WriteTx<'_>, user_id: UserId) -> Result<Option<UserStamp>, Error> {
-    Ok(tx
-        .prepare_cached("SELECT is_active, tokens_revoked_at FROM users WHERE id = ?1")?
-        .query_row([user_id.0], |row| {
-            Ok(UserStamp {
-                is_active: row.get(0)?,
-                tokens_revoked_at: row.get(1)?,
-            })
-        })
-        .optional()?)
-}
-
-fn insert_refresh_row(
-    tx: &WriteTx<'_>,
-    jti: &str,
-    user_id: UserId,
-    family: &str,
-    issued_at: i64,
-    expires_at: i64,
-) -> Result<(), Error> {
-    tx.prepare_cached(
-        "INSERT INTO refresh_tokens (jti, user_id, family, issued_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![jti, user_id.0, family, issued_at, expires_at])?;
-    Ok(())
-}
-
-/// Deletes up to `limit` refresh-token rows that expired, and whose access token expired
-/// too: a row is what tells that its family is revoked ([`family_is_revoked`]), so it stays
-/// while the access token issued with it may be presented (with the default lifetimes the
-/// refresh token always lives longer).
-fn purge_expired(
-    tx: &WriteTx<'_>,
-    keys: &TokenKeys,
-    now_seconds: i64,
-    limit: u32,
-) -> Result<usize, Error> {
-    Ok(tx
-        .prepare_cached(
-            "DELETE FROM refresh_tokens WHERE jti IN \
-             (SELECT jti FROM refresh_tokens WHERE expires_at < ?1 AND issued_at + ?2 < ?1 LIMIT ?3)",
-        )?
-        .execute(params![
-            now_seconds,
-            keys.access_lifetime.num_seconds(),
-            limit
-        ])?)
 }
 
 /// `user_id` is written as a string (simplejwt 5.5) and read from a string or an integer.

@@ -1796,34 +1796,6 @@ fn admin_operations_on_an_unknown_id_answer_not_found() {
 // The user object's wire shape, and races with administrators
 // ---------------------------------------------------------------------------------------
 
-/// A user serializes as the contract's `UserSerializer`: exactly six keys; the
-/// administrators' fields never leave through it, also inside a login or the dashboard.
-#[test]
-fn a_user_serializes_as_the_contract_user_object_only() {
-    let fixture = open();
-    let user = register(&fixture.narutalk, "kim", "kim@example.com");
-    assert_eq!(
-        serde_json::to_value(&user).unwrap(),
-        json!({
-            "id": user.id.0,
-            "username": "kim",
-            "email": "kim@example.com",
-            "role": "user",
-            "department": "",
-            "is_verified": false,
-        })
-    );
-    let login = login(&fixture.narutalk, "kim@example.com");
-    let value = serde_json::to_value(&login).unwrap();
-    let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["access", "device", "refresh", "user"]);
-    assert_eq!(value["device"], login.device);
-    assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
-    let dashboard = fixture.narutalk.accounts().dashboard(user.id).unwrap();
-    let value = serde_json::to_value(&dashboard).unwrap();
-    assert_eq!(value["user"], serde_json::to_value(&user).unwrap());
-}
-
 /// A login that checked the old password while an administrator reset it must not end
 /// with usable tokens: whichever finishes first, no token from the old password works
 /// afterwards, and the new password logs in.
@@ -2025,4 +1997,144 @@ fn arbitrary_account_bodies_either_succeed_or_answer_field_errors() {
             Ok(())
         })
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Typed inputs: each check gives the value its rule takes
+// ---------------------------------------------------------------------------------------
+
+/// A registration checked once is created as checked; the check alone writes nothing,
+/// and its debug form never shows the password.
+#[test]
+fn a_checked_registration_is_created_as_checked_and_never_shows_its_password() {
+    let fixture = open();
+    let accounts = fixture.narutalk.accounts();
+    let registration = accounts
+        .check_registration(&body(json!({
+            "username": " kim ",
+            "email": "Kim@Example.com",
+            "password": PASSWORD,
+            "password_confirm": PASSWORD,
+            "role": "nurse",
+        })))
+        .unwrap();
+    assert_eq!(
+        (
+            registration.username(),
+            registration.email(),
+            registration.role()
+        ),
+        ("kim", "kim@example.com", Role::Nurse)
+    );
+    assert!(!format!("{registration:?}").contains(PASSWORD));
+    assert!(matches!(
+        accounts.find_by_email("kim@example.com"),
+        Err(Error::NotFound)
+    ));
+
+    let user = accounts.register(registration).unwrap();
+
+    assert_eq!((user.username.as_str(), user.role), ("kim", Role::Nurse));
+    assert!(!user.is_verified);
+}
+
+/// Every field's problems come back together from the check, and `Passwords do not
+/// match.` only once every field passed.
+#[test]
+fn a_registration_check_reports_every_field_and_the_mismatch_last() {
+    let fixture = open();
+    register(&fixture.narutalk, "kim", "kim@example.com");
+    let accounts = fixture.narutalk.accounts();
+    assert_eq!(
+        field_errors(accounts.check_registration(&body(json!({
+            "username": "kim",
+            "email": "not an email",
+            "password": "12345678",
+            "role": "admin",
+        })))),
+        fields(&[
+            ("username", &["A user with that username already exists."]),
+            ("email", &["Enter a valid email address."]),
+            (
+                "password",
+                &[
+                    "This password is too common.",
+                    "This password is entirely numeric."
+                ]
+            ),
+            ("password_confirm", &["This field is required."]),
+            ("role", &["\"admin\" is not a valid choice."]),
+        ])
+    );
+    assert_eq!(
+        field_errors(accounts.check_registration(&body(json!({
+            "username": "lee",
+            "email": "lee@example.com",
+            "password": PASSWORD,
+            "password_confirm": "another-password-9",
+        })))),
+        fields(&[("non_field_errors", &["Passwords do not match."])])
+    );
+}
+
+/// A profile change is checked for one user and applied to that user.
+#[test]
+fn a_checked_profile_change_applies_to_the_user_it_was_checked_for() {
+    let fixture = open();
+    let kim = register(&fixture.narutalk, "kim", "kim@example.com");
+    register(&fixture.narutalk, "lee", "lee@example.com");
+    let accounts = fixture.narutalk.accounts();
+    assert_eq!(
+        field_errors(accounts.check_profile(kim.id, &body(json!({"username": "lee"})), true)),
+        fields(&[("username", &["A user with that username already exists."])])
+    );
+    assert!(matches!(
+        accounts.check_profile(UserId(999), &body(json!({"email": 5})), true),
+        Err(Error::NotFound)
+    ));
+
+    let update = accounts
+        .check_profile(kim.id, &body(json!({"department": " ER "})), true)
+        .unwrap();
+    assert_eq!(update.user(), kim.id);
+    let updated = accounts.update_profile(update).unwrap();
+
+    assert_eq!(
+        (updated.username.as_str(), updated.department.as_str()),
+        ("kim", "ER")
+    );
+}
+
+/// A password change checked against the old password is not applied once a reset has
+/// replaced that password: the old password is then reported wrong.
+#[test]
+fn a_checked_password_change_loses_to_a_reset_that_landed_after_the_check() {
+    let fixture = open();
+    let kim = register(&fixture.narutalk, "kim", "kim@example.com");
+    let accounts = fixture.narutalk.accounts();
+    let change = accounts
+        .check_password_change(
+            kim.id,
+            &body(json!({"old_password": PASSWORD, "new_password": "new-violet-harbour-7"})),
+        )
+        .unwrap();
+    assert_eq!(change.user(), kim.id);
+    assert!(!format!("{change:?}").contains("new-violet-harbour-7"));
+
+    accounts
+        .reset_password(kim.id, "reset-amber-lake-3")
+        .unwrap();
+
+    assert_eq!(
+        field_errors(accounts.change_password(change)),
+        fields(&[(
+            "old_password",
+            &["Your old password was entered incorrectly. Please enter it again."]
+        )])
+    );
+    assert!(
+        accounts
+            .login("kim@example.com", "reset-amber-lake-3")
+            .is_ok()
+    );
 }

@@ -6,17 +6,20 @@
 
 mod support;
 
+use std::time::Instant;
+
 use chrono::{Days, NaiveDate, Utc};
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, User};
 use narutalk_core::admin::{
     CreatedOwner, IMPORT_BATCH_ROWS, ImportError, ImportFile, ImportOptions, ImportProgress,
-    ImportReport, Location, SessionQuery,
+    ImportReport, Location, RoleCount, SessionQuery, UserActivity,
 };
-use narutalk_core::chat::{Category, SessionId};
+use narutalk_core::chat::{Category, MessageId, MessageType, NewMessage, Sender, SessionId};
 use narutalk_core::config::Config;
-use narutalk_core::db::{OpenError, OpenMode};
 use narutalk_core::error::Error;
+use narutalk_core::events::{Actor, Origin};
+use narutalk_core::store::{Audit, OpenError, OpenMode, Posted, UserPost};
 use narutalk_core::{StartError, admin};
 use serde_json::{Value, json};
 use support::{Fixture, PASSWORD, open};
@@ -319,6 +322,82 @@ fn an_import_appends_only_the_messages_a_session_lacks() {
     assert!(fixture.narutalk.admin().check().unwrap().is_sound());
 }
 
+/// A session's pending turns are its user messages after the last one answered: an
+/// import that appended messages behind one would have them taken for turns.
+#[test]
+fn an_import_adds_nothing_to_a_session_whose_posted_message_waits_for_its_reply() {
+    // Arrange: S1 holds a user message whose turn is pending (posted, never answered).
+    let fixture = open();
+    let kim = create(&fixture.narutalk, "kim", Role::Doctor);
+    let owner = "kim@example.com";
+    import(
+        &fixture.narutalk,
+        &jsonl(&[record(S1, owner, &[(M1, 1, "user", None)])]),
+    )
+    .unwrap();
+    let session: SessionId = S1.parse().unwrap();
+    let pending = NewMessage {
+        id: MessageId::new_random(),
+        sender: Sender::User,
+        message_type: MessageType::Text,
+        content: "left pending".into(),
+        metadata: Default::default(),
+        reply_to: None,
+    };
+    let audit = Audit::now(&Origin::default(), Actor::Cli);
+    let posted = fixture
+        .narutalk
+        .store()
+        .post_message(
+            &UserPost {
+                owner: kim.id,
+                session,
+                message: &pending,
+                idempotency_key: None,
+                now: Utc::now(),
+                audit: &audit,
+                lease: None,
+            },
+            Instant::now(),
+        )
+        .unwrap();
+    assert!(matches!(posted, Posted::Stored { .. }));
+
+    // Act: a file that adds a message to S1.
+    let error = import(
+        &fixture.narutalk,
+        &jsonl(&[record(
+            S1,
+            owner,
+            &[(M1, 1, "user", None), (M2, 2, "user", None)],
+        )]),
+    )
+    .unwrap_err();
+
+    // Assert: refused, naming the session and why; nothing added.
+    assert!(matches!(error, ImportError::Invalid { .. }), "{error:?}");
+    assert_eq!(
+        error.to_string(),
+        "line 1: session 11111111-1111-4111-8111-111111111111 has 1 posted message(s) waiting for the assistant's reply: import into it once they are answered"
+    );
+    assert_eq!(
+        fixture
+            .narutalk
+            .admin()
+            .session(session)
+            .unwrap()
+            .message_count,
+        2
+    );
+    // A file that adds nothing to S1 is no problem.
+    let report = import(
+        &fixture.narutalk,
+        &jsonl(&[record(S1, owner, &[(M1, 1, "user", None)])]),
+    )
+    .unwrap();
+    assert_eq!(report.messages_present, 1);
+}
+
 #[test]
 fn a_session_larger_than_a_batch_is_imported_across_batches_with_consistent_counters() {
     let fixture = open();
@@ -569,25 +648,42 @@ fn stats_count_users_sessions_and_the_messages_of_each_of_the_last_14_days() {
         .unwrap();
 
     // Assert
-    let stats_json = serde_json::to_value(&stats).unwrap();
-    assert_eq!(stats_json["users"]["total"], 3);
+    let roles = |row: &RoleCount| {
+        (
+            row.role.as_str(),
+            [
+                row.total,
+                row.verified,
+                row.unverified,
+                row.active,
+                row.inactive,
+            ],
+        )
+    };
+    assert_eq!(stats.users.total, 3);
     assert_eq!(
-        stats_json["users"]["by_role"],
-        json!([
-            {"role": "admin", "total": 1, "verified": 0, "unverified": 1, "active": 1, "inactive": 0},
-            {"role": "doctor", "total": 2, "verified": 1, "unverified": 1, "active": 1, "inactive": 1},
-            {"role": "nurse", "total": 0, "verified": 0, "unverified": 0, "active": 0, "inactive": 0},
-            {"role": "user", "total": 0, "verified": 0, "unverified": 0, "active": 0, "inactive": 0},
-        ])
+        stats.users.by_role.iter().map(roles).collect::<Vec<_>>(),
+        [
+            ("admin", [1, 0, 1, 1, 0]),
+            ("doctor", [2, 1, 1, 1, 1]),
+            ("nurse", [0, 0, 0, 0, 0]),
+            ("user", [0, 0, 0, 0, 0]),
+        ]
     );
+    assert_eq!(stats.sessions.total, 2);
     assert_eq!(
-        stats_json["sessions"],
-        json!({"total": 2, "by_category": [
-            {"category": "medical", "sessions": 1, "messages": 2},
-            {"category": "general", "sessions": 1, "messages": 2},
-            {"category": "emergency", "sessions": 0, "messages": 0},
-            {"category": "consultation", "sessions": 0, "messages": 0},
-        ]})
+        stats
+            .sessions
+            .by_category
+            .iter()
+            .map(|row| (row.category.as_str(), row.sessions, row.messages))
+            .collect::<Vec<_>>(),
+        [
+            ("medical", 1, 2),
+            ("general", 1, 2),
+            ("emergency", 0, 0),
+            ("consultation", 0, 0),
+        ]
     );
     assert_eq!(stats.messages.total, 4);
     assert_eq!(stats.messages.per_day.len(), 14);
@@ -640,8 +736,11 @@ fn an_administrator_deletes_and_reads_any_owners_session() {
     let admin = fixture.narutalk.admin();
     assert_eq!(admin.session(session.session.id).unwrap().title, "Headache");
     assert_eq!(
-        serde_json::to_value(admin.user_activity(kim.id).unwrap()).unwrap(),
-        json!({"sessions": 1, "messages": 0})
+        admin.user_activity(kim.id).unwrap(),
+        UserActivity {
+            sessions: 1,
+            messages: 0
+        }
     );
 
     admin.delete_session(session.session.id).unwrap();
@@ -666,7 +765,7 @@ fn the_administration_handle_needs_an_existing_database_and_no_signing_secret() 
 
     let missing = Narutalk::open_for_administration(&config).unwrap_err();
     drop(
-        narutalk_core::db::Database::open(
+        narutalk_core::store::sqlite::SqliteStore::open(
             &config.database,
             config.sqlite_synchronous,
             OpenMode::CreateIfMissing,

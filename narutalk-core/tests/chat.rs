@@ -12,13 +12,14 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, UserId};
 use narutalk_core::ai::{AiError, AiReply, AiRequest, HistoryTurn, Responder};
 use narutalk_core::chat::{
-    Category, Chat, ChatSession, Message, MessageId, MessageType, Page, PageRequest, PostOutcome,
-    ReplyWait, Sender, SessionFilter, SessionId, SessionSummary, TurnClaim,
+    Category, Chat, ChatSession, IDEMPOTENCY_WINDOW, Message, MessageId, MessageType, NewMessage,
+    Page, PageRequest, PostInput, Posting, Sender, SessionFilter, SessionId, SessionSummary,
 };
 use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
 use narutalk_core::error::Error;
+use narutalk_core::events::{Actor, Origin};
 use narutalk_core::fields::JsonObject;
+use narutalk_core::store::{Audit, IdempotencyKey, OpenMode, Posted, UserPost};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{Value, json};
@@ -78,7 +79,12 @@ fn obj(value: Value) -> JsonObject {
 /// The field errors of a refused operation, as the contract's 400 body.
 fn field_errors<T: Debug>(result: Result<T, Error>) -> Value {
     match result {
-        Err(Error::Invalid(errors)) => serde_json::to_value(&errors).unwrap(),
+        Err(Error::Invalid(errors)) => Value::Object(
+            errors
+                .iter()
+                .map(|(field, messages)| (field.to_owned(), json!(messages)))
+                .collect(),
+        ),
         other => panic!("expected field errors, got {other:?}"),
     }
 }
@@ -105,21 +111,102 @@ fn new_session(narutalk: &Narutalk, owner: UserId, title: &str) -> ChatSession {
         .session
 }
 
-/// Stores a user message (no AI turn) and returns it.
+/// Stores a user message whose turn stays pending (as a crash leaves it), through the
+/// store port, after `Chat::post`'s checks: [`answer_pending`] answers it later.
 fn post(
     narutalk: &Narutalk,
     owner: UserId,
     session: SessionId,
     body: Value,
 ) -> Result<Message, Error> {
-    match narutalk
-        .chat()
-        .post_message_fields(owner, session, &obj(body), None)?
-    {
-        // The claim is dropped here: these tests drive turns by hand (see `take_turn`).
-        PostOutcome::Stored(message, _) => Ok(message),
-        other => panic!("expected a stored message, got {other:?}"),
+    match store_pending(narutalk, owner, session, &obj(body), None)? {
+        (message, true) => Ok(message),
+        (message, false) => panic!("expected a stored message, got a replay of {message:?}"),
     }
+}
+
+/// [`post`] with an idempotency key: the message, and whether it was stored (false: the
+/// key replayed the first one).
+fn store_pending(
+    narutalk: &Narutalk,
+    owner: UserId,
+    session: SessionId,
+    body: &JsonObject,
+    key: Option<&str>,
+) -> Result<(Message, bool), Error> {
+    let chat = narutalk.chat();
+    let input = match PostInput::from_fields(body, key, chat.content_max_chars()) {
+        Ok(input) => input,
+        Err(error) if chat.exists(owner, session)? => return Err(error),
+        Err(_) => return Err(Error::NotFound),
+    };
+    let now = narutalk_core::time::now();
+    let message = NewMessage {
+        id: MessageId::new_random(),
+        sender: Sender::User,
+        message_type: input.message_type(),
+        content: input.content().to_owned(),
+        metadata: input.metadata().clone(),
+        reply_to: None,
+    };
+    let audit = Audit::now(&Origin::default(), Actor::User(owner));
+    let post = UserPost {
+        owner,
+        session,
+        message: &message,
+        idempotency_key: key.map(|key| IdempotencyKey {
+            key,
+            since: now - IDEMPOTENCY_WINDOW,
+        }),
+        now,
+        audit: &audit,
+        lease: None,
+    };
+    Ok(
+        match narutalk
+            .store()
+            .post_message(&post, std::time::Instant::now())?
+        {
+            Posted::Stored { message, .. } => (message, true),
+            Posted::Replayed { message, .. } => (message, false),
+        },
+    )
+}
+
+/// Posts `body` (checked as a REST body, with `key`) through `Chat::post`: with no turn
+/// engine started, the post answers the session's pending turns before it returns.
+fn post_fields(
+    chat: &Chat<'_>,
+    owner: UserId,
+    session: SessionId,
+    body: &JsonObject,
+    key: Option<&str>,
+) -> Result<Posting, Error> {
+    chat.post(
+        owner,
+        session,
+        PostInput::from_fields(body, key, chat.content_max_chars()),
+    )
+}
+
+/// Answers every pending turn as a restarted server does: starts the turn engine, waits
+/// until it has nothing left to do, and stops it again.
+fn answer_pending(narutalk: &Narutalk) {
+    narutalk.start_turns().unwrap();
+    assert!(
+        narutalk
+            .turns_drained()
+            .wait_timeout(std::time::Duration::from_secs(60)),
+        "the pending turns were not answered"
+    );
+    narutalk.stop_turns();
+}
+
+/// Another handle on the database of `dir` (another process), with `responder`.
+fn reopen_with(dir: &TempDir, responder: Arc<dyn Responder>) -> Narutalk {
+    Narutalk::open(&Config::for_tests(dir.path()), OpenMode::MustExist)
+        .unwrap()
+        .with_responder(responder)
 }
 
 fn post_text(narutalk: &Narutalk, owner: UserId, session: SessionId, content: &str) -> Message {
@@ -147,7 +234,7 @@ fn contents(messages: &[Message]) -> Vec<&str> {
 /// show that nothing is left behind where the API can no longer look.
 fn stored_rows(narutalk: &Narutalk, sql: &str, param: &str) -> i64 {
     let conn = rusqlite::Connection::open_with_flags(
-        narutalk.database().path(),
+        narutalk.sqlite().unwrap().path(),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
@@ -171,36 +258,6 @@ where
         _on_delta: &mut dyn FnMut(&str),
     ) -> Result<AiReply, AiError> {
         (self.0)(request)
-    }
-}
-
-/// Posts `body` with an idempotency key that has not been used, returning the stored
-/// message and its turn claim.
-fn post_keyed(
-    chat: &Chat<'_>,
-    owner: UserId,
-    session: SessionId,
-    body: &JsonObject,
-    key: &str,
-) -> (Message, TurnClaim) {
-    match chat
-        .post_message_fields(owner, session, body, Some(key))
-        .unwrap()
-    {
-        PostOutcome::Stored(message, claim) => (message, claim),
-        replayed => panic!("a fresh key stores the message, got {replayed:?}"),
-    }
-}
-
-/// Takes the turn of a stored message that nobody is answering (its post's claim was
-/// dropped, as the `post` helpers here do), for tests that drive the turn by hand.
-fn take_turn(chat: &Chat<'_>, message: &Message) -> TurnClaim {
-    match chat
-        .wait_for_reply(message, std::time::Duration::from_secs(5))
-        .unwrap()
-    {
-        ReplyWait::YourTurn(claim) => claim,
-        ReplyWait::Ready(reply) => panic!("already answered: {reply:?}"),
     }
 }
 
@@ -400,126 +457,23 @@ fn a_session_shows_its_messages_oldest_first_with_their_count() {
     let third = post_text(&narutalk, alice, session.id, "third");
 
     let detail = narutalk.chat().session(alice, session.id).unwrap();
-    assert_eq!(detail.session.message_count, 4);
+    // The pending turn of "first" is answered before the one of "second", in order.
+    assert_eq!(detail.session.message_count, 5);
     assert_eq!(
         contents(&detail.messages),
         [
             "first",
             "second",
+            "AI 응답: first에 대한 의료 정보를 제공합니다.",
             "AI 응답: second에 대한 의료 정보를 제공합니다.",
             "third"
         ]
     );
     assert_eq!(detail.messages[0], first);
     assert_eq!(detail.messages[1], exchange.message);
-    assert_eq!(detail.messages[2], exchange.reply);
-    assert_eq!(detail.messages[3], third);
-}
-
-/// A timestamp as the contract writes it: RFC 3339, UTC, six fractional digits and `Z`.
-fn assert_contract_timestamp(value: &Value) {
-    let text = value.as_str().unwrap();
-    let bytes = text.as_bytes();
-    assert_eq!(bytes.len(), 27, "{text}");
-    assert!(
-        text.ends_with('Z') && bytes[10] == b'T' && bytes[19] == b'.',
-        "{text}"
-    );
-    assert!(bytes[20..26].iter().all(u8::is_ascii_digit), "{text}");
-}
-
-fn keys(value: &Value) -> Vec<&str> {
-    let mut keys: Vec<&str> = value
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
-    keys.sort_unstable();
-    keys
-}
-
-/// The message object, the session detail and the list item serialize with exactly the
-/// contract's keys (no owner, sequence or reply link leaks out).
-#[test]
-fn messages_sessions_and_list_items_serialize_with_exactly_the_contract_keys() {
-    let (_dir, narutalk, alice) = fixture();
-    let session = narutalk
-        .chat()
-        .create_session(alice, "Shape", Category::Medical)
-        .unwrap()
-        .session
-        .id;
-    let exchange = narutalk.send_message(alice, session, "q").unwrap();
-
-    let message = serde_json::to_value(&exchange.reply).unwrap();
-    assert_eq!(
-        keys(&message),
-        [
-            "content",
-            "id",
-            "message_type",
-            "metadata",
-            "sender",
-            "timestamp"
-        ]
-    );
-    assert_eq!(message["id"], json!(exchange.reply.id.to_string()));
-    assert_eq!(message["sender"], json!("ai"));
-    assert_eq!(message["message_type"], json!("text"));
-    assert_contract_timestamp(&message["timestamp"]);
-    let user_message = serde_json::to_value(&exchange.message).unwrap();
-    assert_eq!(user_message["metadata"], json!({}));
-    assert_eq!(user_message["sender"], json!("user"));
-
-    let detail = serde_json::to_value(narutalk.chat().session(alice, session).unwrap()).unwrap();
-    assert_eq!(
-        keys(&detail),
-        [
-            "category",
-            "created_at",
-            "id",
-            "is_active",
-            "message_count",
-            "messages",
-            "title",
-            "updated_at"
-        ]
-    );
-    assert_eq!(detail["id"], json!(session.to_string()));
-    assert_eq!(detail["category"], json!("medical"));
-    assert_eq!(detail["is_active"], json!(true));
-    assert_eq!(detail["message_count"], json!(2));
-    assert_eq!(detail["messages"][1], message);
-    assert_contract_timestamp(&detail["created_at"]);
-    assert_contract_timestamp(&detail["updated_at"]);
-
-    let page = list(
-        &narutalk,
-        alice,
-        SessionFilter::default(),
-        PageRequest::default(),
-    );
-    let item = serde_json::to_value(&page.results[0]).unwrap();
-    assert_eq!(
-        keys(&item),
-        [
-            "category",
-            "created_at",
-            "id",
-            "last_message",
-            "message_count",
-            "title",
-            "updated_at"
-        ]
-    );
-    assert_eq!(item["id"], detail["id"]);
-    assert_eq!(item["title"], json!("Shape"));
-    assert_eq!(item["category"], json!("medical"));
-    assert_eq!(item["created_at"], detail["created_at"]);
-    assert_eq!(item["updated_at"], detail["updated_at"]);
-    assert_eq!(item["last_message"], message);
-    assert_eq!(item["message_count"], json!(2));
+    assert_eq!(detail.messages[2].reply_to, Some(first.id));
+    assert_eq!(detail.messages[3], exchange.reply);
+    assert_eq!(detail.messages[4], third);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -557,13 +511,15 @@ fn another_users_session_answers_not_found_for_every_operation_and_is_left_untou
         PageRequest::Number(99),
     ));
     assert_not_found(chat.messages_after(mallory, session.id, Some(&message.id.to_string())));
-    assert_not_found(chat.post_message_fields(
+    assert_not_found(post_fields(
+        &chat,
         mallory,
         session.id,
         &obj(json!({"content": "hi"})),
         None,
     ));
-    assert_not_found(chat.post_message_fields(
+    assert_not_found(post_fields(
+        &chat,
         mallory,
         session.id,
         &obj(json!({"content": ""})),
@@ -600,7 +556,8 @@ fn an_unknown_session_id_answers_not_found_before_any_field_check() {
     assert_not_found(chat.delete_session(alice, unknown));
     assert_not_found(chat.messages(alice, unknown, Some("x"), PageRequest::default()));
     assert_not_found(chat.messages_after(alice, unknown, None));
-    assert_not_found(chat.post_message_fields(
+    assert_not_found(post_fields(
+        &chat,
         alice,
         unknown,
         &obj(json!({"content": 5})),
@@ -940,8 +897,7 @@ fn filters_select_exactly_the_matching_sessions() {
 /// otherwise the newest message in storage order (an AI reply or a system error included).
 #[test]
 fn list_items_carry_their_message_count_and_newest_message() {
-    let (_dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
+    let (dir, narutalk, alice) = fixture();
     let empty = new_session(&narutalk, alice, "empty").id;
     let answered = new_session(&narutalk, alice, "answered").id;
     let exchange = narutalk.send_message(alice, answered, "question").unwrap();
@@ -949,13 +905,14 @@ fn list_items_carry_their_message_count_and_newest_message() {
     post_text(&narutalk, alice, pending, "one");
     let two = post_text(&narutalk, alice, pending, "two");
     let failed = new_session(&narutalk, alice, "failed").id;
-    let user_message = post_text(&narutalk, alice, failed, "q");
-    let turn = chat
-        .prepare_reply(&user_message, take_turn(&chat, &user_message))
-        .unwrap();
-    let error_reply = chat
-        .store_reply(turn, Err(AiError::new("timed out")))
-        .unwrap();
+    let failing = reopen_with(
+        &dir,
+        Arc::new(Scripted(|_: &AiRequest| -> Result<AiReply, AiError> {
+            Err(AiError::new("timed out"))
+        })),
+    );
+    let error_reply = failing.send_message(alice, failed, "q").unwrap().reply;
+    assert_eq!(error_reply.sender, Sender::System);
 
     let page = list(
         &narutalk,
@@ -976,10 +933,6 @@ fn list_items_carry_their_message_count_and_newest_message() {
     assert_eq!(summary(pending).last_message.as_ref(), Some(&two));
     assert_eq!(summary(failed).session.message_count, 2);
     assert_eq!(summary(failed).last_message.as_ref(), Some(&error_reply));
-
-    let serialized = serde_json::to_value(summary(empty)).unwrap();
-    assert_eq!(serialized["last_message"], Value::Null);
-    assert_eq!(serialized["message_count"], json!(0));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1178,7 +1131,8 @@ fn deleting_a_session_removes_its_messages_and_a_second_delete_is_not_found() {
     let doomed = new_session(&narutalk, alice, "doomed").id;
     let kept = new_session(&narutalk, alice, "kept").id;
     narutalk.send_message(alice, doomed, "one").unwrap();
-    chat.post_message_fields(
+    store_pending(
+        &narutalk,
         alice,
         doomed,
         &obj(json!({"content": "two"})),
@@ -1727,20 +1681,14 @@ fn posting_a_message_moves_the_session_updated_at_forward() {
     assert!(after_post.updated_at >= message.timestamp);
     assert_eq!(after_post.created_at, session.created_at);
 
-    let turn = chat
-        .prepare_reply(&message, take_turn(&chat, &message))
-        .unwrap();
-    chat.store_reply(turn, reply("a")).unwrap();
+    answer_pending(&narutalk);
     let after_reply = chat.session(alice, session.id).unwrap().session;
     assert!(after_reply.updated_at > after_post.updated_at);
 
-    let second = post_text(&narutalk, alice, session.id, "q2");
-    let turn = chat
-        .prepare_reply(&second, take_turn(&chat, &second))
-        .unwrap();
-    chat.store_reply(turn, Err(AiError::new("down"))).unwrap();
-    let after_error = chat.session(alice, session.id).unwrap().session;
-    assert!(after_error.updated_at > after_reply.updated_at);
+    post_text(&narutalk, alice, session.id, "q2");
+    answer_pending(&narutalk);
+    let after_second = chat.session(alice, session.id).unwrap().session;
+    assert!(after_second.updated_at > after_reply.updated_at);
 }
 
 /// Every message gets the next per-session sequence number, 1, 2, 3, …, independently in
@@ -1825,43 +1773,43 @@ fn concurrent_posts_to_one_session_get_gap_free_sequence_numbers() {
 }
 
 /// The same key sent from many threads at once stores exactly one message; every other
-/// post replays it.
+/// post replays it and gets its one reply.
 #[test]
 fn one_idempotency_key_used_concurrently_stores_exactly_one_message() {
     let (_dir, narutalk, alice) = fixture();
     let session = new_session(&narutalk, alice, "race").id;
-    let outcomes: Vec<PostOutcome> = std::thread::scope(|scope| {
+    let outcomes: Vec<(Message, bool, Message)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|t| {
                 let narutalk = &narutalk;
                 scope.spawn(move || {
                     let body = obj(json!({ "content": format!("attempt {t}") }));
-                    narutalk
-                        .chat()
-                        .post_message_fields(alice, session, &body, Some("same-key"))
-                        .unwrap()
+                    let posting =
+                        post_fields(&narutalk.chat(), alice, session, &body, Some("same-key"))
+                            .unwrap();
+                    (
+                        posting.message,
+                        posting.repeated,
+                        posting.reply.wait().unwrap(),
+                    )
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let stored: Vec<&Message> = outcomes
+    let stored: Vec<&(Message, bool, Message)> = outcomes
         .iter()
-        .filter_map(|o| match o {
-            PostOutcome::Stored(m, _) => Some(m),
-            PostOutcome::Replayed { .. } => None,
-        })
+        .filter(|(_, repeated, _)| !repeated)
         .collect();
     assert_eq!(stored.len(), 1);
-    for outcome in &outcomes {
-        if let PostOutcome::Replayed { message, reply } = outcome {
-            assert_eq!(message, stored[0]);
-            assert_eq!(reply, &None);
-        }
+    let (first, _, first_reply) = stored[0];
+    for (message, _, reply) in &outcomes {
+        assert_eq!(message, first);
+        assert_eq!(reply, first_reply);
     }
     assert_eq!(
         narutalk.chat().session(alice, session).unwrap().messages,
-        [stored[0].clone()]
+        [first.clone(), first_reply.clone()]
     );
 }
 
@@ -2042,28 +1990,17 @@ fn messages_after_replays_every_later_message_in_storage_order() {
     let empty = new_session(&narutalk, alice, "empty").id;
     assert!(chat.messages_after(alice, empty, None).unwrap().is_empty());
 
-    let all = fill(&narutalk, alice, session, 25);
-    let exchange = narutalk.send_message(alice, session, "m26").unwrap();
+    let all = fill(&narutalk, alice, session, 26);
     let everything = chat.messages_after(alice, session, None).unwrap();
-    assert_eq!(everything.len(), 27, "no paging in a replay");
-    assert_eq!(everything[..25], all[..]);
-    assert_eq!(everything[25], exchange.message);
-    assert_eq!(everything[26], exchange.reply);
+    assert_eq!(everything.len(), 26, "no paging in a replay");
+    assert_eq!(everything[..], all[..]);
 
     let later = chat
         .messages_after(alice, session, Some(&all[22].id.to_string()))
         .unwrap();
-    assert_eq!(
-        contents(&later),
-        [
-            "m24",
-            "m25",
-            "m26",
-            "AI 응답: m26에 대한 의료 정보를 제공합니다."
-        ]
-    );
+    assert_eq!(contents(&later), ["m24", "m25", "m26"]);
     assert!(
-        chat.messages_after(alice, session, Some(&exchange.reply.id.to_string()))
+        chat.messages_after(alice, session, Some(&all[25].id.to_string()))
             .unwrap()
             .is_empty()
     );
@@ -2205,82 +2142,52 @@ fn hostile_strings_round_trip_byte_identical() {
 // Idempotency
 // ---------------------------------------------------------------------------------------
 
-/// The same key, user and session answer the first message (and later its reply) again,
-/// storing nothing new, whatever the second body says.
+/// The same key, user and session answer the first message and its reply again, storing
+/// nothing new, whatever the second body says.
 #[test]
 fn a_repeated_idempotency_key_replays_the_first_message_and_stores_nothing() {
     let (_dir, narutalk, alice) = fixture();
     let chat = narutalk.chat();
     let session = new_session(&narutalk, alice, "s").id;
     let body = obj(json!({"content": "once"}));
-    let PostOutcome::Stored(first, _) = chat
-        .post_message_fields(alice, session, &body, Some("key-1"))
-        .unwrap()
-    else {
-        panic!("the first post must store");
-    };
+    let first = post_fields(&chat, alice, session, &body, Some("key-1")).unwrap();
+    assert!(!first.repeated, "the first post must store");
+    let first_reply = first.reply.wait().unwrap();
+    let first = first.message;
     let after_first = chat.session(alice, session).unwrap().session;
 
-    let replay = chat
-        .post_message_fields(
-            alice,
-            session,
-            &obj(json!({"content": "different"})),
-            Some("key-1"),
-        )
-        .unwrap();
-    assert_eq!(
-        replay,
-        PostOutcome::Replayed {
-            message: first.clone(),
-            reply: None
-        }
-    );
+    let replay = post_fields(
+        &chat,
+        alice,
+        session,
+        &obj(json!({"content": "different"})),
+        Some("key-1"),
+    )
+    .unwrap();
+    assert!(replay.repeated);
+    assert_eq!(replay.message, first);
+    assert!(replay.reply.is_ready(), "the stored reply is ready at once");
+    assert_eq!(replay.reply.wait().unwrap(), first_reply);
     assert_eq!(
         chat.session(alice, session).unwrap().session,
         after_first,
         "nothing stored, nothing moved"
-    );
-
-    let turn = chat
-        .prepare_reply(&first, take_turn(&chat, &first))
-        .unwrap();
-    let stored_reply = chat.store_reply(turn, reply("answer")).unwrap();
-    let replay = chat
-        .post_message_fields(alice, session, &body, Some("key-1"))
-        .unwrap();
-    assert_eq!(
-        replay,
-        PostOutcome::Replayed {
-            message: first.clone(),
-            reply: Some(stored_reply)
-        }
     );
     assert_eq!(
         chat.session(alice, session).unwrap().session.message_count,
         2
     );
 
-    // Without a key, or with another key, the same body is a new message.
-    assert!(matches!(
-        chat.post_message_fields(alice, session, &body, None)
-            .unwrap(),
-        PostOutcome::Stored(_, _)
-    ));
-    assert!(matches!(
-        chat.post_message_fields(alice, session, &body, Some("key-2"))
-            .unwrap(),
-        PostOutcome::Stored(_, _)
-    ));
-    // Keys are case-sensitive.
-    assert!(matches!(
-        chat.post_message_fields(alice, session, &body, Some("KEY-1"))
-            .unwrap(),
-        PostOutcome::Stored(_, _)
-    ));
+    // Without a key, or with another key, the same body is a new message. Keys are
+    // case-sensitive.
+    for key in [None, Some("key-2"), Some("KEY-1")] {
+        let posted = post_fields(&chat, alice, session, &body, key).unwrap();
+        assert!(!posted.repeated, "{key:?}");
+        posted.reply.wait().unwrap();
+    }
     assert_eq!(
         chat.session(alice, session).unwrap().session.message_count,
-        5
+        8
     );
 }
 
@@ -2292,35 +2199,19 @@ fn the_same_idempotency_key_on_another_session_stores_a_new_message() {
     let a = new_session(&narutalk, alice, "a").id;
     let b = new_session(&narutalk, alice, "b").id;
     let body = obj(json!({"content": "hello"}));
-    let PostOutcome::Stored(in_a, _) = chat
-        .post_message_fields(alice, a, &body, Some("shared"))
-        .unwrap()
-    else {
-        panic!("stored in a");
-    };
-    let PostOutcome::Stored(in_b, _) = chat
-        .post_message_fields(alice, b, &body, Some("shared"))
-        .unwrap()
-    else {
-        panic!("stored in b");
-    };
+    let (in_a, stored) = store_pending(&narutalk, alice, a, &body, Some("shared")).unwrap();
+    assert!(stored, "stored in a");
+    let (in_b, stored) = store_pending(&narutalk, alice, b, &body, Some("shared")).unwrap();
+    assert!(stored, "stored in b");
     assert_ne!(in_a.id, in_b.id);
     assert_eq!(in_b.session_id, b);
     assert_eq!(
-        chat.post_message_fields(alice, a, &body, Some("shared"))
-            .unwrap(),
-        PostOutcome::Replayed {
-            message: in_a,
-            reply: None
-        }
+        store_pending(&narutalk, alice, a, &body, Some("shared")).unwrap(),
+        (in_a, false)
     );
     assert_eq!(
-        chat.post_message_fields(alice, b, &body, Some("shared"))
-            .unwrap(),
-        PostOutcome::Replayed {
-            message: in_b,
-            reply: None
-        }
+        store_pending(&narutalk, alice, b, &body, Some("shared")).unwrap(),
+        (in_b, false)
     );
     assert_eq!(chat.session(alice, a).unwrap().session.message_count, 1);
     assert_eq!(chat.session(alice, b).unwrap().session.message_count, 1);
@@ -2348,14 +2239,15 @@ fn a_malformed_idempotency_key_is_a_field_error() {
         "\u{7f}",
     ] {
         assert_eq!(
-            field_errors(chat.post_message_fields(alice, session, &body, Some(key))),
+            field_errors(post_fields(&chat, alice, session, &body, Some(key))),
             json!({ "Idempotency-Key": [IDEMPOTENCY_KEY_MESSAGE] }),
             "{key:?}"
         );
     }
     // Reported alongside the body's own errors.
     assert_eq!(
-        field_errors(chat.post_message_fields(
+        field_errors(post_fields(
+            &chat,
             alice,
             session,
             &obj(json!({"content": ""})),
@@ -2375,14 +2267,8 @@ fn a_malformed_idempotency_key_is_a_field_error() {
         longest.as_str(),
         "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
     ] {
-        assert!(
-            matches!(
-                chat.post_message_fields(alice, session, &body, Some(key))
-                    .unwrap(),
-                PostOutcome::Stored(_, _)
-            ),
-            "{key:?}"
-        );
+        let (_, stored) = store_pending(&narutalk, alice, session, &body, Some(key)).unwrap();
+        assert!(stored, "{key:?}");
     }
     assert_eq!(
         chat.session(alice, session).unwrap().session.message_count,
@@ -2427,13 +2313,8 @@ fn send_message_fields_with_a_repeated_key_answers_the_first_exchange_without_a_
 
     // A post stored with a key but never answered (the process stopped mid-turn) gets its
     // reply on the repeat, once.
-    let PostOutcome::Stored(orphan, _) = narutalk
-        .chat()
-        .post_message_fields(alice, session, &body, Some("turn-2"))
-        .unwrap()
-    else {
-        panic!("stored");
-    };
+    let (orphan, stored) = store_pending(&narutalk, alice, session, &body, Some("turn-2")).unwrap();
+    assert!(stored);
     let completed = narutalk
         .send_message_fields(alice, session, &body, Some("turn-2"))
         .unwrap();
@@ -2515,42 +2396,43 @@ fn send_message_stores_the_user_message_then_the_template_reply() {
 
 /// The responder gets the session's category, the last N (configured) messages stored
 /// before the new one, oldest first, without system messages, and the new message itself
-/// outside the history.
+/// outside the history; turns stored before an earlier one was answered are answered
+/// after it, in order.
 #[test]
-fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_first() {
+fn the_responder_gets_the_category_and_the_last_n_non_system_messages_oldest_first() {
     let (_dir, narutalk, alice) = fixture_with(|config| config.ai_history_messages = 3);
+    let seen: Arc<std::sync::Mutex<Vec<AiRequest>>> = Arc::default();
+    let recorder = seen.clone();
+    let narutalk = narutalk.with_responder(Arc::new(Scripted(move |request: &AiRequest| {
+        recorder.lock().unwrap().push(request.clone());
+        match request.message.as_str() {
+            "u2" => Err(AiError::new("down")), // a system message
+            other => reply(&other.replace('u', "a")),
+        }
+    })));
     let chat = narutalk.chat();
     let session = chat
         .create_session(alice, "s", Category::Emergency)
         .unwrap()
         .session
         .id;
-    let answer = |message: &Message, outcome: Result<AiReply, AiError>| {
-        let turn = chat
-            .prepare_reply(message, take_turn(&chat, message))
-            .unwrap();
-        chat.store_reply(turn, outcome).unwrap()
-    };
-    let u1 = post_text(&narutalk, alice, session, "u1");
-    let first_turn = chat.prepare_reply(&u1, take_turn(&chat, &u1)).unwrap();
-    assert!(first_turn.request.history.is_empty());
-    chat.store_reply(first_turn, reply("a1")).unwrap();
-    let u2 = post_text(&narutalk, alice, session, "u2");
-    answer(&u2, Err(AiError::new("down"))); // a system message
-    let u3 = post_text(&narutalk, alice, session, "u3");
-    answer(&u3, reply("a3"));
+    for content in ["u1", "u2", "u3"] {
+        post_text(&narutalk, alice, session, content);
+        answer_pending(&narutalk);
+    }
     let u4 = post_text(&narutalk, alice, session, "u4");
-    let later = post_text(&narutalk, alice, session, "stored after u4");
+    post_text(&narutalk, alice, session, "stored after u4");
+    answer_pending(&narutalk);
 
-    let turn = chat.prepare_reply(&u4, take_turn(&chat, &u4)).unwrap();
+    let seen = seen.lock().unwrap();
+    let messages: Vec<&str> = seen.iter().map(|r| r.message.as_str()).collect();
+    assert_eq!(messages, ["u1", "u2", "u3", "u4", "stored after u4"]);
+    assert!(seen[0].history.is_empty());
+    let turn = &seen[3];
     assert_eq!(turn.session_id, session);
-    assert_eq!(turn.reply_to, u4.id);
-    assert_ne!(turn.reply_id, u4.id);
-    assert_eq!(turn.request.session_id, session);
-    assert_eq!(turn.request.category, Category::Emergency);
-    assert_eq!(turn.request.message, "u4");
+    assert_eq!(turn.category, Category::Emergency);
     assert_eq!(
-        turn.request.history,
+        turn.history,
         [
             HistoryTurn {
                 sender: Sender::User,
@@ -2566,14 +2448,9 @@ fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_fi
             },
         ]
     );
-    drop(turn);
-    // A later message's history has the earlier unanswered one, never itself.
-    let turn = chat
-        .prepare_reply(&later, take_turn(&chat, &later))
-        .unwrap();
-    assert_eq!(turn.request.message, "stored after u4");
+    // A later message's history has the earlier one, stored before it, never itself.
     assert_eq!(
-        turn.request.history,
+        seen[4].history,
         [
             HistoryTurn {
                 sender: Sender::User,
@@ -2589,20 +2466,18 @@ fn prepare_reply_gives_the_category_and_the_last_n_non_system_messages_oldest_fi
             },
         ]
     );
-    // Two preparations of one message (the first given up) get two different reply ids.
-    let first_id = chat
-        .prepare_reply(&u4, take_turn(&chat, &u4))
-        .unwrap()
-        .reply_id;
-    let second_id = chat
-        .prepare_reply(&u4, take_turn(&chat, &u4))
-        .unwrap()
-        .reply_id;
-    assert_ne!(first_id, second_id);
+    // Each reply is linked to its message, in the order of the messages.
+    let stored = chat.session(alice, session).unwrap().messages;
+    let u4_reply = stored.iter().find(|m| m.reply_to == Some(u4.id)).unwrap();
+    assert_eq!(u4_reply.content, "a4");
+    assert_eq!(
+        contents(&stored[6..]),
+        ["u4", "stored after u4", "a4", "stored after a4"]
+    );
 }
 
 /// With the default N (20) and fewer messages, the whole earlier conversation is sent; the
-/// responder sees exactly what `prepare_reply` builds.
+/// responder sees the session's category and every earlier message.
 #[test]
 fn the_responder_receives_the_whole_short_history_and_the_category() {
     let (_dir, narutalk, alice) = fixture();
@@ -2696,25 +2571,14 @@ fn a_blank_reply_stores_the_system_error_message_and_keeps_the_user_message() {
 /// A session deleted while the responder worked answers `NotFound` and nothing is stored.
 #[test]
 fn storing_a_reply_for_a_session_deleted_meanwhile_is_not_found_and_stores_nothing() {
-    let (_dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
+    let (dir, narutalk, alice) = fixture();
     let session = new_session(&narutalk, alice, "s").id;
-    let message = post_text(&narutalk, alice, session, "q");
-    let turn = chat
-        .prepare_reply(&message, take_turn(&chat, &message))
-        .unwrap();
-    let reply_id = turn.reply_id;
-    chat.delete_session(alice, session).unwrap();
-    assert_not_found(chat.store_reply(turn, reply("late")));
-    assert_not_found(chat.prepare_reply(&message, take_turn(&chat, &message)));
-    assert_eq!(
-        stored_rows(
-            &narutalk,
-            "SELECT count(*) FROM chat_messages WHERE id = ?1",
-            &reply_id.to_string()
-        ),
-        0
-    );
+    let other_process = reopen_with(&dir, Arc::new(narutalk_core::ai::TemplateResponder));
+    let narutalk = narutalk.with_responder(Arc::new(Scripted(move |_: &AiRequest| {
+        other_process.chat().delete_session(alice, session).unwrap();
+        reply("late")
+    })));
+    assert_not_found(narutalk.send_message(alice, session, "q"));
     assert_eq!(
         stored_rows(
             &narutalk,
@@ -2723,79 +2587,74 @@ fn storing_a_reply_for_a_session_deleted_meanwhile_is_not_found_and_stores_nothi
         ),
         0
     );
+    assert_eq!(
+        stored_rows(
+            &narutalk,
+            "SELECT count(*) FROM chat_sessions WHERE id = ?1 AND turns_pending > 0",
+            &session.to_string()
+        ),
+        0
+    );
 }
 
-/// The reply is stored under the turn's `reply_id`, and the turn ends there: waiting for
-/// it now finds that reply. Another process that answered the same message at the same time
-/// (a second handle, with its own turns) gets the stored reply back and stores nothing.
+/// A reply is stored once per user message: another process that answered the same
+/// message (storing a reply under its own id) gets the stored reply back and stores
+/// nothing, and the pending turn is gone with the first.
 #[test]
-fn a_turn_stores_exactly_one_reply_under_its_reply_id() {
+fn a_turn_stores_exactly_one_reply() {
     let (dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
-    let other_process =
-        Narutalk::open(&Config::for_tests(dir.path()), OpenMode::MustExist).unwrap();
-    let other_chat = other_process.chat();
+    let other_process = reopen_with(&dir, Arc::new(narutalk_core::ai::TemplateResponder));
     let session = new_session(&narutalk, alice, "s").id;
     let message = post_text(&narutalk, alice, session, "q");
-    let turn = chat
-        .prepare_reply(&message, take_turn(&chat, &message))
+    let answer = |content: &str| NewMessage {
+        id: MessageId::new_random(),
+        sender: Sender::Ai,
+        message_type: MessageType::Text,
+        content: content.to_owned(),
+        metadata: JsonObject::new(),
+        reply_to: Some(message.id),
+    };
+    let audit = Audit::now(&Origin::default(), Actor::Engine);
+    let first = answer("first");
+    let stored = narutalk
+        .store()
+        .store_reply(
+            session,
+            message.seq,
+            &first,
+            &audit,
+            None,
+            std::time::Instant::now(),
+        )
         .unwrap();
-    let other_turn = other_chat
-        .prepare_reply(&message, take_turn(&other_chat, &message))
+    assert!(stored.stored_now);
+    assert_eq!(stored.reply.id, first.id);
+    assert_eq!(stored.reply.reply_to, Some(message.id));
+    assert_eq!(stored.reply.seq, 2);
+    let again = other_process
+        .store()
+        .store_reply(
+            session,
+            message.seq,
+            &answer("second"),
+            &audit,
+            None,
+            std::time::Instant::now(),
+        )
         .unwrap();
-    let reply_id = turn.reply_id;
-
-    let stored = chat.store_reply(turn, reply("first")).unwrap();
-    assert_eq!(stored.id, reply_id);
-    assert_eq!(stored.reply_to, Some(message.id));
-    assert_eq!(stored.content, "first");
-    assert_eq!(stored.seq, 2);
-    assert!(matches!(
-        chat.wait_for_reply(&message, std::time::Duration::from_secs(1)).unwrap(),
-        ReplyWait::Ready(ref r) if *r == stored
-    ));
-    assert_eq!(
-        other_chat
-            .store_reply(other_turn, Err(AiError::new("x")))
-            .unwrap(),
-        stored
-    );
-    let detail = chat.session(alice, session).unwrap();
+    assert!(!again.stored_now);
+    assert_eq!(again.reply, stored.reply);
+    let detail = narutalk.chat().session(alice, session).unwrap();
     assert_eq!(detail.session.message_count, 2);
-    assert_eq!(detail.messages, [message, stored]);
-}
-
-/// A waiter already blocked on a running turn takes it over at once when its producer
-/// gives up, rather than waiting for its timeout.
-#[test]
-fn a_blocked_waiter_takes_over_promptly_when_the_producer_gives_up() {
-    let (_dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
-    let session = new_session(&narutalk, alice, "s").id;
-    let body = obj(json!({"content": "hello"}));
-    let (message, claim) = post_keyed(&chat, alice, session, &body, "k");
-    let started = std::time::Instant::now();
-    let outcome = std::thread::scope(|scope| {
-        let waiter =
-            scope.spawn(|| chat.wait_for_reply(&message, std::time::Duration::from_secs(30)));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        drop(claim);
-        waiter.join().unwrap().unwrap()
-    });
-    assert!(matches!(outcome, ReplyWait::YourTurn(ref c) if c.message_id() == message.id));
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
-}
-
-/// A claim for one message cannot prepare the reply to another.
-#[test]
-fn a_claim_answers_only_its_own_message() {
-    let (_dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
-    let session = new_session(&narutalk, alice, "s").id;
-    let first = post_text(&narutalk, alice, session, "one");
-    let second = post_text(&narutalk, alice, session, "two");
-    let result = chat.prepare_reply(&second, take_turn(&chat, &first));
-    assert!(matches!(result, Err(Error::Internal(_))), "{result:?}");
+    assert_eq!(detail.messages, [message, stored.reply]);
+    assert_eq!(
+        stored_rows(
+            &narutalk,
+            "SELECT count(*) FROM chat_sessions WHERE id = ?1 AND turns_pending > 0",
+            &session.to_string()
+        ),
+        0
+    );
 }
 
 /// The reply metadata the responder gives is stored with the AI message.
@@ -2924,12 +2783,12 @@ fn arbitrary_bodies_either_succeed_or_answer_field_errors() {
     let key = prop::option::of(prop_oneof![any::<String>(), "[!-~]{1,64}"]);
     runner()
         .run(&(json_body(), key), |(body, key)| {
-            let result = chat.post_message_fields(alice, session, &body, key.as_deref());
+            let result = store_pending(&narutalk, alice, session, &body, key.as_deref());
             field_errors_only(
                 &result,
                 &["content", "message_type", "metadata", "Idempotency-Key"],
             )?;
-            if let Ok(PostOutcome::Stored(message, _)) = &result {
+            if let Ok((message, true)) = &result {
                 prop_assert_eq!(message.sender, Sender::User);
                 prop_assert_ne!(message.message_type, MessageType::Error);
                 prop_assert_eq!(
@@ -3063,54 +2922,27 @@ fn a_repeat_sent_while_the_first_reply_is_produced_waits_for_it_instead_of_askin
     assert_eq!(stored.messages.len(), 2);
 }
 
-/// A turn whose producer gave up (its claim dropped without a reply) is handed to the next
-/// caller that waits for it, who then produces the one reply.
+/// A post whose turn was left pending (its process stopped mid-turn) is answered by the
+/// repeat of its key, once, with no engine running.
 #[test]
-fn waiting_for_a_reply_nobody_is_producing_hands_the_turn_to_the_waiter() {
+fn a_repeat_of_a_post_left_pending_answers_it_once() {
     let (_dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
+    let counting = Arc::new(Counting::default());
+    let narutalk = narutalk.with_responder(counting.clone());
     let session = new_session(&narutalk, alice, "s").id;
     let body = obj(json!({"content": "hello"}));
-    let (message, claim) = post_keyed(&chat, alice, session, &body, "k");
-    drop(claim);
+    let (message, stored) = store_pending(&narutalk, alice, session, &body, Some("k")).unwrap();
+    assert!(stored);
 
-    let PostOutcome::Replayed {
-        message: replayed,
-        reply: None,
-    } = chat
-        .post_message_fields(alice, session, &body, Some("k"))
-        .unwrap()
-    else {
-        panic!("the key replays, with no reply yet");
-    };
-    assert_eq!(replayed, message);
-    let wait = chat
-        .wait_for_reply(&replayed, std::time::Duration::from_secs(5))
-        .unwrap();
-    let narutalk_core::chat::ReplyWait::YourTurn(claim) = wait else {
-        panic!("nobody runs the turn, so it is the waiter's: {wait:?}");
-    };
-    assert_eq!(claim.message_id(), message.id);
-
-    let turn = chat.prepare_reply(&message, claim).unwrap();
-    let stored = chat.store_reply(turn, reply("late answer")).unwrap();
-    let again = chat
-        .wait_for_reply(&message, std::time::Duration::from_secs(5))
-        .unwrap();
-    assert!(matches!(again, narutalk_core::chat::ReplyWait::Ready(ref r) if *r == stored));
-}
-
-/// While the producer holds its claim, a waiter gives up after its timeout with
-/// `Unavailable` rather than producing a second reply.
-#[test]
-fn waiting_on_a_running_turn_times_out_as_unavailable() {
-    let (_dir, narutalk, alice) = fixture();
-    let chat = narutalk.chat();
-    let session = new_session(&narutalk, alice, "s").id;
-    let body = obj(json!({"content": "hello"}));
-    let (message, _claim) = post_keyed(&chat, alice, session, &body, "k");
-    let result = chat.wait_for_reply(&message, std::time::Duration::from_millis(50));
-    assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
+    let repeat = post_fields(&narutalk.chat(), alice, session, &body, Some("k")).unwrap();
+    assert!(repeat.repeated);
+    assert_eq!(repeat.message, message);
+    let reply = repeat.reply.wait().unwrap();
+    assert_eq!(reply.reply_to, Some(message.id));
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
+    let again = post_fields(&narutalk.chat(), alice, session, &body, Some("k")).unwrap();
+    assert_eq!(again.reply.wait().unwrap(), reply);
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
 }
 
 // ---------------------------------------------------------------------------------------

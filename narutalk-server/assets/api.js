@@ -14,6 +14,17 @@
 // one and spend it twice. An IndexedDB transaction completed before the lock is released
 // is seen by the next holder. localStorage keeps a copy: it is what other tabs' `storage`
 // events (login and logout elsewhere) come from, and what a tab checks at start.
+//
+// Why localStorage and not an HttpOnly cookie: a cookie would keep the refresh token out
+// of reach of a script injected into the page, but the API is a bearer-token API (the
+// refresh token travels in the JSON body), so the server would need a cookie mode and CSRF
+// protection that the API does not have. What keeps localStorage defensible: the page's
+// CSP allows scripts from the server only (no inline script, no eval, no other host,
+// `frame-ancestors 'none'`) and the page writes user data only as text, so an injection
+// has no way in; a stolen refresh token works once, and its use by a thief after the
+// owner (or by the owner after the thief) is reuse, which ends the whole login, its access
+// tokens and its sockets; logout revokes the login on the server, not only here. The
+// device token only relaxes the login failure budget for this browser; it logs nobody in.
 
 const REFRESH_KEY = "narutalk.refresh";
 const DEVICE_KEY = "narutalk.device";

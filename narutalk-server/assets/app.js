@@ -2,6 +2,15 @@
 //
 // Everything the user or the server wrote goes into the page as text (`textContent`),
 // never as HTML.
+//
+// The DOM's ids and `data-*` attributes are this module's interface: the browser tests
+// drive the page by them and nothing else (tests/api/page.rs checks the page carries
+// them). A conversation merges three sources by message id: the REST pages (the last one,
+// then older ones), the socket's replay (`after=` the last stored message shown) and its
+// live frames. A streaming reply is an element keyed by its future message id, replaced
+// in place by the stored message. A socket opened without `after` (nothing shown yet)
+// fetches the last REST page once open, and puts what it has that the socket did not bring
+// before what the socket brought: those messages were stored before the socket joined.
 
 import * as api from "./api.js";
 import { ChatSocket } from "./socket.js";

@@ -4,7 +4,7 @@
 //! (RFC 9112 section 9.6).
 //!
 //! The accept loop wraps hyper's body in a [`RequestBody`] and puts it into the request's
-//! extensions; the handler reads it through [`crate::http::Request`]; once the answer is
+//! extensions; the handler reads it through `http::Request`; once the answer is
 //! ready, the accept loop calls [`RequestBody::after_answer`], which decides what becomes
 //! of what was not read.
 
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warp::http::{HeaderValue, header};
 
-use crate::http::Response;
+use crate::response::Response;
 
 /// At most this much of a body is read and thrown away after an early answer.
 pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;

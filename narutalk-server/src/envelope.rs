@@ -1,19 +1,33 @@
-//! What wraps every request: its id, CORS, the headers every response carries, the
-//! access log line, the 400 of a target without a path, and the guarantee that a panic
-//! answers the contract's 500 body.
+//! What wraps every request: its id and the span that carries it, CORS, the headers every
+//! response carries, the access log line, the 400 of a target without a path, and the
+//! guarantee that a panic answers the contract's 500 body.
+//!
+//! CORS never refuses anything: a preflight is answered here, and the CORS headers are
+//! added to the answers of allowed origins only. Every answer carries `nosniff`; those
+//! under `/api/auth/` and `/api/chat/` carry `Cache-Control: no-store` too.
+//!
+//! The span (`request`, with the `request_id` field) covers everything the request does:
+//! its handler, the blocking core calls it makes (`calls`), the AI turn it starts
+//! (`turns`) and, for a WebSocket handshake, the socket's whole life. So every line logged
+//! on the request's behalf, the access line, an AI warning, an internal error's cause, a
+//! socket's lines, carries the id its answer's `X-Request-Id` shows.
 
+use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 
 use crate::api;
 use crate::error::ApiError;
-use crate::http::{Request, Response, empty_response};
+use crate::http::Request;
+use crate::logging::millis;
 use crate::metrics;
+use crate::response::{Response, empty_response};
 use crate::state::State;
 
 /// The methods a preflight is told about.
@@ -23,26 +37,34 @@ const CORS_HEADERS: &str = "Authorization, Content-Type, Idempotency-Key, X-Requ
 /// The response headers a script may read.
 const CORS_EXPOSE: &str = "Retry-After, X-Request-Id, WWW-Authenticate";
 
-/// Answers one request, whatever happens in its handler, and logs it once.
+/// Answers one request, whatever happens in its handler, and logs it once, in the
+/// request's span.
 pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
+    request.request_id = request_id(&request.headers);
+    // At ERROR, the most severe level, so that the span exists whenever any line is logged.
+    let span = tracing::error_span!("request", request_id = %request.request_id);
+    answer(state, request).instrument(span).await
+}
+
+/// [`respond`] inside the span.
+async fn answer(state: Arc<State>, request: Request) -> Response {
     let started = Instant::now();
     state.activity.fetch_add(1, Ordering::Relaxed);
-    request.request_id = request_id(&request.headers);
     let request_id = request.request_id.clone();
     let method = request.method.clone();
     let path = request
         .target_without_path
         .clone()
         .unwrap_or_else(|| request.path.clone());
-    let cors_origin = allowed_origin(&state, &request);
-    let endpoint = if request.target_without_path.is_some() {
+    let cors_origin = state.site.allowed_origin(&request);
+    let found = if request.target_without_path.is_some() {
         None
     } else {
-        api::Endpoint::at(&request.path)
+        api::find(&request.path)
     };
-    let route = endpoint
+    let route = found
         .as_ref()
-        .map_or(metrics::UNMATCHED, api::Endpoint::template);
+        .map_or(metrics::UNMATCHED, |found| found.route.template);
 
     let mut response = if request.target_without_path.is_some() {
         ApiError::BadRequest.into_response()
@@ -54,12 +76,12 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     {
         preflight()
     } else {
-        AssertUnwindSafe(api::handle(&state, endpoint, request))
+        AssertUnwindSafe(api::handle(&state, found, request))
             .catch_unwind()
             .await
-            .unwrap_or_else(|_| {
-                tracing::error!(%request_id, "a handler panicked");
-                ApiError::Internal.into_response()
+            .unwrap_or_else(|panic| {
+                ApiError::internal("a handler panicked", panic_message(panic.as_ref()))
+                    .into_response()
             })
     };
 
@@ -89,12 +111,13 @@ pub async fn respond(state: Arc<State>, mut request: Request) -> Response {
     response
 }
 
-/// A duration in milliseconds, rounded to the microsecond (as logs show durations).
-pub fn millis(duration: Duration) -> f64 {
-    // Exact below 2^53 µs (285 years).
-    #[allow(clippy::cast_precision_loss)]
-    let micros = duration.as_micros() as f64;
-    micros / 1000.0
+/// What a panic said, when it said it with text.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_owned(),
+        (None, Some(text)) => text.clone(),
+        (None, None) => "a panic without a message".to_owned(),
+    }
 }
 
 /// The client's `X-Request-Id` when it is 1-64 letters, digits, `-`, `_` or `.`;
@@ -110,19 +133,6 @@ fn request_id(headers: &HeaderMap) -> String {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
-}
-
-/// The request's `Origin` when it gets CORS headers: one of the configured origins, or
-/// the server's own. Any other origin is served as if it had sent none.
-pub fn allowed_origin(state: &State, request: &Request) -> Option<String> {
-    let origin = request.header(header::ORIGIN)?;
-    let own = format!(
-        "{}://{}",
-        request.scheme(&state.trusted_proxies),
-        request.host(state.local_addr)
-    );
-    (origin == own || state.cors_origins.iter().any(|allowed| allowed == origin))
-        .then(|| origin.to_owned())
 }
 
 fn preflight() -> Response {
@@ -162,17 +172,6 @@ fn add_cors(headers: &mut HeaderMap, origin: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn logged_durations_are_milliseconds_rounded_to_the_microsecond() {
-        assert_eq!(millis(Duration::from_nanos(777_938)), 0.777);
-        assert_eq!(millis(Duration::from_nanos(1_500)), 0.001);
-        assert_eq!(millis(Duration::from_secs(30)), 30_000.0);
-        assert_eq!(
-            serde_json::json!(millis(Duration::from_nanos(777_938))).to_string(),
-            "0.777"
-        );
-    }
 
     #[test]
     fn a_valid_request_id_is_kept_and_a_bad_one_replaced() {

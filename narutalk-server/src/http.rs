@@ -1,4 +1,5 @@
-//! One HTTP request as the handlers see it, and the JSON responses they build.
+//! One HTTP request as the handlers see it, and what the server knows about how it is
+//! reached (its [`Site`]).
 //!
 //! [`Request`] carries what warp extracted (method, path, query, headers, peer address)
 //! and the body unread ([`RequestBody`]): the body is read only when the order of checks
@@ -11,23 +12,46 @@ use std::net::{IpAddr, SocketAddr};
 
 use bytes::{Bytes, BytesMut};
 use narutalk_core::fields::{JsonObject, python_type_name};
-use serde::Serialize;
 use serde_json::Value;
-use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use warp::http::{HeaderMap, Method, header};
 
 use crate::body::{BodyError, RequestBody};
 use crate::error::ApiError;
 use crate::listener::Takeover;
 
-/// warp's response type.
-pub type Response = warp::reply::Response;
-
 /// How much of a request body is read. (How patiently is the accept loop's business:
-/// [`crate::ServeOptions::body_grace`].)
+/// [`crate::listener::ServeOptions::body_grace`].)
 #[derive(Clone, Copy, Debug)]
 pub struct BodyRules {
     /// Bodies above this many bytes are refused (413).
     pub limit: u64,
+}
+
+/// How the server is reached: its address, and who may say otherwise (trusted proxies)
+/// or call it from a page elsewhere (CORS origins).
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Origins that get CORS headers, besides the server's own.
+    pub cors_origins: Vec<String>,
+    /// The address the server listens on.
+    pub local_addr: SocketAddr,
+}
+
+impl Site {
+    /// The request's `Origin` when it gets CORS headers: one of the configured origins, or
+    /// the server's own. Any other origin is served as if it had sent none.
+    pub fn allowed_origin(&self, request: &Request) -> Option<String> {
+        let origin = request.header(header::ORIGIN)?;
+        let own = format!(
+            "{}://{}",
+            request.scheme(&self.trusted_proxies),
+            request.host(self.local_addr)
+        );
+        (origin == own || self.cors_origins.iter().any(|allowed| allowed == origin))
+            .then(|| origin.to_owned())
+    }
 }
 
 /// The longest `Authorization` header read; no honest token comes close.
@@ -285,38 +309,6 @@ fn hex(digit: u8) -> Option<u8> {
     char::from(digit)
         .to_digit(16)
         .and_then(|d| u8::try_from(d).ok())
-}
-
-/// A JSON body with the contract's `Content-Type: application/json; charset=utf-8`.
-pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => bytes_response(status, bytes),
-        Err(error) => {
-            tracing::error!(%error, "a response body did not serialize");
-            bytes_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                br#"{"detail":"A server error occurred."}"#.to_vec(),
-            )
-        }
-    }
-}
-
-/// JSON bytes already serialized, with the contract's content type.
-pub fn bytes_response(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    response
-}
-
-/// A response with a status and no body (204, 205).
-pub fn empty_response(status: StatusCode) -> Response {
-    let mut response = Response::new(warp::hyper::body::Bytes::new().into());
-    *response.status_mut() = status;
-    response
 }
 
 #[cfg(test)]

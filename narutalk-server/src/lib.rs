@@ -9,24 +9,37 @@
 //!   an early answer;
 //! - `envelope`: request ids, CORS, the common headers, the access log, panics as 500;
 //! - `api`: the route table, the order of checks, and one handler per endpoint;
-//! - `turns`: the AI turn, one reply at a time per session in storage order;
-//! - `limits`: throttles and the bounded password-hashing queue;
-//! - `ws`: the WebSocket chat: handshake, sockets, the room hub, the revocation watch;
-//! - `docs`: the OpenAPI document and the offline Swagger UI;
+//! - `state`: what every request shares, assembled from the parts below;
+//! - `ws`: the WebSocket chat: handshake, sockets, the revocation watch;
+//! - `turns`: posting to the core's turn engine and awaiting the reply, and its drain;
+//! - `hub` and `frames`: the rooms of sessions and the frames they carry;
+//! - `calls`: core calls on blocking threads; `health`: what health reports;
+//! - `limits`: throttles and the login failure budgets;
+//! - `http`, `response`, `error`: requests, responses, and the contract's errors;
+//! - `wire`: the JSON the server answers, REST and WebSocket, and its OpenAPI schemas;
+//! - `docs`: the OpenAPI document's parts and the offline Swagger UI;
 //! - `page`: the web chat page at `/` and its assets under `/app/`, embedded in the
-//!   binary.
+//!   binary;
 //! - [`metrics`]: the Prometheus metrics and their own listener;
-//! - [`logging`]: the process's logger.
+//! - [`logging`]: the process's logger;
+//! - [`launch`]: the whole start of a process, as the binary runs it;
+//! - [`settings`]: what the server reads, its own settings and the core's, through the
+//!   core's layered loader.
+//!
+//! No two modules import each other, directly or through others
+//! (`tests/module_graph.rs` checks it): `state`, which holds the parts, is seen only by
+//! the endpoints, the envelope and the server; each part takes only what it needs.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use narutalk_core::{Narutalk, config::Config, db::OpenMode};
+//! use narutalk_core::{Narutalk, store::OpenMode};
+//! use narutalk_server::settings::Settings;
 //!
-//! let config = Config::load(&Default::default())?;
-//! let core = Narutalk::open(&config, OpenMode::CreateIfMissing)?;
-//! let listener = tokio::net::TcpListener::bind(config.bind).await?;
-//! narutalk_server::serve(Arc::new(core), &config, listener, async {
+//! let (settings, _file) = Settings::load(&Default::default())?;
+//! let core = Narutalk::open(&settings.core, OpenMode::CreateIfMissing)?;
+//! let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+//! narutalk_server::serve(Arc::new(core), &settings, listener, async {
 //!     let _ = tokio::signal::ctrl_c().await;
 //! })
 //! .await;
@@ -36,10 +49,15 @@
 
 mod api;
 mod body;
+mod calls;
 mod docs;
 mod envelope;
 mod error;
+mod frames;
+mod health;
 mod http;
+mod hub;
+pub mod launch;
 mod limits;
 pub mod listener;
 pub mod logging;
@@ -47,186 +65,19 @@ mod memory;
 pub mod metrics;
 mod page;
 mod probe;
+mod response;
+mod server;
+pub mod settings;
 mod state;
 mod turns;
+mod wire;
 mod ws;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use narutalk_core::Narutalk;
-use narutalk_core::config::{AiBackend, Config};
-use tokio::net::TcpListener;
-use warp::Filter;
-use warp::filters::BoxedFilter;
-use warp::filters::path::FullPath;
-
+pub use launch::Launch;
 pub use listener::ServeOptions;
-
-use crate::body::RequestBody;
-use crate::http::{Request, Response};
-use crate::listener::{PeerAddr, PeerLimit, Takeover, TargetWithoutPath};
-use crate::state::State;
-
-/// How often idle throttle keys are forgotten.
-const THROTTLE_SWEEP: Duration = Duration::from_secs(60);
-
-/// How long sockets get to send what is queued for them at shutdown before they are
-/// closed regardless.
-const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// How long a shutdown waits for sockets to finish their close handshake once they are
-/// closed regardless (a handshake takes at most 10 s).
-const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(11);
-
-/// Serves the API on `listener` with the default [`ServeOptions`] until `shutdown`
-/// completes, then finishes in-flight requests and returns.
-pub async fn serve(
-    core: Arc<Narutalk>,
-    config: &Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
-    serve_with(core, config, listener, ServeOptions::default(), shutdown).await;
-}
-
-/// [`serve`] with explicit limits.
-///
-/// A stop goes in this order: the listener stops accepting and open HTTP connections
-/// finish their request; sockets stop taking new messages; the AI turns in flight finish
-/// and their frames are delivered; then every socket sends what is queued for it and
-/// closes with 1001. The waits for requests and turns are bounded by
-/// [`ServeOptions::drain_timeout`]; sockets get 5 s to close, then are closed regardless.
-pub async fn serve_with(
-    core: Arc<Narutalk>,
-    config: &Config,
-    listener: TcpListener,
-    options: ServeOptions,
-    shutdown: impl Future<Output = ()>,
-) {
-    let local_addr = listener
-        .local_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let state = Arc::new(State::new(core, config, &options, local_addr));
-    let mut background = Vec::new();
-    if let Some(search) = &state.search {
-        background.push(probe::spawn(&search.url, state.search_reachable.clone()));
-    }
-    if config.ai_backend != AiBackend::Template {
-        background.push(probe::spawn(&config.ai_url, state.ai_reachable.clone()));
-    }
-    let sweeper = state.clone();
-    background.push(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(THROTTLE_SWEEP);
-        loop {
-            ticks.tick().await;
-            sweeper.throttles.forget_idle();
-        }
-    }));
-    background.push(tokio::spawn(memory::trim_when_idle(state.activity.clone())));
-    background.push(tokio::spawn(ws::sockets::watch_revocations(
-        state.clone(),
-        options.revocation_check,
-    )));
-
-    let stop_accepting = tokio_util::sync::CancellationToken::new();
-    let stop = async {
-        shutdown.await;
-        stop_accepting.cancel();
-        state.sockets.stop_taking_messages();
-        finish_turns(&state, options.drain_timeout).await;
-        tracing::info!(sockets = state.sockets.open(), "closing the open sockets");
-        state.sockets.close_all();
-        // Sockets stuck writing to peers that do not read get a little longer, then go;
-        // each close handshake is itself bounded.
-        if !state.sockets.all_closed(SOCKET_CLOSE_GRACE).await {
-            state.sockets.close_now();
-            if !state.sockets.all_closed(SOCKET_CLOSE_WAIT).await {
-                tracing::warn!(
-                    sockets = state.sockets.open(),
-                    "stopped before every socket finished closing: their close handshakes were still running after the grace time"
-                );
-            }
-        }
-    };
-    let peers = PeerLimit {
-        per_ip: usize::try_from(config.max_connections_per_ip).unwrap_or(usize::MAX),
-        exempt: config.trusted_proxies.clone(),
-    };
-    let serving = listener::serve(
-        listener,
-        routes(state.clone()),
-        options,
-        peers,
-        stop_accepting.cancelled(),
-    );
-    // Both run to the end: the listener's own drain may give up on connections before
-    // the sockets are told to close, and they must still be closed with 1001.
-    tokio::join!(serving, stop);
-    // Every connection is closed, but a turn whose socket went away may still be running:
-    // its reply is stored before the server returns.
-    finish_turns(&state, options.drain_timeout).await;
-    for task in background {
-        task.abort();
-    }
-}
-
-/// Waits (at most `limit`) for the AI turns in flight to store their replies.
-async fn finish_turns(state: &State, limit: Duration) {
-    state.tasks.close();
-    if tokio::time::timeout(limit, state.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            turns = state.tasks.len(),
-            drain_seconds = limit.as_secs(),
-            "stopped before every AI turn finished: turns were still running when the drain time ran out"
-        );
-    }
-}
-
-/// The whole server as one warp filter: every request goes to [`envelope::respond`].
-fn routes(state: Arc<State>) -> BoxedFilter<(Response,)> {
-    let query = warp::query::raw()
-        .map(Some)
-        .or(warp::any().map(|| None))
-        .unify();
-    warp::method()
-        .and(warp::path::full())
-        .and(query)
-        .and(warp::header::headers_cloned())
-        .and(warp::ext::optional::<PeerAddr>())
-        .and(warp::ext::optional::<Takeover>())
-        .and(warp::ext::optional::<TargetWithoutPath>())
-        .and(warp::ext::optional::<RequestBody>())
-        .then(
-            move |method,
-                  path: FullPath,
-                  query,
-                  headers,
-                  peer: Option<PeerAddr>,
-                  takeover: Option<Takeover>,
-                  target_without_path: Option<TargetWithoutPath>,
-                  body: Option<RequestBody>| {
-                let mut request = Request::new(
-                    method,
-                    path.as_str().to_owned(),
-                    query,
-                    headers,
-                    peer.map(|peer| peer.0),
-                    String::new(),
-                    body,
-                );
-                request.takeover = takeover;
-                request.target_without_path = target_without_path.map(|target| target.0);
-                envelope::respond(state.clone(), request)
-            },
-        )
-        .boxed()
-}
+pub use server::{serve, serve_with};
 
 /// The OpenAPI document of the API as pretty JSON (what `GET /api/schema/` serves).
 pub fn openapi_json() -> String {
-    docs::schema_pretty()
+    api::openapi_pretty()
 }

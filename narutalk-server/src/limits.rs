@@ -1,17 +1,23 @@
 //! What protects the server from being flooded: request throttles (contract sections 2
-//! and 3), the login failure budgets (section 9) and the bounded password-hashing queue
-//! (section 2).
+//! and 3) and the login failure budgets (section 9). The bound on password hashing
+//! (section 2) is the core's (`narutalk_core::accounts::password::PasswordHashing`): a
+//! full queue is the core's `Error::Unavailable`, answered 503.
 //!
 //! A [`Throttle`] counts every request. A [`FailureBudget`] counts only what its caller
 //! keeps: a login reserves a token before it hashes, and the token is given back unless
 //! the answer is a 401, so parallel wrong logins can never spend more than the bucket
-//! holds.
+//! holds. The token also comes back when the request is cancelled (the reservation is
+//! dropped).
+//!
+//! Throttles are governor token buckets keyed by the client IP, the lower-cased email or
+//! the user id; the failure budgets are keyed by the email's digest or the device token
+//! ([`Throttles`] lists them all). Keys whose buckets are full again are forgotten every
+//! minute, so the maps stay as small as the set of recently active clients.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -19,11 +25,10 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use narutalk_core::accounts::EmailKey;
 use narutalk_core::accounts::devices::Device;
-use narutalk_core::config::Config;
-use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::ApiError;
-use crate::metrics::{self, GaugeHold};
+use crate::metrics;
+use crate::settings::Settings;
 
 /// One throttle: at most N requests a minute per key, as a token bucket of N that refills
 /// one token every `60 / N` seconds. `None` when the setting is 0 (off).
@@ -230,7 +235,7 @@ impl Throttles {
     /// The throttles the settings ask for, the login failure budgets getting a token back
     /// every `login_failure_refill` ([`LOGIN_FAILURE_REFILL`] but in tests).
     /// `auth_throttle_per_minute` = 0 turns off every auth limit, the budgets included.
-    pub fn new(config: &Config, login_failure_refill: Duration) -> Self {
+    pub fn new(config: &Settings, login_failure_refill: Duration) -> Self {
         let auth = config.auth_throttle_per_minute;
         Throttles {
             login_ip: Throttle::per_minute(auth).named("login_ip"),
@@ -264,55 +269,6 @@ fn login_failure_budget<K: Hash + Eq + Clone>(
         FailureBudget::off()
     } else {
         FailureBudget::new(LOGIN_FAILURE_BUDGET, refill)
-    }
-}
-
-/// How many password hashes may wait for a core beyond those running (contract section 2).
-pub const HASH_QUEUE: usize = 64;
-
-/// Runs at most one argon2 computation per core; up to [`HASH_QUEUE`] more wait, and any
-/// beyond are refused with 503 rather than queued without bound.
-pub struct HashGate {
-    running: Semaphore,
-    waiting: AtomicUsize,
-    queue: usize,
-}
-
-/// Counts a waiter for as long as it waits, even when its request is cancelled.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl HashGate {
-    /// A gate with `cores` computations at once and `queue` waiting places.
-    pub fn new(cores: usize, queue: usize) -> Self {
-        HashGate {
-            running: Semaphore::new(cores.max(1)),
-            waiting: AtomicUsize::new(0),
-            queue,
-        }
-    }
-
-    /// A place to hash in, waiting for one when all are taken; [`ApiError::Unavailable`]
-    /// when the queue is full.
-    pub async fn enter(&self) -> Result<SemaphorePermit<'_>, ApiError> {
-        if let Ok(permit) = self.running.try_acquire() {
-            return Ok(permit);
-        }
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            if metrics::enabled() {
-                ::metrics::counter!(metrics::HASH_GATE_REFUSED).increment(1);
-            }
-            return Err(ApiError::Unavailable);
-        }
-        let _waiting = Waiting(&self.waiting);
-        let _counted = GaugeHold::new(metrics::HASH_GATE_WAITING);
-        self.running.acquire().await.map_err(|_| ApiError::Internal)
     }
 }
 
@@ -459,22 +415,5 @@ mod tests {
             Ok(_) => panic!("expected a throttle"),
         }
         assert!(budget.try_reserve(1).is_none());
-    }
-
-    #[tokio::test]
-    async fn the_hash_gate_refuses_beyond_its_queue() {
-        let gate = std::sync::Arc::new(HashGate::new(1, 1));
-        let running = gate.enter().await.unwrap();
-        let waiter = {
-            let gate = gate.clone();
-            tokio::spawn(async move { gate.enter().await.map(drop) })
-        };
-        while gate.waiting.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        assert!(matches!(gate.enter().await, Err(ApiError::Unavailable)));
-        drop(running);
-        assert!(waiter.await.unwrap().is_ok());
-        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
     }
 }

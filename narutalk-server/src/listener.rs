@@ -3,6 +3,20 @@
 //! a connection cap and a per-IP share of it (greedy clients), the peer address carried
 //! into every request, targets brought to origin form, early answers that still reach a
 //! client that is sending its body, and a graceful stop that finishes in-flight requests.
+//!
+//! - Request headers must arrive within [`ServeOptions::header_read_timeout`] (10 s).
+//! - The connection cap is a semaphore: at the cap, new connections wait in the listen
+//!   backlog rather than being accepted and starved. Each peer IP has a share of the cap
+//!   (`NARUTALK_MAX_CONNECTIONS_PER_IP`; trusted proxies are exempt), and a connection
+//!   over its peer's share is closed before any HTTP is read. A connection upgraded to a
+//!   WebSocket keeps its places in both (the [`Takeover`] carries them) until it closes.
+//! - Every connection has `TCP_NODELAY`; every request carries its peer ([`PeerAddr`])
+//!   and its body as a `body::RequestBody` in its extensions.
+//! - A target in absolute form becomes its path, its authority the `Host`; a target
+//!   with no path becomes `/`, marked [`TargetWithoutPath`] (answered 400 by the
+//!   envelope), because warp's path filters panic on it.
+//! - The graceful stop waits until every connection has finished its request, that is
+//!   until every permit of the cap is back.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,7 +37,7 @@ use warp::filters::BoxedFilter;
 use warp::http::HeaderValue;
 
 use crate::body::{BodyPace, RequestBody};
-use crate::http::Response;
+use crate::response::Response;
 
 /// The TCP peer of a request, put into its extensions by the accept loop.
 #[derive(Clone, Copy, Debug)]

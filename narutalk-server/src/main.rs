@@ -1,15 +1,11 @@
 //! `narutalk-server`: starts Narutalk on the settings of contract section 8.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
-use narutalk_core::Narutalk;
-use narutalk_core::config::{AiBackend, Config, Overrides};
-use narutalk_core::db::OpenMode;
-use narutalk_server::metrics::MetricsListener;
+use narutalk_core::config;
+use narutalk_server::Launch;
+use narutalk_server::settings::{Overrides, Settings};
 
 /// Narutalk's API server. Settings: defaults < TOML file < NARUTALK_* variables < flags.
 #[derive(Debug, Parser)]
@@ -48,140 +44,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     let overrides = Overrides {
         bind: flags.bind,
-        database: flags.database,
-        config: flags.config,
+        core: config::Overrides {
+            database: flags.database,
+            config: flags.config,
+        },
     };
-    let (config, settings_file) = Config::load_reporting(&overrides)?;
-    narutalk_server::logging::init(&config)?;
-    // Both ports are taken before anything is created on disk: a start that cannot listen
-    // leaves no database and no secret behind.
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    let metrics = match config.metrics_bind {
-        Some(metrics_bind) => Some(
-            MetricsListener::bind(metrics_bind)
-                .await
-                .with_context(|| format!("binding NARUTALK_METRICS_BIND {metrics_bind}"))?,
-        ),
-        None => None,
-    };
-    let metrics_url = match &metrics {
-        Some(metrics) => Some(format!(
-            "http://{}/metrics",
-            metrics
-                .local_addr()
-                .context("reading the bound metrics address")?
-        )),
-        None => None,
-    };
-    let start = StartLine::new(&config, address, metrics_url);
-    tracing::info!(
-        target: "narutalk::start",
-        listen = start.listen.as_str(),
-        page = start.page.as_str(),
-        docs = start.docs.as_str(),
-        database = start.database.as_str(),
-        ai_backend = start.ai_backend,
-        ai_model = start.ai_model.as_str(),
-        metrics = start.metrics.as_deref().unwrap_or("off"),
-        settings_file = %settings_file,
-        "Narutalk is starting"
-    );
-    let open_config = config.clone();
-    let core = tokio::task::spawn_blocking(move || {
-        Narutalk::open(&open_config, OpenMode::CreateIfMissing)
-    })
-    .await
-    .context("starting the core")??;
-    println!("{start}");
-    let serving = narutalk_server::serve(Arc::new(core), &config, listener, shutdown_signal());
-    match metrics {
-        // The metrics are served until the server has stopped, its drain included.
-        Some(metrics) => metrics.serve_while(serving).await,
-        None => serving.await,
-    }
+    let (config, settings_file) = Settings::load(&overrides)?;
+    Launch::new(config, settings_file).run().await?;
     println!("Narutalk stopped.");
     Ok(())
-}
-
-/// What the start line says: where the server listens and what it runs on.
-struct StartLine {
-    listen: String,
-    page: String,
-    docs: String,
-    database: String,
-    ai_backend: &'static str,
-    ai_model: String,
-    metrics: Option<String>,
-}
-
-impl StartLine {
-    fn new(config: &Config, address: SocketAddr, metrics: Option<String>) -> StartLine {
-        let listen = format!("http://{address}/");
-        StartLine {
-            page: listen.clone(),
-            docs: format!("{listen}api/docs/"),
-            listen,
-            database: std::path::absolute(&config.database)
-                .unwrap_or_else(|_| config.database.clone())
-                .display()
-                .to_string(),
-            ai_backend: match config.ai_backend {
-                AiBackend::Template => "template",
-                AiBackend::Http => "http",
-                AiBackend::Openai => "openai",
-            },
-            ai_model: match config.ai_backend {
-                AiBackend::Openai => config.ai_model.clone(),
-                AiBackend::Template | AiBackend::Http => String::new(),
-            },
-            metrics,
-        }
-    }
-}
-
-impl std::fmt::Display for StartLine {
-    /// `Narutalk is listening on URL (chat page: URL, API docs: URL, database: PATH, AI:
-    /// BACKEND[ model MODEL], metrics: URL|off)`: the listen address is the first URL.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Narutalk is listening on {} (chat page: {}, API docs: {}, database: {}, AI: {}",
-            self.listen, self.page, self.docs, self.database, self.ai_backend
-        )?;
-        if !self.ai_model.is_empty() {
-            write!(f, " model {}", self.ai_model)?;
-        }
-        write!(
-            f,
-            ", metrics: {})",
-            self.metrics.as_deref().unwrap_or("off")
-        )
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

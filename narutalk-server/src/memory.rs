@@ -9,6 +9,9 @@
 //! So the server counts its work (requests served, sockets ended) and, when a second
 //! passes with none after some, trims once, on a blocking thread. A busy server is never
 //! trimmed (the trim locks each arena in turn), an idle one only once per burst.
+//!
+//! `malloc_trim` is the one `unsafe` call of the workspace: `unsafe_code` is `deny` in
+//! the workspace's lints, and only this call is allowed it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

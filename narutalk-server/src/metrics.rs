@@ -8,6 +8,12 @@
 //!
 //! Labels are bounded sets: route templates (never a raw path or an id), status codes,
 //! a few methods, fixed reasons. Histograms are in seconds, with buckets fit for each.
+//! While no exporter is installed, the helpers below do not even build labels.
+//!
+//! The recorder is installed once per process; a thread of its own folds histogram
+//! samples into their buckets every second, so they never pile up between scrapes, and a
+//! scrape renders on a blocking thread. [`MetricsListener::serve_while`] serves for as
+//! long as the server runs, its drain included.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -31,22 +37,18 @@ pub const WS_OPEN: &str = "narutalk_ws_sockets_open";
 pub const WS_CLOSED: &str = "narutalk_ws_sockets_closed_total";
 /// Counter: frames sent to WebSockets, by kind.
 pub const WS_FRAMES: &str = "narutalk_ws_frames_sent_total";
-/// Gauge: AI calls running.
-pub const AI_RUNNING: &str = "narutalk_ai_turns_running";
-/// Gauge: AI turns whose message is stored, waiting for an earlier turn of the session.
-pub const AI_QUEUED: &str = "narutalk_ai_turns_queued";
-/// Counter: AI turns finished, by responder, outcome and reason.
-pub const AI_TURNS: &str = "narutalk_ai_turns_total";
-/// Histogram: seconds of each AI call, by responder.
-pub const AI_SECONDS: &str = "narutalk_ai_turn_duration_seconds";
-/// Histogram: seconds from an AI call's start to its first streamed text, by responder.
-pub const AI_FIRST_DELTA_SECONDS: &str = "narutalk_ai_first_delta_seconds";
+/// Gauge: AI calls running (the core's name: its AI pool reports the same gauge).
+pub const AI_RUNNING: &str = narutalk_core::metrics::AI_RUNNING;
+/// Gauge: AI turns waiting for an earlier turn of the session (the core's turn engine).
+pub const AI_QUEUED: &str = narutalk_core::metrics::AI_QUEUED;
+/// Counter: AI turns finished, by responder, outcome and reason (the core's).
+pub const AI_TURNS: &str = narutalk_core::metrics::AI_TURNS;
+/// Histogram: seconds of each AI call, by responder (the core's).
+pub const AI_SECONDS: &str = narutalk_core::metrics::AI_SECONDS;
+/// Histogram: seconds from an AI call's start to its first streamed text (the core's).
+pub const AI_FIRST_DELTA_SECONDS: &str = narutalk_core::metrics::AI_FIRST_DELTA_SECONDS;
 /// Counter: requests and socket messages refused by a throttle (429), by bucket.
 pub const THROTTLED: &str = "narutalk_throttled_total";
-/// Gauge: logins and registrations waiting for a place to hash a password.
-pub const HASH_GATE_WAITING: &str = "narutalk_argon2_gate_waiting";
-/// Counter: logins and registrations refused (503) because the hashing queue was full.
-pub const HASH_GATE_REFUSED: &str = "narutalk_argon2_gate_refused_total";
 
 /// The route label of a path that matches no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -197,41 +199,10 @@ fn describe() {
         Unit::Count,
         "Frames sent to WebSockets, by kind (chat_message, ai_delta, error, pong, ping)."
     );
-    describe_gauge!(AI_RUNNING, Unit::Count, "AI calls running now.");
-    describe_gauge!(
-        AI_QUEUED,
-        Unit::Count,
-        "AI turns whose message is stored, waiting for an earlier turn of the same session."
-    );
-    describe_counter!(
-        AI_TURNS,
-        Unit::Count,
-        "AI turns finished, by responder, outcome (replied or failed) and failure reason."
-    );
-    describe_histogram!(
-        AI_SECONDS,
-        Unit::Seconds,
-        "Time each AI call took, success or failure, by responder."
-    );
-    describe_histogram!(
-        AI_FIRST_DELTA_SECONDS,
-        Unit::Seconds,
-        "Time from an AI call's start to its first streamed text, by responder (streaming responders only)."
-    );
     describe_counter!(
         THROTTLED,
         Unit::Count,
         "Requests and socket messages refused with 429, by throttle bucket."
-    );
-    describe_gauge!(
-        HASH_GATE_WAITING,
-        Unit::Count,
-        "Logins and registrations waiting for a place to hash a password (at most 64)."
-    );
-    describe_counter!(
-        HASH_GATE_REFUSED,
-        Unit::Count,
-        "Logins and registrations answered 503 because 64 were already waiting to hash."
     );
 }
 
@@ -289,44 +260,6 @@ fn method_label(method: &Method) -> &'static str {
         Method::OPTIONS => "OPTIONS",
         _ => "other",
     }
-}
-
-/// A responder's name as a label: the three built-in ones, `other` for an embedder's.
-pub fn responder_label(name: &str) -> &'static str {
-    match name {
-        "template" => "template",
-        "http" => "http",
-        "openai" => "openai",
-        _ => "other",
-    }
-}
-
-/// Records the time an AI call took to stream its first text.
-pub fn ai_first_delta(responder: &'static str, elapsed: Duration) {
-    if enabled() {
-        metrics::histogram!(AI_FIRST_DELTA_SECONDS, "responder" => responder)
-            .record(elapsed.as_secs_f64());
-    }
-}
-
-/// Counts one finished AI call (`failure`: its stored reason, one of a few fixed phrases)
-/// and records how long it took.
-pub fn ai_turn(responder: &'static str, failure: Option<&str>, elapsed: Duration) {
-    if !enabled() {
-        return;
-    }
-    let (outcome, reason) = match failure {
-        None => ("replied", String::new()),
-        Some(reason) => ("failed", reason.to_owned()),
-    };
-    metrics::counter!(
-        AI_TURNS,
-        "responder" => responder,
-        "outcome" => outcome,
-        "reason" => reason
-    )
-    .increment(1);
-    metrics::histogram!(AI_SECONDS, "responder" => responder).record(elapsed.as_secs_f64());
 }
 
 /// Counts one frame of `kind` sent to a socket.

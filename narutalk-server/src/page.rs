@@ -9,6 +9,18 @@
 //! change to any file changes the names of every file that leads to it. Hashed assets are
 //! cached for a year (`immutable`); the page itself is revalidated every time (`no-cache`)
 //! with its `ETag`. A server that never serves the page never builds the site.
+//!
+//! The files are hashed leaves first (the icon, the stylesheet, `text.js`, `api.js`,
+//! `socket.js`, `app.js`, then `index.html`), so a change to `text.js` renames `text.js`,
+//! `app.js`, which imports it, and the page's link to `app.js`; the unit tests below
+//! check that no reference is left unhashed. The page and its assets are answered before
+//! the route table, and are the only answers with a `Content-Security-Policy`.
+//!
+//! The page is plain HTML, CSS and JavaScript modules, served as written: no framework,
+//! no bundler, nothing to build. `app.js` owns the DOM and writes what a user or the
+//! server wrote only as text; `api.js` holds the tokens and the REST calls (its header
+//! says where the tokens are kept, and why); `socket.js` one session's WebSocket;
+//! `text.js` every visible text.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -17,7 +29,8 @@ use sha2::{Digest, Sha256};
 use warp::http::{HeaderValue, Method, StatusCode, header};
 
 use crate::error::ApiError;
-use crate::http::{Request, Response};
+use crate::http::Request;
+use crate::response::Response;
 
 /// The `Content-Security-Policy` of the page and its assets (contract section 11).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \

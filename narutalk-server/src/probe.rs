@@ -1,5 +1,7 @@
 //! Background reachability probes of the services health reports (contract section 4):
-//! a TCP connection to the service's host and port every 10 seconds.
+//! a TCP connection to the service's host and port every 10 seconds, the first at start.
+//! Until a probe has connected, a service counts as unreachable (the `template` AI needs
+//! no service and is always reachable).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

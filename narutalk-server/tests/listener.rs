@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use narutalk_core::Narutalk;
-use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
+use narutalk_server::settings::Settings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -27,8 +27,8 @@ struct Running {
 
 async fn start(options: ServeOptions) -> Running {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::for_tests(dir.path());
-    let open_config = config.clone();
+    let config = Settings::for_tests(dir.path());
+    let open_config = config.core.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })

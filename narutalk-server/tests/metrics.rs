@@ -306,11 +306,17 @@ async fn metrics_are_served_on_their_own_port_in_prometheus_format_and_count_exa
         .unwrap()
         .unwrap();
     assert_eq!(pong.into_text().unwrap().as_str(), r#"{"type":"pong"}"#);
+    // The pong is counted once the server's write of it returned, which may be just
+    // after the client read it: wait for the count.
     let with_socket = {
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || scrape(&metrics))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            scrape_until(&metrics, |text| {
+                sample(text, r#"narutalk_ws_frames_sent_total{kind="pong"}"#) >= 1.0
+            })
+        })
+        .await
+        .unwrap()
     };
     socket
         .close(Some(CloseFrame {

@@ -313,7 +313,37 @@ async fn sigterm_closes_open_websockets_with_1001_and_exits_0_without_logging_th
     assert_eq!(socket_lines.len(), 1, "{stderr}");
     assert_eq!(socket_lines[0]["fields"]["code"], 1001);
     assert_eq!(socket_lines[0]["fields"]["session"], session.as_str());
+    assert_eq!(
+        socket_lines[0]["span"]["request_id"], socket_lines[0]["fields"]["request_id"],
+        "the socket's line is in its handshake's span"
+    );
     assert!(!stderr.contains(&access), "a token was logged");
+}
+
+/// The signal handlers are in place once the start line is out: a SIGTERM sent at once,
+/// before any request, still drains and exits 0 with the last line.
+#[test]
+fn sigterm_right_after_the_start_line_stops_gracefully() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let common::Running {
+        mut child,
+        mut stdout,
+        ..
+    } = common::start(dir.path(), &[]);
+
+    // Act
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+
+    // Assert
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "Narutalk stopped.\n");
 }
 
 #[test]

@@ -48,10 +48,10 @@ async fn openai_app_at(url: &str, configure: impl FnOnce(&mut Config)) -> TestAp
     let url = url.to_owned();
     spawn_app_with(
         move |c| {
-            c.ai_backend = AiBackend::Openai;
-            c.ai_url = url;
-            c.ai_model = MODEL.to_owned();
-            configure(c);
+            c.core.ai_backend = AiBackend::Openai;
+            c.core.ai_url = url;
+            c.core.ai_model = MODEL.to_owned();
+            configure(&mut c.core);
         },
         ServeOptions::default(),
     )
@@ -63,9 +63,9 @@ async fn http_app_at(url: &str, configure: impl FnOnce(&mut Config)) -> TestApp 
     let url = url.to_owned();
     spawn_app_with(
         move |c| {
-            c.ai_backend = AiBackend::Http;
-            c.ai_url = url;
-            configure(c);
+            c.core.ai_backend = AiBackend::Http;
+            c.core.ai_url = url;
+            configure(&mut c.core);
         },
         ServeOptions::default(),
     )
@@ -410,9 +410,9 @@ async fn a_refused_connection_is_stored_as_unreachable() {
     for backend in [AiBackend::Http, AiBackend::Openai] {
         let app = spawn_app_with(
             |c| {
-                c.ai_backend = backend;
-                c.ai_url = refused_url("/v1");
-                c.ai_model = MODEL.to_owned();
+                c.core.ai_backend = backend;
+                c.core.ai_url = refused_url("/v1");
+                c.core.ai_model = MODEL.to_owned();
             },
             ServeOptions::default(),
         )

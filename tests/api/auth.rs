@@ -383,7 +383,7 @@ async fn register_stores_the_email_lower_cased_and_login_ignores_its_case() {
 async fn login_answers_a_token_pair_with_simplejwt_claims_and_the_user() {
     // Arrange
     let app = spawn_app_with(
-        |config| config.secret_key = Some(Secret::new(SECRET)),
+        |config| config.core.secret_key = Some(Secret::new(SECRET)),
         ServeOptions::default(),
     )
     .await;

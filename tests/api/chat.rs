@@ -1097,7 +1097,7 @@ async fn blank_missing_or_non_string_content_is_refused() {
 async fn content_over_the_character_limit_is_refused_with_the_limit() {
     // Arrange
     let app = spawn_app_with(
-        |config| config.content_max_chars = 5,
+        |config| config.core.content_max_chars = 5,
         ServeOptions::default(),
     )
     .await;
@@ -1385,8 +1385,11 @@ async fn a_panicking_responder_stores_the_system_error_message() {
 async fn the_responder_gets_the_category_and_the_last_messages_without_system_ones() {
     // Arrange
     let responder = Arc::new(RecordingResponder::default());
-    let app =
-        spawn_app_with_responder(|config| config.ai_history_messages = 2, responder.clone()).await;
+    let app = spawn_app_with_responder(
+        |config| config.core.ai_history_messages = 2,
+        responder.clone(),
+    )
+    .await;
     let kim = app.account("kim").await;
     let session = create_session(&app, &kim, json!({ "title": "Q", "category": "medical" })).await;
     let session = session["id"].as_str().unwrap();

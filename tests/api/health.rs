@@ -85,7 +85,7 @@ async fn health_is_read_only_from_a_refused_write_until_a_later_write_succeeds()
             body["services"]["database"].clone(),
         )
     };
-    let lock = LockHolder::hold(&sqlite3, app.core.database().path()).await;
+    let lock = LockHolder::hold(&sqlite3, app.core.sqlite().expect("a SQLite store").path()).await;
     let locked_before_any_write = health().await;
 
     // Act

@@ -15,9 +15,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 use narutalk_core::Narutalk;
 use narutalk_core::ai::Responder;
-use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
+use narutalk_core::store::OpenMode;
 use narutalk_server::ServeOptions;
+use narutalk_server::settings::Settings;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -169,21 +169,24 @@ impl Drop for TestApp {
     }
 }
 
-/// Starts a server with `Config::for_tests` (throttles off) in a new temporary folder.
+/// Starts a server with `Settings::for_tests` (throttles off) in a new temporary folder.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}, ServeOptions::default()).await
 }
 
-/// Starts a server with `Config::for_tests` changed by `configure`, and `options`. The
+/// Starts a server with `Settings::for_tests` changed by `configure`, and `options`. The
 /// listener is bound before the server task starts, so requests can be sent at once.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut Config), options: ServeOptions) -> TestApp {
+pub async fn spawn_app_with(
+    configure: impl FnOnce(&mut Settings),
+    options: ServeOptions,
+) -> TestApp {
     start(configure, options, None).await
 }
 
 /// Starts a server like [`spawn_app_with`] whose AI replies come from `responder` (a test
 /// double that fails, waits or panics) instead of the configured one.
 pub async fn spawn_app_with_responder(
-    configure: impl FnOnce(&mut Config),
+    configure: impl FnOnce(&mut Settings),
     responder: Arc<dyn Responder>,
 ) -> TestApp {
     start(configure, ServeOptions::default(), Some(responder)).await
@@ -191,14 +194,14 @@ pub async fn spawn_app_with_responder(
 
 /// Starts a server with every knob: settings, limits and (optionally) the responder.
 pub async fn start(
-    configure: impl FnOnce(&mut Config),
+    configure: impl FnOnce(&mut Settings),
     options: ServeOptions,
     responder: Option<Arc<dyn Responder>>,
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::for_tests(dir.path());
+    let mut config = Settings::for_tests(dir.path());
     configure(&mut config);
-    let open_config = config.clone();
+    let open_config = config.core.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })

@@ -628,7 +628,7 @@ async fn a_malformed_or_unknown_session_id_answers_404() {
 
 async fn app_with_known_secret() -> TestApp {
     spawn_app_with(
-        |config| config.secret_key = Some(Secret::new(SECRET)),
+        |config| config.core.secret_key = Some(Secret::new(SECRET)),
         ServeOptions::default(),
     )
     .await

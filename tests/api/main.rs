@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod ai;
+mod ai_pool;
 mod auth;
 mod chat;
 mod cors;

@@ -87,13 +87,13 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = narutalk_core::config::Config::for_tests(dir.path());
+        let mut config = narutalk_server::settings::Settings::for_tests(dir.path());
         config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-        let open_config = config.clone();
+        let open_config = config.core.clone();
         let core = tokio::task::spawn_blocking(move || {
             narutalk_core::Narutalk::open(
                 &open_config,
-                narutalk_core::db::OpenMode::CreateIfMissing,
+                narutalk_core::store::OpenMode::CreateIfMissing,
             )
         })
         .await

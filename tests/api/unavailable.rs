@@ -53,7 +53,7 @@ async fn spawn_on(database: Option<PathBuf>, responder: Option<Arc<dyn Responder
     start(
         move |config| {
             if let Some(database) = database {
-                config.database = database;
+                config.core.database = database;
             }
         },
         options,
@@ -82,7 +82,8 @@ async fn every_write_answers_503_while_another_process_holds_the_lock_and_none_i
     let kim = app.account("kim").await;
     let session = app.session(&kim, "before").await;
     let mut socket = app.socket(&kim, &session).await;
-    let mut lock = LockHolder::hold(&sqlite3, app.core.database().path()).await;
+    let mut lock =
+        LockHolder::hold(&sqlite3, app.core.sqlite().expect("a SQLite store").path()).await;
     let session_path = format!("/api/chat/sessions/{session}/");
     let messages_path = format!("/api/chat/sessions/{session}/messages/");
     let registration = json!({
@@ -233,9 +234,11 @@ async fn a_write_that_needs_room_in_a_full_database_answers_503_until_room_comes
     let kim = app.account("kim").await;
     let session = app.session(&kim, "full").await;
     app.say(&kim, &session, "small").await;
-    let cap = on_core(&app, |core| core.database().limit_writer_pages(1))
-        .await
-        .unwrap();
+    let cap = on_core(&app, |core| {
+        core.sqlite().expect("a SQLite store").limit_writer_pages(1)
+    })
+    .await
+    .unwrap();
     println!("the writer may not grow the file past {cap:?} pages");
     // 30,000 bytes of UTF-8: several new pages.
     let big = "가".repeat(10_000);
@@ -257,9 +260,13 @@ async fn a_write_that_needs_room_in_a_full_database_answers_503_until_room_comes
     );
 
     // Act: room again.
-    on_core(&app, |core| core.database().limit_writer_pages(u32::MAX))
-        .await
-        .unwrap();
+    on_core(&app, |core| {
+        core.sqlite()
+            .expect("a SQLite store")
+            .limit_writer_pages(u32::MAX)
+    })
+    .await
+    .unwrap();
 
     // Assert
     let recovered = until_health_says(&app, "connected").await;
@@ -353,7 +360,8 @@ async fn a_reply_that_cannot_be_stored_answers_503_and_is_stored_in_order_once_w
         .await
         .expect("the AI was never asked")
         .unwrap();
-    let mut lock = LockHolder::hold(&sqlite3, app.core.database().path()).await;
+    let mut lock =
+        LockHolder::hold(&sqlite3, app.core.sqlite().expect("a SQLite store").path()).await;
 
     // Act
     let asked = Instant::now();
@@ -451,7 +459,8 @@ async fn a_stop_does_not_wait_for_a_reply_the_database_refuses() {
         .await
         .expect("the AI was never asked")
         .unwrap();
-    let mut lock = LockHolder::hold(&sqlite3, app.core.database().path()).await;
+    let mut lock =
+        LockHolder::hold(&sqlite3, app.core.sqlite().expect("a SQLite store").path()).await;
     go.send(()).unwrap();
     assert_unavailable("the post", first.await.unwrap().unwrap()).await;
     let core = app.core.clone();

@@ -198,7 +198,11 @@ impl Responder for SlowResponder {
 /// it); nothing of it is stored.
 #[tokio::test]
 async fn a_text_frame_over_64_kib_closes_the_socket_with_1009_and_stores_nothing() {
-    let app = spawn_app_with(|c| c.content_max_chars = 100_000, ServeOptions::default()).await;
+    let app = spawn_app_with(
+        |c| c.core.content_max_chars = 100_000,
+        ServeOptions::default(),
+    )
+    .await;
     let kim = app.account("kim").await;
     let session = app.session(&kim, "big").await;
     let mut socket = app.socket(&kim, &session).await;
@@ -235,7 +239,11 @@ async fn a_binary_frame_over_64_kib_closes_the_socket_with_1009() {
 /// though its content would be valid.
 #[tokio::test]
 async fn a_fragmented_message_over_64_kib_closes_the_socket_with_1009() {
-    let app = spawn_app_with(|c| c.content_max_chars = 100_000, ServeOptions::default()).await;
+    let app = spawn_app_with(
+        |c| c.core.content_max_chars = 100_000,
+        ServeOptions::default(),
+    )
+    .await;
     let kim = app.account("kim").await;
     let session = app.session(&kim, "big").await;
     let mut socket = app.socket(&kim, &session).await;

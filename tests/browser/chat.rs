@@ -112,8 +112,8 @@ async fn a_reply_the_assistant_cannot_give_is_shown_as_a_system_error() {
     };
     let url = refused_url("/chat");
     let site = Site::start_with(move |config| {
-        config.ai_backend = AiBackend::Http;
-        config.ai_url = url;
+        config.core.ai_backend = AiBackend::Http;
+        config.core.ai_url = url;
     })
     .await;
     let kim = site.app.account("kim").await;

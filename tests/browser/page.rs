@@ -1,8 +1,9 @@
 //! The server behind the test's proxy, and what a person does on the chat page, in terms
 //! of the page's DOM hooks.
 
-use narutalk_core::config::{AiBackend, Config};
+use narutalk_core::config::AiBackend;
 use narutalk_server::ServeOptions;
+use narutalk_server::settings::Settings;
 use serde_json::{Value, json};
 
 use crate::browser::{Browser, ENTER};
@@ -24,7 +25,7 @@ impl Site {
     }
 
     /// A server whose configuration `configure` changes.
-    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Site {
+    pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Site {
         let app = start(configure, ServeOptions::default(), None).await;
         let proxy = Proxy::start(app.addr).await;
         Site { app, proxy }
@@ -34,9 +35,9 @@ impl Site {
     pub async fn with_model(model: &FakeService) -> Site {
         let url = model.url("/v1");
         Site::start_with(move |config| {
-            config.ai_backend = AiBackend::Openai;
-            config.ai_url = url;
-            config.ai_model = "test-model".to_owned();
+            config.core.ai_backend = AiBackend::Openai;
+            config.core.ai_url = url;
+            config.core.ai_model = "test-model".to_owned();
         })
         .await
     }

@@ -1,6 +1,7 @@
-//! The reliability suite: the real server in a child process, put through crashes, a full
-//! disk, a database locked by another process, slow clients and a ping flood, each part on
-//! its own fresh data folder and loopback port with throttles off.
+//! The reliability suite: the real server in a child process, put through crashes (also in
+//! the middle of AI turns), a full disk, a database locked by another process, slow clients
+//! and a ping flood, each part on its own fresh data folder and loopback port with
+//! throttles off.
 //!
 //! It is a test target of its own (`harness = false`): `cargo test --workspace` runs it
 //! with CI-sized counts, `cargo test --test reliability -- --rounds 20` with more crash
@@ -38,8 +39,12 @@
 
 mod api;
 mod crash;
+mod crash_turns;
 mod disk_full;
 mod external;
+// The fake AI service is the core's own test fake, shared rather than copied.
+#[path = "../../narutalk-core/src/ai/fake_service.rs"]
+mod fake_ai;
 mod locked;
 mod ping_flood;
 mod report;
@@ -97,6 +102,10 @@ const PARTS: &[Part] = &[
     Part {
         name: "crash",
         run: |ctx| Box::pin(async move { crash::run(&ctx).await }),
+    },
+    Part {
+        name: "crash-mid-turn",
+        run: |ctx| Box::pin(async move { crash_turns::run(&ctx).await }),
     },
     Part {
         name: "disk-full",

@@ -1,19 +1,19 @@
 //! The server under test as a child process of the suite (a `kill -9` needs one): both
 //! ends of that arrangement.
 //!
-//! The suite re-executes its own binary with [`SERVE_FLAG`]. That child starts Narutalk as
-//! `narutalk-server`'s `main` does: settings from the `NARUTALK_*` variables (which the
-//! suite sets, after removing any it inherited), the core opened on a blocking thread,
-//! then `narutalk_server::serve_with`, and main's line `Narutalk is listening on
-//! http://ADDR/ ...` on standard output. It stops gracefully when its standard input
+//! The suite re-executes its own binary with [`SERVE_FLAG`]. That child starts Narutalk
+//! through `narutalk-server`'s own start (`narutalk_server::Launch`): settings from the
+//! `NARUTALK_*` variables (which the suite sets, after removing any it inherited), the
+//! core opened on a blocking thread, then the server, and main's line `Narutalk is
+//! listening on http://ADDR/ ...` on standard output. It stops gracefully when its standard input
 //! closes (so it never outlives the suite) or on SIGINT/SIGTERM. Its log goes to a file
 //! in the part's folder.
 //!
 //! Until it closes, the child's standard input is also a control channel, for what a
 //! test needs done inside the running server and the HTTP API does not offer. One command
 //! exists: the line `limit-writer-pages N` makes the child call
-//! `Database::limit_writer_pages(N)` on the core it serves (through
-//! `Narutalk::database`, on a blocking thread), which caps the server's writer connection
+//! `SqliteStore::limit_writer_pages(N)` on the core it serves (through
+//! `Narutalk::sqlite`, on a blocking thread), which caps the server's writer connection
 //! at `N` pages with SQLite's `PRAGMA max_page_count` (`4294967295` lifts the cap), and
 //! print `limit-writer-pages = CAP` (the cap in effect) or `limit-writer-pages failed:
 //! WHY` on standard output; [`ServerProcess::limit_writer_pages`] is the suite's side.
@@ -28,9 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use narutalk_core::Narutalk;
-use narutalk_core::config::{Config, Overrides};
-use narutalk_core::db::OpenMode;
-use narutalk_server::ServeOptions;
+use narutalk_server::{Launch, ServeOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -232,7 +230,7 @@ impl ServerProcess {
     }
 
     /// Caps the server's writer connection at `pages` pages of the database file
-    /// (`Database::limit_writer_pages` in the child, through its control channel: see the
+    /// (`SqliteStore::limit_writer_pages` in the child, through its control channel: see the
     /// module's doc), so that writes needing more room fail as on a full disk; `u32::MAX`
     /// lifts the cap. SQLite never sets it below the file's current size, so `1` answers
     /// that size and leaves no room for another page. Answers the cap in effect.
@@ -396,31 +394,17 @@ pub fn serve_child(args: &[String]) -> ExitCode {
     }
 }
 
-/// What `narutalk-server`'s `main` does, with `options`.
+/// What `narutalk-server`'s `main` does (its own [`Launch`]), with `options` and the
+/// suite's stop and control channel.
 async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    use std::io::Write;
-    let config = Config::load(&Overrides::default())?;
-    narutalk_server::logging::init(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding NARUTALK_BIND {}", config.bind))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    let open_config = config.clone();
-    let core = tokio::task::spawn_blocking(move || {
-        Narutalk::open(&open_config, OpenMode::CreateIfMissing)
-    })
-    .await
-    .context("starting the core")??;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(
-            stdout,
-            "Narutalk is listening on http://{address}/ (API docs: http://{address}/api/docs/)"
-        )?;
-        stdout.flush()?;
-    }
-    let core = Arc::new(core);
-    narutalk_server::serve_with(core.clone(), &config, listener, options, stop_signal(core)).await;
+    let (config, settings_file) = narutalk_server::settings::Settings::load(
+        &narutalk_server::settings::Overrides::default(),
+    )?;
+    Launch::new(config, settings_file)
+        .options(options)
+        .until(stop_signal)
+        .run()
+        .await?;
     println!("Narutalk stopped.");
     Ok(())
 }
@@ -463,11 +447,15 @@ async fn obey_commands(core: Arc<Narutalk>) {
         let answer = match pages {
             Some(pages) => {
                 let core = core.clone();
-                match tokio::task::spawn_blocking(move || core.database().limit_writer_pages(pages))
-                    .await
-                {
-                    Ok(Ok(cap)) => format!("= {cap}"),
-                    Ok(Err(error)) => format!("failed: {error}"),
+                let limited = tokio::task::spawn_blocking(move || {
+                    core.sqlite()
+                        .map(|store| store.limit_writer_pages(pages).map_err(|e| e.detail()))
+                })
+                .await;
+                match limited {
+                    Ok(Some(Ok(cap))) => format!("= {cap}"),
+                    Ok(Some(Err(error))) => format!("failed: {error}"),
+                    Ok(None) => "failed: the store is not SQLite".to_owned(),
                     Err(error) => format!("failed: {error}"),
                 }
             }

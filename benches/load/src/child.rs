@@ -2,8 +2,8 @@
 //! read alone: both ends of that arrangement.
 //!
 //! The harness re-executes itself (`std::env::current_exe()`) with a hidden subcommand:
-//! `serve` starts Narutalk exactly as the `narutalk-server` binary does (the listeners
-//! bound, the core opened on a blocking thread, then `narutalk_server::serve_with`, with
+//! `serve` starts Narutalk through the `narutalk-server` binary's own start
+//! (`narutalk_server::Launch`: the listeners bound, the core opened on a blocking thread,
 //! the metrics served beside it when the settings ask for them), `hello` starts the bare warp
 //! JSON hello server of the throughput ceiling. The child prints one line,
 //! `listening ADDR open-files N`, and stops gracefully when its standard input closes
@@ -12,14 +12,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use narutalk_core::Narutalk;
-use narutalk_core::db::OpenMode;
-use narutalk_server::ServeOptions;
-use narutalk_server::metrics::MetricsListener;
+use narutalk_core::config::SettingsFile;
+use narutalk_server::{Launch, ServeOptions};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use warp::Filter;
@@ -203,41 +200,22 @@ pub fn raise_open_files() -> u64 {
 // The child's side
 // ---------------------------------------------------------------------------------------
 
-/// `narutalk-load serve`: Narutalk, started as `narutalk-server`'s `main` starts it, on the
-/// harness's settings file.
+/// `narutalk-load serve`: Narutalk, started by the `narutalk-server` binary's own start
+/// ([`Launch`]) on the harness's settings file, announcing itself with the line the
+/// harness waits for and stopping when its standard input closes.
 pub async fn serve(settings: &Path, bind: &str, max_connections: usize) -> anyhow::Result<()> {
     let open_files = raise_open_files();
     let config = seed::load_settings(settings, Some(bind))?;
-    narutalk_server::logging::init(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
-        .with_context(|| format!("binding {}", config.bind))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    let metrics = match config.metrics_bind {
-        Some(metrics_bind) => Some(
-            MetricsListener::bind(metrics_bind)
-                .await
-                .with_context(|| format!("binding {metrics_bind}"))?,
-        ),
-        None => None,
-    };
-    let open_config = config.clone();
-    let core = tokio::task::spawn_blocking(move || {
-        Narutalk::open(&open_config, OpenMode::CreateIfMissing)
-    })
-    .await
-    .context("starting the core")??;
-    announce(addr, open_files);
     let options = ServeOptions {
         max_connections,
         ..ServeOptions::default()
     };
-    let serving =
-        narutalk_server::serve_with(Arc::new(core), &config, listener, options, stop_signal());
-    match metrics {
-        Some(metrics) => metrics.serve_while(serving).await,
-        None => serving.await,
-    }
+    Launch::new(config, SettingsFile::Named(settings.to_owned()))
+        .options(options)
+        .announce(move |started| announce(started.address, open_files))
+        .until(|_| stop_signal())
+        .run()
+        .await?;
     Ok(())
 }
 

@@ -90,13 +90,27 @@ impl Connection {
             .write_all(request)
             .await
             .context("sending a request")?;
-        self.read_answer().await
+        self.read_answer(None).await
     }
 
-    async fn read_answer(&mut self) -> anyhow::Result<Answer> {
+    /// Sends `request` and reads its answer, keeping its body (de-chunked) in `body`.
+    pub async fn exchange_keeping_body(
+        &mut self,
+        request: &[u8],
+        body: &mut Vec<u8>,
+    ) -> anyhow::Result<Answer> {
+        body.clear();
+        self.stream
+            .write_all(request)
+            .await
+            .context("sending a request")?;
+        self.read_answer(Some(body)).await
+    }
+
+    async fn read_answer(&mut self, mut body: Option<&mut Vec<u8>>) -> anyhow::Result<Answer> {
         loop {
             if let Some(head) = self.parse_head()? {
-                return self.skip_body(head).await;
+                return self.read_body(head, body.as_deref_mut()).await;
             }
             self.fill().await?;
         }
@@ -149,25 +163,35 @@ impl Connection {
         Ok(Some(head))
     }
 
-    async fn skip_body(&mut self, head: Head) -> anyhow::Result<Answer> {
+    /// Reads the body of the answer whose head is `head`, into `kept` when given, and drops
+    /// it otherwise.
+    async fn read_body(
+        &mut self,
+        head: Head,
+        mut kept: Option<&mut Vec<u8>>,
+    ) -> anyhow::Result<Answer> {
         self.start += head.length;
         match head.body {
-            Body::Length(length) => self.skip(length).await?,
+            Body::Length(length) => self.skip(length, kept).await?,
             Body::Chunked => loop {
                 let size = self.chunk_size().await?;
-                // The chunk and its CRLF; the last chunk (0) is followed by an empty
-                // trailer section, which is its CRLF.
-                self.skip(size + 2).await?;
+                self.skip(size, kept.as_deref_mut()).await?;
+                // The chunk's CRLF; the last chunk (0) is followed by an empty trailer
+                // section, which is its CRLF.
+                self.skip(2, None).await?;
                 if size == 0 {
                     break;
                 }
             },
-            Body::UntilClose => {
-                self.start = self.end;
-                while self.read_some().await? > 0 {
-                    self.start = self.end;
+            Body::UntilClose => loop {
+                if let Some(kept) = kept.as_deref_mut() {
+                    kept.extend_from_slice(&self.buffer[self.start..self.end]);
                 }
-            }
+                self.start = self.end;
+                if self.read_some().await? == 0 {
+                    break;
+                }
+            },
         }
         if self.start == self.end {
             self.start = 0;
@@ -179,10 +203,18 @@ impl Connection {
         })
     }
 
-    /// Drops the next `count` bytes of the stream.
-    async fn skip(&mut self, mut count: usize) -> anyhow::Result<()> {
+    /// Takes the next `count` bytes of the stream, into `kept` when given.
+    async fn skip(
+        &mut self,
+        mut count: usize,
+        mut kept: Option<&mut Vec<u8>>,
+    ) -> anyhow::Result<()> {
         loop {
             let available = self.end - self.start;
+            let taken = available.min(count);
+            if let Some(kept) = kept.as_deref_mut() {
+                kept.extend_from_slice(&self.buffer[self.start..self.start + taken]);
+            }
             if available >= count {
                 self.start += count;
                 return Ok(());
@@ -511,6 +543,34 @@ mod tests {
         assert_eq!(
             statuses,
             [(200, true), (201, true), (204, true), (404, false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_body_is_the_whole_body_de_chunked() {
+        let addr = canned(vec![
+            "HTTP/1.1 201 Created\r\ncontent-length: 16\r\n\r\n{\"status\":\"ok\"}\n",
+            "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+        ])
+        .await;
+        let mut connection = Connection::open(addr).await.unwrap();
+        let request = get(addr, "/", None);
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let mut body = b"left over".to_vec();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                connection.exchange_keeping_body(&request, &mut body),
+            )
+            .await
+            .expect("an answer was not read in time")
+            .unwrap();
+            bodies.push(String::from_utf8(body).unwrap());
+        }
+        assert_eq!(
+            bodies,
+            ["{\"status\":\"ok\"}\n", "helloabc", "until the end"]
         );
     }
 

@@ -9,8 +9,9 @@
 //!
 //! Modules: `child` (the server processes, both ends), `seed` (settings and seeded
 //! data), `client` (the HTTP client and the closed-loop driver), `ws` (the WebSocket
-//! scenarios), `scenarios` (every scenario's requests and rows), `ceilings`, `measure`
-//! (histograms), `report` (tables, targets, JSON).
+//! scenarios), `slow_ai` (the `slow-ai` scenario and its slow model), `scenarios` (every
+//! scenario's requests and rows), `ceilings`, `measure` (histograms), `report` (tables,
+//! targets, JSON).
 
 mod ceilings;
 mod child;
@@ -19,6 +20,7 @@ mod measure;
 mod report;
 mod scenarios;
 mod seed;
+mod slow_ai;
 mod ws;
 
 use std::io::Write;
@@ -34,6 +36,7 @@ use crate::child::{Server, ServerProcess};
 use crate::client::Timing;
 use crate::report::{Memory, Results, Row};
 use crate::scenarios::{Plan, Scenario};
+use crate::slow_ai::SlowAiPlan;
 
 /// Narutalk's load harness: the real server under HTTP and WebSocket load, beside this
 /// machine's ceilings.
@@ -99,7 +102,7 @@ enum ChildCommand {
     },
 }
 
-const ALL_SCENARIOS: [Scenario; 10] = [
+const ALL_SCENARIOS: [Scenario; 11] = [
     Scenario::Health,
     Scenario::Login,
     Scenario::SessionsList,
@@ -110,6 +113,7 @@ const ALL_SCENARIOS: [Scenario; 10] = [
     Scenario::WsIdle,
     Scenario::LoginFlood,
     Scenario::Mixed,
+    Scenario::SlowAi,
 ];
 
 /// How long the server sits idle after the last scenario before its memory is read.
@@ -189,6 +193,19 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         } else {
             Duration::from_secs(2)
         },
+        slow_ai: if flags.smoke {
+            SlowAiPlan {
+                turns: 50,
+                reply_delay: Duration::from_millis(200),
+            }
+        } else {
+            // At least 1,000 in flight at every moment (a poster between an answer and its
+            // next post has none), and fewer than the pool and its queue hold (64 + 1,024).
+            SlowAiPlan {
+                turns: 1_024,
+                reply_delay: Duration::from_secs(2),
+            }
+        },
     };
     // The harness holds every idle socket's client end; leave room for the rest.
     let socket_room = usize::try_from(open_files.saturating_sub(256)).unwrap_or(usize::MAX);
@@ -214,12 +231,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     );
     if flags.smoke {
         println!(
-            "smoke: 1 s per scenario, no warm-up; ws-roundtrip {} messages, ws-fanout {} sockets on {} sessions at {} msg/s, ws-idle {} sockets; ceilings: hello 1 s, SQLite and argon2 {} each (not a measurement)",
+            "smoke: 1 s per scenario, no warm-up; ws-roundtrip {} messages, ws-fanout {} sockets on {} sessions at {} msg/s, ws-idle {} sockets, slow-ai {} turns on a {} ms model; ceilings: hello 1 s, SQLite and argon2 {} each (not a measurement)",
             plan.roundtrip_messages,
             plan.fanout_sessions * plan.fanout_per_session,
             plan.fanout_sessions,
             plan.fanout_rate,
             plan.idle_sockets,
+            plan.slow_ai.turns,
+            plan.slow_ai.reply_delay.as_millis(),
             seconds(local),
         );
     }
@@ -261,8 +280,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     println!("{}", report::ceilings_table(&ceilings, connections));
 
     // Seed, then start the server on the seeded database.
-    let settings = seed::write_settings(dir.path(), flags.metrics)?;
-    let config = seed::load_settings(&settings, None)?;
+    let settings = seed::write_settings(dir.path(), &seed::Ai::Template, flags.metrics)?;
+    let config = seed::load_settings(&settings, None)?.core;
     let sizes = seed::Sizes {
         writer_sessions: connections,
         fanout_sessions: plan.fanout_sessions,
@@ -301,6 +320,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             fixture: &fixture,
             ceilings: &ceilings,
             plan: &plan,
+            dir: dir.path(),
+            max_connections,
         };
         match scenarios::run(*scenario, &mut target).await {
             Ok(mut scenario_rows) => {
@@ -476,6 +497,8 @@ mod tests {
         .unwrap();
         assert_eq!(cli.flags.connections, 8);
         assert_eq!(cli.flags.scenarios, [Scenario::Health, Scenario::WsFanout]);
+        let slow = Cli::try_parse_from(["narutalk-load", "--scenarios", "slow-ai"]).unwrap();
+        assert_eq!(slow.flags.scenarios, [Scenario::SlowAi]);
         assert!(Cli::try_parse_from(["narutalk-load", "--scenarios", "nope"]).is_err());
         assert!(Cli::try_parse_from(["narutalk-load", "--connections", "0"]).is_err());
     }

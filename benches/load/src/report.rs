@@ -326,6 +326,45 @@ pub fn targets(rows: &[Row], memory: &Memory) -> Vec<Target> {
             row.connections >= 10_000 && open_mib.is_some_and(|mib| mib <= 150.0),
         );
     }
+    let slow_ai: Vec<&Row> = ["slow-ai: health", "slow-ai: sessions-list"]
+        .into_iter()
+        .filter_map(&find)
+        .collect();
+    if !slow_ai.is_empty() {
+        let ratio = |row: &Row| {
+            row.figures
+                .get("p99_ratio")
+                .copied()
+                .unwrap_or(f64::INFINITY)
+        };
+        let failed = |row: &Row| {
+            row.errors as f64 + row.figures.get("alone_errors").copied().unwrap_or_default()
+        };
+        let turns_failed = find("slow-ai: turns").map_or(0, |row| row.errors);
+        let measured = slow_ai
+            .iter()
+            .map(|row| {
+                format!(
+                    "{}: p99 {} ms, {:.2}x alone, {} failed",
+                    row.scenario.trim_start_matches("slow-ai: "),
+                    ms(row.p99_ms),
+                    ratio(row),
+                    failed(row)
+                )
+            })
+            .chain(std::iter::once(format!("turns: {turns_failed} failed")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        add(
+            "slow-ai: health and sessions-list p99 within 2x of alone, no failed request",
+            measured,
+            slow_ai.len() == 2
+                && slow_ai.iter().all(|row| {
+                    ratio(row) <= crate::slow_ai::P99_RATIO_TARGET && failed(row) == 0.0
+                })
+                && turns_failed == 0,
+        );
+    }
     if let Some(idle) = memory.idle_mib {
         add(
             "idle server <= 20 MiB",

@@ -1,6 +1,7 @@
 //! The scenarios: what each one sends, and its rows of the results table.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,6 +13,7 @@ use crate::client::{self, Choice, Lane, RequestBytes, Timing};
 use crate::measure::Measured;
 use crate::report::{Row, ms, thousands};
 use crate::seed::{Fixture, PASSWORD};
+use crate::slow_ai::{self, SlowAiPlan};
 use crate::ws::{self, FanoutPlan};
 
 /// Every scenario, in the order of a full run.
@@ -37,6 +39,9 @@ pub enum Scenario {
     LoginFlood,
     /// A blend of the REST requests.
     Mixed,
+    /// `health` and `sessions-list` beside 1,024 turns in flight on a 2 s model, on a
+    /// server of its own.
+    SlowAi,
 }
 
 impl Scenario {
@@ -53,6 +58,7 @@ impl Scenario {
             Scenario::WsIdle => "ws-idle",
             Scenario::LoginFlood => "login-flood",
             Scenario::Mixed => "mixed",
+            Scenario::SlowAi => "slow-ai",
         }
     }
 }
@@ -76,6 +82,8 @@ pub struct Plan {
     pub idle_sockets: usize,
     /// How long `ws-idle` holds its sockets before reading the server's memory.
     pub idle_hold: Duration,
+    /// The turns and the model of `slow-ai`.
+    pub slow_ai: SlowAiPlan,
 }
 
 /// The blend of `mixed`, in percent: (group name, weight).
@@ -97,6 +105,10 @@ pub struct Target<'a> {
     pub ceilings: &'a Ceilings,
     /// The sizes.
     pub plan: &'a Plan,
+    /// The run's temporary folder (`slow-ai` makes its own database in it).
+    pub dir: &'a Path,
+    /// The connection cap of the run's servers.
+    pub max_connections: usize,
 }
 
 /// Runs `scenario` and answers its rows, each with the server's peak memory during it.
@@ -113,13 +125,25 @@ pub async fn run(scenario: Scenario, target: &mut Target<'_>) -> anyhow::Result<
         Scenario::WsIdle => vec![ws_idle(target).await?],
         Scenario::LoginFlood => login_flood(target).await?,
         Scenario::Mixed => vec![mixed(target).await?],
+        Scenario::SlowAi => {
+            slow_ai::run(
+                target.dir,
+                target.plan.connections,
+                target.max_connections,
+                target.plan.timing,
+                target.plan.slow_ai,
+                target.ceilings,
+            )
+            .await?
+        }
     };
     target
         .server
         .check_running()
         .with_context(|| format!("after {}", scenario.name()))?;
     let peak = target.server.peak_kib().map(kib_to_mib);
-    for row in &mut rows {
+    // A row that measured a server of its own (`slow-ai`) keeps that server's peak.
+    for row in rows.iter_mut().filter(|row| row.server_peak_mib.is_none()) {
         row.server_peak_mib = peak;
         if !reset {
             row.notes.push("peak so far (no reset)".to_owned());

@@ -8,8 +8,9 @@ use anyhow::Context;
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role};
 use narutalk_core::chat::Category;
-use narutalk_core::config::{Config, Overrides};
-use narutalk_core::db::OpenMode;
+use narutalk_core::config::{self, AiBackend, Config};
+use narutalk_core::store::OpenMode;
+use narutalk_server::settings::{Overrides, Settings};
 
 /// The password of every seeded account (it passes every password rule).
 pub const PASSWORD: &str = "violet-harbour-42";
@@ -23,11 +24,21 @@ pub const DETAIL_SESSIONS: usize = 10;
 /// Exchanges in each of those (20 messages).
 const DETAIL_EXCHANGES: usize = 10;
 
-/// The settings of the server under load, written to a TOML file that both the harness
-/// (to seed) and the server process read with `Config::load_from`, so that both use the
-/// same database and signing secret. `NARUTALK_*` variables of the environment are not
-/// read: a run measures these settings only.
-pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
+/// The AI a server under load answers with.
+#[derive(Clone, Debug)]
+pub enum Ai {
+    /// The embedded `template` responder (every scenario but `slow-ai`).
+    Template,
+    /// The `http` backend against the service at this URL (`slow-ai`'s slow model), at
+    /// the default `ai_concurrency` and `ai_timeout_seconds`.
+    Http(String),
+}
+
+/// The settings of the server under load, written to a TOML file in `dir` that both the
+/// harness (to seed) and the server process read with `Settings::load_from`, so that both
+/// use the same database and signing secret. `NARUTALK_*` variables of the environment
+/// are not read: a run measures these settings only.
+pub fn write_settings(dir: &Path, ai: &Ai, metrics: bool) -> anyhow::Result<PathBuf> {
     // `Config::for_tests` makes a random 32-byte signing secret for this run.
     let secret = Config::for_tests(dir)
         .secret_key
@@ -42,7 +53,6 @@ pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
          database = {database}\n\
          sqlite_synchronous = \"full\"\n\
          secret_key = {secret}\n\
-         ai_backend = \"template\"\n\
          # Throttles off: the harness measures the server, not the limiters.\n\
          auth_throttle_per_minute = 0\n\
          message_throttle_per_minute = 0\n\
@@ -58,6 +68,13 @@ pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
         database = serde_json::to_string(database)?,
         secret = serde_json::to_string(secret.expose())?,
     );
+    match ai {
+        Ai::Template => settings.push_str("ai_backend = \"template\"\n"),
+        Ai::Http(url) => settings.push_str(&format!(
+            "# The slow model of slow-ai, at the default concurrency and timeout.\nai_backend = \"http\"\nai_url = {}\n",
+            serde_json::to_string(url)?
+        )),
+    }
     if metrics {
         settings.push_str("# Prometheus metrics recorded and served (--metrics).\nmetrics_bind = \"127.0.0.1:0\"\n");
     }
@@ -67,13 +84,15 @@ pub fn write_settings(dir: &Path, metrics: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// The settings of `file` (and `bind` when given), with no environment variable.
-pub fn load_settings(file: &Path, bind: Option<&str>) -> anyhow::Result<Config> {
+pub fn load_settings(file: &Path, bind: Option<&str>) -> anyhow::Result<Settings> {
     let overrides = Overrides {
         bind: bind.map(str::to_owned),
-        database: None,
-        config: Some(file.to_owned()),
+        core: config::Overrides {
+            database: None,
+            config: Some(file.to_owned()),
+        },
     };
-    Ok(Config::load_from(Vec::new(), &overrides)?)
+    Ok(Settings::load_from(Vec::new(), &overrides)?)
 }
 
 /// How much to seed.
@@ -182,6 +201,36 @@ pub fn seed(config: &Config, sizes: Sizes) -> anyhow::Result<Fixture> {
         fanout_sessions,
         login,
         summary,
+    })
+}
+
+/// What `slow-ai` uses: the `sessions-list` user and a user with one session per turn.
+#[derive(Clone, Debug)]
+pub struct SlowAiFixture {
+    /// The `sessions-list` user: [`LIST_SESSIONS`] sessions of 4 messages.
+    pub reader: Account,
+    /// The user whose turns are slow.
+    pub writer: Account,
+    /// One session per turn in flight.
+    pub writer_sessions: Vec<String>,
+}
+
+/// Seeds `slow-ai`'s own database (that of `config`): the `sessions-list` user as
+/// [`seed`] makes it, and a user with `turn_sessions` empty sessions. The exchanges are
+/// seeded with the template AI, whatever `config` names: the slow model would take 2 s
+/// each.
+pub fn seed_slow_ai(config: &Config, turn_sessions: usize) -> anyhow::Result<SlowAiFixture> {
+    let config = Config {
+        ai_backend: AiBackend::Template,
+        ..config.clone()
+    };
+    let core = Narutalk::open(&config, OpenMode::CreateIfMissing).context("opening the core")?;
+    let (reader, _) = seed_account(&core, "reader", LIST_SESSIONS, LIST_EXCHANGES)?;
+    let (writer, writer_sessions) = seed_account(&core, "slow", turn_sessions, 0)?;
+    Ok(SlowAiFixture {
+        reader,
+        writer,
+        writer_sessions,
     })
 }
 

@@ -36,12 +36,14 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
             {"version": 1, "name": "initial_schema"},
             {"version": 2, "name": "device_tokens"},
             {"version": 3, "name": "write_probe"},
+            {"version": 4, "name": "pending_turns_and_outbox"},
         ])
     );
     assert_eq!(
         json["rows"],
         json!({"chat_messages": 0, "chat_sessions": 0, "device_tokens": 0, "idempotency_keys": 0,
-               "refinery_schema_history": 3, "refresh_tokens": 0, "users": 1,
+               "outbox": 0,
+               "refinery_schema_history": 4, "refresh_tokens": 0, "users": 1,
                "write_probe": 0})
     );
     assert_eq!(json["sqlite_version"], json!(rusqlite::version()));
@@ -61,7 +63,8 @@ fn status_shows_the_file_its_migrations_and_every_tables_rows() {
              chat_sessions            0\n\
              device_tokens            0\n\
              idempotency_keys         0\n\
-             refinery_schema_history  3\n\
+             outbox                   0\n\
+             refinery_schema_history  4\n\
              refresh_tokens           0\n\
              users                    1\n\
              write_probe              0\n"
@@ -152,7 +155,7 @@ fn check_fails_on_an_index_that_disagrees_with_its_table() {
         .code(1)
         .stdout(
             "integrity_check: 4 problem(s)\n\
-             \x20 2nd reference to page 31\n\
+             \x20 2nd reference to page 32\n\
              \x20 Page 6: never used\n\
              \x20 wrong # of entries in index sqlite_autoindex_users_2\n\
              \x20 row 1 missing from index sqlite_autoindex_users_2\n\

@@ -7,8 +7,8 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::Role;
 use narutalk_core::admin::SessionQuery;
 use narutalk_core::chat::Category;
-use narutalk_core::db::OpenMode;
 use narutalk_core::error::Error;
+use narutalk_core::store::OpenMode;
 use serde_json::{Value, json};
 
 use crate::support::{Env, error_line, json_of, stdout_of};

@@ -8,7 +8,8 @@ use narutalk_core::Narutalk;
 use narutalk_core::accounts::{NewUser, Role, User};
 use narutalk_core::chat::{Category, SessionId};
 use narutalk_core::config::Config;
-use narutalk_core::db::{Database, OpenMode};
+use narutalk_core::store::OpenMode;
+use narutalk_core::store::sqlite::SqliteStore;
 use tempfile::TempDir;
 
 /// A password that breaks no rule for the users the tests create.
@@ -34,7 +35,7 @@ impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let database = dir.path().join("db.sqlite3");
-        drop(Database::open(&database, Default::default(), OpenMode::CreateIfMissing).unwrap());
+        drop(SqliteStore::open(&database, Default::default(), OpenMode::CreateIfMissing).unwrap());
         Env { database, dir }
     }
 

@@ -6,8 +6,8 @@
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{Role, UserId};
 use narutalk_core::chat::Category;
-use narutalk_core::db::OpenMode;
 use narutalk_core::error::{Error, TokenProblem};
+use narutalk_core::store::OpenMode;
 use serde_json::json;
 
 use crate::support::{Env, PASSWORD, error_line, json_of, stdout_of};

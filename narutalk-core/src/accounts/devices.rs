@@ -1,5 +1,5 @@
-//! Device tokens (`docs/API.md`, Device tokens; OWASP "device cookies"): the
-//! `device_tokens` table.
+//! Device tokens (`docs/API.md`, Device tokens; OWASP "device cookies"): what one is and
+//! how long it is valid; the store keeps them ([`crate::store::AccountStore`]).
 //!
 //! A successful login answers a device token: 32 random bytes as 43 base64url characters,
 //! bound to the account. Only its SHA-256 is stored (a 256-bit random token needs no slow
@@ -14,11 +14,9 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rusqlite::{Connection, OptionalExtension, params};
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use super::UserId;
-use crate::db::WriteTx;
 use crate::error::Error;
 
 /// How long a device token stays valid after its last use, in days.
@@ -29,9 +27,6 @@ pub const DEVICE_TOKENS_PER_ACCOUNT: u32 = 20;
 
 /// The length of a device token: 32 bytes in unpadded base64url.
 pub const DEVICE_TOKEN_CHARS: usize = 43;
-
-/// How many expired device tokens one login deletes at most.
-const PURGE_PER_LOGIN: u32 = 100;
 
 /// A presented device token, known by its SHA-256: what a server keys the device's
 /// failure budget by. It says nothing about validity; [`crate::accounts::Accounts::trusted_device`]
@@ -56,95 +51,28 @@ impl Device {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         well_formed.then(|| Device(Sha256::digest(token.as_bytes()).into()))
     }
+
+    /// The SHA-256 of the token: the only form a store keeps.
+    pub fn digest(&self) -> [u8; 32] {
+        self.0
+    }
 }
 
 /// A new device token and its device: 32 bytes from the operating system's generator.
 pub(crate) fn new_token() -> Result<(String, Device), Error> {
     let mut bytes = [0_u8; 32];
     getrandom::fill(&mut bytes)
-        .map_err(|e| Error::Internal(format!("no randomness for a device token: {e}")))?;
+        .map_err(|e| Error::internal(format!("no randomness for a device token: {e}")))?;
     let token = URL_SAFE_NO_PAD.encode(bytes);
     let device = Device::of(&token)
-        .ok_or_else(|| Error::Internal("a new device token has the wrong shape".into()))?;
+        .ok_or_else(|| Error::internal("a new device token has the wrong shape"))?;
     Ok((token, device))
 }
 
-/// Microseconds in [`DEVICE_TOKEN_DAYS`] days.
-const VALIDITY_MICROS: i64 = DEVICE_TOKEN_DAYS * 24 * 3600 * 1_000_000;
-
-/// The latest last use that is too old at `now` (both in microseconds since the epoch,
-/// as stored): a token is valid while its last use is after this.
-fn valid_since(now: i64) -> i64 {
-    now.saturating_sub(VALIDITY_MICROS)
-}
-
-/// Whether `device` is a valid (unexpired) device token of the account whose lower-cased
-/// email is `email`.
-pub(crate) fn belongs_to_email(
-    conn: &Connection,
-    device: Device,
-    email: &str,
-    now: i64,
-) -> Result<bool, Error> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT 1 FROM device_tokens AS d JOIN users AS u ON u.id = d.user_id \
-             WHERE d.token_hash = ?1 AND u.email = ?2 AND d.last_used_at > ?3",
-        )?
-        .query_row(params![&device.0[..], email, valid_since(now)], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Marks a valid device token of `user_id` used at `now`; false when it is not one
-/// (deleted, expired, or another account's) and nothing changed.
-pub(crate) fn touch(
-    tx: &WriteTx<'_>,
-    device: Device,
-    user_id: UserId,
-    now: i64,
-) -> Result<bool, Error> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE device_tokens SET last_used_at = max(last_used_at, ?1) \
-             WHERE token_hash = ?2 AND user_id = ?3 AND last_used_at > ?4",
-        )?
-        .execute(params![now, &device.0[..], user_id.0, valid_since(now)])?;
-    Ok(changed == 1)
-}
-
-/// Stores a new device token of `user_id`, then deletes the account's tokens beyond the
-/// [`DEVICE_TOKENS_PER_ACCOUNT`] most recently used, and a few expired tokens of anyone.
-pub(crate) fn insert(
-    tx: &WriteTx<'_>,
-    device: Device,
-    user_id: UserId,
-    now: i64,
-) -> Result<(), Error> {
-    tx.prepare_cached(
-        "INSERT INTO device_tokens (token_hash, user_id, created_at, last_used_at) \
-         VALUES (?1, ?2, ?3, ?3)",
-    )?
-    .execute(params![&device.0[..], user_id.0, now])?;
-    tx.prepare_cached(
-        "DELETE FROM device_tokens WHERE user_id = ?1 AND token_hash NOT IN \
-         (SELECT token_hash FROM device_tokens WHERE user_id = ?1 \
-          ORDER BY last_used_at DESC, rowid DESC LIMIT ?2)",
-    )?
-    .execute(params![user_id.0, DEVICE_TOKENS_PER_ACCOUNT])?;
-    tx.prepare_cached(
-        "DELETE FROM device_tokens WHERE token_hash IN \
-         (SELECT token_hash FROM device_tokens WHERE last_used_at <= ?1 LIMIT ?2)",
-    )?
-    .execute(params![valid_since(now), PURGE_PER_LOGIN])?;
-    Ok(())
-}
-
-/// Deletes every device token of `user_id`: part of revoking all of an account's tokens.
-pub(crate) fn forget_all(tx: &WriteTx<'_>, user_id: UserId) -> Result<(), Error> {
-    tx.prepare_cached("DELETE FROM device_tokens WHERE user_id = ?1")?
-        .execute([user_id.0])?;
-    Ok(())
+/// The latest last use that is too old at `now`: a device token is valid while its last
+/// use is after this.
+pub fn valid_after(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::days(DEVICE_TOKEN_DAYS)
 }
 
 #[cfg(test)]
@@ -182,11 +110,12 @@ mod tests {
 
     #[test]
     fn a_token_is_valid_for_ninety_days_after_its_last_use() {
-        let used = 1_000_000_000_000;
-        let ninety_days = 90 * 24 * 3600 * 1_000_000;
-        // Valid while `last_used_at > valid_since(now)`: a second before the 90 days are
-        // over, not once they are.
-        assert!(used > valid_since(used + ninety_days - 1));
-        assert!(used <= valid_since(used + ninety_days));
+        let used = crate::time::from_micros(1_000_000_000_000);
+        let ninety_days = chrono::Duration::days(90);
+        let micro = chrono::Duration::microseconds(1);
+        // Valid while `last_used_at > valid_after(now)`: a microsecond before the 90 days
+        // are over, not once they are.
+        assert!(used > valid_after(used + ninety_days - micro));
+        assert!(used <= valid_after(used + ninety_days));
     }
 }

@@ -13,22 +13,23 @@
 //! device token may stand in for the account's failure budget. [`Accounts::login_fields`]
 //! does all three at once, with no budget, for embedders.
 
-pub(crate) mod admin;
 pub mod devices;
 pub mod password;
 pub mod policy;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::db::Database;
 use crate::error::{Error, FieldErrors};
-use crate::fields::{FieldReader, JsonObject, Text};
+use crate::events::{Actor, Event, EventBus, Origin, Revocation};
+use crate::fields::{Checked, FieldReader, JsonObject, Text};
+use crate::store::{
+    AccountStore, Audit, Credentials, LoginRecord, NewAccount, ProfileChange, Taken, UserChange,
+};
 use crate::time;
-use crate::tokens::{self, TokenKeys, TokenPair};
+use crate::tokens::{TokenKeys, TokenPair};
 use devices::Device;
 
 /// `user with this email already exists.`
@@ -50,7 +51,8 @@ pub const DEPARTMENT_MAX_CHARS: usize = 100;
 /// How long "recent" is for the dashboard's `recent_chats`.
 pub const RECENT_CHATS_WINDOW: chrono::Duration = chrono::Duration::days(7);
 
-/// A user's id: an integer, never reused after the user is deleted.
+/// A user's id: an integer, never reused after the user is deleted. Serializes as the
+/// integer (the CLI's JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct UserId(pub i64);
@@ -61,7 +63,8 @@ impl std::fmt::Display for UserId {
     }
 }
 
-/// What a user is. Recorded and shown; in v1 it gates nothing in the API.
+/// What a user is. Recorded and shown; in v1 it gates nothing in the API. Serializes as
+/// its name (the CLI's JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -125,9 +128,7 @@ impl std::str::FromStr for RegistrationRole {
     }
 }
 
-/// A stored user. It serializes as the API's user object (`UserSerializer`): `id`,
-/// `username`, `email`, `role`, `department` and `is_verified`; the other fields are for
-/// administrators and never leave through that form.
+/// A stored user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     /// Integer id.
@@ -152,25 +153,10 @@ pub struct User {
     pub tokens_revoked_at: i64,
 }
 
-impl Serialize for User {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut user = serializer.serialize_struct("User", 6)?;
-        user.serialize_field("id", &self.id)?;
-        user.serialize_field("username", &self.username)?;
-        user.serialize_field("email", &self.email)?;
-        user.serialize_field("role", &self.role)?;
-        user.serialize_field("department", &self.department)?;
-        user.serialize_field("is_verified", &self.is_verified)?;
-        user.end()
-    }
-}
-
-/// The result of a successful login: `{"access", "refresh", "user", "device"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The result of a successful login: a token pair, the user, and a device token.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Login {
     /// The new token pair (a new refresh-token family).
-    #[serde(flatten)]
     pub tokens: TokenPair,
     /// The user who logged in.
     pub user: User,
@@ -205,14 +191,9 @@ impl LoginInput {
     /// string, or not 43 base64url characters) is ignored, never an error.
     pub fn from_fields(body: &JsonObject) -> Result<LoginInput, Error> {
         let mut reader = FieldReader::new(body);
-        let email = reader.text("email", Text::REQUIRED);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
-        reader.finish()?;
-        let (Some(email), Some(password)) = (email, password) else {
-            return Err(Error::Internal(
-                "login passed its checks with a field missing".into(),
-            ));
-        };
+        let email = reader.required_text("email", Text::REQUIRED);
+        let password = reader.required_text("password", Text::REQUIRED_VERBATIM);
+        let (email, password) = reader.finish_with(both(email, password))?;
         let input = LoginInput::new(&email, &password);
         Ok(match body.get("device") {
             Some(Value::String(device)) => input.with_device(device),
@@ -268,7 +249,7 @@ impl std::fmt::Debug for EmailKey {
 }
 
 /// The dashboard's counts, computed from stored data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dashboard {
     /// The user.
     pub user: User,
@@ -308,13 +289,91 @@ pub struct UserFilter {
     pub search: Option<String>,
 }
 
-/// Account operations on a database (returned by [`crate::Narutalk::accounts`]).
+/// Account operations on a store (returned by [`crate::Narutalk::accounts`]).
 pub struct Accounts<'a> {
-    pub(crate) db: &'a Database,
+    pub(crate) store: &'a dyn AccountStore,
     pub(crate) keys: &'a TokenKeys,
+    pub(crate) hashing: &'a password::PasswordHashing,
+    pub(crate) events: &'a EventBus,
+    pub(crate) origin: Origin,
 }
 
-/// A registration or account creation whose fields passed every check.
+/// A registration whose fields passed every check of `POST /api/auth/register/`
+/// ([`Accounts::check_registration`]): [`Accounts::register`] creates it. The username
+/// and email were free when checked; a registration that loses a race for them still
+/// answers the same field error.
+#[derive(Clone)]
+pub struct Registration {
+    account: CheckedAccount,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.account.fmt(f)
+    }
+}
+
+impl Registration {
+    /// The username, trimmed.
+    pub fn username(&self) -> &str {
+        &self.account.username
+    }
+
+    /// The email, trimmed and lower-cased.
+    pub fn email(&self) -> &str {
+        &self.account.email
+    }
+
+    /// The role asked for: `user`, `doctor` or `nurse`.
+    pub fn role(&self) -> Role {
+        self.account.role
+    }
+}
+
+/// A profile change whose fields passed every check of `PUT`/`PATCH /api/auth/profile/`
+/// for one user ([`Accounts::check_profile`]): [`Accounts::update_profile`] applies it.
+#[derive(Clone, Debug)]
+pub struct ProfileUpdate {
+    user: UserId,
+    change: ProfileChange,
+}
+
+impl ProfileUpdate {
+    /// The user it changes.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+}
+
+/// A password change whose fields passed every check of `POST /api/auth/password/` for
+/// one user, the old password included ([`Accounts::check_password_change`]):
+/// [`Accounts::change_password`] applies it, unless the password was replaced since the
+/// old one was checked.
+#[derive(Clone)]
+pub struct PasswordChange {
+    user: UserId,
+    new_password: String,
+    /// The stored hash the old password was checked against: only that one is replaced.
+    checked_hash: String,
+}
+
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChange")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordChange {
+    /// The user whose password it changes.
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+}
+
+/// The fields every new account has, checked: a registration's or an administrator's.
+#[derive(Clone)]
 struct CheckedAccount {
     username: String,
     email: String,
@@ -324,66 +383,100 @@ struct CheckedAccount {
     is_verified: bool,
 }
 
-/// The fields of a new account as read; each `None` failed a check (and was reported).
+impl std::fmt::Debug for CheckedAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .field("password", &"***")
+            .field("role", &self.role)
+            .field("department", &self.department)
+            .finish()
+    }
+}
+
+/// The fields of a new account as read and checked.
 struct AccountFields {
-    username: Option<String>,
-    email: Option<String>,
-    password: Option<String>,
+    username: String,
+    email: String,
+    password: String,
     department: String,
 }
 
 impl AccountFields {
-    /// The account to insert, once every field passed.
-    fn checked(self, role: Role, is_verified: bool) -> Result<CheckedAccount, Error> {
-        match (self.username, self.email, self.password) {
-            (Some(username), Some(email), Some(password)) => Ok(CheckedAccount {
-                username,
-                email,
-                password,
-                role,
-                department: self.department,
-                is_verified,
-            }),
-            _ => Err(Error::Internal(
-                "an account passed its checks with a field missing".into(),
-            )),
+    /// The account with this role and verification.
+    fn into_account(self, role: Role, is_verified: bool) -> CheckedAccount {
+        CheckedAccount {
+            username: self.username,
+            email: self.email,
+            password: self.password,
+            role,
+            department: self.department,
+            is_verified,
         }
     }
 }
 
 impl Accounts<'_> {
-    /// `POST /api/auth/register/`: checks `{"username", "email", "password",
-    /// "password_confirm", "role"?, "department"?}` with every rule of the API and
-    /// creates a `user`, `doctor` or `nurse` (never `admin`), unverified.
+    /// Records `request_id` with the changes these calls make (the outbox's request id).
+    pub fn with_request(mut self, request_id: &str) -> Self {
+        self.origin.request_id = Some(request_id.into());
+        self
+    }
+
+    /// Publishes that every token of `user` was revoked (after the commit that did it).
+    fn revoked(&self, user: UserId, cause: Revocation) {
+        self.events.publish(&Event::UserRevoked { user, cause });
+    }
+
+    /// `POST /api/auth/register/`: checks the body ([`Accounts::check_registration`]) and
+    /// creates the account ([`Accounts::register`]).
     pub fn register_fields(&self, body: &JsonObject) -> Result<User, Error> {
+        self.register(self.check_registration(body)?)
+    }
+
+    /// Checks `{"username", "email", "password", "password_confirm", "role"?,
+    /// "department"?}` with every rule of the API: a `user`, `doctor` or `nurse` (never
+    /// `admin`) whose username and email are free. Every field's problems are reported at
+    /// once; `Passwords do not match.` only when every field passed.
+    pub fn check_registration(&self, body: &JsonObject) -> Result<Registration, Error> {
         let mut reader = FieldReader::new(body);
         let fields = self.read_account_fields(&mut reader)?;
-        let password_confirm = reader.text("password_confirm", Text::REQUIRED_VERBATIM);
+        let password_confirm = reader.required_text("password_confirm", Text::REQUIRED_VERBATIM);
         let role = reader
-            .choice::<RegistrationRole>("role", false)
-            .map_or(Role::User, |r| r.0);
-        reader.finish()?;
-        let account = fields.checked(role, false)?;
-        if password_confirm.as_deref() != Some(account.password.as_str()) {
+            .optional_choice::<RegistrationRole>("role")
+            .map(|role| role.map_or(Role::User, |r| r.0));
+        let (fields, (password_confirm, role)) =
+            reader.finish_with(both(fields, both(password_confirm, role)))?;
+        if password_confirm != fields.password {
             return Err(FieldErrors::single(FieldErrors::NON_FIELD, PASSWORDS_DIFFER).into());
         }
-        self.insert(account)
+        Ok(Registration {
+            account: fields.into_account(role, false),
+        })
+    }
+
+    /// Creates a checked registration's account, unverified.
+    pub fn register(&self, registration: Registration) -> Result<User, Error> {
+        self.insert(registration.account)
     }
 
     /// Creates an account with any role, `admin` included (the administrators' tool). The
     /// same field and password rules apply; errors name the fields as registration does.
     pub fn create(&self, new: &NewUser) -> Result<User, Error> {
-        let body = serde_json::json!({
-            "username": new.username,
-            "email": new.email,
-            "password": new.password,
-            "department": new.department,
-        });
-        let body = body.as_object().cloned().unwrap_or_default();
+        let mut body = JsonObject::new();
+        for (field, value) in [
+            ("username", &new.username),
+            ("email", &new.email),
+            ("password", &new.password),
+            ("department", &new.department),
+        ] {
+            body.insert(field.to_owned(), Value::String(value.clone()));
+        }
         let mut reader = FieldReader::new(&body);
         let fields = self.read_account_fields(&mut reader)?;
-        reader.finish()?;
-        self.insert(fields.checked(new.role, new.is_verified)?)
+        let fields = reader.finish_with(fields)?;
+        self.insert(fields.into_account(new.role, new.is_verified))
     }
 
     /// `POST /api/auth/login/` with no throttle: checks the fields, honours a valid device
@@ -409,10 +502,10 @@ impl Accounts<'_> {
         let Some(device) = input.device() else {
             return Ok(None);
         };
-        let now = time::to_micros(&time::now());
+        let valid_after = devices::valid_after(time::now());
         let belongs = self
-            .db
-            .read(|conn| devices::belongs_to_email(conn, device, &input.email, now))?;
+            .store
+            .device_of_email(device, &input.email, valid_after)?;
         Ok(belongs.then_some(device))
     }
 
@@ -429,69 +522,66 @@ impl Accounts<'_> {
         let honoured = device
             .filter(|device| input.device() == Some(*device))
             .zip(input.device.as_deref());
-        let found = self.db.read(|conn| user_with_hash_by_email(conn, email))?;
+        let found = self.store.credentials_by_email(email)?;
         let (user, verified_hash) = match found {
-            Some((user, stored)) => {
-                let matches = password::verify(password, &stored);
+            Some(Credentials {
+                user,
+                password_hash,
+            }) => {
+                let matches = self.hashing.verify(password, &password_hash)?;
                 if !matches || !user.is_active {
                     return Err(Error::BadCredentials);
                 }
-                (user, stored)
+                (user, password_hash)
             }
             None => {
-                password::verify_nothing(password);
+                self.hashing.verify_nothing(password)?;
                 return Err(Error::BadCredentials);
             }
         };
+        let (refresh, family) = self.keys.new_refresh();
+        let (new_token, new_device) = devices::new_token()?;
         let now = time::now();
-        let now_micros = time::to_micros(&now);
-        self.db.write(|tx| {
-            // Re-read inside the write lock: while argon2 ran (outside it), an
-            // administrator may have deactivated the account, or a reset or change may have
-            // replaced the password just checked; either refuses this login.
-            let (user, current_hash) = user_with_hash_by_id(tx, user.id)?
-                .filter(|(u, _)| u.is_active)
-                .ok_or(Error::BadCredentials)?;
-            if current_hash != verified_hash {
-                return Err(Error::BadCredentials);
-            }
-            tx.prepare_cached("UPDATE users SET last_login = ?1 WHERE id = ?2")?
-                .execute(params![time::to_micros(&now), user.id.0])?;
-            let tokens =
-                tokens::issue_for_login(tx, self.keys, user.id, user.tokens_revoked_at, &now)?;
-            let device = match honoured {
-                Some((device, token)) if devices::touch(tx, device, user.id, now_micros)? => {
-                    token.to_owned()
-                }
-                _ => {
-                    let (token, device) = devices::new_token()?;
-                    devices::insert(tx, device, user.id, now_micros)?;
-                    token
-                }
-            };
-            Ok(Login {
-                tokens,
-                user: User {
-                    last_login: Some(now),
-                    ..user
-                },
-                device,
-            })
+        // The write re-reads the user inside the write lock: while argon2 ran (outside
+        // it), an administrator may have deactivated the account, or a reset or change may
+        // have replaced the password just checked; either refuses this login.
+        let recorded = self
+            .store
+            .record_login(&LoginRecord {
+                user_id: user.id,
+                verified_hash: &verified_hash,
+                now,
+                refresh: &refresh,
+                lifetimes: self.keys.lifetimes(),
+                honoured_device: honoured.map(|(device, _)| device),
+                new_device,
+                devices_valid_after: devices::valid_after(now),
+            })?
+            .ok_or(Error::BadCredentials)?;
+        let device = match honoured {
+            Some((_, token)) if recorded.device_renewed => token.to_owned(),
+            _ => new_token,
+        };
+        Ok(Login {
+            tokens: self
+                .keys
+                .login_pair(recorded.user.id, &refresh, family, recorded.issued_at)?,
+            user: recorded.user,
+            device,
         })
     }
 
     /// The user with this id.
     pub fn get(&self, id: UserId) -> Result<User, Error> {
-        self.db
-            .read(|conn| user_by_id(conn, id))?
-            .ok_or(Error::NotFound)
+        self.store.user(id)?.ok_or(Error::NotFound)
     }
 
     /// The user with this email (case-insensitive).
     pub fn find_by_email(&self, email: &str) -> Result<User, Error> {
         let email = email.trim().to_lowercase();
-        self.db
-            .read(|conn| Ok(user_with_hash_by_email(conn, &email)?.map(|(user, _)| user)))?
+        self.store
+            .credentials_by_email(&email)?
+            .map(|credentials| credentials.user)
             .ok_or(Error::NotFound)
     }
 
@@ -506,74 +596,117 @@ impl Accounts<'_> {
         }
     }
 
-    /// `PUT`/`PATCH /api/auth/profile/`: updates `username`, `email` and `department`
-    /// (`partial` false: username and email required). `id`, `role` and `is_verified` in
-    /// the body are ignored, as DRF ignores read-only fields.
+    /// `PUT`/`PATCH /api/auth/profile/`: checks the body ([`Accounts::check_profile`])
+    /// and applies it ([`Accounts::update_profile`]).
     pub fn update_profile_fields(
         &self,
         id: UserId,
         body: &JsonObject,
         partial: bool,
     ) -> Result<User, Error> {
+        self.update_profile(self.check_profile(id, body, partial)?)
+    }
+
+    /// Checks a change of `username`, `email` and `department` for user `id` (`partial`
+    /// false: username and email required), each new name free. `id`, `role` and
+    /// `is_verified` in the body are ignored, as DRF ignores read-only fields.
+    /// [`Error::NotFound`] for an unknown user, before any field.
+    pub fn check_profile(
+        &self,
+        id: UserId,
+        body: &JsonObject,
+        partial: bool,
+    ) -> Result<ProfileUpdate, Error> {
         self.get(id)?;
         let mut reader = FieldReader::new(body);
         let username = read_username(&mut reader, !partial);
         let email = read_email(&mut reader, !partial);
         let department = read_department(&mut reader, false);
-        self.check_unique(&mut reader, username.as_deref(), email.as_deref(), Some(id))?;
-        reader.finish()?;
-        self.db.write(|tx| {
-            // Only the fields sent are written, so two concurrent partial updates of
-            // different fields both take effect.
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE users SET username = coalesce(?1, username), email = coalesce(?2, email), \
-                     department = coalesce(?3, department) WHERE id = ?4",
-                )?
-                .execute(params![username, email, department, id.0])
-                .map_err(unique_violation_as_field_error)?;
-            if changed == 0 {
-                return Err(Error::NotFound);
-            }
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
+        self.check_unique(
+            &mut reader,
+            username.as_ref().ok().and_then(Option::as_deref),
+            email.as_ref().ok().and_then(Option::as_deref),
+            Some(id),
+        )?;
+        let (username, (email, department)) =
+            reader.finish_with(both(username, both(email, department)))?;
+        Ok(ProfileUpdate {
+            user: id,
+            change: ProfileChange {
+                username,
+                email,
+                department,
+            },
         })
     }
 
-    /// `POST /api/auth/password/`: checks `{"old_password", "new_password"}`, stores the new
-    /// hash and revokes every token the user holds.
+    /// Applies a checked profile change; a username or email taken meanwhile is still
+    /// the field error.
+    pub fn update_profile(&self, update: ProfileUpdate) -> Result<User, Error> {
+        self.store
+            .update_profile(update.user, &update.change)?
+            .map_err(taken_as_field_error)
+    }
+
+    /// `POST /api/auth/password/`: checks the body ([`Accounts::check_password_change`])
+    /// and applies it ([`Accounts::change_password`]).
     pub fn change_password_fields(&self, id: UserId, body: &JsonObject) -> Result<(), Error> {
-        let (user, stored) = self
-            .db
-            .read(|conn| user_with_hash_by_id(conn, id))?
-            .ok_or(Error::NotFound)?;
+        self.change_password(self.check_password_change(id, body)?)
+    }
+
+    /// Checks `{"old_password", "new_password"}` for user `id`: the old password against
+    /// the stored hash, the new one against the password rules. [`Error::NotFound`] for an
+    /// unknown user, before any field.
+    pub fn check_password_change(
+        &self,
+        id: UserId,
+        body: &JsonObject,
+    ) -> Result<PasswordChange, Error> {
+        let Credentials {
+            user,
+            password_hash: stored,
+        } = self.store.credentials_by_id(id)?.ok_or(Error::NotFound)?;
         let mut reader = FieldReader::new(body);
-        let old_password = reader.text("old_password", Text::REQUIRED_VERBATIM);
-        let new_password = reader.text("new_password", Text::REQUIRED_VERBATIM);
-        if let Some(old_password) = &old_password
-            && !password::verify(old_password, &stored)
-        {
-            reader.fail("old_password", OLD_PASSWORD_WRONG);
-        }
-        if let Some(new_password) = &new_password {
+        let old_password = reader.required_text("old_password", Text::REQUIRED_VERBATIM);
+        let new_password = reader.required_text("new_password", Text::REQUIRED_VERBATIM);
+        let old_password = match old_password {
+            Ok(old_password) if !self.hashing.verify(&old_password, &stored)? => {
+                Err(reader.fail("old_password", OLD_PASSWORD_WRONG))
+            }
+            other => other.map(drop),
+        };
+        let new_password = new_password.and_then(|password| {
             check_password(
                 &mut reader,
                 "new_password",
-                new_password,
+                &password,
                 Some(&user.username),
                 Some(&user.email),
-            );
-        }
-        reader.finish()?;
-        let new_password = new_password.ok_or_else(|| {
-            Error::Internal("new_password passed its checks without a value".into())
-        })?;
-        // Only replace the hash the old password was checked against: a reset that
-        // landed meanwhile must not be undone by someone who knew the old password.
-        self.store_password(id, &new_password, Some(&stored))
-            .map_err(|error| match error {
-                Error::NotFound => FieldErrors::single("old_password", OLD_PASSWORD_WRONG).into(),
-                other => other,
-            })
+            )
+            .map(|()| password)
+        });
+        let ((), new_password) = reader.finish_with(both(old_password, new_password))?;
+        Ok(PasswordChange {
+            user: id,
+            new_password,
+            checked_hash: stored,
+        })
+    }
+
+    /// Stores a checked password change and revokes every token the user holds. Only the
+    /// hash the old password was checked against is replaced: a reset that landed
+    /// meanwhile is not undone by someone who knew the old password (the old password is
+    /// then reported wrong).
+    pub fn change_password(&self, change: PasswordChange) -> Result<(), Error> {
+        self.store_password(
+            change.user,
+            &change.new_password,
+            Some(&change.checked_hash),
+        )
+        .map_err(|error| match error {
+            Error::NotFound => FieldErrors::single("old_password", OLD_PASSWORD_WRONG).into(),
+            other => other,
+        })
     }
 
     /// Sets a new password chosen by an administrator (checked against the password
@@ -592,119 +725,59 @@ impl Accounts<'_> {
 
     /// `GET /api/auth/dashboard/`: the user with real counts.
     pub fn dashboard(&self, id: UserId) -> Result<Dashboard, Error> {
-        let since = time::to_micros(&(time::now() - RECENT_CHATS_WINDOW));
-        self.db.read(|conn| {
-            let user = user_by_id(conn, id)?.ok_or(Error::NotFound)?;
-            let (recent_chats, total_messages): (i64, i64) = conn
-                .prepare_cached(
-                    "SELECT count(*) FILTER (WHERE updated_at >= ?2), coalesce(sum(message_count), 0) \
-                     FROM chat_sessions WHERE user_id = ?1",
-                )?
-                .query_row(params![id.0, since], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(Dashboard {
-                user,
-                recent_chats: u64::try_from(recent_chats).unwrap_or_default(),
-                total_messages: u64::try_from(total_messages).unwrap_or_default(),
-            })
-        })
+        self.store.dashboard(id, time::now() - RECENT_CHATS_WINDOW)
     }
 
     /// Users matching `filter`, by id.
     pub fn list(&self, filter: &UserFilter) -> Result<Vec<User>, Error> {
-        let search = filter
-            .search
-            .as_deref()
-            .map(|s| format!("%{}%", escape_like(s)));
-        self.db.read(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {USER_COLUMNS} FROM users \
-                 WHERE (?1 IS NULL OR role = ?1) AND (?2 IS NULL OR is_verified = ?2) \
-                 AND (?3 IS NULL OR is_active = ?3) \
-                 AND (?4 IS NULL OR username LIKE ?4 ESCAPE '\\' OR email LIKE ?4 ESCAPE '\\') \
-                 ORDER BY id"
-            ))?;
-            let rows = statement.query_map(
-                params![
-                    filter.role.map(Role::as_str),
-                    filter.is_verified,
-                    filter.is_active,
-                    search
-                ],
-                user_from_row,
-            )?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        self.store.users(filter)
     }
 
     /// Changes a user's role.
     pub fn set_role(&self, id: UserId, role: Role) -> Result<User, Error> {
-        self.update_one(
+        self.store.change_user(
             id,
-            "UPDATE users SET role = ?1 WHERE id = ?2",
-            role.as_str(),
+            UserChange::Role(role),
+            &Audit::now(&self.origin, Actor::Administrator),
         )
     }
 
     /// Marks a user verified or not.
     pub fn set_verified(&self, id: UserId, verified: bool) -> Result<User, Error> {
-        self.update_one(
+        self.store.change_user(
             id,
-            "UPDATE users SET is_verified = ?1 WHERE id = ?2",
-            verified,
+            UserChange::Verified(verified),
+            &Audit::now(&self.origin, Actor::Administrator),
         )
     }
 
     /// Activates or deactivates a user; deactivation revokes every token at once.
     pub fn set_active(&self, id: UserId, active: bool) -> Result<User, Error> {
-        let now = time::now();
-        self.db.write(|tx| {
-            let changed = tx.execute(
-                "UPDATE users SET is_active = ?1 WHERE id = ?2",
-                params![active, id.0],
-            )?;
-            if changed == 0 {
-                return Err(Error::NotFound);
-            }
-            if !active {
-                tokens::revoke_all(tx, id, &now)?;
-            }
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        let user = self.store.change_user(
+            id,
+            UserChange::Active(active),
+            &Audit::now(&self.origin, Actor::Administrator),
+        )?;
+        if !active {
+            self.revoked(id, Revocation::Deactivated);
+        }
+        Ok(user)
     }
 
     /// "Log out everywhere": revokes every access and refresh token the user holds.
     pub fn logout_all(&self, id: UserId) -> Result<(), Error> {
-        let now = time::now();
-        self.db.write(|tx| {
-            if user_by_id(tx, id)?.is_none() {
-                return Err(Error::NotFound);
-            }
-            tokens::revoke_all(tx, id, &now)
-        })
+        self.store
+            .revoke_all(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.revoked(id, Revocation::TokensRevoked);
+        Ok(())
     }
 
     /// Deletes a user with their sessions, messages and tokens.
     pub fn delete(&self, id: UserId) -> Result<(), Error> {
-        self.db.write(
-            |tx| match tx.execute("DELETE FROM users WHERE id = ?1", [id.0])? {
-                0 => Err(Error::NotFound),
-                _ => Ok(()),
-            },
-        )
-    }
-
-    fn update_one(
-        &self,
-        id: UserId,
-        sql: &str,
-        value: impl rusqlite::ToSql,
-    ) -> Result<User, Error> {
-        self.db.write(|tx| {
-            if tx.execute(sql, params![value, id.0])? == 0 {
-                return Err(Error::NotFound);
-            }
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        self.store
+            .delete_user(id, &Audit::now(&self.origin, Actor::Administrator))?;
+        self.revoked(id, Revocation::Deleted);
+        Ok(())
     }
 
     /// Hashes and stores a new password and revokes every token. With `replacing`, only if
@@ -715,43 +788,53 @@ impl Accounts<'_> {
         new_password: &str,
         replacing: Option<&str>,
     ) -> Result<(), Error> {
-        let hashed = password::hash(new_password)?;
-        let now = time::now();
-        self.db.write(|tx| {
-            if tx.execute(
-                "UPDATE users SET password_hash = ?1 WHERE id = ?2 AND (?3 IS NULL OR password_hash = ?3)",
-                params![hashed, id.0, replacing],
-            )? == 0
-            {
-                return Err(Error::NotFound);
-            }
-            tokens::revoke_all(tx, id, &now)
-        })
+        let hashed = self.hashing.hash(new_password)?;
+        // The user's own change, or an administrator's reset.
+        let actor = match replacing {
+            Some(_) => Actor::User(id),
+            None => Actor::Administrator,
+        };
+        self.store
+            .replace_password(id, &hashed, replacing, &Audit::now(&self.origin, actor))?;
+        self.revoked(id, Revocation::TokensRevoked);
+        Ok(())
     }
 
     /// Reads and checks the fields every new account has: username, email, password (with
     /// the password rules) and department, and whether username and email are free.
-    fn read_account_fields(&self, reader: &mut FieldReader<'_>) -> Result<AccountFields, Error> {
-        let username = read_username(reader, true);
-        let email = read_email(reader, true);
-        let password = reader.text("password", Text::REQUIRED_VERBATIM);
-        let department = read_department(reader, false).unwrap_or_default();
-        if let Some(password) = &password {
+    fn read_account_fields(
+        &self,
+        reader: &mut FieldReader<'_>,
+    ) -> Result<Checked<AccountFields>, Error> {
+        let username = read_username(reader, true).map(Option::unwrap_or_default);
+        let email = read_email(reader, true).map(Option::unwrap_or_default);
+        let password = reader.required_text("password", Text::REQUIRED_VERBATIM);
+        let department = read_department(reader, false).map(Option::unwrap_or_default);
+        let password = password.and_then(|password| {
             check_password(
                 reader,
                 "password",
+                &password,
+                username.as_deref().ok(),
+                email.as_deref().ok(),
+            )
+            .map(|()| password)
+        });
+        self.check_unique(
+            reader,
+            username.as_deref().ok(),
+            email.as_deref().ok(),
+            None,
+        )?;
+        let fields = both(both(username, email), both(password, department));
+        Ok(fields.map(
+            |((username, email), (password, department))| AccountFields {
+                username,
+                email,
                 password,
-                username.as_deref(),
-                email.as_deref(),
-            );
-        }
-        self.check_unique(reader, username.as_deref(), email.as_deref(), None)?;
-        Ok(AccountFields {
-            username,
-            email,
-            password,
-            department,
-        })
+                department,
+            },
+        ))
     }
 
     /// Records "already exists" for a username or email held by another user.
@@ -762,28 +845,8 @@ impl Accounts<'_> {
         email: Option<&str>,
         except: Option<UserId>,
     ) -> Result<(), Error> {
-        let except = except.map_or(0, |id| id.0);
-        let (username_taken, email_taken) = self.db.read(|conn| {
-            let username_taken = match username {
-                Some(username) => exists(
-                    conn,
-                    "SELECT 1 FROM users WHERE username = ?1 AND id != ?2",
-                    username,
-                    except,
-                )?,
-                None => false,
-            };
-            let email_taken = match email {
-                Some(email) => exists(
-                    conn,
-                    "SELECT 1 FROM users WHERE email = ?1 AND id != ?2",
-                    email,
-                    except,
-                )?,
-                None => false,
-            };
-            Ok((username_taken, email_taken))
-        })?;
+        let taken = self.store.names_taken(username, email, except)?;
+        let (username_taken, email_taken) = (taken.username, taken.email);
         if username_taken {
             reader.fail("username", USERNAME_TAKEN);
         }
@@ -794,148 +857,86 @@ impl Accounts<'_> {
     }
 
     fn insert(&self, account: CheckedAccount) -> Result<User, Error> {
-        let hashed = password::hash(&account.password)?;
-        let joined = time::now();
-        self.db.write(|tx| {
-            tx.prepare_cached(
-                "INSERT INTO users (username, email, password_hash, role, department, is_verified, date_joined) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                account.username,
-                account.email,
-                hashed,
-                account.role.as_str(),
-                account.department,
-                account.is_verified,
-                time::to_micros(&joined)
-            ])
-            .map_err(unique_violation_as_field_error)?;
-            let id = UserId(tx.last_insert_rowid());
-            user_by_id(tx, id)?.ok_or(Error::NotFound)
-        })
+        let password_hash = self.hashing.hash(&account.password)?;
+        let account = NewAccount {
+            username: account.username,
+            email: account.email,
+            password_hash,
+            role: account.role,
+            department: account.department,
+            is_verified: account.is_verified,
+            date_joined: time::now(),
+        };
+        self.store
+            .insert_user(&account)?
+            .map_err(taken_as_field_error)
     }
 }
 
-fn read_username(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+/// A username (trimmed): required, or `Ok(None)` when left out.
+fn read_username(reader: &mut FieldReader<'_>, required: bool) -> Checked<Option<String>> {
     let rule = Text::REQUIRED.max(USERNAME_MAX_CHARS);
-    let username = reader.text("username", if required { rule } else { rule.optional() })?;
-    if policy::is_valid_username(&username) {
-        Some(username)
-    } else {
-        reader.fail("username", policy::USERNAME_INVALID);
-        None
+    let username = match required {
+        true => reader.required_text("username", rule).map(Some),
+        false => reader.optional_text("username", rule),
+    }?;
+    match username {
+        Some(username) if !policy::is_valid_username(&username) => {
+            Err(reader.fail("username", policy::USERNAME_INVALID))
+        }
+        username => Ok(username),
     }
 }
 
-fn read_email(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+/// An email (trimmed, then lower-cased): required, or `Ok(None)` when left out.
+fn read_email(reader: &mut FieldReader<'_>, required: bool) -> Checked<Option<String>> {
     let rule = Text::REQUIRED.max(EMAIL_MAX_CHARS);
-    let email = reader.text("email", if required { rule } else { rule.optional() })?;
-    if policy::is_valid_email(&email) {
-        Some(email.to_lowercase())
-    } else {
-        reader.fail("email", policy::EMAIL_INVALID);
-        None
+    let email = match required {
+        true => reader.required_text("email", rule).map(Some),
+        false => reader.optional_text("email", rule),
+    }?;
+    match email {
+        Some(email) if !policy::is_valid_email(&email) => {
+            Err(reader.fail("email", policy::EMAIL_INVALID))
+        }
+        email => Ok(email.map(|email| email.to_lowercase())),
     }
 }
 
-fn read_department(reader: &mut FieldReader<'_>, required: bool) -> Option<String> {
+/// A department (trimmed, may be empty), or `Ok(None)` when left out.
+fn read_department(reader: &mut FieldReader<'_>, required: bool) -> Checked<Option<String>> {
     let rule = Text::REQUIRED.blank_allowed().max(DEPARTMENT_MAX_CHARS);
-    reader.text("department", if required { rule } else { rule.optional() })
+    match required {
+        true => reader.required_text("department", rule).map(Some),
+        false => reader.optional_text("department", rule),
+    }
 }
 
+/// Records every password rule `password` breaks under `field`.
 fn check_password(
     reader: &mut FieldReader<'_>,
     field: &str,
     password: &str,
     username: Option<&str>,
     email: Option<&str>,
-) {
+) -> Checked<()> {
+    let mut checked = Ok(());
     for message in policy::password_problems(password, username, email) {
-        reader.fail(field, message);
+        checked = Err(reader.fail(field, message));
     }
+    checked
 }
 
-/// A UNIQUE violation that slipped past the check (two registrations at once) is still a
-/// field error, never a 500.
-fn unique_violation_as_field_error(error: rusqlite::Error) -> Error {
-    if let rusqlite::Error::SqliteFailure(failure, Some(message)) = &error
-        && failure.code == rusqlite::ErrorCode::ConstraintViolation
-    {
-        if message.contains("users.email") {
-            return FieldErrors::single("email", EMAIL_TAKEN).into();
-        }
-        if message.contains("users.username") {
-            return FieldErrors::single("username", USERNAME_TAKEN).into();
-        }
+/// Both checked values, or a failure when either failed.
+fn both<A, B>(a: Checked<A>, b: Checked<B>) -> Checked<(A, B)> {
+    Ok((a?, b?))
+}
+
+/// A username or email that a write found taken (two registrations at once, both past the
+/// check) is still a field error, never a 500.
+fn taken_as_field_error(taken: Taken) -> Error {
+    match taken {
+        Taken::Email => FieldErrors::single("email", EMAIL_TAKEN).into(),
+        Taken::Username => FieldErrors::single("username", USERNAME_TAKEN).into(),
     }
-    error.into()
-}
-
-fn exists(conn: &Connection, sql: &str, value: &str, except: i64) -> Result<bool, Error> {
-    Ok(conn
-        .prepare_cached(sql)?
-        .query_row(params![value, except], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Escapes `%`, `_` and `\` so a search text matches itself literally.
-fn escape_like(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-const USER_COLUMNS: &str = "id, username, email, role, department, is_verified, is_active, date_joined, last_login, tokens_revoked_at";
-
-fn user_from_row(row: &Row<'_>) -> rusqlite::Result<User> {
-    let role: String = row.get(3)?;
-    Ok(User {
-        id: UserId(row.get(0)?),
-        username: row.get(1)?,
-        email: row.get(2)?,
-        // The CHECK constraint keeps other values out; fall back rather than panic.
-        role: role.parse().unwrap_or(Role::User),
-        department: row.get(4)?,
-        is_verified: row.get(5)?,
-        is_active: row.get(6)?,
-        date_joined: time::from_micros(row.get(7)?),
-        last_login: row.get::<_, Option<i64>>(8)?.map(time::from_micros),
-        tokens_revoked_at: row.get(9)?,
-    })
-}
-
-/// The user with this id, if any (used by the token checks too).
-pub(crate) fn user_by_id(conn: &Connection, id: UserId) -> Result<Option<User>, Error> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
-        .query_row([id.0], user_from_row)
-        .optional()?)
-}
-
-fn user_with_hash_by_email(
-    conn: &Connection,
-    email: &str,
-) -> Result<Option<(User, String)>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = ?1"
-        ))?
-        .query_row([email], |row| Ok((user_from_row(row)?, row.get(10)?)))
-        .optional()?)
-}
-
-fn user_with_hash_by_id(conn: &Connection, id: UserId) -> Result<Option<(User, String)>, Error> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE id = ?1"
-        ))?
-        .query_row([id.0], |row| Ok((user_from_row(row)?, row.get(10)?)))
-        .optional()?)
 }

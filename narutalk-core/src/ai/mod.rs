@@ -14,10 +14,13 @@
 //! body included, by `NARUTALK_AI_TIMEOUT_SECONDS`, and each failure becomes an
 //! [`AiError`] with one of these short reasons: `timed out`, `AI service unreachable`,
 //! `HTTP <status> from the AI service`, `malformed reply from the AI service`,
-//! `the AI stream was cut off`, `the AI service reported an error`.
+//! `the AI stream was cut off`, `the AI service reported an error`. Whatever the
+//! responder, [`run_responder`] adds `responder failed` and `empty reply`, and a turn the
+//! AI pool ([`pool`]) has no room for fails with [`ASSISTANT_BUSY`].
 
 pub mod http;
 pub mod openai;
+pub mod pool;
 mod sse;
 mod transport;
 
@@ -30,6 +33,10 @@ use serde::Serialize;
 
 use crate::chat::{Category, Sender, SessionId};
 use crate::fields::JsonObject;
+
+/// The stored reason of a turn refused because the AI pool was full: every responder
+/// place taken and 1,024 turns already waiting.
+pub const ASSISTANT_BUSY: &str = "assistant busy";
 
 /// What a responder gets for one turn.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +52,8 @@ pub struct AiRequest {
     pub message: String,
 }
 
-/// One earlier message given to the responder as context.
+/// One earlier message given to the responder as context. Serializes as an item of the
+/// `http` AI service's `history` (`{"sender", "content"}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HistoryTurn {
     /// `user` or `ai`.
@@ -114,6 +122,15 @@ pub trait Responder: Send + Sync {
         request: &AiRequest,
         on_delta: &mut dyn FnMut(&str),
     ) -> Result<AiReply, AiError>;
+
+    /// Whether this responder answers from memory at once, waiting on nothing (no network,
+    /// no disk, no sleep). The turn engine then answers a fresh post's turn on the posting
+    /// thread instead of handing it to the AI pool: the pool bounds responders that wait,
+    /// and a thread hop would only add latency to one that does not. The default, `false`,
+    /// is right for any responder that calls a model.
+    fn answers_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// Runs a responder and turns everything that is not a usable reply into an [`AiError`]:
@@ -160,6 +177,11 @@ impl Responder for TemplateResponder {
             content: Self::reply_for(&request.message),
             metadata,
         })
+    }
+
+    /// A string template: nothing to wait for.
+    fn answers_at_once(&self) -> bool {
+        true
     }
 }
 

@@ -11,9 +11,9 @@ use std::fmt::Debug;
 use narutalk_core::Narutalk;
 use narutalk_core::accounts::{Login, User};
 use narutalk_core::config::Config;
-use narutalk_core::db::OpenMode;
 use narutalk_core::error::Error;
 use narutalk_core::fields::JsonObject;
+use narutalk_core::store::OpenMode;
 use serde_json::Value;
 
 /// A password that breaks no rule for the usernames and emails the tests use.

@@ -1,41 +1,45 @@
 //! `/api/auth/`: contract section 2.
 
-use std::sync::Arc;
-
 use narutalk_core::accounts::{LoginInput, User};
 use narutalk_core::fields::JsonObject;
 use serde_json::Value;
 use warp::http::StatusCode;
 
-use crate::api::Caller;
+use crate::api::Call;
 use crate::docs;
 use crate::error::ApiError;
-use crate::http::{Request, Response, empty_response, json_response};
+use crate::http::Request;
 use crate::limits::Throttle;
+use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
+use crate::wire;
 
 /// Registers an account. Throttled per client IP and per email.
 #[utoipa::path(
     post, path = "/api/auth/register/", tag = "auth",
     request_body = docs::RegisterRequest,
     responses(
-        (status = 201, description = "The new account", body = docs::User),
-        (status = 400, description = "Field errors (a taken username or email, each password rule broken, `Passwords do not match.` under `non_field_errors`), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 201, description = "The new account", body = wire::accounts::User),
+        (status = 400, description = "Field errors (a taken username or email, each password rule broken, `Passwords do not match.` under `non_field_errors`), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 429, description = "Throttled: 10 registrations a minute per client IP and per email, unless configured", body = docs::Detail,
+        (status = 429, description = "Throttled: 10 registrations a minute per client IP and per email, unless configured", body = wire::errors::Detail,
             headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn register(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     count_email(&state.throttles.register_email, &body)?;
     let user = state
-        .run_hashing(move |core| core.accounts().register_fields(&body))
+        .run(move |core| core.accounts().register_fields(&body))
         .await?;
-    Ok(json_response(StatusCode::CREATED, &user))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &wire::accounts::User::from(&user),
+    ))
 }
 
 /// Logs in. Throttled per client IP (every attempt) and by a budget of failed attempts per
@@ -45,19 +49,20 @@ pub async fn register(state: &Arc<State>, request: &mut Request) -> Result<Respo
     post, path = "/api/auth/login/", tag = "auth",
     request_body = docs::LoginRequest,
     responses(
-        (status = 200, description = "A new token pair, the user and the account's device token", body = docs::LoginResponse),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
-        (status = 401, description = "`No active account found with the given credentials`: the same answer, after the same work, for an unknown email, a wrong password and an inactive account", body = docs::Detail,
+        (status = 200, description = "A new token pair, the user and the account's device token", body = wire::accounts::LoginResponse),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
+        (status = 401, description = "`No active account found with the given credentials`: the same answer, after the same work, for an unknown email, a wrong password and an inactive account", body = wire::errors::Detail,
             headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"api\"`"))),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 429, description = "Throttled: 10 attempts a minute per client IP, and a budget of failed logins per account (or per device token)", body = docs::Detail,
+        (status = 429, description = "Throttled: 10 attempts a minute per client IP, and a budget of failed logins per account (or per device token)", body = wire::errors::Detail,
             headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn login(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     // Contract section 9: the fields first (400 spends nothing), then a failure budget,
     // then the hashing. The budget's token is reserved before the hashing and kept only
@@ -82,7 +87,7 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     };
     let honoured = device.as_ref().map(|reservation| *reservation.key());
     let outcome = state
-        .run_hashing(move |core| core.accounts().login_with(&input, honoured))
+        .run(move |core| core.accounts().login_with(&input, honoured))
         .await;
     if matches!(outcome, Err(ApiError::BadCredentials)) {
         if let Some(device) = device {
@@ -92,7 +97,11 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
             email.spend();
         }
     }
-    Ok(json_response(StatusCode::OK, &outcome?))
+    let login = outcome?;
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::LoginResponse::from(&login),
+    ))
 }
 
 /// Exchanges a refresh token for a new pair (rotation; reuse revokes the login's family,
@@ -101,8 +110,8 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
     post, path = "/api/auth/token/refresh/", tag = "auth",
     request_body = docs::RefreshRequest,
     responses(
-        (status = 200, description = "A new token pair", body = docs::TokenPair),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "A new token pair", body = wire::accounts::TokenPair),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::RefreshTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -110,17 +119,22 @@ pub async fn login(state: &Arc<State>, request: &mut Request) -> Result<Response
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn refresh(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
+    let request_id = request.request_id.clone();
+    // A refused reuse ends its family: the core publishes it, and its sockets close.
     let pair = state
-        .run(move |core| core.tokens().refresh_fields(&body))
-        .await;
-    if pair.is_err() {
-        // A refused refresh may have been a reuse, which revoked its family: sockets
-        // opened with the family's access tokens close now rather than at the next tick.
-        state.sockets.check_soon();
-    }
-    Ok(json_response(StatusCode::OK, &pair?))
+        .run(move |core| {
+            core.tokens()
+                .with_request(&request_id)
+                .refresh_fields(&body)
+        })
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::TokenPair::from(&pair),
+    ))
 }
 
 /// Revokes a refresh token and its login's family, access tokens included.
@@ -129,7 +143,7 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
     request_body = docs::RefreshRequest,
     responses(
         (status = 205, description = "Logged out; no body. Every token of that login, access tokens included, is refused from now on"),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::RefreshTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -137,14 +151,14 @@ pub async fn refresh(state: &Arc<State>, request: &mut Request) -> Result<Respon
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn logout(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
-    let outcome = state
-        .run(move |core| core.tokens().logout_fields(&body))
-        .await;
-    // A logout (or a reuse refused here) revoked a family: its sockets close now.
-    state.sockets.check_soon();
-    outcome?;
+    let request_id = request.request_id.clone();
+    // The core publishes the family's end (its sockets close) once it is committed.
+    state
+        .run(move |core| core.tokens().with_request(&request_id).logout_fields(&body))
+        .await?;
     Ok(empty_response(StatusCode::RESET_CONTENT))
 }
 
@@ -153,13 +167,17 @@ pub async fn logout(state: &Arc<State>, request: &mut Request) -> Result<Respons
     get, path = "/api/auth/profile/", tag = "auth",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The user", body = docs::User),
+        (status = 200, description = "The user", body = wire::accounts::User),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub fn profile_get(user: User) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &user))
+pub async fn profile_get(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::User::from(&user),
+    ))
 }
 
 /// Replaces the profile (username and email required).
@@ -168,8 +186,8 @@ pub fn profile_get(user: User) -> Result<Response, ApiError> {
     security(("bearer" = [])),
     request_body = docs::ProfileReplace,
     responses(
-        (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "The updated user", body = wire::accounts::User),
+        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -177,12 +195,9 @@ pub fn profile_get(user: User) -> Result<Response, ApiError> {
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn profile_put(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
-    update_profile(state, request, user, false).await
+pub async fn profile_put(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    update_profile(call.state, call.request, user, false).await
 }
 
 /// Updates some of the profile's fields.
@@ -191,8 +206,8 @@ pub async fn profile_put(
     security(("bearer" = [])),
     request_body = Option<docs::ProfileUpdate>,
     responses(
-        (status = 200, description = "The updated user", body = docs::User),
-        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "The updated user", body = wire::accounts::User),
+        (status = 400, description = "Field errors (a username or email another user has), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -200,16 +215,13 @@ pub async fn profile_put(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn profile_patch(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
-    update_profile(state, request, user, true).await
+pub async fn profile_patch(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    update_profile(call.state, call.request, user, true).await
 }
 
 async fn update_profile(
-    state: &Arc<State>,
+    state: &State,
     request: &mut Request,
     user: User,
     partial: bool,
@@ -221,7 +233,10 @@ async fn update_profile(
                 .update_profile_fields(user.id, &body, partial)
         })
         .await?;
-    Ok(json_response(StatusCode::OK, &updated))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::User::from(&updated),
+    ))
 }
 
 /// Changes the password and revokes every token the user holds.
@@ -231,7 +246,7 @@ async fn update_profile(
     request_body = docs::PasswordChange,
     responses(
         (status = 204, description = "Changed; every earlier token is revoked"),
-        (status = 400, description = "Field errors (a wrong `old_password`, each rule the new password breaks), or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 400, description = "Field errors (a wrong `old_password`, each rule the new password breaks), or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -239,18 +254,19 @@ async fn update_profile(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn password(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
+pub async fn password(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
+    let request_id = request.request_id.clone();
+    // The core publishes the revocation (the user's sockets close) once it is committed.
     state
-        .run_hashing(move |core| core.accounts().change_password_fields(user.id, &body))
+        .run(move |core| {
+            core.accounts()
+                .with_request(&request_id)
+                .change_password_fields(user.id, &body)
+        })
         .await?;
-    // A password change revokes every token of the user: their sockets close now rather
-    // than at the watch's next tick.
-    state.sockets.check_soon();
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
@@ -259,16 +275,21 @@ pub async fn password(
     get, path = "/api/auth/dashboard/", tag = "auth",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The dashboard", body = docs::Dashboard),
+        (status = 200, description = "The dashboard", body = wire::accounts::Dashboard),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn dashboard(state: &Arc<State>, caller: Caller) -> Result<Response, ApiError> {
-    let dashboard = state
+pub async fn dashboard(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let dashboard = call
+        .state
         .run_as(caller, move |core, user| core.accounts().dashboard(user.id))
         .await?;
-    Ok(json_response(StatusCode::OK, &dashboard))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::accounts::Dashboard::from(&dashboard),
+    ))
 }
 
 /// Counts a registration against the per-email throttle when the body names an email.

@@ -2,20 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use narutalk_core::accounts::User;
-use narutalk_core::chat::{Message, Page, PageRequest, SessionFilter, SessionId};
-use serde::Serialize;
+use narutalk_core::chat::{Page, PageRequest, PostInput, SessionFilter, SessionId};
 use warp::http::StatusCode;
 
-use crate::api::Caller;
+use crate::api::Call;
 use crate::docs;
 use crate::error::ApiError;
-use crate::http::{Request, Response, empty_response, json_response, percent_encode, query_pairs};
+use crate::http::{Request, percent_encode, query_pairs};
+use crate::response::{Response, empty_response, json_response};
 use crate::state::State;
 use crate::turns;
-use crate::ws::hub::RoomEvent;
+use crate::wire;
+use crate::wire::chat::Links;
 
 /// The user's sessions, most recently updated first.
 #[utoipa::path(
@@ -27,18 +26,16 @@ use crate::ws::hub::RoomEvent;
         ("is_active" = Option<bool>, Query, nullable = false, description = "Only active (`true` or `1`) or archived (`false` or `0`) sessions; `true` and `false` in any letter case; empty for both"),
     ),
     responses(
-        (status = 200, description = "A page of sessions", body = docs::SessionPage),
-        (status = 400, description = "A filter that is not one of its values (under `category` or `is_active`)", body = docs::FieldErrors),
+        (status = 200, description = "A page of sessions", body = wire::chat::SessionPage),
+        (status = 400, description = "A filter that is not one of its values (under `category` or `is_active`)", body = wire::errors::FieldErrors),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Invalid page.`: a page past the end, or not a page number", body = docs::Detail),
+        (status = 404, description = "`Invalid page.`: a page past the end, or not a page number", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn list_sessions(
-    state: &Arc<State>,
-    request: &mut Request,
-    caller: Caller,
-) -> Result<Response, ApiError> {
+pub async fn list_sessions(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let Call { state, request, .. } = call;
     // Read now, reported after the token is checked.
     let filter = SessionFilter::parse(
         request.query_param("category").as_deref(),
@@ -50,7 +47,11 @@ pub async fn list_sessions(
             core.chat().list_sessions(user.id, filter?, page?)
         })
         .await?;
-    Ok(page_response(state, request, &sessions))
+    let links = page_links(state, request, &sessions);
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::SessionPage::new(&sessions, links),
+    ))
 }
 
 /// Opens a session.
@@ -59,8 +60,8 @@ pub async fn list_sessions(
     security(("bearer" = [])),
     request_body = docs::SessionCreate,
     responses(
-        (status = 201, description = "The new session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 201, description = "The new session", body = wire::chat::SessionDetail),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
@@ -68,16 +69,17 @@ pub async fn list_sessions(
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn create_session(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-) -> Result<Response, ApiError> {
+pub async fn create_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
     let session = state
         .run(move |core| core.chat().create_session_fields(user.id, &body))
         .await?;
-    Ok(json_response(StatusCode::CREATED, &session))
+    Ok(json_response(
+        StatusCode::CREATED,
+        &wire::chat::SessionDetail::from(&session),
+    ))
 }
 
 /// A session with all its messages.
@@ -86,22 +88,23 @@ pub async fn create_session(
     security(("bearer" = [])),
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     responses(
-        (status = 200, description = "The session", body = docs::SessionDetail),
+        (status = 200, description = "The session", body = wire::chat::SessionDetail),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn get_session(
-    state: &Arc<State>,
-    caller: Caller,
-    id: &str,
-) -> Result<Response, ApiError> {
-    let id = SessionId::from_str(id);
-    let session = state
+pub async fn get_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let id = SessionId::from_str(call.param);
+    let session = call
+        .state
         .run_as(caller, move |core, user| core.chat().session(user.id, id?))
         .await?;
-    Ok(json_response(StatusCode::OK, &session))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::SessionDetail::from(&session),
+    ))
 }
 
 /// Changes a session's title, category or active label.
@@ -111,28 +114,33 @@ pub async fn get_session(
     params(("id" = uuid::Uuid, Path, description = "The session's id")),
     request_body = Option<docs::SessionUpdate>,
     responses(
-        (status = 200, description = "The session", body = docs::SessionDetail),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 200, description = "The session", body = wire::chat::SessionDetail),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn update_session(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn update_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let body = request.json_object(state.body).await?;
     let id = SessionId::from_str(id)?;
     let session = state
         .run(move |core| core.chat().update_session_fields(user.id, id, &body))
         .await?;
-    Ok(json_response(StatusCode::OK, &session))
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::SessionDetail::from(&session),
+    ))
 }
 
 /// Deletes a session and its messages.
@@ -143,20 +151,28 @@ pub async fn update_session(
     responses(
         (status = 204, description = "Deleted, with its messages; its open sockets are closed"),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn delete_session(
-    state: &Arc<State>,
-    user: User,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn delete_session(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let id = SessionId::from_str(id)?;
+    let request_id = request.request_id.clone();
+    // The core publishes the deletion (its sockets close) once it is committed.
     state
-        .run(move |core| core.chat().delete_session(user.id, id))
+        .run(move |core| {
+            core.chat()
+                .with_request(&request_id)
+                .delete_session(user.id, id)
+        })
         .await?;
-    state.hub.publish(id, RoomEvent::Deleted);
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
@@ -170,19 +186,21 @@ pub async fn delete_session(
         ("after" = Option<docs::AfterMessage>, Query, description = "The id of a message of this session: only the messages stored after it are listed (and paginated); empty for every message"),
     ),
     responses(
-        (status = 200, description = "A page of messages", body = docs::MessagePage),
-        (status = 400, description = "`Unknown message id.` under `after`: not a message of this session", body = docs::FieldErrors),
+        (status = 200, description = "A page of messages", body = wire::chat::MessagePage),
+        (status = 400, description = "`Unknown message id.` under `after`: not a message of this session", body = wire::errors::FieldErrors),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.` (no session of this user has this id) or `Invalid page.`", body = docs::Detail),
+        (status = 404, description = "`Not found.` (no session of this user has this id) or `Invalid page.`", body = wire::errors::Detail),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn list_messages(
-    state: &Arc<State>,
-    request: &mut Request,
-    caller: Caller,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn list_messages(call: Call<'_>) -> Result<Response, ApiError> {
+    let caller = call.caller()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let id = SessionId::from_str(id);
     let after = request.query_param("after").filter(|a| !a.is_empty());
     let page = request.query_param("page");
@@ -201,7 +219,11 @@ pub async fn list_messages(
             }
         })
         .await?;
-    Ok(page_response(state, request, &messages))
+    let links = page_links(state, request, &messages);
+    Ok(json_response(
+        StatusCode::OK,
+        &wire::chat::MessagePage::new(&messages, links),
+    ))
 }
 
 /// Posts a message and answers it with the AI's reply (or the system error message).
@@ -215,67 +237,48 @@ pub async fn list_messages(
     ),
     request_body = docs::MessageCreate,
     responses(
-        (status = 201, description = "The stored message with its reply (the AI's, or the system error message when the AI failed)", body = docs::MessageWithReply),
-        (status = 400, description = "Field errors, or a body that is not a JSON object", body = docs::BadRequest),
+        (status = 201, description = "The stored message with its reply (the AI's, or the system error message when the AI failed)", body = wire::chat::MessageWithReply),
+        (status = 400, description = "Field errors, or a body that is not a JSON object", body = wire::errors::BadRequest),
         (status = 401, response = docs::AccessTokenRefused),
-        (status = 404, description = "`Not found.`: no session of this user has this id", body = docs::Detail),
+        (status = 404, description = "`Not found.`: no session of this user has this id", body = wire::errors::Detail),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 429, description = "Throttled: 30 messages a minute per user, unless configured", body = docs::Detail,
+        (status = 429, description = "Throttled: 30 messages a minute per user, unless configured", body = wire::errors::Detail,
             headers(("Retry-After" = docs::RetryAfterSeconds, description = "N, the whole seconds to wait"))),
         (status = 503, response = docs::Unavailable),
     )
 )]
-pub async fn post_message(
-    state: &Arc<State>,
-    request: &mut Request,
-    user: User,
-    id: &str,
-) -> Result<Response, ApiError> {
+pub async fn post_message(call: Call<'_>) -> Result<Response, ApiError> {
+    let user = call.user()?;
+    let Call {
+        state,
+        request,
+        param: id,
+        ..
+    } = call;
     let body = request.json_object(state.body).await?;
     let id = SessionId::from_str(id)?;
     let key = request
         .headers
         .get("idempotency-key")
         .map(|key| String::from_utf8_lossy(key.as_bytes()).into_owned());
-    let exchange = turns::exchange(state.clone(), user.id, id, body, key).await?;
+    let input = PostInput::from_fields(&body, key.as_deref(), state.calls.content_max_chars());
+    let exchange =
+        turns::exchange(&state.calls, user.id, id, input, request.request_id.clone()).await?;
     Ok(json_response(
         StatusCode::CREATED,
-        &MessageWithReply {
-            message: &exchange.message,
-            reply: &exchange.reply,
-        },
+        &wire::chat::MessageWithReply::new(&exchange.message, &exchange.reply),
     ))
 }
 
-/// The created message: the message object with one more key, `reply`.
-#[derive(Serialize)]
-struct MessageWithReply<'a> {
-    #[serde(flatten)]
-    message: &'a Message,
-    reply: &'a Message,
-}
-
-/// A DRF page.
-#[derive(Serialize)]
-struct PageBody<'a, T> {
-    count: u64,
-    next: Option<String>,
-    previous: Option<String>,
-    results: &'a [T],
-}
-
-/// A DRF page: `count`, absolute `next` and `previous` links, `results`.
-fn page_response<T: Serialize>(state: &State, request: &Request, page: &Page<T>) -> Response {
+/// The `next` and `previous` links of a DRF page.
+fn page_links<T>(state: &State, request: &Request, page: &Page<T>) -> Links {
     let link = |number: u32| page_link(state, request, number);
-    let body = PageBody {
-        count: page.count,
+    Links {
         next: page.has_next().then(|| link(page.number + 1)),
         previous: page.has_previous().then(|| link(page.number - 1)),
-        results: &page.results,
-    };
-    json_response(StatusCode::OK, &body)
+    }
 }
 
 /// The absolute URL of page `number` of this list, as DRF builds it: the request's other
@@ -300,8 +303,8 @@ fn page_link(state: &State, request: &Request, number: u32) -> String {
         .collect();
     let mut url = format!(
         "{}://{}{}",
-        request.scheme(&state.trusted_proxies),
-        request.host(state.local_addr),
+        request.scheme(&state.site.trusted_proxies),
+        request.host(state.site.local_addr),
         request.path
     );
     if !query.is_empty() {

@@ -1,15 +1,19 @@
 //! `/api/health/` and `/api/proxy/search/`: contract section 4.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 
+use crate::api::Call;
 use crate::docs;
-use crate::error::ApiError;
-use crate::http::{Request, Response, bytes_response, json_response};
-use crate::state::{DatabaseStatus, State};
+use crate::error::{ApiError, chain};
+use crate::health::DatabaseStatus;
+use crate::response::{Response, bytes_response, json_response};
+use crate::wire;
+use crate::wire::errors::ProxyError;
+use crate::wire::health::{
+    AiState, DatabaseState, Health, HealthStatus, SearchState, ServerState, Services,
+};
 
 /// The largest search answer passed through.
 pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
@@ -22,41 +26,51 @@ pub const SEARCH_ANSWER_LIMIT: usize = 10 * 1024 * 1024;
 #[utoipa::path(
     get, path = "/api/health/", tag = "gateway",
     responses(
-        (status = 200, description = "`healthy`, or `degraded` while the database takes no writes", body = docs::Health),
-        (status = 503, description = "`unhealthy`: the database cannot answer", body = docs::Health),
+        (status = 200, description = "`healthy`, or `degraded` while the database takes no writes", body = wire::health::Health),
+        (status = 503, description = "`unhealthy`: the database cannot answer", body = wire::health::Health),
     )
 )]
-pub async fn health(state: &Arc<State>) -> Response {
-    let database = state.database_status().await;
-    let ai = if state.ai_reachable.load(Ordering::Relaxed) {
-        "available"
+pub async fn health(call: Call<'_>) -> Result<Response, ApiError> {
+    let state = call.state;
+    let health = &state.health;
+    let database = health.database_status().await;
+    let ai_service = if health.ai_reachable.load(Ordering::Relaxed) {
+        AiState::Available
     } else {
-        "unavailable"
+        AiState::Unavailable
     };
-    let search = match &state.search {
-        None => "not_configured",
-        Some(_) if state.search_reachable.load(Ordering::Relaxed) => "available",
-        Some(_) => "unavailable",
+    let search_service = match &state.search {
+        None => SearchState::NotConfigured,
+        Some(_) if health.search_reachable.load(Ordering::Relaxed) => SearchState::Available,
+        Some(_) => SearchState::Unavailable,
     };
-    let (status, overall, database) = match database {
-        DatabaseStatus::Connected => (StatusCode::OK, "healthy", "connected"),
-        DatabaseStatus::ReadOnly => (StatusCode::OK, "degraded", "read_only"),
-        DatabaseStatus::Unavailable => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy", "unavailable")
-        }
+    let (code, status, database) = match database {
+        DatabaseStatus::Connected => (
+            StatusCode::OK,
+            HealthStatus::Healthy,
+            DatabaseState::Connected,
+        ),
+        DatabaseStatus::ReadOnly => (
+            StatusCode::OK,
+            HealthStatus::Degraded,
+            DatabaseState::ReadOnly,
+        ),
+        DatabaseStatus::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HealthStatus::Unhealthy,
+            DatabaseState::Unavailable,
+        ),
     };
-    json_response(
+    let health = Health {
         status,
-        &json!({
-            "status": overall,
-            "services": {
-                "server": "running",
-                "database": database,
-                "ai_service": ai,
-                "search_service": search,
-            }
-        }),
-    )
+        services: Services {
+            server: ServerState::Running,
+            database,
+            ai_service,
+            search_service,
+        },
+    };
+    Ok(json_response(code, &health))
 }
 
 /// Posts the body to the search service and passes its JSON answer through.
@@ -66,16 +80,17 @@ pub async fn health(state: &Arc<State>) -> Response {
     request_body(content = Option<serde_json::Value>, description = "Any JSON, passed to the search service as it is; an empty body is sent as `{}`"),
     responses(
         (status = "default", description = "The search service's JSON answer, passed through with its status", body = serde_json::Value),
-        (status = 400, description = "The body is not valid JSON (`JSON parse error - ...`)", body = docs::Detail),
+        (status = 400, description = "The body is not valid JSON (`JSON parse error - ...`)", body = wire::errors::Detail),
         (status = 401, response = docs::AccessTokenRefused),
         (status = 408, response = docs::BodyTimeout),
         (status = 413, response = docs::BodyTooLarge),
         (status = 415, response = docs::UnsupportedMediaType),
-        (status = 502, description = "The search service answered something that is not JSON, more than 10 MiB, or a cut-off body", body = docs::ProxyError),
-        (status = 503, description = "The search service is not configured, cannot be reached or timed out (`error`); or the database could not check the token (`detail`, with `Retry-After: 1`)", body = docs::SearchUnavailable),
+        (status = 502, description = "The search service answered something that is not JSON, more than 10 MiB, or a cut-off body", body = wire::errors::ProxyError),
+        (status = 503, description = "The search service is not configured, cannot be reached or timed out (`error`); or the database could not check the token (`detail`, with `Retry-After: 1`)", body = wire::errors::SearchUnavailable),
     )
 )]
-pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Response, ApiError> {
+pub async fn search(call: Call<'_>) -> Result<Response, ApiError> {
+    let Call { state, request, .. } = call;
     let body = request.json_value(state.body).await?;
     let Some(search) = &state.search else {
         return Ok(proxy_error(
@@ -101,7 +116,7 @@ pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Respons
         }
         Err(error) => {
             tracing::warn!(
-                cause = causes(&error.without_url()),
+                cause = chain(&error.without_url()),
                 "the search service is unreachable: the search proxy answered 503"
             );
             return Ok(proxy_error(
@@ -152,24 +167,6 @@ pub async fn search(state: &Arc<State>, request: &mut Request) -> Result<Respons
     Ok(response)
 }
 
-/// An error with every error beneath it, outermost first, joined by `: ` (reqwest's own
-/// text says only that sending failed; the cause, such as `Connection refused`, is
-/// beneath it).
-fn causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some errors repeat their source's text in their own.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 fn proxy_error(status: StatusCode, error: &str) -> Response {
-    json_response(status, &json!({ "error": error }))
+    json_response(status, &ProxyError { error })
 }

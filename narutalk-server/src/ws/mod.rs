@@ -6,36 +6,71 @@
 //!   or 400 for a bad key), and answers `101 Switching Protocols`.
 //! - [`socket`] runs one open socket: the replay of `after`, then the live frames of the
 //!   session's room, the client's frames, pings, limits and the close.
-//! - [`hub`] fans stored messages and reply deltas out to the sockets of each session.
 //! - [`sockets`] keeps the open sockets for the revocation watch and for shutdown.
-//! - [`frames`] holds the frame shapes.
+//!
+//! The rooms the sockets join are the hub's (`crate::hub`: it delivers in sequence
+//! order, reading from the core what its events missed), the frames they send are
+//! `crate::frames`'s, and a message a socket receives is posted to the core's turn engine
+//! (`crate::turns`).
 //!
 //! The upgrade is done from hyper's upgrade future (taken from the request by the accept
 //! loop, with the connection's place under the connection cap) rather than by warp's
 //! `ws()` filter: warp answers an oversized frame with a TCP reset instead of close code
 //! 1009, and gives no say over the read buffer, which sets the memory of an idle socket.
 
-pub mod frames;
-pub mod hub;
 mod socket;
 pub mod sockets;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
+use narutalk_core::Narutalk;
+use narutalk_core::accounts::UserId;
 use narutalk_core::chat::SessionId;
 use narutalk_core::error::Error as CoreError;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use warp::http::{HeaderValue, Method, StatusCode, header};
 
-use crate::envelope::allowed_origin;
+use crate::calls::Calls;
 use crate::error::ApiError;
-use crate::http::{Credentials, Request, Response, empty_response};
-use crate::state::State;
+use crate::http::{Credentials, Request, Site};
+use crate::hub::{Hub, Joining};
+use crate::limits::Throttles;
+use crate::response::{Response, empty_response};
+use crate::ws::sockets::Sockets;
 
-/// Answers the handshake of a socket on session `id` (as it appears in the path).
+/// What every socket of the process shares.
+pub struct Shared {
+    /// The core.
+    pub calls: Arc<Calls>,
+    /// The rooms sockets join.
+    pub hub: Arc<dyn Hub>,
+    /// The open sockets, for the revocation watch and shutdown.
+    pub sockets: Sockets,
+    /// How sockets behave.
+    pub rules: SocketRules,
+    /// The message throttle a socket's messages count against, as REST posts do.
+    pub throttles: Arc<Throttles>,
+    /// Work done (a socket's end counts); the memory trim waits for it to stop growing.
+    pub activity: Arc<AtomicU64>,
+}
+
+/// The WebSocket settings (contract section 6).
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRules {
+    /// How often the server pings.
+    pub ping: Duration,
+    /// A peer silent this long is dropped.
+    pub idle: Duration,
+}
+
+/// Answers the handshake of a socket on session `id` (as it appears in the path); `site`
+/// says which `Origin` is allowed.
 pub async fn handshake(
-    state: &Arc<State>,
+    shared: &Arc<Shared>,
+    site: &Site,
     request: &mut Request,
     id: &str,
 ) -> Result<Response, ApiError> {
@@ -44,13 +79,11 @@ pub async fn handshake(
         Credentials::Malformed => return Err(ApiError::InvalidAccessToken),
         Credentials::Bearer(token) => token,
     };
-    let (user, grant) = state
+    let (user, grant) = shared
+        .calls
         .run(move |core| Ok(core.tokens().authenticate_grant(&token)))
         .await?
-        .map_err(|error| match error {
-            CoreError::Unavailable(_) | CoreError::Internal(_) => ApiError::from(error),
-            _ => ApiError::InvalidAccessToken,
-        })?;
+        .map_err(ApiError::access_refused)?;
     if request.method != Method::GET {
         return Err(ApiError::MethodNotAllowed {
             method: request.method.to_string(),
@@ -60,16 +93,15 @@ pub async fn handshake(
     let session = SessionId::from_str(id)?;
     let after = request.query_param("after");
     let owner = user.id;
-    let start = state
-        .run(move |core| Ok(core.chat().replay_start(owner, session, after.as_deref())))
+    let start = shared
+        .calls
+        .run(move |core| Ok(opening(core, owner, session, after.as_deref())))
         .await?;
     // The core checks the session before `after`: a session of someone else is 404
     // whatever the origin; the origin is checked before `after`.
-    let start = match start {
+    let (start, seen) = match start {
         Err(CoreError::NotFound) => return Err(ApiError::NotFound),
-        _ if request.header(header::ORIGIN).is_some()
-            && allowed_origin(state, request).is_none() =>
-        {
+        _ if request.header(header::ORIGIN).is_some() && site.allowed_origin(request).is_none() => {
             return Err(ApiError::PermissionDenied);
         }
         other => other?,
@@ -80,17 +112,29 @@ pub async fn handshake(
         .as_ref()
         .and_then(|takeover| takeover.take())
         .ok_or(ApiError::UpgradeRequired)?;
-    let replay_from = request.query_param("after").map(|_| start);
-    // Registered and in the room before the `101` goes out: a message stored from now on
+    // Registered and in the room before the `101` goes out: a message stored after `seen`
     // reaches the socket (its replay then skips what the room already brought).
-    let registration = state.sockets.register(grant, session);
-    let subscription = state.hub.subscribe(session, registration.closer().clone());
+    let registration = shared.sockets.register(grant, session);
+    let joining = Joining { owner, seen };
+    let subscription = shared
+        .hub
+        .subscribe(session, joining, registration.closer().clone());
+    // Without `after`, the socket gets what is stored after its handshake's read; a room
+    // that had already delivered some of that before the socket joined leaves it to the
+    // socket's own replay.
+    let replay_from = match request.query_param("after") {
+        Some(_) => Some(start),
+        None => (subscription.joined_at() > seen).then_some(seen),
+    };
+    // Not in the handshake's span: the socket makes one for each piece of work it does,
+    // and names the handshake's request id in its own lines.
     tokio::spawn(socket::run(
-        state.clone(),
+        shared.clone(),
         upgrade,
         socket::Opened {
             user: user.id,
             session,
+            seen,
             replay_from,
             request_id: request.request_id.clone(),
             registration,
@@ -105,6 +149,18 @@ pub async fn handshake(
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     Ok(response)
+}
+
+/// The handshake's read of the session: where the replay of `after` starts, and the
+/// session's last sequence number now (where the socket's live messages start).
+fn opening(
+    core: &Narutalk,
+    owner: UserId,
+    session: SessionId,
+    after: Option<&str>,
+) -> Result<(i64, i64), CoreError> {
+    let start = core.chat().socket_start(owner, session, after)?;
+    Ok((start.replay_from, start.last_seq))
 }
 
 /// The socket's token: the `Authorization` header when there is one, otherwise the

@@ -1,11 +1,12 @@
 //! One open socket, from the upgrade to the close.
 //!
 //! The handshake has already joined the session's room for the socket, so nothing
-//! published since the `101` is missed. The task replays what was stored after `after`
-//! (if given) a page at a time, then serves live: the room's events, the client's
-//! frames, the heartbeat, and the reasons to close. Live events already covered
-//! by the replay are recognised by their sequence number and skipped, so the client sees
-//! every message once, in storage order, with no gap between replay and live.
+//! stored after the handshake's read of the session is missed. The task replays what was
+//! stored after `after` (if given; or after that read, when the room had already
+//! delivered past it) a page at a time, then serves live: the room's events, the client's
+//! frames, the heartbeat, and the reasons to close. Live events already covered by the
+//! replay are recognised by their sequence number and skipped, so the client sees every
+//! message once, in storage order, with no gap between replay and live.
 //!
 //! Every frame the server owes the peer is written before anything more is read from
 //! it: the room's frames, the answers to its frames, the heartbeat, and the pongs that
@@ -20,11 +21,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use narutalk_core::accounts::UserId;
-use narutalk_core::chat::{MessageId, SessionId};
+use narutalk_core::chat::{MessageId, PostInput, SessionId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -32,14 +34,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
-use crate::envelope::millis;
 use crate::error::ApiError;
+use crate::frames::{self, Incoming};
+use crate::hub::{CloseCode, Closer, RoomEvent, Subscription};
 use crate::listener::Upgrade;
+use crate::logging::millis;
 use crate::metrics::{self, GaugeHold};
-use crate::state::State;
-use crate::turns::{self, Posted};
-use crate::ws::frames::{self, Incoming};
-use crate::ws::hub::{CloseCode, Closer, RoomEvent, Subscription};
+use crate::turns;
+use crate::ws::Shared;
 use crate::ws::sockets::Registration;
 
 /// Frames (and messages) over this many bytes close the socket with 1009.
@@ -73,7 +75,11 @@ pub struct Opened {
     pub user: UserId,
     /// The session.
     pub session: SessionId,
-    /// With `after`: the sequence number to replay from.
+    /// The session's last sequence number when the handshake read it: live messages
+    /// start after it.
+    pub seen: i64,
+    /// Where the replay starts: the sequence number of `after`, or `seen` when the room
+    /// was ahead of it at the join; `None`: no replay.
     pub replay_from: Option<i64>,
     /// The handshake's request id, for the logs.
     pub request_id: String,
@@ -101,7 +107,7 @@ enum Ending {
 }
 
 /// Runs one socket until it closes.
-pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
+pub async fn run(shared: Arc<Shared>, upgrade: Upgrade, opened: Opened) {
     let Upgrade { on_upgrade, place } = upgrade;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -126,23 +132,25 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
     let Opened {
         user,
         session,
+        seen,
         replay_from,
         request_id,
         registration,
         subscription,
-        ..
     } = opened;
     let started = Instant::now();
     let mut socket = Socket {
         closer: registration.closer().clone(),
-        state,
+        shared,
         ws,
         subscription,
-        last_seq: 0,
+        // The replay (if any) starts over from its own point.
+        last_seq: seen,
         recently_sent: VecDeque::with_capacity(RECENTLY_SENT),
         user,
         session,
         replay_from,
+        request_id: request_id.clone(),
         _registration: registration,
     };
     let ending = socket.serve().await;
@@ -156,24 +164,27 @@ pub async fn run(state: Arc<State>, upgrade: Upgrade, opened: Opened) {
     socket.finish(ending).await;
     drop(open);
     metrics::socket_closed(code);
-    tracing::info!(
-        target: "narutalk::ws",
-        session = %session,
-        user = user.0,
-        code,
-        reason,
-        duration_ms = millis(started.elapsed()),
-        request_id,
-        "socket closed"
-    );
-    let activity = socket.state.activity.clone();
+    // In a span of its own with the handshake's request id, as a request's lines are.
+    socket.span().in_scope(|| {
+        tracing::info!(
+            target: "narutalk::ws",
+            session = %session,
+            user = user.0,
+            code,
+            reason,
+            duration_ms = millis(started.elapsed()),
+            request_id,
+            "socket closed"
+        );
+    });
+    let activity = socket.shared.activity.clone();
     drop(socket);
     drop(place);
     activity.fetch_add(1, Ordering::Relaxed);
 }
 
 struct Socket {
-    state: Arc<State>,
+    shared: Arc<Shared>,
     ws: Stream,
     subscription: Subscription,
     closer: Arc<Closer>,
@@ -184,6 +195,8 @@ struct Socket {
     user: UserId,
     session: SessionId,
     replay_from: Option<i64>,
+    /// The handshake's request id, recorded with the messages the socket posts.
+    request_id: String,
     _registration: Registration,
 }
 
@@ -204,7 +217,7 @@ impl Socket {
         {
             return ending;
         }
-        let rules = self.state.socket_rules;
+        let rules = self.shared.rules;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + rules.ping, rules.ping);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,7 +227,7 @@ impl Socket {
             let step = tokio::select! {
                 biased;
                 () = self.closer.closed() => Step::Closed,
-                () = self.state.sockets.closing() => Step::ShuttingDown,
+                () = self.shared.sockets.closing() => Step::ShuttingDown,
                 event = self.subscription.next() => Step::Event(event),
                 frame = self.ws.next() => Step::Frame(frame),
                 _ = ping.tick() => Step::Ping,
@@ -245,11 +258,13 @@ impl Socket {
         loop {
             let after = self.last_seq;
             let page = self
-                .state
+                .shared
+                .calls
                 .run(move |core| {
                     core.chat()
                         .messages_after_seq(owner, session, after, REPLAY_PAGE)
                 })
+                .instrument(self.span())
                 .await
                 .map_err(|error| match error {
                     ApiError::NotFound => {
@@ -282,7 +297,7 @@ impl Socket {
             }
             // Deltas queued during a replay may belong to a reply the replay already sent:
             // a reply's deltas never follow it.
-            Some(RoomEvent::Delta { reply, frame }) => {
+            Some(RoomEvent::Delta { reply, frame, .. }) => {
                 if self.recently_sent.contains(&reply) {
                     return Ok(());
                 }
@@ -327,12 +342,12 @@ impl Socket {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
-        let body = match frames::parse(text) {
+        let frame = match frames::parse(text) {
             Ok(Incoming::Ping) => return self.send(Message::Text(frames::PONG), "pong").await,
-            Ok(Incoming::Message(body)) => body,
+            Ok(Incoming::Message(frame)) => frame,
             Err(problem) => return self.send_error(&problem).await,
         };
-        if self.state.sockets.is_stopping() {
+        if self.shared.sockets.is_stopping() {
             return self
                 .send_error(
                     "The server is shutting down: send the message again after reconnecting.",
@@ -340,37 +355,44 @@ impl Socket {
                 .await;
         }
         let (owner, session) = (self.user, self.session);
-        // Tracked, so that a shutdown that starts meanwhile waits for the message to be
-        // stored and broadcast before it closes the sockets.
-        let posted = match self.state.throttles.messages.check(&owner.0) {
+        // The socket's loop waits for the message to be stored (a shutdown that starts
+        // meanwhile closes the socket only after): the message and then its reply reach
+        // every socket of the session, this one included, through the room, and the engine
+        // produces and stores the reply even if this socket closes meanwhile.
+        let posted = match self.shared.throttles.messages.check(&owner.0) {
             Ok(()) => {
-                let post = turns::post(&self.state, owner, session, body, None);
-                self.state.tasks.track_future(post).await
+                let input = PostInput::from_frame(&frame, self.shared.calls.content_max_chars());
+                turns::post(
+                    &self.shared.calls,
+                    owner,
+                    session,
+                    input,
+                    self.request_id.clone(),
+                )
+                .instrument(self.span())
+                .await
             }
             Err(throttled) => Err(throttled),
         };
         match posted {
-            Ok(Posted::Waiting { message, turn }) => {
-                let state = self.state.clone();
-                // The reply is the room's business from here: it reaches every socket
-                // on the session, this one included, and it is produced and stored even
-                // if this socket closes meanwhile.
-                self.state.tasks.spawn(async move {
-                    if let Err(error) = turns::answer(state, message, turn).await {
-                        tracing::debug!(?error, "a socket's turn ended without a reply");
-                    }
-                });
-                Ok(())
-            }
-            // Only a repeated idempotency key replays, and sockets send none.
-            Ok(Posted::Replayed(_)) => Ok(()),
+            // Nobody waits for the completion: the room delivers the reply.
+            Ok(_) => Ok(()),
             Err(ApiError::Throttled(seconds)) => {
-                let text = ApiError::Throttled(seconds).text(frames::frame_field);
+                let text = ApiError::Throttled(seconds).into_text(frames::frame_field);
                 self.send(Message::Text(frames::throttled(&text, seconds)), "error")
                     .await
             }
-            Err(error) => self.send_error(&error.text(frames::frame_field)).await,
+            Err(error) => self.send_error(&error.into_text(frames::frame_field)).await,
         }
+    }
+
+    /// The span of work done on the socket's behalf (a posted frame, a page of replay):
+    /// the handshake's request id, as a request's span carries it. Made for each piece of
+    /// work, never held for the socket's life: the logger keeps the memory of as many
+    /// spans as were ever open at once, so 10,000 idle sockets holding one each would
+    /// leave it behind once they close.
+    fn span(&self) -> tracing::Span {
+        tracing::error_span!("request", request_id = %self.request_id)
     }
 
     fn remember_sent(&mut self, id: MessageId) {
@@ -386,19 +408,14 @@ impl Socket {
 
     /// Writes one frame, within [`owed`]'s patience; a frame written counts under `kind`.
     async fn send(&mut self, message: Message, kind: &'static str) -> Result<(), Ending> {
-        owed(
-            &self.closer,
-            self.state.socket_rules.idle,
-            self.ws.send(message),
-        )
-        .await?;
+        owed(&self.closer, self.shared.rules.idle, self.ws.send(message)).await?;
         metrics::frame_sent(kind);
         Ok(())
     }
 
     /// Writes the pong tungstenite queued for the peer's ping, within [`owed`]'s patience.
     async fn flush_pong(&mut self) -> Result<(), Ending> {
-        owed(&self.closer, self.state.socket_rules.idle, self.ws.flush()).await
+        owed(&self.closer, self.shared.rules.idle, self.ws.flush()).await
     }
 
     /// At shutdown: sends what is already queued for the socket, then closes with 1001.

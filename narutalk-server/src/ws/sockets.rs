@@ -2,7 +2,7 @@
 //! shutdown closes.
 //!
 //! A socket's token was valid at the handshake; afterwards the watch asks the core every
-//! [`crate::ServeOptions::revocation_check`] (and at once after a password change, a
+//! [`crate::listener::ServeOptions::revocation_check`] (and at once after a password change, a
 //! logout or a refused refresh through this server) whether each open socket's token has
 //! been revoked (its user's tokens, or its login family after a logout or a refresh-token
 //! reuse) or its session deleted, by anyone, also by the command-line tool in another
@@ -19,8 +19,8 @@ use narutalk_core::tokens::Grant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::State;
-use crate::ws::hub::{CloseCode, Closer};
+use crate::hub::{CloseCode, Closer};
+use crate::ws::Shared;
 
 /// The registry of open sockets and the shutdown signals they obey.
 #[derive(Default)]
@@ -130,11 +130,6 @@ impl Sockets {
         self.stopping.cancel();
     }
 
-    /// Completes when [`Sockets::stop_taking_messages`] is called: when a shutdown starts.
-    pub async fn stopping(&self) {
-        self.stopping.cancelled().await;
-    }
-
     /// Whether [`Sockets::stop_taking_messages`] was called.
     pub fn is_stopping(&self) -> bool {
         self.stopping.is_cancelled()
@@ -168,13 +163,13 @@ impl Sockets {
 
 /// Re-checks the open sockets every `every`, or sooner when asked, until the task is
 /// aborted.
-pub async fn watch_revocations(state: Arc<State>, every: Duration) {
+pub async fn watch_revocations(shared: Arc<Shared>, every: Duration) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
-            () = state.sockets.check_now.notified() => {}
+            () = shared.sockets.check_now.notified() => {}
         }
-        let watched = state.sockets.snapshot();
+        let watched = shared.sockets.snapshot();
         if watched.is_empty() {
             continue;
         }
@@ -183,7 +178,8 @@ pub async fn watch_revocations(state: Arc<State>, every: Duration) {
             .iter()
             .map(|w| (w.grant.user_id, w.session))
             .collect();
-        let checked = state
+        let checked = shared
+            .calls
             .run(move |core| {
                 Ok((
                     core.tokens().revoked(&grants)?,

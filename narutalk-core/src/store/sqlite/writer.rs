@@ -16,7 +16,7 @@
 //! - A write that arrives alone commits alone: grouping never delays a write to wait for
 //!   company, so a lone request costs exactly what it did without batching.
 //!
-//! Every write carries a deadline (the caller's; [`super::WRITE_DEADLINE`] after it asked
+//! Every write carries a deadline (the caller's; [`crate::store::WRITE_DEADLINE`] after it asked
 //! for the database). A write still waiting for the connection at its deadline answers
 //! [`Error::Unavailable`] and never runs, even if it is handed the connection later (it
 //! then only passes the open batch on, or commits it for the writes already in it). The
@@ -124,9 +124,19 @@ struct StorageFailure {
 
 impl StorageFailure {
     fn of(error: &Error) -> StorageFailure {
-        StorageFailure {
-            retryable: matches!(error, Error::Unavailable(_)),
-            message: error.to_string(),
+        match error {
+            Error::Unavailable(cause) => StorageFailure {
+                retryable: true,
+                message: cause.clone(),
+            },
+            Error::Internal(cause) => StorageFailure {
+                retryable: false,
+                message: format!("{cause:#}"),
+            },
+            other => StorageFailure {
+                retryable: false,
+                message: other.to_string(),
+            },
         }
     }
 
@@ -134,7 +144,7 @@ impl StorageFailure {
         if self.retryable {
             Error::Unavailable(self.message)
         } else {
-            Error::Internal(self.message)
+            Error::internal(self.message)
         }
     }
 }

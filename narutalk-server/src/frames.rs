@@ -1,12 +1,13 @@
 //! The text frames of contract section 6: what a client may send, and what the server
-//! sends back.
+//! sends back (built from the frames of `wire::frames`).
 
-use narutalk_core::chat::{Message, MessageId, MessageType, Sender};
+use narutalk_core::chat::{Message, MessageId};
 use narutalk_core::fields::{JsonObject, python_type_name};
-use narutalk_core::time;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::wire;
 
 /// The answer to `{"type": "ping"}`.
 pub const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
@@ -16,8 +17,8 @@ pub const PONG: Utf8Bytes = Utf8Bytes::from_static(r#"{"type":"pong"}"#);
 pub enum Incoming {
     /// `{"type": "ping"}`.
     Ping,
-    /// `{"message", "message_type"?, "metadata"?}`, as the REST body of a posted message
-    /// (`content`, `message_type`, `metadata`), for the core's usual checks.
+    /// `{"message", "message_type"?, "metadata"?}` (other keys ignored): the frame itself,
+    /// which the core's `PostInput::from_frame` checks as it checks a REST post.
     Message(JsonObject),
 }
 
@@ -25,7 +26,7 @@ pub enum Incoming {
 pub fn parse(text: &str) -> Result<Incoming, String> {
     let value: Value = serde_json::from_str(text)
         .map_err(|error| format!("The frame is not valid JSON: {error}."))?;
-    let Value::Object(mut frame) = value else {
+    let Value::Object(frame) = value else {
         return Err(format!(
             "The frame must be a JSON object, not {}.",
             python_type_name(&value)
@@ -33,20 +34,13 @@ pub fn parse(text: &str) -> Result<Incoming, String> {
     };
     // A frame with a `message` is a message whatever its `type` says: nothing sent is
     // dropped.
-    let Some(message) = frame.remove("message") else {
-        if frame.get("type").and_then(Value::as_str) == Some("ping") {
-            return Ok(Incoming::Ping);
-        }
-        return Err("The frame has no \"message\".".to_owned());
-    };
-    let mut body = JsonObject::new();
-    body.insert("content".to_owned(), message);
-    for field in ["message_type", "metadata"] {
-        if let Some(value) = frame.remove(field) {
-            body.insert(field.to_owned(), value);
-        }
+    if frame.contains_key("message") {
+        return Ok(Incoming::Message(frame));
     }
-    Ok(Incoming::Message(body))
+    if frame.get("type").and_then(Value::as_str) == Some("ping") {
+        return Ok(Incoming::Ping);
+    }
+    Err("The frame has no \"message\".".to_owned())
 }
 
 /// The name a field of the REST body has in a frame.
@@ -59,69 +53,23 @@ pub fn frame_field(field: &str) -> &str {
 
 /// The `chat_message` frame of a stored message, with the seed's keys.
 pub fn chat_message(message: &Message) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct ChatMessage<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        message: &'a str,
-        sender: Sender,
-        message_type: MessageType,
-        metadata: &'a JsonObject,
-        timestamp: String,
-        message_id: MessageId,
-    }
-    to_frame(&ChatMessage {
-        kind: "chat_message",
-        message: &message.content,
-        sender: message.sender,
-        message_type: message.message_type,
-        metadata: &message.metadata,
-        timestamp: time::format_rfc3339(&message.timestamp),
-        message_id: message.id,
-    })
+    to_frame(&wire::frames::ChatMessage::from(message))
 }
 
 /// An `ai_delta` frame: part of the reply that will be stored as `message_id`.
 pub fn ai_delta(message_id: MessageId, delta: &str) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct AiDelta<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        message_id: MessageId,
-        delta: &'a str,
-    }
-    to_frame(&AiDelta {
-        kind: "ai_delta",
-        message_id,
-        delta,
-    })
+    to_frame(&wire::frames::AiDelta::new(message_id, delta))
 }
 
 /// An `error` frame.
 pub fn error(text: &str) -> Utf8Bytes {
-    error_frame(text, None)
+    to_frame(&wire::frames::ErrorFrame::new(text, None))
 }
 
 /// The `error` frame of a throttled message: the text and `retry_after`, the whole
 /// seconds to wait (contract section 11), as the REST answer's `Retry-After` says them.
 pub fn throttled(text: &str, retry_after: u64) -> Utf8Bytes {
-    error_frame(text, Some(retry_after))
-}
-
-fn error_frame(text: &str, retry_after: Option<u64>) -> Utf8Bytes {
-    #[derive(Serialize)]
-    struct Error<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        error: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        retry_after: Option<u64>,
-    }
-    to_frame(&Error {
-        kind: "error",
-        error: text,
-        retry_after,
-    })
+    to_frame(&wire::frames::ErrorFrame::new(text, Some(retry_after)))
 }
 
 /// Serializing these frames cannot fail: their maps have string keys and their values are
@@ -147,20 +95,21 @@ mod tests {
     }
 
     #[test]
-    fn a_message_frame_becomes_the_rest_body_and_sender_is_dropped() {
+    fn a_message_frame_is_kept_whole_for_the_cores_checks() {
         assert_eq!(
             parse(
                 r#"{"message": "hi", "sender": "ai", "metadata": {"a": 1}, "message_type": "image"}"#
             ),
             Ok(Incoming::Message(object(json!({
-                "content": "hi",
+                "message": "hi",
+                "sender": "ai",
                 "metadata": {"a": 1},
                 "message_type": "image",
             }))))
         );
         assert_eq!(
             parse(r#"{"message": 7}"#),
-            Ok(Incoming::Message(object(json!({"content": 7}))))
+            Ok(Incoming::Message(object(json!({"message": 7}))))
         );
     }
 
@@ -169,7 +118,9 @@ mod tests {
         assert_eq!(parse(r#"{"type": "ping"}"#), Ok(Incoming::Ping));
         assert_eq!(
             parse(r#"{"type": "ping", "message": "hi"}"#),
-            Ok(Incoming::Message(object(json!({"content": "hi"})))),
+            Ok(Incoming::Message(object(
+                json!({"type": "ping", "message": "hi"})
+            ))),
             "a message is never dropped for its type"
         );
         assert_eq!(
@@ -184,6 +135,29 @@ mod tests {
         assert!(
             not_json.starts_with("The frame is not valid JSON: key must be a string"),
             "{not_json}"
+        );
+    }
+
+    #[test]
+    fn a_stored_message_has_the_seeds_keys_in_order() {
+        let id = MessageId::new_random();
+        let message = Message {
+            id,
+            session_id: narutalk_core::chat::SessionId::new_random(),
+            seq: 3,
+            content: "두통".to_owned(),
+            sender: narutalk_core::chat::Sender::Ai,
+            message_type: narutalk_core::chat::MessageType::Text,
+            metadata: object(json!({"model": "m"})),
+            timestamp: narutalk_core::time::now(),
+            reply_to: None,
+        };
+        let stamp = narutalk_core::time::format_rfc3339(&message.timestamp);
+        assert_eq!(
+            chat_message(&message).as_str(),
+            format!(
+                r#"{{"type":"chat_message","message":"두통","sender":"ai","message_type":"text","metadata":{{"model":"m"}},"timestamp":"{stamp}","message_id":"{id}"}}"#
+            )
         );
     }
 

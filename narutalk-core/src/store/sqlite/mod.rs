@@ -1,8 +1,10 @@
-//! The SQLite database: opening, pragmas, migrations, and the connection strategy.
+//! The SQLite backend of the storage port: every SQL statement and every `rusqlite` name
+//! of the core lives under this module.
 //!
 //! One dedicated writer connection serializes every write (SQLite allows one writer at a
 //! time anyway; several pooled writers only turn contention into multi-second busy-waits),
-//! and a small pool of reader connections serves reads in parallel under WAL. Every write
+//! and a small pool of reader connections (`query_only`) serves reads in parallel under
+//! WAL, each read in one read transaction so that a count and its page agree. Every write
 //! transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock before it reads and
 //! can never fail half-way with "database is locked" because another process (the CLI)
 //! wrote in between. Writes that queue behind each other share one commit (group commit, in the private
@@ -10,9 +12,13 @@
 //!
 //! Every write is bounded in time: [`WRITE_DEADLINE`] after it asks for the database
 //! (the wait behind other writes included) it has committed, or it answers
-//! [`Error::Unavailable`] and is not applied. The handle remembers when writes fail for a
-//! database cause ([`Database::writes_failing`]) and offers the small write that checks
-//! whether they work again ([`Database::probe_writes`]).
+//! [`Error::Unavailable`] and is not applied. The store remembers when writes fail for a
+//! database cause ([`Maintenance::writes_failing`]) and offers the small write that checks
+//! whether they work again ([`Maintenance::probe_writes`]).
+//!
+//! The schema is the refinery migrations in `migrations/`, embedded in the binary; their
+//! file names and contents never change once released (a database records each one's
+//! checksum, and refuses to open with a build whose history differs).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -20,31 +26,28 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::{AppliedMigration, Maintenance, OpenError, OpenMode, WRITE_DEADLINE};
 use crate::config::Synchronous;
-use crate::error::Error;
+use crate::error::{Error, InternalError};
 
-pub mod maintenance;
+mod accounts;
+mod admin;
+mod chat;
+mod maintenance;
+mod outbox;
+mod tokens;
 mod writer;
 
-pub(crate) use writer::WriteTx;
+use writer::WriteTx;
 use writer::Writer;
 
 mod embedded {
-    refinery::embed_migrations!("migrations");
+    refinery::embed_migrations!("src/store/sqlite/migrations");
 }
 
 /// How long a reader connection waits for another process's lock, or for a free reader,
 /// before giving up with [`Error::Unavailable`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The bound on a write (`docs/API.md`, Limits and throttling): a write that
-/// has not committed this long after it asked for the database answers
-/// [`Error::Unavailable`], and is then not applied and never will be. It covers the wait
-/// behind the other writes of this process and the wait for another process's lock; it
-/// starts after any password hashing (done before the write asks) and never includes an
-/// AI call (no write is open while the responder works). A write that has already run
-/// still waits for its batch's commit, which holds the lock and waits for nobody.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The bytes of zeros the write probe inserts (and deletes again): more than a page, so
 /// that it needs room for new pages as the writes it stands for do.
@@ -59,70 +62,53 @@ const PROBE_BYTES: i64 = 8_000;
 /// delays the commits' fsync of the WAL on the same disk.)
 pub const WAL_CHECKPOINT_PAGES: u32 = 2_000;
 
-/// Whether opening may create a database file that does not exist yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpenMode {
-    /// Create the file (and its folder) when missing: the server and `narutalk migrate`.
-    CreateIfMissing,
-    /// Fail with [`OpenError::Missing`] when the file does not exist: every other tool, so
-    /// that a mistyped path never silently yields an empty database.
-    MustExist,
-}
+/// Prepared statements each connection keeps: more than the store has (its
+/// `prepare_cached` calls), so that none is ever parsed twice on one connection. At
+/// rusqlite's default of 16, a post and its reply (with their pending turn, outbox rows
+/// and token checks) went through more statements than that, and SQLite parsed some of
+/// them again on every call.
+const STATEMENT_CACHE: usize = 128;
 
-/// Why a database could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The file does not exist and the mode forbids creating it.
-    #[error("database {0} does not exist (run `narutalk migrate` to create it)")]
-    Missing(PathBuf),
-    /// The file or its folder could not be created or opened.
-    #[error("cannot open database {path}: {message}")]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// What SQLite or the file system said.
-        message: String,
-    },
-    /// A migration failed or the database's history diverges from this build's migrations.
-    #[error("cannot migrate database {path}: {message}")]
-    Migration {
-        /// The database file.
-        path: PathBuf,
-        /// What refinery said.
-        message: String,
-    },
-}
-
-/// A migration recorded as applied in the database.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AppliedMigration {
-    /// The `V<version>` number.
-    pub version: i64,
-    /// The name after `__` in the file name.
-    pub name: String,
-    /// refinery's checksum of the migration's name, version and SQL, as recorded.
-    pub checksum: String,
-}
-
-/// An open Narutalk database: one writer connection and a pool of readers.
-pub struct Database {
+/// The Narutalk database in one SQLite file: one writer connection and a pool of readers.
+pub struct SqliteStore {
     path: PathBuf,
     synchronous: Synchronous,
     writer: Writer,
     readers: ReaderPool,
     migrated_at_open: usize,
+    /// How long outbox rows are kept.
+    outbox_retention: chrono::Duration,
 }
 
-impl std::fmt::Debug for Database {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Database")
+        f.debug_struct("SqliteStore")
             .field("path", &self.path)
             .field("synchronous", &self.synchronous)
             .finish_non_exhaustive()
     }
 }
 
-impl Database {
+impl From<rusqlite::Error> for Error {
+    /// Busy, locked, full and I/O failures are worth retrying; everything else is a bug.
+    fn from(error: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match error.sqlite_error_code() {
+            Some(
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly
+                | ErrorCode::OutOfMemory,
+            ) => Error::Unavailable(error.to_string()),
+            _ => Error::Internal(InternalError::from_error(error)),
+        }
+    }
+}
+
+impl SqliteStore {
     /// Opens (and with [`OpenMode::CreateIfMissing`] creates) the database at `path`, sets
     /// WAL, foreign keys, the busy timeout and `synchronous`, and applies every pending
     /// migration. Opening an up-to-date database writes nothing.
@@ -130,7 +116,7 @@ impl Database {
         path: &Path,
         synchronous: Synchronous,
         mode: OpenMode,
-    ) -> Result<Database, OpenError> {
+    ) -> Result<SqliteStore, OpenError> {
         let open_error = |message: String| OpenError::Open {
             path: path.to_owned(),
             message,
@@ -164,13 +150,24 @@ impl Database {
         let max_readers = std::thread::available_parallelism()
             .map_or(4, |n| n.get() * 2)
             .clamp(2, 16);
-        Ok(Database {
+        Ok(SqliteStore {
             path: path.to_owned(),
             synchronous,
             writer: Writer::new(writer),
             readers: ReaderPool::new(path.to_owned(), synchronous, max_readers),
             migrated_at_open,
+            outbox_retention: chrono::Duration::days(i64::from(
+                crate::config::DEFAULT_OUTBOX_RETENTION_DAYS,
+            )),
         })
+    }
+
+    /// Keeps outbox rows `days` days (`outbox_retention_days`; the default is
+    /// [`crate::config::DEFAULT_OUTBOX_RETENTION_DAYS`]): the writes that add rows forget a
+    /// few older ones.
+    pub fn with_outbox_retention(mut self, days: u32) -> SqliteStore {
+        self.outbox_retention = chrono::Duration::days(i64::from(days));
+        self
     }
 
     /// The database file.
@@ -178,30 +175,29 @@ impl Database {
         &self.path
     }
 
-    /// A trivial query on a reader connection: `Ok` when the database answers.
-    pub fn ping(&self) -> Result<(), Error> {
-        self.read(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
+    /// For tests and tools: caps the database file at `pages` pages for this store's
+    /// writer connection (SQLite's `max_page_count`), so that writes needing more room
+    /// fail as on a full disk (`SQLITE_FULL`). The cap is per connection: readers, other
+    /// handles and other processes are not limited. SQLite never sets it below the file's
+    /// current size, nor above its own maximum, so `u32::MAX` lifts it. Answers the cap in
+    /// effect. It changes no data, and does not count as a write that succeeded for
+    /// [`Maintenance::writes_failing`].
+    pub fn limit_writer_pages(&self, pages: u32) -> Result<u64, Error> {
+        self.write(|tx| {
+            let cap: i64 =
+                tx.pragma_update_and_check(None, "max_page_count", pages, |row| row.get(0))?;
+            Ok(u64::try_from(cap).unwrap_or_default())
         })
     }
 
-    /// How many migrations [`Database::open`] applied to this file: 0 when its schema was
-    /// already current.
-    pub fn migrated_at_open(&self) -> usize {
-        self.migrated_at_open
-    }
-
-    /// The migrations recorded as applied, oldest first.
-    pub fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, Error> {
-        self.read(|conn| Ok(applied_migrations(conn)?))
+    /// Writes an outbox row in the write transaction `tx`, forgetting a few rows past the
+    /// retention.
+    fn record(&self, tx: &WriteTx<'_>, row: &outbox::Row<'_>) -> Result<(), Error> {
+        outbox::record(tx, row, &(row.audit.at - self.outbox_retention))
     }
 
     /// Runs `f` on a reader connection (`query_only`: it cannot write).
-    pub(crate) fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, Error>) -> Result<T, Error> {
         let conn = self.readers.get()?;
         // One read transaction, so that every statement of `f` sees the same snapshot (a
         // count and the page it counts cannot disagree).
@@ -211,24 +207,41 @@ impl Database {
         Ok(value)
     }
 
-    /// Whether writes are failing for a database cause: true from a write that failed
-    /// because the database was locked or busy past [`WRITE_DEADLINE`], full, failing
-    /// with an I/O error or read-only, until a later write that changed something commits.
-    /// A write that only waited too long behind this handle's other writes does not count.
-    /// Another handle (the CLI in another process) keeps its own.
-    pub fn writes_failing(&self) -> bool {
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; its changes
+    /// are committed when it returns `Ok`, rolled back when it returns `Err`. It returns
+    /// once they are durable: writes that arrive together share one commit. Bounded by
+    /// [`WRITE_DEADLINE`] from now.
+    fn write<T>(&self, f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        self.write_asked_at(Instant::now(), f)
+    }
+
+    /// [`SqliteStore::write`] for a caller that asked for the database at `asked_at` and
+    /// waited in a queue of its own since (a server's per-session order): the bound runs
+    /// from then.
+    fn write_asked_at<T>(
+        &self,
+        asked_at: Instant,
+        f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.writer.write(deadline(asked_at), |tx| f(tx).map(Ok))
+    }
+}
+
+impl Maintenance for SqliteStore {
+    fn ping(&self) -> Result<(), Error> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
+    fn writes_failing(&self) -> bool {
         self.writer.failing()
     }
 
-    /// The small write that checks whether writes work again (the server's health runs it
-    /// while [`Database::writes_failing`]): one transaction that inserts a row of 8,000
-    /// zero bytes into the `write_probe` table and deletes it again. It takes the write
-    /// lock, needs room for new pages (from the free list, or by growing the file) as a
-    /// stored message does, and is committed and synced like any write, yet leaves no row
-    /// behind and touches no table anyone reads. Its success ends
-    /// [`Database::writes_failing`]; its failure is the same [`Error::Unavailable`] as any
-    /// write's.
-    pub fn probe_writes(&self) -> Result<(), Error> {
+    /// One transaction that inserts a row of 8,000 zero bytes into the `write_probe` table
+    /// and deletes it again.
+    fn probe_writes(&self) -> Result<(), Error> {
         self.write(|tx| {
             tx.prepare_cached("INSERT INTO write_probe (padding) VALUES (zeroblob(?1))")?
                 .execute([PROBE_BYTES])?;
@@ -237,51 +250,32 @@ impl Database {
         })
     }
 
-    /// For tests and tools: caps the database file at `pages` pages for this handle's
-    /// writer connection (SQLite's `max_page_count`), so that writes needing more room
-    /// fail as on a full disk (`SQLITE_FULL`). The cap is per connection: readers, other
-    /// handles and other processes are not limited. SQLite never sets it below the file's
-    /// current size, nor above its own maximum, so `u32::MAX` lifts it. Answers the cap in
-    /// effect. It changes no data, and does not count as a write that succeeded for
-    /// [`Database::writes_failing`].
-    pub fn limit_writer_pages(&self, pages: u32) -> Result<u64, Error> {
-        self.write(|tx| {
-            let cap: i64 =
-                tx.pragma_update_and_check(None, "max_page_count", pages, |row| row.get(0))?;
-            Ok(u64::try_from(cap).unwrap_or_default())
-        })
+    fn migrated_at_open(&self) -> usize {
+        self.migrated_at_open
     }
 
-    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection; its changes
-    /// are committed when it returns `Ok`, rolled back when it returns `Err`. It returns
-    /// once they are durable: writes that arrive together share one commit. Bounded by
-    /// [`WRITE_DEADLINE`] from now.
-    pub(crate) fn write<T>(
-        &self,
-        f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        self.write_asked_at(Instant::now(), f)
+    fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, Error> {
+        self.read(|conn| Ok(applied_migrations(conn)?))
     }
 
-    /// [`Database::write`] for a caller that asked for the database at `asked_at` and
-    /// waited in a queue of its own since (a server's per-session order): the bound runs
-    /// from then.
-    pub(crate) fn write_asked_at<T>(
-        &self,
-        asked_at: Instant,
-        f: impl FnOnce(&WriteTx<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        self.writer.write(deadline(asked_at), |tx| f(tx).map(Ok))
+    fn status(&self) -> Result<super::Status, Error> {
+        maintenance::status(self)
     }
 
-    /// Runs `f` in a write transaction whose changes are committed whatever `f` returns:
-    /// for rules that must record something even while refusing the request (reuse of a
-    /// rotated refresh token revokes its family, then answers an error).
-    pub(crate) fn write_always_commit<T>(
+    fn integrity_problems(&self) -> Result<super::IntegrityProblems, Error> {
+        maintenance::integrity_problems(self)
+    }
+
+    fn backup_to(
         &self,
-        f: impl FnOnce(&WriteTx<'_>) -> Result<Result<T, Error>, Error>,
-    ) -> Result<T, Error> {
-        self.writer.write(deadline(Instant::now()), f)
+        target: &Path,
+        overwrite: bool,
+    ) -> Result<super::Backup, super::BackupError> {
+        maintenance::backup_to(self, target, overwrite)
+    }
+
+    fn is_own_file(&self, path: &Path) -> bool {
+        maintenance::is_own_file(&self.path, path)
     }
 }
 
@@ -290,9 +284,10 @@ fn deadline(asked_at: Instant) -> Instant {
     asked_at.checked_add(WRITE_DEADLINE).unwrap_or(asked_at)
 }
 
-/// Per-connection settings (WAL is per file and set once in [`Database::open`]).
+/// Per-connection settings (WAL is per file and set once in [`SqliteStore::open`]).
 fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
@@ -479,10 +474,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_statement_of_the_store_fits_a_connections_statement_cache() {
+        let sources = [
+            include_str!("accounts.rs"),
+            include_str!("admin.rs"),
+            include_str!("chat.rs"),
+            include_str!("maintenance.rs"),
+            include_str!("mod.rs"),
+            include_str!("outbox.rs"),
+            include_str!("tokens.rs"),
+            include_str!("writer.rs"),
+        ];
+        let call = concat!("prepare", "_cached(");
+        let statements: usize = sources
+            .iter()
+            .map(|source| source.matches(call).count())
+            .sum();
+        assert!(statements > 16, "{statements}");
+        assert!(statements < STATEMENT_CACHE, "{statements}");
+    }
+
+    #[test]
     fn opening_a_fresh_file_creates_every_table_and_records_the_migration() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/db.sqlite3");
-        let db = Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap();
+        let db = SqliteStore::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap();
         let migrations = db.applied_migrations().unwrap();
         let versions: Vec<(i64, &str)> = migrations
             .iter()
@@ -493,7 +509,8 @@ mod tests {
             [
                 (1, "initial_schema"),
                 (2, "device_tokens"),
-                (3, "write_probe")
+                (3, "write_probe"),
+                (4, "pending_turns_and_outbox")
             ]
         );
         let tables: Vec<String> = db
@@ -510,6 +527,7 @@ mod tests {
                 "chat_sessions",
                 "device_tokens",
                 "idempotency_keys",
+                "outbox",
                 "refinery_schema_history",
                 "refresh_tokens",
                 "users",
@@ -522,10 +540,10 @@ mod tests {
     fn reopening_an_up_to_date_database_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
+        drop(SqliteStore::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
         let version_before = data_version_of(&path);
-        let db = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap();
-        assert_eq!(db.applied_migrations().unwrap().len(), 3);
+        let db = SqliteStore::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap();
+        assert_eq!(db.applied_migrations().unwrap().len(), 4);
         drop(db);
         assert_eq!(data_version_of(&path), version_before);
     }
@@ -544,7 +562,7 @@ mod tests {
     fn a_database_migrated_by_a_newer_build_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
+        drop(SqliteStore::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.execute(
             "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
@@ -553,7 +571,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let error = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
+        let error = SqliteStore::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
         assert_eq!(
             error.to_string(),
             format!(
@@ -568,7 +586,7 @@ mod tests {
     fn a_database_whose_migration_history_differs_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        drop(Database::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
+        drop(SqliteStore::open(&path, Synchronous::Full, OpenMode::CreateIfMissing).unwrap());
         let conn = Connection::open(&path).unwrap();
         conn.execute(
             "UPDATE refinery_schema_history SET checksum = '42' WHERE version = 1",
@@ -576,7 +594,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let error = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
+        let error = SqliteStore::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
         assert!(
             error
                 .to_string()
@@ -589,7 +607,7 @@ mod tests {
     fn must_exist_refuses_a_missing_file_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing.sqlite3");
-        let error = Database::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
+        let error = SqliteStore::open(&path, Synchronous::Full, OpenMode::MustExist).unwrap_err();
         assert!(matches!(error, OpenError::Missing(p) if p == path));
         assert!(!path.exists());
     }
@@ -598,7 +616,7 @@ mod tests {
     fn connections_have_wal_foreign_keys_and_the_chosen_synchronous_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        let db = Database::open(&path, Synchronous::Normal, OpenMode::CreateIfMissing).unwrap();
+        let db = SqliteStore::open(&path, Synchronous::Normal, OpenMode::CreateIfMissing).unwrap();
         let (journal, foreign_keys, synchronous): (String, i64, i64) = db
             .read(|conn| {
                 Ok((
@@ -626,7 +644,7 @@ mod tests {
     #[test]
     fn readers_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(
+        let db = SqliteStore::open(
             &dir.path().join("db.sqlite3"),
             Synchronous::Full,
             OpenMode::CreateIfMissing,
@@ -638,12 +656,13 @@ mod tests {
 
     #[test]
     fn concurrent_writers_and_readers_from_two_handles_never_see_database_is_locked() {
-        // Two `Database` handles on one file stand for the server and the CLI in another
+        // Two `SqliteStore` handles on one file stand for the server and the CLI in another
         // process: each has its own writer, so they really contend for SQLite's write lock.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        let server = Database::open(&path, Synchronous::Normal, OpenMode::CreateIfMissing).unwrap();
-        let cli = Database::open(&path, Synchronous::Normal, OpenMode::MustExist).unwrap();
+        let server =
+            SqliteStore::open(&path, Synchronous::Normal, OpenMode::CreateIfMissing).unwrap();
+        let cli = SqliteStore::open(&path, Synchronous::Normal, OpenMode::MustExist).unwrap();
         let writes_per_thread = 50;
         std::thread::scope(|scope| {
             for thread in 0..8 {
@@ -677,7 +696,7 @@ mod tests {
     fn a_full_database_fails_writes_and_the_probe_until_room_comes_back() {
         // Arrange: the writer may not grow the file.
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(
+        let db = SqliteStore::open(
             &dir.path().join("db.sqlite3"),
             Synchronous::Full,
             OpenMode::CreateIfMissing,
@@ -725,7 +744,7 @@ mod tests {
     #[test]
     fn a_failed_write_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(
+        let db = SqliteStore::open(
             &dir.path().join("db.sqlite3"),
             Synchronous::Full,
             OpenMode::CreateIfMissing,
