@@ -2,13 +2,13 @@
 //! in the session's order, for REST, WebSocket, the CLI and embedders alike.
 //!
 //! **Pending turns are stored.** Posting stores the user message and its pending turn in
-//! one transaction ([`crate::store::ChatStore::post_message`]); storing the reply deletes
-//! it. So a turn that a crash interrupts is still pending at the next start, and answered
+//! one transaction ([`crate::store::ChatStore::post_message`]); storing the reply marks it
+//! answered. So a turn that a crash interrupts is still pending at the next start, and answered
 //! then (contract section 9), while a migration or `narutalk session import` creates no
 //! turn at all.
 //!
 //! **One driver per session.** The engine answers a session's turns one at a time, oldest
-//! first: a *driver* claims the session's oldest pending turn (a lease written to its row:
+//! first: a *driver* claims the session's oldest pending turn (a lease written to the store:
 //! this process's random id and an expiry, so that a backend shared by several processes
 //! can tell whose it is), reads the history, runs the responder, stores the reply or the
 //! system error message (claiming the session's next pending turn in the same
@@ -25,9 +25,11 @@
 //! once, on the posting thread, with the system error message whose reason is
 //! [`crate::ai::ASSISTANT_BUSY`]. A responder that answers from memory
 //! ([`Responder::answers_at_once`], such as the template) is not worth a thread hop: a
-//! post's own turn is then driven on the posting thread, started engine or not. Without it (the CLI, [`crate::Narutalk::open_for_administration`],
-//! embedders that did not opt in), the posting thread drives the session itself, through
-//! the same code, before the post returns.
+//! post's own turn is then driven on the posting thread, started engine or not (a reply
+//! the database refuses is then handed to the pool, so the post returns at once). Without
+//! the engine (the CLI, [`crate::Narutalk::open_for_administration`], embedders that did
+//! not opt in), the posting thread drives the session itself, through the same code,
+//! before the post returns.
 //!
 //! **Waiting holds no thread.** Every post gets a [`ReplyCompletion`], registered on its
 //! message id (also for an idempotent repeat whose reply is not stored yet; ready at once

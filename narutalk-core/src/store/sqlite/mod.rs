@@ -7,8 +7,8 @@
 //! WAL, each read in one read transaction so that a count and its page agree. Every write
 //! transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock before it reads and
 //! can never fail half-way with "database is locked" because another process (the CLI)
-//! wrote in between. Writes that queue behind each other share one commit (group commit, in the private
-//! `writer` module); each returns only once its commit is durable.
+//! wrote in between. Writes that queue behind each other share one commit (group commit,
+//! in the private `writer` module); each returns only once its commit is durable.
 //!
 //! Every write is bounded in time: [`WRITE_DEADLINE`] after it asks for the database
 //! (the wait behind other writes included) it has committed, or it answers
