@@ -98,8 +98,13 @@ const GENERATED_SECRET_BYTES: usize = 64;
 /// gives the built-in defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// `NARUTALK_DATABASE`, default `data/databases/db.sqlite3`: the SQLite file.
+    /// `NARUTALK_DATABASE`, default `data/databases/db.sqlite3`: the SQLite file, or a
+    /// PostgreSQL URL (`postgres://user:password@host:port/dbname`, also `postgresql://`)
+    /// for several servers on one database ([`Config::is_postgres`]).
     pub database: PathBuf,
+    /// `NARUTALK_DATABASE_POOL`, default 16: the most pooled connections to PostgreSQL
+    /// one process opens, at least 1 (not used with SQLite).
+    pub database_pool: u32,
     /// `NARUTALK_SQLITE_SYNCHRONOUS`, default `full`: SQLite's `PRAGMA synchronous`.
     pub sqlite_synchronous: Synchronous,
     /// `NARUTALK_SECRET_KEY`, default none (use or generate [`SECRET_FILE`]):
@@ -146,6 +151,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             database: PathBuf::from("data/databases/db.sqlite3"),
+            database_pool: crate::store::postgres::DEFAULT_POOL,
             sqlite_synchronous: Synchronous::Full,
             secret_key: None,
             access_token_minutes: 60,
@@ -521,11 +527,19 @@ impl Value<'_> {
 }
 
 /// The core's settings, in the order their variables are applied.
-const SETTINGS: [Setting<Config>; 17] = [
+const SETTINGS: [Setting<Config>; 18] = [
     Setting::new("database", "NARUTALK_DATABASE", |config, value| {
         config.database = PathBuf::from(value.non_empty_text()?);
         Ok(())
     }),
+    Setting::new(
+        "database_pool",
+        "NARUTALK_DATABASE_POOL",
+        |config, value| {
+            config.database_pool = value.whole(1)?;
+            Ok(())
+        },
+    ),
     Setting::new(
         "sqlite_synchronous",
         "NARUTALK_SQLITE_SYNCHRONOUS",
@@ -1004,6 +1018,14 @@ impl Config {
         if let Some(secret) = &self.secret_key {
             check_secret_len(secret, "")?;
         }
+        check_min("NARUTALK_DATABASE_POOL", self.database_pool.into(), 1)?;
+        if self.is_postgres() && self.secret_key.is_none() {
+            return err(
+                SECRET_VAR,
+                "required with a PostgreSQL database: every server must sign with the same key"
+                    .to_owned(),
+            );
+        }
         check_min(
             "NARUTALK_ACCESS_TOKEN_MINUTES",
             self.access_token_minutes.into(),
@@ -1070,6 +1092,23 @@ impl Config {
             1,
         )?;
         Ok(())
+    }
+
+    /// Whether `database` is a PostgreSQL URL rather than a SQLite file.
+    pub fn is_postgres(&self) -> bool {
+        self.database
+            .to_str()
+            .is_some_and(crate::store::postgres::is_postgres_url)
+    }
+
+    /// `database` as it may be shown in a log line or a tool's output: the SQLite path, or
+    /// the PostgreSQL URL without its password.
+    pub fn database_shown(&self) -> String {
+        if self.is_postgres() {
+            crate::store::postgres::redacted(&self.database.to_string_lossy())
+        } else {
+            self.database.display().to_string()
+        }
     }
 
     /// A config for tests and benches: database `dir/db.sqlite3`, a random
@@ -1245,6 +1284,7 @@ mod tests {
                 r#"
 bind = "0.0.0.0:9000"
 database = "/var/lib/narutalk/db.sqlite3"
+database_pool = 4
 sqlite_synchronous = "NORMAL"
 secret_key = "{SECRET_A}"
 access_token_minutes = 15
@@ -1280,6 +1320,7 @@ metrics_bind = "127.0.0.1:9100"
         let c = load_env(&[("NARUTALK_CONFIG", path.to_str().unwrap())]).unwrap();
         let expected = Config {
             database: PathBuf::from("/var/lib/narutalk/db.sqlite3"),
+            database_pool: 4,
             sqlite_synchronous: Synchronous::Normal,
             secret_key: Some(Secret::new(SECRET_A)),
             access_token_minutes: 15,

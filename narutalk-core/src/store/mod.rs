@@ -49,6 +49,8 @@
 //! starts (SQLite). A backend shared by several processes keeps the leases, and a process
 //! that dies leaves its turns to be claimed once their leases expire.
 
+pub(crate) mod outbox;
+pub mod postgres;
 pub mod sqlite;
 
 use std::any::Any;

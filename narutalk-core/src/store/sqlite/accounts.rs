@@ -4,12 +4,13 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::outbox::{self, Kind};
+use super::outbox;
 use super::{SqliteStore, WriteTx, tokens};
 use crate::accounts::devices::{DEVICE_TOKENS_PER_ACCOUNT, Device};
 use crate::accounts::{Dashboard, Role, User, UserFilter, UserId};
 use crate::error::Error;
 use crate::events::Revocation;
+use crate::store::outbox::Kind;
 use crate::store::{
     AccountStore, Audit, Credentials, LoginRecord, NamesTaken, NewAccount, ProfileChange,
     RecordedLogin, Taken, UserChange,

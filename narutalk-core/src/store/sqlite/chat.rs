@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
-use super::outbox::{self, Kind};
+use super::outbox;
 use super::{SqliteStore, WriteTx};
 use crate::accounts::UserId;
 use crate::ai::HistoryTurn;
@@ -28,6 +28,7 @@ use crate::chat::{
     PageRequest, Sender, SessionDetail, SessionFilter, SessionId, SessionSummary, next_updated_at,
 };
 use crate::error::{Error, InternalError};
+use crate::store::outbox::Kind;
 use crate::store::{
     Audit, ChatStore, ClaimedTurn, Lease, NewSession, Posted, ReplayBounds, ReplyContext,
     SessionChange, StoredReply, UserPost,

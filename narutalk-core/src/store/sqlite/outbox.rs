@@ -1,62 +1,16 @@
 //! The `outbox` table: the record of every change the outside must hear about, written
 //! by the transaction that makes the change (see the port's module doc).
 //!
-//! Every [`PRUNE_EVERY`]th insert (by row id) also forgets the rows older than the
-//! retention among the [`PRUNED_AT_ONCE`] lowest ids (ids grow with time, so those are
-//! the oldest): the table stays within its retention with no sweeper, no index and no
-//! commit of its own, and most inserts pay for no delete.
+//! The rows and the pruning rule are the port's (`store::outbox`).
 
 use chrono::{DateTime, Utc};
 use rusqlite::params;
-use serde_json::Value;
 
 use super::WriteTx;
-use crate::accounts::UserId;
-use crate::chat::SessionId;
 use crate::error::{Error, InternalError};
-use crate::store::Audit;
+pub(super) use crate::store::outbox::Row;
+use crate::store::outbox::{PRUNE_EVERY, PRUNED_AT_ONCE};
 use crate::time;
-
-/// How often an insert prunes: every this many rows.
-const PRUNE_EVERY: i64 = 16;
-
-/// Rows older than the retention that one prune deletes at most: more than
-/// [`PRUNE_EVERY`], so that the table shrinks back after a burst.
-const PRUNED_AT_ONCE: i64 = 4 * PRUNE_EVERY;
-
-/// What a row is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Kind {
-    /// A message stored in a session.
-    MessageStored,
-    /// A session deleted.
-    SessionDeleted,
-    /// Every token of a user revoked (the payload's `cause` says why).
-    UserRevoked,
-    /// A login family ended.
-    LoginEnded,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::MessageStored => "message_stored",
-            Kind::SessionDeleted => "session_deleted",
-            Kind::UserRevoked => "user_revoked",
-            Kind::LoginEnded => "login_ended",
-        }
-    }
-}
-
-/// One outbox row to write.
-pub(super) struct Row<'a> {
-    pub(super) kind: Kind,
-    pub(super) session: Option<SessionId>,
-    pub(super) seq: Option<i64>,
-    pub(super) user: Option<UserId>,
-    pub(super) payload: Value,
-    pub(super) audit: &'a Audit,
-}
 
 /// Writes `row` and forgets a few rows created before `keep_since`.
 pub(super) fn record(

@@ -4,10 +4,11 @@ use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::outbox::{self, Kind};
+use super::outbox;
 use super::{SqliteStore, WriteTx, accounts};
 use crate::accounts::UserId;
 use crate::error::{Error, TokenProblem};
+use crate::store::outbox::Kind;
 use crate::store::{
     Audit, FamilyEnd, NewRefresh, PresentedRefresh, RefreshUse, RevocationFacts, TokenHolder,
     TokenLifetimes, TokenStore, UserStamp,

@@ -1,0 +1,1 @@
+//! `accounts` of the PostgreSQL backend: being written.

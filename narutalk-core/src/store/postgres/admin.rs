@@ -1,0 +1,1 @@
+//! `admin` of the PostgreSQL backend: being written.

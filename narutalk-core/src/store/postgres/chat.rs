@@ -1,0 +1,1 @@
+//! `chat` of the PostgreSQL backend: being written.

@@ -1,0 +1,1 @@
+//! `maintenance` of the PostgreSQL backend: being written.

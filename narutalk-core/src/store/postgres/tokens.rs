@@ -1,0 +1,1 @@
+//! `tokens` of the PostgreSQL backend: being written.
