@@ -53,7 +53,7 @@ pub struct JsonFlag {
 /// `narutalk migrate`: creates the database when missing and applies pending migrations,
 /// and says which of the three happened (created, migrated, or already current).
 pub fn migrate(config: &Config) -> anyhow::Result<()> {
-    let existed = config.database.is_file();
+    let existed = !config.is_postgres() && config.database.is_file();
     let db = store::open(config, OpenMode::CreateIfMissing)?;
     let applied = db
         .applied_migrations()
@@ -63,10 +63,16 @@ pub fn migrate(config: &Config) -> anyhow::Result<()> {
         || "none".to_owned(),
         |m| format!("V{} {}", m.version, m.name),
     );
-    let path = config.database.display();
+    let path = config.database_shown();
     let total = applied.len();
     let now = db.migrated_at_open();
-    print_lines(&if !existed {
+    // A PostgreSQL database exists before Narutalk runs: "created" is its schema.
+    let created = if config.is_postgres() {
+        now > 0 && now == total
+    } else {
+        !existed
+    };
+    print_lines(&if created {
         format!("Created {path} with {total} migration(s), the latest {latest}.")
     } else if now == 0 {
         format!(
@@ -90,7 +96,7 @@ pub fn run(config: &Config, command: DbCommand) -> anyhow::Result<()> {
             let backup = db.backup_to(&file, force)?;
             print_lines(&format!(
                 "Backed up {} to {} ({} bytes in {:.2} s).",
-                config.database.display(),
+                config.database_shown(),
                 backup.path.display(),
                 grouped(backup.size_bytes),
                 backup.elapsed.as_secs_f64()
@@ -115,31 +121,36 @@ fn status(db: &dyn Maintenance, json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|m| json!({"version": m.version, "name": m.name}))
             .collect();
-        return print_json(&json!({
+        let mut fields = json!({
             "database": status.path,
+            "engine": status.engine,
             "size_bytes": status.size_bytes,
             "wal_bytes": status.wal_bytes,
-            "sqlite_version": status.sqlite_version,
             "migrations": migrations,
             "rows": rows,
-        }));
+        });
+        // `sqlite_version` or `postgresql_version`.
+        fields[format!("{}_version", status.engine)] = status.engine_version.clone().into();
+        return print_json(&fields);
     }
     let migrations: Vec<String> = status
         .migrations
         .iter()
         .map(|m| format!("V{} {}", m.version, m.name))
         .collect();
+    let size = if status.engine == "sqlite" {
+        format!(
+            "{} bytes (+ {} bytes of write-ahead log)",
+            grouped(status.size_bytes),
+            grouped(status.wal_bytes)
+        )
+    } else {
+        format!("{} bytes", grouped(status.size_bytes))
+    };
     print_fields(&[
         ("database", status.path.display().to_string()),
-        (
-            "size",
-            format!(
-                "{} bytes (+ {} bytes of write-ahead log)",
-                grouped(status.size_bytes),
-                grouped(status.wal_bytes)
-            ),
-        ),
-        ("sqlite", status.sqlite_version.clone()),
+        ("size", size),
+        (status.engine, status.engine_version.clone()),
         ("migrations", migrations.join(", ")),
     ])?;
     print_lines("")?;
@@ -151,12 +162,12 @@ fn status(db: &dyn Maintenance, json: bool) -> anyhow::Result<()> {
 }
 
 fn check(config: &Config, narutalk: &narutalk_core::Narutalk, json: bool) -> anyhow::Result<()> {
-    let path = &config.database;
+    let path = config.database_shown();
     let report = narutalk
         .admin()
         .check()
         .map_err(core_error)
-        .with_context(|| format!("Cannot check {}", path.display()))?;
+        .with_context(|| format!("Cannot check {path}"))?;
     if json {
         print_json(&json!({
             "database": path,
@@ -185,7 +196,7 @@ fn check(config: &Config, narutalk: &narutalk_core::Narutalk, json: bool) -> any
     if !report.is_sound() {
         bail!(
             "Database {} is damaged: {} problem(s) found",
-            path.display(),
+            path,
             report.problem_count()
         );
     }

@@ -90,6 +90,10 @@ pub enum Event {
         /// The text.
         text: String,
     },
+    /// Changes made by other processes sharing the storage may have been missed (the
+    /// storage's feed lost its connection, or its periodic look): a subscriber re-reads
+    /// what it keeps track of. Published only on shared storage (PostgreSQL).
+    MayHaveMissed,
 }
 
 /// Why a user's tokens were revoked.
@@ -111,7 +115,7 @@ impl Event {
             Event::MessageStored { session, .. }
             | Event::SessionDeleted { session, .. }
             | Event::ReplyDelta { session, .. } => Some(*session),
-            Event::UserRevoked { .. } | Event::LoginEnded { .. } => None,
+            Event::UserRevoked { .. } | Event::LoginEnded { .. } | Event::MayHaveMissed => None,
         }
     }
 

@@ -67,7 +67,7 @@ pub mod turns;
 pub mod workers;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use accounts::password::PasswordHashing;
@@ -79,7 +79,7 @@ use ai::{Responder, TemplateResponder};
 use chat::{Chat, Exchange, PostInput, SessionId};
 use config::{AiBackend, Config, ConfigError, SECRET_FILE, Secret};
 use error::Error;
-use events::{Actor, EventBus, Origin};
+use events::{Actor, Event, EventBus, Origin};
 use fields::JsonObject;
 use store::sqlite::SqliteStore;
 use store::{OpenError, OpenMode, Store};
@@ -106,6 +106,8 @@ pub struct Narutalk {
     hashing: PasswordHashing,
     events: Arc<EventBus>,
     turns: Arc<Engine>,
+    /// Following other processes' changes, while the engine is started on shared storage.
+    feed: Mutex<Option<store::FeedGuard>>,
     origin: Origin,
     content_max_chars: usize,
     history_messages: u32,
@@ -182,6 +184,7 @@ impl Narutalk {
             hashing: PasswordHashing::for_this_machine(),
             events,
             turns,
+            feed: Mutex::new(None),
             origin: Origin::default(),
             content_max_chars: config.content_max_chars,
             history_messages: config.ai_history_messages,
@@ -219,8 +222,57 @@ impl Narutalk {
     /// are its dead predecessor's) and answers the turns left pending, each session's in
     /// order. The server starts it; [`Narutalk::open_for_administration`] and the CLI never
     /// do. Starting a started engine does nothing.
+    ///
+    /// On storage other processes share (PostgreSQL), it also starts following their
+    /// changes: each reaches the event bus (a stored message without its body, a deleted
+    /// session, a revocation, and [`events::Event::MayHaveMissed`] when some may have been
+    /// lost), their replies reach the waits of this process, and turns whose process died
+    /// are taken over once their leases expire.
     pub fn start_turns(&self) -> Result<(), Error> {
-        self.turns.start()
+        self.turns.start()?;
+        let mut feed = self.feed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if feed.is_none() && self.store.shared() {
+            *feed = self.store.follow(self.feed_sink());
+        }
+        Ok(())
+    }
+
+    /// What the storage's feed does with another process's change.
+    fn feed_sink(&self) -> Box<dyn Fn(store::Notice) + Send + Sync> {
+        let events = self.events.clone();
+        let turns = Arc::downgrade(&self.turns);
+        Box::new(move |notice| {
+            let event = match notice {
+                store::Notice::MessageStored {
+                    session,
+                    seq,
+                    id,
+                    from_user,
+                } => {
+                    if !from_user && let Some(turns) = turns.upgrade() {
+                        turns.stored_elsewhere(session);
+                    }
+                    Event::MessageStored {
+                        session,
+                        seq,
+                        id,
+                        message: None,
+                    }
+                }
+                store::Notice::SessionDeleted { session, owner } => {
+                    Event::SessionDeleted { session, owner }
+                }
+                store::Notice::UserRevoked { user, cause } => Event::UserRevoked { user, cause },
+                store::Notice::LoginEnded { user, family } => Event::LoginEnded { user, family },
+                store::Notice::MayHaveMissed => {
+                    if let Some(turns) = turns.upgrade() {
+                        turns.look_again();
+                    }
+                    Event::MayHaveMissed
+                }
+            };
+            events.publish(&event);
+        })
     }
 
     /// Stops the turn engine: a reply the database refuses is given up (its turn stays
@@ -229,6 +281,13 @@ impl Narutalk {
     /// completes when they are done.
     pub fn stop_turns(&self) {
         self.turns.stop();
+        // Stops following other processes' changes (waits for the feed's thread).
+        let feed = self
+            .feed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(feed);
     }
 
     /// Completes (await it, or [`Drained::wait_timeout`]) once no session's turns are

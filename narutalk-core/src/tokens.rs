@@ -89,7 +89,7 @@ impl Family {
     }
 
     /// The family a `fam` claim or a stored `family` names: 32 hex digits.
-    fn parse(text: &str) -> Option<Family> {
+    pub(crate) fn parse(text: &str) -> Option<Family> {
         (text.len() == 32)
             .then(|| uuid::Uuid::try_parse(text).ok())
             .flatten()

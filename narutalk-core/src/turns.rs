@@ -194,6 +194,10 @@ pub(crate) struct Engine {
     reply_wait: Duration,
     /// This process's lease holder: a random id.
     holder: Arc<str>,
+    /// Whether other processes share the storage ([`crate::store::Feed::shared`]): their
+    /// leases are kept at a start, and every reply looks for the session's next turn
+    /// (another process may have stored it).
+    shared: bool,
     /// Drivers run on the pool (the engine is started); otherwise on the posting thread.
     started: AtomicBool,
     /// A stop was asked for: kept replies are given up.
@@ -285,6 +289,7 @@ impl Engine {
             .unwrap_or(chrono::Duration::MAX)
             .checked_add(&chrono::Duration::seconds(LEASE_MARGIN_SECONDS))
             .unwrap_or(chrono::Duration::MAX);
+        let shared = parts.store.shared();
         Engine {
             store: parts.store,
             responder: parts.responder,
@@ -294,6 +299,7 @@ impl Engine {
             lease_for,
             reply_wait: parts.reply_wait,
             holder: random_holder().into(),
+            shared,
             started: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             state: Mutex::new(State::default()),
@@ -340,7 +346,13 @@ impl Engine {
             return Ok(());
         }
         self.stopping.store(false, Ordering::Release);
-        let voided = self.store.void_leases()?;
+        // Shared storage: the leases found are other processes' (alive or expiring), not
+        // a dead predecessor's.
+        let voided = if self.shared {
+            0
+        } else {
+            self.store.void_leases()?
+        };
         let sessions = self.store.pending_sessions()?;
         if !sessions.is_empty() || voided > 0 {
             tracing::info!(
@@ -753,7 +765,9 @@ impl Engine {
             // backlog, or a post that stored one meanwhile (a post that comes later marks
             // the driver, which then looks). An idle session's reply looks for nothing.
             let lease = self.lease();
-            let next = (backlog || self.posted_meanwhile(session)).then_some(&lease);
+            // On shared storage another process may have stored one at any time.
+            let next =
+                (backlog || self.shared || self.posted_meanwhile(session)).then_some(&lease);
             match self
                 .store
                 .store_reply(session, message.seq, new, &audit, next, Instant::now())
@@ -816,6 +830,56 @@ impl Engine {
                     self.complete(message.id, |_| Err(copy_error(&error)));
                     return if gone { Next::Settle } else { Next::End };
                 }
+            }
+        }
+    }
+
+    /// A reply (or system message) of `session` was stored by another process: hands it
+    /// to whoever here waits for it (an idempotent repeat, or a post whose turn the other
+    /// process answered).
+    pub(crate) fn stored_elsewhere(&self, session: SessionId) {
+        let waited: Vec<MessageId> = self
+            .lock()
+            .waiters
+            .iter()
+            .filter(|(_, waiting)| waiting.session == session)
+            .map(|(message, _)| *message)
+            .collect();
+        self.complete_stored(waited);
+    }
+
+    /// Looks again at what other processes may have done unheard (shared storage, after
+    /// the feed lost notifications, and now and then): replies stored for the waits of
+    /// this process, and turns left pending whose lease is free or expired (their process
+    /// died: contract section 9), which a driver here then claims.
+    pub(crate) fn look_again(self: &Arc<Self>) {
+        let waited: Vec<MessageId> = self.lock().waiters.keys().copied().collect();
+        self.complete_stored(waited);
+        if !self.is_started() {
+            return;
+        }
+        let sessions = match self.store.pending_sessions() {
+            Ok(sessions) => sessions,
+            Err(error) => {
+                tracing::warn!(target: "narutalk::ai", %error, "could not look for turns left pending");
+                return;
+            }
+        };
+        for session in sessions {
+            if !self.lock().drivers.contains_key(&session) {
+                self.kick(session, None);
+            }
+        }
+    }
+
+    /// Completes the waits of those of `messages` whose reply is stored.
+    fn complete_stored(&self, messages: Vec<MessageId>) {
+        for message in messages {
+            match self.store.reply_for(message) {
+                Ok(Some(reply)) => self.complete(message, |_| Ok(reply.clone())),
+                Ok(None) => {}
+                // The next look tries again.
+                Err(_) => return,
             }
         }
     }
@@ -943,13 +1007,17 @@ fn log_failure(session: SessionId, responder: &str, error: &AiError) {
     }
 }
 
-/// A random lease holder id: 32 hex digits.
-fn random_holder() -> String {
+/// A random id for this process: a lease holder, a store's origin in its notifications.
+/// 32 hex digits.
+pub(crate) fn random_holder() -> String {
     let mut bytes = [0u8; 16];
     if getrandom::fill(&mut bytes).is_err() {
-        // Never on a working system; an id that is unique within the process suffices
-        // for SQLite, where a start voids every lease anyway.
-        return format!("pid-{}", std::process::id());
+        // Never on a working system. The process id alone would repeat across servers
+        // (in containers, every server is process 1): the clock tells them apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        return format!("pid-{}-{nanos}", std::process::id());
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

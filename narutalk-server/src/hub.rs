@@ -143,6 +143,12 @@ pub enum RoomEvent {
     },
     /// The session was deleted: its sockets close with 1008.
     Deleted,
+    /// Another server stored the session's messages up to this sequence number: the room
+    /// reads those it has not delivered (never delivered itself: it carries no frame).
+    Reached {
+        /// The sequence number stored.
+        seq: i64,
+    },
 }
 
 impl RoomEvent {
@@ -222,6 +228,10 @@ pub trait Hub: Send + Sync {
     /// Hands `event` to the sockets in the room of `session`, without waiting: at once,
     /// or after the read of the messages it shows the room missed.
     fn publish(&self, session: SessionId, event: RoomEvent);
+
+    /// Makes every room without a read in flight read what it has not delivered (events
+    /// from other servers may have been lost), without waiting.
+    fn resync(&self);
 }
 
 /// Where a room reads the messages its events missed.
@@ -415,6 +425,27 @@ impl Hub for LocalHub {
             self.rooms.start(read);
         }
     }
+
+    fn resync(&self) {
+        let reads: Vec<Read> = self
+            .rooms
+            .lock()
+            .iter_mut()
+            .filter(|(_, room)| room.fill.is_none() && !room.members.is_empty())
+            .map(|(session, room)| {
+                room.fill = Some(Fill::default());
+                Read {
+                    session: *session,
+                    room: room.id,
+                    owner: room.owner,
+                    after: room.delivered,
+                }
+            })
+            .collect();
+        for read in reads {
+            self.rooms.start(read);
+        }
+    }
 }
 
 impl Rooms {
@@ -512,6 +543,14 @@ impl Room {
             return None;
         }
         let (awaited, stored) = match event.as_ref() {
+            RoomEvent::Reached { seq } => {
+                if *seq <= self.delivered {
+                    return None;
+                }
+                // The messages are elsewhere: read them (the event itself has no frame).
+                self.fill = Some(Fill::default());
+                return Some(self.delivered);
+            }
             RoomEvent::Stored { seq, .. } => (*seq, true),
             RoomEvent::Delta { reply, after, .. } => {
                 if !admitted && self.skipping == Some(*reply) {
@@ -647,7 +686,9 @@ impl Fill {
             return;
         }
         match event.as_ref() {
-            RoomEvent::Stored { seq, .. } => self.dropped = self.dropped.max(*seq),
+            RoomEvent::Stored { seq, .. } | RoomEvent::Reached { seq } => {
+                self.dropped = self.dropped.max(*seq);
+            }
             RoomEvent::Delta { reply, .. } => *skipping = Some(*reply),
             RoomEvent::Deleted => {}
         }

@@ -236,10 +236,15 @@ impl Started {
             page: listen.clone(),
             docs: format!("{listen}api/docs/"),
             listen,
-            database: std::path::absolute(&config.core.database)
-                .unwrap_or_else(|_| config.core.database.clone())
-                .display()
-                .to_string(),
+            // A PostgreSQL URL without its password; a SQLite file as an absolute path.
+            database: if config.core.is_postgres() {
+                config.core.database_shown()
+            } else {
+                std::path::absolute(&config.core.database)
+                    .unwrap_or_else(|_| config.core.database.clone())
+                    .display()
+                    .to_string()
+            },
             ai_backend: match config.core.ai_backend {
                 AiBackend::Template => "template",
                 AiBackend::Http => "http",

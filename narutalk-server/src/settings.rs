@@ -502,6 +502,7 @@ mod tests {
                 r#"
 bind = "0.0.0.0:9000"
 database = "/var/lib/narutalk/db.sqlite3"
+database_pool = 4
 sqlite_synchronous = "NORMAL"
 secret_key = "{SECRET_A}"
 access_token_minutes = 15
@@ -555,6 +556,7 @@ metrics_bind = "127.0.0.1:9100"
             metrics_bind: Some("127.0.0.1:9100".parse().unwrap()),
             core: Config {
                 database: PathBuf::from("/var/lib/narutalk/db.sqlite3"),
+                database_pool: 4,
                 sqlite_synchronous: Synchronous::Normal,
                 secret_key: Some(Secret::new(SECRET_A)),
                 access_token_minutes: 15,

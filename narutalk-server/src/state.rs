@@ -165,10 +165,21 @@ fn listen(core: &Narutalk, hub: Arc<dyn Hub>, ws: Arc<ws::Shared>) -> EventSubsc
                     frame: frames::ai_delta(*reply, text),
                 },
             ),
+            // A message another server stored (its body is in the store): the room reads it.
+            Event::MessageStored {
+                session,
+                seq,
+                message: None,
+                ..
+            } => hub.publish(*session, RoomEvent::Reached { seq: *seq }),
             Event::SessionDeleted { session, .. } => hub.publish(*session, RoomEvent::Deleted),
             Event::UserRevoked { .. } | Event::LoginEnded { .. } => ws.sockets.check_soon(),
-            // A stored message without its body (rebuilt from a record) reaches the room's
-            // sockets through the next message's gap fill.
+            // Other servers' changes may have been missed: every room reads what it has
+            // not delivered, and the revocation watch looks now.
+            Event::MayHaveMissed => {
+                hub.resync();
+                ws.sockets.check_soon();
+            }
             _ => {}
         }))
 }

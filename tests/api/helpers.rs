@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+use crate::cluster::{Cluster, Durability};
 use narutalk_core::Narutalk;
 use narutalk_core::ai::Responder;
 use narutalk_core::store::OpenMode;
@@ -192,7 +193,33 @@ pub async fn spawn_app_with_responder(
     start(configure, ServeOptions::default(), Some(responder)).await
 }
 
-/// Starts a server with every knob: settings, limits and (optionally) the responder.
+/// Whether this run tests the PostgreSQL backend (`NARUTALK_TEST_BACKEND=postgres`, which
+/// `.ci/run` sets for its second run of the black-box suites) rather than SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("NARUTALK_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
+}
+
+/// The URL of a new, empty database on this test process's throwaway PostgreSQL cluster
+/// (started by the first test that asks, stopped when the process ends).
+pub async fn new_postgres_database() -> String {
+    static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    tokio::task::spawn_blocking(|| {
+        CLUSTER
+            .get_or_init(|| {
+                Cluster::start(
+                    "the PostgreSQL run of the black-box tests",
+                    Durability::Fast,
+                )
+                .expect("NARUTALK_TEST_BACKEND=postgres needs PostgreSQL")
+            })
+            .create_database()
+    })
+    .await
+    .unwrap()
+}
+
+/// Starts a server with every knob: settings, limits and (optionally) the responder. On a
+/// PostgreSQL run, each server gets a database of its own unless `configure` chose one.
 pub async fn start(
     configure: impl FnOnce(&mut Settings),
     options: ServeOptions,
@@ -200,6 +227,9 @@ pub async fn start(
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Settings::for_tests(dir.path());
+    if on_postgres() {
+        config.core.database = new_postgres_database().await.into();
+    }
     configure(&mut config);
     let open_config = config.core.clone();
     let core = tokio::task::spawn_blocking(move || {

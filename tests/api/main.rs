@@ -6,6 +6,9 @@ mod ai;
 mod ai_pool;
 mod auth;
 mod chat;
+// The throwaway PostgreSQL cluster of the PostgreSQL run (`NARUTALK_TEST_BACKEND`).
+#[path = "../support/postgres.rs"]
+mod cluster;
 mod cors;
 mod docs;
 mod errors;

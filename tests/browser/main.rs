@@ -19,6 +19,9 @@ mod browser;
 // The fake OpenAI-compatible model is the core's own test fake, shared rather than copied.
 #[path = "../../narutalk-core/src/ai/fake_service.rs"]
 mod fake_ai;
+// The throwaway PostgreSQL cluster of the helpers' PostgreSQL run.
+#[path = "../support/postgres.rs"]
+mod cluster;
 // Starting the real server, accounts, sessions and REST calls: the API tests' helpers.
 #[path = "../api/helpers.rs"]
 mod helpers;

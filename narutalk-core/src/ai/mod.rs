@@ -134,15 +134,20 @@ pub trait Responder: Send + Sync {
 }
 
 /// Runs a responder and turns everything that is not a usable reply into an [`AiError`]:
-/// a panic (`responder failed`) or an empty reply (`empty reply`). The server and the
-/// convenience turn both call this, never `respond` directly.
+/// a panic (`responder failed`) or an empty reply (`empty reply`). NUL characters are
+/// dropped from the reply (no stored text holds one: the rules refuse them in what users
+/// write, and PostgreSQL cannot store them). The server and the convenience turn both
+/// call this, never `respond` directly.
 pub fn run_responder(
     responder: &dyn Responder,
     request: &AiRequest,
     on_delta: &mut dyn FnMut(&str),
 ) -> Result<AiReply, AiError> {
-    let reply = catch_unwind(AssertUnwindSafe(|| responder.respond(request, on_delta)))
+    let mut reply = catch_unwind(AssertUnwindSafe(|| responder.respond(request, on_delta)))
         .unwrap_or_else(|_| Err(AiError::new("responder failed")))?;
+    if reply.content.contains('\0') {
+        reply.content.retain(|c| c != '\0');
+    }
     if reply.content.trim().is_empty() {
         return Err(AiError::new("empty reply"));
     }
@@ -241,6 +246,27 @@ mod tests {
     #[test]
     fn a_blank_reply_counts_as_nonsense() {
         let error = run_responder(&Blank, &request("x"), &mut |_| {}).unwrap_err();
+        assert_eq!(error.reason(), "empty reply");
+    }
+
+    struct Nul(&'static str);
+    impl Responder for Nul {
+        fn name(&self) -> &str {
+            "nul"
+        }
+        fn respond(&self, _: &AiRequest, _: &mut dyn FnMut(&str)) -> Result<AiReply, AiError> {
+            Ok(AiReply {
+                content: self.0.into(),
+                metadata: JsonObject::new(),
+            })
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_dropped_from_a_reply_and_a_reply_of_only_nuls_is_empty() {
+        let reply = run_responder(&Nul("a\0b\0"), &request("x"), &mut |_| {}).unwrap();
+        assert_eq!(reply.content, "ab");
+        let error = run_responder(&Nul("\0\0"), &request("x"), &mut |_| {}).unwrap_err();
         assert_eq!(error.reason(), "empty reply");
     }
 }

@@ -946,13 +946,101 @@ pub struct CounterProblem {
 /// Everything the rules ask of storage: one backend implements every area, which makes it
 /// a store. The [`crate::Narutalk`] handle owns one as an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Any + fmt::Debug
+    AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Feed + Any + fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Any + fmt::Debug
+    T: AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Feed + Any + fmt::Debug
 {
+}
+
+/// The changes other processes make to a storage several processes share (PostgreSQL
+/// behind several servers): what this process must hear of that its own bus never
+/// publishes.
+pub trait Feed: Send + Sync {
+    /// Whether other processes may write to this storage at the same time: then the leases
+    /// a start finds may be alive, and turns left by a process that died are taken over
+    /// once their leases expire, rather than at the next start. False for SQLite, whose
+    /// file one server owns.
+    fn shared(&self) -> bool;
+
+    /// Starts following the changes other processes record (this handle's own are
+    /// published by the rules): `sink` hears each, on a thread of the backend's, and must
+    /// only hand it on. Following stops when the answered guard is dropped. `None` when
+    /// the storage is not shared.
+    fn follow(&self, sink: Box<dyn Fn(Notice) + Send + Sync>) -> Option<FeedGuard>;
+}
+
+/// A change another process recorded, as [`Feed::follow`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// A message was stored in a session.
+    MessageStored {
+        /// The session.
+        session: SessionId,
+        /// Its sequence number.
+        seq: i64,
+        /// Its id.
+        id: MessageId,
+        /// Whether a user wrote it (otherwise it is a reply: the AI's or a system
+        /// message).
+        from_user: bool,
+    },
+    /// A session was deleted.
+    SessionDeleted {
+        /// The session.
+        session: SessionId,
+        /// Its owner.
+        owner: UserId,
+    },
+    /// Every token of a user was revoked.
+    UserRevoked {
+        /// The user.
+        user: UserId,
+        /// Why.
+        cause: crate::events::Revocation,
+    },
+    /// A login family ended.
+    LoginEnded {
+        /// The family's user.
+        user: UserId,
+        /// The family.
+        family: Family,
+    },
+    /// Changes may have been missed (the feed's connection was lost and is back, or the
+    /// periodic look that catches a feed that died silently): a follower re-reads what it
+    /// keeps track of.
+    MayHaveMissed,
+}
+
+/// Keeps a [`Feed::follow`] going; dropping it stops the following (and waits for its
+/// thread).
+pub struct FeedGuard {
+    stop: Box<dyn FnOnce() + Send>,
+}
+
+impl FeedGuard {
+    /// A guard that runs `stop` when dropped.
+    pub fn new(stop: impl FnOnce() + Send + 'static) -> FeedGuard {
+        FeedGuard {
+            stop: Box::new(stop),
+        }
+    }
+}
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        let stop = std::mem::replace(&mut self.stop, Box::new(|| {}));
+        stop();
+    }
+}
+
+impl fmt::Debug for FeedGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FeedGuard")
+    }
 }
 
 impl dyn Store {
@@ -1016,14 +1104,17 @@ pub trait Maintenance: Send + Sync {
 /// What `narutalk db status` shows: the database, its size, its migrations and its rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
-    /// The database file.
+    /// The database file, or the PostgreSQL URL without its password.
     pub path: PathBuf,
-    /// Size of the main file in bytes.
+    /// Size of the main file (of the PostgreSQL database) in bytes.
     pub size_bytes: u64,
-    /// Size of the write-ahead log in bytes; 0 when there is none.
+    /// Size of SQLite's write-ahead log in bytes; 0 when there is none (and on
+    /// PostgreSQL, whose log belongs to the whole server).
     pub wal_bytes: u64,
-    /// The version of the SQLite library in use.
-    pub sqlite_version: String,
+    /// The database engine: `sqlite` or `postgresql`.
+    pub engine: &'static str,
+    /// The version of the SQLite library in use, or of the PostgreSQL server.
+    pub engine_version: String,
     /// The migrations recorded as applied, oldest first.
     pub migrations: Vec<AppliedMigration>,
     /// Every table with its row count, by name.
@@ -1078,4 +1169,7 @@ pub enum BackupError {
     /// The database failed while copying.
     #[error(transparent)]
     Database(#[from] Error),
+    /// This backend's backups are made with the database server's own tools.
+    #[error("{0}")]
+    NotThisBackend(String),
 }

@@ -306,6 +306,8 @@ impl Socket {
             Some(RoomEvent::Deleted) => {
                 Err(Ending::Close(CloseCode::PolicyViolation, "session deleted"))
             }
+            // Never queued to a member: the room reads the messages it announces.
+            Some(RoomEvent::Reached { .. }) => Ok(()),
             // The hub let the socket go: it was evicted, and its closer says why.
             None => Err(self.closer_ending()),
         }

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,7 @@ use crate::error::{Error, InternalError};
 mod accounts;
 mod admin;
 mod chat;
+mod listener;
 mod maintenance;
 mod outbox;
 mod tokens;
@@ -295,6 +297,10 @@ impl Tx<'_> {
 /// The Narutalk database on a PostgreSQL server, shared by any number of processes.
 pub struct PostgresStore {
     shown: String,
+    /// The connection settings, for the listening connection (outside the pool).
+    config: postgres::Config,
+    /// This store's random id in its notifications, so that it drops its own.
+    origin: Arc<str>,
     pool: OwnedPool,
     migrated_at_open: usize,
     /// How long outbox rows are kept.
@@ -354,9 +360,13 @@ impl PostgresStore {
             .min_idle(Some(0))
             .connection_timeout(CHECKOUT_TIMEOUT)
             .test_on_check_out(false)
-            .build_unchecked(Manager { config });
+            .build_unchecked(Manager {
+                config: config.clone(),
+            });
         Ok(PostgresStore {
             shown,
+            config,
+            origin: crate::turns::random_holder().into(),
             pool: OwnedPool(Some(pool)),
             migrated_at_open,
             outbox_retention: chrono::Duration::days(i64::from(

@@ -13,10 +13,13 @@ impl PostgresStore {
     pub(super) fn record(&self, tx: &mut Tx<'_>, row: &Row<'_>) -> Result<(), Error> {
         let payload = serde_json::to_string(&row.payload)
             .map_err(|e| Error::Internal(InternalError::from_error(e)))?;
+        // The notification goes with the row, in its transaction: delivered once it commits.
+        let notification = super::listener::payload(&self.origin, row);
         let id: i64 = tx
             .query_one(
-                "INSERT INTO outbox (kind, session_id, seq, user_id, actor, created_at, request_id, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                "WITH row AS (INSERT INTO outbox (kind, session_id, seq, user_id, actor, created_at, request_id, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id) \
+                 SELECT id, pg_notify('narutalk_events', $9)::TEXT FROM row",
                 &[
                     &row.kind.as_str(),
                     &row.session.map(|id| id.to_string()),
@@ -26,6 +29,7 @@ impl PostgresStore {
                     &time::to_micros(&row.audit.at),
                     &row.audit.request_id.as_deref(),
                     &payload,
+                    &notification,
                 ],
             )?
             .get(0);

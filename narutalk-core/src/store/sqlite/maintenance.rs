@@ -45,7 +45,8 @@ pub(super) fn status(store: &SqliteStore) -> Result<Status, Error> {
         path: store.path.clone(),
         size_bytes,
         wal_bytes,
-        sqlite_version: rusqlite::version().to_owned(),
+        engine: "sqlite",
+        engine_version: rusqlite::version().to_owned(),
         migrations,
         tables,
     })

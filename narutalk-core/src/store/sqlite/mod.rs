@@ -279,6 +279,18 @@ impl Maintenance for SqliteStore {
     }
 }
 
+/// One process owns a SQLite file (the command-line tool in another process writes rarely,
+/// and the server's revocation watch and gap fills read what it changed).
+impl super::Feed for SqliteStore {
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn follow(&self, _sink: Box<dyn Fn(super::Notice) + Send + Sync>) -> Option<super::FeedGuard> {
+        None
+    }
+}
+
 /// The deadline of a write that asked for the database at `asked_at`.
 fn deadline(asked_at: Instant) -> Instant {
     asked_at.checked_add(WRITE_DEADLINE).unwrap_or(asked_at)
