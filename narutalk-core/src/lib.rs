@@ -230,7 +230,10 @@ impl Narutalk {
     /// are taken over once their leases expire.
     pub fn start_turns(&self) -> Result<(), Error> {
         self.turns.start()?;
-        let mut feed = self.feed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut feed = self
+            .feed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if feed.is_none() && self.store.shared() {
             *feed = self.store.follow(self.feed_sink());
         }

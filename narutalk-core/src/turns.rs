@@ -766,8 +766,7 @@ impl Engine {
             // the driver, which then looks). An idle session's reply looks for nothing.
             let lease = self.lease();
             // On shared storage another process may have stored one at any time.
-            let next =
-                (backlog || self.shared || self.posted_meanwhile(session)).then_some(&lease);
+            let next = (backlog || self.shared || self.posted_meanwhile(session)).then_some(&lease);
             match self
                 .store
                 .store_reply(session, message.seq, new, &audit, next, Instant::now())

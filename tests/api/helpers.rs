@@ -199,20 +199,32 @@ pub fn on_postgres() -> bool {
     std::env::var("NARUTALK_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
 }
 
+/// The test process's throwaway PostgreSQL cluster, once a test asked for it.
+static CLUSTER: std::sync::OnceLock<Option<Cluster>> = std::sync::OnceLock::new();
+
 /// The URL of a new, empty database on this test process's throwaway PostgreSQL cluster
-/// (started by the first test that asks, stopped when the process ends).
-pub async fn new_postgres_database() -> String {
-    static CLUSTER: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
-    tokio::task::spawn_blocking(|| {
+/// (started by the first test that asks, stopped when the process ends); `None`, after
+/// one printed line, when PostgreSQL is not installed (a failure under
+/// `NARUTALK_REQUIRE_ALL=1`).
+pub async fn postgres_database(test: &'static str) -> Option<String> {
+    tokio::task::spawn_blocking(move || {
         CLUSTER
-            .get_or_init(|| {
-                Cluster::start(
-                    "the PostgreSQL run of the black-box tests",
-                    Durability::Fast,
-                )
-                .expect("NARUTALK_TEST_BACKEND=postgres needs PostgreSQL")
-            })
-            .create_database()
+            .get_or_init(|| Cluster::start(test, Durability::Fast))
+            .as_ref()
+            .map(Cluster::create_database)
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `sql` as the cluster's superuser in the database `url` names (the process's
+/// cluster must be started: [`postgres_database`]).
+pub async fn postgres_sql(url: &str, sql: &str) -> String {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let name = url.rsplit('/').next().unwrap().to_owned();
+        let cluster = CLUSTER.get().and_then(Option::as_ref);
+        cluster.expect("the cluster is started").psql(&name, &sql)
     })
     .await
     .unwrap()
@@ -228,7 +240,10 @@ pub async fn start(
     let dir = tempfile::tempdir().unwrap();
     let mut config = Settings::for_tests(dir.path());
     if on_postgres() {
-        config.core.database = new_postgres_database().await.into();
+        config.core.database = postgres_database("the PostgreSQL run of the black-box tests")
+            .await
+            .expect("NARUTALK_TEST_BACKEND=postgres needs PostgreSQL")
+            .into();
     }
     configure(&mut config);
     let open_config = config.core.clone();

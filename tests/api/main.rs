@@ -21,6 +21,7 @@ mod helpers;
 mod hostile;
 mod nginx;
 mod page;
+mod several;
 mod system;
 mod throttle;
 mod transport;

@@ -881,7 +881,7 @@ mod tests {
         let Some((store, _)) = testing::store("pg_drop_in_tokio") else {
             return;
         };
-        store.read(|tx| Ok(tx.query_one("SELECT 1", &[])?)).unwrap();
+        store.read(|tx| tx.query_one("SELECT 1", &[])).unwrap();
         let runtime = tokio_runtime();
         runtime.block_on(async move {
             tokio::spawn(async move { drop(store) }).await.unwrap();
