@@ -1110,7 +1110,8 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn of_two_registrations_of_one_name_at_once_one_wins_and_the_other_is_told_it_is_taken() {
+    fn of_registrations_or_renames_to_one_name_at_once_one_wins_and_the_others_are_told_it_is_taken()
+     {
         let Some((store, _)) = testing::store("pg_register_race") else {
             return;
         };
@@ -1145,6 +1146,43 @@ pub(super) mod tests {
                 .count();
             assert_eq!((won, taken), (1, N - 1), "{answers:?}");
         }
+        // Renames of several users to one name at once: the same.
+        let users: Vec<UserId> = (0..N)
+            .map(|n| {
+                let name = format!("user{n}");
+                store
+                    .insert_user(&account(&name, Role::User))
+                    .unwrap()
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let barrier = Barrier::new(N);
+        let answers: Vec<_> = std::thread::scope(|scope| {
+            let threads: Vec<_> = users
+                .iter()
+                .map(|&id| {
+                    let (store, barrier) = (&store, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        store.update_profile(
+                            id,
+                            &ProfileChange {
+                                username: Some("renamed".into()),
+                                ..ProfileChange::default()
+                            },
+                        )
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let won = answers.iter().filter(|a| matches!(a, Ok(Ok(_)))).count();
+        let taken = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Err(Taken::Username))))
+            .count();
+        assert_eq!((won, taken), (1, N - 1), "{answers:?}");
     }
 
     /// Waits until `n` other transactions of this database wait for a lock.
