@@ -6,12 +6,16 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use narutalk_core::ai::{AiError, AiReply, AiRequest, Responder};
+use narutalk_core::config::Secret;
 use narutalk_core::fields::JsonObject;
 use narutalk_server::ServeOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+
+/// The signing key both servers share.
+const SHARED_SECRET: &str = "several-servers-share-this-signing-key-0123456789abcdef";
 
 /// Two servers on one new database; `None` (the test skips) without PostgreSQL.
 async fn two_servers(
@@ -24,7 +28,11 @@ async fn two_servers(
         let url = url.clone();
         apps.push(
             start(
-                move |settings| settings.core.database = url.into(),
+                move |settings| {
+                    settings.core.database = url.into();
+                    // Every server signs with the same key (contract section 10).
+                    settings.core.secret_key = Some(Secret::new(SHARED_SECRET));
+                },
                 ServeOptions::default(),
                 responder.clone(),
             )
@@ -111,32 +119,25 @@ async fn replies_stay_in_the_order_of_the_messages_when_they_alternate_between_s
     let seen_on_b = chat_messages(&mut on_b, 16).await;
     assert_eq!(seen_on_a, seen_on_b, "both sockets see one order");
 
-    // Every reply follows the latest user message before it and answers it: one turn at a
-    // time, in the users' order.
-    let mut last_user: Option<&Value> = None;
-    let mut answered = Vec::new();
+    // The n-th reply answers the n-th user message, and comes after it: one turn at a
+    // time, in the order the messages were stored, whichever server received them.
+    let mut users = Vec::new();
+    let mut replies = Vec::new();
     for frame in &seen_on_a {
-        let message = &frame["message"];
-        match message["sender"].as_str() {
-            Some("user") => {
-                assert!(
-                    last_user.is_none(),
-                    "a user message before the reply: {seen_on_a:?}"
-                );
-                last_user = Some(message);
-            }
-            _ => {
-                let user = last_user.take().expect("a reply answers a message");
-                assert_eq!(
-                    message["content"],
-                    template(user["content"].as_str().unwrap())
-                );
-                answered.push(user["content"].clone());
-            }
+        let content = frame["message"].as_str().unwrap().to_owned();
+        if frame["sender"] == "user" {
+            users.push(content);
+        } else {
+            assert!(
+                replies.len() < users.len(),
+                "a reply before its message: {seen_on_a:?}"
+            );
+            replies.push(content);
         }
     }
-    // Template replies follow their own message at once, so the order is the posts'.
-    assert_eq!(answered.len(), 8);
+    let expected: Vec<String> = users.iter().map(|content| template(content)).collect();
+    assert_eq!(replies, expected);
+    assert_eq!(users.len(), 8);
 }
 
 /// Answers `AI: {message}`, counts its calls, and holds every reply until released.

@@ -1,5 +1,5 @@
-//! The storage port: what the rules ask of storage, and the one backend that answers
-//! today ([`sqlite`]).
+//! The storage port: what the rules ask of storage, and its two backends: [`sqlite`] (one
+//! server, the embedded default) and [`postgres`] (several servers on one database).
 //!
 //! The rules (`accounts`, `tokens`, `chat`, `admin`) hold no SQL and name no database
 //! type: they call the traits of this module, one per area: [`AccountStore`],
@@ -88,9 +88,20 @@ use sqlite::SqliteStore;
 /// responder works).
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Opens the store the settings name (`database`, `sqlite_synchronous`), created only with
-/// [`OpenMode::CreateIfMissing`], and applies pending migrations.
+/// Opens the store the settings name (`database`: a SQLite file, with
+/// `sqlite_synchronous`, or a PostgreSQL URL, with `database_pool`), created only with
+/// [`OpenMode::CreateIfMissing`] (on PostgreSQL: the schema), and applies pending
+/// migrations.
 pub fn open(config: &Config, mode: OpenMode) -> Result<Arc<dyn Store>, OpenError> {
+    if config.is_postgres() {
+        let store = postgres::PostgresStore::open_with(
+            &config.database.to_string_lossy(),
+            config.database_pool,
+            mode,
+        )?
+        .with_outbox_retention(config.outbox_retention_days);
+        return Ok(Arc::new(store));
+    }
     let store = SqliteStore::open(&config.database, config.sqlite_synchronous, mode)?
         .with_outbox_retention(config.outbox_retention_days);
     Ok(Arc::new(store))
