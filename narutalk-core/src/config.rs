@@ -1261,7 +1261,7 @@ mod tests {
                 key.to_uppercase()
             )));
         }
-        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 31);
+        assert_eq!(SETTINGS.len() + SERVER_KEYS.len(), 32);
         assert!(!is_known_key("config"));
         assert!(!is_setting_variable("NARUTALK_CONFIG"));
         assert!(!is_setting_variable("NARUTALK_bind"));
@@ -1631,8 +1631,34 @@ metrics_bind = "127.0.0.1:9100"
     }
 
     #[test]
+    fn a_postgresql_url_needs_the_shared_signing_key_and_is_shown_without_its_password() {
+        let url = "postgres://app:s3cret@db.example:5432/narutalk";
+        let error = Config::load_from(env(&[("NARUTALK_DATABASE", url)]), &Overrides::default())
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid setting NARUTALK_SECRET_KEY: required with a PostgreSQL database: \
+             every server must sign with the same key"
+        );
+        let c = Config::load_from(
+            env(&[
+                ("NARUTALK_DATABASE", url),
+                ("NARUTALK_SECRET_KEY", SECRET_A),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.is_postgres());
+        assert_eq!(
+            c.database_shown(),
+            "postgres://app@db.example:5432/narutalk"
+        );
+        assert!(!Config::default().is_postgres());
+    }
+
+    #[test]
     fn a_value_read_from_a_flag_names_the_flag() {
-        let setting = &SETTINGS[1];
+        let setting = &SETTINGS[2];
         let mut c = Config::default();
         assert_eq!(
             setting

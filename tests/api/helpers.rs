@@ -32,6 +32,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub core: Arc<Narutalk>,
     pub dir: tempfile::TempDir,
+    /// The server's database: its SQLite file, or its PostgreSQL URL.
+    pub database: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     stopped: Option<tokio::task::JoinHandle<()>>,
 }
@@ -199,6 +201,16 @@ pub fn on_postgres() -> bool {
     std::env::var("NARUTALK_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
 }
 
+/// True (after one printed line) on the PostgreSQL run, for a test of a fault of SQLite's
+/// own: another process holding the file's write lock (the `sqlite3` shell), or a full
+/// file (the writer's page cap). The SQLite run covers them.
+pub fn sqlite_fault_test(test: &str) -> bool {
+    if on_postgres() {
+        eprintln!("{test}: a fault of SQLite's own: tested by the SQLite run");
+    }
+    on_postgres()
+}
+
 /// The test process's throwaway PostgreSQL cluster, once a test asked for it.
 static CLUSTER: std::sync::OnceLock<Option<Cluster>> = std::sync::OnceLock::new();
 
@@ -247,6 +259,7 @@ pub async fn start(
     }
     configure(&mut config);
     let open_config = config.core.clone();
+    let database = config.core.database.clone();
     let core = tokio::task::spawn_blocking(move || {
         Narutalk::open(&open_config, OpenMode::CreateIfMissing)
     })
@@ -276,6 +289,7 @@ pub async fn start(
             .unwrap(),
         core,
         dir,
+        database,
         stop: Some(stop),
         stopped: Some(server),
     }

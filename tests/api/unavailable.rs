@@ -23,7 +23,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::helpers::{
-    PASSWORD, TestApp, body, next_frames, next_json, send_json, start, stored, template,
+    PASSWORD, TestApp, body, next_frames, next_json, send_json, sqlite_fault_test, start, stored,
+    template,
 };
 use crate::system::require;
 
@@ -74,6 +75,9 @@ async fn spawn_on(database: Option<PathBuf>, responder: Option<Arc<dyn Responder
 #[tokio::test]
 async fn every_write_answers_503_while_another_process_holds_the_lock_and_none_is_applied() {
     let test = "every_write_answers_503_while_another_process_holds_the_lock_and_none_is_applied";
+    if sqlite_fault_test(test) {
+        return;
+    }
     let Some(sqlite3) = require("sqlite3", "sqlite3", test) else {
         return;
     };
@@ -229,6 +233,11 @@ async fn every_write_answers_503_while_another_process_holds_the_lock_and_none_i
 /// message is stored.
 #[tokio::test]
 async fn a_write_that_needs_room_in_a_full_database_answers_503_until_room_comes_back() {
+    if sqlite_fault_test(
+        "a_write_that_needs_room_in_a_full_database_answers_503_until_room_comes_back",
+    ) {
+        return;
+    }
     // Arrange
     let app = spawn(None).await;
     let kim = app.account("kim").await;
@@ -340,6 +349,9 @@ async fn writes_answer_503_while_the_disk_is_full_and_work_again_once_space_is_b
 #[tokio::test]
 async fn a_reply_that_cannot_be_stored_answers_503_and_is_stored_in_order_once_writes_work() {
     let test = "a_reply_that_cannot_be_stored_answers_503_and_is_stored_in_order_once_writes_work";
+    if sqlite_fault_test(test) {
+        return;
+    }
     let Some(sqlite3) = require("sqlite3", "sqlite3", test) else {
         return;
     };
@@ -441,6 +453,9 @@ async fn a_reply_that_cannot_be_stored_answers_503_and_is_stored_in_order_once_w
 #[tokio::test]
 async fn a_stop_does_not_wait_for_a_reply_the_database_refuses() {
     let test = "a_stop_does_not_wait_for_a_reply_the_database_refuses";
+    if sqlite_fault_test(test) {
+        return;
+    }
     let Some(sqlite3) = require("sqlite3", "sqlite3", test) else {
         return;
     };

@@ -106,7 +106,10 @@ async fn frames_until_close(socket: &mut WsStream, within: Duration) -> (Vec<Val
 /// A second handle on the server's database, as the command-line tool in another process
 /// would open it: the server hears of its changes only through the database.
 async fn another_process(app: &TestApp) -> Arc<Narutalk> {
-    let config = Config::for_tests(app.dir.path());
+    let config = Config {
+        database: app.database.clone(),
+        ..Config::for_tests(app.dir.path())
+    };
     let core = tokio::task::spawn_blocking(move || Narutalk::open_for_administration(&config))
         .await
         .unwrap()
