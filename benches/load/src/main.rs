@@ -13,9 +13,13 @@
 //! scenario's requests and rows), `ceilings`, `measure` (histograms), `report` (tables,
 //! targets, JSON).
 
+mod balancer;
 mod ceilings;
 mod child;
+// The throwaway PostgreSQL cluster of `--postgres` (the tests' own support module).
 mod client;
+#[path = "../../../tests/support/postgres.rs"]
+mod cluster;
 mod measure;
 mod report;
 mod scenarios;
@@ -75,6 +79,15 @@ struct Flags {
     /// to measure what recording them costs.
     #[arg(long)]
     metrics: bool,
+    /// Run the servers on PostgreSQL: a throwaway cluster the harness starts (Debian's
+    /// `postgresql` package; as root it runs as the `postgres` user), with PostgreSQL's
+    /// durable defaults, instead of a SQLite file.
+    #[arg(long)]
+    postgres: bool,
+    /// Run this many servers on the one PostgreSQL database (needs --postgres), behind a
+    /// round-robin TCP forwarder of the harness's own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    servers: u8,
 }
 
 /// The hidden subcommands the harness runs its servers with.
@@ -153,6 +166,15 @@ fn main() -> ExitCode {
 /// A whole run: ceilings, seeding, the server, every scenario, the report.
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let started = Instant::now();
+    if flags.servers > 1 && !flags.postgres {
+        bail!(
+            "--servers {} needs --postgres: servers share a PostgreSQL database",
+            flags.servers
+        );
+    }
+    if flags.postgres {
+        seed::use_postgres()?;
+    }
     let connections = usize::from(flags.connections);
     let (timing, local) = if flags.smoke {
         (
@@ -246,10 +268,22 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .prefix("narutalk-load-")
         .tempdir()
         .context("creating the temporary folder")?;
-    println!(
-        "server: a child process on 127.0.0.1 with a fresh database in {}, synchronous=FULL, template AI, log level warn, connection cap {max_connections}",
-        dir.path().display()
-    );
+    if flags.postgres {
+        println!(
+            "server: {} child process(es) on 127.0.0.1 on one fresh PostgreSQL database (a throwaway cluster, durable defaults: fsync on, synchronous_commit on){}, template AI, log level warn, connection cap {max_connections} each",
+            flags.servers,
+            if flags.servers > 1 {
+                ", behind the harness's round-robin TCP forwarder (new connections alternate between the servers; the forwarder runs on the same cores)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!(
+            "server: a child process on 127.0.0.1 with a fresh database in {}, synchronous=FULL, template AI, log level warn, connection cap {max_connections}",
+            dir.path().display()
+        );
+    }
     println!(
         "server: throttles OFF (auth_throttle_per_minute = 0, message_throttle_per_minute = 0): the harness measures the server, not its limiters"
     );
@@ -292,7 +326,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .context("seeding the database")?;
     println!("\nseeded through the core: {}", fixture.summary);
     let mut server = ServerProcess::start(&Server::Narutalk {
-        settings,
+        settings: settings.clone(),
         max_connections,
     })
     .await
@@ -301,6 +335,24 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         "open-files limit raised to {open_files} (harness) and {} (server)",
         server.open_files
     );
+    // The other servers of the group, on the same settings (so the same database), and
+    // the forwarder in front of them all; the scenarios then address the forwarder. The
+    // first server's memory stands for each.
+    let mut others = Vec::new();
+    if flags.servers > 1 {
+        let mut addrs = vec![server.addr];
+        for _ in 1..flags.servers {
+            let other = ServerProcess::start(&Server::Narutalk {
+                settings: settings.clone(),
+                max_connections,
+            })
+            .await
+            .context("starting another server")?;
+            addrs.push(other.addr);
+            others.push(other);
+        }
+        server.addr = balancer::start(addrs).await?;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut memory = Memory {
         idle_mib: server.rss_kib().map(ceilings::kib_to_mib),
@@ -341,6 +393,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     memory.after_run_mib = server.rss_kib().map(ceilings::kib_to_mib);
     let server_open_files = server.open_files;
     let stopped = server.stop().await;
+    for other in others {
+        other.stop().await?;
+    }
 
     println!(
         "\nResults (closed loop: each connection sends its next request when the previous one is answered):"

@@ -2,6 +2,7 @@
 //! server starts.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,6 +12,8 @@ use narutalk_core::chat::Category;
 use narutalk_core::config::{self, AiBackend, Config};
 use narutalk_core::store::OpenMode;
 use narutalk_server::settings::{Overrides, Settings};
+
+use crate::cluster::{Cluster, Durability};
 
 /// The password of every seeded account (it passes every password rule).
 pub const PASSWORD: &str = "violet-harbour-42";
@@ -34,6 +37,19 @@ pub enum Ai {
     Http(String),
 }
 
+/// The run's PostgreSQL cluster, when the run is on PostgreSQL (`--postgres`).
+static POSTGRES: OnceLock<Cluster> = OnceLock::new();
+
+/// Puts the run on PostgreSQL: starts its throwaway cluster (durable, as SQLite's
+/// `synchronous=FULL` is); every settings file written from now on names a new database
+/// of it.
+pub fn use_postgres() -> anyhow::Result<()> {
+    let cluster = Cluster::start("narutalk-load --postgres", Durability::Durable)
+        .context("--postgres needs PostgreSQL (Debian package `postgresql`)")?;
+    let _ = POSTGRES.set(cluster);
+    Ok(())
+}
+
 /// The settings of the server under load, written to a TOML file in `dir` that both the
 /// harness (to seed) and the server process read with `Settings::load_from`, so that both
 /// use the same database and signing secret. `NARUTALK_*` variables of the environment
@@ -43,10 +59,15 @@ pub fn write_settings(dir: &Path, ai: &Ai, metrics: bool) -> anyhow::Result<Path
     let secret = Config::for_tests(dir)
         .secret_key
         .context("a random signing secret")?;
-    let database = dir.join("db.sqlite3");
-    let database = database
-        .to_str()
-        .context("the temporary folder's path is not UTF-8")?;
+    let database = match POSTGRES.get() {
+        // A fresh database of the run's cluster for each set of settings.
+        Some(cluster) => cluster.create_database(),
+        None => dir
+            .join("db.sqlite3")
+            .to_str()
+            .context("the temporary folder's path is not UTF-8")?
+            .to_owned(),
+    };
     // A JSON string is a valid TOML basic string (same escapes).
     let mut settings = format!(
         "# Settings of the Narutalk load harness (see benches/README.md).\n\
@@ -65,7 +86,7 @@ pub fn write_settings(dir: &Path, ai: &Ai, metrics: bool) -> anyhow::Result<Path
          ws_idle_seconds = 7200\n\
          # Warnings only: the access log line of every request would be measured too.\n\
          log = \"warn\"\n",
-        database = serde_json::to_string(database)?,
+        database = serde_json::to_string(&database)?,
         secret = serde_json::to_string(secret.expose())?,
     );
     match ai {
