@@ -22,6 +22,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::cluster::{Cluster, Durability};
 use crate::helpers::{
     PASSWORD, TestApp, body, next_frames, next_json, send_json, sqlite_fault_test, start, stored,
     template,
@@ -61,6 +62,72 @@ async fn spawn_on(database: Option<PathBuf>, responder: Option<Arc<dyn Responder
         responder,
     )
     .await
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL goes away
+// ---------------------------------------------------------------------------------------
+
+/// While the PostgreSQL server is down, reads and writes answer 503 and health says the
+/// database is `unavailable`; once it is back, the same server serves again with no
+/// restart (the pool drops the connections the stop closed), and the refused post left
+/// no trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_postgresql_is_down_requests_answer_503_and_the_server_recovers_when_it_is_back() {
+    let test =
+        "while_postgresql_is_down_requests_answer_503_and_the_server_recovers_when_it_is_back";
+    let Some(cluster) =
+        tokio::task::spawn_blocking(move || Cluster::start(test, Durability::Fast).map(Arc::new))
+            .await
+            .unwrap()
+    else {
+        return;
+    };
+    let database = {
+        let cluster = cluster.clone();
+        tokio::task::spawn_blocking(move || cluster.create_database())
+            .await
+            .unwrap()
+    };
+    let app = spawn_on(Some(database.into()), None).await;
+    let kim = app.account("kim").await;
+    let session = app.session(&kim, "outage").await;
+    app.say(&kim, &session, "before").await;
+
+    let stopping = cluster.clone();
+    tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    assert_unavailable("a post", post_content(&app, &kim, &session, "during").await).await;
+    let listed = app
+        .authed(Method::GET, "/api/chat/sessions/", &kim)
+        .send()
+        .await
+        .unwrap();
+    assert_unavailable("the session list", listed).await;
+    let health = body(app.get("/api/health/").await).await;
+    assert_eq!(health["services"]["database"], "unavailable", "{health}");
+
+    let starting = cluster.clone();
+    tokio::task::spawn_blocking(move || starting.start_again())
+        .await
+        .unwrap();
+    let after = post_content(&app, &kim, &session, "after").await;
+    assert_eq!(after.status(), StatusCode::CREATED);
+    let contents: Vec<Value> = stored(&app, &kim, &session)
+        .await
+        .iter()
+        .map(|message| message["content"].clone())
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            json!("before"),
+            json!(template("before")),
+            json!("after"),
+            json!(template("after"))
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------

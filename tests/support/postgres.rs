@@ -35,6 +35,8 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The server's options (`pg_ctl -o`), for a start again.
+    options: String,
 }
 
 /// The newest installed PostgreSQL's programs, if any.
@@ -79,6 +81,7 @@ impl Cluster {
             bin,
             port: 0,
             as_postgres,
+            options: String::new(),
         };
         if as_postgres {
             run(Command::new("chown").arg("postgres:").arg(&cluster.dir));
@@ -103,28 +106,50 @@ impl Cluster {
         // A free port can be taken between the probe and the start: try a few.
         for _ in 0..5 {
             cluster.port = free_port();
-            let options = format!(
+            cluster.options = format!(
                 "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=400 \
                  -c shared_buffers=32MB{fast}",
                 cluster.port,
                 cluster.dir.display()
             );
-            let started = cluster
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(cluster.dir.join("data"))
-                .arg("-l")
-                .arg(cluster.dir.join("log"))
-                .args(["-w", "-o", &options, "start"])
-                .stdout(Stdio::null())
-                .status()
-                .expect("pg_ctl runs");
-            if started.success() {
+            if cluster.pg_ctl_start() {
                 cluster.watch();
                 return Some(cluster);
             }
         }
         panic!("PostgreSQL did not start:\n{}", cluster.log());
+    }
+
+    /// `pg_ctl start` with the cluster's options; whether it started.
+    fn pg_ctl_start(&self) -> bool {
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-w", "-o", &self.options, "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+            .success()
+    }
+
+    /// Stops the server (a fast shutdown: every connection is closed) and waits for it.
+    pub fn stop(&self) {
+        run(self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"]));
+    }
+
+    /// Starts the server again after [`Cluster::stop`], on the same port.
+    pub fn start_again(&self) {
+        assert!(
+            self.pg_ctl_start(),
+            "PostgreSQL did not start again:\n{}",
+            self.log()
+        );
     }
 
     /// The URL of database `name` on this cluster.

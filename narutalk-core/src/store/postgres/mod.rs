@@ -398,14 +398,38 @@ impl PostgresStore {
             .map_err(|e| Error::Unavailable(format!("no database connection: {e}")))
     }
 
+    /// A pooled connection on which `begin` has run: a connection the server closed while
+    /// it sat in the pool (a restart of PostgreSQL) is dropped and another taken, so that
+    /// only the first statement of a call ever meets it. Nothing ran on it yet, so nothing
+    /// is repeated.
+    /// `begin` makes the statements when the connection is in hand (a write's timeouts
+    /// are what is left of its deadline then).
+    fn begin(
+        &self,
+        wait: Duration,
+        begin: impl Fn() -> String,
+    ) -> Result<r2d2::PooledConnection<Manager>, Error> {
+        let mut conn = self.checkout(wait)?;
+        match conn.client.batch_execute(&begin()) {
+            Ok(()) => Ok(conn),
+            Err(error) if conn.client.is_closed() || error.is_closed() => {
+                drop(conn);
+                let mut conn = self.checkout(wait)?;
+                conn.client.batch_execute(&begin())?;
+                Ok(conn)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Runs `f` in one `REPEATABLE READ READ ONLY` transaction.
     pub(super) fn read<T>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let mut conn = self.checkout(CHECKOUT_TIMEOUT)?;
-        conn.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        let mut conn = self.begin(CHECKOUT_TIMEOUT, || {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".to_owned()
+        })?;
         let result = f(&mut Tx { conn: &mut conn });
         let end = conn.client.batch_execute(match result {
             Ok(_) => "COMMIT",
@@ -448,16 +472,18 @@ impl PostgresStore {
                 "the write waited for the database past its deadline".into(),
             ));
         }
-        let mut conn = self.checkout(remaining)?;
-        // What is left after the checkout bounds every lock wait and statement.
-        let millis = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .max(1);
-        conn.client.batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; \
-             SET LOCAL lock_timeout = {millis}; SET LOCAL statement_timeout = {millis}"
-        ))?;
+        // What is left of the deadline once a connection is in hand bounds every lock
+        // wait and statement.
+        let mut conn = self.begin(remaining, || {
+            let millis = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .max(1);
+            format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                 SET LOCAL lock_timeout = {millis}; SET LOCAL statement_timeout = {millis}"
+            )
+        })?;
         let result = f(&mut Tx { conn: &mut conn });
         match result {
             Ok(value) => {
