@@ -377,17 +377,25 @@ mod tests {
     /// with exchanges, an idempotency key, a pending turn under a lease, outbox rows.
     fn populated_sqlite(dir: &Path) -> Arc<SqliteStore> {
         let path = dir.join("source.sqlite3");
-        let store =
-            Arc::new(SqliteStore::open(&path, Default::default(), OpenMode::CreateIfMissing).unwrap());
+        let store = Arc::new(
+            SqliteStore::open(&path, Default::default(), OpenMode::CreateIfMissing).unwrap(),
+        );
         let core = core_on(store.clone(), dir);
         let alice = register(&core, "alice");
         let bob = register(&core, "bob");
         let carol = register(&core, "carol");
-        let login = core.accounts().login("alice@example.com", "violet-harbour-42").unwrap();
+        let login = core
+            .accounts()
+            .login("alice@example.com", "violet-harbour-42")
+            .unwrap();
         let rotated = core.tokens().refresh(&login.tokens.refresh).unwrap();
         core.tokens().logout(&rotated.refresh).unwrap();
-        core.accounts().login("alice@example.com", "violet-harbour-42").unwrap();
-        core.accounts().login("bob@example.com", "violet-harbour-42").unwrap();
+        core.accounts()
+            .login("alice@example.com", "violet-harbour-42")
+            .unwrap();
+        core.accounts()
+            .login("bob@example.com", "violet-harbour-42")
+            .unwrap();
         core.accounts().set_active(bob, false).unwrap();
         for title in ["first", "second"] {
             let session = core
@@ -432,7 +440,12 @@ mod tests {
         assert_eq!(original.users.len(), 2);
         assert!(original.users[1].tokens_revoked_at > 0);
         assert!(original.refresh_tokens.iter().any(|t| t.used_at.is_some()));
-        assert!(original.refresh_tokens.iter().any(|t| t.revoked_at.is_some()));
+        assert!(
+            original
+                .refresh_tokens
+                .iter()
+                .any(|t| t.revoked_at.is_some())
+        );
         // Alice's two logins; bob's went with his deactivation.
         assert_eq!(original.device_tokens.len(), 2);
         assert_eq!(original.idempotency_keys.len(), 2);
@@ -487,7 +500,10 @@ mod tests {
         copy(&*source, &first).unwrap();
         copy(&first, &second).unwrap();
         assert_eq!(second.export_all().unwrap(), source.export_all().unwrap());
-        assert_eq!(register(&core_on(Arc::new(second), dir.path()), "erin"), UserId(4));
+        assert_eq!(
+            register(&core_on(Arc::new(second), dir.path()), "erin"),
+            UserId(4)
+        );
 
         let twin = SqliteStore::open(
             &dir.path().join("twin.sqlite3"),
@@ -497,7 +513,10 @@ mod tests {
         .unwrap();
         copy(&*source, &twin).unwrap();
         assert_eq!(twin.export_all().unwrap(), source.export_all().unwrap());
-        assert_eq!(register(&core_on(Arc::new(twin), dir.path()), "erin"), UserId(4));
+        assert_eq!(
+            register(&core_on(Arc::new(twin), dir.path()), "erin"),
+            UserId(4)
+        );
     }
 
     #[test]
@@ -517,7 +536,10 @@ mod tests {
         );
         // The write transaction's own check, without the early one.
         let refused = pg.import_all(&source.export_all().unwrap()).unwrap_err();
-        assert!(matches!(refused, CopyError::TargetNotEmpty { .. }), "{refused:?}");
+        assert!(
+            matches!(refused, CopyError::TargetNotEmpty { .. }),
+            "{refused:?}"
+        );
         assert_eq!(pg.export_all().unwrap(), before);
 
         let target = SqliteStore::open(
@@ -529,8 +551,13 @@ mod tests {
         let target = Arc::new(target);
         register(&core_on(target.clone(), dir.path()), "zed");
         let before = target.export_all().unwrap();
-        let refused = target.import_all(&source.export_all().unwrap()).unwrap_err();
-        assert!(matches!(refused, CopyError::TargetNotEmpty { .. }), "{refused:?}");
+        let refused = target
+            .import_all(&source.export_all().unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(refused, CopyError::TargetNotEmpty { .. }),
+            "{refused:?}"
+        );
         assert_eq!(target.export_all().unwrap(), before);
     }
 
@@ -560,7 +587,13 @@ mod tests {
                  cannot store; nothing was copied"
             )
         );
-        assert!(pg.status().unwrap().tables.iter().all(|t| t.rows == 0 || t.table == MIGRATION_TABLE));
+        assert!(
+            pg.status()
+                .unwrap()
+                .tables
+                .iter()
+                .all(|t| t.rows == 0 || t.table == MIGRATION_TABLE)
+        );
         // SQLite stores it as it is.
         let twin = SqliteStore::open(
             &dir.path().join("twin.sqlite3"),
@@ -577,7 +610,7 @@ mod tests {
         let mut dump = Dump::default();
         assert_eq!(dump.first_nul(), None);
         dump.messages.push(MessageRow {
-            id: "m\01".into(),
+            id: "m\0x".into(),
             session_id: "s".into(),
             seq: 1,
             sender: "user".into(),
@@ -589,7 +622,7 @@ mod tests {
         });
         assert_eq!(
             dump.first_nul().unwrap(),
-            "chat_messages row m\\01: id holds a NUL character, which PostgreSQL cannot store"
+            "chat_messages row m\\0x: id holds a NUL character, which PostgreSQL cannot store"
         );
         dump.messages[0].id = "m1".into();
         assert_eq!(
