@@ -1,4 +1,4 @@
-//! `narutalk migrate` and `narutalk db status|check|backup`: the database file itself.
+//! `narutalk migrate` and `narutalk db status|check|backup|copy`: the database itself.
 
 use std::path::PathBuf;
 
@@ -39,6 +39,28 @@ pub enum DbCommand {
         /// Replace FILE if it exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Copies the whole database into an empty TARGET: a SQLite file (created when
+    /// missing) or a PostgreSQL URL (the database must exist; its schema is created).
+    ///
+    /// Every user (password hashes, revocations, revoked token families, device tokens),
+    /// session, message, idempotency key, pending turn and outbox row is copied from one
+    /// snapshot of the configured database, keeping every id, and the target's id counters
+    /// are moved past the source's, so that no id is ever given out again. A TARGET where
+    /// any Narutalk table holds a row is refused, and so is a row PostgreSQL cannot store
+    /// (a NUL character in the text of an old SQLite database), before anything is
+    /// written. The counts are checked before the copy commits, and printed. Stop the
+    /// servers first: what they write during the copy is not in it.
+    #[command(
+        after_help = "Examples:\n  narutalk db copy --to postgres://narutalk@db.example/narutalk\n  narutalk --database postgres://narutalk@db.example/narutalk db copy --to narutalk.sqlite3 --json"
+    )]
+    Copy {
+        /// The database to copy into: a SQLite file or a postgres:// URL.
+        #[arg(long, value_name = "TARGET")]
+        to: PathBuf,
+        /// Print JSON instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -102,7 +124,49 @@ pub fn run(config: &Config, command: DbCommand) -> anyhow::Result<()> {
                 backup.elapsed.as_secs_f64()
             ))
         }
+        DbCommand::Copy { to, json } => copy(config, db, to, json),
     }
+}
+
+/// `narutalk db copy --to TARGET`: opens TARGET (created when missing), copies, prints
+/// the rows copied per table. Passwords of URLs are never shown.
+fn copy(config: &Config, source: &dyn store::Store, to: PathBuf, json: bool) -> anyhow::Result<()> {
+    let target_config = Config {
+        database: to,
+        ..config.clone()
+    };
+    let from = config.database_shown();
+    let shown = target_config.database_shown();
+    let same = if target_config.is_postgres() {
+        config.is_postgres() && from == shown
+    } else {
+        source.is_own_file(&target_config.database)
+    };
+    if same {
+        bail!("Cannot copy {from} to {shown}: it is the database itself; choose another");
+    }
+    let target = store::open(&target_config, OpenMode::CreateIfMissing)?;
+    let counts = store::copy::copy(source, &*target).map_err(|error| {
+        let error = match error {
+            store::CopyError::Database(error) => core_error(error),
+            other => anyhow::anyhow!(other),
+        };
+        error.context(format!("Cannot copy {from} to {shown}"))
+    })?;
+    if json {
+        let rows: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|t| (t.table.clone(), t.rows.into()))
+            .collect();
+        return print_json(&json!({"source": from, "target": shown, "rows": rows}));
+    }
+    print_lines(&format!("Copied {from} to {shown}."))?;
+    print_lines("")?;
+    let mut rows = table(["TABLE", "ROWS"]);
+    for t in &counts {
+        rows.add_row(vec![t.table.clone(), grouped(t.rows)]);
+    }
+    print_table(&mut rows, &[])
 }
 
 fn status(db: &dyn Maintenance, json: bool) -> anyhow::Result<()> {

@@ -49,10 +49,10 @@ struct Cli {
 enum Command {
     /// Creates the database if it does not exist and applies every pending migration.
     ///
-    /// The only command that creates a database.
+    /// The only command that creates a database (but for `db copy`'s target).
     #[command(after_help = "Example:\n  narutalk migrate --database data/databases/db.sqlite3")]
     Migrate,
-    /// The database file: status, checks, backups.
+    /// The database: status, checks, backups, copies to another database.
     #[command(
         subcommand,
         after_help = "Examples:\n  narutalk db status\n  narutalk db check\n  narutalk db backup backups/narutalk.sqlite3"

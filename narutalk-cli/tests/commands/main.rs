@@ -3,10 +3,13 @@
 //! One test binary, a module per command group.
 #![allow(clippy::unwrap_used)]
 
+mod copy;
 mod db;
 mod help;
 mod lists;
 mod migrate;
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres;
 mod sessions;
 mod stats;
 mod support;

@@ -49,6 +49,7 @@
 //! starts (SQLite). A backend shared by several processes keeps the leases, and a process
 //! that dies leaves its turns to be claimed once their leases expire.
 
+pub mod copy;
 pub(crate) mod outbox;
 pub mod postgres;
 pub mod sqlite;
@@ -78,6 +79,7 @@ use crate::config::Config;
 use crate::error::{Error, TokenProblem};
 use crate::events::{Actor, Origin};
 use crate::tokens::Family;
+pub use copy::{CopyError, Dump};
 use sqlite::SqliteStore;
 
 /// The bound on a write (`docs/API.md`, Limits and throttling): a write that has not
@@ -1110,6 +1112,19 @@ pub trait Maintenance: Send + Sync {
     /// True when `path` names one of the database's own files, also through another
     /// spelling of the same path: a file no tool may write over.
     fn is_own_file(&self, path: &Path) -> bool;
+
+    /// Every row of every Narutalk table and the id counters, read in one snapshot, for
+    /// [`copy::copy`] (`narutalk db copy`). Leases of pending turns are left out.
+    fn export_all(&self) -> Result<Dump, Error>;
+
+    /// Writes `dump` into this database in one transaction, keeping every id, and moves
+    /// the id counters at least to the dump's, so that no id is given out again. Refuses,
+    /// before writing anything, a database where a Narutalk table holds a row
+    /// ([`CopyError::TargetNotEmpty`]) and a row this backend cannot store
+    /// ([`CopyError::Unstorable`]); checks every table's count before committing
+    /// ([`CopyError::CountsDiffer`]). Answers the rows written, per table. Not bounded by
+    /// [`WRITE_DEADLINE`]: a copy is as long as the database.
+    fn import_all(&self, dump: &Dump) -> Result<Vec<TableRows>, CopyError>;
 }
 
 /// What `narutalk db status` shows: the database, its size, its migrations and its rows.

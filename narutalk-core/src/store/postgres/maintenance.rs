@@ -147,10 +147,21 @@ impl Maintenance for PostgresStore {
     fn is_own_file(&self, _path: &Path) -> bool {
         false
     }
+
+    fn export_all(&self) -> Result<crate::store::Dump, Error> {
+        super::copy::export_all(self)
+    }
+
+    fn import_all(
+        &self,
+        dump: &crate::store::Dump,
+    ) -> Result<Vec<TableRows>, crate::store::CopyError> {
+        super::copy::import_all(self, dump)
+    }
 }
 
 /// The tables of the schema, by name.
-fn table_names(tx: &mut Tx<'_>) -> Result<Vec<String>, Error> {
+pub(super) fn table_names(tx: &mut Tx<'_>) -> Result<Vec<String>, Error> {
     Ok(tx
         .query(
             "SELECT tablename::TEXT FROM pg_tables WHERE schemaname = current_schema() \
@@ -163,7 +174,7 @@ fn table_names(tx: &mut Tx<'_>) -> Result<Vec<String>, Error> {
 }
 
 /// `"name"` with inner quotes doubled: a table name as an SQL identifier.
-fn quote_identifier(name: &str) -> String {
+pub(super) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

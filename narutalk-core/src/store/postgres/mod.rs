@@ -38,6 +38,7 @@ use crate::error::{Error, InternalError};
 mod accounts;
 mod admin;
 mod chat;
+mod copy;
 mod listener;
 mod maintenance;
 mod outbox;

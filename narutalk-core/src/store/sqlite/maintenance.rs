@@ -203,7 +203,7 @@ fn check_copy(path: &Path) -> Result<(), BackupError> {
 }
 
 /// The tables of the schema (SQLite's own excluded), by name.
-fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+pub(super) fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut statement = conn.prepare(
         "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
     )?;
@@ -212,7 +212,7 @@ fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 }
 
 /// `"name"` with inner quotes doubled: a table name as an SQL identifier.
-fn quote_identifier(name: &str) -> String {
+pub(super) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

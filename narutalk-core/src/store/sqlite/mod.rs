@@ -33,6 +33,7 @@ use crate::error::{Error, InternalError};
 mod accounts;
 mod admin;
 mod chat;
+mod copy;
 mod maintenance;
 mod outbox;
 mod tokens;
@@ -276,6 +277,14 @@ impl Maintenance for SqliteStore {
 
     fn is_own_file(&self, path: &Path) -> bool {
         maintenance::is_own_file(&self.path, path)
+    }
+
+    fn export_all(&self) -> Result<super::Dump, Error> {
+        copy::export_all(self)
+    }
+
+    fn import_all(&self, dump: &super::Dump) -> Result<Vec<super::TableRows>, super::CopyError> {
+        copy::import_all(self, dump)
     }
 }
 
