@@ -3,9 +3,14 @@
 //! before reading the body must not break nginx's sending, or nginx answers 502 and counts
 //! the server as failed.
 //!
+//! Also two server processes on one PostgreSQL database behind nginx configured as the
+//! README's "Running several servers" says (its block read from the README): REST and a
+//! socket through nginx, each server answering in turn (contract section 10).
+//!
 //! nginx runs as a child process on a configuration written into a temporary folder (its
 //! pid file, logs and temporary files in there too), listening on 127.0.0.1.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +20,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::net::TcpStream;
 
+use crate::helpers::{frame_of, next_json, postgres_database, template};
+use crate::server_process::{Api, ServerProcess};
 use crate::system::require;
 
 /// Generous bound for nginx to start listening; only a broken start reaches it.
@@ -31,7 +38,7 @@ async fn behind_nginx_a_2_mib_body_gets_the_servers_413_and_nginx_keeps_the_serv
     };
     // Arrange: nginx in front of the server, which believes its X-Forwarded-For.
     let app = Server::start().await;
-    let proxy = Nginx::start(&nginx, app.addr).await;
+    let proxy = Nginx::start(&nginx, |dir, listen| configuration(dir, listen, app.addr)).await;
     let http = reqwest::Client::new();
     let body = format!(
         r#"{{"email": "kim@example.com", "password": "{}"}}"#,
@@ -133,13 +140,16 @@ struct Nginx {
 }
 
 impl Nginx {
-    /// Starts `program` as a reverse proxy to `upstream` and waits until it accepts
-    /// connections.
-    async fn start(program: &Path, upstream: SocketAddr) -> Nginx {
+    /// Starts `program` on the configuration that `configuration` writes for its folder
+    /// and its listen address, and waits until it accepts connections.
+    async fn start(
+        program: &Path,
+        configuration: impl FnOnce(&Path, SocketAddr) -> String,
+    ) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let addr = free_port();
         let config = dir.path().join("nginx.conf");
-        std::fs::write(&config, configuration(dir.path(), addr, upstream)).unwrap();
+        std::fs::write(&config, configuration(dir.path(), addr)).unwrap();
         let child = Command::new(program)
             .arg("-p")
             .arg(dir.path())
@@ -189,11 +199,9 @@ fn free_port() -> SocketAddr {
 }
 
 /// One nginx process (no master, so killing it leaves no worker behind), in the
-/// foreground, with every file it writes in `dir`. The upstream names the server twice so
-/// that nginx counts failures per peer, as it does for any group of several servers
-/// (default `max_fails=1 fail_timeout=10s`): one broken exchange would disable a peer.
-/// Bodies up to 16 MiB pass, so that the server's own limit answers.
-fn configuration(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+/// foreground, with every file it writes in `dir`, and `http` in its `http` block. The
+/// access log gives each request's method, path and the server that answered it.
+fn process_configuration(dir: &Path, http: &str) -> String {
     let path = |name: &str| -> PathBuf { dir.join(name) };
     format!(
         r#"daemon off;
@@ -205,13 +213,36 @@ events {{
     worker_connections 64;
 }}
 http {{
-    access_log {access_log};
+    log_format upstreams '$request_method $uri $upstream_addr';
+    access_log {access_log} upstreams;
     client_body_temp_path {client_body};
     proxy_temp_path {proxy};
     fastcgi_temp_path {fastcgi};
     uwsgi_temp_path {uwsgi};
     scgi_temp_path {scgi};
-    client_max_body_size 16m;
+{http}
+}}
+"#,
+        pid = path("nginx.pid").display(),
+        error_log = path("error.log").display(),
+        access_log = path("access.log").display(),
+        client_body = path("client_body").display(),
+        proxy = path("proxy").display(),
+        fastcgi = path("fastcgi").display(),
+        uwsgi = path("uwsgi").display(),
+        scgi = path("scgi").display(),
+    )
+}
+
+/// A reverse proxy to `upstream`. The upstream names the server twice so that nginx
+/// counts failures per peer, as it does for any group of several servers (default
+/// `max_fails=1 fail_timeout=10s`): one broken exchange would disable a peer. Bodies up to
+/// 16 MiB pass, so that the server's own limit answers.
+fn configuration(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    process_configuration(
+        dir,
+        &format!(
+            r#"    client_max_body_size 16m;
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         '' close;
@@ -231,16 +262,160 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
         }}
-    }}
-}}
-"#,
-        pid = path("nginx.pid").display(),
-        error_log = path("error.log").display(),
-        access_log = path("access.log").display(),
-        client_body = path("client_body").display(),
-        proxy = path("proxy").display(),
-        fastcgi = path("fastcgi").display(),
-        uwsgi = path("uwsgi").display(),
-        scgi = path("scgi").display(),
+    }}"#
+        ),
     )
+}
+
+/// The nginx block of the README's "Running several servers", as written there, with its
+/// two example servers replaced by `upstreams` and its `listen 80` by `listen`: the test
+/// keeps the README's configuration true.
+fn readme_configuration(dir: &Path, listen: SocketAddr, upstreams: [SocketAddr; 2]) -> String {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split_once("\n## Running several servers\n")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("the README has a section \"Running several servers\"");
+    let block = section
+        .split_once("```nginx\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| block)
+        .expect("the section has an nginx block");
+    let mut block = block.to_owned();
+    for (example, actual) in [
+        (
+            "server 10.0.0.11:8000;",
+            format!("server {};", upstreams[0]),
+        ),
+        (
+            "server 10.0.0.12:8000;",
+            format!("server {};", upstreams[1]),
+        ),
+        ("listen 80;", format!("listen {listen};")),
+    ] {
+        assert_eq!(block.matches(example).count(), 1, "{example} in {block}");
+        block = block.replace(example, &actual);
+    }
+    process_configuration(dir, &block)
+}
+
+/// The upstream of each request nginx logged whose method and path satisfy `wanted`,
+/// once there are `n` of them (nginx logs a request after answering it).
+async fn upstreams_of(proxy: &Nginx, n: usize, wanted: impl Fn(&str, &str) -> bool) -> Vec<String> {
+    let started = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(proxy.dir.path().join("access.log")).unwrap_or_default();
+        let upstreams: Vec<String> = log
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split(' ');
+                let (method, path, upstream) = (words.next()?, words.next()?, words.next()?);
+                wanted(method, path).then(|| upstream.to_owned())
+            })
+            .collect();
+        if upstreams.len() >= n {
+            return upstreams;
+        }
+        assert!(
+            started.elapsed() < START_PATIENCE,
+            "nginx logged {} of {n} requests: {log}",
+            upstreams.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_readmes_nginx_two_servers_on_one_database_serve_rest_and_a_socket() {
+    const TEST: &str =
+        "behind_the_readmes_nginx_two_servers_on_one_database_serve_rest_and_a_socket";
+    let Some(nginx) = require("nginx", "nginx", TEST) else {
+        return;
+    };
+    let Some(url) = postgres_database(TEST).await else {
+        return;
+    };
+    // Arrange: two server processes on one database, as the README starts them, believing
+    // nginx's X-Forwarded-For; nginx on the README's configuration in front.
+    let vars = [
+        ("NARUTALK_DATABASE", url.as_str()),
+        (
+            "NARUTALK_SECRET_KEY",
+            "two-servers-behind-nginx-share-this-key-0123456789abcdef",
+        ),
+        ("NARUTALK_TRUSTED_PROXIES", "127.0.0.1"),
+    ];
+    let a = ServerProcess::start(&vars).await;
+    let b = ServerProcess::start(&vars).await;
+    let proxy = Nginx::start(&nginx, |dir, listen| {
+        readme_configuration(dir, listen, [a.addr, b.addr])
+    })
+    .await;
+    let api = Api::new(proxy.addr);
+    let logs = || format!("{}\n{}\n{}", proxy.error_log(), a.log(), b.log());
+
+    // Act: REST through nginx (requests alternate between the servers), and a socket
+    // through nginx that receives what posts through nginx store on either server.
+    let kim = api.account("kim").await;
+    let session = api.session(&kim, "proxied").await;
+    let mut socket = api.socket(&kim, &session).await;
+    for n in 0..4 {
+        let posted = api.post(&kim, &session, &format!("message {n}")).await;
+        assert_eq!(posted.status(), StatusCode::CREATED, "{}", logs());
+    }
+    let mut frames = Vec::new();
+    while frames.len() < 8 {
+        let frame = next_json(&mut socket).await;
+        if frame["type"] == "chat_message" {
+            frames.push(frame);
+        }
+    }
+    let first_read = api.stored(&kim, &session).await;
+    let second_read = api.stored(&kim, &session).await;
+
+    // Assert: every message and reply, in order, on the socket and in both reads.
+    assert_eq!(first_read.len(), 8, "{first_read:?}");
+    let contents: Vec<&str> = first_read
+        .iter()
+        .map(|message| message["content"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..4)
+        .flat_map(|n| {
+            let message = format!("message {n}");
+            [message.clone(), template(&message)]
+        })
+        .collect();
+    assert_eq!(contents, expected);
+    assert_eq!(first_read, second_read);
+    assert_eq!(frames, first_read.iter().map(frame_of).collect::<Vec<_>>());
+    // Both servers served posts, so the socket (on one of them) received messages the
+    // other stored; and both served reads.
+    let both: BTreeSet<String> = [a.addr, b.addr].iter().map(ToString::to_string).collect();
+    let posts = upstreams_of(&proxy, 4, |method, path| {
+        method == "POST" && path.ends_with("/messages/")
+    })
+    .await;
+    assert_eq!(
+        posts.into_iter().collect::<BTreeSet<_>>(),
+        both,
+        "{}",
+        logs()
+    );
+    let reads = upstreams_of(&proxy, 2, |method, path| {
+        method == "GET" && path.starts_with("/api/chat/sessions/")
+    })
+    .await;
+    assert_eq!(
+        reads.into_iter().collect::<BTreeSet<_>>(),
+        both,
+        "{}",
+        logs()
+    );
+    for failure in ["upstream server temporarily disabled", "no live upstreams"] {
+        assert!(
+            !proxy.error_log().contains(failure),
+            "{failure}: {}",
+            logs()
+        );
+    }
 }
