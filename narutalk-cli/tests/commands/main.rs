@@ -8,6 +8,7 @@ mod db;
 mod help;
 mod lists;
 mod migrate;
+mod on_postgres;
 #[path = "../../../tests/support/postgres.rs"]
 mod postgres;
 mod sessions;
