@@ -109,6 +109,35 @@ pub fn open(config: &Config, mode: OpenMode) -> Result<Arc<dyn Store>, OpenError
     Ok(Arc::new(store))
 }
 
+/// Refuses a database that a newer build migrated, or whose history differs from this
+/// build's migrations (both backends, before any migration runs).
+pub(crate) fn check_history(
+    applied: &[AppliedMigration],
+    embedded: &[refinery::Migration],
+) -> Result<(), String> {
+    for migration in applied {
+        match embedded
+            .iter()
+            .find(|m| i64::from(m.version()) == migration.version)
+        {
+            None => {
+                return Err(format!(
+                    "it was migrated by a newer Narutalk (V{} {} is unknown to this build)",
+                    migration.version, migration.name
+                ));
+            }
+            Some(known) if known.checksum().to_string() != migration.checksum => {
+                return Err(format!(
+                    "its migration V{} {} differs from this build's",
+                    migration.version, migration.name
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether opening may create a database that does not exist yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpenMode {

@@ -539,7 +539,7 @@ fn migrate(client: &mut Client, mode: OpenMode) -> Result<usize, MigrateFailure>
     if applied.is_empty() && mode == OpenMode::MustExist {
         return Err(MigrateFailure::NoSchema);
     }
-    check_history(&applied, embedded).map_err(MigrateFailure::Failed)?;
+    super::check_history(&applied, embedded).map_err(MigrateFailure::Failed)?;
     if applied.len() == embedded.len() {
         return Ok(0);
     }
@@ -549,7 +549,7 @@ fn migrate(client: &mut Client, mode: OpenMode) -> Result<usize, MigrateFailure>
         .map_err(failed)?;
     let outcome = (|| {
         let applied = applied_migrations(client).map_err(failed)?;
-        check_history(&applied, embedded).map_err(MigrateFailure::Failed)?;
+        super::check_history(&applied, embedded).map_err(MigrateFailure::Failed)?;
         if applied.len() == embedded.len() {
             return Ok(0);
         }
@@ -562,35 +562,6 @@ fn migrate(client: &mut Client, mode: OpenMode) -> Result<usize, MigrateFailure>
     let applied_now = outcome?;
     unlocked.map_err(failed)?;
     Ok(applied_now)
-}
-
-/// Refuses a database that a newer build migrated, or whose history differs from this
-/// build's migrations.
-fn check_history(
-    applied: &[AppliedMigration],
-    embedded: &[refinery::Migration],
-) -> Result<(), String> {
-    for migration in applied {
-        match embedded
-            .iter()
-            .find(|m| i64::from(m.version()) == migration.version)
-        {
-            None => {
-                return Err(format!(
-                    "it was migrated by a newer Narutalk (V{} {} is unknown to this build)",
-                    migration.version, migration.name
-                ));
-            }
-            Some(known) if known.checksum().to_string() != migration.checksum => {
-                return Err(format!(
-                    "its migration V{} {} differs from this build's",
-                    migration.version, migration.name
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 fn applied_migrations(client: &mut Client) -> Result<Vec<AppliedMigration>, postgres::Error> {

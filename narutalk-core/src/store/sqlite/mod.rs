@@ -324,26 +324,7 @@ fn migrate(conn: &mut Connection) -> Result<usize, String> {
     let applied = applied_migrations(conn).map_err(|e| e.to_string())?;
     // Refuse a database that a newer build migrated, or whose history differs from this
     // build's migrations, before anything touches it.
-    for migration in &applied {
-        match embedded
-            .iter()
-            .find(|m| i64::from(m.version()) == migration.version)
-        {
-            None => {
-                return Err(format!(
-                    "it was migrated by a newer Narutalk (V{} {} is unknown to this build)",
-                    migration.version, migration.name
-                ));
-            }
-            Some(known) if known.checksum().to_string() != migration.checksum => {
-                return Err(format!(
-                    "its migration V{} {} differs from this build's",
-                    migration.version, migration.name
-                ));
-            }
-            Some(_) => {}
-        }
-    }
+    super::check_history(&applied, embedded)?;
     if applied.len() == embedded.len() {
         return Ok(0);
     }
