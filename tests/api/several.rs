@@ -411,3 +411,24 @@ async fn the_login_failure_budget_of_an_email_is_spent_across_both_servers() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_shared_throttle_fails_each_server_counts_alone_and_locks_nobody_out() {
+    let Some((a, b, url)) = throttled_servers("several_servers_throttle_fails").await else {
+        return;
+    };
+    // Every take of a shared bucket now fails.
+    postgres_sql(&url, "DROP TABLE throttle_buckets").await;
+
+    // A counts the logins of one IP itself: 3 a minute.
+    for n in 0..3 {
+        let email = format!("nobody{n}@example.com");
+        let refused = login_from(&a, &email, PASSWORD, "10.6.0.1").await;
+        assert_eq!(refused, StatusCode::UNAUTHORIZED);
+    }
+    let fourth = login_from(&a, "nobody3@example.com", PASSWORD, "10.6.0.1").await;
+    assert_eq!(fourth, StatusCode::TOO_MANY_REQUESTS);
+    // B has counted none of them.
+    let on_b = login_from(&b, "nobody4@example.com", PASSWORD, "10.6.0.1").await;
+    assert_eq!(on_b, StatusCode::UNAUTHORIZED);
+}
