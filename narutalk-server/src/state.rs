@@ -24,7 +24,7 @@ use narutalk_core::events::{Event, EventSubscription};
 
 use crate::frames;
 use crate::hub::{Hub, LocalHub, RoomEvent};
-use crate::limits::Throttles;
+use crate::limits::{SharedBuckets, Throttles};
 use crate::listener::ServeOptions;
 use crate::settings::Settings;
 use crate::ws::sockets::Sockets;
@@ -82,7 +82,12 @@ impl State {
                 .build()
                 .unwrap_or_default(),
         });
-        let throttles = Arc::new(Throttles::new(config, options.login_failure_refill));
+        // On a store several servers share, every throttle counts in the store's buckets.
+        let throttles = Arc::new(Throttles::new(
+            config,
+            options.login_failure_refill,
+            SharedBuckets::of(calls.core()),
+        ));
         // The rooms read the messages their events missed from the core.
         let hub: Arc<dyn Hub> =
             Arc::new(LocalHub::new(options.ws_send_queue, calls.core().clone()));

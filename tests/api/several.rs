@@ -9,6 +9,7 @@ use narutalk_core::ai::{AiError, AiReply, AiRequest, Responder};
 use narutalk_core::config::Secret;
 use narutalk_core::fields::JsonObject;
 use narutalk_server::ServeOptions;
+use narutalk_server::settings::Settings;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -22,6 +23,16 @@ async fn two_servers(
     test: &'static str,
     responder: Option<Arc<dyn Responder>>,
 ) -> Option<(TestApp, TestApp, String)> {
+    two_servers_with(test, responder, |_| {}, ServeOptions::default()).await
+}
+
+/// [`two_servers`] whose settings `configure` changes, with `options`.
+async fn two_servers_with(
+    test: &'static str,
+    responder: Option<Arc<dyn Responder>>,
+    configure: fn(&mut Settings),
+    options: ServeOptions,
+) -> Option<(TestApp, TestApp, String)> {
     let url = postgres_database(test).await?;
     let mut apps = Vec::new();
     for _ in 0..2 {
@@ -32,8 +43,9 @@ async fn two_servers(
                     settings.core.database = url.into();
                     // Every server signs with the same key (contract section 10).
                     settings.core.secret_key = Some(Secret::new(SHARED_SECRET));
+                    configure(settings);
                 },
-                ServeOptions::default(),
+                options,
                 responder.clone(),
             )
             .await,
@@ -236,4 +248,187 @@ async fn a_password_change_through_one_server_closes_the_sockets_on_both() {
             (1008, "tokens revoked".to_owned())
         );
     }
+}
+
+/// Both servers: 3 logins and 3 registrations a minute per client IP, 3 registrations a
+/// minute per email, 10 failed logins per email (a token back every hour, so that none
+/// comes back while the test runs), 2 posts a minute per user; the client IP taken from
+/// `X-Forwarded-For` (the test is the proxy).
+async fn throttled_servers(test: &'static str) -> Option<(TestApp, TestApp, String)> {
+    two_servers_with(
+        test,
+        None,
+        |settings| {
+            settings.auth_throttle_per_minute = 3;
+            settings.message_throttle_per_minute = 2;
+            settings.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        },
+        ServeOptions {
+            login_failure_refill: Duration::from_secs(3600),
+            ..ServeOptions::default()
+        },
+    )
+    .await
+}
+
+/// `POST path` with `body` from the client at `ip`.
+async fn post_from(app: &TestApp, path: &str, ip: &str, body: &Value) -> StatusCode {
+    app.request(Method::POST, path)
+        .header("x-forwarded-for", ip)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+/// Registers `email` with [`PASSWORD`] from the client at `ip`.
+async fn register_from(app: &TestApp, email: &str, ip: &str) -> StatusCode {
+    let username = email.split('@').next().unwrap();
+    let body = json!({
+        "username": username, "email": email,
+        "password": PASSWORD, "password_confirm": PASSWORD,
+    });
+    post_from(app, "/api/auth/register/", ip, &body).await
+}
+
+/// Logs in as `email` with `password` from the client at `ip`.
+async fn login_from(app: &TestApp, email: &str, password: &str, ip: &str) -> StatusCode {
+    let body = json!({ "email": email, "password": password });
+    post_from(app, "/api/auth/login/", ip, &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_spread_over_two_servers_meet_the_limits_of_one() {
+    let Some((a, b, _)) = throttled_servers("several_servers_throttles").await else {
+        return;
+    };
+    let servers = [&a, &b];
+    let server = |n: usize| servers[n % 2];
+
+    // Registrations per client IP: 3 a minute, whichever server answers.
+    for n in 0..3 {
+        let email = format!("user{n}@example.com");
+        let registered = register_from(server(n), &email, "10.1.0.1").await;
+        assert_eq!(registered, StatusCode::CREATED);
+    }
+    let fourth = register_from(server(3), "user3@example.com", "10.1.0.1").await;
+    assert_eq!(
+        fourth,
+        StatusCode::TOO_MANY_REQUESTS,
+        "registrations per IP"
+    );
+
+    // Registrations per email, from new IPs: the taken email still counts.
+    for n in 0..2 {
+        let ip = format!("10.2.0.{n}");
+        let again = register_from(server(n), "user0@example.com", &ip).await;
+        assert_eq!(again, StatusCode::BAD_REQUEST);
+    }
+    let third = register_from(server(2), "User0@Example.com", "10.2.0.9").await;
+    assert_eq!(
+        third,
+        StatusCode::TOO_MANY_REQUESTS,
+        "registrations per email"
+    );
+
+    // Logins per client IP, of unknown emails (their own budgets are untouched).
+    for n in 0..3 {
+        let email = format!("nobody{n}@example.com");
+        let refused = login_from(server(n), &email, PASSWORD, "10.3.0.1").await;
+        assert_eq!(refused, StatusCode::UNAUTHORIZED);
+    }
+    let fourth = login_from(server(3), "user1@example.com", PASSWORD, "10.3.0.1").await;
+    assert_eq!(fourth, StatusCode::TOO_MANY_REQUESTS, "logins per IP");
+
+    // Message posts per user: 2 a minute over both servers.
+    let kim = a.login("user1@example.com").await;
+    let session = b.session(&kim, "limited").await;
+    let post = |app: &TestApp| {
+        app.authed(
+            Method::POST,
+            &format!("/api/chat/sessions/{session}/messages/"),
+            &kim,
+        )
+        .json(&json!({ "content": "hello" }))
+        .send()
+    };
+    assert_eq!(post(&a).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(post(&b).await.unwrap().status(), StatusCode::CREATED);
+    let third = post(&a).await.unwrap();
+    assert_eq!(
+        third.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "posts per user"
+    );
+    assert!(third.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_login_failure_budget_of_an_email_is_spent_across_both_servers() {
+    let Some((a, b, _)) = throttled_servers("several_servers_failure_budget").await else {
+        return;
+    };
+    let servers = [&a, &b];
+    let server = |n: usize| servers[n % 2];
+    assert_eq!(
+        register_from(&a, "kim@example.com", "10.4.0.1").await,
+        StatusCode::CREATED
+    );
+
+    // 9 wrong passwords, each from a new IP, alternating between the servers; a right one
+    // spends nothing (its token is back before it answers); a tenth wrong one spends the
+    // last token.
+    for n in 0..9 {
+        let ip = format!("10.5.0.{n}");
+        let wrong = login_from(server(n), "kim@example.com", "violet-harbour-43", &ip).await;
+        assert_eq!(wrong, StatusCode::UNAUTHORIZED, "attempt {n}");
+    }
+    let right = login_from(&b, "kim@example.com", PASSWORD, "10.5.1.1").await;
+    assert_eq!(right, StatusCode::OK);
+    let tenth = login_from(&a, "Kim@Example.com", "violet-harbour-43", "10.5.1.2").await;
+    assert_eq!(tenth, StatusCode::UNAUTHORIZED);
+
+    // Spent on both servers, even for the right password.
+    for (app, ip) in [(&b, "10.5.1.3"), (&a, "10.5.1.4")] {
+        let answer = app
+            .request(Method::POST, "/api/auth/login/")
+            .header("x-forwarded-for", ip)
+            .json(&json!({ "email": "kim@example.com", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = answer.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=3600).contains(&wait), "{wait}");
+        assert_eq!(
+            body(answer).await,
+            json!({ "detail": format!("Request was throttled. Expected available in {wait} seconds.") })
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_shared_throttle_fails_each_server_counts_alone_and_locks_nobody_out() {
+    let Some((a, b, url)) = throttled_servers("several_servers_throttle_fails").await else {
+        return;
+    };
+    // Every take of a shared bucket now fails.
+    postgres_sql(&url, "DROP TABLE throttle_buckets").await;
+
+    // A counts the logins of one IP itself: 3 a minute.
+    for n in 0..3 {
+        let email = format!("nobody{n}@example.com");
+        let refused = login_from(&a, &email, PASSWORD, "10.6.0.1").await;
+        assert_eq!(refused, StatusCode::UNAUTHORIZED);
+    }
+    let fourth = login_from(&a, "nobody3@example.com", PASSWORD, "10.6.0.1").await;
+    assert_eq!(fourth, StatusCode::TOO_MANY_REQUESTS);
+    // B has counted none of them.
+    let on_b = login_from(&b, "nobody4@example.com", PASSWORD, "10.6.0.1").await;
+    assert_eq!(on_b, StatusCode::UNAUTHORIZED);
 }

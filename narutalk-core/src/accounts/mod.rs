@@ -227,7 +227,7 @@ impl LoginInput {
     /// The key of this email's failure budget (`docs/API.md`, Login throttling): the
     /// SHA-256 of the lower-cased email, whether or not an account has it.
     pub fn email_key(&self) -> EmailKey {
-        EmailKey(Sha256::digest(self.email.as_bytes()).into())
+        EmailKey::of(&self.email)
     }
 
     /// The device of the presented device token, if the body carried one of the right
@@ -241,6 +241,19 @@ impl LoginInput {
 /// email, so that every key takes 32 bytes whatever the email sent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EmailKey([u8; 32]);
+
+impl EmailKey {
+    /// The key of `email`, trimmed and lower-cased first (what a registration's per-email
+    /// throttle counts, whether or not the email is valid).
+    pub fn of(email: &str) -> EmailKey {
+        EmailKey(Sha256::digest(email.trim().to_lowercase().as_bytes()).into())
+    }
+
+    /// The SHA-256 of the lower-cased email: the only form a shared throttle keeps.
+    pub fn digest(&self) -> [u8; 32] {
+        self.0
+    }
+}
 
 impl std::fmt::Debug for EmailKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -638,10 +638,10 @@ mod tests {
             rows,
         };
         assert!(first_occupied(&[rows(MIGRATION_TABLE, 4), rows("users", 0)]).is_none());
-        let refused = first_occupied(&[rows("chat_sessions", 0), rows("throttle_hits", 2)]);
+        let refused = first_occupied(&[rows("chat_sessions", 0), rows("throttle_buckets", 2)]);
         assert_eq!(
             refused.unwrap().to_string(),
-            "the target is not empty (throttle_hits holds 2 row(s)); copy into an empty database"
+            "the target is not empty (throttle_buckets holds 2 row(s)); copy into an empty database"
         );
     }
 }

@@ -988,13 +988,89 @@ pub struct CounterProblem {
 /// Everything the rules ask of storage: one backend implements every area, which makes it
 /// a store. The [`crate::Narutalk`] handle owns one as an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Feed + Any + fmt::Debug
+    AccountStore
+    + TokenStore
+    + ChatStore
+    + AdminStore
+    + Maintenance
+    + Feed
+    + Throttle
+    + Any
+    + fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: AccountStore + TokenStore + ChatStore + AdminStore + Maintenance + Feed + Any + fmt::Debug
+    T: AccountStore
+        + TokenStore
+        + ChatStore
+        + AdminStore
+        + Maintenance
+        + Feed
+        + Throttle
+        + Any
+        + fmt::Debug
 {
+}
+
+/// A token bucket's rule: it holds `capacity` tokens and gets one back every `refill`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketRule {
+    capacity: u32,
+    refill: Duration,
+}
+
+impl BucketRule {
+    /// A bucket of `capacity` tokens, one back every `refill`; `None` when either is zero
+    /// (a bucket that never refuses is no bucket).
+    pub fn new(capacity: u32, refill: Duration) -> Option<BucketRule> {
+        (capacity > 0 && !refill.is_zero()).then_some(BucketRule { capacity, refill })
+    }
+
+    /// At most `n` a minute: a bucket of `n` that gets one token back every `60 / n`
+    /// seconds (governor's `Quota::per_minute`); `None` for 0.
+    pub fn per_minute(n: u32) -> Option<BucketRule> {
+        BucketRule::new(n, Duration::from_secs(60).checked_div(n)?)
+    }
+
+    /// How many tokens the bucket holds.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// How often one token comes back.
+    pub fn refill(&self) -> Duration {
+        self.refill
+    }
+
+    /// The time a whole empty bucket takes to be full again.
+    pub fn whole(&self) -> Duration {
+        self.refill.saturating_mul(self.capacity)
+    }
+}
+
+/// Token buckets that every process of a shared storage counts together (contract
+/// section 10: a client spreading requests over several servers gets the limits of one).
+/// A bucket is named by its throttle (`bucket`: `login_ip`, `messages`, ...) and by whom
+/// it counts (`key`: an IP, a user id, a digest; never an email in clear), and takes its
+/// [`BucketRule`] from the caller. A bucket nobody touched is full.
+///
+/// Storage that one process owns answers [`Error::Internal`] (that process counts in its
+/// own memory, faster): a caller asks only when [`Feed::shared`].
+pub trait Throttle: Send + Sync {
+    /// Takes one token of `key`'s bucket at `now`: `None` when taken, or the time until
+    /// one is back when none is left (nothing is taken then).
+    fn take_token(
+        &self,
+        bucket: &str,
+        key: &str,
+        rule: BucketRule,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>, Error>;
+
+    /// Gives back one token taken from `key`'s bucket (an attempt that is not to count);
+    /// a bucket never holds more than its capacity.
+    fn give_token_back(&self, bucket: &str, key: &str, rule: BucketRule) -> Result<(), Error>;
 }
 
 /// The changes other processes make to a storage several processes share (PostgreSQL

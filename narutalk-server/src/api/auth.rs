@@ -1,6 +1,6 @@
 //! `/api/auth/`: contract section 2.
 
-use narutalk_core::accounts::{LoginInput, User};
+use narutalk_core::accounts::{EmailKey, LoginInput, User};
 use narutalk_core::fields::JsonObject;
 use serde_json::Value;
 use warp::http::StatusCode;
@@ -32,7 +32,7 @@ use crate::wire;
 pub async fn register(call: Call<'_>) -> Result<Response, ApiError> {
     let Call { state, request, .. } = call;
     let body = request.json_object(state.body).await?;
-    count_email(&state.throttles.register_email, &body)?;
+    count_email(&state.throttles.register_email, &body).await?;
     let user = state
         .run(move |core| core.accounts().register_fields(&body))
         .await?;
@@ -80,21 +80,33 @@ pub async fn login(call: Call<'_>) -> Result<Response, ApiError> {
     };
     // A valid device token of the account counts against its own budget instead of the
     // email's; once that is spent, the token is ignored until it refills.
-    let device = trusted.and_then(|device| throttles.device_failures.try_reserve(device));
+    let device = match trusted {
+        Some(device) => throttles.device_failures.try_reserve(device).await,
+        None => None,
+    };
     let email = match device {
         Some(_) => None,
-        None => Some(throttles.login_failures.reserve(input.email_key())?),
+        None => Some(throttles.login_failures.reserve(input.email_key()).await?),
     };
     let honoured = device.as_ref().map(|reservation| *reservation.key());
     let outcome = state
         .run(move |core| core.accounts().login_with(&input, honoured))
         .await;
-    if matches!(outcome, Err(ApiError::BadCredentials)) {
-        if let Some(device) = device {
+    // A 401 keeps the token; any other answer gives it back before it is sent, so that
+    // the next attempt, on any server, finds it.
+    let failed = matches!(outcome, Err(ApiError::BadCredentials));
+    if let Some(device) = device {
+        if failed {
             device.spend();
+        } else {
+            device.release().await;
         }
-        if let Some(email) = email {
+    }
+    if let Some(email) = email {
+        if failed {
             email.spend();
+        } else {
+            email.release().await;
         }
     }
     let login = outcome?;
@@ -292,10 +304,11 @@ pub async fn dashboard(call: Call<'_>) -> Result<Response, ApiError> {
     ))
 }
 
-/// Counts a registration against the per-email throttle when the body names an email.
-fn count_email(throttle: &Throttle<String>, body: &JsonObject) -> Result<(), ApiError> {
+/// Counts a registration against the per-email throttle (keyed by the lower-cased email's
+/// digest) when the body names an email.
+async fn count_email(throttle: &Throttle<EmailKey>, body: &JsonObject) -> Result<(), ApiError> {
     match body.get("email").and_then(Value::as_str) {
-        Some(email) if !email.trim().is_empty() => throttle.check(&email.trim().to_lowercase()),
+        Some(email) if !email.trim().is_empty() => throttle.check(&EmailKey::of(email)).await,
         _ => Ok(()),
     }
 }

@@ -110,7 +110,8 @@ async fn dispatch(
         route.throttle,
         request,
         caller.as_ref().and_then(Caller::user),
-    )?;
+    )
+    .await?;
     if !route.allows(&request.method) {
         return Err(ApiError::MethodNotAllowed {
             method: request.method.to_string(),
@@ -176,7 +177,7 @@ async fn authenticate(calls: &Calls, request: &Request) -> Result<User, ApiError
 /// section 1.1): login and register per client IP, message posting per user. The
 /// per-email throttle of register and the login failure budgets need the body, so their
 /// handlers count them.
-fn throttle(
+async fn throttle(
     state: &State,
     counted: Option<Counted>,
     request: &Request,
@@ -186,10 +187,12 @@ fn throttle(
     let client_ip = || request.client_ip(&state.site.trusted_proxies);
     match counted {
         None => Ok(()),
-        Some(Counted::LoginPerIp) => throttles.login_ip.check(&client_ip()),
-        Some(Counted::RegisterPerIp) => throttles.register_ip.check(&client_ip()),
+        Some(Counted::LoginPerIp) => throttles.login_ip.check(&client_ip()).await,
+        Some(Counted::RegisterPerIp) => throttles.register_ip.check(&client_ip()).await,
         Some(Counted::PostsPerUser) => match user {
-            Some(user) if request.method == Method::POST => throttles.messages.check(&user.id.0),
+            Some(user) if request.method == Method::POST => {
+                throttles.messages.check(&user.id.0).await
+            }
             _ => Ok(()),
         },
     }

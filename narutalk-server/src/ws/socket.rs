@@ -361,7 +361,7 @@ impl Socket {
         // meanwhile closes the socket only after): the message and then its reply reach
         // every socket of the session, this one included, through the room, and the engine
         // produces and stores the reply even if this socket closes meanwhile.
-        let posted = match self.shared.throttles.messages.check(&owner.0) {
+        let posted = match self.shared.throttles.messages.check(&owner.0).await {
             Ok(()) => {
                 let input = PostInput::from_frame(&frame, self.shared.calls.content_max_chars());
                 turns::post(

@@ -198,7 +198,7 @@ mod tests {
             "{status:?}"
         );
         assert!(status.size_bytes > 0);
-        assert_eq!(status.migrations.len(), 1);
+        assert_eq!(status.migrations.len(), 2);
         let users = status.tables.iter().find(|t| t.table == "users").unwrap();
         assert_eq!(users.rows, 0);
         assert_eq!(status.tables.len(), 10);

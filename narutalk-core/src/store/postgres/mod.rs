@@ -42,6 +42,7 @@ mod copy;
 mod listener;
 mod maintenance;
 mod outbox;
+mod throttle;
 mod tokens;
 
 mod embedded {
@@ -650,14 +651,20 @@ mod tests {
         let Some((store, url)) = testing::store("pg_open") else {
             return;
         };
-        assert_eq!(store.migrated_at_open, 1);
+        assert_eq!(store.migrated_at_open, 2);
         let versions: Vec<(i64, String)> = store
             .recorded_migrations()
             .unwrap()
             .into_iter()
             .map(|m| (m.version, m.name))
             .collect();
-        assert_eq!(versions, [(1, "initial_schema".to_owned())]);
+        assert_eq!(
+            versions,
+            [
+                (1, "initial_schema".to_owned()),
+                (2, "shared_throttles".to_owned())
+            ]
+        );
         let tables = testing::cluster("pg_open").unwrap().psql(
             url.rsplit('/').next().unwrap(),
             "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'",
@@ -665,7 +672,7 @@ mod tests {
         assert_eq!(
             tables,
             "chat_messages,chat_sessions,device_tokens,idempotency_keys,outbox,\
-             refinery_schema_history,refresh_tokens,throttle_hits,users,write_probe"
+             refinery_schema_history,refresh_tokens,throttle_buckets,users,write_probe"
         );
         // Reopening migrates nothing.
         let again = PostgresStore::open(&url, OpenMode::MustExist).unwrap();
@@ -731,11 +738,12 @@ mod tests {
                 });
             }
         });
-        assert_eq!(migrated.load(Ordering::Relaxed), 1);
+        // One store applied both migrations; the others none.
+        assert_eq!(migrated.load(Ordering::Relaxed), 2);
         let name = url.rsplit('/').next().unwrap();
         assert_eq!(
             cluster.psql(name, "SELECT count(*) FROM refinery_schema_history"),
-            "1"
+            "2"
         );
     }
 

@@ -300,6 +300,34 @@ impl super::Feed for SqliteStore {
     }
 }
 
+/// The one server that owns the file counts its throttles in its own memory: no bucket is
+/// kept here.
+impl super::Throttle for SqliteStore {
+    fn take_token(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _rule: super::BucketRule,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Duration>, Error> {
+        Err(not_shared())
+    }
+
+    fn give_token_back(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        _rule: super::BucketRule,
+    ) -> Result<(), Error> {
+        Err(not_shared())
+    }
+}
+
+/// The answer of [`super::Throttle`] on a storage one process owns.
+fn not_shared() -> Error {
+    Error::internal("a SQLite store keeps no shared throttles (its server counts them itself)")
+}
+
 /// The deadline of a write that asked for the database at `asked_at`.
 fn deadline(asked_at: Instant) -> Instant {
     asked_at.checked_add(WRITE_DEADLINE).unwrap_or(asked_at)

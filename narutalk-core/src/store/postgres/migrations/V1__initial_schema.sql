@@ -117,12 +117,3 @@ CREATE TABLE outbox (
     request_id TEXT,
     payload    TEXT    NOT NULL DEFAULT '{}'
 );
-
--- The throttles every server shares (contract: a client spreading attempts over servers
--- gets the same limits): one row per throttled key and window, counted by an upsert.
-CREATE TABLE throttle_hits (
-    bucket       TEXT    NOT NULL,                   -- what is counted and for whom
-    window_start BIGINT  NOT NULL,                   -- microseconds, a multiple of the window
-    hits         BIGINT  NOT NULL,
-    PRIMARY KEY (bucket, window_start)
-);
