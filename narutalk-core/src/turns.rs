@@ -353,7 +353,7 @@ impl Engine {
         } else {
             self.store.void_leases()?
         };
-        let sessions = self.store.pending_sessions()?;
+        let sessions = self.store.pending_sessions(crate::time::now())?;
         if !sessions.is_empty() || voided > 0 {
             tracing::info!(
                 target: "narutalk::ai",
@@ -857,7 +857,7 @@ impl Engine {
         if !self.is_started() {
             return;
         }
-        let sessions = match self.store.pending_sessions() {
+        let sessions = match self.store.pending_sessions(crate::time::now()) {
             Ok(sessions) => sessions,
             Err(error) => {
                 tracing::warn!(target: "narutalk::ai", %error, "could not look for turns left pending");
@@ -1277,7 +1277,11 @@ mod tests {
         f.left_pending(a, "a1", Some(&dead));
         f.left_pending(a, "a2", None);
         f.left_pending(b, "b1", None);
-        assert_eq!(f.narutalk.store().pending_sessions().unwrap(), [a, b]);
+        // A session whose oldest turn is under a live lease is not listed until it expires.
+        let store = f.narutalk.store();
+        assert_eq!(store.pending_sessions(crate::time::now()).unwrap(), [b]);
+        let later = crate::time::now() + chrono::Duration::hours(2);
+        assert_eq!(store.pending_sessions(later).unwrap(), [a, b]);
         // Without the engine, nothing answers them; another holder finds the dead lease
         // still live.
         let other = Lease {
@@ -1296,7 +1300,13 @@ mod tests {
             ["user: a1", "user: a2", "ai: re: a1", "ai: re: a2"]
         );
         assert_eq!(f.stored(b), ["user: b1", "ai: re: b1"]);
-        assert!(f.narutalk.store().pending_sessions().unwrap().is_empty());
+        assert!(
+            f.narutalk
+                .store()
+                .pending_sessions(crate::time::now())
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(responder.asked().len(), 3);
     }
 
@@ -1393,7 +1403,10 @@ mod tests {
 
         // Assert: opening answers nothing; neither handle runs the engine.
         assert!(!admin.turns.is_started() && !f.narutalk.turns.is_started());
-        assert_eq!(admin.store().pending_sessions().unwrap(), [session]);
+        assert_eq!(
+            admin.store().pending_sessions(crate::time::now()).unwrap(),
+            [session]
+        );
 
         // Act: a post through the other handle answers the older turn first, then its own,
         // before it returns.

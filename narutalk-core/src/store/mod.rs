@@ -729,8 +729,10 @@ pub trait ChatStore: Send + Sync {
     /// its start: the leases are its dead predecessor's). Answers how many it freed.
     fn void_leases(&self) -> Result<usize, Error>;
 
-    /// The sessions with pending turns, the one whose oldest pending turn is oldest first.
-    fn pending_sessions(&self) -> Result<Vec<SessionId>, Error>;
+    /// The sessions with pending turns that a claim at `now` may take (no lease, or an
+    /// expired one: a turn another live process is answering is not listed), the one
+    /// whose oldest pending turn is oldest first.
+    fn pending_sessions(&self, now: DateTime<Utc>) -> Result<Vec<SessionId>, Error>;
 }
 
 /// A session to store.

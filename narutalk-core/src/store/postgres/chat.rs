@@ -385,16 +385,17 @@ impl ChatStore for PostgresStore {
         })
     }
 
-    fn pending_sessions(&self) -> Result<Vec<SessionId>, Error> {
+    fn pending_sessions(&self, now: DateTime<Utc>) -> Result<Vec<SessionId>, Error> {
         // The partial index on `turns_pending > 0` finds the sessions. SQLite sorts NULL
         // first and compares text bytewise: so does this order.
         self.read(|tx| {
             let rows = tx.query(
                 "SELECT s.id FROM chat_sessions s WHERE s.turns_pending > 0 \
+                 AND (s.turn_holder IS NULL OR s.turn_expires <= $1) \
                  ORDER BY (SELECT m.created_at FROM chat_messages m \
                            WHERE m.session_id = s.id AND m.seq > s.answered_seq AND m.sender = 'user' \
                            ORDER BY m.seq LIMIT 1) NULLS FIRST, s.id COLLATE \"C\"",
-                &[],
+                &[&time::to_micros(&now)],
             )?;
             rows.iter()
                 .map(|row| Ok(SessionId(uuid_column(row, 0)?)))
@@ -1118,7 +1119,7 @@ mod tests {
                 400
             )
         ));
-        say(format!("{:?}", store.pending_sessions()));
+        say(format!("{:?}", store.pending_sessions(crate::time::now())));
         say(format!("{:?}", store.reply_context(s1, 3, 2)));
         say(format!(
             "{:?}",
@@ -1136,7 +1137,7 @@ mod tests {
                 510
             )
         ));
-        say(format!("{:?}", store.pending_sessions()));
+        say(format!("{:?}", store.pending_sessions(crate::time::now())));
         // The key's use expired: a new message, then its repeats.
         say(format!(
             "{:?}",
@@ -1185,7 +1186,7 @@ mod tests {
         ));
         say(format!("{:?}", store.void_leases()));
         say(format!("{:?}", store.void_leases()));
-        say(format!("{:?}", store.pending_sessions()));
+        say(format!("{:?}", store.pending_sessions(crate::time::now())));
         say(format!("{:?}", store.claim_turn(s2, &a)));
         say(format!("{:?}", store.claim_turn(gone, &a)));
         say(format!(
@@ -1345,7 +1346,7 @@ mod tests {
         say(format!("{:?}", store.claim_turn(s2, &a)));
         say(format!("{:?}", store.reply_context(s2, 3, 10)));
         say(format!("{:?}", store.reply_for(mid(20))));
-        say(format!("{:?}", store.pending_sessions()));
+        say(format!("{:?}", store.pending_sessions(crate::time::now())));
         say(format!(
             "{:?}",
             store.session_page(owner, SessionFilter::default(), PageRequest::Last)
@@ -1691,7 +1692,7 @@ mod tests {
             store.session_detail(owner, sid(1)).unwrap().messages.len(),
             2
         );
-        assert_eq!(store.pending_sessions().unwrap(), []);
+        assert_eq!(store.pending_sessions(crate::time::now()).unwrap(), []);
     }
 
     #[test]
@@ -1826,7 +1827,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(store.pending_sessions().unwrap(), [sid(1)]);
+        assert_eq!(
+            store.pending_sessions(crate::time::now()).unwrap(),
+            [sid(1)]
+        );
         assert_eq!(
             store.session_detail(owner, sid(1)).unwrap().messages.len(),
             1

@@ -353,17 +353,20 @@ impl ChatStore for SqliteStore {
         })
     }
 
-    fn pending_sessions(&self) -> Result<Vec<SessionId>, Error> {
+    fn pending_sessions(&self, now: DateTime<Utc>) -> Result<Vec<SessionId>, Error> {
         // A scan of the sessions (at a start only): an index on `turns_pending` would be
         // written by every post and every reply.
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT s.id FROM chat_sessions s WHERE s.turns_pending > 0 \
+                 AND (s.turn_holder IS NULL OR s.turn_expires <= ?1) \
                  ORDER BY (SELECT m.created_at FROM chat_messages m \
                            WHERE m.session_id = s.id AND m.seq > s.answered_seq AND m.sender = 'user' \
                            ORDER BY m.seq LIMIT 1), s.id",
             )?;
-            let rows = statement.query_map([], |row| Ok(SessionId(uuid_column(row, 0)?)))?;
+            let rows = statement.query_map([time::to_micros(&now)], |row| {
+                Ok(SessionId(uuid_column(row, 0)?))
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
