@@ -1001,9 +1001,10 @@ const SLOW_READER_IDLE_SECONDS: u32 = 6;
 
 /// More than a peer that floods and never reads can push before TCP pushes back on it,
 /// once the server has stopped reading: the kernel's buffers on both sides (this client's
-/// are small; the server's grow with what it read, at most a few MiB of pings before its
-/// pongs block). A server still reading after this much is piling up what it owes.
-const FLOOD_LIMIT_BYTES: usize = 32 * 1024 * 1024;
+/// are small; the server's receive buffer grows with what it read, up to `tcp_rmem`'s
+/// maximum, 6 to 32 MiB on common kernels, and its send buffer holds a few MiB of pongs
+/// before they block). A server still reading after this much is piling up what it owes.
+const FLOOD_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a socket that stopped reading ended, as its client finds out once it reads again.
 #[derive(Debug, PartialEq)]
@@ -1014,20 +1015,35 @@ enum SlowReaderEnd {
     CutOff,
 }
 
-/// Sends `frame` again and again and never reads, until one send has been blocked for
+/// How many bytes of frames the flooding client hands TCP in one write. One frame per write
+/// would make a segment of a few dozen bytes each, and the server's kernel, which counts
+/// each segment's memory rather than its bytes, would prune its receive queue and drop
+/// some: the client then resends them only after its retransmission timer backs off
+/// (seconds), a silence the server rightly takes for an idle peer.
+const FLOOD_WRITE_BYTES: usize = 8 * 1024;
+
+/// Sends `frame` again and again and never reads, until one write has been blocked for
 /// longer than `blocked_for` (the server stopped reading, and TCP pushed back on this
-/// client) or has failed (the server dropped the connection). Answers how many frames went
-/// out. Fails the test if the server is still reading after [`FLOOD_LIMIT_BYTES`].
+/// client) or has failed (the server dropped the connection). Frames go out
+/// [`FLOOD_WRITE_BYTES`] at a time. Answers how many frames went out. Fails the test if the
+/// server is still reading after [`FLOOD_LIMIT_BYTES`].
 async fn flood_until_blocked(
     socket: &mut WsStream,
     frame: Message,
     blocked_for: Duration,
 ) -> usize {
     let frame_bytes = frame.len();
+    let batch = (FLOOD_WRITE_BYTES / frame_bytes.max(1)).max(1);
     let mut sent = 0;
     while sent * frame_bytes < FLOOD_LIMIT_BYTES {
-        match tokio::time::timeout(blocked_for, socket.send(frame.clone())).await {
-            Ok(Ok(())) => sent += 1,
+        let write = async {
+            for _ in 0..batch {
+                socket.feed(frame.clone()).await?;
+            }
+            socket.flush().await
+        };
+        match tokio::time::timeout(blocked_for, write).await {
+            Ok(Ok(())) => sent += batch,
             Ok(Err(_)) | Err(_) => return sent,
         }
     }
