@@ -282,6 +282,10 @@ impl Narutalk {
     /// pending, answered after the next start), and turns posted from now on are answered
     /// on their posting thread. Turns in progress go on; [`Narutalk::turns_drained`]
     /// completes when they are done.
+    ///
+    /// On shared storage it also stops following other processes' changes, and waits for
+    /// the thread that follows them (a fraction of a second): like every other blocking
+    /// call of the core, call it off an async runtime's threads.
     pub fn stop_turns(&self) {
         self.turns.stop();
         // Stops following other processes' changes (waits for the feed's thread).

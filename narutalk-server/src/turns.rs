@@ -7,6 +7,7 @@
 //! REST post holds no blocking thread while the AI works, and a repeated post's wait is
 //! bounded by the core's reply wait (503 after).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use narutalk_core::Narutalk;
@@ -62,9 +63,16 @@ pub async fn exchange(
 }
 
 /// Stops the core's turn engine and waits (at most `limit`) for the turns in flight to
-/// store their replies; a reply the database refuses is given up at once.
-pub async fn drain(core: &Narutalk, limit: Duration) {
-    core.stop_turns();
+/// store their replies; a reply the database refuses is given up at once. The stop itself
+/// runs on the blocking pool: it waits for the thread that follows other servers' changes.
+pub async fn drain(core: &Arc<Narutalk>, limit: Duration) {
+    let stopping = Arc::clone(core);
+    if tokio::task::spawn_blocking(move || stopping.stop_turns())
+        .await
+        .is_err()
+    {
+        tracing::error!("stopping the turn engine panicked");
+    }
     if tokio::time::timeout(limit, core.turns_drained())
         .await
         .is_err()

@@ -19,8 +19,10 @@ const SHARED_SECRET: &str = "several-processes-share-this-signing-key-0123456789
 
 /// The AI timeout of the servers, in seconds: a turn's lease is this plus 30 s. Short, so
 /// that the test waits little for the lease of a killed server to expire; long enough that
-/// the server is killed before its own call times out (which would store a failure).
-const AI_TIMEOUT_SECONDS: &str = "3";
+/// the server is killed before its own call times out (which would store a failure): the
+/// kill follows the fake service seeing the call by milliseconds of work, and 10 s leaves
+/// room for a machine busy with other tests.
+const AI_TIMEOUT_SECONDS: &str = "10";
 
 /// Generous bound for what must happen: the killed server's lease expiring (the AI
 /// timeout plus 30 s), the other server noticing (it looks every 5 s) and answering.
