@@ -690,10 +690,9 @@ impl Chat<'_> {
     pub fn exists(&self, owner: UserId, id: SessionId) -> Result<bool, Error> {
         Ok(self
             .store
-            .sessions_exist(&[(owner, id)])?
+            .last_seqs(&[(owner, id)])?
             .first()
-            .copied()
-            .unwrap_or(false))
+            .is_some_and(Option::is_some))
     }
 
     /// `GET /api/chat/sessions/`: the owner's sessions, most recently updated first (ties:
@@ -832,7 +831,20 @@ impl Chat<'_> {
     /// owner: one read transaction for callers that watch many sessions (open sockets) and
     /// must notice deletions made anywhere, also by another process.
     pub fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
-        self.store.sessions_exist(sessions)
+        Ok(self
+            .store
+            .last_seqs(sessions)?
+            .iter()
+            .map(Option::is_some)
+            .collect())
+    }
+
+    /// For each `(owner, session)`, the sequence number of the session's last stored
+    /// message (0 before the first) when it still exists and belongs to that owner, `None`
+    /// otherwise: one read for callers that follow many sessions (a server's rooms) and
+    /// look for messages stored by another process.
+    pub fn last_seqs(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<Option<i64>>, Error> {
+        self.store.last_seqs(sessions)
     }
 
     /// `POST /api/chat/sessions/{id}/messages/`: stores a user message with its pending

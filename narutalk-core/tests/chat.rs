@@ -2069,6 +2069,38 @@ fn sessions_exist_answers_per_owner_and_notices_deletion() {
     assert_eq!(chat.sessions_exist(&[]).unwrap(), Vec::<bool>::new());
 }
 
+/// `last_seqs` answers, pair by pair, the sequence number of the session's last stored
+/// message (0 before the first): what a server compares with what its sockets were sent.
+/// A deleted session and someone else's session answer `None`.
+#[test]
+fn last_seqs_answer_each_sessions_last_sequence_number_per_owner() {
+    let (_dir, narutalk, alice) = fixture();
+    let bob = add_user(&narutalk, "bob");
+    let chat = narutalk.chat();
+    let empty = new_session(&narutalk, alice, "empty").id;
+    let talked = new_session(&narutalk, alice, "talked").id;
+    let deleted = new_session(&narutalk, alice, "deleted").id;
+    let bobs = new_session(&narutalk, bob, "bob's").id;
+    post_text(&narutalk, alice, talked, "one");
+    post_text(&narutalk, alice, talked, "two");
+    let last = post_text(&narutalk, alice, talked, "three");
+    post_text(&narutalk, bob, bobs, "bob's one");
+    chat.delete_session(alice, deleted).unwrap();
+    let pairs = [
+        (alice, empty),
+        (alice, talked),
+        (alice, deleted),
+        (bob, bobs),
+        (alice, bobs),
+    ];
+    assert_eq!(
+        chat.last_seqs(&pairs).unwrap(),
+        [Some(0), Some(last.seq), None, Some(1), None]
+    );
+    assert_eq!(last.seq, 3);
+    assert_eq!(chat.last_seqs(&[]).unwrap(), Vec::<Option<i64>>::new());
+}
+
 /// Hostile strings (SQL, LIKE wildcards, control characters, emoji, RTL marks) round-trip
 /// byte for byte in titles, contents and metadata, and the tables survive. (NUL is
 /// refused: see `nul_characters_are_refused_in_titles_contents_and_metadata`.)

@@ -229,8 +229,9 @@ pub trait Hub: Send + Sync {
     /// or after the read of the messages it shows the room missed.
     fn publish(&self, session: SessionId, event: RoomEvent);
 
-    /// Makes every room without a read in flight read what it has not delivered (events
-    /// from other servers may have been lost), without waiting.
+    /// Looks, in one read for every room, for messages the rooms have not delivered (events
+    /// from other servers may have been lost), and makes the rooms that are behind (or
+    /// whose session is gone) read them; without waiting.
     fn resync(&self);
 }
 
@@ -245,6 +246,10 @@ pub trait RoomStore: Send + Sync + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Message>, CoreError>;
+
+    /// For each `(owner, session)`, the session's last sequence number, `None` once it
+    /// is gone: one read for every room. Blocking, like [`RoomStore::messages_after`].
+    fn last_seqs(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<Option<i64>>, CoreError>;
 }
 
 impl RoomStore for Narutalk {
@@ -257,6 +262,10 @@ impl RoomStore for Narutalk {
     ) -> Result<Vec<Message>, CoreError> {
         self.chat()
             .messages_after_seq(owner, session, after_seq, limit)
+    }
+
+    fn last_seqs(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<Option<i64>>, CoreError> {
+        self.chat().last_seqs(sessions)
     }
 }
 
@@ -427,25 +436,47 @@ impl Hub for LocalHub {
     }
 
     fn resync(&self) {
-        let reads: Vec<Read> = self
+        let watched: Vec<Watched> = self
             .rooms
             .lock()
-            .iter_mut()
-            .filter(|(_, room)| room.fill.is_none() && !room.members.is_empty())
-            .map(|(session, room)| {
-                room.fill = Some(Fill::default());
-                Read {
-                    session: *session,
-                    room: room.id,
-                    owner: room.owner,
-                    after: room.delivered,
-                }
+            .iter()
+            .filter(|(_, room)| !room.members.is_empty())
+            .map(|(session, room)| Watched {
+                session: *session,
+                room: room.id,
+                owner: room.owner,
             })
             .collect();
-        for read in reads {
-            self.rooms.start(read);
+        if watched.is_empty() {
+            return;
         }
+        let rooms = self.rooms.clone();
+        let work = move || {
+            let pairs: Vec<(UserId, SessionId)> = watched
+                .iter()
+                .map(|watched| (watched.owner, watched.session))
+                .collect();
+            let result = catch_unwind(AssertUnwindSafe(|| rooms.store.last_seqs(&pairs)))
+                .unwrap_or_else(|_| Err(CoreError::internal("the rooms' look panicked")));
+            match result {
+                Ok(last_seqs) => rooms.reached(watched.into_iter().zip(last_seqs)),
+                // Nothing is lost: the next look (or event) finds what this one missed.
+                Err(error) => tracing::warn!(
+                    rooms = pairs.len(),
+                    %error,
+                    "the rooms could not look for messages stored elsewhere"
+                ),
+            }
+        };
+        self.rooms.run_blocking(work);
     }
+}
+
+/// A room [`LocalHub::resync`] looks at.
+struct Watched {
+    session: SessionId,
+    room: u64,
+    owner: UserId,
 }
 
 impl Rooms {
@@ -458,6 +489,45 @@ impl Rooms {
     /// The most messages one read brings.
     fn page(&self) -> usize {
         FILL_PAGE.min(self.capacity / 2).max(1)
+    }
+
+    /// Runs `work` on the runtime's blocking threads (on this thread without a runtime,
+    /// which is never the server's case).
+    fn run_blocking(&self, work: impl FnOnce() + Send + 'static) {
+        match &self.runtime {
+            Some(runtime) => {
+                runtime.spawn_blocking(work);
+            }
+            None => work(),
+        }
+    }
+
+    /// Makes each room that has not delivered its session's last sequence number (or whose
+    /// session is gone: `None`) read what it missed, unless a read is in flight already.
+    fn reached(self: &Arc<Self>, looked: impl Iterator<Item = (Watched, Option<i64>)>) {
+        let reads: Vec<Read> = {
+            let mut rooms = self.lock();
+            looked
+                .filter_map(|(watched, last_seq)| {
+                    let room = rooms
+                        .get_mut(&watched.session)
+                        .filter(|room| room.id == watched.room)?;
+                    let behind = last_seq.is_none_or(|seq| seq > room.delivered);
+                    (behind && room.fill.is_none() && !room.members.is_empty()).then(|| {
+                        room.fill = Some(Fill::default());
+                        Read {
+                            session: watched.session,
+                            room: room.id,
+                            owner: room.owner,
+                            after: room.delivered,
+                        }
+                    })
+                })
+                .collect()
+        };
+        for read in reads {
+            self.start(read);
+        }
     }
 
     /// Reads the messages after `read.after` on a blocking thread, then hands them to
@@ -482,13 +552,7 @@ impl Rooms {
             .unwrap_or_else(|_| Err(CoreError::internal("a room's read panicked")));
             rooms.filled(read, result);
         };
-        match &self.runtime {
-            Some(runtime) => {
-                runtime.spawn_blocking(work);
-            }
-            // Without a runtime (never in the server), on the publishing thread.
-            None => work(),
-        }
+        self.run_blocking(work);
     }
 
     /// Delivers what a read brought, then what waited behind it; starts the next read
@@ -722,6 +786,10 @@ mod tests {
         released: Condvar,
         /// Every read fails with this, when set.
         failure: Mutex<Option<CoreError>>,
+        /// Sessions deleted: reads answer not found, looks `None`.
+        deleted: Mutex<Vec<SessionId>>,
+        /// Looks for the last sequence numbers ([`RoomStore::last_seqs`]).
+        looks: AtomicUsize,
     }
 
     impl FakeStore {
@@ -793,10 +861,33 @@ mod tests {
             drop(self.released.wait_while(held, |held| *held).unwrap());
             let answer = match self.failure.lock().unwrap().take() {
                 Some(error) => Err(error),
+                None if self.deleted.lock().unwrap().contains(&session) => Err(CoreError::NotFound),
                 None => Ok(snapshot),
             };
             self.returned.fetch_add(1, Ordering::SeqCst);
             answer
+        }
+
+        fn last_seqs(
+            &self,
+            sessions: &[(UserId, SessionId)],
+        ) -> Result<Vec<Option<i64>>, CoreError> {
+            self.looks.fetch_add(1, Ordering::SeqCst);
+            let messages = self.messages.lock().unwrap();
+            let deleted = self.deleted.lock().unwrap();
+            Ok(sessions
+                .iter()
+                .map(|(_, session)| {
+                    (!deleted.contains(session)).then(|| {
+                        messages
+                            .iter()
+                            .filter(|message| message.session_id == *session)
+                            .map(|message| message.seq)
+                            .max()
+                            .unwrap_or(0)
+                    })
+                })
+                .collect())
         }
     }
 
@@ -1111,6 +1202,54 @@ mod tests {
         assert_eq!(next(&mut member).await, None);
         hub.publish(session, store.add(session, [3])[0].clone());
         assert_eq!(next_seqs(&mut newcomer, 1).await, [3]);
+    }
+
+    /// A resync (every few seconds on shared storage) looks at every room in one read and
+    /// reads messages only for the rooms that are behind: the one whose events were lost
+    /// gets them, in order; the one up to date costs no read.
+    #[tokio::test]
+    async fn a_resync_reads_only_for_the_rooms_that_are_behind() {
+        let (behind, current) = (SessionId::new_random(), SessionId::new_random());
+        let store = FakeStore::with_messages(behind, 1..=3);
+        store.add(current, 1..=2);
+        let hub = hub_over(16, &store);
+        let mut lagging = hub.subscribe(behind, joining(1), Arc::default());
+        let mut up_to_date = hub.subscribe(current, joining(2), Arc::default());
+
+        hub.resync();
+
+        assert_eq!(next_seqs(&mut lagging, 2).await, [2, 3]);
+        assert_eq!(store.looks.load(Ordering::SeqCst), 1);
+        assert_eq!(store.reads(), 1, "only the room that was behind read");
+        assert_eq!(up_to_date.try_next(), None);
+        // Nothing is behind any more: the next look reads nothing.
+        hub.resync();
+        while store.looks.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.reads(), 1);
+        assert_eq!(lagging.try_next(), None);
+    }
+
+    /// A session deleted by another server while its deletion event was lost: the next
+    /// resync closes its room's members with 1008 `session deleted`.
+    #[tokio::test]
+    async fn a_resync_closes_the_room_of_a_session_deleted_elsewhere() {
+        let session = SessionId::new_random();
+        let store = FakeStore::with_messages(session, 1..=2);
+        let hub = hub_over(16, &store);
+        let closer = Arc::new(Closer::default());
+        let mut member = hub.subscribe(session, joining(2), closer.clone());
+        store.deleted.lock().unwrap().push(session);
+
+        hub.resync();
+
+        assert_eq!(next(&mut member).await, None);
+        assert_eq!(
+            closer.reason(),
+            Some((CloseCode::PolicyViolation, "session deleted"))
+        );
+        assert_eq!(hub.occupancy(), (0, 0));
     }
 
     #[tokio::test]

@@ -612,9 +612,9 @@ pub trait ChatStore: Send + Sync {
     /// The session with every message, in storage order, in one snapshot.
     fn session_detail(&self, owner: UserId, id: SessionId) -> Result<SessionDetail, Error>;
 
-    /// For each `(owner, session)`, whether the session exists and is that owner's, in one
-    /// snapshot.
-    fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error>;
+    /// For each `(owner, session)`, the session's last sequence number when it exists and
+    /// is that owner's (`None` otherwise), in one snapshot.
+    fn last_seqs(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<Option<i64>>, Error>;
 
     /// One page of the owner's sessions that match `filter`, most recently updated first
     /// (ties: newest creation first), each with its last message: the count and the page

@@ -22,6 +22,7 @@
 //! field error SQLite's callers would give (`content`: `Null characters are not
 //! allowed.`), rather than as an internal error.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -83,20 +84,31 @@ impl ChatStore for PostgresStore {
         })
     }
 
-    fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
-        self.read(|tx| {
-            sessions
-                .iter()
-                .map(|(owner, id)| {
-                    Ok(tx
-                        .query_opt(
-                            "SELECT 1 FROM chat_sessions WHERE id = $1 AND user_id = $2",
-                            &[&id.to_string(), &owner.0],
-                        )?
-                        .is_some())
-                })
-                .collect()
-        })
+    fn last_seqs(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<Option<i64>>, Error> {
+        if sessions.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One round trip for every session (a server asks for all its open sockets').
+        let ids: Vec<String> = sessions.iter().map(|(_, id)| id.to_string()).collect();
+        let found: HashMap<String, (i64, i64)> = self.read(|tx| {
+            tx.query(
+                "SELECT id, user_id, last_seq FROM chat_sessions WHERE id = ANY($1)",
+                &[&ids],
+            )?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?))))
+            .collect()
+        })?;
+        Ok(sessions
+            .iter()
+            .zip(&ids)
+            .map(|((owner, _), id)| {
+                found
+                    .get(id)
+                    .filter(|(user, _)| *user == owner.0)
+                    .map(|(_, last_seq)| *last_seq)
+            })
+            .collect())
     }
 
     fn session_page(
@@ -1305,7 +1317,7 @@ mod tests {
         say(format!("{:?}", store.session_detail(owner, s3)));
         say(format!(
             "{:?}",
-            store.sessions_exist(&[(owner, s1), (other, s1), (other, s3), (owner, gone)])
+            store.last_seqs(&[(owner, s1), (other, s1), (other, s3), (owner, gone)])
         ));
         // Many sessions created at the same time: the later insert first.
         for n in 0..25 {

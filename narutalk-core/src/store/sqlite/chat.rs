@@ -72,17 +72,18 @@ impl ChatStore for SqliteStore {
         })
     }
 
-    fn sessions_exist(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<bool>, Error> {
+    fn last_seqs(&self, sessions: &[(UserId, SessionId)]) -> Result<Vec<Option<i64>>, Error> {
+        // In process, a lookup per session costs no more than one query for all.
         self.read(|conn| {
-            let mut statement =
-                conn.prepare_cached("SELECT 1 FROM chat_sessions WHERE id = ?1 AND user_id = ?2")?;
+            let mut statement = conn.prepare_cached(
+                "SELECT last_seq FROM chat_sessions WHERE id = ?1 AND user_id = ?2",
+            )?;
             sessions
                 .iter()
                 .map(|(owner, id)| {
                     Ok(statement
-                        .query_row(params![id.to_string(), owner.0], |_| Ok(()))
-                        .optional()?
-                        .is_some())
+                        .query_row(params![id.to_string(), owner.0], |row| row.get(0))
+                        .optional()?)
                 })
                 .collect()
         })
