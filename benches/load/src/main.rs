@@ -7,13 +7,15 @@
 //! ceilings measured in the same run. `cargo load` runs it in release; see
 //! `benches/README.md` for the scenarios and the flags.
 //!
-//! Modules: `child` (the server processes, both ends), `seed` (settings and seeded
-//! data), `client` (the HTTP client and the closed-loop driver), `ws` (the WebSocket
-//! scenarios), `slow_ai` (the `slow-ai` scenario and its slow model), `scenarios` (every
-//! scenario's requests and rows), `ceilings`, `measure` (histograms), `report` (tables,
-//! targets, JSON).
+//! Modules: `child` (the server processes, both ends), `balancer` (the forwarder of
+//! `--servers N`), `budget` (the sockets the harness's open-files limit holds), `seed`
+//! (settings and seeded data), `client` (the HTTP client and the closed-loop driver), `ws`
+//! (the WebSocket scenarios), `slow_ai` (the `slow-ai` scenario and its slow model),
+//! `scenarios` (every scenario's requests and rows), `ceilings`, `measure` (histograms),
+//! `report` (tables, targets, JSON).
 
 mod balancer;
+mod budget;
 mod ceilings;
 mod child;
 // The throwaway PostgreSQL cluster of `--postgres` (the tests' own support module).
@@ -229,16 +231,9 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             }
         },
     };
-    // The harness holds every idle socket's client end; leave room for the rest.
-    let socket_room = usize::try_from(open_files.saturating_sub(256)).unwrap_or(usize::MAX);
-    let mut idle_note = None;
-    if plan.idle_sockets > socket_room {
-        idle_note = Some(format!(
-            "ws-idle: the open-files limit ({open_files}) allows {socket_room} sockets, not {}",
-            plan.idle_sockets
-        ));
-        plan.idle_sockets = socket_room;
-    }
+    // The harness holds every socket's client end, and behind the forwarder its two ends
+    // too: the scenarios with many sockets are sized to what its limit holds.
+    let budget_notes = budget::fit(&mut plan, open_files, flags.servers, &scenarios)?;
     let max_connections = plan.idle_sockets.max(10_000) + 10_000 + connections;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (commit, dirty) = git_commit();
@@ -295,7 +290,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             "off (--metrics turns them on)"
         }
     );
-    if let Some(note) = &idle_note {
+    for (_, note) in &budget_notes {
         println!("{note}");
     }
 
