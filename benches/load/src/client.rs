@@ -438,10 +438,17 @@ async fn run_lane(
         let sent = Instant::now();
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, open.exchange(&choice.request)).await;
         let done = Instant::now();
+        let recorded = sent >= window.start;
         if done > window.end {
+            if recorded
+                && let Ok(Ok(answer)) = &answer
+                && (200..300).contains(&answer.status)
+                && let Some(result) = results.get_mut(choice.group)
+            {
+                result.finished_late += 1;
+            }
             break;
         }
-        let recorded = sent >= window.start;
         let result = results
             .get_mut(choice.group)
             .context("a request of an unknown group")?;

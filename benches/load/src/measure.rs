@@ -34,6 +34,10 @@ pub struct Measured {
     /// `error` frames, refused handshakes): they mean the harness no longer speaks the
     /// API, not that the server is slow.
     pub refused: u64,
+    /// Operations started within the window that succeeded after its end: not in the
+    /// rate or the latencies, but they show the scenario works (a `--smoke` window may be
+    /// shorter than one slow operation, such as a login's hash on a busy machine).
+    pub finished_late: u64,
     /// The measured window.
     pub window: Duration,
     /// Latency of the successful operations.
@@ -47,6 +51,7 @@ impl Measured {
             ok: 0,
             errors: 0,
             refused: 0,
+            finished_late: 0,
             window,
             latency: histogram(precision)?,
         })
@@ -57,6 +62,7 @@ impl Measured {
         self.ok += other.ok;
         self.errors += other.errors;
         self.refused += other.refused;
+        self.finished_late += other.finished_late;
         self.latency
             .add(&other.latency)
             .map_err(|error| anyhow::anyhow!("merging latency histograms: {error}"))

@@ -24,6 +24,9 @@ pub struct Row {
     pub per_second: f64,
     /// Successful operations in the measured window.
     pub operations: u64,
+    /// Successful operations started in the window that ended after it (not counted in
+    /// `operations`).
+    pub finished_late: u64,
     /// Median latency, ms.
     pub p50_ms: f64,
     /// 99th percentile latency, ms.
@@ -53,6 +56,7 @@ impl Row {
             unit,
             per_second: measured.rate(),
             operations: measured.ok,
+            finished_late: measured.finished_late,
             p50_ms: measured.quantile_ms(0.5),
             p99_ms: measured.quantile_ms(0.99),
             max_ms: measured.max_ms(),
