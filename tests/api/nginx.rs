@@ -5,7 +5,8 @@
 //!
 //! Also two server processes on one PostgreSQL database behind nginx configured as the
 //! README's "Running several servers" says (its block read from the README): REST and a
-//! socket through nginx, each server answering in turn (contract section 10).
+//! socket through nginx, each server answering in turn (contract section 10), and the
+//! throttles counting the client nginx names in `X-Forwarded-For`, across both servers.
 //!
 //! nginx runs as a child process on a configuration written into a temporary folder (its
 //! pid file, logs and temporary files in there too), listening on 127.0.0.1.
@@ -418,4 +419,87 @@ async fn behind_the_readmes_nginx_two_servers_on_one_database_serve_rest_and_a_s
             logs()
         );
     }
+}
+
+/// Registers a fresh account through `api` as the client `forwarded_for` (sent as
+/// `X-Forwarded-For`, to which nginx appends its own peer), or as nginx's peer itself
+/// when `None`: the answer's status.
+async fn register_as(api: &Api, n: usize, forwarded_for: Option<&str>) -> StatusCode {
+    let name = format!("client{n}");
+    let mut request = reqwest::Client::new()
+        .post(api.url("/api/auth/register/"))
+        .json(&json!({
+            "username": name, "email": format!("{name}@example.com"),
+            "password": crate::helpers::PASSWORD, "password_confirm": crate::helpers::PASSWORD,
+        }));
+    if let Some(client) = forwarded_for {
+        request = request.header("X-Forwarded-For", client);
+    }
+    request.send().await.unwrap().status()
+}
+
+/// Behind the README's nginx, with `NARUTALK_TRUSTED_PROXIES` naming it, the per-IP limit
+/// counts the client that nginx's `X-Forwarded-For` names, on both servers together: a
+/// client's 4th registration in a minute (the limit set to 3) is throttled although nginx
+/// spread them over two servers, and another client (or nginx's own peer) is not. Were the
+/// header not passed on, or not believed, all of them would be one client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_the_readmes_nginx_the_limits_count_the_forwarded_client_across_both_servers() {
+    const TEST: &str =
+        "behind_the_readmes_nginx_the_limits_count_the_forwarded_client_across_both_servers";
+    let Some(nginx) = require("nginx", "nginx", TEST) else {
+        return;
+    };
+    let Some(url) = postgres_database(TEST).await else {
+        return;
+    };
+    let vars = [
+        ("NARUTALK_DATABASE", url.as_str()),
+        (
+            "NARUTALK_SECRET_KEY",
+            "two-servers-behind-nginx-share-this-key-0123456789abcdef",
+        ),
+        ("NARUTALK_TRUSTED_PROXIES", "127.0.0.1"),
+        ("NARUTALK_AUTH_THROTTLE_PER_MINUTE", "3"),
+    ];
+    let a = ServerProcess::start(&vars).await;
+    let b = ServerProcess::start(&vars).await;
+    let proxy = Nginx::start(&nginx, |dir, listen| {
+        readme_configuration(dir, listen, [a.addr, b.addr])
+    })
+    .await;
+    let api = Api::new(proxy.addr);
+
+    let mut first_client = Vec::new();
+    for n in 0..4 {
+        first_client.push(register_as(&api, n, Some("203.0.113.7")).await);
+    }
+    let second_client = register_as(&api, 4, Some("203.0.113.8")).await;
+    let the_proxys_peer = register_as(&api, 5, None).await;
+
+    assert_eq!(
+        first_client,
+        [
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "{}\n{}\n{}",
+        proxy.error_log(),
+        a.log(),
+        b.log()
+    );
+    assert_eq!(second_client, StatusCode::CREATED);
+    assert_eq!(the_proxys_peer, StatusCode::CREATED);
+    // The four went to both servers.
+    let registrations = upstreams_of(&proxy, 6, |method, path| {
+        method == "POST" && path == "/api/auth/register/"
+    })
+    .await;
+    let both: BTreeSet<String> = [a.addr, b.addr].iter().map(ToString::to_string).collect();
+    assert_eq!(
+        registrations[..4].iter().cloned().collect::<BTreeSet<_>>(),
+        both
+    );
 }
