@@ -1,7 +1,14 @@
 //! Crash rounds: writers post messages concurrently across several sessions, the server
-//! is killed with SIGKILL at a random moment, and restarted on the same data folder. Then
+//! is killed with SIGKILL at a random moment, and restarted on the same database. Then
 //! every acknowledged message (a 201) of every round so far, and its reply, must be stored
-//! exactly as answered, and SQLite's `PRAGMA integrity_check` must say `ok`.
+//! exactly as answered, and the stored rows must be sound (`Database::problems`: on SQLite
+//! `PRAGMA integrity_check` too). After the last restart every user message, also those
+//! whose post the kills cut, must get exactly one reply.
+//!
+//! On PostgreSQL a killed server's turns are taken over once their leases expire
+//! (`NARUTALK_AI_TIMEOUT_SECONDS` + 30 s, contract section 9): the AI timeout is 1 s
+//! there (the template AI answers at once), and the wait for the last replies is that
+//! much longer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +21,7 @@ use tokio::sync::Notify;
 use crate::api::{Account, Api, Exchange, check_stored};
 use crate::report::Row;
 use crate::server::{ServerProcess, Settings, start_with_user};
-use crate::{Context, Rng, sqlite};
+use crate::{Context, Rng};
 
 /// Sessions written to.
 const SESSIONS: usize = 4;
@@ -28,9 +35,25 @@ const KILL_WINDOW: Duration = Duration::from_millis(1_500);
 /// How long a round waits for its first 201 (an upper bound, not a speed requirement).
 const FIRST_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long, after the last restart, every user message may take to get its reply (an
+/// upper bound, not a speed requirement), on top of a lease on PostgreSQL.
+const ANSWERED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The AI timeout on PostgreSQL, where a killed server's leases last it + 30 s.
+const POSTGRES_AI_TIMEOUT_SECONDS: u64 = 1;
+
+/// How much longer than its AI timeout a lease lasts (`turns.rs`'s margin).
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
 /// Runs the rounds.
 pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
-    let settings = Settings::new(&ctx.dir)?;
+    let mut settings = Settings::new(ctx)?;
+    let mut answered_timeout = ANSWERED_TIMEOUT;
+    if ctx.backend.is_postgres() {
+        settings = settings.set("NARUTALK_AI_TIMEOUT_SECONDS", POSTGRES_AI_TIMEOUT_SECONDS);
+        answered_timeout += Duration::from_secs(POSTGRES_AI_TIMEOUT_SECONDS) + LEASE_MARGIN;
+    }
+    let database = settings.database().clone();
     let (mut server, account) = start_with_user(&settings, "crash", SESSIONS).await?;
     let mut rng = Rng::new(ctx.seed);
     let mut acknowledged: Vec<Exchange> = Vec::new();
@@ -80,7 +103,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
         unanswered_last = stored.unanswered;
         stored_last = stored.messages;
         lost_last = stored.problems.len();
-        let problems = sqlite::problems(settings.database()).await?;
+        let problems = database.problems().await?;
         file_problems += problems.len();
         findings.extend(
             problems
@@ -88,8 +111,22 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
                 .map(|problem| format!("round {round}: {problem}")),
         );
     }
+    // Every user message, also those of the posts the kills cut, gets its reply.
+    let waited = Instant::now();
+    let mut unanswered = database.unanswered().await?;
+    while unanswered > 0 && waited.elapsed() < answered_timeout {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        unanswered = database.unanswered().await?;
+    }
+    let answered_after = waited.elapsed().as_secs_f64();
+    if unanswered > 0 {
+        findings.push(format!(
+            "{unanswered} user messages still without a reply {} s after the last restart",
+            answered_timeout.as_secs()
+        ));
+    }
     server.stop().await?;
-    let after_stop = sqlite::problems(settings.database()).await?;
+    let after_stop = database.problems().await?;
     file_problems += after_stop.len();
     findings.extend(
         after_stop
@@ -108,16 +145,17 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
             KILL_WINDOW.as_millis()
         ),
         format!(
-            "{} acknowledged posts, {lost_last} missing or different after the last round\n{in_flight_total} posts cut by the kills, {refused_total} answered 503\n{stored_last} messages stored, {unanswered_last} user messages without a reply",
+            "{} acknowledged posts, {lost_last} missing or different after the last round\n{in_flight_total} posts cut by the kills, {refused_total} answered 503\n{stored_last} messages stored, {unanswered_last} user messages without a reply at the last restart, {unanswered} after waiting",
             acknowledged.len(),
         ),
         format!(
-            "kill delays {kill_delays:?} ms\nrestart (start to listening) median {:.0} / max {:.0} ms\nintegrity_check after every round and the final stop: {}",
+            "kill delays {kill_delays:?} ms\nrestart (start to listening) median {:.0} / max {:.0} ms\nevery reply stored {answered_after:.1} s after the last restart\n{} after every round and the final stop: {}",
             restarts_sorted
                 .get(restarts_sorted.len() / 2)
                 .copied()
                 .unwrap_or_default(),
             restarts_sorted.last().copied().unwrap_or_default(),
+            database.checked(),
             if file_problems == 0 { "ok" } else { "problems" }
         ),
         findings,

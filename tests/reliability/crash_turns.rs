@@ -8,13 +8,18 @@
 //!
 //! What must hold after the restart: every user message posted before the kill gets
 //! exactly one reply (an AI reply or the system error message), in its session's order,
-//! each reply stored after every earlier one and linked (`reply_to`, read from the file)
+//! each reply stored after every earlier one and linked (`reply_to`, read from the database)
 //! to its message; the replies reach a socket that resumes with `after` = the last
 //! message it saw, in that order with nothing twice; the AI is asked once per message;
 //! and the imported message creates no turn (no AI call, no reply).
+//!
+//! On PostgreSQL the restarted server is another holder: it takes the killed server's
+//! turns over once their leases expire (`NARUTALK_AI_TIMEOUT_SECONDS` + 30 s, contract
+//! section 9), so the AI timeout is 10 s there and the wait for the replies that much
+//! longer. The links and the soundness of the rows are read through the backend in use
+//! (`Database`); the import goes through the core on either.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -22,17 +27,16 @@ use futures_util::{SinkExt, StreamExt};
 use narutalk_core::Narutalk;
 use narutalk_core::admin::ImportFile;
 use narutalk_core::config::{Config, Overrides};
-use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
+use crate::Context;
 use crate::api::Account;
 use crate::fake_ai::{Answer, FakeService, Gate, Received, Step};
 use crate::report::Row;
 use crate::server::{ServerProcess, Settings, start_with_user};
-use crate::{Context, sqlite};
 
 /// Sessions with turns in flight at the kill.
 const SESSIONS: usize = 4;
@@ -42,7 +46,14 @@ const SESSIONS: usize = 4;
 const MESSAGES: usize = 3;
 
 /// The AI's timeout: far longer than the part, so that no held turn ends on its own.
-const AI_TIMEOUT_SECONDS: u32 = 300;
+const AI_TIMEOUT_SECONDS: u64 = 300;
+
+/// The AI's timeout on PostgreSQL, where the killed server's leases last it + 30 s: long
+/// enough for the posts before the kill.
+const POSTGRES_AI_TIMEOUT_SECONDS: u64 = 10;
+
+/// How much longer than its AI timeout a lease lasts (`turns.rs`'s margin).
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// How long anything that must happen may take: a frame, the AI's requests, the replies
 /// after the restart (a generous upper bound, not a speed requirement).
@@ -81,10 +92,20 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
                 .then_json(200, &json!({ "reply": "too late: the server is gone" }))
         })
     };
-    let settings = Settings::new(&ctx.dir)?
+    // How long the replies may take after the restart: on PostgreSQL, a lease longer.
+    let (ai_timeout, patience) = if ctx.backend.is_postgres() {
+        let timeout = POSTGRES_AI_TIMEOUT_SECONDS;
+        (
+            timeout,
+            DEADLINE + Duration::from_secs(timeout) + LEASE_MARGIN,
+        )
+    } else {
+        (AI_TIMEOUT_SECONDS, DEADLINE)
+    };
+    let settings = Settings::new(ctx)?
         .set("NARUTALK_AI_BACKEND", "http")
         .set("NARUTALK_AI_URL", holding.url("/reply"))
-        .set("NARUTALK_AI_TIMEOUT_SECONDS", AI_TIMEOUT_SECONDS);
+        .set("NARUTALK_AI_TIMEOUT_SECONDS", ai_timeout);
     let (server, account) = start_with_user(&settings, USERNAME, SESSIONS).await?;
 
     // Before the kill: every message stored (its frame seen), a turn of every session at
@@ -108,7 +129,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
     }
     held.open();
 
-    let imported_session = import_unanswered(settings.database())
+    let imported_session = import_unanswered(&settings)
         .await
         .context("importing a session with an unanswered message")?;
 
@@ -130,7 +151,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
     }
     let mut replies: Vec<Vec<Value>> = Vec::new();
     for (number, (socket, messages)) in resumed.iter_mut().zip(&posted).enumerate() {
-        let (frames, problems) = collect_replies(socket, messages.len(), restarted).await;
+        let (frames, problems) = collect_replies(socket, messages.len(), restarted, patience).await;
         findings.extend(
             problems
                 .into_iter()
@@ -151,10 +172,10 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
 
     // What is stored: each session's messages, then exactly one reply each, in order.
     let api = server.api()?;
-    let database = settings.database();
+    let database = settings.database().clone();
     for (number, (session, messages)) in account.sessions.iter().zip(&posted).enumerate() {
         let stored = api.session(&account, session).await?;
-        let links = reply_links(database.clone(), session.clone()).await?;
+        let links = database.reply_links(session).await?;
         findings.extend(
             check_stored(messages, &stored, &links)
                 .into_iter()
@@ -189,7 +210,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
         ));
     }
     server.stop().await?;
-    let file_problems = sqlite::problems(settings.database()).await?;
+    let file_problems = database.problems().await?;
     let integrity = if file_problems.is_empty() {
         "ok"
     } else {
@@ -206,7 +227,8 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
             asked.len()
         ),
         format!(
-            "every reply of a session on its socket, after the restart: {received_after:?} ms\nintegrity_check after the final stop: {integrity}"
+            "every reply of a session on its socket, after the restart: {received_after:?} ms\n{} after the final stop: {integrity}",
+            database.checked()
         ),
         findings,
     ))
@@ -319,14 +341,15 @@ async fn next_chat_message_by(
     }
 }
 
-/// Reads up to `expected` `chat_message` frames from a resumed socket, until the
-/// deadline counted from `restarted`, and then answers them with what went wrong.
+/// Reads up to `expected` `chat_message` frames from a resumed socket, until `patience`
+/// after `restarted`, and then answers them with what went wrong.
 async fn collect_replies(
     socket: &mut Socket,
     expected: usize,
     restarted: Instant,
+    patience: Duration,
 ) -> (Vec<Value>, Vec<String>) {
-    let deadline = tokio::time::Instant::from_std(restarted + DEADLINE);
+    let deadline = tokio::time::Instant::from_std(restarted + patience);
     let mut frames = Vec::new();
     let mut problems = Vec::new();
     while frames.len() < expected {
@@ -336,7 +359,7 @@ async fn collect_replies(
                 problems.push(format!(
                     "{} of {expected} replies arrived within {} s of the restart ({error:#}): the turns the crash left pending were not answered",
                     frames.len(),
-                    DEADLINE.as_secs()
+                    patience.as_secs()
                 ));
                 break;
             }
@@ -421,32 +444,6 @@ fn check_stored(
     problems
 }
 
-/// `reply_to` of every reply of `session` (reply id -> message id), read from the file
-/// on a read-only connection: the API does not show it.
-async fn reply_links(
-    database: PathBuf,
-    session: String,
-) -> anyhow::Result<HashMap<String, String>> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<HashMap<String, String>> {
-        let conn = Connection::open_with_flags(
-            &database,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening {} read-only", database.display()))?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        let links = conn
-            .prepare(
-                "SELECT id, reply_to FROM chat_messages WHERE session_id = ?1 AND reply_to IS NOT NULL",
-            )?
-            .query_map([&session], |row| Ok((row.get(0)?, row.get(1)?)))?
-            .collect::<Result<_, _>>()
-            .context("reading reply_to")?;
-        Ok(links)
-    })
-    .await
-    .context("the SQLite read's thread")?
-}
-
 /// Waits until `service` has received `n` requests.
 async fn wait_for_requests(service: &FakeService, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
@@ -477,9 +474,10 @@ fn reply_to(message: &str) -> String {
 }
 
 /// Imports, while no server runs, one session of the part's user holding one user message
-/// and no reply, through the core's administration handle (what `narutalk session import`
-/// does); answers the session's id.
-async fn import_unanswered(database: PathBuf) -> anyhow::Result<String> {
+/// and no reply, through the core's administration handle on the part's database (what
+/// `narutalk session import` does, with the server's database settings); answers the
+/// session's id.
+async fn import_unanswered(settings: &Settings) -> anyhow::Result<String> {
     let session_id = random_uuid()?;
     let message_id = random_uuid()?;
     let now = "2026-12-01T09:00:00.000000Z";
@@ -503,15 +501,13 @@ async fn import_unanswered(database: PathBuf) -> anyhow::Result<String> {
             "reply_to": null,
         }],
     });
+    // The settings `narutalk` needs for the database: a PostgreSQL URL needs the secret.
+    let vars: Vec<(String, String)> = ["NARUTALK_DATABASE", "NARUTALK_SECRET_KEY"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_owned(), settings.var(name)?.to_owned())))
+        .collect();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let database = database
-            .to_str()
-            .context("the database path is not UTF-8")?
-            .to_owned();
-        let config = Config::load_from(
-            [("NARUTALK_DATABASE".to_owned(), database)],
-            &Overrides::default(),
-        )?;
+        let config = Config::load_from(vars, &Overrides::default())?;
         let core = Narutalk::open_for_administration(&config)?;
         let file = ImportFile::parse(format!("{line}\n").as_bytes())?;
         core.admin().import(&file)?;

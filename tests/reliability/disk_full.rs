@@ -155,12 +155,12 @@ impl Room {
     /// The part's server settings, once the room is ready for the server (the filler
     /// placed before the database).
     fn prepare(&self, ctx: &Context) -> anyhow::Result<Settings> {
-        let settings = Settings::new(&ctx.dir)?;
+        let settings = Settings::new(ctx)?;
         match self {
             Room::Tmpfs { filler, database } => {
                 std::fs::write(filler, vec![0x5Au8; (FILLER_KIB * 1024) as usize])
                     .context("writing the filler file")?;
-                Ok(settings.set("NARUTALK_DATABASE", database.display()))
+                Ok(settings.sqlite_file(database))
             }
             Room::Pages { .. } => Ok(settings),
         }
@@ -463,7 +463,7 @@ async fn fill_and_recover(ctx: &Context, mut room: Room, ran: String) -> anyhow:
         }
     }
     server.stop().await?;
-    findings.extend(sqlite::problems(settings.database()).await?);
+    findings.extend(sqlite::problems(settings.database_file()?).await?);
     let seconds = |at: Option<Duration>| {
         at.map_or("never".to_owned(), |at| {
             format!("{:.1} s", at.as_secs_f64())

@@ -20,7 +20,7 @@ pub struct LoggedIn {
 /// Starts a server in the part's folder with the suite's settings (throttles off, template
 /// AI, a fresh database) and a registered, logged-in user `checker` with one session.
 pub async fn logged_in(ctx: &Context) -> anyhow::Result<LoggedIn> {
-    let settings = Settings::new(&ctx.dir)?;
+    let settings = Settings::new(ctx)?;
     let (server, account) = start_with_user(&settings, "checker", 1).await?;
     Ok(LoggedIn {
         base_url: server.base_url(),

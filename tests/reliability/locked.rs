@@ -69,12 +69,12 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
             "`sqlite3` is missing (Debian package `sqlite3`)".to_owned(),
         ));
     };
-    let settings = Settings::new(&ctx.dir)?;
+    let settings = Settings::new(ctx)?;
     let (server, account) = start_with_user(&settings, "locked", CLIENTS).await?;
     let api = server.api()?;
     let mut findings = Vec::new();
 
-    let mut lock = Lock::take(&shell, &settings.database()).await?;
+    let mut lock = Lock::take(&shell, &settings.database_file()?).await?;
     let locked_at = Instant::now();
     let refused = Arc::new(Notify::new());
     let mut clients = Vec::new();
@@ -247,7 +247,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
         ));
     }
     server.stop().await?;
-    findings.extend(sqlite::problems(settings.database()).await?);
+    findings.extend(sqlite::problems(settings.database_file()?).await?);
     let refused_in_time = sent
         .iter()
         .filter(|write| {

@@ -3,6 +3,12 @@
 //! and a ping flood, each part on its own fresh data folder and loopback port with
 //! throttles off.
 //!
+//! The parts' servers run on SQLite, or, with `NARUTALK_TEST_BACKEND=postgres`, each on a
+//! fresh database of a throwaway PostgreSQL cluster the suite starts once (`backend.rs`);
+//! the table's title names the backend. There the parts of SQLite's own faults
+//! (`disk-full`, `locked`) print a skipped row saying so, which is no failure even under
+//! `NARUTALK_REQUIRE_ALL=1`.
+//!
 //! It is a test target of its own (`harness = false`): `cargo test --workspace` runs it
 //! with CI-sized counts, `cargo test --test reliability -- --rounds 20` with more crash
 //! rounds. It prints one table row per part (what ran, the counts, the figures, the
@@ -38,6 +44,7 @@
 //! through [`external::run`].
 
 mod api;
+mod backend;
 mod crash;
 mod crash_turns;
 mod disk_full;
@@ -47,6 +54,9 @@ mod external;
 mod fake_ai;
 mod locked;
 mod ping_flood;
+// The throwaway PostgreSQL cluster of the PostgreSQL run, as the API tests start it.
+#[path = "../support/postgres.rs"]
+mod postgres;
 mod report;
 mod schemathesis;
 mod server;
@@ -62,6 +72,7 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use backend::{Backend, Chosen};
 use report::{Row, Verdict};
 
 /// Crash rounds when `--rounds` is not given: what CI runs.
@@ -84,6 +95,8 @@ pub struct Context {
     pub require_all: bool,
     /// `--disk-full-variant`: how `disk-full` fills the disk.
     pub disk_full_variant: disk_full::Variant,
+    /// The database the part's servers run on.
+    pub backend: Backend,
 }
 
 /// A part's future.
@@ -95,39 +108,52 @@ pub struct Part {
     pub name: &'static str,
     /// Runs it.
     pub run: fn(Context) -> PartFuture,
+    /// Why it does not run on PostgreSQL, when it does not (a fault of SQLite's own): its
+    /// row there says so, skipped, and is no failure even under `NARUTALK_REQUIRE_ALL=1`.
+    pub not_on_postgres: Option<&'static str>,
 }
+
+/// Why the parts of SQLite's own faults skip on PostgreSQL.
+const SQLITE_FAULT: &str = "SQLite's own fault; on PostgreSQL, tests/api/unavailable.rs stops the database under a running server";
 
 /// Every part, in the order they run (one at a time: each measures the server alone).
 const PARTS: &[Part] = &[
     Part {
         name: "crash",
         run: |ctx| Box::pin(async move { crash::run(&ctx).await }),
+        not_on_postgres: None,
     },
     Part {
         name: "crash-mid-turn",
         run: |ctx| Box::pin(async move { crash_turns::run(&ctx).await }),
+        not_on_postgres: None,
     },
     Part {
         name: "disk-full",
         run: |ctx| Box::pin(async move { disk_full::run(&ctx).await }),
+        not_on_postgres: Some(SQLITE_FAULT),
     },
     Part {
         name: "locked",
         run: |ctx| Box::pin(async move { locked::run(&ctx).await }),
+        not_on_postgres: Some(SQLITE_FAULT),
     },
     Part {
         name: "slow-clients",
         run: |ctx| Box::pin(async move { slow_clients::run(&ctx).await }),
+        not_on_postgres: None,
     },
     Part {
         name: "ping-flood",
         run: |ctx| Box::pin(async move { ping_flood::run(&ctx).await }),
+        not_on_postgres: None,
     },
     Part {
         name: "schemathesis",
         run: |ctx| {
             Box::pin(async move { external::run(&ctx, "schemathesis", schemathesis::run).await })
         },
+        not_on_postgres: None,
     },
 ];
 
@@ -156,6 +182,13 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
+    // Started before the runtime, so that the cluster is stopped after it (when the
+    // servers it ran are gone).
+    let chosen = if parts.is_empty() {
+        Chosen::Ready(Backend::Sqlite)
+    } else {
+        Backend::from_env()
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -166,7 +199,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let failed = runtime.block_on(run_parts(&flags, &parts));
+    let failed = runtime.block_on(run_parts(&flags, &parts, &chosen));
+    drop(runtime);
     if failed {
         ExitCode::FAILURE
     } else {
@@ -176,12 +210,16 @@ fn main() -> ExitCode {
 
 /// Runs `parts` one after the other, prints the table and the closing line, and answers
 /// whether anything failed.
-async fn run_parts(flags: &Flags, parts: &[&Part]) -> bool {
+async fn run_parts(flags: &Flags, parts: &[&Part], chosen: &Chosen) -> bool {
     let require_all = std::env::var("NARUTALK_REQUIRE_ALL").is_ok_and(|value| value == "1");
     // Hundreds of sockets at once (slow-clients) need more than a default limit of files.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let backend_name = match chosen {
+        Chosen::Ready(backend) => backend.name(),
+        Chosen::Missing(_) => "PostgreSQL",
+    };
     println!(
-        "reliability: {} part(s), {} crash round(s), seed {} (repeat with --seed {})",
+        "reliability on {backend_name}: {} part(s), {} crash round(s), seed {} (repeat with --seed {})",
         parts.len(),
         flags.rounds,
         flags.seed,
@@ -191,10 +229,24 @@ async fn run_parts(flags: &Flags, parts: &[&Part]) -> bool {
     for (index, part) in parts.iter().enumerate() {
         let started = Instant::now();
         println!("reliability: {} ...", part.name);
-        let mut row = run_one(part, flags, require_all, index as u64).await;
+        // A part of SQLite's own faults on PostgreSQL: skipped, and never a failure.
+        let mut does_not_apply = false;
+        let mut row = match (chosen, part.not_on_postgres) {
+            (Chosen::Missing(reason), _) => Row::skipped(String::new(), reason.clone()),
+            (Chosen::Ready(backend), Some(reason)) if backend.is_postgres() => {
+                does_not_apply = true;
+                Row::skipped("not run on PostgreSQL".to_owned(), reason.to_owned())
+            }
+            (Chosen::Ready(backend), _) => {
+                run_one(part, flags, require_all, index as u64, backend).await
+            }
+        };
         row.part = part.name;
         row.seconds = started.elapsed().as_secs_f64();
-        if require_all && let Verdict::Skipped(reason) = &row.verdict {
+        if require_all
+            && !does_not_apply
+            && let Verdict::Skipped(reason) = &row.verdict
+        {
             row.verdict = Verdict::Failed(vec![format!(
                 "{reason}, and NARUTALK_REQUIRE_ALL=1 forbids skipping"
             )]);
@@ -207,14 +259,20 @@ async fn run_parts(flags: &Flags, parts: &[&Part]) -> bool {
         );
         rows.push(row);
     }
-    report::print(&rows);
+    report::print(&format!("reliability on {backend_name}"), &rows);
     rows.iter()
         .any(|row| matches!(row.verdict, Verdict::Failed(_)))
 }
 
 /// Runs one part in a task of its own, in a fresh folder, within its time limit: an error,
 /// a panic or a timeout is a failed row. The folder is kept when the part failed.
-async fn run_one(part: &Part, flags: &Flags, require_all: bool, index: u64) -> Row {
+async fn run_one(
+    part: &Part,
+    flags: &Flags,
+    require_all: bool,
+    index: u64,
+    backend: &Backend,
+) -> Row {
     let dir = match tempfile::Builder::new()
         .prefix(&format!("narutalk-reliability-{}-", part.name))
         .tempdir()
@@ -229,6 +287,7 @@ async fn run_one(part: &Part, flags: &Flags, require_all: bool, index: u64) -> R
         seed: flags.seed ^ (index + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         require_all,
         disk_full_variant: flags.disk_full_variant,
+        backend: backend.clone(),
     };
     let limit = PART_TIME_LIMIT + Duration::from_secs(30) * flags.rounds;
     let task = tokio::spawn((part.run)(ctx));

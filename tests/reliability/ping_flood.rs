@@ -37,7 +37,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
     let ran = format!(
         "one socket (4 KiB receive buffer) sends control pings and {{\"type\": \"ping\"}} frames, never reads; idle limit {IDLE_SECONDS} s"
     );
-    let settings = Settings::new(&ctx.dir)?
+    let settings = Settings::new(ctx)?
         .set("NARUTALK_WS_IDLE_SECONDS", IDLE_SECONDS)
         .set("NARUTALK_WS_PING_SECONDS", IDLE_SECONDS / 2);
     let (seeding, account) = start_with_user(&settings, "flood", 1).await?;

@@ -83,9 +83,9 @@ impl Row {
     }
 }
 
-/// Prints the table, every finding of the failed parts, and the closing line
-/// `N passed, N failed`.
-pub fn print(rows: &[Row]) {
+/// Prints `title` (which names the backend), the table, every finding of the failed
+/// parts, and the closing line `N passed, N failed`.
+pub fn print(title: &str, rows: &[Row]) {
     let mut table = Table::new();
     table
         .load_style(presets::UTF8_FULL_CONDENSED)
@@ -112,7 +112,7 @@ pub fn print(rows: &[Row]) {
             verdict,
         ]);
     }
-    println!("\n{table}");
+    println!("\n{title}\n{table}");
     for row in rows {
         if let Verdict::Failed(findings) = &row.verdict {
             println!("\n{} failed:", row.part);

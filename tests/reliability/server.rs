@@ -33,7 +33,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::Context;
 use crate::api::{Account, Api};
+use crate::backend::Database;
 
 /// The hidden first argument that makes the suite's binary the server.
 pub const SERVE_FLAG: &str = "--serve-child";
@@ -56,22 +58,28 @@ const LIMIT_WRITER_PAGES: &str = "limit-writer-pages";
 #[derive(Clone, Debug)]
 pub struct Settings {
     dir: PathBuf,
+    database: Database,
     vars: Vec<(String, String)>,
     max_connections: Option<usize>,
 }
 
 impl Settings {
-    /// A part's defaults: the database `db.sqlite3` in `dir`, a random signing secret
-    /// (shared by every restart), throttles off, the template AI, no search service, log
-    /// level `warn`, a free port on 127.0.0.1, `synchronous=FULL`.
-    pub fn new(dir: &Path) -> anyhow::Result<Settings> {
+    /// A part's defaults: a fresh database of the run's backend (`db.sqlite3` in the
+    /// part's folder, or a new database of the PostgreSQL cluster), a random signing
+    /// secret (shared by every restart), throttles off, the template AI, no search
+    /// service, log level `warn`, a free port on 127.0.0.1, `synchronous=FULL`.
+    pub fn new(ctx: &Context) -> anyhow::Result<Settings> {
+        let dir = &ctx.dir;
+        // On PostgreSQL a `CREATE DATABASE` through `psql`: a moment's blocking.
+        let database = tokio::task::block_in_place(|| ctx.backend.database(dir))?;
         let settings = Settings {
             dir: dir.to_path_buf(),
+            database: database.clone(),
             vars: Vec::new(),
             max_connections: None,
         };
         Ok(settings
-            .set("NARUTALK_DATABASE", dir.join("db.sqlite3").display())
+            .set("NARUTALK_DATABASE", database.setting())
             .set("NARUTALK_BIND", "127.0.0.1:0")
             .set("NARUTALK_SECRET_KEY", random_hex(32)?)
             .set("NARUTALK_AUTH_THROTTLE_PER_MINUTE", 0)
@@ -95,13 +103,34 @@ impl Settings {
         self
     }
 
-    /// The database file.
-    pub fn database(&self) -> PathBuf {
+    /// The part's database.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// The same on the SQLite file `path` (a part of SQLite's own faults).
+    pub fn sqlite_file(self, path: &Path) -> Settings {
+        Settings {
+            database: Database::Sqlite(path.to_path_buf()),
+            ..self
+        }
+        .set("NARUTALK_DATABASE", path.display())
+    }
+
+    /// The SQLite file of the part's database; an error on PostgreSQL.
+    pub fn database_file(&self) -> anyhow::Result<PathBuf> {
+        match &self.database {
+            Database::Sqlite(path) => Ok(path.clone()),
+            Database::Postgres { .. } => bail!("this part runs on SQLite only"),
+        }
+    }
+
+    /// The value of `name` in these settings, if set.
+    pub fn var(&self, name: &str) -> Option<&str> {
         self.vars
             .iter()
-            .find(|(name, _)| name == "NARUTALK_DATABASE")
-            .map(|(_, value)| PathBuf::from(value))
-            .unwrap_or_else(|| self.dir.join("db.sqlite3"))
+            .find(|(existing, _)| existing == name)
+            .map(|(_, value)| value.as_str())
     }
 }
 

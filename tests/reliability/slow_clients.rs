@@ -117,7 +117,7 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Row> {
         "{SLOWLORIS} slowloris + {TRICKLERS} trickled bodies from 127.0.0.1 (cap {MAX_CONNECTIONS}) for {} s; a normal client on 127.0.0.2",
         NORMAL_RUN.as_secs()
     );
-    let settings = Settings::new(&ctx.dir)?.max_connections(MAX_CONNECTIONS);
+    let settings = Settings::new(ctx)?.max_connections(MAX_CONNECTIONS);
     let (mut server, account) = start_with_user(&settings, "normal", 1).await?;
     let session = account.sessions[0].clone();
     let normal = Api::new(server.addr, Some(NORMAL_ADDRESS))?;
