@@ -26,8 +26,10 @@ use crate::seed;
 /// How long a child gets to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a child gets to stop after its standard input closes, before it is killed.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a child gets to stop after its standard input closes, before it is killed:
+/// the server's own bounds, its drain of the AI turns in flight (60 s, which `slow-ai`'s
+/// 1,024 turns on a 2 s model fill) and its sockets' close handshakes (16 s), with room.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Which server a child runs.
 #[derive(Clone, Debug)]
@@ -146,7 +148,7 @@ impl ServerProcess {
     }
 
     /// Closes its standard input, which stops it gracefully, and waits for it to exit
-    /// (killing it after 30 s).
+    /// (killing it after [`STOP_TIMEOUT`]).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         drop(self.stdin.take());
         match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
@@ -162,7 +164,10 @@ impl ServerProcess {
                     .kill()
                     .await
                     .context("killing the server process")?;
-                bail!("the server process did not stop within 30 s and was killed")
+                bail!(
+                    "the server process did not stop within {} s and was killed",
+                    STOP_TIMEOUT.as_secs()
+                )
             }
         }
     }
