@@ -326,33 +326,52 @@ async fn upstreams_of(proxy: &Nginx, n: usize, wanted: impl Fn(&str, &str) -> bo
     }
 }
 
+/// Two server processes on one fresh PostgreSQL database, as the README starts them,
+/// believing nginx's `X-Forwarded-For`; nginx on the README's configuration in front.
+struct BehindNginx {
+    a: ServerProcess,
+    b: ServerProcess,
+    proxy: Nginx,
+    /// A client of nginx.
+    api: Api,
+}
+
+impl BehindNginx {
+    /// Starts them for `test`, with `settings` on top of the shared ones; `None` (the test
+    /// skips) without nginx or PostgreSQL.
+    async fn start(test: &'static str, settings: &[(&str, &str)]) -> Option<BehindNginx> {
+        let nginx = require("nginx", "nginx", test)?;
+        let url = postgres_database(test).await?;
+        let mut vars = vec![
+            ("NARUTALK_DATABASE", url.as_str()),
+            (
+                "NARUTALK_SECRET_KEY",
+                "two-servers-behind-nginx-share-this-key-0123456789abcdef",
+            ),
+            ("NARUTALK_TRUSTED_PROXIES", "127.0.0.1"),
+        ];
+        vars.extend_from_slice(settings);
+        let a = ServerProcess::start(&vars).await;
+        let b = ServerProcess::start(&vars).await;
+        let proxy = Nginx::start(&nginx, |dir, listen| {
+            readme_configuration(dir, listen, [a.addr, b.addr])
+        })
+        .await;
+        let api = Api::new(proxy.addr);
+        Some(BehindNginx { a, b, proxy, api })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_readmes_nginx_two_servers_on_one_database_serve_rest_and_a_socket() {
-    const TEST: &str =
-        "behind_the_readmes_nginx_two_servers_on_one_database_serve_rest_and_a_socket";
-    let Some(nginx) = require("nginx", "nginx", TEST) else {
+    let Some(BehindNginx { a, b, proxy, api }) = BehindNginx::start(
+        "behind_the_readmes_nginx_two_servers_on_one_database_serve_rest_and_a_socket",
+        &[],
+    )
+    .await
+    else {
         return;
     };
-    let Some(url) = postgres_database(TEST).await else {
-        return;
-    };
-    // Arrange: two server processes on one database, as the README starts them, believing
-    // nginx's X-Forwarded-For; nginx on the README's configuration in front.
-    let vars = [
-        ("NARUTALK_DATABASE", url.as_str()),
-        (
-            "NARUTALK_SECRET_KEY",
-            "two-servers-behind-nginx-share-this-key-0123456789abcdef",
-        ),
-        ("NARUTALK_TRUSTED_PROXIES", "127.0.0.1"),
-    ];
-    let a = ServerProcess::start(&vars).await;
-    let b = ServerProcess::start(&vars).await;
-    let proxy = Nginx::start(&nginx, |dir, listen| {
-        readme_configuration(dir, listen, [a.addr, b.addr])
-    })
-    .await;
-    let api = Api::new(proxy.addr);
     let logs = || format!("{}\n{}\n{}", proxy.error_log(), a.log(), b.log());
 
     // Act: REST through nginx (requests alternate between the servers), and a socket
@@ -445,30 +464,14 @@ async fn register_as(api: &Api, n: usize, forwarded_for: Option<&str>) -> Status
 /// header not passed on, or not believed, all of them would be one client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_the_readmes_nginx_the_limits_count_the_forwarded_client_across_both_servers() {
-    const TEST: &str =
-        "behind_the_readmes_nginx_the_limits_count_the_forwarded_client_across_both_servers";
-    let Some(nginx) = require("nginx", "nginx", TEST) else {
+    let Some(BehindNginx { a, b, proxy, api }) = BehindNginx::start(
+        "behind_the_readmes_nginx_the_limits_count_the_forwarded_client_across_both_servers",
+        &[("NARUTALK_AUTH_THROTTLE_PER_MINUTE", "3")],
+    )
+    .await
+    else {
         return;
     };
-    let Some(url) = postgres_database(TEST).await else {
-        return;
-    };
-    let vars = [
-        ("NARUTALK_DATABASE", url.as_str()),
-        (
-            "NARUTALK_SECRET_KEY",
-            "two-servers-behind-nginx-share-this-key-0123456789abcdef",
-        ),
-        ("NARUTALK_TRUSTED_PROXIES", "127.0.0.1"),
-        ("NARUTALK_AUTH_THROTTLE_PER_MINUTE", "3"),
-    ];
-    let a = ServerProcess::start(&vars).await;
-    let b = ServerProcess::start(&vars).await;
-    let proxy = Nginx::start(&nginx, |dir, listen| {
-        readme_configuration(dir, listen, [a.addr, b.addr])
-    })
-    .await;
-    let api = Api::new(proxy.addr);
 
     let mut first_client = Vec::new();
     for n in 0..4 {
